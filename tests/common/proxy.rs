@@ -1,0 +1,273 @@
+//! A std-only TCP fault proxy for tests: put it between a client and a
+//! loopback PostgreSQL server, then [`Proxy::cut`] every connection or
+//! [`Proxy::stall`] / [`Proxy::resume`] the byte flow.
+//!
+//! It only ever connects to a loopback target, uses one thread for accepting
+//! and one per direction of each connection, and all of them end when the
+//! proxy is dropped.
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const ACCEPT_POLL: Duration = Duration::from_millis(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const STALL_POLL: Duration = Duration::from_millis(50);
+
+/// A TCP proxy on `127.0.0.1:<ephemeral>` forwarding to a loopback target.
+pub struct Proxy {
+    addr: SocketAddr,
+    inner: Arc<Inner>,
+    accept_thread: Option<JoinHandle<()>>,
+}
+
+struct Inner {
+    target: SocketAddr,
+    shutdown: AtomicBool,
+    stalled: Mutex<bool>,
+    stall_changed: Condvar,
+    conns: Mutex<Vec<Conn>>,
+    pumps: Mutex<Vec<JoinHandle<()>>>,
+    next_id: AtomicUsize,
+    accepted: AtomicUsize,
+}
+
+/// One proxied connection; the streams are clones kept only to shut them
+/// down.
+struct Conn {
+    id: usize,
+    client: TcpStream,
+    server: TcpStream,
+    closed: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _ = self.client.shutdown(Shutdown::Both);
+        let _ = self.server.shutdown(Shutdown::Both);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Proxy {
+    /// Starts a proxy listening on `127.0.0.1:0` that forwards every accepted
+    /// connection to `target`.
+    ///
+    /// # Panics
+    /// If `target` is not a loopback address, or the listener can't be bound.
+    pub fn start(target: SocketAddr) -> Proxy {
+        assert!(
+            target.ip().is_loopback(),
+            "the test proxy only connects to loopback addresses, not {target}"
+        );
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the proxy listener");
+        listener
+            .set_nonblocking(true)
+            .expect("make the proxy listener non-blocking");
+        let addr = listener.local_addr().expect("proxy listener address");
+        let inner = Arc::new(Inner {
+            target,
+            shutdown: AtomicBool::new(false),
+            stalled: Mutex::new(false),
+            stall_changed: Condvar::new(),
+            conns: Mutex::new(Vec::new()),
+            pumps: Mutex::new(Vec::new()),
+            next_id: AtomicUsize::new(0),
+            accepted: AtomicUsize::new(0),
+        });
+        let accept_inner = Arc::clone(&inner);
+        let accept_thread = std::thread::Builder::new()
+            .name(format!("proxy-accept-{}", addr.port()))
+            .spawn(move || accept_loop(&accept_inner, &listener))
+            .expect("spawn the proxy accept thread");
+        Proxy {
+            addr,
+            inner,
+            accept_thread: Some(accept_thread),
+        }
+    }
+
+    /// The address clients should connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address connections are forwarded to.
+    pub fn target(&self) -> SocketAddr {
+        self.inner.target
+    }
+
+    /// Closes every current connection at once (both sides see the socket
+    /// shut down); new connections are still accepted.
+    pub fn cut(&self) {
+        self.inner.cut_all();
+    }
+
+    /// Stops forwarding bytes in both directions, without closing anything.
+    /// Connections are still accepted, but nothing flows until
+    /// [`resume`](Self::resume).
+    pub fn stall(&self) {
+        *lock(&self.inner.stalled) = true;
+        self.inner.stall_changed.notify_all();
+    }
+
+    /// Forwards bytes again after [`stall`](Self::stall), including any that
+    /// were held back.
+    pub fn resume(&self) {
+        *lock(&self.inner.stalled) = false;
+        self.inner.stall_changed.notify_all();
+    }
+
+    /// Whether the proxy is currently stalled.
+    pub fn is_stalled(&self) -> bool {
+        *lock(&self.inner.stalled)
+    }
+
+    /// Number of connections currently open through the proxy.
+    pub fn connections(&self) -> usize {
+        lock(&self.inner.conns).len()
+    }
+
+    /// Number of connections accepted (and forwarded) since the start.
+    pub fn total_connections(&self) -> usize {
+        self.inner.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.inner.shutdown.store(true, Ordering::SeqCst);
+        if let Some(t) = self.accept_thread.take() {
+            let _ = t.join();
+        }
+        self.inner.cut_all();
+        self.inner.stall_changed.notify_all();
+        let pumps = std::mem::take(&mut *lock(&self.inner.pumps));
+        for t in pumps {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Inner {
+    fn cut_all(&self) {
+        let conns = std::mem::take(&mut *lock(&self.conns));
+        for c in &conns {
+            c.close();
+        }
+        // Wake pumps waiting in a stall so they notice.
+        let _guard = lock(&self.stalled);
+        self.stall_changed.notify_all();
+    }
+
+    fn close(&self, id: usize) {
+        let mut conns = lock(&self.conns);
+        if let Some(i) = conns.iter().position(|c| c.id == id) {
+            conns.swap_remove(i).close();
+        }
+    }
+
+    /// Blocks while the proxy is stalled; returns false if the connection
+    /// should end instead.
+    fn wait_unstalled(&self, closed: &AtomicBool) -> bool {
+        let mut stalled = lock(&self.stalled);
+        loop {
+            if self.shutdown.load(Ordering::SeqCst) || closed.load(Ordering::SeqCst) {
+                return false;
+            }
+            if !*stalled {
+                return true;
+            }
+            stalled = self
+                .stall_changed
+                .wait_timeout(stalled, STALL_POLL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+fn accept_loop(inner: &Arc<Inner>, listener: &TcpListener) {
+    while !inner.shutdown.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((client, _)) => {
+                if let Err(e) = handle(inner, client) {
+                    eprintln!("test proxy: dropping a connection: {e}");
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(ACCEPT_POLL),
+            Err(_) => std::thread::sleep(ACCEPT_POLL),
+        }
+    }
+}
+
+fn handle(inner: &Arc<Inner>, client: TcpStream) -> std::io::Result<()> {
+    client.set_nonblocking(false)?;
+    let server = TcpStream::connect_timeout(&inner.target, CONNECT_TIMEOUT)?;
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
+    let closed = Arc::new(AtomicBool::new(false));
+    let conn = Conn {
+        id,
+        client: client.try_clone()?,
+        server: server.try_clone()?,
+        closed: Arc::clone(&closed),
+    };
+    let up = (client.try_clone()?, server.try_clone()?);
+    let down = (server, client);
+    lock(&inner.conns).push(conn);
+    inner.accepted.fetch_add(1, Ordering::SeqCst);
+
+    let mut pumps = lock(&inner.pumps);
+    pumps.retain(|t| !t.is_finished());
+    for (dir, (from, to)) in [("up", up), ("down", down)] {
+        let pump_inner = Arc::clone(inner);
+        let pump_closed = Arc::clone(&closed);
+        let spawned = std::thread::Builder::new()
+            .name(format!("proxy-{id}-{dir}"))
+            .spawn(move || pump(&pump_inner, id, &pump_closed, from, to));
+        match spawned {
+            Ok(t) => pumps.push(t),
+            Err(e) => {
+                drop(pumps);
+                inner.close(id);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies bytes `from` → `to` until either side closes, the connection is
+/// cut, or the proxy shuts down; then closes both sides of the connection.
+fn pump(inner: &Inner, id: usize, closed: &AtomicBool, mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        // Don't even read while stalled, so bytes stay queued in the kernel.
+        if !inner.wait_unstalled(closed) {
+            break;
+        }
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // A stall may have begun while this read was blocked: hold the bytes.
+        if !inner.wait_unstalled(closed) {
+            break;
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    inner.close(id);
+}
