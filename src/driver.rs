@@ -1,0 +1,196 @@
+//! Sync over async: one `tokio-postgres` connection driven on a private
+//! current-thread runtime, the way the `postgres` crate drives its own.
+//!
+//! Owning the runtime (rather than using `postgres::Client`) lets the crate
+//! look at an idle connection without a round trip: the runtime's I/O driver
+//! is turned once, so a connection that the server closed while nobody was
+//! using it is noticed before it is handed to anybody.
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::runtime::Runtime;
+use tokio_postgres::{AsyncMessage, Client, Notification};
+
+use crate::error::Error;
+
+type PollMessage = dyn FnMut(&mut Context<'_>) -> Poll<Option<Result<AsyncMessage, postgres::Error>>>
+    + Send;
+
+/// The half of a `tokio-postgres` connection that reads and writes the
+/// socket, with its socket and TLS types erased.
+pub(crate) struct ConnectionStream(Box<PollMessage>);
+
+/// Erases the types of a freshly made `tokio-postgres` connection.
+pub(crate) fn connection_stream<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+) -> ConnectionStream
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    ConnectionStream(Box::new(move |cx| connection.poll_message(cx)))
+}
+
+/// One open connection and the runtime that drives it.
+pub(crate) struct Driver {
+    runtime: Runtime,
+    client: Client,
+    connection: ConnectionStream,
+    notifications: VecDeque<Notification>,
+    /// The connection has ended; it must not be polled again.
+    ended: bool,
+    /// Why it ended, when the server or the socket said so.
+    end_cause: Option<postgres::Error>,
+}
+
+impl Driver {
+    /// Runs a connect future (from [`Settings`](crate::Settings)) on a new runtime.
+    pub(crate) fn connect<F>(connect: F) -> Result<Driver, Error>
+    where
+        F: Future<Output = Result<(Client, ConnectionStream), Error>>,
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        let (client, connection) = runtime.block_on(connect)?;
+        Ok(Driver {
+            runtime,
+            client,
+            connection,
+            notifications: VecDeque::new(),
+            ended: false,
+            end_cause: None,
+        })
+    }
+
+    /// Runs one request to completion while driving the connection.
+    pub(crate) fn run<'a, T, F, Fut>(&'a mut self, request: F) -> Result<T, postgres::Error>
+    where
+        F: FnOnce(&'a Client) -> Fut,
+        Fut: Future<Output = Result<T, postgres::Error>> + 'a,
+    {
+        let Driver {
+            runtime,
+            client,
+            connection,
+            notifications,
+            ended,
+            end_cause,
+        } = self;
+        let client: &'a Client = client;
+        let mut request = pin!(request(client));
+        runtime.block_on(poll_fn(|cx| {
+            drive(connection, notifications, ended, end_cause, cx);
+            request.as_mut().poll(cx)
+        }))
+    }
+
+    /// Whether the connection is still usable, without a round trip.
+    ///
+    /// Reads whatever the server sent while the connection sat idle: a
+    /// notification is kept, an error or end of stream marks it dead.
+    pub(crate) fn is_alive(&mut self) -> bool {
+        if self.ended || self.client.is_closed() {
+            return false;
+        }
+        let Driver {
+            runtime,
+            connection,
+            notifications,
+            ended,
+            end_cause,
+            ..
+        } = self;
+        runtime.block_on(async {
+            // A current-thread runtime turns its I/O driver only while the future
+            // it runs is pending; yielding once makes it look at the socket, so
+            // the poll below sees what arrived since the last request.
+            tokio::task::yield_now().await;
+            poll_fn(|cx| {
+                drive(connection, notifications, ended, end_cause, cx);
+                Poll::Ready(())
+            })
+            .await;
+        });
+        !self.ended && !self.client.is_closed()
+    }
+
+    /// Whether the connection has ended (the server closed it, or the socket failed).
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended || self.client.is_closed()
+    }
+
+    /// The error the connection ended with, if it said one.
+    pub(crate) fn take_end_cause(&mut self) -> Option<postgres::Error> {
+        self.end_cause.take()
+    }
+
+    /// Notifications received so far and not yet taken.
+    #[allow(dead_code)] // LISTEN/NOTIFY is a later issue; the queue already keeps them.
+    pub(crate) fn notifications(&mut self) -> &mut VecDeque<Notification> {
+        &mut self.notifications
+    }
+
+    /// Closes the connection politely: the client is dropped, which makes the
+    /// connection send `Terminate`, and the socket is given a moment to flush.
+    pub(crate) fn close(self) {
+        let Driver {
+            runtime,
+            client,
+            mut connection,
+            mut notifications,
+            mut ended,
+            mut end_cause,
+        } = self;
+        drop(client);
+        if !ended {
+            let flushed = runtime.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(1),
+                    poll_fn(|cx| {
+                        drive(&mut connection, &mut notifications, &mut ended, &mut end_cause, cx);
+                        if ended { Poll::Ready(()) } else { Poll::Pending }
+                    }),
+                )
+                .await
+            });
+            if flushed.is_err() {
+                log::debug!("pgtx: the server did not acknowledge the close within 1s");
+            }
+        }
+    }
+}
+
+/// Polls the connection until it has nothing more to do right now.
+fn drive(
+    connection: &mut ConnectionStream,
+    notifications: &mut VecDeque<Notification>,
+    ended: &mut bool,
+    end_cause: &mut Option<postgres::Error>,
+    cx: &mut Context<'_>,
+) {
+    while !*ended {
+        match (connection.0)(cx) {
+            Poll::Ready(Some(Ok(AsyncMessage::Notification(notification)))) => {
+                notifications.push_back(notification);
+            }
+            Poll::Ready(Some(Ok(AsyncMessage::Notice(notice)))) => {
+                log::info!("pgtx: server notice: {}: {}", notice.severity(), notice.message());
+            }
+            Poll::Ready(Some(Ok(_))) => {}
+            Poll::Ready(Some(Err(e))) => {
+                log::debug!("pgtx: connection ended: {e}");
+                *end_cause = Some(e);
+                *ended = true;
+            }
+            Poll::Ready(None) => *ended = true,
+            Poll::Pending => break,
+        }
+    }
+}

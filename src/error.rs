@@ -1,0 +1,141 @@
+//! The one error type of this crate.
+
+use std::time::Duration;
+
+use postgres::error::{DbError, SqlState};
+
+use crate::config::SettingsError;
+
+/// The documented report of a transaction that was neither committed nor
+/// rolled back, word for word the message psycopg2-managed-connection raises.
+pub const UNFINISHED_TRANSACTION: &str =
+    "Did not commit or rollback open transaction before releasing connection.";
+
+/// A `Result` whose error defaults to this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, named after what the caller experienced.
+///
+/// Each variant says what holds afterwards; in every case the lock on the
+/// connection has been released or is still held exactly as the method's
+/// `# Errors` section says, and no transaction is left open for another
+/// thread.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The connection settings could not be read. Nothing was connected.
+    #[error("invalid connection settings: {0}")]
+    Settings(#[from] SettingsError),
+
+    /// Connecting (or reconnecting) to the server failed. The lock has been
+    /// released; the next holder tries again.
+    #[error("could not connect to the server")]
+    Connect(#[source] postgres::Error),
+
+    /// The connection broke while a statement was in flight, or before it
+    /// could be sent. A transaction that was open is not committed (the server
+    /// rolls back a transaction whose session ends); the next holder reconnects.
+    #[error("the connection to the server was lost")]
+    ConnectionLost(#[source] Option<postgres::Error>),
+
+    /// The connection broke while `COMMIT` was in flight: the server may or
+    /// may not have committed, and nobody can tell from this side. Check the
+    /// data (for example with an idempotency key) before retrying.
+    #[error("the connection was lost during COMMIT: the transaction may or may not have committed")]
+    CommitOutcomeUnknown(#[source] Option<postgres::Error>),
+
+    /// `commit` was called after a statement in the transaction had failed.
+    /// The server had aborted the transaction, so it was rolled back and
+    /// nothing it did was saved. Carries the first error.
+    #[error("the transaction was aborted by an earlier error and has been rolled back: {0}")]
+    TransactionAborted(#[source] Box<DbError>),
+
+    /// A transaction was released without `commit` or `rollback`; it has been
+    /// rolled back. Its message is exactly [`UNFINISHED_TRANSACTION`].
+    #[error("{}", UNFINISHED_TRANSACTION)]
+    UnfinishedTransaction,
+
+    /// This guard or transaction no longer holds the connection: another
+    /// acquirer found it abandoned (forgotten, left on an exited thread, idle
+    /// past [`Builder::abandon_after`](crate::Builder::abandon_after), or the
+    /// same thread acquired the connection again) and took it over, rolling
+    /// back whatever was open. Nothing it did after that point reached the server.
+    #[error("the connection was taken over because this holder looked abandoned; its transaction was rolled back")]
+    LeaseRevoked,
+
+    /// The connection was not free within the time given. Nothing was done.
+    #[error("timed out after {0:?} waiting for the connection")]
+    LockTimeout(Duration),
+
+    /// The connection was held by someone else and a non-blocking attempt was
+    /// made. Nothing was done.
+    #[error("the connection is held by another thread")]
+    WouldBlock,
+
+    /// A statement failed: on the server (see [`Error::as_db_error`]) or on
+    /// this side (a parameter or column type mismatch, an unexpected row
+    /// count). Inside a transaction a server error aborts it: only
+    /// [`Tx::rollback`](crate::Tx::rollback) can follow, and
+    /// [`Tx::commit`](crate::Tx::commit) reports [`Error::TransactionAborted`].
+    #[error(transparent)]
+    Db(postgres::Error),
+
+    /// The private runtime that drives the connection could not be created.
+    #[error("could not start the runtime that drives the connection")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl Error {
+    /// The server's error, if the server reported one.
+    pub fn as_db_error(&self) -> Option<&DbError> {
+        match self {
+            Error::Db(e) | Error::Connect(e) => e.as_db_error(),
+            Error::ConnectionLost(e) | Error::CommitOutcomeUnknown(e) => {
+                e.as_ref().and_then(postgres::Error::as_db_error)
+            }
+            Error::TransactionAborted(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The SQLSTATE code of the server's error, if any.
+    pub fn code(&self) -> Option<&SqlState> {
+        self.as_db_error().map(DbError::code)
+    }
+
+    /// Whether running the same work again may succeed: a lost connection, a
+    /// timeout, a serialization failure or a deadlock.
+    ///
+    /// [`Error::CommitOutcomeUnknown`] is deliberately not transient: the
+    /// first attempt may have committed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect(_) | Error::ConnectionLost(_) | Error::LockTimeout(_) => true,
+            Error::WouldBlock | Error::LeaseRevoked => true,
+            _ => matches!(
+                self.code(),
+                Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *code == SqlState::T_R_DEADLOCK_DETECTED
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unfinished_transaction_reads_like_the_seed() {
+        assert_eq!(
+            Error::UnfinishedTransaction.to_string(),
+            "Did not commit or rollback open transaction before releasing connection."
+        );
+    }
+
+    #[test]
+    fn commit_outcome_unknown_is_not_transient() {
+        assert!(!Error::CommitOutcomeUnknown(None).is_transient());
+        assert!(Error::ConnectionLost(None).is_transient());
+    }
+}

@@ -1,0 +1,398 @@
+//! Who holds the shared connection: a fair lease that a forgotten holder
+//! cannot keep forever.
+//!
+//! A `parking_lot` guard kept inside a `Tx` would make `mem::forget(tx)` lock
+//! the connection for good, and `force_unlock` is unsafe. So the lock is a
+//! lease instead: the holder is recorded (thread, liveness token, epoch), and
+//! an acquirer that finds the holder abandoned takes the lease over. Every
+//! grant gets a new epoch; a revoked holder's epoch no longer matches, so
+//! anything it tries afterwards fails with `Error::LeaseRevoked`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::{self, Thread, ThreadId};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard};
+
+/// A waiter that has waited this long is handed the lease directly at the
+/// next release, so newcomers can't starve it. Shorter waits let the
+/// releasing thread take the lease again without a context switch, which is
+/// what keeps a contended connection as fast as an uncontended one
+/// (`parking_lot` uses the same "eventual fairness").
+const FAIR_HANDOFF_AFTER: Duration = Duration::from_micros(500);
+
+/// How often a waiter looks at whether the holder has been abandoned.
+const ABANDON_POLL: Duration = Duration::from_millis(50);
+
+/// `activity` while a request is in flight: a busy holder is never idle.
+const BUSY: u64 = u64::MAX;
+
+/// How long an acquirer is prepared to wait.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Wait {
+    Forever,
+    Until(Instant),
+    Never,
+}
+
+/// Why an acquirer decided the holder had abandoned the lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Abandoned {
+    /// The holding thread asked for the connection again, so it can't be
+    /// using its earlier guard or transaction any more (it forgot it).
+    SameThread,
+    /// The holding thread has exited.
+    ThreadExited,
+    /// The holder ran nothing for longer than `abandon_after`.
+    Idle(Duration),
+}
+
+impl fmt::Display for Abandoned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Abandoned::SameThread => f.write_str("its thread acquired the connection again"),
+            Abandoned::ThreadExited => f.write_str("its thread exited without releasing it"),
+            Abandoned::Idle(idle) => write!(f, "it ran nothing for {idle:?}"),
+        }
+    }
+}
+
+/// The lease was granted.
+#[derive(Debug)]
+pub(crate) struct Grant {
+    pub(crate) epoch: u64,
+    /// Set when the lease was taken from an abandoned holder, whose open
+    /// transaction (if any) the new holder must roll back.
+    pub(crate) took_over: Option<Abandoned>,
+}
+
+/// The lease was not granted.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Timeout,
+    WouldBlock,
+}
+
+thread_local! {
+    /// Dropped when the thread exits; a `Weak` to it tells whether the thread lives.
+    static ALIVE: Arc<()> = Arc::new(());
+}
+
+struct Identity {
+    thread: ThreadId,
+    alive: Weak<()>,
+}
+
+impl Identity {
+    fn current() -> Identity {
+        Identity {
+            thread: thread::current().id(),
+            alive: ALIVE.with(Arc::downgrade),
+        }
+    }
+}
+
+struct Holder {
+    who: Identity,
+    epoch: u64,
+    /// The queue ticket of the waiter this lease was handed to, if it was.
+    handed_to: Option<u64>,
+}
+
+struct Waiter {
+    ticket: u64,
+    thread: Thread,
+    alive: Weak<()>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct LeaseState {
+    holder: Option<Holder>,
+    queue: VecDeque<Waiter>,
+    next_ticket: u64,
+}
+
+pub(crate) struct Lease {
+    state: Mutex<LeaseState>,
+    /// The current holder's epoch. Written under `state`, read by holders
+    /// (under the session lock) to check that they still hold the lease.
+    epoch: AtomicU64,
+    origin: Instant,
+    /// Nanoseconds since `origin` at the holder's last request, or `BUSY`.
+    activity: AtomicU64,
+    abandon_after: Option<Duration>,
+}
+
+enum Next {
+    HandedOver(u64),
+    Take(Option<Abandoned>),
+    Wait,
+}
+
+impl Lease {
+    pub(crate) fn new(abandon_after: Option<Duration>) -> Lease {
+        Lease {
+            state: Mutex::new(LeaseState::default()),
+            epoch: AtomicU64::new(0),
+            origin: Instant::now(),
+            activity: AtomicU64::new(0),
+            abandon_after,
+        }
+    }
+
+    /// The epoch of the current grant.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Acquires the lease, waiting as `wait` allows.
+    pub(crate) fn acquire(&self, wait: Wait) -> Result<Grant, Refused> {
+        let me = Identity::current();
+        let mut state = self.state.lock();
+        let mut ticket: Option<u64> = None;
+        loop {
+            let next = match &state.holder {
+                None => Next::Take(None),
+                Some(holder) if ticket.is_some() && holder.handed_to == ticket => {
+                    Next::HandedOver(holder.epoch)
+                }
+                Some(holder) => match self.abandoned(holder, &me) {
+                    Some(reason) => Next::Take(Some(reason)),
+                    None => Next::Wait,
+                },
+            };
+            match next {
+                Next::HandedOver(epoch) => {
+                    return Ok(Grant {
+                        epoch,
+                        took_over: None,
+                    });
+                }
+                Next::Take(took_over) => {
+                    let epoch = self.grant(&mut state, me, ticket);
+                    return Ok(Grant { epoch, took_over });
+                }
+                Next::Wait => {}
+            }
+            let deadline = match wait {
+                Wait::Never => return Err(Refused::WouldBlock),
+                Wait::Until(deadline) => Some(deadline),
+                Wait::Forever => None,
+            };
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                leave_queue(&mut state, ticket);
+                return Err(Refused::Timeout);
+            }
+            if ticket.is_none() {
+                let t = state.next_ticket;
+                state.next_ticket += 1;
+                state.queue.push_back(Waiter {
+                    ticket: t,
+                    thread: thread::current(),
+                    alive: me.alive.clone(),
+                    since: now,
+                });
+                ticket = Some(t);
+            }
+            let park_for = deadline
+                .map_or(ABANDON_POLL, |d| d.saturating_duration_since(now))
+                .min(ABANDON_POLL);
+            MutexGuard::unlocked(&mut state, || thread::park_timeout(park_for));
+        }
+    }
+
+    /// Releases the lease if `epoch` still holds it; returns whether it did.
+    pub(crate) fn release(&self, epoch: u64) -> bool {
+        let mut state = self.state.lock();
+        if state.holder.as_ref().is_none_or(|h| h.epoch != epoch) {
+            return false;
+        }
+        state.holder = None;
+        let long_waiting = state
+            .queue
+            .front()
+            .is_some_and(|w| w.since.elapsed() >= FAIR_HANDOFF_AFTER);
+        if long_waiting {
+            if let Some(waiter) = state.queue.pop_front() {
+                let epoch = self.next_epoch();
+                state.holder = Some(Holder {
+                    who: Identity {
+                        thread: waiter.thread.id(),
+                        alive: waiter.alive,
+                    },
+                    epoch,
+                    handed_to: Some(waiter.ticket),
+                });
+                waiter.thread.unpark();
+            }
+        } else if let Some(waiter) = state.queue.front() {
+            waiter.thread.unpark();
+        }
+        true
+    }
+
+    /// The holder is running a request: it is not idle, however long it takes.
+    pub(crate) fn mark_busy(&self) {
+        if self.abandon_after.is_some() {
+            self.activity.store(BUSY, Ordering::Relaxed);
+        }
+    }
+
+    /// The holder has finished a request (or just got the lease).
+    pub(crate) fn mark_idle(&self) {
+        if self.abandon_after.is_some() {
+            self.activity.store(self.now(), Ordering::Relaxed);
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(BUSY - 1)
+    }
+
+    fn next_epoch(&self) -> u64 {
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.mark_idle();
+        epoch
+    }
+
+    fn grant(&self, state: &mut LeaseState, me: Identity, ticket: Option<u64>) -> u64 {
+        leave_queue(state, ticket);
+        let epoch = self.next_epoch();
+        state.holder = Some(Holder {
+            who: me,
+            epoch,
+            handed_to: None,
+        });
+        epoch
+    }
+
+    fn abandoned(&self, holder: &Holder, me: &Identity) -> Option<Abandoned> {
+        if holder.who.thread == me.thread {
+            return Some(Abandoned::SameThread);
+        }
+        if holder.who.alive.strong_count() == 0 {
+            return Some(Abandoned::ThreadExited);
+        }
+        let limit = self.abandon_after?;
+        let last = self.activity.load(Ordering::Relaxed);
+        if last == BUSY {
+            return None;
+        }
+        let idle = Duration::from_nanos(self.now().saturating_sub(last));
+        (idle >= limit).then_some(Abandoned::Idle(idle))
+    }
+}
+
+fn leave_queue(state: &mut LeaseState, ticket: Option<u64>) {
+    if let Some(ticket) = ticket {
+        state.queue.retain(|w| w.ticket != ticket);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_free_lease_is_granted_with_a_new_epoch() {
+        let lease = Lease::new(None);
+        let first = lease.acquire(Wait::Never).expect("free");
+        assert!(first.took_over.is_none());
+        assert!(lease.release(first.epoch));
+        let second = lease.acquire(Wait::Never).expect("free again");
+        assert!(second.epoch > first.epoch);
+    }
+
+    #[test]
+    fn the_same_thread_acquiring_again_takes_over() {
+        let lease = Lease::new(None);
+        let first = lease.acquire(Wait::Never).expect("free");
+        let second = lease.acquire(Wait::Never).expect("taken over");
+        assert_eq!(second.took_over, Some(Abandoned::SameThread));
+        assert!(!lease.release(first.epoch), "a revoked epoch releases nothing");
+        assert!(lease.release(second.epoch));
+    }
+
+    #[test]
+    fn another_thread_waits_then_times_out() {
+        let lease = Lease::new(None);
+        let held = lease.acquire(Wait::Never).expect("free");
+        thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(lease.acquire(Wait::Never).unwrap_err(), Refused::WouldBlock);
+                let until = Instant::now() + Duration::from_millis(30);
+                assert_eq!(lease.acquire(Wait::Until(until)).unwrap_err(), Refused::Timeout);
+                assert!(Instant::now() >= until);
+            });
+        });
+        assert!(lease.release(held.epoch));
+    }
+
+    #[test]
+    fn a_lease_left_by_an_exited_thread_is_taken_over() {
+        let lease = Lease::new(None);
+        thread::scope(|s| {
+            s.spawn(|| lease.acquire(Wait::Never).expect("free"));
+        });
+        let grant = lease.acquire(Wait::Never).expect("taken over");
+        assert_eq!(grant.took_over, Some(Abandoned::ThreadExited));
+    }
+
+    #[test]
+    fn an_idle_holder_is_taken_over_after_the_limit_but_not_a_busy_one() {
+        let lease = &Lease::new(Some(Duration::from_millis(20)));
+        let (to_holder, holder_inbox) = std::sync::mpsc::channel::<()>();
+        let (to_main, main_inbox) = std::sync::mpsc::channel::<()>();
+        thread::scope(|s| {
+            s.spawn(move || {
+                let _grant = lease.acquire(Wait::Never).expect("free");
+                lease.mark_busy();
+                to_main.send(()).expect("main alive");
+                holder_inbox.recv().expect("told to go idle");
+                lease.mark_idle();
+                holder_inbox.recv().expect("told to finish");
+            });
+            main_inbox.recv().expect("holder acquired");
+            thread::sleep(Duration::from_millis(40));
+            assert_eq!(
+                lease.acquire(Wait::Never).unwrap_err(),
+                Refused::WouldBlock,
+                "a busy holder is never abandoned"
+            );
+            to_holder.send(()).expect("holder alive");
+            let grant = lease
+                .acquire(Wait::Until(Instant::now() + Duration::from_secs(5)))
+                .expect("taken over once idle");
+            assert!(matches!(grant.took_over, Some(Abandoned::Idle(_))));
+            to_holder.send(()).expect("holder alive");
+        });
+    }
+
+    #[test]
+    fn sixteen_threads_each_get_the_lease() {
+        let lease = Lease::new(None);
+        let counts: Vec<AtomicU64> = (0..16).map(|_| AtomicU64::new(0)).collect();
+        let stop = Instant::now() + Duration::from_millis(300);
+        thread::scope(|s| {
+            for count in &counts {
+                let lease = &lease;
+                s.spawn(move || {
+                    while Instant::now() < stop {
+                        let grant = lease.acquire(Wait::Forever).expect("waits");
+                        count.fetch_add(1, Ordering::Relaxed);
+                        std::hint::spin_loop();
+                        assert!(lease.release(grant.epoch));
+                    }
+                });
+            }
+        });
+        for count in &counts {
+            assert!(count.load(Ordering::Relaxed) > 0, "a thread starved");
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Typestate PostgreSQL transactions on one connection shared by many threads.
+//!
+//! `pgtx` is a Rust port, and a stricter version, of
+//! psycopg2-managed-connection: many threads share one connection (no TCP
+//! or backend start-up per unit of work) through an exclusive hold, and no
+//! thread can leave a transaction open for the next one. The compiler refuses
+//! a transaction that is neither committed nor rolled back; what the compiler
+//! cannot see (`mem::forget`, a panic, a dropped server) is rolled back at run
+//! time and reported with a documented error.
+//!
+//! # Tutorial
+//!
+//! ```no_run
+//! use pgtx::ManagedConnection;
+//!
+//! // Reads the settings; connects only when first used.
+//! let manager = ManagedConnection::new("host=localhost user=postgres dbname=postgres")?;
+//!
+//! // The closure form: it must return the `Tx` that `commit()` or `rollback()`
+//! // gave back, so a transaction that is never finished does not compile.
+//! manager.transaction(|mut tx| {
+//!     tx.execute("CREATE TABLE IF NOT EXISTS visits (n bigint)", &[])?;
+//!     tx.execute("INSERT INTO visits VALUES ($1)", &[&1_i64])?;
+//!     tx.commit()
+//! })?;
+//!
+//! // The guard form: `lock()` waits for the connection, `begin()` opens a
+//! // transaction, and `commit()` turns `Tx<Open>` into `Tx<Done>`.
+//! let guard = manager.lock()?;
+//! let mut tx = guard.begin()?;
+//! let visits: i64 = tx.query_one("SELECT count(*) FROM visits", &[])?.get(0);
+//! let done = tx.commit()?;
+//! done.release(); // or let it go out of scope
+//! println!("{visits} visits; connection is {}", manager.status());
+//! # Ok::<(), pgtx::Error>(())
+//! ```
+//!
+//! Share the manager between threads by reference (`std::thread::scope`),
+//! in an `Arc`, or in a `static`: it is `Send + Sync`.
+//!
+//! # Guarantees
+//!
+//! What the compiler enforces:
+//!
+//! - statements exist only on [`Tx<'_, Open>`](Tx) (and autocommit ones on
+//!   [`Guard`]); [`Tx::commit`] and [`Tx::rollback`] consume it, so it cannot
+//!   be used, committed or rolled back again afterwards;
+//! - a [`ManagedConnection::transaction`] closure can only return by handing
+//!   back its own transaction finished (its lifetime brands it: a `Tx` from
+//!   another transaction does not fit), and it cannot keep the `Tx`;
+//! - a `Tx` or `Guard` cannot outlive the manager, be cloned, or move to
+//!   another thread; the state markers cannot be built or added to outside
+//!   this crate.
+//!
+//! What the runtime fallback catches (see [`Tx`] for the details):
+//!
+//! - a `Tx<'_, Open>` dropped unfinished (early return, panic) is rolled back
+//!   before the connection is released;
+//! - a forgotten `Tx` or `Guard` is rolled back by the next acquirer, which
+//!   takes the connection over; the forgotten value fails safely with
+//!   [`Error::LeaseRevoked`] if it is ever used;
+//! - a connection the server closed while idle is replaced before anybody
+//!   gets it; one that breaks in use is reported ([`Error::ConnectionLost`],
+//!   [`Error::CommitOutcomeUnknown`]) and replaced by the next holder;
+//! - `commit` after a failed statement returns [`Error::TransactionAborted`]
+//!   instead of pretending to succeed.
+//!
+//! Each fallback rollback is reported as [`Error::UnfinishedTransaction`],
+//! whose message is psycopg2-managed-connection's own:
+//! "Did not commit or rollback open transaction before releasing connection."
+//! A closure that returns `Err` gets its own error back, with the
+//! transaction rolled back.
+//!
+//! # Locking and threads
+//!
+//! One thread at a time holds the connection. [`ManagedConnection::lock`]
+//! waits, [`ManagedConnection::try_lock`] never waits for another holder,
+//! and [`ManagedConnection::lock_timeout`] gives up with
+//! [`Error::LockTimeout`]. Waiters are served fairly. The transaction status
+//! ([`ManagedConnection::status`]) is readable from any thread without
+//! waiting.
+//!
+//! # Features
+//!
+//! No optional features yet.
+
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms, unreachable_pub, clippy::all)]
+// Nothing here needs `unsafe`: the lock is a lease checked by epoch rather
+// than a guard that would have to be force-unlocked.
+#![forbid(unsafe_code)]
+
+mod config;
+mod driver;
+mod error;
+mod guard;
+mod held;
+mod lease;
+mod manager;
+mod options;
+mod session;
+mod state;
+mod statements;
+mod status;
+mod tx;
+
+pub use crate::config::{Settings, SettingsError};
+pub use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
+pub use crate::guard::Guard;
+pub use crate::manager::{Builder, DEFAULT_ABANDON_AFTER, ManagedConnection};
+pub use crate::options::{IsolationLevel, TxOptions};
+pub use crate::state::{Done, Open, State};
+pub use crate::status::TransactionStatus;
+pub use crate::tx::Tx;
+
+pub use postgres::error::{DbError, SqlState};
+pub use postgres::types::{self, ToSql};
+pub use postgres::{Row, Statement, ToStatement};

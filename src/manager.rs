@@ -1,0 +1,414 @@
+//! The shared handle: settings, the lease, the session, and the fallbacks
+//! that run when a holder does not finish its transaction.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::Settings;
+use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
+use crate::guard::Guard;
+use crate::held::{Held, Ticket};
+use crate::lease::{Abandoned, Lease, Refused, Wait};
+use crate::options::TxOptions;
+use crate::session::Session;
+use crate::state::{Done, Open};
+use crate::status::TransactionStatus;
+use crate::tx::Tx;
+
+/// How long a holder may run nothing, while others wait, before it counts as
+/// abandoned. See [`Builder::abandon_after`].
+pub const DEFAULT_ABANDON_AFTER: Duration = Duration::from_secs(30);
+
+/// One PostgreSQL connection shared by many threads, one holder at a time.
+///
+/// Creating it does not connect: the connection is opened by the first
+/// holder, and opened again by the next holder whenever it was closed, broke,
+/// or was dropped by the server while idle. Share it between threads by
+/// reference (it is `Send + Sync`), in an `Arc`, or in a `static`.
+///
+/// Take the connection with [`transaction`](Self::transaction) (a closure:
+/// the compiler makes sure it commits or rolls back) or with
+/// [`lock`](Self::lock) (a [`Guard`] that begins [`Tx`]s and runs
+/// autocommit statements).
+///
+/// # What happens to unfinished transactions
+///
+/// The compiler checks the closure form; whatever it cannot see is caught at
+/// run time, rolled back, and reported as [`Error::UnfinishedTransaction`]
+/// (whose message is exactly [`UNFINISHED_TRANSACTION`]):
+///
+/// - a `Tx<Open>` dropped by an early return or a panic is rolled back on the
+///   spot, before the connection is released;
+/// - a `Tx<Open>` or [`Guard`] lost with `mem::forget` is rolled back by the
+///   next acquirer, which takes the connection over as soon as the holder
+///   is seen to be abandoned (see [`Builder::abandon_after`]);
+///
+/// Drop has no return path, so these are reported through the `log` crate
+/// (at `error` level) and counted in [`unfinished_transactions`](Self::unfinished_transactions).
+/// A closure that returns `Err` gets its error back unchanged, with the
+/// transaction rolled back, just as psycopg2-managed-connection propagates
+/// the exception.
+pub struct ManagedConnection {
+    settings: Settings,
+    pub(crate) lease: Lease,
+    pub(crate) session: Session,
+    unfinished: AtomicU64,
+}
+
+static_assertions::assert_impl_all!(ManagedConnection: Send, Sync);
+
+/// Builds a [`ManagedConnection`] with settings other than the defaults.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let manager = pgtx::ManagedConnection::builder("host=localhost user=postgres")
+///     .abandon_after(Some(Duration::from_secs(5)))
+///     .build()?;
+/// # Ok::<(), pgtx::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct Builder {
+    dsn: String,
+    abandon_after: Option<Duration>,
+}
+
+impl Builder {
+    /// How long a holder may run no statement while another thread waits
+    /// before the waiter treats it as abandoned (a `Guard` or `Tx` that was
+    /// forgotten on a thread that is still alive), rolls back what it left
+    /// open, and takes the connection. The revoked holder's next call fails
+    /// with [`Error::LeaseRevoked`], so its work is never silently lost.
+    ///
+    /// Default: [`DEFAULT_ABANDON_AFTER`] (30 s), far beyond any healthy
+    /// gap between two statements. `None` never takes a live thread's lease
+    /// (a forgotten guard then blocks [`lock`](ManagedConnection::lock) until
+    /// that thread exits or asks again; [`lock_timeout`](ManagedConnection::lock_timeout)
+    /// still returns). A thread that exited or that acquires again is
+    /// recognised at once whatever this is set to.
+    pub fn abandon_after(mut self, limit: Option<Duration>) -> Self {
+        self.abandon_after = limit;
+        self
+    }
+
+    /// Parses the settings and builds the manager. Does not connect.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Settings`] if the connection string cannot be read.
+    pub fn build(self) -> Result<ManagedConnection> {
+        let settings = Settings::parse(&self.dsn)?;
+        Ok(ManagedConnection {
+            settings,
+            lease: Lease::new(self.abandon_after),
+            session: Session::new(),
+            unfinished: AtomicU64::new(0),
+        })
+    }
+}
+
+impl ManagedConnection {
+    /// Reads the connection settings; does not connect.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Settings`], naming what is wrong, if `dsn` cannot be read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let manager = pgtx::ManagedConnection::new("postgres:///postgres")?;
+    /// assert_eq!(manager.to_string(), "<ManagedConnection: postgres:///postgres (closed)>");
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn new(dsn: &str) -> Result<ManagedConnection> {
+        Self::builder(dsn).build()
+    }
+
+    /// Starts a [`Builder`] for settings other than the defaults.
+    pub fn builder(dsn: &str) -> Builder {
+        Builder {
+            dsn: dsn.to_owned(),
+            abandon_after: Some(DEFAULT_ABANDON_AFTER),
+        }
+    }
+
+    /// The settings, with any password hidden when shown.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Runs `work` in a transaction and returns what it hands back.
+    ///
+    /// Waits for the connection, opens it if needed, sends `BEGIN`, and calls
+    /// `work` with the open transaction. `work` must end it: the only way to
+    /// produce the `Tx<'_, Done<T>>` it returns is [`Tx::commit`] or
+    /// [`Tx::rollback`] on *this* transaction (the lifetime `'s` brands it), so
+    /// forgetting to finish does not compile. [`Tx::returning`] attaches the
+    /// value to hand back.
+    ///
+    /// The connection is released when this returns, whatever `work` did:
+    /// `transaction`, not a value `work` could forget, owns the lock.
+    ///
+    /// # Errors
+    ///
+    /// - Any `Err` from `work`, unchanged; the transaction is rolled back first.
+    /// - [`Error`] (converted into `E`) if the connection can't be opened or
+    ///   `BEGIN` fails; `work` has not run.
+    ///
+    /// # Panics
+    ///
+    /// If `work` panics, the transaction is rolled back, the connection
+    /// released, the rollback reported as an unfinished transaction, and the
+    /// panic continues.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let manager = pgtx::ManagedConnection::new("host=localhost user=postgres")?;
+    /// let total: i64 = manager.transaction(|mut tx| {
+    ///     tx.execute("INSERT INTO ledger (amount) VALUES ($1)", &[&10_i64])?;
+    ///     let total = tx.query_one("SELECT sum(amount)::bigint FROM ledger", &[])?.get(0);
+    ///     Ok(tx.commit()?.returning(total))
+    /// })?;
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn transaction<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
+        E: From<Error>,
+    {
+        self.transaction_with(TxOptions::default(), work)
+    }
+
+    /// [`transaction`](Self::transaction) with an isolation level, read-only
+    /// or deferrable mode.
+    ///
+    /// # Errors
+    ///
+    /// As [`transaction`](Self::transaction).
+    ///
+    /// # Panics
+    ///
+    /// As [`transaction`](Self::transaction).
+    pub fn transaction_with<T, E, F>(&self, options: TxOptions, work: F) -> Result<T, E>
+    where
+        F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
+        E: From<Error>,
+    {
+        let tx = self.lock()?.begin_with(options)?;
+        let (scope, tx) = Scope::enter(self, tx);
+        let outcome = work(tx);
+        scope.exit();
+        outcome.map(Tx::into_value)
+    }
+
+    /// Takes the connection, waiting as long as it takes.
+    ///
+    /// Opens the connection if there is none, or if the server closed it
+    /// while it sat idle, so the guard never carries a dead connection that
+    /// could have been detected. Waiters are served fairly: none waits behind
+    /// newcomers for more than about half a millisecond of handoffs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] if the connection had to be opened and could not
+    /// be; the connection is released.
+    pub fn lock(&self) -> Result<Guard<'_>> {
+        self.acquire(Wait::Forever)
+    }
+
+    /// Takes the connection if nobody holds it; never waits for another holder.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldBlock`] if another thread holds it; otherwise as [`lock`](Self::lock).
+    pub fn try_lock(&self) -> Result<Guard<'_>> {
+        self.acquire(Wait::Never)
+    }
+
+    /// Takes the connection, waiting at most `timeout` for another holder.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockTimeout`] if it is still held after `timeout`; otherwise
+    /// as [`lock`](Self::lock).
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<Guard<'_>> {
+        let deadline = Instant::now().checked_add(timeout);
+        let wait = deadline.map_or(Wait::Forever, Wait::Until);
+        self.acquire(wait).map_err(|e| match e {
+            Error::LockTimeout(_) => Error::LockTimeout(timeout),
+            other => other,
+        })
+    }
+
+    /// The transaction status, read without waiting for the holder.
+    pub fn status(&self) -> TransactionStatus {
+        self.session.status()
+    }
+
+    /// Whether there is no usable connection right now (never opened,
+    /// closed, or broken). The next holder opens one.
+    pub fn is_closed(&self) -> bool {
+        matches!(
+            self.status(),
+            TransactionStatus::Closed | TransactionStatus::Unknown
+        )
+    }
+
+    /// Waits for the connection and closes it. The next holder opens a new one.
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for a close that reports the server's answer.
+    pub fn close(&self) -> Result<()> {
+        let held = self.acquire_lease(Wait::Forever)?;
+        held.session()?.close();
+        Ok(())
+    }
+
+    /// How many transactions the runtime fallback has rolled back because they
+    /// were neither committed nor rolled back: dropped, forgotten, or unwound
+    /// by a panic. Each was also logged as [`Error::UnfinishedTransaction`].
+    pub fn unfinished_transactions(&self) -> u64 {
+        self.unfinished.load(Ordering::Relaxed)
+    }
+
+    fn acquire(&self, wait: Wait) -> Result<Guard<'_>> {
+        let held = self.acquire_lease(wait)?;
+        held.session()?.ensure_open(&self.settings)?;
+        Ok(Guard::new(held))
+    }
+
+    /// Takes the lease; rolls back whatever an abandoned holder left open.
+    fn acquire_lease(&self, wait: Wait) -> Result<Held<'_>> {
+        let grant = self.lease.acquire(wait).map_err(|refused| match refused {
+            Refused::WouldBlock => Error::WouldBlock,
+            Refused::Timeout => Error::LockTimeout(Duration::ZERO),
+        })?;
+        let held = Held::new(self, Ticket::new(grant.epoch));
+        if let Some(reason) = grant.took_over {
+            let mut session = held.session()?;
+            if session.in_transaction() {
+                session.rollback();
+                self.report_unfinished(Cause::Abandoned(reason));
+            } else {
+                log::debug!("pgtx: took over an abandoned guard ({reason})");
+            }
+        }
+        Ok(held)
+    }
+
+    /// The end of a guard-form holder: roll back whatever is open, release.
+    pub(crate) fn finish(&self, ticket: Ticket) {
+        if ticket.is_scoped() {
+            return; // the `transaction` scope finishes it
+        }
+        let mut session = self.session.lock();
+        if self.lease.epoch() != ticket.epoch() {
+            return; // taken over; the new holder cleaned up
+        }
+        if session.in_transaction() || ticket.is_open() {
+            session.rollback();
+            let cause = if std::thread::panicking() {
+                Cause::Panic
+            } else {
+                Cause::Dropped
+            };
+            self.report_unfinished(cause);
+        }
+        drop(session);
+        self.lease.release(ticket.epoch());
+    }
+
+    fn end_scope(&self, epoch: u64, how: ScopeEnd) {
+        let mut session = self.session.lock();
+        if self.lease.epoch() != epoch {
+            return;
+        }
+        if session.in_transaction() {
+            session.rollback();
+            if how == ScopeEnd::Panicked {
+                self.report_unfinished(Cause::Panic);
+            }
+        }
+        drop(session);
+        self.lease.release(epoch);
+    }
+
+    fn report_unfinished(&self, cause: Cause) {
+        self.unfinished.fetch_add(1, Ordering::Relaxed);
+        log::error!("pgtx: {UNFINISHED_TRANSACTION} ({cause}; it has been rolled back)");
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Cause {
+    Dropped,
+    Panic,
+    Abandoned(Abandoned),
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Dropped => f.write_str("the transaction was dropped while open"),
+            Cause::Panic => f.write_str("a panic unwound the open transaction"),
+            Cause::Abandoned(reason) => write!(f, "its holder was abandoned: {reason}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScopeEnd {
+    Returned,
+    Panicked,
+}
+
+/// Owns the lease while a `transaction` closure runs, like the scope of
+/// `std::thread::scope`: it ends the transaction and releases the connection
+/// whether the closure returns or unwinds, and whatever became of the `Tx`.
+struct Scope<'m> {
+    manager: &'m ManagedConnection,
+    epoch: u64,
+}
+
+impl<'m> Scope<'m> {
+    fn enter(manager: &'m ManagedConnection, tx: Tx<'m, Open>) -> (Scope<'m>, Tx<'m, Open>) {
+        let tx = tx.into_scoped();
+        let epoch = tx.epoch();
+        (Scope { manager, epoch }, tx)
+    }
+
+    fn exit(self) {
+        let scope = std::mem::ManuallyDrop::new(self);
+        scope.manager.end_scope(scope.epoch, ScopeEnd::Returned);
+    }
+}
+
+impl Drop for Scope<'_> {
+    fn drop(&mut self) {
+        // Only reached by unwinding: `exit` consumes the scope otherwise.
+        self.manager.end_scope(self.epoch, ScopeEnd::Panicked);
+    }
+}
+
+impl fmt::Display for ManagedConnection {
+    /// `<ManagedConnection: DSN (state)>`, as psycopg2-managed-connection
+    /// shows itself, with any password removed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<ManagedConnection: {} ({})>", self.settings, self.status())
+    }
+}
+
+impl fmt::Debug for ManagedConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagedConnection")
+            .field("settings", &self.settings)
+            .field("status", &self.status())
+            .field("unfinished_transactions", &self.unfinished_transactions())
+            .finish_non_exhaustive()
+    }
+}

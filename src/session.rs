@@ -1,0 +1,271 @@
+//! The shared connection itself, and what we know about its transaction.
+//!
+//! Only the holder of the lease (see `lease.rs`) locks the session, and only
+//! for as long as one request takes, so the mutex here is never held while
+//! user code runs. The transaction status is mirrored into an atomic so that
+//! any thread can read it without waiting.
+
+use parking_lot::{Mutex, MutexGuard};
+use postgres::error::DbError;
+
+use crate::config::Settings;
+use crate::driver::Driver;
+use crate::error::{Error, Result};
+use crate::status::{StatusCell, TransactionStatus};
+
+/// What the crate knows about the transaction on the connection. It sends
+/// every `BEGIN`, `COMMIT` and `ROLLBACK` itself, so this is exact as long as
+/// user SQL does not issue transaction control statements.
+#[derive(Debug)]
+enum Track {
+    /// No transaction block is open.
+    Idle,
+    /// A transaction block is open and healthy.
+    Open,
+    /// The server aborted the open transaction; carries the first error.
+    Aborted(Box<DbError>),
+    /// The connection broke while a transaction was open: the server has
+    /// rolled it back, and the holder must still be told.
+    Lost,
+}
+
+struct Slot {
+    driver: Option<Driver>,
+    track: Track,
+}
+
+pub(crate) struct Session {
+    slot: Mutex<Slot>,
+    status: StatusCell,
+}
+
+/// The session, locked by the lease holder for one operation.
+pub(crate) struct Active<'a> {
+    slot: MutexGuard<'a, Slot>,
+    status: &'a StatusCell,
+}
+
+impl Session {
+    pub(crate) fn new() -> Self {
+        Session {
+            slot: Mutex::new(Slot {
+                driver: None,
+                track: Track::Idle,
+            }),
+            status: StatusCell::new(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> Active<'_> {
+        Active {
+            slot: self.slot.lock(),
+            status: &self.status,
+        }
+    }
+
+    pub(crate) fn status(&self) -> TransactionStatus {
+        self.status.get()
+    }
+}
+
+impl Active<'_> {
+    /// Makes sure there is a live connection, opening one if there is none or
+    /// if the server closed the old one while it sat idle.
+    ///
+    /// Must only be called when no transaction is open.
+    pub(crate) fn ensure_open(&mut self, settings: &Settings) -> Result<()> {
+        debug_assert!(matches!(self.slot.track, Track::Idle));
+        if let Some(driver) = self.slot.driver.as_mut() {
+            if driver.is_alive() {
+                return Ok(());
+            }
+            let cause = driver.take_end_cause();
+            match cause {
+                Some(cause) => log::info!("pgtx: connection closed while idle ({cause}); reconnecting"),
+                None => log::info!("pgtx: connection closed while idle; reconnecting"),
+            }
+            self.discard();
+        }
+        match settings.connect() {
+            Ok(driver) => {
+                self.slot.driver = Some(driver);
+                self.status.set(TransactionStatus::Idle);
+                Ok(())
+            }
+            Err(e) => {
+                self.status.set(TransactionStatus::Closed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a transaction block is (or was, before the connection broke) open.
+    pub(crate) fn in_transaction(&self) -> bool {
+        !matches!(self.slot.track, Track::Idle)
+    }
+
+    /// Runs one statement, keeping the transaction status exact.
+    pub(crate) fn statement<T>(
+        &mut self,
+        request: impl FnOnce(&mut Driver) -> Result<T, postgres::Error>,
+    ) -> Result<T> {
+        let Some(driver) = self.slot.driver.as_mut() else {
+            return Err(Error::ConnectionLost(None));
+        };
+        self.status.set(TransactionStatus::Active);
+        let result = request(driver);
+        match result {
+            Ok(value) => {
+                self.publish();
+                Ok(value)
+            }
+            Err(e) if driver.has_ended() => {
+                let cause = driver.take_end_cause().unwrap_or(e);
+                self.lose();
+                Err(Error::ConnectionLost(Some(cause)))
+            }
+            Err(e) => {
+                if let (Track::Open, Some(db)) = (&self.slot.track, e.as_db_error()) {
+                    self.slot.track = Track::Aborted(Box::new(db.clone()));
+                }
+                self.publish();
+                Err(Error::Db(e))
+            }
+        }
+    }
+
+    /// Sends `BEGIN`. A connection found dead is replaced once: nothing of
+    /// this transaction has reached the server yet, so that is always safe.
+    pub(crate) fn begin(&mut self, settings: &Settings, begin: &str) -> Result<()> {
+        let mut reconnected = false;
+        loop {
+            match self.statement(|driver| driver.run(|client| client.batch_execute(begin))) {
+                Ok(()) => {
+                    self.slot.track = Track::Open;
+                    self.publish();
+                    return Ok(());
+                }
+                Err(Error::ConnectionLost(_)) if !reconnected => {
+                    self.slot.track = Track::Idle;
+                    reconnected = true;
+                    self.ensure_open(settings)?;
+                }
+                Err(e) => {
+                    if matches!(self.slot.track, Track::Lost) {
+                        self.slot.track = Track::Idle;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Sends `COMMIT`, and says truthfully whether the server committed.
+    ///
+    /// On `Err` the transaction is over either way (rolled back, or of unknown
+    /// outcome when the connection broke during `COMMIT`).
+    pub(crate) fn commit(&mut self) -> Result<()> {
+        match std::mem::replace(&mut self.slot.track, Track::Idle) {
+            Track::Idle => Ok(()),
+            Track::Lost => {
+                self.publish();
+                Err(Error::ConnectionLost(None))
+            }
+            Track::Aborted(first) => {
+                // Anything but idle makes `rollback` send ROLLBACK.
+                self.slot.track = Track::Open;
+                self.rollback();
+                Err(Error::TransactionAborted(first))
+            }
+            Track::Open => {
+                let Some(driver) = self.slot.driver.as_mut() else {
+                    return Err(Error::ConnectionLost(None));
+                };
+                self.status.set(TransactionStatus::Active);
+                let result = driver.run(|client| client.batch_execute("COMMIT"));
+                match result {
+                    Ok(()) => {
+                        self.publish();
+                        Ok(())
+                    }
+                    Err(e) if e.as_db_error().is_some() && !driver.has_ended() => {
+                        // The server refused to commit (a deferred constraint, a
+                        // serialization failure): the transaction is rolled back.
+                        self.publish();
+                        Err(Error::Db(e))
+                    }
+                    Err(e) => {
+                        let cause = driver.take_end_cause().unwrap_or(e);
+                        self.discard();
+                        self.status.set(TransactionStatus::Unknown);
+                        Err(Error::CommitOutcomeUnknown(Some(cause)))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the transaction without saving it. Never fails: when `ROLLBACK`
+    /// cannot be sent, the connection is closed, which makes the server roll
+    /// back, and no one can inherit it.
+    pub(crate) fn rollback(&mut self) {
+        match self.slot.track {
+            Track::Idle => return,
+            Track::Lost => {
+                self.slot.track = Track::Idle;
+                self.publish();
+                return;
+            }
+            Track::Open | Track::Aborted(_) => {}
+        }
+        let Some(driver) = self.slot.driver.as_mut() else {
+            self.slot.track = Track::Idle;
+            self.publish();
+            return;
+        };
+        self.status.set(TransactionStatus::Active);
+        if let Err(e) = driver.run(|client| client.batch_execute("ROLLBACK")) {
+            log::warn!("pgtx: ROLLBACK failed ({e}); closing the connection so the server rolls back");
+            self.discard();
+        }
+        self.slot.track = Track::Idle;
+        self.publish();
+    }
+
+    /// Closes the connection (if any). The next holder opens a new one.
+    pub(crate) fn close(&mut self) {
+        if let Some(driver) = self.slot.driver.take() {
+            driver.close();
+        }
+        self.slot.track = Track::Idle;
+        self.publish();
+    }
+
+    /// Drops a connection that cannot be trusted any more.
+    fn discard(&mut self) {
+        self.slot.driver = None;
+        self.slot.track = Track::Idle;
+        self.publish();
+    }
+
+    /// The connection broke: a transaction that was open is lost.
+    fn lose(&mut self) {
+        self.slot.driver = None;
+        if !matches!(self.slot.track, Track::Idle) {
+            self.slot.track = Track::Lost;
+        }
+        self.publish();
+    }
+
+    /// Mirrors the slot into the status everyone can read.
+    fn publish(&self) {
+        let status = match (&self.slot.driver, &self.slot.track) {
+            (_, Track::Lost) => TransactionStatus::Unknown,
+            (None, _) => TransactionStatus::Closed,
+            (Some(_), Track::Idle) => TransactionStatus::Idle,
+            (Some(_), Track::Open) => TransactionStatus::InTransaction,
+            (Some(_), Track::Aborted(_)) => TransactionStatus::InError,
+        };
+        self.status.set(status);
+    }
+}
