@@ -276,6 +276,19 @@ impl ManagedConnection {
         self.unfinished.load(Ordering::Relaxed)
     }
 
+    /// Takes the lease and releases it again without touching the connection
+    /// (no health check, no I/O): the part of [`lock`](Self::lock) plus
+    /// dropping the guard that is pure bookkeeping. For `benches/throughput.rs`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldBlock`] if another thread holds the connection.
+    #[doc(hidden)]
+    pub fn bench_lease_cycle(&self) -> Result<()> {
+        drop(self.acquire_lease(Wait::Never)?);
+        Ok(())
+    }
+
     fn acquire(&self, wait: Wait) -> Result<Guard<'_>> {
         let held = self.acquire_lease(wait)?;
         held.session()?.ensure_open(&self.settings)?;
@@ -399,7 +412,12 @@ impl fmt::Display for ManagedConnection {
     /// `<ManagedConnection: DSN (state)>`, as psycopg2-managed-connection
     /// shows itself, with any password removed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "<ManagedConnection: {} ({})>", self.settings, self.status())
+        write!(
+            f,
+            "<ManagedConnection: {} ({})>",
+            self.settings,
+            self.status()
+        )
     }
 }
 

@@ -1,0 +1,725 @@
+//! Transactions per second through one PostgreSQL connection: pgtx side by
+//! side with a bare `postgres::Client`, with pgbench (C and libpq), and with
+//! connecting for every transaction, all against one server in one run.
+//!
+//! ```text
+//! cargo bench --bench throughput              # full run, ~2.5 min; writes benches/RESULTS.md + throughput.svg
+//! PGTX_BENCH_QUICK=1 cargo bench --bench throughput   # smoke run, ~15 s; writes to a temp dir
+//! ```
+//!
+//! Every transaction is `BEGIN; SELECT $1::int4; COMMIT` with a changing
+//! parameter, over loopback TCP. The server is the test harness's throwaway
+//! cluster (or the one named by `DATABASE_URL` / `PG*` variables). Each case
+//! runs for several seconds, the cases take turns round after round (so a
+//! noisy neighbour hits them all alike), and the median round is reported.
+
+#[path = "../tests/common/server.rs"]
+mod server;
+
+use std::error::Error;
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use pgtx::{ManagedConnection, Open, Tx};
+use postgres::{Client, NoTls};
+use server::TestServer;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Measures one round of a case and returns transactions per second.
+type RunRound = Box<dyn FnMut(&Plan) -> Result<f64, BoxError>>;
+
+/// The one statement of every transaction.
+const SQL: &str = "SELECT $1::int4";
+
+/// Thread counts for the shared-manager cases.
+const THREADS: [usize; 4] = [1, 4, 16, 64];
+
+// The typestate costs nothing at run time: a `Tx` is two pointers.
+static_assertions::const_assert!(
+    std::mem::size_of::<Tx<'static, Open>>() <= 2 * std::mem::size_of::<usize>()
+);
+static_assertions::const_assert!(
+    std::mem::size_of::<Tx<'static, pgtx::Done>>() <= 2 * std::mem::size_of::<usize>()
+);
+
+struct Plan {
+    quick: bool,
+    rounds: usize,
+    /// Length of one round of one case, whole seconds (pgbench's `-T`).
+    secs: u64,
+    out_dir: PathBuf,
+}
+
+impl Plan {
+    fn from_env() -> Plan {
+        let quick = std::env::var_os("PGTX_BENCH_QUICK").is_some_and(|v| v != "0")
+            || std::env::args().any(|a| a == "--quick");
+        if quick {
+            Plan {
+                quick,
+                rounds: 1,
+                secs: 1,
+                out_dir: std::env::temp_dir().join("pgtx-bench-quick"),
+            }
+        } else {
+            Plan {
+                quick,
+                rounds: 3,
+                secs: 4,
+                out_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("benches"),
+            }
+        }
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs(self.secs)
+    }
+}
+
+/// One throughput case: a label and a function measuring one round.
+struct Case {
+    key: &'static str,
+    label: String,
+    run: RunRound,
+    samples: Vec<f64>,
+}
+
+impl Case {
+    fn new(
+        key: &'static str,
+        label: impl Into<String>,
+        run: impl FnMut(&Plan) -> Result<f64, BoxError> + 'static,
+    ) -> Case {
+        Case {
+            key,
+            label: label.into(),
+            run: Box::new(run),
+            samples: Vec::new(),
+        }
+    }
+
+    fn median(&self) -> f64 {
+        median(&self.samples)
+    }
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn main() -> Result<(), BoxError> {
+    let plan = Plan::from_env();
+    let server = TestServer::shared();
+    let dsn = server.dsn();
+    eprintln!(
+        "pgtx throughput benchmark ({} mode): {} round(s) of {} s per case against {}",
+        if plan.quick { "quick" } else { "full" },
+        plan.rounds,
+        plan.secs,
+        server.describe()
+    );
+
+    let mut cases = Vec::new();
+    for threads in THREADS {
+        let manager = ManagedConnection::new(&dsn)?;
+        let label = if threads == 1 {
+            "pgtx, 1 thread".to_owned()
+        } else {
+            format!("pgtx, {threads} threads, one manager")
+        };
+        let key = match threads {
+            1 => "pgtx1",
+            4 => "pgtx4",
+            16 => "pgtx16",
+            _ => "pgtx64",
+        };
+        cases.push(Case::new(key, label, move |plan| {
+            pgtx_threads(&manager, threads, plan.duration())
+        }));
+    }
+    let client = Mutex::new(Client::connect(&dsn, NoTls)?);
+    cases.push(Case::new(
+        "mutex_str",
+        "Mutex<Client>, transaction() + query_one(&str)",
+        move |plan| mutex_client(&client, false, plan.duration()),
+    ));
+    let client = Mutex::new(Client::connect(&dsn, NoTls)?);
+    cases.push(Case::new(
+        "mutex_prepared",
+        "Mutex<Client>, transaction() + prepared statement",
+        move |plan| mutex_client(&client, true, plan.duration()),
+    ));
+    match server.bin("pgbench") {
+        Some(pgbench) => {
+            let script = plan.out_dir_script()?;
+            let server_args = pgbench_args(server);
+            cases.push(Case::new(
+                "pgbench",
+                "pgbench -n -c 1 -M prepared (C, libpq)",
+                move |plan| run_pgbench(&pgbench, &script, &server_args, plan.secs),
+            ));
+        }
+        None => eprintln!("pgbench not found: that case is skipped"),
+    }
+    let connect_dsn = dsn.clone();
+    cases.push(Case::new(
+        "connect",
+        "connect per transaction (pgtx)",
+        move |plan| connect_per_transaction(&connect_dsn, plan.duration()),
+    ));
+
+    for round in 1..=plan.rounds {
+        for case in &mut cases {
+            let tps = (case.run)(&plan)?;
+            eprintln!(
+                "  round {round}/{}: {:<52} {tps:>9.0} tx/s",
+                plan.rounds, case.label
+            );
+            case.samples.push(tps);
+        }
+    }
+
+    let micro = micro_benchmarks(&dsn, &plan)?;
+    let report = Report::new(&cases, &micro, &plan, server);
+    println!("{}", report.table);
+    println!("{}", report.bars);
+    println!("{}", report.micro);
+    std::fs::create_dir_all(&plan.out_dir)?;
+    let md = plan.out_dir.join("RESULTS.md");
+    let svg = plan.out_dir.join("throughput.svg");
+    std::fs::write(&md, report.markdown())?;
+    std::fs::write(&svg, throughput_svg(&cases))?;
+    println!("wrote {} and {}", md.display(), svg.display());
+    Ok(())
+}
+
+impl Plan {
+    /// Writes the pgbench script (the same three statements) and returns its path.
+    fn out_dir_script(&self) -> Result<PathBuf, BoxError> {
+        let dir = std::env::temp_dir().join(format!("pgtx-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("tx.sql");
+        std::fs::write(
+            &path,
+            "\\set v random(1, 1000000)\nBEGIN;\nSELECT :v::int4;\nCOMMIT;\n",
+        )?;
+        Ok(path)
+    }
+}
+
+/// Transactions per second of `threads` threads sharing `manager`.
+fn pgtx_threads(
+    manager: &ManagedConnection,
+    threads: usize,
+    duration: Duration,
+) -> Result<f64, BoxError> {
+    let one = |v: i32| -> Result<(), pgtx::Error> {
+        manager.transaction(|mut tx| {
+            let row = tx.query_one(SQL, &[&v])?;
+            black_box(row.get::<_, i32>(0));
+            tx.commit()
+        })
+    };
+    // Warm up: connect, and let any per-connection cache fill.
+    for v in 0..100 {
+        one(v)?;
+    }
+    let stop = AtomicBool::new(false);
+    let total = AtomicU64::new(0);
+    let start = Barrier::new(threads + 1);
+    let elapsed = std::thread::scope(|s| -> Result<Duration, BoxError> {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (stop, total, start, one) = (&stop, &total, &start, &one);
+                s.spawn(move || -> Result<(), pgtx::Error> {
+                    let mut v = i32::try_from(t).unwrap_or(0) * 1_000_000;
+                    let mut n = 0;
+                    start.wait();
+                    while !stop.load(Ordering::Relaxed) {
+                        one(v)?;
+                        v = v.wrapping_add(1);
+                        n += 1;
+                    }
+                    total.fetch_add(n, Ordering::Relaxed);
+                    Ok(())
+                })
+            })
+            .collect();
+        start.wait();
+        let began = Instant::now();
+        std::thread::sleep(duration);
+        stop.store(true, Ordering::Relaxed);
+        for worker in workers {
+            worker.join().map_err(|_| "a worker panicked")??;
+        }
+        Ok(began.elapsed())
+    })?;
+    Ok(total.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
+}
+
+/// The usual way: a `postgres::Client` behind a mutex, one thread.
+fn mutex_client(
+    client: &Mutex<Client>,
+    prepared: bool,
+    duration: Duration,
+) -> Result<f64, BoxError> {
+    let statement = if prepared {
+        Some(client.lock().prepare(SQL)?)
+    } else {
+        None
+    };
+    let one = |v: i32| -> Result<(), postgres::Error> {
+        let mut client = client.lock();
+        let mut tx = client.transaction()?;
+        let row = match &statement {
+            Some(statement) => tx.query_one(statement, &[&v])?,
+            None => tx.query_one(SQL, &[&v])?,
+        };
+        black_box(row.get::<_, i32>(0));
+        tx.commit()
+    };
+    for v in 0..100 {
+        one(v)?;
+    }
+    let mut n = 0_u64;
+    let began = Instant::now();
+    while began.elapsed() < duration {
+        one(n as i32)?;
+        n += 1;
+    }
+    Ok(n as f64 / began.elapsed().as_secs_f64())
+}
+
+/// What sharing one connection avoids: connect, one transaction, close.
+fn connect_per_transaction(dsn: &str, duration: Duration) -> Result<f64, BoxError> {
+    let mut n = 0_u64;
+    let began = Instant::now();
+    while began.elapsed() < duration {
+        let manager = ManagedConnection::new(dsn)?;
+        manager.transaction(|mut tx| {
+            let row = tx.query_one(SQL, &[&(n as i32)])?;
+            black_box(row.get::<_, i32>(0));
+            tx.commit()
+        })?;
+        manager.close()?;
+        n += 1;
+    }
+    Ok(n as f64 / began.elapsed().as_secs_f64())
+}
+
+/// `-h -p -U dbname` for pgbench, from the server's settings.
+fn pgbench_args(server: &TestServer) -> Vec<String> {
+    vec![
+        "-h".into(),
+        server.host().into(),
+        "-p".into(),
+        server.port().to_string(),
+        "-U".into(),
+        server.user().into(),
+        server.dbname().into(),
+    ]
+}
+
+fn run_pgbench(
+    pgbench: &Path,
+    script: &Path,
+    server_args: &[String],
+    secs: u64,
+) -> Result<f64, BoxError> {
+    let output = Command::new(pgbench)
+        .args(["-n", "-c", "1", "-j", "1", "-M", "prepared", "-T"])
+        .arg(secs.to_string())
+        .arg("-f")
+        .arg(script)
+        .args(server_args)
+        .env("LC_ALL", "C")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "pgbench failed ({}): {}{}",
+            output.status,
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    // pgbench 15: "tps = 12345.678901 (without initial connection time)"
+    stdout
+        .lines()
+        .find_map(|line| {
+            let rest = line.trim().strip_prefix("tps = ")?;
+            rest.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .ok_or_else(|| format!("no tps line in pgbench output:\n{stdout}").into())
+}
+
+/// Nanoseconds per operation, median of several batches.
+struct Micro {
+    lease_ns: f64,
+    guard_ns: f64,
+    tx_size: usize,
+    done_size: usize,
+}
+
+fn micro_benchmarks(dsn: &str, plan: &Plan) -> Result<Micro, BoxError> {
+    let manager = ManagedConnection::new(dsn)?;
+    drop(manager.lock()?); // connect
+    let batches = if plan.quick { 3 } else { 9 };
+    let time = |iters: u32, op: &dyn Fn() -> Result<(), pgtx::Error>| -> Result<f64, BoxError> {
+        let mut samples = Vec::new();
+        for _ in 0..batches {
+            let began = Instant::now();
+            for _ in 0..iters {
+                op()?;
+            }
+            samples.push(began.elapsed().as_nanos() as f64 / f64::from(iters));
+        }
+        Ok(median(&samples))
+    };
+    let lease_ns = time(200_000, &|| manager.bench_lease_cycle())?;
+    let guard_ns = time(50_000, &|| manager.lock().map(drop))?;
+    Ok(Micro {
+        lease_ns,
+        guard_ns,
+        tx_size: std::mem::size_of::<Tx<'static, Open>>(),
+        done_size: std::mem::size_of::<Tx<'static, pgtx::Done>>(),
+    })
+}
+
+struct Report {
+    table: String,
+    bars: String,
+    micro: String,
+    environment: String,
+}
+
+impl Report {
+    fn new(cases: &[Case], micro: &Micro, plan: &Plan, server: &TestServer) -> Report {
+        let get = |key: &str| cases.iter().find(|c| c.key == key).map(Case::median);
+        let pgtx1 = get("pgtx1").unwrap_or(f64::NAN);
+        let pgbench = get("pgbench");
+
+        let mut table = String::new();
+        let _ = writeln!(
+            table,
+            "| case | tx/s (median) | min – max | vs pgtx 1 thread | vs pgbench |"
+        );
+        let _ = writeln!(table, "|---|---:|---:|---:|---:|");
+        for case in cases {
+            let m = case.median();
+            let min = case.samples.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = case.samples.iter().copied().fold(0.0, f64::max);
+            let vs_bench = pgbench.map_or_else(|| "–".to_owned(), |b| format!("{:.2}×", m / b));
+            let _ = writeln!(
+                table,
+                "| {} | {m:.0} | {min:.0} – {max:.0} | {:.2}× | {vs_bench} |",
+                case.label,
+                m / pgtx1
+            );
+        }
+
+        let bar = |name: &str, value: Option<f64>, need: f64, unit: &str| -> String {
+            match value {
+                Some(v) => format!(
+                    "| {name} | {v:.2}{unit} | {need}{unit} | {} |",
+                    if v >= need { "holds" } else { "**misses**" }
+                ),
+                None => format!("| {name} | not measured | {need}{unit} | – |"),
+            }
+        };
+        let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+        let mut bars = String::new();
+        let _ = writeln!(bars, "| bar | measured | needed | |");
+        let _ = writeln!(bars, "|---|---:|---:|---|");
+        let _ = writeln!(
+            bars,
+            "{}",
+            bar(
+                "pgtx 1 thread / pgbench -M prepared",
+                ratio(Some(pgtx1), pgbench),
+                1.0,
+                "×"
+            )
+        );
+        let _ = writeln!(
+            bars,
+            "{}",
+            bar(
+                "pgtx 1 thread / pgbench -M prepared (stretch)",
+                ratio(Some(pgtx1), pgbench),
+                1.15,
+                "×"
+            )
+        );
+        let _ = writeln!(
+            bars,
+            "{}",
+            bar(
+                "pgtx 1 thread / Mutex<Client> + query_one(&str)",
+                ratio(Some(pgtx1), get("mutex_str")),
+                1.6,
+                "×"
+            )
+        );
+        let _ = writeln!(
+            bars,
+            "{}",
+            bar(
+                "pgtx 16 threads / pgtx 1 thread",
+                ratio(get("pgtx16"), Some(pgtx1)),
+                0.95,
+                "×"
+            )
+        );
+        let _ = writeln!(
+            bars,
+            "{}",
+            bar(
+                "connection reuse / connect per transaction",
+                ratio(Some(pgtx1), get("connect")),
+                25.0,
+                "×"
+            )
+        );
+        let _ = writeln!(
+            bars,
+            "| lease acquire + release, no I/O | {:.0} ns | ≤ 100 ns | {} |",
+            micro.lease_ns,
+            if micro.lease_ns <= 100.0 {
+                "holds"
+            } else {
+                "**misses**"
+            }
+        );
+        let _ = writeln!(
+            bars,
+            "| size of `Tx<Open>` / `Tx<Done>` | {} / {} bytes | ≤ {} bytes | {} |",
+            micro.tx_size,
+            micro.done_size,
+            2 * std::mem::size_of::<usize>(),
+            if micro.tx_size.max(micro.done_size) <= 2 * std::mem::size_of::<usize>() {
+                "holds (also a compile-time assertion)"
+            } else {
+                "**misses**"
+            }
+        );
+
+        let mut m = String::new();
+        let _ = writeln!(m, "| operation (no round trip) | ns/op (median) |");
+        let _ = writeln!(m, "|---|---:|");
+        let _ = writeln!(
+            m,
+            "| lease acquire + release (`bench_lease_cycle`: the lease, its epoch, the session lock on release; no health check) | {:.0} |",
+            micro.lease_ns
+        );
+        let _ = writeln!(
+            m,
+            "| `lock()` + drop the guard on an open connection (the above + the idle health check: one non-blocking turn of the I/O driver) | {:.0} |",
+            micro.guard_ns
+        );
+
+        let environment = format!(
+            "{} rounds of {} s per case (median reported), cases interleaved; {}; {} CPU(s): {}; client built with {}",
+            plan.rounds,
+            plan.secs,
+            server.describe(),
+            std::thread::available_parallelism().map_or(0, usize::from),
+            cpu_model(),
+            if cfg!(debug_assertions) {
+                "debug assertions (not a release build!)"
+            } else {
+                "the release profile"
+            }
+        );
+        Report {
+            table,
+            bars,
+            micro: m,
+            environment,
+        }
+    }
+
+    fn markdown(&self) -> String {
+        format!(
+            "# pgtx benchmark results\n\n\
+             Generated by `cargo bench --bench throughput` (see `benches/throughput.rs`).\n\
+             Every transaction is `BEGIN; SELECT $1::int4; COMMIT` with a changing\n\
+             parameter, over loopback TCP, against one server in one run.\n\n\
+             {}\n\n\
+             ## Throughput\n\n{}\n\
+             ![throughput against thread count](throughput.svg)\n\n\
+             ## The bar\n\n{}\n\
+             ## Micro-benchmarks\n\n{}",
+            self.environment, self.table, self.bars, self.micro
+        )
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
+
+/// A hand-written SVG line chart: pgtx throughput against thread count, with
+/// the single-connection references as horizontal lines.
+fn throughput_svg(cases: &[Case]) -> String {
+    let get = |key: &str| cases.iter().find(|c| c.key == key).map(Case::median);
+    let points: Vec<(usize, f64)> = THREADS
+        .iter()
+        .zip(["pgtx1", "pgtx4", "pgtx16", "pgtx64"])
+        .filter_map(|(&t, key)| Some((t, get(key)?)))
+        .collect();
+    let references: Vec<(&str, f64, &str)> = [
+        ("pgbench -M prepared, 1 client", get("pgbench"), "#d62728"),
+        ("Mutex<Client>, prepared", get("mutex_prepared"), "#2ca02c"),
+        (
+            "Mutex<Client>, query_one(&str)",
+            get("mutex_str"),
+            "#9467bd",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(label, v, colour)| Some((label, v?, colour)))
+    .collect();
+
+    let (w, h) = (720.0_f64, 420.0_f64);
+    let (left, right, top, bottom) = (80.0, 250.0, 40.0, 60.0);
+    let plot_w = w - left - right;
+    let plot_h = h - top - bottom;
+    let top_value = points
+        .iter()
+        .map(|p| p.1)
+        .chain(references.iter().map(|r| r.1))
+        .fold(1.0, f64::max);
+    let y_max = nice_ceiling(top_value * 1.1);
+    let x_of = |i: usize| left + plot_w * i as f64 / (THREADS.len() - 1).max(1) as f64;
+    let y_of = |v: f64| top + plot_h * (1.0 - v / y_max);
+
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">pgtx: transactions per second against threads sharing one connection</text>"#,
+        w / 2.0
+    );
+    for step in 0..=5 {
+        let v = y_max * f64::from(step) / 5.0;
+        let y = y_of(v);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{v:.0}</text>"##,
+            left + plot_w,
+            left - 6.0,
+            y + 4.0
+        );
+    }
+    for (i, t) in THREADS.iter().enumerate() {
+        let x = x_of(i);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{t}</text>"##,
+            top + plot_h,
+            top + plot_h + 18.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">threads sharing one ManagedConnection</text>"#,
+        left + plot_w / 2.0,
+        h - 15.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text transform="translate(18,{:.1}) rotate(-90)" text-anchor="middle">transactions per second</text>"#,
+        top + plot_h / 2.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="black"/>"#
+    );
+    for (label, v, colour) in &references {
+        let y = y_of(*v);
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{colour}" stroke-width="1.5" stroke-dasharray="6 4"/>"#,
+            left + plot_w
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" fill="{colour}">{} ({v:.0})</text>"#,
+            left + plot_w + 8.0,
+            y + 4.0,
+            xml_escape(label)
+        );
+    }
+    let path: Vec<String> = points
+        .iter()
+        .map(|&(t, v)| {
+            let i = THREADS.iter().position(|&x| x == t).unwrap_or(0);
+            format!("{:.1},{:.1}", x_of(i), y_of(v))
+        })
+        .collect();
+    let _ = writeln!(
+        svg,
+        r##"<polyline points="{}" fill="none" stroke="#1f77b4" stroke-width="2.5"/>"##,
+        path.join(" ")
+    );
+    for &(t, v) in &points {
+        let i = THREADS.iter().position(|&x| x == t).unwrap_or(0);
+        let (x, y) = (x_of(i), y_of(v));
+        let _ = writeln!(
+            svg,
+            r##"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="#1f77b4"/><text x="{x:.1}" y="{:.1}" text-anchor="middle" fill="#1f77b4">{v:.0}</text>"##,
+            y - 9.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r##"<text x="{:.1}" y="{:.1}" fill="#1f77b4">pgtx (solid)</text>"##,
+        left + plot_w + 8.0,
+        top + 12.0
+    );
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// The smallest 1, 2 or 5 × 10^k not below `v`.
+fn nice_ceiling(v: f64) -> f64 {
+    let magnitude = 10_f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|&c| c >= v)
+        .unwrap_or(v)
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
