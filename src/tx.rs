@@ -42,7 +42,6 @@ use crate::{Row, Statement};
 /// Either way no other thread is handed a connection with a transaction open.
 ///
 /// `Tx` is not `Send`, not `Clone` and two pointers wide.
-#[must_use = "a transaction must end with `commit()` or `rollback()`; dropping it rolls back"]
 #[clippy::has_significant_drop]
 pub struct Tx<'m, S: State = Open> {
     held: Held<'m>,
