@@ -45,6 +45,7 @@ impl<'m> Guard<'m> {
     /// could not be sent even on a fresh connection,
     /// [`Error::LeaseRevoked`](crate::Error::LeaseRevoked) if this guard lost
     /// the connection. The connection is released.
+    #[must_use = "a transaction must end with `commit()` or `rollback()`; dropping it rolls back"]
     pub fn begin(self) -> Result<Tx<'m, Open>> {
         self.begin_with(TxOptions::default())
     }
@@ -54,6 +55,7 @@ impl<'m> Guard<'m> {
     /// # Errors
     ///
     /// As [`begin`](Self::begin).
+    #[must_use = "a transaction must end with `commit()` or `rollback()`; dropping it rolls back"]
     pub fn begin_with(self, options: TxOptions) -> Result<Tx<'m, Open>> {
         let Guard { held } = self;
         let settings = held.manager().settings();

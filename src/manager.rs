@@ -353,7 +353,10 @@ impl ManagedConnection {
 
     fn report_unfinished(&self, cause: Cause) {
         self.unfinished.fetch_add(1, Ordering::Relaxed);
-        log::error!("pgtx: {UNFINISHED_TRANSACTION} ({cause}; it has been rolled back)");
+        log::error!(
+            "pgtx: {UNFINISHED_TRANSACTION} ({cause}; it has been rolled back) [{}]",
+            self.settings
+        );
     }
 }
 

@@ -42,7 +42,6 @@ use crate::{Row, Statement};
 /// Either way no other thread is handed a connection with a transaction open.
 ///
 /// `Tx` is not `Send`, not `Clone` and two pointers wide.
-#[must_use = "a transaction must end with `commit()` or `rollback()`; dropping it rolls back"]
 #[clippy::has_significant_drop]
 pub struct Tx<'m, S: State = Open> {
     held: Held<'m>,
@@ -168,14 +167,24 @@ impl<'m, T> Tx<'m, Done<T>> {
     /// Releases the connection (the same as dropping the `Tx`).
     pub fn release(self) {}
 
-    /// Closes the connection and releases it; the next holder reconnects
-    /// (the seed's `close=True`). In the closure form the connection is
-    /// closed at once and released when the closure returns.
-    pub fn close(self) -> T {
+    /// Closes the connection now; the next holder opens a new one (the
+    /// seed's `close=True`). The connection is released when this `Tx` is
+    /// dropped, or when the `transaction` closure returns it.
+    ///
+    /// ```no_run
+    /// # let manager = pgtx::ManagedConnection::new("host=localhost")?;
+    /// manager.transaction(|mut tx| {
+    ///     tx.execute("VACUUM", &[])?;
+    ///     Ok::<_, pgtx::Error>(tx.commit()?.close())
+    /// })?;
+    /// assert!(manager.is_closed());
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn close(self) -> Self {
         if let Ok(mut session) = self.held.session() {
             session.close();
         }
-        self.into_value()
+        self
     }
 }
 

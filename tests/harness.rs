@@ -268,14 +268,10 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// Run by `watchdog_cleans_up_after_abort` in a child process: starts a
-/// private cluster, reports it, and aborts without running any destructor.
-#[test]
-#[ignore = "helper run in a child process by watchdog_cleans_up_after_abort"]
-fn child_abort_helper() {
-    if std::env::var_os(CHILD_ENV).is_none() {
-        return;
-    }
+/// The child half of `watchdog_cleans_up_after_abort`, run in a copy of
+/// this test binary: starts a private cluster, reports it, and aborts
+/// without running any destructor.
+fn child_start_cluster_and_abort() -> ! {
     let server = TestServer::start_private();
     let mut client = server.admin();
     assert_eq!(select_1(&mut client).unwrap(), 1);
@@ -288,11 +284,13 @@ fn child_abort_helper() {
 
 #[test]
 fn watchdog_cleans_up_after_abort() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        child_start_cluster_and_abort();
+    }
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
-            "child_abort_helper",
+            "watchdog_cleans_up_after_abort",
             "--exact",
-            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])

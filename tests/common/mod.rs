@@ -4,5 +4,7 @@
 //! Use with `mod common;` and `common::server::TestServer::shared()`.
 #![allow(dead_code)]
 
+pub mod fixtures;
+pub mod logger;
 pub mod proxy;
 pub mod server;

@@ -1,0 +1,89 @@
+//! pgtx-specific helpers: a manager on a database of its own, and queries
+//! made from a second connection to prove what the server really holds.
+
+use pgtx::ManagedConnection;
+
+use super::server::TestServer;
+
+/// A test's own database on the shared server.
+pub struct Db {
+    pub dsn: String,
+    pub name: String,
+}
+
+impl Db {
+    /// A fresh database with `CREATE TABLE items (id int primary key, note text)`.
+    pub fn new(prefix: &str) -> Db {
+        let server = TestServer::shared();
+        let dsn = server.fresh_database(prefix);
+        let name = dsn
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("dbname="))
+            .expect("harness DSNs name their database")
+            .to_owned();
+        let db = Db { dsn, name };
+        db.admin()
+            .batch_execute(
+                "CREATE TABLE items (id int PRIMARY KEY, note text);
+                 CREATE TABLE counter (n bigint NOT NULL); INSERT INTO counter VALUES (0);",
+            )
+            .expect("create the test tables");
+        db
+    }
+
+    pub fn manager(&self) -> ManagedConnection {
+        ManagedConnection::new(&self.dsn).expect("harness DSNs parse")
+    }
+
+    /// A second, independent connection to the same database.
+    pub fn admin(&self) -> postgres::Client {
+        TestServer::shared().admin_on(&self.dsn)
+    }
+
+    /// Rows in `items`, as another connection sees them (committed data only).
+    pub fn item_ids(&self) -> Vec<i32> {
+        self.admin()
+            .query("SELECT id FROM items ORDER BY id", &[])
+            .expect("read items")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    pub fn counter(&self) -> i64 {
+        self.admin()
+            .query_one("SELECT n FROM counter", &[])
+            .expect("read counter")
+            .get(0)
+    }
+
+    /// Sessions of this database that are inside a transaction block, seen
+    /// from `pg_stat_activity` (proves no transaction was left open).
+    pub fn open_transactions(&self) -> i64 {
+        let mut admin = self.admin();
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()
+                   AND state LIKE 'idle in transaction%'",
+                &[],
+            )
+            .expect("read pg_stat_activity")
+            .get(0)
+    }
+
+    /// Backend pids of other sessions connected to this database.
+    pub fn backends(&self) -> Vec<i32> {
+        self.admin()
+            .query(
+                "SELECT pid FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()
+                 ORDER BY pid",
+                &[],
+            )
+            .expect("read pg_stat_activity")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+}

@@ -1,0 +1,6 @@
+// The `Open` state marker cannot be built outside the crate.
+
+fn main() {
+    let open = pgtx::Open(());
+    println!("{open:?}");
+}
