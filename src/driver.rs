@@ -6,7 +6,7 @@
 //! is turned once, so a connection that the server closed while nobody was
 //! using it is noticed before it is handed to anybody.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::task::{Context, Poll};
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Runtime;
-use tokio_postgres::{AsyncMessage, Client, Notification};
+use tokio_postgres::{AsyncMessage, Client, Notification, Statement};
 
 use crate::error::Error;
 
@@ -46,6 +46,49 @@ pub(crate) struct Driver {
     ended: bool,
     /// Why it ended, when the server or the socket said so.
     end_cause: Option<postgres::Error>,
+    /// Statements prepared from SQL text on this connection.
+    statements: StatementCache,
+}
+
+/// How many prepared statements a connection keeps; the least recently
+/// used one is closed to make room.
+const STATEMENT_CACHE_SIZE: usize = 256;
+
+/// SQL text -> the statement prepared from it on this connection, so that
+/// text run again costs one round trip (Bind/Execute) instead of two
+/// (Parse/Describe first). It lives in the `Driver`, so a new connection
+/// starts empty.
+#[derive(Default)]
+struct StatementCache {
+    entries: HashMap<Box<str>, (Statement, u64)>,
+    clock: u64,
+}
+
+impl StatementCache {
+    fn get(&mut self, sql: &str) -> Option<Statement> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.entries.get_mut(sql).map(|(statement, used)| {
+            *used = clock;
+            statement.clone()
+        })
+    }
+
+    fn insert(&mut self, sql: &str, statement: Statement) {
+        if self.entries.len() >= STATEMENT_CACHE_SIZE {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(sql, _)| sql.clone());
+            if let Some(oldest) = oldest {
+                // Dropping the statement makes tokio-postgres close it on the server.
+                self.entries.remove(&oldest);
+            }
+        }
+        self.clock += 1;
+        self.entries.insert(sql.into(), (statement, self.clock));
+    }
 }
 
 impl Driver {
@@ -66,7 +109,25 @@ impl Driver {
             notifications: VecDeque::new(),
             ended: false,
             end_cause: None,
+            statements: StatementCache::default(),
         })
+    }
+
+    /// The statement prepared from `sql` on this connection, preparing it
+    /// (one round trip) the first time.
+    pub(crate) fn prepare_cached(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement);
+        }
+        let statement = self.run(|client| client.prepare(sql))?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    /// Forgets every cached statement (after the server said one was stale
+    /// or gone: `DISCARD ALL` and `DEALLOCATE ALL` drop them all at once).
+    pub(crate) fn forget_statements(&mut self) {
+        self.statements.entries.clear();
     }
 
     /// Runs one request to completion while driving the connection.
@@ -82,6 +143,7 @@ impl Driver {
             notifications,
             ended,
             end_cause,
+            ..
         } = self;
         let client: &'a Client = client;
         let mut request = pin!(request(client));
@@ -147,7 +209,10 @@ impl Driver {
             mut notifications,
             mut ended,
             mut end_cause,
+            statements,
         } = self;
+        // No point closing statements one by one on a connection about to end.
+        drop(statements);
         drop(client);
         if !ended {
             let flushed = runtime.block_on(async {

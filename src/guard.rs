@@ -2,14 +2,13 @@
 
 use std::fmt;
 
-use postgres::ToStatement;
 use postgres::types::ToSql;
 
 use crate::error::Result;
 use crate::held::Held;
 use crate::options::TxOptions;
 use crate::state::Open;
-use crate::statements::statement_methods;
+use crate::statements::{ToStatement, statement_methods};
 use crate::status::TransactionStatus;
 use crate::tx::Tx;
 use crate::{Row, Statement};

@@ -2,12 +2,12 @@
 
 use std::marker::PhantomData;
 
-use postgres::ToStatement;
 use postgres::types::ToSql;
 
 use crate::error::{Error, Result};
 use crate::manager::ManagedConnection;
 use crate::session::Active;
+use crate::statements::ToStatement;
 use crate::{Row, Statement};
 
 /// The holder's epoch plus two flags, in one word so that a `Tx` stays two
@@ -100,21 +100,21 @@ impl<'m> Held<'m> {
     where
         T: ?Sized + ToStatement,
     {
-        self.with_session(|s| s.statement(|d| d.run(|c| c.execute(query, params))))
+        self.with_session(|s| s.cached_statement(query, |d, st| d.run(|c| c.execute(st, params))))
     }
 
     pub(crate) fn query<T>(&self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>>
     where
         T: ?Sized + ToStatement,
     {
-        self.with_session(|s| s.statement(|d| d.run(|c| c.query(query, params))))
+        self.with_session(|s| s.cached_statement(query, |d, st| d.run(|c| c.query(st, params))))
     }
 
     pub(crate) fn query_one<T>(&self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Row>
     where
         T: ?Sized + ToStatement,
     {
-        self.with_session(|s| s.statement(|d| d.run(|c| c.query_one(query, params))))
+        self.with_session(|s| s.cached_statement(query, |d, st| d.run(|c| c.query_one(st, params))))
     }
 
     pub(crate) fn query_opt<T>(
@@ -125,7 +125,7 @@ impl<'m> Held<'m> {
     where
         T: ?Sized + ToStatement,
     {
-        self.with_session(|s| s.statement(|d| d.run(|c| c.query_opt(query, params))))
+        self.with_session(|s| s.cached_statement(query, |d, st| d.run(|c| c.query_opt(st, params))))
     }
 
     pub(crate) fn batch_execute(&self, query: &str) -> Result<()> {

@@ -115,4 +115,5 @@ pub use crate::tx::Tx;
 
 pub use postgres::error::{DbError, SqlState};
 pub use postgres::types::{self, ToSql};
-pub use postgres::{Row, Statement, ToStatement};
+pub use crate::statements::ToStatement;
+pub use postgres::{Row, Statement};

@@ -6,12 +6,14 @@
 //! any thread can read it without waiting.
 
 use parking_lot::{Mutex, MutexGuard};
-use postgres::error::DbError;
+use postgres::error::{DbError, SqlState};
 
 use crate::config::Settings;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
+use crate::statements::{Sql, ToStatement};
 use crate::status::{StatusCell, TransactionStatus};
+use crate::Statement;
 
 /// What the crate knows about the transaction on the connection. It sends
 /// every `BEGIN`, `COMMIT` and `ROLLBACK` itself, so this is exact as long as
@@ -132,6 +134,45 @@ impl Active<'_> {
                 Err(Error::Db(e))
             }
         }
+    }
+
+    /// Runs one statement given as SQL text or a prepared statement. Text is
+    /// prepared once per connection (see `Driver::prepare_cached`).
+    ///
+    /// A cached statement can go stale where freshly prepared text would not:
+    /// a table's columns changed ("cached plan must not change result type")
+    /// or the user deallocated it. Then the cache is emptied, and, outside a
+    /// transaction, the statement is prepared again and retried once (the
+    /// server ran nothing). Inside a transaction the error has aborted it,
+    /// as any statement error does.
+    pub(crate) fn cached_statement<Q, T>(
+        &mut self,
+        query: &Q,
+        mut request: impl FnMut(&mut Driver, &Statement) -> Result<T, postgres::Error>,
+    ) -> Result<T>
+    where
+        Q: ?Sized + ToStatement,
+    {
+        let sql = match query.sql() {
+            Sql::Prepared(statement) => return self.statement(|driver| request(driver, statement)),
+            Sql::Text(sql) => sql,
+        };
+        let may_retry = !self.in_transaction();
+        self.statement(|driver| {
+            let statement = driver.prepare_cached(sql)?;
+            match request(driver, &statement) {
+                Err(e) if is_stale(&e) && !driver.has_ended() => {
+                    log::debug!("pgtx: cached statement is stale ({e}); emptying the cache");
+                    driver.forget_statements();
+                    if !may_retry {
+                        return Err(e);
+                    }
+                    let statement = driver.prepare_cached(sql)?;
+                    request(driver, &statement)
+                }
+                result => result,
+            }
+        })
     }
 
     /// Sends `BEGIN`. A connection found dead is replaced once: nothing of
@@ -268,4 +309,15 @@ impl Active<'_> {
         };
         self.status.set(status);
     }
+}
+
+/// Whether `e` says a prepared statement no longer fits the database (so it
+/// must be prepared again) rather than that the statement itself failed.
+fn is_stale(e: &postgres::Error) -> bool {
+    let Some(db) = e.as_db_error() else {
+        return false;
+    };
+    *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME
+        || (*db.code() == SqlState::FEATURE_NOT_SUPPORTED
+            && db.message().starts_with("cached plan must not change result type"))
 }

@@ -2,13 +2,12 @@
 
 use std::fmt;
 
-use postgres::ToStatement;
 use postgres::types::ToSql;
 
 use crate::error::Result;
 use crate::held::Held;
 use crate::state::{Done, Open, State};
-use crate::statements::statement_methods;
+use crate::statements::{ToStatement, statement_methods};
 use crate::status::TransactionStatus;
 use crate::{Row, Statement};
 
