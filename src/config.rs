@@ -85,7 +85,11 @@ fn redact(dsn: &str) -> String {
     if let Some(rest) = trimmed
         .strip_prefix("postgres://")
         .map(|r| ("postgres://", r))
-        .or_else(|| trimmed.strip_prefix("postgresql://").map(|r| ("postgresql://", r)))
+        .or_else(|| {
+            trimmed
+                .strip_prefix("postgresql://")
+                .map(|r| ("postgresql://", r))
+        })
     {
         let (scheme, rest) = rest;
         let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -150,8 +154,10 @@ mod tests {
 
     #[test]
     fn url_password_is_removed() {
-        let s = Settings::parse("postgres://alice:s3cret@db.example:5433/app?password=s3cret&sslmode=disable")
-            .expect("parses");
+        let s = Settings::parse(
+            "postgres://alice:s3cret@db.example:5433/app?password=s3cret&sslmode=disable",
+        )
+        .expect("parses");
         let shown = format!("{s} {s:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("postgres://alice@db.example:5433/app?sslmode=disable"));

@@ -60,7 +60,9 @@ pub enum Error {
     /// past [`Builder::abandon_after`](crate::Builder::abandon_after), or the
     /// same thread acquired the connection again) and took it over, rolling
     /// back whatever was open. Nothing it did after that point reached the server.
-    #[error("the connection was taken over because this holder looked abandoned; its transaction was rolled back")]
+    #[error(
+        "the connection was taken over because this holder looked abandoned; its transaction was rolled back"
+    )]
     LeaseRevoked,
 
     /// The connection was not free within the time given. Nothing was done.

@@ -402,7 +402,12 @@ impl fmt::Display for ManagedConnection {
     /// `<ManagedConnection: DSN (state)>`, as psycopg2-managed-connection
     /// shows itself, with any password removed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "<ManagedConnection: {} ({})>", self.settings, self.status())
+        write!(
+            f,
+            "<ManagedConnection: {} ({})>",
+            self.settings,
+            self.status()
+        )
     }
 }
 

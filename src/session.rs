@@ -81,7 +81,9 @@ impl Active<'_> {
             }
             let cause = driver.take_end_cause();
             match cause {
-                Some(cause) => log::info!("pgtx: connection closed while idle ({cause}); reconnecting"),
+                Some(cause) => {
+                    log::info!("pgtx: connection closed while idle ({cause}); reconnecting")
+                }
                 None => log::info!("pgtx: connection closed while idle; reconnecting"),
             }
             self.discard();
@@ -225,7 +227,9 @@ impl Active<'_> {
         };
         self.status.set(TransactionStatus::Active);
         if let Err(e) = driver.run(|client| client.batch_execute("ROLLBACK")) {
-            log::warn!("pgtx: ROLLBACK failed ({e}); closing the connection so the server rolls back");
+            log::warn!(
+                "pgtx: ROLLBACK failed ({e}); closing the connection so the server rolls back"
+            );
             self.discard();
         }
         self.slot.track = Track::Idle;
