@@ -116,3 +116,8 @@ pub use crate::tx::Tx;
 pub use postgres::error::{DbError, SqlState};
 pub use postgres::types::{self, ToSql};
 pub use postgres::{Row, Statement, ToStatement};
+
+/// The README's examples, compiled by `cargo test` so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

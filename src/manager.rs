@@ -146,8 +146,8 @@ impl ManagedConnection {
     /// `work` with the open transaction. `work` must end it: the only way to
     /// produce the `Tx<'_, Done<T>>` it returns is [`Tx::commit`] or
     /// [`Tx::rollback`] on *this* transaction (the lifetime `'s` brands it), so
-    /// forgetting to finish does not compile. [`Tx::returning`] attaches the
-    /// value to hand back.
+    /// forgetting to finish does not compile. [`Tx::commit_returning`] (or
+    /// [`Tx::returning`]) attaches the value to hand back.
     ///
     /// The connection is released when this returns, whatever `work` did:
     /// `transaction`, not a value `work` could forget, owns the lock.
@@ -171,7 +171,7 @@ impl ManagedConnection {
     /// let total: i64 = manager.transaction(|mut tx| {
     ///     tx.execute("INSERT INTO ledger (amount) VALUES ($1)", &[&10_i64])?;
     ///     let total = tx.query_one("SELECT sum(amount)::bigint FROM ledger", &[])?.get(0);
-    ///     Ok(tx.commit()?.returning(total))
+    ///     tx.commit_returning(total)
     /// })?;
     /// # Ok::<(), pgtx::Error>(())
     /// ```
