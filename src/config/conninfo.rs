@@ -361,6 +361,8 @@ fn parse_uri(s: &str, prefix_len: usize) -> Result<Parsed, SettingsError> {
     // Query parameters: key=value&key=value.
     if terminator.is_some() {
         p += 1;
+        let query_start = p;
+        let mut removed = false;
         let mut kept: Vec<&str> = Vec::new();
         while p < b.len() {
             let param_start = p;
@@ -397,7 +399,9 @@ fn parse_uri(s: &str, prefix_len: usize) -> Result<Parsed, SettingsError> {
                     printable(&key)
                 ))
             })?;
-            if !keywords::is_secret(keyword) {
+            if keywords::is_secret(keyword) {
+                removed = true;
+            } else {
                 kept.push(&s[param_start..p]);
             }
             options.set(keyword, value);
@@ -405,7 +409,9 @@ fn parse_uri(s: &str, prefix_len: usize) -> Result<Parsed, SettingsError> {
                 p += 1;
             }
         }
-        if !kept.is_empty() {
+        if !removed {
+            shown.push_str(&s[query_start - 1..]);
+        } else if !kept.is_empty() {
             shown.push('?');
             shown.push_str(&kept.join("&"));
         }
