@@ -1,27 +1,5 @@
 //! Connection settings read the way libpq reads them, and connecting with
-//! them.
-//!
-//! A connection string is either `key=value` pairs (`host=db user=alice`,
-//! values quoted with `'…'`, `\` escaping) or a `postgresql://` /
-//! `postgres://` URI (`postgres://alice@db:5433,db2/app?sslmode=require`,
-//! percent-encoded). Everything libpq 15 accepts is accepted, and what it
-//! rejects is rejected, with the same keywords.
-//!
-//! # When the environment and files are read
-//!
-//! [`Settings::parse`] reads only the string: its syntax and the values
-//! libpq would refuse (a port that is not a number, an unknown `sslmode`).
-//! The environment (`PGHOST`, `PGUSER`, …), the service file and the
-//! password file are read at each connection attempt, as libpq reads them
-//! in `PQconnectdb`: a reconnect after `PGPASSWORD` or `~/.pgpass` changed
-//! uses the new value. A problem found then (an undefined service, a bad
-//! `PGPORT`) is reported as [`Error::Settings`](crate::Error::Settings).
-//!
-//! Each setting comes from the first of: the connection string, the entry
-//! of the service file named by `service=` or `PGSERVICE`, the environment,
-//! the default (the Unix socket in `/var/run/postgresql`, or `/tmp` where
-//! only that one has a server; port 5432; the OS user; a database named
-//! after the user; `sslmode=prefer`).
+//! them. The rules are documented on [`Settings`].
 
 mod conninfo;
 mod env;
@@ -49,6 +27,49 @@ use self::resolve::{Host, Plan, SslMode, Target};
 
 /// Parsed connection settings, as given to
 /// [`ManagedConnection::new`](crate::ManagedConnection::new).
+///
+/// A connection string is either `key=value` pairs (`host=db user=alice`,
+/// values quoted with `'…'`, `\` escaping) or a `postgresql://` /
+/// `postgres://` URI (`postgres://alice@db:5433,db2/app?sslmode=require`,
+/// percent-encoded). What libpq 15 accepts is accepted, with the same
+/// keywords, and what it rejects is rejected.
+///
+/// # When the environment and files are read
+///
+/// [`Settings::parse`] reads only the string: its syntax and the values
+/// libpq would refuse (a port that is not a number, an unknown `sslmode`).
+/// The environment (`PGHOST`, `PGUSER`, `PGPASSWORD`, …), the service file
+/// and the password file are read at each connection attempt, as libpq
+/// reads them in `PQconnectdb`: a reconnect after `PGPASSWORD` or
+/// `~/.pgpass` changed uses the new value. A problem found then (an
+/// undefined service, a bad `PGPORT`, a missing root certificate) is
+/// reported as [`Error::Settings`](crate::Error::Settings).
+///
+/// Each setting comes from the first of: the connection string; the entry
+/// of the service file named by `service=` or `PGSERVICE`
+/// (`PGSERVICEFILE` or `~/.pg_service.conf`, then
+/// `$PGSYSCONFDIR/pg_service.conf`); the environment; the default. The
+/// defaults are libpq's: the Unix socket in `/var/run/postgresql` (or
+/// `/tmp` where only that one has a server), port 5432, the OS user, a
+/// database named after the user, `sslmode=prefer`. Several hosts
+/// (`host=a,b port=5432,5433`) are tried in turn, each with its own line of
+/// the password file (`PGPASSFILE`, `passfile=` or `~/.pgpass`, ignored
+/// with a warning if group or others may read it).
+///
+/// # TLS
+///
+/// With the `tls` feature (on by default), `sslmode` `allow`, `prefer`,
+/// `require`, `verify-ca` and `verify-full` work as in libpq, with
+/// `sslrootcert`, `sslcert` and `sslkey` (defaults in `~/.postgresql/`).
+/// Without it, `prefer` and `allow` connect without TLS and the other modes
+/// are refused, as by a libpq built without SSL.
+///
+/// # Not supported
+///
+/// Refused when connecting rather than ignored: `gssencmode=require`,
+/// `replication`, `requirepeer`, `sslcrl`/`sslcrldir`, a `client_encoding`
+/// other than UTF8, and `target_session_attrs` `primary`, `standby` and
+/// `prefer-standby`.
 ///
 /// `Display` shows the connection string as given with every password
 /// (`password`, `sslpassword`, the password of a URI) taken out; `Debug`
@@ -98,8 +119,8 @@ impl Settings {
     /// with `postgresql://` or `postgres://`. The empty string means "all
     /// defaults", as in libpq.
     ///
-    /// Nothing is connected and nothing outside the string is read (see the
-    /// [module documentation](self) for when the environment is).
+    /// Nothing is connected and nothing outside the string is read (see
+    /// [`Settings`] for when the environment and files are).
     ///
     /// # Errors
     ///
