@@ -24,8 +24,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The connection settings could not be read. Nothing was connected.
+    /// (The detail is in the message, so it is not repeated as a source.)
     #[error("invalid connection settings: {0}")]
-    Settings(#[from] SettingsError),
+    Settings(SettingsError),
 
     /// Connecting (or reconnecting) to the server failed. The lock has been
     /// released; the next holder tries again.
@@ -85,6 +86,12 @@ pub enum Error {
     /// The private runtime that drives the connection could not be created.
     #[error("could not start the runtime that drives the connection")]
     Runtime(#[source] std::io::Error),
+}
+
+impl From<SettingsError> for Error {
+    fn from(e: SettingsError) -> Self {
+        Error::Settings(e)
+    }
 }
 
 impl Error {

@@ -82,7 +82,10 @@
 //!
 //! # Features
 //!
-//! No optional features yet.
+//! - `tls` (default): TLS connections with rustls, for every `sslmode`
+//!   (`prefer`, `require`, `verify-ca`, `verify-full`, …), root and client
+//!   certificates. Without it, `sslmode=require` and stricter are refused at
+//!   connect time with a clear error rather than silently sent in clear.
 
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub, clippy::all)]
