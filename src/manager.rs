@@ -347,11 +347,27 @@ impl ManagedConnection {
     }
 }
 
+impl Drop for ManagedConnection {
+    /// Closes the connection politely, so the server sees the client leave
+    /// rather than a reset socket. A transaction still open here was
+    /// forgotten (nothing else can outlive the manager): it is rolled back
+    /// and reported like any other.
+    fn drop(&mut self) {
+        let mut session = self.session.lock();
+        if session.in_transaction() {
+            session.rollback();
+            self.report_unfinished(Cause::ManagerDropped);
+        }
+        session.close();
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Cause {
     Dropped,
     Panic,
     Abandoned(Abandoned),
+    ManagerDropped,
 }
 
 impl fmt::Display for Cause {
@@ -360,6 +376,7 @@ impl fmt::Display for Cause {
             Cause::Dropped => f.write_str("the transaction was dropped while open"),
             Cause::Panic => f.write_str("a panic unwound the open transaction"),
             Cause::Abandoned(reason) => write!(f, "its holder was abandoned: {reason}"),
+            Cause::ManagerDropped => f.write_str("the manager was dropped while it was open"),
         }
     }
 }

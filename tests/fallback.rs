@@ -304,3 +304,25 @@ fn a_closure_that_forgets_its_tx_and_fails_still_rolls_back() {
         s.spawn(|| drop(manager.try_lock().expect("released by the scope")));
     });
 }
+
+#[test]
+fn dropping_the_manager_rolls_back_a_forgotten_transaction_and_ends_the_session() {
+    logger::capture();
+    let db = Db::new("manager_dropped");
+    let manager = db.manager();
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'forgotten')", &[])
+        .expect("insert");
+    std::mem::forget(tx);
+    drop(manager);
+    assert!(db.item_ids().is_empty());
+    assert_eq!(reports(&db).len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !db.backends().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the session outlived the manager"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
