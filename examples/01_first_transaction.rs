@@ -3,7 +3,7 @@
 //! Teaches: creating a [`pgtx::ManagedConnection`] (which does not connect
 //! yet), running work in `manager.transaction(|tx| ...)`, where the closure
 //! must end with `tx.commit()` or `tx.rollback()`, and handing a value out of
-//! a transaction with `returning`.
+//! a transaction with `commit_returning`.
 //!
 //! Prints: the manager before it has connected (`(closed)`), the rows it
 //! inserted and read back, and the manager afterwards (`(idle)`: connected,
@@ -45,14 +45,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     println!("2. committed: table pgtx_example_01 created, 3 rows inserted");
 
-    // 3. A transaction that hands a value back: attach it to the finished
-    //    transaction with `returning`; `transaction` returns it. (`main`
-    //    returns a boxed error, so the closure says which error type it
-    //    uses: `-> pgtx::Result<_>`.)
-    let greetings: Vec<(i32, String)> = manager.transaction(|mut tx| -> pgtx::Result<_> {
+    // 3. A transaction that hands a value back: `commit_returning(v)`
+    //    commits and attaches `v` to the finished transaction, and
+    //    `transaction` returns it. (The long form,
+    //    `Ok(tx.commit()?.returning(v))`, does the same, but a closure ending
+    //    in `Ok(...)` does not tell the compiler its error type.)
+    let greetings: Vec<(i32, String)> = manager.transaction(|mut tx| {
         let rows = tx.query("SELECT id, greeting FROM pgtx_example_01 ORDER BY id", &[])?;
         let greetings = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
-        Ok(tx.commit()?.returning(greetings))
+        tx.commit_returning(greetings)
     })?;
     println!("3. read back:");
     for (id, greeting) in &greetings {
