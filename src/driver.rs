@@ -138,6 +138,17 @@ impl Driver {
         self.end_cause.take()
     }
 
+    /// Of a failed request's own error and the error the connection ended
+    /// with, the one that says more: the server's reason (such as 57P01,
+    /// "terminating connection due to administrator command") over a bare
+    /// "connection closed".
+    pub(crate) fn why_lost(&mut self, request_error: postgres::Error) -> postgres::Error {
+        match self.end_cause.take() {
+            Some(end) if request_error.as_db_error().is_none() => end,
+            _ => request_error,
+        }
+    }
+
     /// Notifications received so far and not yet taken.
     #[allow(dead_code)] // LISTEN/NOTIFY is a later issue; the queue already keeps them.
     pub(crate) fn notifications(&mut self) -> &mut VecDeque<Notification> {

@@ -80,12 +80,26 @@ pub enum Error {
     /// count). Inside a transaction a server error aborts it: only
     /// [`Tx::rollback`](crate::Tx::rollback) can follow, and
     /// [`Tx::commit`](crate::Tx::commit) reports [`Error::TransactionAborted`].
-    #[error(transparent)]
-    Db(postgres::Error),
+    #[error("{}", describe(.0))]
+    Db(#[source] postgres::Error),
 
     /// The private runtime that drives the connection could not be created.
     #[error("could not start the runtime that drives the connection")]
     Runtime(#[source] std::io::Error),
+}
+
+/// `postgres::Error` shows only "db error" for a server error; say what
+/// the server said, with its SQLSTATE code.
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => e.to_string(),
+    }
 }
 
 impl From<SettingsError> for Error {

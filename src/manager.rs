@@ -49,6 +49,16 @@ pub const DEFAULT_ABANDON_AFTER: Duration = Duration::from_secs(30);
 /// A closure that returns `Err` gets its error back unchanged, with the
 /// transaction rolled back, just as psycopg2-managed-connection propagates
 /// the exception.
+///
+/// # Asking again on the same thread
+///
+/// The lock is not re-entrant, and a thread that asks for the connection
+/// while it already holds it is how a forgotten guard is recognised: the
+/// earlier [`Guard`] or [`Tx`] is taken over (its transaction rolled back and
+/// reported), and fails with [`Error::LeaseRevoked`] if it is used again.
+/// So don't call [`lock`](Self::lock) (or `try_lock`, or `transaction`) from
+/// code that runs while its caller holds the connection: pass the `Tx` or
+/// the `Guard` down instead. (Waiting would deadlock, which is worse.)
 pub struct ManagedConnection {
     settings: Settings,
     pub(crate) lease: Lease,
@@ -210,7 +220,9 @@ impl ManagedConnection {
     /// Opens the connection if there is none, or if the server closed it
     /// while it sat idle, so the guard never carries a dead connection that
     /// could have been detected. Waiters are served fairly: none waits behind
-    /// newcomers for more than about half a millisecond of handoffs.
+    /// newcomers for more than about half a millisecond of handoffs. A holder
+    /// found abandoned is taken over (see [`Builder::abandon_after`] and
+    /// [Asking again on the same thread](Self#asking-again-on-the-same-thread)).
     ///
     /// # Errors
     ///

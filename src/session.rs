@@ -122,7 +122,7 @@ impl Active<'_> {
                 Ok(value)
             }
             Err(e) if driver.has_ended() => {
-                let cause = driver.take_end_cause().unwrap_or(e);
+                let cause = driver.why_lost(e);
                 self.lose();
                 Err(Error::ConnectionLost(Some(cause)))
             }
@@ -197,7 +197,7 @@ impl Active<'_> {
                         Err(Error::Db(e))
                     }
                     Err(e) => {
-                        let cause = driver.take_end_cause().unwrap_or(e);
+                        let cause = driver.why_lost(e);
                         self.discard();
                         self.status.set(TransactionStatus::Unknown);
                         Err(Error::CommitOutcomeUnknown(Some(cause)))

@@ -152,6 +152,11 @@ fn commit_after_a_failed_statement_reports_the_abort_and_writes_nothing() {
         .execute("INSERT INTO items VALUES (1, 'duplicate')", &[])
         .expect_err("primary key violation");
     assert_eq!(failed.code(), Some(&SqlState::UNIQUE_VIOLATION));
+    let shown = failed.to_string();
+    assert!(
+        shown.contains("duplicate key value") && shown.contains("23505"),
+        "the server's message and code, not just \"db error\": {shown}"
+    );
     assert_eq!(tx.status(), TransactionStatus::InError);
     // A later statement is refused by the server too.
     assert_eq!(
@@ -185,6 +190,7 @@ fn closure_commit_after_a_failed_statement_is_an_error_too() {
     });
     let err = result.expect_err("aborted");
     assert_eq!(err.code(), Some(&SqlState::DIVISION_BY_ZERO));
+    assert!(err.to_string().contains("division by zero"), "{err}");
     assert!(db.item_ids().is_empty());
 }
 
