@@ -18,12 +18,19 @@ use tokio_postgres::{AsyncMessage, Client, Notification, Statement};
 
 use crate::error::Error;
 
-type PollMessage = dyn FnMut(&mut Context<'_>) -> Poll<Option<Result<AsyncMessage, postgres::Error>>>
-    + Send;
+type PollMessage =
+    dyn FnMut(&mut Context<'_>) -> Poll<Option<Result<AsyncMessage, postgres::Error>>> + Send;
 
 /// The half of a `tokio-postgres` connection that reads and writes the
 /// socket, with its socket and TLS types erased.
 pub(crate) struct ConnectionStream(Box<PollMessage>);
+
+impl ConnectionStream {
+    /// Stands in for a connection that has ended.
+    fn ended() -> ConnectionStream {
+        ConnectionStream(Box::new(|_| Poll::Ready(None)))
+    }
+}
 
 /// Erases the types of a freshly made `tokio-postgres` connection.
 pub(crate) fn connection_stream<S, T>(
@@ -193,6 +200,17 @@ impl Driver {
         self.end_cause.take()
     }
 
+    /// Of a failed request's own error and the error the connection ended
+    /// with, the one that says more: the server's reason (such as 57P01,
+    /// "terminating connection due to administrator command") over a bare
+    /// "connection closed".
+    pub(crate) fn why_lost(&mut self, request_error: postgres::Error) -> postgres::Error {
+        match self.end_cause.take() {
+            Some(end) if request_error.as_db_error().is_none() => end,
+            _ => request_error,
+        }
+    }
+
     /// Notifications received so far and not yet taken.
     #[allow(dead_code)] // LISTEN/NOTIFY is a later issue; the queue already keeps them.
     pub(crate) fn notifications(&mut self) -> &mut VecDeque<Notification> {
@@ -219,8 +237,18 @@ impl Driver {
                 tokio::time::timeout(
                     Duration::from_secs(1),
                     poll_fn(|cx| {
-                        drive(&mut connection, &mut notifications, &mut ended, &mut end_cause, cx);
-                        if ended { Poll::Ready(()) } else { Poll::Pending }
+                        drive(
+                            &mut connection,
+                            &mut notifications,
+                            &mut ended,
+                            &mut end_cause,
+                            cx,
+                        );
+                        if ended {
+                            Poll::Ready(())
+                        } else {
+                            Poll::Pending
+                        }
                     }),
                 )
                 .await
@@ -233,6 +261,10 @@ impl Driver {
 }
 
 /// Polls the connection until it has nothing more to do right now.
+///
+/// When the connection ends, it is dropped at once: that closes the
+/// response channels of requests still in flight, which then fail with
+/// "connection closed" instead of waiting forever for an answer.
 fn drive(
     connection: &mut ConnectionStream,
     notifications: &mut VecDeque<Notification>,
@@ -246,15 +278,23 @@ fn drive(
                 notifications.push_back(notification);
             }
             Poll::Ready(Some(Ok(AsyncMessage::Notice(notice)))) => {
-                log::info!("pgtx: server notice: {}: {}", notice.severity(), notice.message());
+                log::info!(
+                    "pgtx: server notice: {}: {}",
+                    notice.severity(),
+                    notice.message()
+                );
             }
             Poll::Ready(Some(Ok(_))) => {}
             Poll::Ready(Some(Err(e))) => {
                 log::debug!("pgtx: connection ended: {e}");
                 *end_cause = Some(e);
                 *ended = true;
+                *connection = ConnectionStream::ended();
             }
-            Poll::Ready(None) => *ended = true,
+            Poll::Ready(None) => {
+                *ended = true;
+                *connection = ConnectionStream::ended();
+            }
             Poll::Pending => break,
         }
     }

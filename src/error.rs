@@ -24,8 +24,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The connection settings could not be read. Nothing was connected.
+    /// (The detail is in the message, so it is not repeated as a source.)
     #[error("invalid connection settings: {0}")]
-    Settings(#[from] SettingsError),
+    Settings(SettingsError),
 
     /// Connecting (or reconnecting) to the server failed. The lock has been
     /// released; the next holder tries again.
@@ -60,7 +61,9 @@ pub enum Error {
     /// past [`Builder::abandon_after`](crate::Builder::abandon_after), or the
     /// same thread acquired the connection again) and took it over, rolling
     /// back whatever was open. Nothing it did after that point reached the server.
-    #[error("the connection was taken over because this holder looked abandoned; its transaction was rolled back")]
+    #[error(
+        "the connection was taken over because this holder looked abandoned; its transaction was rolled back"
+    )]
     LeaseRevoked,
 
     /// The connection was not free within the time given. Nothing was done.
@@ -77,12 +80,32 @@ pub enum Error {
     /// count). Inside a transaction a server error aborts it: only
     /// [`Tx::rollback`](crate::Tx::rollback) can follow, and
     /// [`Tx::commit`](crate::Tx::commit) reports [`Error::TransactionAborted`].
-    #[error(transparent)]
-    Db(postgres::Error),
+    #[error("{}", describe(.0))]
+    Db(#[source] postgres::Error),
 
     /// The private runtime that drives the connection could not be created.
     #[error("could not start the runtime that drives the connection")]
     Runtime(#[source] std::io::Error),
+}
+
+/// `postgres::Error` shows only "db error" for a server error; say what
+/// the server said, with its SQLSTATE code.
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => e.to_string(),
+    }
+}
+
+impl From<SettingsError> for Error {
+    fn from(e: SettingsError) -> Self {
+        Error::Settings(e)
+    }
 }
 
 impl Error {

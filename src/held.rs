@@ -87,7 +87,10 @@ impl<'m> Held<'m> {
     }
 
     /// Runs one operation on the session, marking the holder busy meanwhile.
-    pub(crate) fn with_session<T>(&self, op: impl FnOnce(&mut Active<'m>) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_session<T>(
+        &self,
+        op: impl FnOnce(&mut Active<'m>) -> Result<T>,
+    ) -> Result<T> {
         let mut session = self.session()?;
         let lease = &self.manager.lease;
         lease.mark_busy();

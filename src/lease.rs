@@ -314,7 +314,10 @@ mod tests {
         let first = lease.acquire(Wait::Never).expect("free");
         let second = lease.acquire(Wait::Never).expect("taken over");
         assert_eq!(second.took_over, Some(Abandoned::SameThread));
-        assert!(!lease.release(first.epoch), "a revoked epoch releases nothing");
+        assert!(
+            !lease.release(first.epoch),
+            "a revoked epoch releases nothing"
+        );
         assert!(lease.release(second.epoch));
     }
 
@@ -326,7 +329,10 @@ mod tests {
             s.spawn(|| {
                 assert_eq!(lease.acquire(Wait::Never).unwrap_err(), Refused::WouldBlock);
                 let until = Instant::now() + Duration::from_millis(30);
-                assert_eq!(lease.acquire(Wait::Until(until)).unwrap_err(), Refused::Timeout);
+                assert_eq!(
+                    lease.acquire(Wait::Until(until)).unwrap_err(),
+                    Refused::Timeout
+                );
                 assert!(Instant::now() >= until);
             });
         });

@@ -82,7 +82,10 @@
 //!
 //! # Features
 //!
-//! No optional features yet.
+//! - `tls` (default): TLS connections with rustls, for every `sslmode`
+//!   (`prefer`, `require`, `verify-ca`, `verify-full`, …), root and client
+//!   certificates. Without it, `sslmode=require` and stricter are refused at
+//!   connect time with a clear error rather than silently sent in clear.
 
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub, clippy::all)]
@@ -117,3 +120,8 @@ pub use postgres::error::{DbError, SqlState};
 pub use postgres::types::{self, ToSql};
 pub use crate::statements::ToStatement;
 pub use postgres::{Row, Statement};
+
+/// The README's examples, compiled by `cargo test` so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

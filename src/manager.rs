@@ -49,6 +49,16 @@ pub const DEFAULT_ABANDON_AFTER: Duration = Duration::from_secs(30);
 /// A closure that returns `Err` gets its error back unchanged, with the
 /// transaction rolled back, just as psycopg2-managed-connection propagates
 /// the exception.
+///
+/// # Asking again on the same thread
+///
+/// The lock is not re-entrant, and a thread that asks for the connection
+/// while it already holds it is how a forgotten guard is recognised: the
+/// earlier [`Guard`] or [`Tx`] is taken over (its transaction rolled back and
+/// reported), and fails with [`Error::LeaseRevoked`] if it is used again.
+/// So don't call [`lock`](Self::lock) (or `try_lock`, or `transaction`) from
+/// code that runs while its caller holds the connection: pass the `Tx` or
+/// the `Guard` down instead. (Waiting would deadlock, which is worse.)
 pub struct ManagedConnection {
     settings: Settings,
     pub(crate) lease: Lease,
@@ -146,8 +156,8 @@ impl ManagedConnection {
     /// `work` with the open transaction. `work` must end it: the only way to
     /// produce the `Tx<'_, Done<T>>` it returns is [`Tx::commit`] or
     /// [`Tx::rollback`] on *this* transaction (the lifetime `'s` brands it), so
-    /// forgetting to finish does not compile. [`Tx::returning`] attaches the
-    /// value to hand back.
+    /// forgetting to finish does not compile. [`Tx::commit_returning`] (or
+    /// [`Tx::returning`]) attaches the value to hand back.
     ///
     /// The connection is released when this returns, whatever `work` did:
     /// `transaction`, not a value `work` could forget, owns the lock.
@@ -171,7 +181,7 @@ impl ManagedConnection {
     /// let total: i64 = manager.transaction(|mut tx| {
     ///     tx.execute("INSERT INTO ledger (amount) VALUES ($1)", &[&10_i64])?;
     ///     let total = tx.query_one("SELECT sum(amount)::bigint FROM ledger", &[])?.get(0);
-    ///     Ok(tx.commit()?.returning(total))
+    ///     tx.commit_returning(total)
     /// })?;
     /// # Ok::<(), pgtx::Error>(())
     /// ```
@@ -210,7 +220,9 @@ impl ManagedConnection {
     /// Opens the connection if there is none, or if the server closed it
     /// while it sat idle, so the guard never carries a dead connection that
     /// could have been detected. Waiters are served fairly: none waits behind
-    /// newcomers for more than about half a millisecond of handoffs.
+    /// newcomers for more than about half a millisecond of handoffs. A holder
+    /// found abandoned is taken over (see [`Builder::abandon_after`] and
+    /// [Asking again on the same thread](Self#asking-again-on-the-same-thread)).
     ///
     /// # Errors
     ///
@@ -360,11 +372,27 @@ impl ManagedConnection {
     }
 }
 
+impl Drop for ManagedConnection {
+    /// Closes the connection politely, so the server sees the client leave
+    /// rather than a reset socket. A transaction still open here was
+    /// forgotten (nothing else can outlive the manager): it is rolled back
+    /// and reported like any other.
+    fn drop(&mut self) {
+        let mut session = self.session.lock();
+        if session.in_transaction() {
+            session.rollback();
+            self.report_unfinished(Cause::ManagerDropped);
+        }
+        session.close();
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Cause {
     Dropped,
     Panic,
     Abandoned(Abandoned),
+    ManagerDropped,
 }
 
 impl fmt::Display for Cause {
@@ -373,6 +401,7 @@ impl fmt::Display for Cause {
             Cause::Dropped => f.write_str("the transaction was dropped while open"),
             Cause::Panic => f.write_str("a panic unwound the open transaction"),
             Cause::Abandoned(reason) => write!(f, "its holder was abandoned: {reason}"),
+            Cause::ManagerDropped => f.write_str("the manager was dropped while it was open"),
         }
     }
 }
@@ -415,7 +444,12 @@ impl fmt::Display for ManagedConnection {
     /// `<ManagedConnection: DSN (state)>`, as psycopg2-managed-connection
     /// shows itself, with any password removed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "<ManagedConnection: {} ({})>", self.settings, self.status())
+        write!(
+            f,
+            "<ManagedConnection: {} ({})>",
+            self.settings,
+            self.status()
+        )
     }
 }
 

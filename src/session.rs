@@ -83,7 +83,9 @@ impl Active<'_> {
             }
             let cause = driver.take_end_cause();
             match cause {
-                Some(cause) => log::info!("pgtx: connection closed while idle ({cause}); reconnecting"),
+                Some(cause) => {
+                    log::info!("pgtx: connection closed while idle ({cause}); reconnecting")
+                }
                 None => log::info!("pgtx: connection closed while idle; reconnecting"),
             }
             self.discard();
@@ -122,7 +124,7 @@ impl Active<'_> {
                 Ok(value)
             }
             Err(e) if driver.has_ended() => {
-                let cause = driver.take_end_cause().unwrap_or(e);
+                let cause = driver.why_lost(e);
                 self.lose();
                 Err(Error::ConnectionLost(Some(cause)))
             }
@@ -236,7 +238,7 @@ impl Active<'_> {
                         Err(Error::Db(e))
                     }
                     Err(e) => {
-                        let cause = driver.take_end_cause().unwrap_or(e);
+                        let cause = driver.why_lost(e);
                         self.discard();
                         self.status.set(TransactionStatus::Unknown);
                         Err(Error::CommitOutcomeUnknown(Some(cause)))
@@ -266,7 +268,9 @@ impl Active<'_> {
         };
         self.status.set(TransactionStatus::Active);
         if let Err(e) = driver.run(|client| client.batch_execute("ROLLBACK")) {
-            log::warn!("pgtx: ROLLBACK failed ({e}); closing the connection so the server rolls back");
+            log::warn!(
+                "pgtx: ROLLBACK failed ({e}); closing the connection so the server rolls back"
+            );
             self.discard();
         }
         self.slot.track = Track::Idle;

@@ -102,6 +102,28 @@ impl<'m> Tx<'m, Open> {
         })
     }
 
+    /// Commits, and attaches `value` for
+    /// [`ManagedConnection::transaction`](crate::ManagedConnection::transaction)
+    /// to hand back: `tx.commit_returning(v)` is `tx.commit()` then
+    /// [`returning(v)`](Tx::returning), in a form whose error type the
+    /// compiler can infer as the closure's last expression.
+    ///
+    /// ```no_run
+    /// # let manager = pgtx::ManagedConnection::new("host=localhost")?;
+    /// let answer: i32 = manager.transaction(|mut tx| {
+    ///     let answer = tx.query_one("SELECT 42", &[])?.get(0);
+    ///     tx.commit_returning(answer)
+    /// })?;
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`commit`](Tx::commit).
+    pub fn commit_returning<T>(self, value: T) -> Result<Tx<'m, Done<T>>> {
+        Ok(self.commit()?.returning(value))
+    }
+
     /// Rolls the transaction back.
     ///
     /// If `ROLLBACK` cannot be sent, the connection is closed instead, which
@@ -134,13 +156,14 @@ impl<'m> Tx<'m, Open> {
 impl<'m, T> Tx<'m, Done<T>> {
     /// Attaches the value that
     /// [`ManagedConnection::transaction`](crate::ManagedConnection::transaction)
-    /// hands back.
+    /// hands back. (When the closure's error type is not written anywhere
+    /// else, say it in the `Ok`, or use [`Tx::commit_returning`].)
     ///
     /// ```no_run
     /// # let manager = pgtx::ManagedConnection::new("host=localhost")?;
-    /// let answer: i32 = manager.transaction(|mut tx| {
-    ///     let answer = tx.query_one("SELECT 42", &[])?.get(0);
-    ///     Ok(tx.commit()?.returning(answer))
+    /// let found: bool = manager.transaction(|mut tx| {
+    ///     let found = tx.query_opt("SELECT 1 FROM pg_class WHERE relname = 'x'", &[])?.is_some();
+    ///     Ok::<_, pgtx::Error>(tx.rollback()?.returning(found))
     /// })?;
     /// # Ok::<(), pgtx::Error>(())
     /// ```

@@ -45,7 +45,15 @@ fn a_tx_dropped_by_an_early_return_is_rolled_back_and_reported() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].starts_with("ERROR"), "{lines:?}");
     // The connection is free and clean for the next holder.
-    drop(manager.lock().expect("free").begin().expect("begin").rollback().expect("rb"));
+    drop(
+        manager
+            .lock()
+            .expect("free")
+            .begin()
+            .expect("begin")
+            .rollback()
+            .expect("rb"),
+    );
 }
 
 /// The seed's "Dealing with Uncommitted Transactions": leaving without
@@ -57,7 +65,8 @@ fn seed_uncommitted_transaction_is_rolled_back_with_the_seed_message() {
     let manager = db.manager();
     {
         let mut tx = manager.lock().expect("lock").begin().expect("begin");
-        tx.execute("INSERT INTO items VALUES (1, 'left open')", &[]).expect("insert");
+        tx.execute("INSERT INTO items VALUES (1, 'left open')", &[])
+            .expect("insert");
         let _: i32 = tx.query_one("SELECT 1", &[]).expect("select").get(0);
     }
     assert!(db.item_ids().is_empty());
@@ -137,7 +146,10 @@ fn a_panic_in_one_of_sixteen_threads_rolls_back_only_its_own_work() {
     let ids = db.item_ids();
     // 15 threads did everything; thread 7 committed its first PER_THREAD/2.
     assert_eq!(ids.len() as i32, 15 * PER_THREAD + PER_THREAD / 2);
-    assert!(!ids.contains(&(7000 + PER_THREAD / 2)), "the panicked insert is gone");
+    assert!(
+        !ids.contains(&(7000 + PER_THREAD / 2)),
+        "the panicked insert is gone"
+    );
     assert_eq!(manager.status(), TransactionStatus::Idle);
     assert_eq!(manager.unfinished_transactions(), 1);
     assert_eq!(db.open_transactions(), 0);
@@ -149,11 +161,14 @@ fn a_forgotten_tx_is_rolled_back_when_its_thread_asks_again() {
     let db = Db::new("forget_same_thread");
     let manager = db.manager();
     let mut tx = manager.lock().expect("lock").begin().expect("begin");
-    tx.execute("INSERT INTO items VALUES (1, 'forgotten')", &[]).expect("insert");
+    tx.execute("INSERT INTO items VALUES (1, 'forgotten')", &[])
+        .expect("insert");
     std::mem::forget(tx);
     assert_eq!(manager.status(), TransactionStatus::InTransaction);
 
-    let mut guard = manager.lock().expect("the same thread takes the connection back");
+    let mut guard = manager
+        .lock()
+        .expect("the same thread takes the connection back");
     assert_eq!(guard.status(), TransactionStatus::Idle, "not inherited");
     let seen: i64 = guard
         .query_one("SELECT count(*) FROM items", &[])
@@ -185,7 +200,10 @@ fn a_tx_forgotten_on_a_thread_that_exits_is_rolled_back_by_the_next_thread() {
             tx.commit()
         })
         .expect("taken over");
-    assert!(started.elapsed() < Duration::from_secs(5), "no waiting for an exited thread");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no waiting for an exited thread"
+    );
     assert_eq!(db.item_ids(), [2]);
     assert_eq!(manager.unfinished_transactions(), 1);
 }
@@ -200,7 +218,8 @@ fn a_tx_forgotten_on_a_live_thread_is_taken_over_after_abandon_after() {
         .build()
         .expect("settings");
     let mut tx = manager.lock().expect("lock").begin().expect("begin");
-    tx.execute("INSERT INTO items VALUES (1, 'forgotten')", &[]).expect("insert");
+    tx.execute("INSERT INTO items VALUES (1, 'forgotten')", &[])
+        .expect("insert");
     std::mem::forget(tx);
     thread::scope(|s| {
         s.spawn(|| {
@@ -284,4 +303,26 @@ fn a_closure_that_forgets_its_tx_and_fails_still_rolls_back() {
     thread::scope(|s| {
         s.spawn(|| drop(manager.try_lock().expect("released by the scope")));
     });
+}
+
+#[test]
+fn dropping_the_manager_rolls_back_a_forgotten_transaction_and_ends_the_session() {
+    logger::capture();
+    let db = Db::new("manager_dropped");
+    let manager = db.manager();
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'forgotten')", &[])
+        .expect("insert");
+    std::mem::forget(tx);
+    drop(manager);
+    assert!(db.item_ids().is_empty());
+    assert_eq!(reports(&db).len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !db.backends().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the session outlived the manager"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -47,7 +47,9 @@ fn try_lock_and_lock_timeout_give_up_while_another_thread_holds_it() {
             assert!(matches!(manager.try_lock(), Err(Error::WouldBlock)));
             let started = Instant::now();
             let timeout = Duration::from_millis(150);
-            assert!(matches!(manager.lock_timeout(timeout), Err(Error::LockTimeout(d)) if d == timeout));
+            assert!(
+                matches!(manager.lock_timeout(timeout), Err(Error::LockTimeout(d)) if d == timeout)
+            );
             assert!(started.elapsed() >= timeout);
         });
     });
@@ -62,7 +64,8 @@ fn a_waiter_gets_the_connection_as_soon_as_the_holder_commits() {
     let db = Db::new("handoff");
     let manager = db.manager();
     let mut tx = manager.lock().expect("lock").begin().expect("begin");
-    tx.execute("INSERT INTO items VALUES (1, 'first')", &[]).expect("insert");
+    tx.execute("INSERT INTO items VALUES (1, 'first')", &[])
+        .expect("insert");
     thread::scope(|s| {
         let waiter = s.spawn(|| {
             let mut guard = manager
@@ -101,7 +104,10 @@ fn the_status_is_readable_while_another_thread_holds_the_connection() {
         let started = Instant::now();
         assert_eq!(manager.status(), TransactionStatus::InTransaction);
         assert!(!manager.is_closed());
-        assert!(manager.to_string().ends_with("(in transaction)>"), "{manager}");
+        assert!(
+            manager.to_string().ends_with("(in transaction)>"),
+            "{manager}"
+        );
         assert!(started.elapsed() < Duration::from_secs(1));
         to_holder.send(()).expect("holder alive");
     });
@@ -130,9 +136,15 @@ fn no_thread_starves_among_sixteen() {
             });
         }
     });
-    let counts: Vec<u64> = per_thread.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let counts: Vec<u64> = per_thread
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .collect();
     let total: u64 = counts.iter().sum();
-    assert!(counts.iter().all(|&c| c > 0), "a thread starved: {counts:?}");
+    assert!(
+        counts.iter().all(|&c| c > 0),
+        "a thread starved: {counts:?}"
+    );
     // Fair within a factor: no thread got less than a tenth of its share.
     let share = total / 16;
     assert!(
@@ -159,7 +171,11 @@ fn many_threads_each_see_their_own_transaction_only() {
                                 .query_one("SELECT count(*) FROM items WHERE id = $1", &[&id])?
                                 .get(0);
                             assert_eq!(mine, 1);
-                            if i % 2 == 0 { tx.commit() } else { tx.rollback() }
+                            if i % 2 == 0 {
+                                tx.commit()
+                            } else {
+                                tx.rollback()
+                            }
                         })
                         .expect("finish");
                 }

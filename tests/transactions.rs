@@ -79,7 +79,11 @@ fn closure_rollback_discards_the_work() {
         })
         .expect("rollback");
     assert!(db.item_ids().is_empty());
-    assert_eq!(manager.unfinished_transactions(), 0, "a rollback is a finish");
+    assert_eq!(
+        manager.unfinished_transactions(),
+        0,
+        "a rollback is a finish"
+    );
 }
 
 #[derive(Debug)]
@@ -107,7 +111,10 @@ fn error_inside_rolls_back_and_propagates_unchanged() {
         assert_eq!(manager.status(), TransactionStatus::InTransaction);
         Err(AppError::NotImplemented)
     });
-    assert!(matches!(result, Err(AppError::NotImplemented)), "{result:?}");
+    assert!(
+        matches!(result, Err(AppError::NotImplemented)),
+        "{result:?}"
+    );
     assert_eq!(manager.status(), TransactionStatus::Idle);
     assert!(db.item_ids().is_empty());
     assert_eq!(db.open_transactions(), 0);
@@ -145,6 +152,11 @@ fn commit_after_a_failed_statement_reports_the_abort_and_writes_nothing() {
         .execute("INSERT INTO items VALUES (1, 'duplicate')", &[])
         .expect_err("primary key violation");
     assert_eq!(failed.code(), Some(&SqlState::UNIQUE_VIOLATION));
+    let shown = failed.to_string();
+    assert!(
+        shown.contains("duplicate key value") && shown.contains("23505"),
+        "the server's message and code, not just \"db error\": {shown}"
+    );
     assert_eq!(tx.status(), TransactionStatus::InError);
     // A later statement is refused by the server too.
     assert_eq!(
@@ -155,7 +167,11 @@ fn commit_after_a_failed_statement_reports_the_abort_and_writes_nothing() {
     );
     let err = tx.commit().expect_err("commit must not pretend");
     assert!(matches!(err, Error::TransactionAborted(_)), "{err:?}");
-    assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "carries the first error");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::UNIQUE_VIOLATION),
+        "carries the first error"
+    );
     assert!(db.item_ids().is_empty(), "nothing was written");
     assert_eq!(manager.status(), TransactionStatus::Idle);
     assert_eq!(db.open_transactions(), 0);
@@ -174,6 +190,7 @@ fn closure_commit_after_a_failed_statement_is_an_error_too() {
     });
     let err = result.expect_err("aborted");
     assert_eq!(err.code(), Some(&SqlState::DIVISION_BY_ZERO));
+    assert!(err.to_string().contains("division by zero"), "{err}");
     assert!(db.item_ids().is_empty());
 }
 
@@ -306,7 +323,10 @@ fn closing_after_use_ends_the_session_and_the_next_holder_reopens() {
     // The server session is gone (close waits for the server to see Terminate).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while db.backends().contains(&first) {
-        assert!(std::time::Instant::now() < deadline, "session {first} still there");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session {first} still there"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 

@@ -14,7 +14,10 @@ impl log::Log for Capture {
 
     fn log(&self, record: &log::Record<'_>) {
         let line = format!("{} {}", record.level(), record.args());
-        self.lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(line);
     }
 
     fn flush(&self) {}

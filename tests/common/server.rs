@@ -82,6 +82,8 @@ struct Private {
     log: PathBuf,
     bin_dir: PathBuf,
     as_root: bool,
+    /// Extra `-c` settings given to [`TestServer::start_private_with`].
+    extra: Vec<(String, String)>,
     /// Serialises start/stop/restart.
     ctl: Mutex<()>,
 }
@@ -103,7 +105,7 @@ impl TestServer {
         static SHARED: OnceLock<Result<TestServer, String>> = OnceLock::new();
         let server = SHARED.get_or_init(|| match external_from_env() {
             Some(server) => server,
-            None => try_start_private(),
+            None => try_start_private(&[]),
         });
         match server {
             Ok(server) => server,
@@ -118,7 +120,18 @@ impl TestServer {
     /// # Panics
     /// If no `initdb` is found or the cluster fails to start.
     pub fn start_private() -> TestServer {
-        try_start_private()
+        Self::start_private_with(&[])
+    }
+
+    /// Like [`start_private`](Self::start_private), with extra server
+    /// settings (`-c name=value`, after and so overriding the defaults; e.g.
+    /// `("listen_addresses", "127.0.0.1,::1")`). They are kept across
+    /// [`restart_immediate`](Self::restart_immediate) and [`start`](Self::start).
+    ///
+    /// # Panics
+    /// If no `initdb` is found or the cluster fails to start.
+    pub fn start_private_with(settings: &[(&str, &str)]) -> TestServer {
+        try_start_private(settings)
             .unwrap_or_else(|msg| panic!("cannot start a private PostgreSQL cluster: {msg}"))
     }
 
@@ -346,7 +359,7 @@ impl TestServer {
             "-l",
             &p.log.to_string_lossy(),
             "-o",
-            &server_options(&p.dir, self.port),
+            &server_options(&p.dir, self.port, &p.extra),
         ]);
         if !out.status.success() {
             panic!("pg_ctl restart failed: {}", p.failure(&out));
@@ -464,7 +477,7 @@ impl Private {
             "-l",
             &self.log.to_string_lossy(),
             "-o",
-            &server_options(&self.dir, port),
+            &server_options(&self.dir, port, &self.extra),
         ]);
         if out.status.success() {
             Ok(())
@@ -507,13 +520,16 @@ impl Private {
 
 /// The `-o` argument for `pg_ctl`: passed through a shell by `pg_ctl`, so the
 /// socket directory is single-quoted.
-fn server_options(dir: &Path, port: u16) -> String {
+fn server_options(dir: &Path, port: u16, extra: &[(String, String)]) -> String {
     let mut o = format!(
         "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={}",
         shell_quote(&dir.to_string_lossy())
     );
     for (k, v) in SERVER_SETTINGS {
         let _ = write!(o, " -c {k}={v}");
+    }
+    for (k, v) in extra {
+        let _ = write!(o, " -c {k}={}", shell_quote(v));
     }
     o
 }
@@ -682,7 +698,7 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("cannot pick a free port: {e}"))
 }
 
-fn try_start_private() -> Result<TestServer, String> {
+fn try_start_private(settings: &[(&str, &str)]) -> Result<TestServer, String> {
     let bin_dir = find_server_bin_dir().ok_or_else(|| {
         "no initdb/pg_ctl/postgres found in PATH or /usr/lib/postgresql/*/bin; install the \
          PostgreSQL server (e.g. `apt-get install postgresql`) or set DATABASE_URL"
@@ -698,6 +714,10 @@ fn try_start_private() -> Result<TestServer, String> {
         dir,
         bin_dir,
         as_root,
+        extra: settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
         ctl: Mutex::new(()),
     };
     // From here on `private` is destroyed on any early return or panic.

@@ -79,9 +79,9 @@ fn copy_total(source: &ManagedConnection, target: &ManagedConnection) -> pgtx::R
             .get(0);
         let copied = target.transaction(|mut inner| {
             inner.execute("INSERT INTO totals VALUES ($1)", &[&total])?;
-            // Inside another closure `?` cannot tell which error type the
-            // inner transaction should use: name it.
-            Ok::<_, pgtx::Error>(inner.commit()?.returning(total))
+            // `commit_returning` fixes the inner error type; a closure ending
+            // in `Ok(inner.commit()?.returning(total))` would need it named.
+            inner.commit_returning(total)
         })?;
         Ok(outer.commit()?.returning(copied))
     })
