@@ -116,9 +116,9 @@ pub use crate::state::{Done, Open, State};
 pub use crate::status::TransactionStatus;
 pub use crate::tx::Tx;
 
+pub use crate::statements::ToStatement;
 pub use postgres::error::{DbError, SqlState};
 pub use postgres::types::{self, ToSql};
-pub use crate::statements::ToStatement;
 pub use postgres::{Row, Statement};
 
 /// The README's examples, compiled by `cargo test` so they cannot rot.

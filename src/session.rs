@@ -8,12 +8,12 @@
 use parking_lot::{Mutex, MutexGuard};
 use postgres::error::{DbError, SqlState};
 
+use crate::Statement;
 use crate::config::Settings;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::statements::{Sql, ToStatement};
 use crate::status::{StatusCell, TransactionStatus};
-use crate::Statement;
 
 /// What the crate knows about the transaction on the connection. It sends
 /// every `BEGIN`, `COMMIT` and `ROLLBACK` itself, so this is exact as long as
@@ -323,5 +323,7 @@ fn is_stale(e: &postgres::Error) -> bool {
     };
     *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME
         || (*db.code() == SqlState::FEATURE_NOT_SUPPORTED
-            && db.message().starts_with("cached plan must not change result type"))
+            && db
+                .message()
+                .starts_with("cached plan must not change result type"))
 }
