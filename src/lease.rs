@@ -18,14 +18,21 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 
 /// A waiter that has waited this long is handed the lease directly at the
-/// next release, so newcomers can't starve it. Shorter waits let the
-/// releasing thread take the lease again without a context switch, which is
-/// what keeps a contended connection as fast as an uncontended one
-/// (`parking_lot` uses the same "eventual fairness").
-const FAIR_HANDOFF_AFTER: Duration = Duration::from_micros(500);
+/// next release, so newcomers can't starve it. Before that, a release wakes
+/// nobody: the releasing thread may take the lease straight back without a
+/// context switch, which is what keeps a contended connection as fast as an
+/// uncontended one (`parking_lot`'s "eventual fairness", minus the wake-up
+/// per release that would steal the CPU the server needs on a small box).
+/// The first waiter sleeps no longer than this, so a lease that stays free
+/// is still picked up within it.
+const FAIR_HANDOFF_AFTER: Duration = Duration::from_millis(1);
 
 /// How often a waiter looks at whether the holder has been abandoned.
 const ABANDON_POLL: Duration = Duration::from_millis(50);
+
+/// How long a waiter that is not first in line sleeps before looking again,
+/// in case a wake-up was missed.
+const BEHIND_POLL: Duration = Duration::from_secs(1);
 
 /// `activity` while a request is in flight: a busy holder is never idle.
 const BUSY: u64 = u64::MAX;
@@ -154,6 +161,7 @@ impl Lease {
         let me = Identity::current();
         let mut state = self.state.lock();
         let mut ticket: Option<u64> = None;
+        let mut enqueued = Instant::now();
         loop {
             let next = match &state.holder {
                 None => Next::Take(None),
@@ -198,10 +206,22 @@ impl Lease {
                     since: now,
                 });
                 ticket = Some(t);
+                enqueued = now;
             }
-            let park_for = deadline
-                .map_or(ABANDON_POLL, |d| d.saturating_duration_since(now))
-                .min(ABANDON_POLL);
+            // Only the first in line watches the holder (for abandonment, and
+            // for a lease left free); the others sleep until they are first
+            // (`wake_front`), or their deadline. The long poll is a safety net.
+            let at_front = state.queue.front().map(|w| w.ticket) == ticket;
+            let mut park_for = if at_front { ABANDON_POLL } else { BEHIND_POLL };
+            if let Some(deadline) = deadline {
+                park_for = park_for.min(deadline.saturating_duration_since(now));
+            }
+            let waited = now.saturating_duration_since(enqueued);
+            if at_front && waited < FAIR_HANDOFF_AFTER {
+                // Releases don't wake us before our turn for a handoff: look
+                // again then, in case the lease was released and left free.
+                park_for = park_for.min(FAIR_HANDOFF_AFTER - waited);
+            }
             MutexGuard::unlocked(&mut state, || thread::park_timeout(park_for));
         }
     }
@@ -229,9 +249,8 @@ impl Lease {
                     handed_to: Some(waiter.ticket),
                 });
                 waiter.thread.unpark();
+                wake_front(&state);
             }
-        } else if let Some(waiter) = state.queue.front() {
-            waiter.thread.unpark();
         }
         true
     }
@@ -290,7 +309,22 @@ impl Lease {
 
 fn leave_queue(state: &mut LeaseState, ticket: Option<u64>) {
     if let Some(ticket) = ticket {
+        let was_front = state.queue.front().is_some_and(|w| w.ticket == ticket);
         state.queue.retain(|w| w.ticket != ticket);
+        if was_front {
+            wake_front(state);
+        }
+    }
+}
+
+/// A waiter that has just become the first in line starts its shorter,
+/// timed sleep (see `FAIR_HANDOFF_AFTER`). One that has waited that long
+/// already is next for a direct handoff and need not be woken for it.
+fn wake_front(state: &LeaseState) {
+    if let Some(waiter) = state.queue.front() {
+        if waiter.since.elapsed() < FAIR_HANDOFF_AFTER {
+            waiter.thread.unpark();
+        }
     }
 }
 
@@ -345,7 +379,11 @@ mod tests {
         thread::scope(|s| {
             s.spawn(|| lease.acquire(Wait::Never).expect("free"));
         });
-        let grant = lease.acquire(Wait::Never).expect("taken over");
+        // The scope may return a moment before the thread's locals are gone;
+        // a waiter notices within one poll.
+        let grant = lease
+            .acquire(Wait::Until(Instant::now() + Duration::from_secs(5)))
+            .expect("taken over");
         assert_eq!(grant.took_over, Some(Abandoned::ThreadExited));
     }
 

@@ -220,7 +220,8 @@ impl ManagedConnection {
     /// Opens the connection if there is none, or if the server closed it
     /// while it sat idle, so the guard never carries a dead connection that
     /// could have been detected. Waiters are served fairly: none waits behind
-    /// newcomers for more than about half a millisecond of handoffs. A holder
+    /// newcomers for more than about a millisecond before it is handed the
+    /// connection directly. A holder
     /// found abandoned is taken over (see [`Builder::abandon_after`] and
     /// [Asking again on the same thread](Self#asking-again-on-the-same-thread)).
     ///
