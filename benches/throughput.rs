@@ -565,7 +565,7 @@ impl Report {
         let _ = writeln!(m, "|---|---:|");
         let _ = writeln!(
             m,
-            "| lease acquire + release (`bench_lease_cycle`: the lease, its epoch, the session lock on release; no health check) | {:.0} |",
+            "| lease acquire + release (`bench_lease_cycle`: the lease and its epoch, no health check) | {:.0} |",
             micro.lease_ns
         );
         let _ = writeln!(
@@ -640,15 +640,25 @@ const NOTES: &str = "\
   1.15 × pgbench stretch and the 1.6 × `query_one(&str)` bars, which need
   two, stay out of reach.
 - Threads: one connection serves one transaction at a time, so more
-  threads cannot add throughput; what they cost is the handoff (a futex
-  wake and a context switch when the lease passes to a waiter that has
-  waited 500 µs; until then the releasing thread may take it again).
-  Waiting 5 ms before a fair handoff, and not waking a waiter on the other
-  releases, were both tried and gave no difference outside the noise.
+  threads cannot add throughput; what they cost is the handoff. A release
+  wakes nobody unless it hands the lease to a waiter that has waited 1 ms
+  (the releasing thread may take it straight back meanwhile), which brought
+  voluntary context switches from 4.4 to 3.4 per transaction at 16 threads
+  (1 thread: 3.0, one per round trip). On this 2-vCPU VM a contended bare
+  `parking_lot::Mutex<postgres::Client>` loses about as much (16 threads /
+  1 thread measured 0.84-0.95 in the same probe that gave pgtx 0.79-0.90);
+  most of the loss is the client thread migrating between the two vCPUs
+  that the server backend also needs (perf: ~2,400 migrations/s at 16
+  threads, ~0 at 1). Even with fairness switched off entirely (one thread
+  keeps the lease) the ratio stayed at 0.87-0.95.
 - The lease micro-benchmark is `ManagedConnection::bench_lease_cycle`
-  (doc-hidden): take the lease (parking_lot mutex, thread identity, new
-  epoch, a clock read for the idle-abandonment timer) and release it
-  (session lock, epoch check, release). `lock()` adds the idle health check:
+  (doc-hidden): take the lease (parking_lot mutex, thread identity from a
+  thread-local, new epoch) and release it (epoch check, release). It was
+  157-223 ns until the grant stopped reading the clock (a waiter now times
+  an idle holder from when it first sees it), the thread's liveness moved
+  from a reference-counted token per grant to a registry of live threads,
+  and releasing a guard stopped locking the session it cannot have left
+  dirty. `lock()` adds the idle health check:
   one non-blocking turn of the private runtime's I/O driver (an `epoll_wait`
   with no timeout), so that a connection the server closed while idle is
   replaced before anyone gets it.

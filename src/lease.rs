@@ -11,7 +11,6 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::thread::{self, Thread, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -36,6 +35,9 @@ const BEHIND_POLL: Duration = Duration::from_secs(1);
 
 /// `activity` while a request is in flight: a busy holder is never idle.
 const BUSY: u64 = u64::MAX;
+
+/// `activity` from a grant until the holder's first request.
+const GRANTED: u64 = u64::MAX - 1;
 
 /// How long an acquirer is prepared to wait.
 #[derive(Clone, Copy, Debug)]
@@ -83,22 +85,48 @@ pub(crate) enum Refused {
     WouldBlock,
 }
 
-thread_local! {
-    /// Dropped when the thread exits; a `Weak` to it tells whether the thread lives.
-    static ALIVE: Arc<()> = Arc::new(());
+/// The threads that have taken a lease at least once and have not exited.
+/// A holder that is not in here has exited. (Kept as a registry rather than
+/// a liveness token per grant, so that taking the lease costs no atomic
+/// reference counting.)
+static LIVE_THREADS: Mutex<Vec<ThreadId>> = Mutex::new(Vec::new());
+
+/// Registers this thread on first use; its destructor, run when the thread
+/// exits, takes it out again.
+struct Registration(ThreadId);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        LIVE_THREADS.lock().retain(|id| *id != self.0);
+    }
 }
 
+thread_local! {
+    static ME: Registration = {
+        let id = thread::current().id();
+        LIVE_THREADS.lock().push(id);
+        Registration(id)
+    };
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct Identity {
     thread: ThreadId,
-    alive: Weak<()>,
 }
 
 impl Identity {
     fn current() -> Identity {
+        // During the thread's own teardown its registration may be gone
+        // already; it then counts as exited, which is the truth soon enough.
         Identity {
-            thread: thread::current().id(),
-            alive: ALIVE.with(Arc::downgrade),
+            thread: ME
+                .try_with(|me| me.0)
+                .unwrap_or_else(|_| thread::current().id()),
         }
+    }
+
+    fn has_exited(self) -> bool {
+        !LIVE_THREADS.lock().contains(&self.thread)
     }
 }
 
@@ -112,7 +140,6 @@ struct Holder {
 struct Waiter {
     ticket: u64,
     thread: Thread,
-    alive: Weak<()>,
     since: Instant,
 }
 
@@ -121,6 +148,10 @@ struct LeaseState {
     holder: Option<Holder>,
     queue: VecDeque<Waiter>,
     next_ticket: u64,
+    /// When a waiter first saw the current holder with no request yet
+    /// (`GRANTED`): its idle time counts from then. Reading the clock here,
+    /// on the waiter's side, keeps it off every grant.
+    grant_seen: Option<(u64, Instant)>,
 }
 
 pub(crate) struct Lease {
@@ -163,12 +194,15 @@ impl Lease {
         let mut ticket: Option<u64> = None;
         let mut enqueued = Instant::now();
         loop {
-            let next = match &state.holder {
+            let LeaseState {
+                holder, grant_seen, ..
+            } = &mut *state;
+            let next = match holder {
                 None => Next::Take(None),
                 Some(holder) if ticket.is_some() && holder.handed_to == ticket => {
                     Next::HandedOver(holder.epoch)
                 }
-                Some(holder) => match self.abandoned(holder, &me) {
+                Some(holder) => match self.abandoned(holder, me, grant_seen) {
                     Some(reason) => Next::Take(Some(reason)),
                     None => Next::Wait,
                 },
@@ -202,7 +236,6 @@ impl Lease {
                 state.queue.push_back(Waiter {
                     ticket: t,
                     thread: thread::current(),
-                    alive: me.alive.clone(),
                     since: now,
                 });
                 ticket = Some(t);
@@ -243,7 +276,6 @@ impl Lease {
                 state.holder = Some(Holder {
                     who: Identity {
                         thread: waiter.thread.id(),
-                        alive: waiter.alive,
                     },
                     epoch,
                     handed_to: Some(waiter.ticket),
@@ -270,12 +302,16 @@ impl Lease {
     }
 
     fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(BUSY - 1)
+        u64::try_from(self.origin.elapsed().as_nanos())
+            .unwrap_or(GRANTED - 1)
+            .min(GRANTED - 1)
     }
 
     fn next_epoch(&self) -> u64 {
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        self.mark_idle();
+        if self.abandon_after.is_some() {
+            self.activity.store(GRANTED, Ordering::Relaxed);
+        }
         epoch
     }
 
@@ -290,19 +326,30 @@ impl Lease {
         epoch
     }
 
-    fn abandoned(&self, holder: &Holder, me: &Identity) -> Option<Abandoned> {
+    fn abandoned(
+        &self,
+        holder: &Holder,
+        me: Identity,
+        grant_seen: &mut Option<(u64, Instant)>,
+    ) -> Option<Abandoned> {
         if holder.who.thread == me.thread {
             return Some(Abandoned::SameThread);
         }
-        if holder.who.alive.strong_count() == 0 {
+        if holder.who.has_exited() {
             return Some(Abandoned::ThreadExited);
         }
         let limit = self.abandon_after?;
-        let last = self.activity.load(Ordering::Relaxed);
-        if last == BUSY {
-            return None;
-        }
-        let idle = Duration::from_nanos(self.now().saturating_sub(last));
+        let idle = match self.activity.load(Ordering::Relaxed) {
+            BUSY => return None,
+            GRANTED => match *grant_seen {
+                Some((epoch, seen)) if epoch == holder.epoch => seen.elapsed(),
+                _ => {
+                    *grant_seen = Some((holder.epoch, Instant::now()));
+                    Duration::ZERO
+                }
+            },
+            last => Duration::from_nanos(self.now().saturating_sub(last)),
+        };
         (idle >= limit).then_some(Abandoned::Idle(idle))
     }
 }

@@ -332,19 +332,24 @@ impl ManagedConnection {
         if ticket.is_scoped() {
             return; // the `transaction` scope finishes it
         }
+        if !ticket.is_open() {
+            // A guard, or a finished `Tx`: the crate left no transaction open
+            // (every way out of `Open` ends it), so there is nothing to check.
+            self.lease.release(ticket.epoch());
+            return;
+        }
         let mut session = self.session.lock();
         if self.lease.epoch() != ticket.epoch() {
             return; // taken over; the new holder cleaned up
         }
-        if session.in_transaction() || ticket.is_open() {
-            session.rollback();
-            let cause = if std::thread::panicking() {
-                Cause::Panic
-            } else {
-                Cause::Dropped
-            };
-            self.report_unfinished(cause);
-        }
+        // A `Tx<Open>` is being dropped: the fallback.
+        session.rollback();
+        let cause = if std::thread::panicking() {
+            Cause::Panic
+        } else {
+            Cause::Dropped
+        };
+        self.report_unfinished(cause);
         drop(session);
         self.lease.release(ticket.epoch());
     }
