@@ -270,19 +270,17 @@ impl Lease {
             .queue
             .front()
             .is_some_and(|w| w.since.elapsed() >= FAIR_HANDOFF_AFTER);
-        if long_waiting {
-            if let Some(waiter) = state.queue.pop_front() {
-                let epoch = self.next_epoch();
-                state.holder = Some(Holder {
-                    who: Identity {
-                        thread: waiter.thread.id(),
-                    },
-                    epoch,
-                    handed_to: Some(waiter.ticket),
-                });
-                waiter.thread.unpark();
-                wake_front(&state);
-            }
+        if long_waiting && let Some(waiter) = state.queue.pop_front() {
+            let epoch = self.next_epoch();
+            state.holder = Some(Holder {
+                who: Identity {
+                    thread: waiter.thread.id(),
+                },
+                epoch,
+                handed_to: Some(waiter.ticket),
+            });
+            waiter.thread.unpark();
+            wake_front(&state);
         }
         true
     }
@@ -368,10 +366,10 @@ fn leave_queue(state: &mut LeaseState, ticket: Option<u64>) {
 /// timed sleep (see `FAIR_HANDOFF_AFTER`). One that has waited that long
 /// already is next for a direct handoff and need not be woken for it.
 fn wake_front(state: &LeaseState) {
-    if let Some(waiter) = state.queue.front() {
-        if waiter.since.elapsed() < FAIR_HANDOFF_AFTER {
-            waiter.thread.unpark();
-        }
+    if let Some(waiter) = state.queue.front()
+        && waiter.since.elapsed() < FAIR_HANDOFF_AFTER
+    {
+        waiter.thread.unpark();
     }
 }
 
