@@ -6,7 +6,7 @@
 //! cargo bench --bench throughput              # full run, 5 rounds x 3 s, ~2.5 min; writes benches/RESULTS.md + throughput.svg
 //! PGTX_BENCH_QUICK=1 cargo bench --bench throughput   # smoke run, ~15 s; writes to a temp dir
 //! PGTX_BENCH_ONLY=pgtx1,pgbench cargo bench --bench throughput   # only these cases
-//!   (keys: pgtx1 pgtx4 pgtx16 pgtx64 mutex_str mutex_prepared pgbench connect micro;
+//!   (keys: pgtx1 pgtx4 pgtx16 pgtx64 mutex_str mutex_prepared mutex_prepared16 pgbench connect micro;
 //!    a run with PGTX_BENCH_ONLY writes no files unless `micro` is among them)
 //! PGTX_BENCH_ROUNDS=5 PGTX_BENCH_SECS=2 cargo bench --bench throughput   # other round counts/lengths
 //! ```
@@ -184,6 +184,12 @@ fn main() -> Result<(), BoxError> {
         "Mutex<Client>, transaction() + prepared statement",
         move |plan| mutex_client(&client, true, plan.duration()),
     ));
+    let client = Mutex::new(Client::connect(&dsn, NoTls)?);
+    cases.push(Case::new(
+        "mutex_prepared16",
+        "Mutex<Client>, prepared statement, 16 threads",
+        move |plan| mutex_client_threads(&client, 16, plan.duration()),
+    ));
     match server.bin("pgbench") {
         Some(pgbench) => {
             let script = plan.out_dir_script()?;
@@ -275,6 +281,20 @@ fn pgtx_threads(
             tx.commit()
         })
     };
+    threaded(threads, duration, one)
+}
+
+/// Runs `one` (a whole transaction) in a loop on `threads` threads for
+/// `duration`, after a warm-up that connects and fills any cache; returns
+/// transactions per second.
+fn threaded<E>(
+    threads: usize,
+    duration: Duration,
+    one: impl Fn(i32) -> Result<(), E> + Sync,
+) -> Result<f64, BoxError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     // Warm up: connect, and let any per-connection cache fill.
     for v in 0..100 {
         one(v)?;
@@ -286,7 +306,7 @@ fn pgtx_threads(
         let workers: Vec<_> = (0..threads)
             .map(|t| {
                 let (stop, total, start, one) = (&stop, &total, &start, &one);
-                s.spawn(move || -> Result<(), pgtx::Error> {
+                s.spawn(move || -> Result<(), E> {
                     let mut v = i32::try_from(t).unwrap_or(0) * 1_000_000;
                     let mut n = 0;
                     start.wait();
@@ -343,6 +363,22 @@ fn mutex_client(
         n += 1;
     }
     Ok(n as f64 / began.elapsed().as_secs_f64())
+}
+
+/// The prepared-statement `Mutex<Client>` case on several threads: what a
+/// contended lock around a bare client costs on the same machine.
+fn mutex_client_threads(
+    client: &Mutex<Client>,
+    threads: usize,
+    duration: Duration,
+) -> Result<f64, BoxError> {
+    let statement = client.lock().prepare(SQL)?;
+    threaded(threads, duration, |v: i32| -> Result<(), postgres::Error> {
+        let mut client = client.lock();
+        let mut tx = client.transaction()?;
+        black_box(tx.query_one(&statement, &[&v])?.get::<_, i32>(0));
+        tx.commit()
+    })
 }
 
 /// What sharing one connection avoids: connect, one transaction, close.
@@ -646,7 +682,8 @@ const NOTES: &str = "\
   voluntary context switches from 4.4 to 3.4 per transaction at 16 threads
   (1 thread: 3.0, one per round trip). On this 2-vCPU VM a contended bare
   `parking_lot::Mutex<postgres::Client>` loses about as much (16 threads /
-  1 thread measured 0.84-0.95 in the same probe that gave pgtx 0.79-0.90);
+  1 thread measured 0.84-0.95 in the same probe that gave pgtx 0.79-0.90,
+  and the `mutex_prepared16` case above shows it side by side);
   most of the loss is the client thread migrating between the two vCPUs
   that the server backend also needs (perf: ~2,400 migrations/s at 16
   threads, ~0 at 1). Even with fairness switched off entirely (one thread
