@@ -695,15 +695,9 @@ fn run_psql(psql: &PathBuf, dsn: &str, env: &BTreeMap<String, String>) -> Result
 }
 
 fn run_pgtx(dsn: &str, env: &BTreeMap<String, String>) -> Result<String, String> {
-    let exe = std::env::current_exe().expect("test binary");
-    let out = Command::new(exe)
-        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
-        .env_clear()
-        .envs(env)
-        .env(CHILD_DSN, dsn)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the pgtx child");
+    let mut env = env.clone();
+    env.insert(CHILD_DSN.to_owned(), dsn.to_owned());
+    let out = common::rerun_test(TEST_NAME, &env);
     let stdout = String::from_utf8_lossy(&out.stdout);
     for line in stdout.lines() {
         if let Some(ok) = line.strip_prefix("PGTX_OK ") {

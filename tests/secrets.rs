@@ -12,7 +12,6 @@ mod common;
 
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use common::server::{TestServer, error_chain};
@@ -215,18 +214,15 @@ fn no_rendering_shows_a_password() {
             std::fs::write(&path, fill(text)).expect("write .pgpass");
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         }
-        let exe = std::env::current_exe().expect("test binary");
-        let out = Command::new(exe)
-            .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", &home)
-            .env("PGSYSCONFDIR", &home)
-            .envs(case.env.iter().map(|(k, v)| (*k, fill(v))))
-            .env(CHILD_DSN, fill(case.dsn))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run child");
+        let home = home.to_string_lossy().into_owned();
+        let mut env = vec![
+            ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
+            ("HOME".to_owned(), home.clone()),
+            ("PGSYSCONFDIR".to_owned(), home),
+        ];
+        env.extend(case.env.iter().map(|(k, v)| ((*k).to_owned(), fill(v))));
+        env.push((CHILD_DSN.to_owned(), fill(case.dsn)));
+        let out = common::rerun_test(TEST_NAME, env);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(

@@ -8,3 +8,22 @@ pub mod fixtures;
 pub mod logger;
 pub mod proxy;
 pub mod server;
+
+/// Runs this test binary again, only the test `name`, in a cleared
+/// environment holding just `env`: for a test that needs a process of its
+/// own (libpq-style variables, a logger, `HOME`) without disturbing the
+/// tests running beside it. The child's output is returned whole.
+pub fn rerun_test<K, V>(name: &str, env: impl IntoIterator<Item = (K, V)>) -> std::process::Output
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    std::process::Command::new(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env_clear()
+        .envs(env)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the test binary again")
+}
