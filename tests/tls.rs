@@ -38,19 +38,21 @@ fn certificate(dir: &Path, name: &str, subject: &str, ca: Option<&str>, extensio
     let crt = format!("{name}.crt");
     let ext = format!("{name}.ext");
     std::fs::write(dir.join(&ext), extensions).expect("write extensions");
+    // A new P-256 key, unencrypted, written to `key`.
+    let new_key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+    ];
     match ca {
-        None => openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
+        None => {
+            let mut args = vec!["req", "-x509"];
+            args.extend(new_key);
+            args.extend([
                 "-out",
                 &crt,
                 "-days",
@@ -61,27 +63,15 @@ fn certificate(dir: &Path, name: &str, subject: &str, ca: Option<&str>, extensio
                 "v3",
                 "-config",
                 &ext,
-            ],
-        ),
+            ]);
+            openssl(dir, &args);
+        }
         Some(ca) => {
             let csr = format!("{name}.csr");
-            openssl(
-                dir,
-                &[
-                    "req",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1",
-                    "-nodes",
-                    "-keyout",
-                    &key,
-                    "-out",
-                    &csr,
-                    "-subj",
-                    subject,
-                ],
-            );
+            let mut args = vec!["req"];
+            args.extend(new_key);
+            args.extend(["-out", &csr, "-subj", subject]);
+            openssl(dir, &args);
             openssl(
                 dir,
                 &[
