@@ -14,11 +14,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio_postgres::NoTls;
 use tokio_postgres::config::{ChannelBinding, TargetSessionAttrs};
-use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres::{Client, Socket};
 
-use crate::driver::{ConnectionStream, Driver, connection_stream};
+use crate::connect::{self, Address, ConnectError, Opened, Socket};
+use crate::driver::Driver;
 use crate::error::Error;
 
 use self::conninfo::Options;
@@ -329,53 +329,51 @@ async fn attempt(
     sslmode: SslMode,
     target: &Target,
     tls: &Tls,
-) -> Result<(Client, ConnectionStream), postgres::Error> {
+) -> Result<Opened, ConnectError> {
     use tokio_postgres::config::SslMode as Mode;
     let mut config = config.clone();
+    let address = match &target.host {
+        Host::Socket { dir, .. } => Address::Socket(dir),
+        Host::Tcp { name, addr } => Address::Tcp { name, addr: *addr },
+    };
+    let port = target.port;
     // A Unix socket never uses TLS (libpq: "SSL is not used on Unix sockets").
     if matches!(target.host, Host::Socket { .. }) || sslmode == SslMode::Disable {
         config.ssl_mode(Mode::Disable);
-        return open(&config, tokio_postgres::NoTls).await;
+        return connect::open(&config, &address, port, NoTls).await;
     }
     match sslmode {
         SslMode::Allow => {
             config.ssl_mode(Mode::Disable);
-            match open(&config, tokio_postgres::NoTls).await {
+            match connect::open(&config, &address, port, NoTls).await {
                 // The server refused a connection without TLS: try with it.
-                Err(e) if e.as_db_error().is_some() && tls.available() => {
+                Err(e) if refused_by_server(&*e) && tls.available() => {
                     config.ssl_mode(Mode::Require);
-                    tls.open(&config).await
+                    tls.open(&config, &address, port).await
                 }
                 other => other,
             }
         }
         SslMode::Prefer if tls.available() => {
             config.ssl_mode(Mode::Prefer);
-            tls.open(&config).await
+            tls.open(&config, &address, port).await
         }
         SslMode::Prefer => {
             config.ssl_mode(Mode::Disable);
-            open(&config, tokio_postgres::NoTls).await
+            connect::open(&config, &address, port, NoTls).await
         }
         _ => {
             config.ssl_mode(Mode::Require);
-            tls.open(&config).await
+            tls.open(&config, &address, port).await
         }
     }
 }
 
-/// Connects with one TLS connector and erases the stream types.
-async fn open<T>(
-    config: &tokio_postgres::Config,
-    tls: T,
-) -> Result<(Client, ConnectionStream), postgres::Error>
-where
-    T: MakeTlsConnect<Socket>,
-    T::Stream: Send + 'static,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
-    let (client, connection) = config.connect(tls).await?;
-    Ok((client, connection_stream(connection)))
+/// Whether the server itself turned the attempt down (rather than the
+/// socket failing).
+fn refused_by_server(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    e.downcast_ref::<postgres::Error>()
+        .is_some_and(|e| e.as_db_error().is_some())
 }
 
 /// The TLS connector `sslmode` calls for, if this build has TLS.
@@ -403,11 +401,27 @@ impl Tls {
     async fn open(
         &self,
         config: &tokio_postgres::Config,
-    ) -> Result<(Client, ConnectionStream), postgres::Error> {
-        match &self.0 {
-            Some(tls) => open(config, tls.clone()).await,
-            None => open(config, tokio_postgres::NoTls).await,
-        }
+        address: &Address<'_>,
+        port: u16,
+    ) -> Result<Opened, ConnectError> {
+        use tokio_postgres::tls::MakeTlsConnect;
+        let Some(make) = &self.0 else {
+            return connect::open(config, address, port, NoTls).await;
+        };
+        // The name the certificate must carry: the host name, else the
+        // numeric address (libpq matches an IP address against the
+        // certificate's IP entries).
+        let server_name = match address {
+            Address::Tcp { name, .. } if !name.is_empty() => (*name).to_owned(),
+            Address::Tcp { addr: Some(ip), .. } => ip.to_string(),
+            _ => String::new(),
+        };
+        let tls = match MakeTlsConnect::<Socket>::make_tls_connect(&mut make.clone(), &server_name)
+        {
+            Ok(tls) => tls,
+            Err(never) => match never {},
+        };
+        connect::open(config, address, port, tls).await
     }
 }
 
@@ -439,8 +453,10 @@ impl Tls {
     async fn open(
         &self,
         config: &tokio_postgres::Config,
-    ) -> Result<(Client, ConnectionStream), postgres::Error> {
-        open(config, tokio_postgres::NoTls).await
+        address: &Address<'_>,
+        port: u16,
+    ) -> Result<Opened, ConnectError> {
+        connect::open(config, address, port, NoTls).await
     }
 }
 

@@ -9,6 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::{Future, poll_fn};
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,7 +17,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Runtime;
 use tokio_postgres::{AsyncMessage, Client, Notification, Statement};
 
+use crate::connect::Opened;
 use crate::error::Error;
+use crate::wire::{BeginOutcome, ServerStatus, Tap};
 
 type PollMessage =
     dyn FnMut(&mut Context<'_>) -> Poll<Option<Result<AsyncMessage, postgres::Error>>> + Send;
@@ -29,6 +32,14 @@ impl ConnectionStream {
     /// Stands in for a connection that has ended.
     fn ended() -> ConnectionStream {
         ConnectionStream(Box::new(|_| Poll::Ready(None)))
+    }
+
+    /// Reads and writes what it can; the next message for the client side.
+    pub(crate) fn poll_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<AsyncMessage, postgres::Error>>> {
+        (self.0)(cx)
     }
 }
 
@@ -48,6 +59,9 @@ pub(crate) struct Driver {
     runtime: Runtime,
     client: Client,
     connection: ConnectionStream,
+    /// Slips `BEGIN` into the first statement's write; reads the server's
+    /// transaction status.
+    tap: Arc<Tap>,
     notifications: VecDeque<Notification>,
     /// The connection has ended; it must not be polled again.
     ended: bool,
@@ -102,17 +116,22 @@ impl Driver {
     /// Runs a connect future (from [`Settings`](crate::Settings)) on a new runtime.
     pub(crate) fn connect<F>(connect: F) -> Result<Driver, Error>
     where
-        F: Future<Output = Result<(Client, ConnectionStream), Error>>,
+        F: Future<Output = Result<Opened, Error>>,
     {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(Error::Runtime)?;
-        let (client, connection) = runtime.block_on(connect)?;
+        let Opened {
+            client,
+            connection,
+            tap,
+        } = runtime.block_on(connect)?;
         Ok(Driver {
             runtime,
             client,
             connection,
+            tap,
             notifications: VecDeque::new(),
             ended: false,
             end_cause: None,
@@ -129,6 +148,23 @@ impl Driver {
         let statement = self.run(|client| client.prepare(sql))?;
         self.statements.insert(sql, statement.clone());
         Ok(statement)
+    }
+
+    /// Sends `begin` in front of the next statement, in the same write and
+    /// the same Sync group: if the server refuses `BEGIN`, it skips the
+    /// statement. Read the outcome with [`Driver::begin_outcome`].
+    pub(crate) fn arm_begin(&mut self, begin: &str) {
+        self.tap.arm_begin(begin);
+    }
+
+    /// What became of the `BEGIN` armed last; disarms it if it was not sent.
+    pub(crate) fn begin_outcome(&mut self) -> BeginOutcome {
+        self.tap.take_begin_outcome()
+    }
+
+    /// The transaction status the server reported with its last answer.
+    pub(crate) fn server_status(&self) -> Option<ServerStatus> {
+        self.tap.server_status()
     }
 
     /// Forgets every cached statement (after the server said one was stale
@@ -224,6 +260,7 @@ impl Driver {
             runtime,
             client,
             mut connection,
+            tap: _,
             mut notifications,
             mut ended,
             mut end_cause,

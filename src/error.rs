@@ -30,8 +30,12 @@ pub enum Error {
 
     /// Connecting (or reconnecting) to the server failed. The lock has been
     /// released; the next holder tries again.
+    ///
+    /// The source is the last attempt's error: a [`postgres::Error`] when the
+    /// server (or TLS) turned the connection down, else an I/O error from
+    /// the socket; [`Error::as_db_error`] finds the server's reason.
     #[error("could not connect to the server")]
-    Connect(#[source] postgres::Error),
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
 
     /// The connection broke while a statement was in flight, or before it
     /// could be sent. A transaction that was open is not committed (the server
@@ -112,7 +116,10 @@ impl Error {
     /// The server's error, if the server reported one.
     pub fn as_db_error(&self) -> Option<&DbError> {
         match self {
-            Error::Db(e) | Error::Connect(e) => e.as_db_error(),
+            Error::Db(e) => e.as_db_error(),
+            Error::Connect(e) => e
+                .downcast_ref::<postgres::Error>()
+                .and_then(postgres::Error::as_db_error),
             Error::ConnectionLost(e) | Error::CommitOutcomeUnknown(e) => {
                 e.as_ref().and_then(postgres::Error::as_db_error)
             }

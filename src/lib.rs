@@ -94,6 +94,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod connect;
 mod driver;
 mod error;
 mod guard;
@@ -106,6 +107,7 @@ mod state;
 mod statements;
 mod status;
 mod tx;
+mod wire;
 
 pub use crate::config::{Settings, SettingsError};
 pub use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
