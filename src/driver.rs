@@ -11,7 +11,7 @@ use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Runtime;
@@ -69,6 +69,8 @@ pub(crate) struct Driver {
     end_cause: Option<postgres::Error>,
     /// Statements prepared from SQL text on this connection.
     statements: StatementCache,
+    /// When the server was last heard from (or the connection last found alive).
+    answered_at: Instant,
 }
 
 /// How many prepared statements a connection keeps; the least recently
@@ -136,6 +138,7 @@ impl Driver {
             ended: false,
             end_cause: None,
             statements: StatementCache::default(),
+            answered_at: Instant::now(),
         })
     }
 
@@ -190,10 +193,19 @@ impl Driver {
         } = self;
         let client: &'a Client = client;
         let mut request = pin!(request(client));
-        runtime.block_on(poll_fn(|cx| {
+        let result = runtime.block_on(poll_fn(|cx| {
             drive(connection, notifications, ended, end_cause, cx);
             request.as_mut().poll(cx)
-        }))
+        }));
+        if !*ended {
+            self.answered_at = Instant::now();
+        }
+        result
+    }
+
+    /// Whether the connection answered (or was found alive) within `span`.
+    pub(crate) fn answered_within(&self, span: Duration) -> bool {
+        !self.has_ended() && self.answered_at.elapsed() < span
     }
 
     /// Whether the connection is still usable, without a round trip.
@@ -223,7 +235,11 @@ impl Driver {
             })
             .await;
         });
-        !self.ended && !self.client.is_closed()
+        let alive = !self.ended && !self.client.is_closed();
+        if alive {
+            self.answered_at = Instant::now();
+        }
+        alive
     }
 
     /// Whether the connection has ended (the server closed it, or the socket failed).
@@ -265,6 +281,7 @@ impl Driver {
             mut ended,
             mut end_cause,
             statements,
+            answered_at: _,
         } = self;
         // No point closing statements one by one on a connection about to end.
         drop(statements);

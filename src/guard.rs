@@ -57,8 +57,10 @@ impl<'m> Guard<'m> {
     #[must_use = "a transaction must end with `commit()` or `rollback()`; dropping it rolls back"]
     pub fn begin_with(self, options: TxOptions) -> Result<Tx<'m, Open>> {
         let Guard { held } = self;
-        let settings = held.manager().settings();
-        held.with_session(|s| s.begin(settings, &options.begin_statement()))?;
+        held.with_session(|s| {
+            s.begin(options.begin_sql());
+            Ok(())
+        })?;
         Ok(Tx::open(held))
     }
 

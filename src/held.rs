@@ -6,7 +6,7 @@ use postgres::types::ToSql;
 
 use crate::error::{Error, Result};
 use crate::manager::ManagedConnection;
-use crate::session::Active;
+use crate::session::{Active, Sends};
 use crate::statements::ToStatement;
 use crate::{Row, Statement};
 
@@ -132,11 +132,11 @@ impl<'m> Held<'m> {
     }
 
     pub(crate) fn batch_execute(&self, query: &str) -> Result<()> {
-        self.with_session(|s| s.statement(|d| d.run(|c| c.batch_execute(query))))
+        self.with_session(|s| s.statement(Sends::Query, |d| d.run(|c| c.batch_execute(query))))
     }
 
     pub(crate) fn prepare(&self, query: &str) -> Result<Statement> {
-        self.with_session(|s| s.statement(|d| d.run(|c| c.prepare(query))))
+        self.with_session(|s| s.statement(Sends::Parse, |d| d.run(|c| c.prepare(query))))
     }
 }
 

@@ -60,7 +60,6 @@ pub const DEFAULT_ABANDON_AFTER: Duration = Duration::from_secs(30);
 /// code that runs while its caller holds the connection: pass the `Tx` or
 /// the `Guard` down instead. (Waiting would deadlock, which is worse.)
 pub struct ManagedConnection {
-    settings: Settings,
     pub(crate) lease: Lease,
     pub(crate) session: Session,
     unfinished: AtomicU64,
@@ -111,9 +110,8 @@ impl Builder {
     pub fn build(self) -> Result<ManagedConnection> {
         let settings = Settings::parse(&self.dsn)?;
         Ok(ManagedConnection {
-            settings,
             lease: Lease::new(self.abandon_after),
-            session: Session::new(),
+            session: Session::new(settings),
             unfinished: AtomicU64::new(0),
         })
     }
@@ -147,7 +145,7 @@ impl ManagedConnection {
 
     /// The settings, with any password hidden when shown.
     pub fn settings(&self) -> &Settings {
-        &self.settings
+        self.session.settings()
     }
 
     /// Runs `work` in a transaction and returns what it hands back.
@@ -304,7 +302,7 @@ impl ManagedConnection {
 
     fn acquire(&self, wait: Wait) -> Result<Guard<'_>> {
         let held = self.acquire_lease(wait)?;
-        held.session()?.ensure_open(&self.settings)?;
+        held.session()?.ensure_open()?;
         Ok(Guard::new(held))
     }
 
@@ -373,7 +371,7 @@ impl ManagedConnection {
         self.unfinished.fetch_add(1, Ordering::Relaxed);
         log::error!(
             "pgtx: {UNFINISHED_TRANSACTION} ({cause}; it has been rolled back) [{}]",
-            self.settings
+            self.settings()
         );
     }
 }
@@ -453,7 +451,7 @@ impl fmt::Display for ManagedConnection {
         write!(
             f,
             "<ManagedConnection: {} ({})>",
-            self.settings,
+            self.settings(),
             self.status()
         )
     }
@@ -462,7 +460,7 @@ impl fmt::Display for ManagedConnection {
 impl fmt::Debug for ManagedConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ManagedConnection")
-            .field("settings", &self.settings)
+            .field("settings", self.settings())
             .field("status", &self.status())
             .field("unfinished_transactions", &self.unfinished_transactions())
             .finish_non_exhaustive()

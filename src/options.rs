@@ -1,5 +1,7 @@
 //! How a transaction begins: isolation level, read only, deferrable.
 
+use std::borrow::Cow;
+
 pub use postgres::IsolationLevel;
 
 /// Options for the `BEGIN` that opens a transaction.
@@ -57,6 +59,11 @@ impl TxOptions {
 
     /// The `BEGIN` statement these options send.
     pub fn begin_statement(&self) -> String {
+        self.begin_sql().into_owned()
+    }
+
+    /// The `BEGIN` statement, without allocating for the default one.
+    pub(crate) fn begin_sql(&self) -> Cow<'static, str> {
         let mut modes = Vec::with_capacity(3);
         if let Some(level) = self.isolation {
             modes.push(match level {
@@ -80,9 +87,9 @@ impl TxOptions {
             });
         }
         if modes.is_empty() {
-            "BEGIN".to_owned()
+            Cow::Borrowed("BEGIN")
         } else {
-            format!("BEGIN {}", modes.join(", "))
+            Cow::Owned(format!("BEGIN {}", modes.join(", ")))
         }
     }
 }

@@ -5,6 +5,9 @@
 //! user code runs. The transaction status is mirrored into an atomic so that
 //! any thread can read it without waiting.
 
+use std::borrow::Cow;
+use std::time::Duration;
+
 use parking_lot::{Mutex, MutexGuard};
 use postgres::error::{DbError, SqlState};
 
@@ -14,6 +17,24 @@ use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::statements::{Sql, ToStatement};
 use crate::status::{StatusCell, TransactionStatus};
+use crate::wire::{BeginOutcome, ServerStatus};
+
+/// A connection checked this recently is not checked again before a
+/// transaction's first statement: the check is for connections that died
+/// while idle, and a holder that just took the connection has just checked.
+const RECHECK_AFTER: Duration = Duration::from_millis(1);
+
+/// What a request sends, which decides how a pending `BEGIN` goes out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sends {
+    /// Bind and Execute (after a Parse, the first time a text is seen):
+    /// `BEGIN` rides in front of the Bind.
+    Bind,
+    /// A simple Query: `BEGIN` goes first, on its own.
+    Query,
+    /// Only Parse and Describe, which touch no data: no `BEGIN` needed yet.
+    Parse,
+}
 
 /// What the crate knows about the transaction on the connection. It sends
 /// every `BEGIN`, `COMMIT` and `ROLLBACK` itself, so this is exact as long as
@@ -22,6 +43,11 @@ use crate::status::{StatusCell, TransactionStatus};
 enum Track {
     /// No transaction block is open.
     Idle,
+    /// A transaction has begun for its holder, but nothing has been sent:
+    /// this `BEGIN` goes out with the first statement, in the same write and
+    /// the same Sync group (see `wire.rs`). Until then the transaction costs
+    /// the server nothing, and an empty one costs no round trip.
+    Pending(Cow<'static, str>),
     /// A transaction block is open and healthy.
     Open,
     /// The server aborted the open transaction; carries the first error.
@@ -39,22 +65,25 @@ struct Slot {
 pub(crate) struct Session {
     slot: Mutex<Slot>,
     status: StatusCell,
+    settings: Settings,
 }
 
 /// The session, locked by the lease holder for one operation.
 pub(crate) struct Active<'a> {
     slot: MutexGuard<'a, Slot>,
     status: &'a StatusCell,
+    settings: &'a Settings,
 }
 
 impl Session {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(settings: Settings) -> Self {
         Session {
             slot: Mutex::new(Slot {
                 driver: None,
                 track: Track::Idle,
             }),
             status: StatusCell::new(),
+            settings,
         }
     }
 
@@ -62,7 +91,12 @@ impl Session {
         Active {
             slot: self.slot.lock(),
             status: &self.status,
+            settings: &self.settings,
         }
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     pub(crate) fn status(&self) -> TransactionStatus {
@@ -74,9 +108,13 @@ impl Active<'_> {
     /// Makes sure there is a live connection, opening one if there is none or
     /// if the server closed the old one while it sat idle.
     ///
-    /// Must only be called when no transaction is open.
-    pub(crate) fn ensure_open(&mut self, settings: &Settings) -> Result<()> {
-        debug_assert!(matches!(self.slot.track, Track::Idle));
+    /// Must only be called when nothing of a transaction has reached the
+    /// server (none is open, or one is pending).
+    pub(crate) fn ensure_open(&mut self) -> Result<()> {
+        debug_assert!(matches!(
+            self.slot.track,
+            Track::Idle | Track::Pending(_)
+        ));
         if let Some(driver) = self.slot.driver.as_mut() {
             if driver.is_alive() {
                 return Ok(());
@@ -88,12 +126,12 @@ impl Active<'_> {
                 }
                 None => log::info!("pgtx: connection closed while idle; reconnecting"),
             }
-            self.discard();
+            self.slot.driver = None;
         }
-        match settings.connect() {
+        match self.settings.connect() {
             Ok(driver) => {
                 self.slot.driver = Some(driver);
-                self.status.set(TransactionStatus::Idle);
+                self.publish();
                 Ok(())
             }
             Err(e) => {
@@ -108,20 +146,90 @@ impl Active<'_> {
         !matches!(self.slot.track, Track::Idle)
     }
 
-    /// Runs one statement, keeping the transaction status exact.
+    /// Runs one statement, keeping the transaction status exact; a pending
+    /// `BEGIN` goes out with it (or before it, see [`Sends`]).
     pub(crate) fn statement<T>(
         &mut self,
+        sends: Sends,
         request: impl FnOnce(&mut Driver) -> Result<T, postgres::Error>,
     ) -> Result<T> {
+        let pending = match &self.slot.track {
+            Track::Pending(begin) if sends != Sends::Parse => Some(begin.clone()),
+            _ => None,
+        };
+        if let Some(begin) = &pending {
+            self.revive_before_first_statement()?;
+            if sends == Sends::Query {
+                self.send_begin(begin)?;
+            }
+        }
         let Some(driver) = self.slot.driver.as_mut() else {
             return Err(Error::ConnectionLost(None));
         };
         self.status.set(TransactionStatus::Active);
+        let riding = pending.filter(|_| sends == Sends::Bind);
+        if let Some(begin) = &riding {
+            driver.arm_begin(begin);
+        }
         let result = request(driver);
-        match result {
-            Ok(value) => {
+        let began = riding.is_some() && driver.begin_outcome() == BeginOutcome::Began;
+        let result = match result {
+            Err(e) if driver.has_ended() => Err(Error::ConnectionLost(Some(driver.why_lost(e)))),
+            other => other.map_err(Error::Db),
+        };
+        if began {
+            self.slot.track = Track::Open;
+        }
+        match &result {
+            Err(Error::ConnectionLost(_)) => self.lose(),
+            Err(e) => {
+                // Any server error inside the transaction aborts it: the
+                // server's own (a failed statement, or a refused BEGIN), or,
+                // while BEGIN is still pending, ours, so that it reads the
+                // same to the holder.
+                if let (Track::Open | Track::Pending(_), Some(db)) =
+                    (&self.slot.track, e.as_db_error())
+                {
+                    self.slot.track = Track::Aborted(Box::new(db.clone()));
+                }
                 self.publish();
-                Ok(value)
+            }
+            Ok(_) => self.publish(),
+        }
+        result
+    }
+
+    /// Before a pending transaction's first statement: a connection that
+    /// died since it was last checked is replaced, since nothing of the
+    /// transaction has reached the server yet.
+    fn revive_before_first_statement(&mut self) -> Result<()> {
+        let recent = self
+            .slot
+            .driver
+            .as_ref()
+            .is_some_and(|d| d.answered_within(RECHECK_AFTER));
+        if recent {
+            return Ok(());
+        }
+        self.ensure_open().inspect_err(|_| {
+            // No connection: the transaction cannot go on.
+            self.slot.track = Track::Lost;
+            self.publish();
+        })
+    }
+
+    /// Sends a pending `BEGIN` on its own (before a simple query, which
+    /// cannot share its Sync group).
+    fn send_begin(&mut self, begin: &str) -> Result<()> {
+        let Some(driver) = self.slot.driver.as_mut() else {
+            return Err(Error::ConnectionLost(None));
+        };
+        self.status.set(TransactionStatus::Active);
+        match driver.run(|client| client.batch_execute(begin)) {
+            Ok(()) => {
+                self.slot.track = Track::Open;
+                self.publish();
+                Ok(())
             }
             Err(e) if driver.has_ended() => {
                 let cause = driver.why_lost(e);
@@ -129,7 +237,7 @@ impl Active<'_> {
                 Err(Error::ConnectionLost(Some(cause)))
             }
             Err(e) => {
-                if let (Track::Open, Some(db)) = (&self.slot.track, e.as_db_error()) {
+                if let Some(db) = e.as_db_error() {
                     self.slot.track = Track::Aborted(Box::new(db.clone()));
                 }
                 self.publish();
@@ -156,11 +264,13 @@ impl Active<'_> {
         Q: ?Sized + ToStatement,
     {
         let sql = match query.sql() {
-            Sql::Prepared(statement) => return self.statement(|driver| request(driver, statement)),
+            Sql::Prepared(statement) => {
+                return self.statement(Sends::Bind, |driver| request(driver, statement));
+            }
             Sql::Text(sql) => sql,
         };
         let may_retry = !self.in_transaction();
-        self.statement(|driver| {
+        self.statement(Sends::Bind, |driver| {
             let statement = driver.prepare_cached(sql)?;
             match request(driver, &statement) {
                 Err(e) if is_stale(&e) && !driver.has_ended() => {
@@ -177,30 +287,12 @@ impl Active<'_> {
         })
     }
 
-    /// Sends `BEGIN`. A connection found dead is replaced once: nothing of
-    /// this transaction has reached the server yet, so that is always safe.
-    pub(crate) fn begin(&mut self, settings: &Settings, begin: &str) -> Result<()> {
-        let mut reconnected = false;
-        loop {
-            match self.statement(|driver| driver.run(|client| client.batch_execute(begin))) {
-                Ok(()) => {
-                    self.slot.track = Track::Open;
-                    self.publish();
-                    return Ok(());
-                }
-                Err(Error::ConnectionLost(_)) if !reconnected => {
-                    self.slot.track = Track::Idle;
-                    reconnected = true;
-                    self.ensure_open(settings)?;
-                }
-                Err(e) => {
-                    if matches!(self.slot.track, Track::Lost) {
-                        self.slot.track = Track::Idle;
-                    }
-                    return Err(e);
-                }
-            }
-        }
+    /// Begins a transaction: nothing is sent until its first statement
+    /// (see [`Track::Pending`]).
+    pub(crate) fn begin(&mut self, begin: Cow<'static, str>) {
+        debug_assert!(matches!(self.slot.track, Track::Idle));
+        self.slot.track = Track::Pending(begin);
+        self.publish();
     }
 
     /// Sends `COMMIT`, and says truthfully whether the server committed.
@@ -209,7 +301,11 @@ impl Active<'_> {
     /// outcome when the connection broke during `COMMIT`).
     pub(crate) fn commit(&mut self) -> Result<()> {
         match std::mem::replace(&mut self.slot.track, Track::Idle) {
-            Track::Idle => Ok(()),
+            // Nothing was sent, so there is nothing to commit.
+            Track::Idle | Track::Pending(_) => {
+                self.publish();
+                Ok(())
+            }
             Track::Lost => {
                 self.publish();
                 Err(Error::ConnectionLost(None))
@@ -254,7 +350,7 @@ impl Active<'_> {
     pub(crate) fn rollback(&mut self) {
         match self.slot.track {
             Track::Idle => return,
-            Track::Lost => {
+            Track::Pending(_) | Track::Lost => {
                 self.slot.track = Track::Idle;
                 self.publish();
                 return;
@@ -266,6 +362,13 @@ impl Active<'_> {
             self.publish();
             return;
         };
+        if driver.server_status() == Some(ServerStatus::Idle) {
+            // The server has no transaction block open (BEGIN was refused,
+            // or never went out): there is nothing to roll back.
+            self.slot.track = Track::Idle;
+            self.publish();
+            return;
+        }
         self.status.set(TransactionStatus::Active);
         if let Err(e) = driver.run(|client| client.batch_execute("ROLLBACK")) {
             log::warn!(
@@ -308,7 +411,7 @@ impl Active<'_> {
             (_, Track::Lost) => TransactionStatus::Unknown,
             (None, _) => TransactionStatus::Closed,
             (Some(_), Track::Idle) => TransactionStatus::Idle,
-            (Some(_), Track::Open) => TransactionStatus::InTransaction,
+            (Some(_), Track::Open | Track::Pending(_)) => TransactionStatus::InTransaction,
             (Some(_), Track::Aborted(_)) => TransactionStatus::InError,
         };
         self.status.set(status);
