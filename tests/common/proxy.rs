@@ -34,6 +34,8 @@ struct Inner {
     pumps: Mutex<Vec<JoinHandle<()>>>,
     next_id: AtomicUsize,
     accepted: AtomicUsize,
+    /// Reads that returned bytes on the client → server side.
+    client_chunks: AtomicUsize,
 }
 
 /// One proxied connection; the streams are clones kept only to shut them
@@ -83,6 +85,7 @@ impl Proxy {
             pumps: Mutex::new(Vec::new()),
             next_id: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
+            client_chunks: AtomicUsize::new(0),
         });
         let accept_inner = Arc::clone(&inner);
         let accept_thread = std::thread::Builder::new()
@@ -140,6 +143,20 @@ impl Proxy {
     /// Number of connections accepted (and forwarded) since the start.
     pub fn total_connections(&self) -> usize {
         self.inner.accepted.load(Ordering::SeqCst)
+    }
+
+    /// How many chunks of bytes went from clients to the server since the
+    /// start, over all connections: each read from a client socket that
+    /// returned data counts once, whatever its size.
+    ///
+    /// A client that waits for the server's answer before writing again
+    /// makes one chunk per write (TCP can't merge writes that are a round
+    /// trip apart), so the difference of two readings taken while the
+    /// client waits is the number of its writes in between. A chunk is
+    /// counted before it is forwarded, so once the server has answered a
+    /// write, the write is in the count.
+    pub fn client_chunks(&self) -> usize {
+        self.inner.client_chunks.load(Ordering::SeqCst)
     }
 }
 
@@ -233,9 +250,10 @@ fn handle(inner: &Arc<Inner>, client: TcpStream) -> std::io::Result<()> {
     for (dir, (from, to)) in [("up", up), ("down", down)] {
         let pump_inner = Arc::clone(inner);
         let pump_closed = Arc::clone(&closed);
+        let from_client = dir == "up";
         let spawned = std::thread::Builder::new()
             .name(format!("proxy-{id}-{dir}"))
-            .spawn(move || pump(&pump_inner, id, &pump_closed, from, to));
+            .spawn(move || pump(&pump_inner, id, &pump_closed, from_client, from, to));
         match spawned {
             Ok(t) => pumps.push(t),
             Err(e) => {
@@ -250,7 +268,15 @@ fn handle(inner: &Arc<Inner>, client: TcpStream) -> std::io::Result<()> {
 
 /// Copies bytes `from` → `to` until either side closes, the connection is
 /// cut, or the proxy shuts down; then closes both sides of the connection.
-fn pump(inner: &Inner, id: usize, closed: &AtomicBool, mut from: TcpStream, mut to: TcpStream) {
+/// Counts the chunks read when `from_client`.
+fn pump(
+    inner: &Inner,
+    id: usize,
+    closed: &AtomicBool,
+    from_client: bool,
+    mut from: TcpStream,
+    mut to: TcpStream,
+) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         // Don't even read while stalled, so bytes stay queued in the kernel.
@@ -261,6 +287,9 @@ fn pump(inner: &Inner, id: usize, closed: &AtomicBool, mut from: TcpStream, mut 
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if from_client {
+            inner.client_chunks.fetch_add(1, Ordering::SeqCst);
+        }
         // A stall may have begun while this read was blocked: hold the bytes.
         if !inner.wait_unstalled(closed) {
             break;

@@ -135,6 +135,50 @@ impl TestServer {
             .unwrap_or_else(|msg| panic!("cannot start a private PostgreSQL cluster: {msg}"))
     }
 
+    /// Starts a new private cluster as a hot standby with no primary: a
+    /// `standby.signal` file sits in the data directory from the first start,
+    /// so the server stays in recovery for good. It accepts read-only
+    /// connections, and anything that writes, or `BEGIN READ WRITE`, fails
+    /// ("cannot set transaction read-write mode during recovery"). Returns
+    /// once a connection sees `pg_is_in_recovery()`. Stopped and removed like
+    /// [`start_private`](Self::start_private).
+    ///
+    /// # Panics
+    /// If no `initdb` is found, the cluster fails to start, or it does not
+    /// come up in recovery accepting connections within 60 s.
+    pub fn start_private_standby() -> TestServer {
+        let server = try_start_private_as(&[], Role::Standby)
+            .unwrap_or_else(|msg| panic!("cannot start a private standby cluster: {msg}"));
+        server.wait_until_in_recovery();
+        server
+    }
+
+    /// Waits until a connection succeeds and reports `pg_is_in_recovery()`.
+    fn wait_until_in_recovery(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let last = match postgres::Client::connect(&self.dsn(), postgres::NoTls) {
+                Ok(mut client) => match client.query_one("SELECT pg_is_in_recovery()", &[]) {
+                    Ok(row) if row.get::<_, bool>(0) => return,
+                    Ok(_) => panic!(
+                        "the standby cluster is not in recovery ({}); server.log:\n{}",
+                        self.describe(),
+                        self.log()
+                    ),
+                    Err(e) => error_chain(&e),
+                },
+                Err(e) => error_chain(&e),
+            };
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the standby cluster accepts no connections ({}): {last}; server.log:\n{}",
+                self.describe(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Whether this is a private cluster started by this harness.
     pub fn is_private(&self) -> bool {
         matches!(self.kind, Kind::Private(_))
@@ -698,7 +742,20 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("cannot pick a free port: {e}"))
 }
 
+/// What a private cluster is started as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// An ordinary read-write server.
+    Primary,
+    /// A hot standby that never leaves recovery (`standby.signal`, no primary).
+    Standby,
+}
+
 fn try_start_private(settings: &[(&str, &str)]) -> Result<TestServer, String> {
+    try_start_private_as(settings, Role::Primary)
+}
+
+fn try_start_private_as(settings: &[(&str, &str)], role: Role) -> Result<TestServer, String> {
     let bin_dir = find_server_bin_dir().ok_or_else(|| {
         "no initdb/pg_ctl/postgres found in PATH or /usr/lib/postgresql/*/bin; install the \
          PostgreSQL server (e.g. `apt-get install postgresql`) or set DATABASE_URL"
@@ -763,6 +820,29 @@ fn try_start_private(settings: &[(&str, &str)]) -> Result<TestServer, String> {
             ""
         };
         return Err(format!("initdb failed{hint}: {}", p.failure(&out)));
+    }
+    if role == Role::Standby {
+        // Present before the first start, so the server never leaves
+        // recovery; with no primary_conninfo and no restore_command it simply
+        // waits for WAL that never comes, while hot_standby (on by default)
+        // lets read-only sessions in.
+        let signal = p.data.join("standby.signal");
+        std::fs::write(&signal, "")
+            .map_err(|e| format!("cannot create {}: {e}", signal.display()))?;
+        if as_root {
+            let out = Command::new("chown")
+                .arg("postgres:")
+                .arg(&signal)
+                .output()
+                .map_err(|e| format!("cannot run chown: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "cannot hand {} to the OS user `postgres`: {}",
+                    signal.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
     }
 
     let mut errors = Vec::new();
