@@ -10,7 +10,8 @@ use std::collections::{HashMap, VecDeque};
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -71,6 +72,53 @@ pub(crate) struct Driver {
     statements: StatementCache,
     /// When the server was last heard from (or the connection last found alive).
     answered_at: Instant,
+    gate: Arc<Gate>,
+}
+
+/// The waker given to the connection and the request while `run` polls
+/// them. A wake-up during that poll (the request handing its message to
+/// the connection, say) makes `run` poll again at once instead of going
+/// back to the runtime, which would first turn the I/O driver once more for
+/// nothing: a system call per request saved.
+#[derive(Default)]
+struct Gate {
+    waker: parking_lot::Mutex<Option<Waker>>,
+    polling: AtomicBool,
+    missed: AtomicBool,
+}
+
+impl Gate {
+    fn set_waker(&self, waker: &Waker) {
+        let mut slot = self.waker.lock();
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+
+    fn open_poll(&self) {
+        self.missed.store(false, Ordering::Relaxed);
+        self.polling.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends a poll; whether something woke it meanwhile.
+    fn close_poll(&self) -> bool {
+        self.polling.store(false, Ordering::SeqCst);
+        self.missed.swap(false, Ordering::SeqCst)
+    }
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.polling.load(Ordering::SeqCst) {
+            self.missed.store(true, Ordering::SeqCst);
+        } else if let Some(waker) = self.waker.lock().as_ref() {
+            waker.wake_by_ref();
+        }
+    }
 }
 
 /// How many prepared statements a connection keeps; the least recently
@@ -139,6 +187,7 @@ impl Driver {
             end_cause: None,
             statements: StatementCache::default(),
             answered_at: Instant::now(),
+            gate: Arc::default(),
         })
     }
 
@@ -189,13 +238,39 @@ impl Driver {
             notifications,
             ended,
             end_cause,
+            gate,
+            tap,
             ..
         } = self;
         let client: &'a Client = client;
         let mut request = pin!(request(client));
+        let gate = &*gate;
+        let mut answer = None;
         let result = runtime.block_on(poll_fn(|cx| {
-            drive(connection, notifications, ended, end_cause, cx);
-            request.as_mut().poll(cx)
+            gate.set_waker(cx.waker());
+            let gated = Waker::from(gate.clone());
+            let mut gated_cx = Context::from_waker(&gated);
+            loop {
+                gate.open_poll();
+                drive(connection, notifications, ended, end_cause, &mut gated_cx);
+                if answer.is_none()
+                    && let Poll::Ready(result) = request.as_mut().poll(&mut gated_cx)
+                {
+                    answer = Some(result);
+                }
+                let missed = gate.close_poll();
+                // A request can end before the server's ReadyForQuery is read
+                // (an error is sent, and flushed, ahead of it); wait for it,
+                // so that the server's transaction status is current.
+                if (*ended || tap.settled())
+                    && let Some(result) = answer.take()
+                {
+                    return Poll::Ready(result);
+                }
+                if !missed {
+                    return Poll::Pending;
+                }
+            }
         }));
         if !*ended {
             self.answered_at = Instant::now();
@@ -282,6 +357,7 @@ impl Driver {
             mut end_cause,
             statements,
             answered_at: _,
+            gate: _,
         } = self;
         // No point closing statements one by one on a connection about to end.
         drop(statements);

@@ -19,9 +19,9 @@ use crate::statements::{Sql, ToStatement};
 use crate::status::{StatusCell, TransactionStatus};
 use crate::wire::{BeginOutcome, ServerStatus};
 
-/// A connection checked this recently is not checked again before a
-/// transaction's first statement: the check is for connections that died
-/// while idle, and a holder that just took the connection has just checked.
+/// A connection that answered this recently is not checked again (when
+/// taken, or before a transaction's first statement): the check is for
+/// connections that died while idle, and costs a turn of the I/O driver.
 const RECHECK_AFTER: Duration = Duration::from_millis(1);
 
 /// What a request sends, which decides how a pending `BEGIN` goes out.
@@ -111,12 +111,9 @@ impl Active<'_> {
     /// Must only be called when nothing of a transaction has reached the
     /// server (none is open, or one is pending).
     pub(crate) fn ensure_open(&mut self) -> Result<()> {
-        debug_assert!(matches!(
-            self.slot.track,
-            Track::Idle | Track::Pending(_)
-        ));
+        debug_assert!(matches!(self.slot.track, Track::Idle | Track::Pending(_)));
         if let Some(driver) = self.slot.driver.as_mut() {
-            if driver.is_alive() {
+            if driver.answered_within(RECHECK_AFTER) || driver.is_alive() {
                 return Ok(());
             }
             let cause = driver.take_end_cause();

@@ -119,6 +119,13 @@ impl Tap {
         state.outcome.take().unwrap_or(BeginOutcome::NotSent)
     }
 
+    /// Whether every Sync and Query written has been answered with its
+    /// ReadyForQuery (always, before activation).
+    pub(crate) fn settled(&self) -> bool {
+        let state = self.0.lock();
+        state.readies_read >= state.syncs_written
+    }
+
     /// The transaction status the server last reported, once active.
     pub(crate) fn server_status(&self) -> Option<ServerStatus> {
         self.0.lock().status
