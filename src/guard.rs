@@ -38,10 +38,22 @@ impl<'m> Guard<'m> {
 
     /// Begins a transaction with PostgreSQL's default options.
     ///
+    /// Nothing is sent yet: `BEGIN` goes out with the transaction's first
+    /// statement, in the same network write and the same protocol Sync
+    /// group, so a one-statement transaction costs two round trips (the
+    /// statement, then `COMMIT`) and an empty one none. If the server
+    /// refuses `BEGIN`, it skips the statement too: nothing ever runs
+    /// outside the transaction, and the first statement returns `BEGIN`'s
+    /// error. As with any lazily started transaction (pgjdbc does the same),
+    /// `now()` is the time of the first statement. [`status`](Tx::status)
+    /// reads [`TransactionStatus::InTransaction`] from here on.
+    ///
+    /// If the server closed the connection while the transaction waited for
+    /// its first statement, that statement is sent on a new connection:
+    /// nothing of the transaction had reached the server.
+    ///
     /// # Errors
     ///
-    /// [`Error::ConnectionLost`](crate::Error::ConnectionLost) if `BEGIN`
-    /// could not be sent even on a fresh connection,
     /// [`Error::LeaseRevoked`](crate::Error::LeaseRevoked) if this guard lost
     /// the connection. The connection is released.
     #[must_use = "a transaction must end with `commit()` or `rollback()`; dropping it rolls back"]

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
-/// A waiter that has waited this long is handed the lease directly at the
-/// next release, so newcomers can't starve it. Before that, a release wakes
+/// A waiter that has been first in line this long is handed the lease
+/// directly at the next release, so newcomers can't starve it. Before that, a release wakes
 /// nobody: the releasing thread may take the lease straight back without a
 /// context switch, which is what keeps a contended connection as fast as an
 /// uncontended one (`parking_lot`'s "eventual fairness", minus the wake-up
@@ -140,6 +140,7 @@ struct Holder {
 struct Waiter {
     ticket: u64,
     thread: Thread,
+    /// Since when it is first in line (before that, when it queued).
     since: Instant,
 }
 
@@ -192,7 +193,6 @@ impl Lease {
         let me = Identity::current();
         let mut state = self.state.lock();
         let mut ticket: Option<u64> = None;
-        let mut enqueued = Instant::now();
         loop {
             let LeaseState {
                 holder, grant_seen, ..
@@ -239,7 +239,6 @@ impl Lease {
                     since: now,
                 });
                 ticket = Some(t);
-                enqueued = now;
             }
             // Only the first in line watches the holder (for abandonment, and
             // for a lease left free); the others sleep until they are first
@@ -249,7 +248,8 @@ impl Lease {
             if let Some(deadline) = deadline {
                 park_for = park_for.min(deadline.saturating_duration_since(now));
             }
-            let waited = now.saturating_duration_since(enqueued);
+            let first_since = state.queue.front().map_or(now, |w| w.since);
+            let waited = now.saturating_duration_since(first_since);
             if at_front && waited < FAIR_HANDOFF_AFTER {
                 // Releases don't wake us before our turn for a handoff: look
                 // again then, in case the lease was released and left free.
@@ -280,7 +280,7 @@ impl Lease {
                 handed_to: Some(waiter.ticket),
             });
             waiter.thread.unpark();
-            wake_front(&state);
+            wake_front(&mut state);
         }
         true
     }
@@ -363,12 +363,12 @@ fn leave_queue(state: &mut LeaseState, ticket: Option<u64>) {
 }
 
 /// A waiter that has just become the first in line starts its shorter,
-/// timed sleep (see `FAIR_HANDOFF_AFTER`). One that has waited that long
-/// already is next for a direct handoff and need not be woken for it.
-fn wake_front(state: &LeaseState) {
-    if let Some(waiter) = state.queue.front()
-        && waiter.since.elapsed() < FAIR_HANDOFF_AFTER
-    {
+/// timed sleep (see `FAIR_HANDOFF_AFTER`), counted from now: the time it
+/// spent further back does not count, or with many waiters every release
+/// would be a handoff (and a thread switch).
+fn wake_front(state: &mut LeaseState) {
+    if let Some(waiter) = state.queue.front_mut() {
+        waiter.since = Instant::now();
         waiter.thread.unpark();
     }
 }

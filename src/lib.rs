@@ -63,7 +63,11 @@
 //!   gets it; one that breaks in use is reported ([`Error::ConnectionLost`],
 //!   [`Error::CommitOutcomeUnknown`]) and replaced by the next holder;
 //! - `commit` after a failed statement returns [`Error::TransactionAborted`]
-//!   instead of pretending to succeed.
+//!   instead of pretending to succeed;
+//! - a statement of a transaction never runs outside it: `BEGIN` travels
+//!   with the first statement in one protocol Sync group (one round trip
+//!   saved), so if the server refuses `BEGIN` it skips the statement too
+//!   (see [`Guard::begin`]).
 //!
 //! Each fallback rollback is reported as [`Error::UnfinishedTransaction`],
 //! whose message is psycopg2-managed-connection's own:

@@ -150,8 +150,9 @@ impl ManagedConnection {
 
     /// Runs `work` in a transaction and returns what it hands back.
     ///
-    /// Waits for the connection, opens it if needed, sends `BEGIN`, and calls
-    /// `work` with the open transaction. `work` must end it: the only way to
+    /// Waits for the connection, opens it if needed, and calls `work` with
+    /// the open transaction (whose `BEGIN` goes out with its first
+    /// statement; see [`Guard::begin`]). `work` must end it: the only way to
     /// produce the `Tx<'_, Done<T>>` it returns is [`Tx::commit`] or
     /// [`Tx::rollback`] on *this* transaction (the lifetime `'s` brands it), so
     /// forgetting to finish does not compile. [`Tx::commit_returning`] (or
@@ -163,8 +164,9 @@ impl ManagedConnection {
     /// # Errors
     ///
     /// - Any `Err` from `work`, unchanged; the transaction is rolled back first.
-    /// - [`Error`] (converted into `E`) if the connection can't be opened or
-    ///   `BEGIN` fails; `work` has not run.
+    /// - [`Error`] (converted into `E`) if the connection can't be opened;
+    ///   `work` has not run. A refused `BEGIN` is the first statement's
+    ///   error, which `work` sees (and usually returns).
     ///
     /// # Panics
     ///
