@@ -213,6 +213,14 @@ fn main() -> Result<(), BoxError> {
     if let Ok(only) = std::env::var("PGTX_BENCH_ONLY") {
         cases.retain(|c| only.split(',').any(|k| k.trim() == c.key));
     }
+    // The micro-benchmarks go first, while the machine is quiet (later the
+    // server is still reaping the backends connect-per-transaction leaves).
+    let skip_micro = std::env::var("PGTX_BENCH_ONLY").is_ok_and(|only| !only.contains("micro"));
+    let micro = if skip_micro {
+        None
+    } else {
+        Some(micro_benchmarks(&dsn, &plan)?)
+    };
     for round in 1..=plan.rounds {
         // Each round starts one case later, so no case always follows the
         // same one (the server is still reaping the backends that
@@ -236,11 +244,9 @@ fn main() -> Result<(), BoxError> {
         }
     }
 
-    let skip_micro = std::env::var("PGTX_BENCH_ONLY").is_ok_and(|only| !only.contains("micro"));
-    if skip_micro {
+    let Some(micro) = micro else {
         return Ok(());
-    }
-    let micro = micro_benchmarks(&dsn, &plan)?;
+    };
     let report = Report::new(&cases, &micro, &plan, server);
     println!("{}", report.table);
     println!("{}", report.bars);
@@ -313,7 +319,13 @@ where
                     while !stop.load(Ordering::Relaxed) {
                         one(v)?;
                         v = v.wrapping_add(1);
-                        n += 1;
+                        // Only transactions finished inside the measured
+                        // window count (as with pgbench -T): the ones still
+                        // queued for the connection when it closes finish
+                        // afterwards, one by one.
+                        if !stop.load(Ordering::Relaxed) {
+                            n += 1;
+                        }
                     }
                     total.fetch_add(n, Ordering::Relaxed);
                     Ok(())
@@ -324,10 +336,11 @@ where
         let began = Instant::now();
         std::thread::sleep(duration);
         stop.store(true, Ordering::Relaxed);
+        let window = began.elapsed();
         for worker in workers {
             worker.join().map_err(|_| "a worker panicked")??;
         }
-        Ok(began.elapsed())
+        Ok(window)
     })?;
     Ok(total.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
 }
@@ -606,7 +619,7 @@ impl Report {
         );
         let _ = writeln!(
             m,
-            "| `lock()` + drop the guard on an open connection (the above + the idle health check: one non-blocking turn of the I/O driver) | {:.0} |",
+            "| `lock()` + drop the guard on an open connection (the above + the idle health check, skipped when the connection answered within 1 ms) | {:.0} |",
             micro.guard_ns
         );
 
@@ -651,54 +664,50 @@ impl Report {
 const NOTES: &str = "\
 ## Reading the numbers
 
-- pgtx, pgbench and the prepared `Mutex<Client>` all make three round trips
-  per transaction (`BEGIN`, Bind/Execute of the prepared `SELECT`, `COMMIT`).
-  pgtx prepares SQL text once per connection (a statement cache in the
-  private driver, emptied on reconnect), which is what puts it level with
-  them; `Mutex<Client>` with `query_one(&str)` makes four (Parse/Describe,
-  then Bind/Execute), which bounds the ratio against it near 4/3, not 1.6.
-- The client's CPU time per transaction is mostly the kernel's loopback
-  TCP path and the scheduler, not user code (perf: `epoll_wait`, `send`,
-  `recv`, `schedule`). pgbench (C, libpq) stays ahead of every Rust client
-  here; pgtx runs level with the bare `Client` and its prepared statement in
-  some runs and behind in others. The box is shared with other work, so
-  compare the min – max spread before reading much into any one ratio.
-- `BEGIN` is not sent in the same write as the first statement. With
-  `tokio-postgres`, two pipelined requests are two Sync groups: `BEGIN` as a
-  simple query, then the statement's Bind/Execute/Sync. If `BEGIN` fails (a
-  cancel request, `statement_timeout`, an out-of-memory error, `BEGIN
-  ISOLATION LEVEL SERIALIZABLE` on a standby) the server answers
-  ReadyForQuery and runs the next group in autocommit: the statement would
-  run, and commit, outside the transaction. Only one Sync group for both
-  (Parse/Bind/Execute `BEGIN`, Bind/Execute the statement, one Sync, as
-  pgjdbc does) makes the server skip the statement, and `tokio-postgres`
-  has no API to send that. So pgtx keeps three round trips, and the
-  1.15 × pgbench stretch and the 1.6 × `query_one(&str)` bars, which need
-  two, stay out of reach.
+- Round trips per transaction: pgtx makes two. `begin()` sends nothing;
+  `BEGIN` goes out with the first statement, in the same write and the same
+  protocol Sync group (Parse/Bind/Execute `BEGIN`, Bind/Execute the
+  statement, one Sync, as pgjdbc does), so if the server refuses `BEGIN` it
+  skips the statement too and nothing runs outside the transaction.
+  `tokio-postgres` ends every request with its own Sync, so pgtx opens the
+  socket itself and puts a small tap (`src/wire.rs`) between it and
+  `tokio-postgres`: it slips `BEGIN` in front of the statement's Bind and
+  takes the three answers out of what `tokio-postgres` reads. pgbench
+  `-M prepared` and the prepared `Mutex<Client>` make three round trips
+  (`BEGIN`, the statement, `COMMIT`); `Mutex<Client>` with
+  `query_one(&str)` makes four (Parse/Describe first, every time), while
+  pgtx prepares SQL text once per connection (a statement cache emptied on
+  reconnect).
+- System calls per one-statement transaction (strace): 2 `sendto`, 2
+  `recvfrom`, 2 `epoll_wait`. The idle health check is skipped when the
+  connection answered within the last millisecond, and a wake-up that
+  happens while the driver polls (a request handing its message to the
+  connection) makes it poll again at once instead of turning the I/O driver
+  for nothing.
+- The client's CPU time is mostly the kernel's loopback TCP path and the
+  scheduler (perf: about 60 % kernel). The VM is shared, and throughput
+  moves by ±10 % from run to run, so read the min – max spread before
+  reading much into any one ratio.
 - Threads: one connection serves one transaction at a time, so more
-  threads cannot add throughput; what they cost is the handoff. A release
-  wakes nobody unless it hands the lease to a waiter that has waited 1 ms
-  (the releasing thread may take it straight back meanwhile), which brought
-  voluntary context switches from 4.4 to 3.4 per transaction at 16 threads
-  (1 thread: 3.0, one per round trip). On this 2-vCPU VM a contended bare
-  `parking_lot::Mutex<postgres::Client>` loses about as much (16 threads /
-  1 thread measured 0.84-0.95 in the same probe that gave pgtx 0.79-0.90,
-  and the `mutex_prepared16` case above shows it side by side);
-  most of the loss is the client thread migrating between the two vCPUs
-  that the server backend also needs (perf: ~2,400 migrations/s at 16
-  threads, ~0 at 1). Even with fairness switched off entirely (one thread
-  keeps the lease) the ratio stayed at 0.87-0.95.
+  threads cannot add throughput; what they can cost is the handoff. A
+  release wakes nobody unless it hands the lease to the waiter that has been
+  first in line for 1 ms (until then the releasing thread may take it
+  straight back without a context switch), so at most one handoff per
+  millisecond whatever the thread count. Counting the wait from when a
+  waiter reached the front (not from when it queued) took CPU migrations
+  at 16 threads from one every two transactions to one per millisecond.
+  Only transactions finished inside the measured window count (as with
+  pgbench `-T`): the waiters still queued when the window closes finish
+  afterwards, one by one, and timing them too made many threads look
+  slower than they are.
 - The lease micro-benchmark is `ManagedConnection::bench_lease_cycle`
   (doc-hidden): take the lease (parking_lot mutex, thread identity from a
-  thread-local, new epoch) and release it (epoch check, release). It was
-  157-223 ns until the grant stopped reading the clock (a waiter now times
-  an idle holder from when it first sees it), the thread's liveness moved
-  from a reference-counted token per grant to a registry of live threads,
-  and releasing a guard stopped locking the session it cannot have left
-  dirty. `lock()` adds the idle health check:
-  one non-blocking turn of the private runtime's I/O driver (an `epoll_wait`
-  with no timeout), so that a connection the server closed while idle is
-  replaced before anyone gets it.
+  thread-local, new epoch) and release it. `lock()` adds the idle health
+  check, which is skipped here because the connection answered within the
+  last millisecond; after a longer idle time it is one non-blocking turn of
+  the private runtime's I/O driver (an `epoll_wait` with no timeout, about
+  2 µs), so that a connection the server closed while idle is replaced
+  before anyone gets it. The micro-benchmarks run first, on a quiet machine.
 ";
 
 fn cpu_model() -> String {
