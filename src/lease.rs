@@ -17,14 +17,23 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 
 /// A waiter that has been first in line this long is handed the lease
-/// directly at the next release, so newcomers can't starve it. Before that, a release wakes
-/// nobody: the releasing thread may take the lease straight back without a
-/// context switch, which is what keeps a contended connection as fast as an
-/// uncontended one (`parking_lot`'s "eventual fairness", minus the wake-up
-/// per release that would steal the CPU the server needs on a small box).
-/// The first waiter sleeps no longer than this, so a lease that stays free
-/// is still picked up within it.
+/// directly at the next release, so newcomers can't starve it. Before that,
+/// a release wakes the first waiter once, to race for the free lease, and
+/// otherwise nobody: the releasing thread may take the lease straight back
+/// without a context switch, which is what keeps a contended connection as
+/// fast as an uncontended one (`parking_lot`'s "eventual fairness", minus
+/// the wake-up per release that would steal the CPU the server needs on a
+/// small box). The first waiter sleeps no longer than this, so a lease that
+/// stays free is still picked up within it.
 const FAIR_HANDOFF_AFTER: Duration = Duration::from_millis(1);
+
+/// A holder that takes the lease back within this long after releasing it
+/// "took it straight back" (a loop of transactions, not work in between).
+const STRAIGHT_BACK: Duration = Duration::from_micros(20);
+
+/// After this many straight-back takes in a row, a release stops waking
+/// the first waiter early (it gets its handoff when its time comes).
+const BARGING: u8 = 2;
 
 /// How often a waiter looks at whether the holder has been abandoned.
 const ABANDON_POLL: Duration = Duration::from_millis(50);
@@ -142,6 +151,9 @@ struct Waiter {
     thread: Thread,
     /// Since when it is first in line (before that, when it queued).
     since: Instant,
+    /// A release has already woken it, as first in line, to race for the
+    /// free lease.
+    nudged: bool,
 }
 
 #[derive(Default)]
@@ -149,6 +161,11 @@ struct LeaseState {
     holder: Option<Holder>,
     queue: VecDeque<Waiter>,
     next_ticket: u64,
+    /// Who released the lease last, and when, while others waited.
+    last_release: Option<(ThreadId, Instant)>,
+    /// How many times in a row a releasing holder took the lease straight
+    /// back while others waited.
+    barging: u8,
     /// When a waiter first saw the current holder with no request yet
     /// (`GRANTED`): its idle time counts from then. Reading the clock here,
     /// on the waiter's side, keeps it off every grant.
@@ -237,12 +254,13 @@ impl Lease {
                     ticket: t,
                     thread: thread::current(),
                     since: now,
+                    nudged: false,
                 });
                 ticket = Some(t);
             }
             // Only the first in line watches the holder (for abandonment, and
             // for a lease left free); the others sleep until they are first
-            // (`wake_front`), or their deadline. The long poll is a safety net.
+            // (`promote_front`), or their deadline. The long poll is a safety net.
             let at_front = state.queue.front().map(|w| w.ticket) == ticket;
             let mut park_for = if at_front { ABANDON_POLL } else { BEHIND_POLL };
             if let Some(deadline) = deadline {
@@ -262,15 +280,32 @@ impl Lease {
     /// Releases the lease if `epoch` still holds it; returns whether it did.
     pub(crate) fn release(&self, epoch: u64) -> bool {
         let mut state = self.state.lock();
-        if state.holder.as_ref().is_none_or(|h| h.epoch != epoch) {
+        let Some(holder) = state.holder.take_if(|h| h.epoch == epoch) else {
             return false;
+        };
+        let Some(front) = state.queue.front() else {
+            return true;
+        };
+        let now = Instant::now();
+        if now.saturating_duration_since(front.since) < FAIR_HANDOFF_AFTER {
+            state.last_release = Some((holder.who.thread, now));
+            // Not its turn for a handoff yet, but the lease is free: wake the
+            // first waiter once to race for it, rather than leave the lease
+            // idle until the waiter's timed sleep ends. Not when this holder
+            // keeps taking the lease straight back (a loop of transactions):
+            // the waiter would only find it taken again, and the wake-up
+            // costs the CPU the server needs.
+            let barging = state.barging >= BARGING;
+            if let Some(front) = state.queue.front_mut()
+                && !front.nudged
+                && !barging
+            {
+                front.nudged = true;
+                front.thread.unpark();
+            }
+            return true;
         }
-        state.holder = None;
-        let long_waiting = state
-            .queue
-            .front()
-            .is_some_and(|w| w.since.elapsed() >= FAIR_HANDOFF_AFTER);
-        if long_waiting && let Some(waiter) = state.queue.pop_front() {
+        if let Some(waiter) = state.queue.pop_front() {
             let epoch = self.next_epoch();
             state.holder = Some(Holder {
                 who: Identity {
@@ -280,7 +315,7 @@ impl Lease {
                 handed_to: Some(waiter.ticket),
             });
             waiter.thread.unpark();
-            wake_front(&mut state);
+            promote_front(&mut state);
         }
         true
     }
@@ -314,6 +349,18 @@ impl Lease {
     }
 
     fn grant(&self, state: &mut LeaseState, me: Identity, ticket: Option<u64>) -> u64 {
+        if !state.queue.is_empty() {
+            // Contended: note whether the last holder took the lease straight
+            // back (see `release`).
+            let straight_back = state
+                .last_release
+                .is_some_and(|(thread, at)| thread == me.thread && at.elapsed() < STRAIGHT_BACK);
+            state.barging = if straight_back {
+                state.barging.saturating_add(1)
+            } else {
+                0
+            };
+        }
         leave_queue(state, ticket);
         let epoch = self.next_epoch();
         state.holder = Some(Holder {
@@ -357,16 +404,18 @@ fn leave_queue(state: &mut LeaseState, ticket: Option<u64>) {
         let was_front = state.queue.front().is_some_and(|w| w.ticket == ticket);
         state.queue.retain(|w| w.ticket != ticket);
         if was_front {
-            wake_front(state);
+            promote_front(state);
         }
     }
 }
 
-/// A waiter that has just become the first in line starts its shorter,
-/// timed sleep (see `FAIR_HANDOFF_AFTER`), counted from now: the time it
-/// spent further back does not count, or with many waiters every release
-/// would be a handoff (and a thread switch).
-fn wake_front(state: &mut LeaseState) {
+/// A waiter that has just become the first in line: its time for a fair
+/// handoff counts from now (the time it spent further back does not count,
+/// or with many waiters every release would be a handoff and a thread
+/// switch). It is woken to start its shorter, timed sleep: a lease left
+/// free is then picked up within `FAIR_HANDOFF_AFTER` even if no release
+/// wakes it earlier.
+fn promote_front(state: &mut LeaseState) {
     if let Some(waiter) = state.queue.front_mut() {
         waiter.since = Instant::now();
         waiter.thread.unpark();
@@ -398,6 +447,28 @@ mod tests {
             "a revoked epoch releases nothing"
         );
         assert!(lease.release(second.epoch));
+    }
+
+    #[test]
+    fn a_release_wakes_the_first_waiter_to_take_the_free_lease() {
+        let lease = Lease::new(None);
+        let held = lease.acquire(Wait::Never).expect("free");
+        thread::scope(|s| {
+            let waiter = s.spawn(|| lease.acquire(Wait::Forever).expect("granted"));
+            while lease.state.lock().queue.is_empty() {
+                thread::yield_now();
+            }
+            assert!(lease.release(held.epoch));
+            {
+                // Released before its handoff time: the waiter has been woken
+                // to race for the lease (or has taken it already), not left
+                // asleep with the lease free until its timed sleep ends.
+                let state = lease.state.lock();
+                assert!(state.queue.front().is_none_or(|w| w.nudged));
+            }
+            let grant = waiter.join().expect("waiter thread");
+            assert!(lease.release(grant.epoch));
+        });
     }
 
     #[test]
