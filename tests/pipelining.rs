@@ -486,3 +486,52 @@ fn prepare_as_the_first_call_then_the_statement_runs_inside_the_transaction() {
     tx.rollback().expect("rollback").release();
     assert_eq!(db.item_ids(), [1]);
 }
+
+#[test]
+fn a_first_statement_larger_than_a_socket_write_goes_out_whole_with_its_begin() {
+    // 4 MB of parameter: the socket takes it in several writes, and BEGIN
+    // goes in front of the first of them.
+    let db = Db::new("lazy_large_write");
+    let manager = db.manager();
+    let label = "x".repeat(4 << 20);
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    let stored: i32 = tx
+        .query_one(
+            "INSERT INTO items VALUES (1, $1) RETURNING length(note)",
+            &[&label],
+        )
+        .expect("insert")
+        .get(0);
+    assert_eq!(usize::try_from(stored).expect("length"), label.len());
+    assert!(db.item_ids().is_empty(), "the insert ran in autocommit");
+    tx.commit().expect("commit").release();
+    assert_eq!(db.item_ids(), [1]);
+    let length: i32 = db
+        .admin()
+        .query_one("SELECT length(note) FROM items WHERE id = 1", &[])
+        .expect("read back")
+        .get(0);
+    assert_eq!(usize::try_from(length).expect("length"), label.len());
+}
+
+#[test]
+fn a_first_statement_with_a_large_result_returns_every_row() {
+    // Many reads' worth of rows right behind BEGIN's answers, which the
+    // driver takes out of the stream.
+    let db = Db::new("lazy_large_read");
+    let manager = db.manager();
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    let rows = tx
+        .query(
+            "SELECT g, repeat('y', 200) FROM generate_series(1, 50000) AS g",
+            &[],
+        )
+        .expect("query");
+    assert_eq!(rows.len(), 50_000);
+    let sum: i64 = rows.iter().map(|r| i64::from(r.get::<_, i32>(0))).sum();
+    assert_eq!(sum, 50_000 * 50_001 / 2);
+    assert!(rows.iter().all(|r| r.get::<_, &str>(1).len() == 200));
+    assert_eq!(tx.status(), TransactionStatus::InTransaction);
+    tx.commit().expect("commit").release();
+    assert_eq!(db.open_transactions(), 0);
+}

@@ -183,14 +183,25 @@ impl Setup {
     }
 
     /// Connects with pgtx: whether the session uses TLS, or the error.
+    ///
+    /// It asks inside a transaction, so that `BEGIN`, which travels with the
+    /// first statement (slipped into the stream above TLS), is checked on
+    /// every kind of connection too: both statements must see one
+    /// transaction id.
     fn pgtx(&self, dsn: &str) -> Result<bool, pgtx::Error> {
         let manager = pgtx::ManagedConnection::new(dsn)?;
-        let mut guard = manager.lock()?;
-        let row = guard.query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )?;
-        Ok(row.get(0))
+        manager.transaction(|mut tx| {
+            let row = tx.query_one(
+                "SELECT ssl, pg_current_xact_id()::text FROM pg_stat_ssl
+                 WHERE pid = pg_backend_pid()",
+                &[],
+            )?;
+            let again: String = tx
+                .query_one("SELECT pg_current_xact_id()::text", &[])?
+                .get(0);
+            assert_eq!(row.get::<_, String>(1), again, "one transaction for both");
+            Ok(tx.commit()?.returning(row.get(0)))
+        })
     }
 
     /// Whether psql (libpq) connects with `dsn`.
