@@ -18,13 +18,14 @@ use parking_lot::{Mutex, MutexGuard};
 
 /// A waiter that has been first in line this long is handed the lease
 /// directly at the next release, so newcomers can't starve it. Before that,
-/// a release wakes the first waiter once, to race for the free lease, and
-/// otherwise nobody: the releasing thread may take the lease straight back
-/// without a context switch, which is what keeps a contended connection as
-/// fast as an uncontended one (`parking_lot`'s "eventual fairness", minus
-/// the wake-up per release that would steal the CPU the server needs on a
-/// small box). The first waiter sleeps no longer than this, so a lease that
-/// stays free is still picked up within it.
+/// a release wakes the first waiter to race for the free lease, except when
+/// the releasing thread keeps taking the lease straight back: then nobody is
+/// woken, and the holder goes on without a context switch, which is what
+/// keeps a contended connection as fast as an uncontended one
+/// (`parking_lot`'s "eventual fairness", minus the wake-up per release that
+/// would steal the CPU the server needs on a small box). The first waiter
+/// sleeps no longer than this, so a lease that stays free is still picked
+/// up within it.
 const FAIR_HANDOFF_AFTER: Duration = Duration::from_millis(1);
 
 /// A holder that takes the lease back within this long after releasing it
@@ -151,8 +152,8 @@ struct Waiter {
     thread: Thread,
     /// Since when it is first in line (before that, when it queued).
     since: Instant,
-    /// A release has already woken it, as first in line, to race for the
-    /// free lease.
+    /// A release has woken it, as first in line, to race for the free
+    /// lease, and it has not gone back to sleep since.
     nudged: bool,
 }
 
@@ -262,6 +263,11 @@ impl Lease {
             // for a lease left free); the others sleep until they are first
             // (`promote_front`), or their deadline. The long poll is a safety net.
             let at_front = state.queue.front().map(|w| w.ticket) == ticket;
+            if at_front && let Some(me) = state.queue.front_mut() {
+                // Going (back) to sleep with the lease taken: the next release
+                // may wake it again (see `release`).
+                me.nudged = false;
+            }
             let mut park_for = if at_front { ABANDON_POLL } else { BEHIND_POLL };
             if let Some(deadline) = deadline {
                 park_for = park_for.min(deadline.saturating_duration_since(now));
@@ -290,11 +296,12 @@ impl Lease {
         if now.saturating_duration_since(front.since) < FAIR_HANDOFF_AFTER {
             state.last_release = Some((holder.who.thread, now));
             // Not its turn for a handoff yet, but the lease is free: wake the
-            // first waiter once to race for it, rather than leave the lease
-            // idle until the waiter's timed sleep ends. Not when this holder
-            // keeps taking the lease straight back (a loop of transactions):
-            // the waiter would only find it taken again, and the wake-up
-            // costs the CPU the server needs.
+            // first waiter (unless it is awake already) to race for it,
+            // rather than leave the lease idle until the waiter's timed
+            // sleep ends. Not when this holder keeps taking the lease
+            // straight back (a loop of transactions): the waiter would only
+            // find it taken again, and the wake-up costs the CPU the server
+            // needs.
             let barging = state.barging >= BARGING;
             if let Some(front) = state.queue.front_mut()
                 && !front.nudged
