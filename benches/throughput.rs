@@ -6,7 +6,8 @@
 //! cargo bench --bench throughput              # full run, 5 rounds x 3 s, ~2.5 min; writes benches/RESULTS.md + throughput.svg
 //! PGTX_BENCH_QUICK=1 cargo bench --bench throughput   # smoke run, ~15 s; writes to a temp dir
 //! PGTX_BENCH_ONLY=pgtx1,pgbench cargo bench --bench throughput   # only these cases
-//!   (keys: pgtx1 pgtx4 pgtx16 pgtx64 mutex_str mutex_prepared mutex_prepared16 pgbench connect micro;
+//!   (keys: pgtx1 pgtx4 pgtx16 pgtx64 pgtx8_work mutex_str mutex_prepared mutex_prepared16
+//!    mutex_work pgbench connect micro;
 //!    a run with PGTX_BENCH_ONLY writes no files unless `micro` is among them)
 //! PGTX_BENCH_ROUNDS=5 PGTX_BENCH_SECS=2 cargo bench --bench throughput   # other round counts/lengths
 //! ```
@@ -44,6 +45,13 @@ const SQL: &str = "SELECT $1::int4";
 
 /// Thread counts for the shared-manager cases.
 const THREADS: [usize; 4] = [1, 4, 16, 64];
+
+/// The cases where each thread works between its transactions (a sleep
+/// standing for the rest of a request): the connection is then often free
+/// when released, and the next waiter must get it without delay.
+const WORK_THREADS: usize = 8;
+const WORK_US: u64 = 300;
+const WORK: Duration = Duration::from_micros(WORK_US);
 
 // The typestate costs nothing at run time: a `Tx` is two pointers.
 static_assertions::const_assert!(
@@ -169,9 +177,15 @@ fn main() -> Result<(), BoxError> {
             _ => "pgtx64",
         };
         cases.push(Case::new(key, label, move |plan| {
-            pgtx_threads(&manager, threads, plan.duration())
+            pgtx_threads(&manager, threads, Duration::ZERO, plan.duration())
         }));
     }
+    let manager = ManagedConnection::new(&dsn)?;
+    cases.push(Case::new(
+        "pgtx8_work",
+        format!("pgtx, {WORK_THREADS} threads, {WORK_US} µs of work between transactions"),
+        move |plan| pgtx_threads(&manager, WORK_THREADS, WORK, plan.duration()),
+    ));
     let client = Mutex::new(Client::connect(&dsn, NoTls)?);
     cases.push(Case::new(
         "mutex_str",
@@ -188,7 +202,15 @@ fn main() -> Result<(), BoxError> {
     cases.push(Case::new(
         "mutex_prepared16",
         "Mutex<Client>, prepared statement, 16 threads",
-        move |plan| mutex_client_threads(&client, 16, plan.duration()),
+        move |plan| mutex_client_threads(&client, 16, Duration::ZERO, plan.duration()),
+    ));
+    let client = Mutex::new(Client::connect(&dsn, NoTls)?);
+    cases.push(Case::new(
+        "mutex_work",
+        format!(
+            "Mutex<Client>, prepared, {WORK_THREADS} threads, {WORK_US} µs of work between transactions"
+        ),
+        move |plan| mutex_client_threads(&client, WORK_THREADS, WORK, plan.duration()),
     ));
     match server.bin("pgbench") {
         Some(pgbench) => {
@@ -278,6 +300,7 @@ impl Plan {
 fn pgtx_threads(
     manager: &ManagedConnection,
     threads: usize,
+    think: Duration,
     duration: Duration,
 ) -> Result<f64, BoxError> {
     let one = |v: i32| -> Result<(), pgtx::Error> {
@@ -285,9 +308,18 @@ fn pgtx_threads(
             let row = tx.query_one(SQL, &[&v])?;
             black_box(row.get::<_, i32>(0));
             tx.commit()
-        })
+        })?;
+        work_between(think);
+        Ok(())
     };
     threaded(threads, duration, one)
+}
+
+/// Stands for the work a thread does between two transactions.
+fn work_between(think: Duration) {
+    if !think.is_zero() {
+        std::thread::sleep(think);
+    }
 }
 
 /// Runs `one` (a whole transaction) in a loop on `threads` threads for
@@ -383,14 +415,19 @@ fn mutex_client(
 fn mutex_client_threads(
     client: &Mutex<Client>,
     threads: usize,
+    think: Duration,
     duration: Duration,
 ) -> Result<f64, BoxError> {
     let statement = client.lock().prepare(SQL)?;
     threaded(threads, duration, |v: i32| -> Result<(), postgres::Error> {
-        let mut client = client.lock();
-        let mut tx = client.transaction()?;
-        black_box(tx.query_one(&statement, &[&v])?.get::<_, i32>(0));
-        tx.commit()
+        {
+            let mut client = client.lock();
+            let mut tx = client.transaction()?;
+            black_box(tx.query_one(&statement, &[&v])?.get::<_, i32>(0));
+            tx.commit()?;
+        }
+        work_between(think);
+        Ok(())
     })
 }
 
@@ -696,6 +733,11 @@ const NOTES: &str = "\
   millisecond whatever the thread count. Counting the wait from when a
   waiter reached the front (not from when it queued) took CPU migrations
   at 16 threads from one every two transactions to one per millisecond.
+  The two cases with 300 µs of work between transactions are the other
+  side: there a released lease is often left free, so a release wakes the
+  first waiter to take it (unless the releasing thread keeps taking the
+  lease straight back, as in the loops above), where before it slept out
+  its millisecond (8 threads: about 3,600 tx/s then).
   Only transactions finished inside the measured window count (as with
   pgbench `-T`): the waiters still queued when the window closes finish
   afterwards, one by one, and timing them too made many threads look
