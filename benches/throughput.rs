@@ -3,7 +3,7 @@
 //! connecting for every transaction, all against one server in one run.
 //!
 //! ```text
-//! cargo bench --bench throughput              # full run, 5 rounds x 3 s, ~2.5 min; writes benches/RESULTS.md + throughput.svg
+//! cargo bench --bench throughput              # full run, 5 rounds x 3 s, ~4 min; writes benches/RESULTS.md + throughput.svg
 //! PGTX_BENCH_QUICK=1 cargo bench --bench throughput   # smoke run, ~15 s; writes to a temp dir
 //! PGTX_BENCH_ONLY=pgtx1,pgbench cargo bench --bench throughput   # only these cases
 //!   (keys: pgtx1 pgtx4 pgtx16 pgtx64 pgtx8_work mutex_str mutex_prepared mutex_prepared16
