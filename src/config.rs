@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 use tokio_postgres::config::{ChannelBinding, TargetSessionAttrs};
 
-use crate::connect::{self, Address, ConnectError, Opened, Socket};
+use crate::connect::{self, Address, ConnectError, Opened};
 use crate::driver::Driver;
 use crate::error::Error;
 
@@ -404,6 +404,7 @@ impl Tls {
         address: &Address<'_>,
         port: u16,
     ) -> Result<Opened, ConnectError> {
+        use crate::connect::Socket;
         use tokio_postgres::tls::MakeTlsConnect;
         let Some(make) = &self.0 else {
             return connect::open(config, address, port, NoTls).await;
