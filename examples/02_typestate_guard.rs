@@ -74,8 +74,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("2. guard.batch_execute(CREATE) status: {}", guard.status());
 
     // 3. `begin` consumes the guard: from here on only the `Tx` can be used.
+    //    It sends nothing yet: `BEGIN` goes out with the first statement, in
+    //    the same network write, so the transaction costs one round trip less
+    //    (and if the server refused `BEGIN`, it would skip the statement too).
     let mut tx: Tx<'_, Open> = guard.begin()?;
     println!("3. begin()    -> Tx<Open>      status: {}", tx.status());
+    println!("   (nothing sent yet: BEGIN travels with the first statement)");
     add_order(&mut tx, "apples", 3)?;
     add_order(&mut tx, "pears", 4)?;
     println!("   two rows inserted           status: {}", tx.status());
