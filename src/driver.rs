@@ -275,6 +275,11 @@ impl Driver {
         if !*ended {
             self.answered_at = Instant::now();
         }
+        if tap.take_statements_dropped() {
+            // DISCARD ALL or DEALLOCATE ran: what the cache holds is gone
+            // on the server.
+            self.statements.entries.clear();
+        }
         result
     }
 

@@ -318,9 +318,27 @@ impl Active<'_> {
                     return Err(Error::ConnectionLost(None));
                 };
                 self.status.set(TransactionStatus::Active);
-                let result = driver.run(|client| client.batch_execute("COMMIT"));
+                // A prepared COMMIT saves the server parsing it each time
+                // (prepared once per connection; `DISCARD ALL` and
+                // `DEALLOCATE`, which would drop it, empty the cache).
+                let commit = match driver.prepare_cached("COMMIT") {
+                    Ok(commit) => commit,
+                    Err(e) if driver.has_ended() => {
+                        // COMMIT was never sent: the server rolls back.
+                        let cause = driver.why_lost(e);
+                        self.discard();
+                        return Err(Error::ConnectionLost(Some(cause)));
+                    }
+                    Err(e) => {
+                        log::warn!("pgtx: could not prepare COMMIT ({e}); rolling back");
+                        self.slot.track = Track::Open;
+                        self.rollback();
+                        return Err(Error::Db(e));
+                    }
+                };
+                let result = driver.run(|client| client.execute(&commit, &[]));
                 match result {
-                    Ok(()) => {
+                    Ok(_) => {
                         self.publish();
                         Ok(())
                     }

@@ -22,6 +22,7 @@
 //! ([`Tap::activate`]), when both directions are at a message boundary
 //! and nothing is in flight.
 
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,7 +67,18 @@ pub(crate) struct Tap(Mutex<TapState>);
 struct TapState {
     active: bool,
     /// `BEGIN`'s messages, waiting for the next Bind.
-    armed: Option<Vec<u8>>,
+    armed: Option<Armed>,
+    /// `BEGIN` statements prepared on this connection under our own names,
+    /// so that later transactions send Bind/Execute without a Parse.
+    begins: HashMap<String, String>,
+    /// Names handed out so far (never reused, so a name can't collide with
+    /// one the server still has).
+    names_used: u64,
+    /// The server dropped prepared statements (`DISCARD ALL`,
+    /// `DEALLOCATE`) since the driver last asked.
+    statements_dropped: bool,
+    /// The first bytes of the CommandComplete tag being read.
+    tag: Vec<u8>,
     outcome: Option<BeginOutcome>,
     /// Answers to `BEGIN` still to be taken out of the read side.
     strip: Option<Strip>,
@@ -81,15 +93,30 @@ struct TapState {
     status: Option<ServerStatus>,
 }
 
+/// `BEGIN`'s messages for the next Bind, and what they prepare.
+struct Armed {
+    messages: Vec<u8>,
+    answers: &'static [u8],
+    /// The statement text and name a Parse among the messages prepares.
+    prepares: Option<(String, String)>,
+}
+
 struct Strip {
     /// How many ReadyForQuery precede the injected messages' answers.
     group: u64,
-    /// How many of ParseComplete, BindComplete, CommandComplete remain.
-    left: usize,
+    /// The answers still to take out, in order.
+    answers: &'static [u8],
+    prepares: Option<(String, String)>,
 }
 
-/// The answers to `BEGIN`'s Parse, Bind and Execute, in order.
-const BEGIN_ANSWERS: [u8; 3] = [b'1', b'2', b'C'];
+/// The answers to Parse, Bind and Execute, in order.
+const PARSE_BIND_EXECUTE: &[u8] = b"12C";
+/// The answers to Bind and Execute of a prepared statement.
+const BIND_EXECUTE: &[u8] = b"2C";
+
+/// How much of a CommandComplete tag is kept to recognise the commands
+/// that drop prepared statements.
+const TAG_PREFIX: usize = 16;
 
 impl Tap {
     pub(crate) fn new() -> Arc<Tap> {
@@ -103,11 +130,38 @@ impl Tap {
         state.status = Some(ServerStatus::Idle);
     }
 
-    /// Puts `begin` (a `BEGIN` statement) in front of the next Bind written.
+    /// Puts `begin` (a `BEGIN` statement) in front of the next Bind written:
+    /// Bind/Execute of the statement prepared from it on this connection,
+    /// preparing it (Parse, in the same messages) the first time.
     pub(crate) fn arm_begin(&self, begin: &str) {
         let mut state = self.0.lock();
-        state.armed = Some(begin_messages(begin));
+        let armed = match state.begins.get(begin) {
+            Some(name) => Armed {
+                messages: bind_execute(name),
+                answers: BIND_EXECUTE,
+                prepares: None,
+            },
+            None => {
+                let name = format!("pgtx_begin_{}", state.names_used);
+                state.names_used += 1;
+                let mut messages = parse(&name, begin);
+                messages.extend(bind_execute(&name));
+                Armed {
+                    messages,
+                    answers: PARSE_BIND_EXECUTE,
+                    prepares: Some((begin.to_owned(), name)),
+                }
+            }
+        };
+        state.armed = Some(armed);
         state.outcome = None;
+    }
+
+    /// Whether the server dropped prepared statements (`DISCARD ALL`,
+    /// `DEALLOCATE`) since the last call: every statement prepared before
+    /// must be prepared again.
+    pub(crate) fn take_statements_dropped(&self) -> bool {
+        std::mem::take(&mut self.0.lock().statements_dropped)
     }
 
     /// What became of the armed `BEGIN`; disarms it if it was not sent.
@@ -164,10 +218,19 @@ impl TapState {
         while from < data.len() {
             if self.incoming.at_start() {
                 self.dropping = self.on_incoming(data[from]);
+                self.tag.clear();
             }
             let step = self.incoming.advance(&data[from..]);
             if let Some(status) = step.status {
                 self.status = Some(status);
+            }
+            if self.incoming.header[0] == b'C' && !self.dropping {
+                let body = &data[from + step.consumed - step.body..from + step.consumed];
+                let room = TAG_PREFIX.saturating_sub(self.tag.len());
+                self.tag.extend_from_slice(&body[..room.min(body.len())]);
+                if step.ended {
+                    self.on_command_complete();
+                }
             }
             if !self.dropping {
                 data.copy_within(from..from + step.consumed, to);
@@ -176,6 +239,15 @@ impl TapState {
             from += step.consumed;
         }
         to
+    }
+
+    /// Notices the commands that drop prepared statements: ours are gone
+    /// too, and must be prepared again.
+    fn on_command_complete(&mut self) {
+        if self.tag.starts_with(b"DEALLOCATE") || self.tag.starts_with(b"DISCARD ALL") {
+            self.begins.clear();
+            self.statements_dropped = true;
+        }
     }
 
     /// Decides, from its tag, whether an incoming message is one of the
@@ -192,9 +264,16 @@ impl TapState {
         let Some(strip) = self.strip.as_mut().filter(|s| s.group == group) else {
             return false;
         };
-        if tag == BEGIN_ANSWERS[BEGIN_ANSWERS.len() - strip.left] {
-            strip.left -= 1;
-            if strip.left == 0 {
+        if let Some((&expected, rest)) = strip.answers.split_first()
+            && tag == expected
+        {
+            strip.answers = rest;
+            if tag == b'1'
+                && let Some((sql, name)) = strip.prepares.take()
+            {
+                self.begins.insert(sql, name);
+            }
+            if rest.is_empty() {
                 self.strip = None;
                 self.outcome = Some(BeginOutcome::Began);
             }
@@ -222,6 +301,10 @@ struct Framing {
 
 struct Step {
     consumed: usize,
+    /// How many of the consumed bytes are body bytes (the last ones).
+    body: usize,
+    /// The message ended in this step.
+    ended: bool,
     /// The tag of a message that started in this step.
     started: Option<u8>,
     /// A ReadyForQuery's status byte, read in this step.
@@ -238,6 +321,8 @@ impl Framing {
     fn advance(&mut self, bytes: &[u8]) -> Step {
         let mut step = Step {
             consumed: 0,
+            body: 0,
+            ended: false,
             started: None,
             status: None,
         };
@@ -273,25 +358,36 @@ impl Framing {
         }
         self.body_left -= n;
         step.consumed += n;
+        step.body = n;
         if self.body_left == 0 {
             self.have = 0;
+            step.ended = true;
         }
         step
     }
 }
 
-/// Encodes `BEGIN` as Parse, Bind and Execute of the unnamed statement and
-/// portal, without a Sync: the statement's own request brings that.
-fn begin_messages(begin: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(begin.len() + 32);
+/// Parse of `sql` as the prepared statement `name`.
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + sql.len() + 16);
     message(&mut out, b'P', |body| {
-        body.push(0); // unnamed statement
-        body.extend_from_slice(begin.as_bytes());
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(sql.as_bytes());
         body.push(0);
         body.extend_from_slice(&0_i16.to_be_bytes()); // no parameter types
     });
+    out
+}
+
+/// Bind of the prepared statement `name` to the unnamed portal, and Execute,
+/// without a Sync: the statement's own request brings that.
+fn bind_execute(name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 32);
     message(&mut out, b'B', |body| {
-        body.extend_from_slice(&[0, 0]); // unnamed portal, unnamed statement
+        body.push(0); // unnamed portal
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
         body.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // no formats, parameters, result formats
     });
     message(&mut out, b'E', |body| {
@@ -389,21 +485,30 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
             drop(state);
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         }
-        let at = match state.armed.as_ref() {
+        let found = match state.armed {
             Some(_) => state.injection_point(buf),
             None => None,
         };
-        let Some(at) = at else {
+        let armed = match found {
+            Some(_) => state.armed.take(),
+            None => None,
+        };
+        let (Some(at), Some(armed)) = (found, armed) else {
             drop(state);
             let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
             this.tap.0.lock().wrote(&buf[..n]);
             return Poll::Ready(Ok(n));
         };
-        let begin = state.armed.take().unwrap_or_default();
+        let Armed {
+            messages: begin,
+            answers,
+            prepares,
+        } = armed;
         state.wrote(&buf[..at]);
         state.strip = Some(Strip {
             group: state.syncs_written,
-            left: BEGIN_ANSWERS.len(),
+            answers,
+            prepares,
         });
         state.outcome = Some(BeginOutcome::Unanswered);
         state.wrote(&buf[at..]);
@@ -469,18 +574,82 @@ mod tests {
     }
 
     #[test]
-    fn begin_is_parse_bind_execute_of_the_unnamed_statement() {
-        let bytes = begin_messages("BEGIN");
-        let mut expected = msg(b'P', b"\0BEGIN\0\0\0");
-        expected.extend(msg(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    fn begin_is_prepared_once_then_bound_by_name() {
+        let tap = Tap::new();
+        tap.arm_begin("BEGIN");
+        let first = tap.0.lock().armed.take().expect("armed");
+        let mut expected = msg(b'P', b"pgtx_begin_0\0BEGIN\0\0\0");
+        expected.extend(msg(b'B', b"\0pgtx_begin_0\0\0\0\0\0\0\0"));
         expected.extend(msg(b'E', &[0, 0, 0, 0, 0]));
-        assert_eq!(bytes, expected);
+        assert_eq!(first.messages, expected);
+        assert_eq!(first.answers, b"12C");
+
+        // Once the server has answered the Parse, later transactions bind it.
+        let mut state = tap.0.lock();
+        state.active = true;
+        state.strip = Some(Strip {
+            group: 0,
+            answers: first.answers,
+            prepares: first.prepares,
+        });
+        let answers = [msg(b'1', b""), msg(b'2', b""), msg(b'C', b"BEGIN\0")].concat();
+        assert_eq!(state.read(&mut answers.clone()), 0);
+        drop(state);
+        tap.arm_begin("BEGIN");
+        let second = tap.0.lock().armed.take().expect("armed");
+        let mut expected = msg(b'B', b"\0pgtx_begin_0\0\0\0\0\0\0\0");
+        expected.extend(msg(b'E', &[0, 0, 0, 0, 0]));
+        assert_eq!(second.messages, expected);
+        assert_eq!(second.answers, b"2C");
+
+        // Another BEGIN text gets a name of its own.
+        tap.arm_begin("BEGIN READ ONLY");
+        let other = tap.0.lock().armed.take().expect("armed");
+        assert!(
+            other
+                .messages
+                .starts_with(&msg(b'P', b"pgtx_begin_1\0BEGIN READ ONLY\0\0\0"))
+        );
+    }
+
+    #[test]
+    fn dropping_prepared_statements_forgets_the_prepared_begins() {
+        for tag in ["DISCARD ALL", "DEALLOCATE ALL", "DEALLOCATE"] {
+            let tap = Tap::new();
+            let mut state = tap.0.lock();
+            state.active = true;
+            state.begins.insert("BEGIN".into(), "pgtx_begin_0".into());
+            let mut answers = [msg(b'C', format!("{tag}\0").as_bytes()), msg(b'Z', b"I")].concat();
+            let n = answers.len();
+            // Split inside the tag, as a read may.
+            let (a, b) = answers.split_at_mut(5);
+            assert_eq!(state.read(a) + state.read(b), n);
+            assert!(state.begins.is_empty(), "{tag}");
+            drop(state);
+            assert!(tap.take_statements_dropped(), "{tag}");
+            assert!(!tap.take_statements_dropped(), "reported once");
+        }
+        let tap = Tap::new();
+        let mut state = tap.0.lock();
+        state.active = true;
+        state.begins.insert("BEGIN".into(), "pgtx_begin_0".into());
+        let mut other = [msg(b'C', b"DISCARD PLANS\0"), msg(b'C', b"SELECT 1\0")].concat();
+        state.read(&mut other);
+        assert_eq!(
+            state.begins.len(),
+            1,
+            "DISCARD PLANS keeps prepared statements"
+        );
     }
 
     #[test]
     fn injection_goes_before_the_first_bind_after_earlier_messages() {
         let mut state = active();
-        state.armed = Some(begin_messages("BEGIN"));
+        state.armed = Some(Armed {
+            messages: bind_execute("pgtx_begin_0"),
+            answers: BIND_EXECUTE,
+            prepares: None,
+        });
         let mut buf = msg(b'C', b"Ss1\0");
         buf.extend(msg(b'S', b""));
         let bind_at = buf.len();
@@ -502,7 +671,8 @@ mod tests {
             state.wrote(&[msg(b'C', b"Ss1\0"), msg(b'S', b"")].concat());
             state.strip = Some(Strip {
                 group: state.syncs_written,
-                left: 3,
+                answers: PARSE_BIND_EXECUTE,
+                prepares: Some(("BEGIN".into(), "pgtx_begin_0".into())),
             });
             let earlier = [msg(b'3', b""), msg(b'Z', b"I")].concat();
             let ours = [
@@ -524,13 +694,21 @@ mod tests {
             assert_eq!(kept, expected, "chunk {chunk}");
             assert_eq!(state.outcome, Some(BeginOutcome::Began));
             assert_eq!(state.status, Some(ServerStatus::InTransaction));
+            assert_eq!(
+                state.begins.get("BEGIN").map(String::as_str),
+                Some("pgtx_begin_0")
+            );
         }
     }
 
     #[test]
     fn a_refused_begin_lets_its_error_through() {
         let mut state = active();
-        state.strip = Some(Strip { group: 0, left: 3 });
+        state.strip = Some(Strip {
+            group: 0,
+            answers: BIND_EXECUTE,
+            prepares: None,
+        });
         let answers = [msg(b'E', b"SERROR\0\0"), msg(b'Z', b"I")].concat();
         let kept = read_in_chunks(&mut state, &answers, 3);
         assert_eq!(kept, answers);

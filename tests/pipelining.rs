@@ -181,13 +181,14 @@ fn an_empty_transaction_sends_nothing_to_the_server() {
 fn a_one_statement_transaction_takes_two_writes() {
     let db = Db::new("lazy_two_writes");
     let (proxy, manager) = through_proxy(&db);
-    // The first use of the text prepares it (a round trip of its own).
+    // The first transaction on a connection prepares the text and COMMIT
+    // (a round trip each, once per connection).
     let warm: i32 = manager
-        .lock()
-        .expect("lock")
-        .query_one("SELECT $1::int", &[&1_i32])
-        .expect("warm-up")
-        .get(0);
+        .transaction(|mut tx| -> Result<_, Error> {
+            let one: i32 = tx.query_one("SELECT $1::int", &[&1_i32])?.get(0);
+            Ok(tx.commit()?.returning(one))
+        })
+        .expect("warm-up");
     assert_eq!(warm, 1);
     let before = proxy.client_chunks();
 
@@ -534,4 +535,49 @@ fn a_first_statement_with_a_large_result_returns_every_row() {
     assert_eq!(tx.status(), TransactionStatus::InTransaction);
     tx.commit().expect("commit").release();
     assert_eq!(db.open_transactions(), 0);
+}
+
+#[test]
+fn dropping_prepared_statements_does_not_break_later_transactions() {
+    // BEGIN and COMMIT are prepared once per connection; DISCARD ALL and
+    // DEALLOCATE drop them with every other prepared statement, and pgtx
+    // must notice and prepare them again rather than fail (or, worse,
+    // abort the transaction at COMMIT).
+    let db = Db::new("lazy_discard");
+    let manager = db.manager();
+    let insert = |id: i32| {
+        manager.transaction(|mut tx| {
+            tx.execute("INSERT INTO items VALUES ($1, 'x')", &[&id])?;
+            tx.commit()
+        })
+    };
+    insert(1).expect("first transaction");
+    let pid = backend_pid(&mut manager.lock().expect("lock"));
+    manager
+        .lock()
+        .expect("lock")
+        .batch_execute("DISCARD ALL")
+        .expect("DISCARD ALL");
+    insert(2).expect("after DISCARD ALL");
+    manager
+        .transaction(|mut tx| {
+            tx.execute("INSERT INTO items VALUES (3, 'x')", &[])?;
+            tx.batch_execute("DEALLOCATE ALL")?;
+            tx.commit()
+        })
+        .expect("DEALLOCATE ALL inside a transaction, then COMMIT");
+    insert(4).expect("after DEALLOCATE ALL");
+    manager
+        .lock()
+        .expect("lock")
+        .execute("DEALLOCATE ALL", &[])
+        .expect("DEALLOCATE ALL as an extended-protocol statement");
+    insert(5).expect("after DEALLOCATE ALL through execute");
+    assert_eq!(
+        backend_pid(&mut manager.lock().expect("lock")),
+        pid,
+        "all on one connection"
+    );
+    assert_eq!(db.item_ids(), [1, 2, 3, 4, 5]);
+    assert_eq!(manager.unfinished_transactions(), 0);
 }
