@@ -715,6 +715,11 @@ const NOTES: &str = "\
   `query_one(&str)` makes four (Parse/Describe first, every time), while
   pgtx prepares SQL text once per connection (a statement cache emptied on
   reconnect).
+- `BEGIN` and `COMMIT` are prepared once per connection (Bind/Execute
+  only, as pgbench `-M prepared` does): the server's CPU time per
+  transaction went from 75 to 65 µs (summed from `/proc` over a run).
+  `DISCARD ALL` and `DEALLOCATE`, which drop prepared statements, are
+  recognised in the server's answers, and both are prepared again.
 - System calls per one-statement transaction (strace): 2 `sendto`, 2
   `recvfrom`, 2 `epoll_wait`. The idle health check is skipped when the
   connection answered within the last millisecond, and a wake-up that
