@@ -120,6 +120,15 @@ fn a_connection_cut_while_commit_is_in_flight_is_commit_outcome_unknown() {
         &format!("dbname={}", db.name),
     );
     let manager = ManagedConnection::new(&dsn).expect("settings");
+    // The first COMMIT on a connection is prepared first (a round trip of
+    // its own, which a cut would turn into a plain ConnectionLost: COMMIT
+    // not sent). Commit once, so that below COMMIT itself is in flight.
+    manager
+        .transaction(|mut tx| {
+            tx.execute("INSERT INTO items VALUES (0, 'warm-up')", &[])?;
+            tx.commit()
+        })
+        .expect("a first transaction, which prepares COMMIT");
     let mut tx = manager.lock().expect("lock").begin().expect("begin");
     tx.execute("INSERT INTO items VALUES (1, 'in doubt')", &[])
         .expect("insert");
@@ -143,9 +152,47 @@ fn a_connection_cut_while_commit_is_in_flight_is_commit_outcome_unknown() {
         assert!(std::time::Instant::now() < deadline);
         thread::sleep(Duration::from_millis(20));
     }
-    assert!(db.item_ids().is_empty());
+    assert_eq!(db.item_ids(), [0], "only the warm-up committed");
     // The next holder gets a fresh connection through the proxy.
     assert_ne!(backend_pid(&manager), 0);
+}
+
+#[test]
+fn a_connection_cut_before_the_first_commit_is_sent_is_connection_lost() {
+    // On a new connection COMMIT is prepared before it is sent: a cut then
+    // leaves no doubt (COMMIT never left), so it is a plain, retryable
+    // ConnectionLost, and the server rolls the transaction back.
+    let server = TestServer::shared();
+    let db = Db::new("cut_before_commit");
+    let proxy = Proxy::start(server.loopback_addr().expect("loopback"));
+    let dsn = server.dsn_via(proxy.addr()).replace(
+        &format!("dbname={}", server.dbname()),
+        &format!("dbname={}", db.name),
+    );
+    let manager = ManagedConnection::new(&dsn).expect("settings");
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'never committed')", &[])
+        .expect("insert");
+    proxy.stall();
+    let err = thread::scope(|s| {
+        s.spawn(|| {
+            thread::sleep(Duration::from_millis(200));
+            proxy.cut();
+        });
+        tx.commit()
+            .expect_err("the link broke before COMMIT went out")
+    });
+    assert!(matches!(err, Error::ConnectionLost(_)), "{err:?}");
+    assert!(err.is_transient());
+    proxy.resume();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while db.open_transactions() > 0 {
+        assert!(std::time::Instant::now() < deadline);
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(db.item_ids().is_empty());
+    assert_eq!(manager.status(), TransactionStatus::Closed);
+    assert_ne!(backend_pid(&manager), 0, "the next holder reconnects");
 }
 
 #[test]
