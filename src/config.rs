@@ -17,13 +17,14 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 use tokio_postgres::config::{ChannelBinding, TargetSessionAttrs};
 
-use crate::connect::{self, Address, ConnectError, Opened};
+use crate::connect::{self, ConnectError, Opened};
 use crate::driver::Driver;
 use crate::error::Error;
 
 use self::conninfo::Options;
 use self::env::{Env, ProcessEnv};
-use self::resolve::{Host, Plan, SslMode, Target};
+pub(crate) use self::resolve::{Host, Target};
+use self::resolve::{Plan, SslMode};
 
 /// Parsed connection settings, as given to
 /// [`ManagedConnection::new`](crate::ManagedConnection::new).
@@ -332,39 +333,34 @@ async fn attempt(
 ) -> Result<Opened, ConnectError> {
     use tokio_postgres::config::SslMode as Mode;
     let mut config = config.clone();
-    let address = match &target.host {
-        Host::Socket { dir, .. } => Address::Socket(dir),
-        Host::Tcp { name, addr } => Address::Tcp { name, addr: *addr },
-    };
-    let port = target.port;
     // A Unix socket never uses TLS (libpq: "SSL is not used on Unix sockets").
     if matches!(target.host, Host::Socket { .. }) || sslmode == SslMode::Disable {
         config.ssl_mode(Mode::Disable);
-        return connect::open(&config, &address, port, NoTls).await;
+        return connect::open(&config, target, NoTls).await;
     }
     match sslmode {
         SslMode::Allow => {
             config.ssl_mode(Mode::Disable);
-            match connect::open(&config, &address, port, NoTls).await {
+            match connect::open(&config, target, NoTls).await {
                 // The server refused a connection without TLS: try with it.
                 Err(e) if refused_by_server(&*e) && tls.available() => {
                     config.ssl_mode(Mode::Require);
-                    tls.open(&config, &address, port).await
+                    tls.open(&config, target).await
                 }
                 other => other,
             }
         }
         SslMode::Prefer if tls.available() => {
             config.ssl_mode(Mode::Prefer);
-            tls.open(&config, &address, port).await
+            tls.open(&config, target).await
         }
         SslMode::Prefer => {
             config.ssl_mode(Mode::Disable);
-            connect::open(&config, &address, port, NoTls).await
+            connect::open(&config, target, NoTls).await
         }
         _ => {
             config.ssl_mode(Mode::Require);
-            tls.open(&config, &address, port).await
+            tls.open(&config, target).await
         }
     }
 }
@@ -401,20 +397,19 @@ impl Tls {
     async fn open(
         &self,
         config: &tokio_postgres::Config,
-        address: &Address<'_>,
-        port: u16,
+        target: &Target,
     ) -> Result<Opened, ConnectError> {
         use crate::connect::Socket;
         use tokio_postgres::tls::MakeTlsConnect;
         let Some(make) = &self.0 else {
-            return connect::open(config, address, port, NoTls).await;
+            return connect::open(config, target, NoTls).await;
         };
         // The name the certificate must carry: the host name, else the
         // numeric address (libpq matches an IP address against the
         // certificate's IP entries).
-        let server_name = match address {
-            Address::Tcp { name, .. } if !name.is_empty() => (*name).to_owned(),
-            Address::Tcp { addr: Some(ip), .. } => ip.to_string(),
+        let server_name = match &target.host {
+            Host::Tcp { name, .. } if !name.is_empty() => name.clone(),
+            Host::Tcp { addr: Some(ip), .. } => ip.to_string(),
             _ => String::new(),
         };
         let tls = match MakeTlsConnect::<Socket>::make_tls_connect(&mut make.clone(), &server_name)
@@ -422,7 +417,7 @@ impl Tls {
             Ok(tls) => tls,
             Err(never) => match never {},
         };
-        connect::open(config, address, port, tls).await
+        connect::open(config, target, tls).await
     }
 }
 
@@ -454,10 +449,9 @@ impl Tls {
     async fn open(
         &self,
         config: &tokio_postgres::Config,
-        address: &Address<'_>,
-        port: u16,
+        target: &Target,
     ) -> Result<Opened, ConnectError> {
-        connect::open(config, address, port, NoTls).await
+        connect::open(config, target, NoTls).await
     }
 }
 

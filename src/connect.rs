@@ -10,7 +10,7 @@
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -24,16 +24,9 @@ use tokio_postgres::config::TargetSessionAttrs;
 use tokio_postgres::tls::TlsConnect;
 use tokio_postgres::{Client, Config, SimpleQueryMessage};
 
+use crate::config::{Host, Target};
 use crate::driver::{ConnectionStream, connection_stream};
 use crate::wire::{Tap, Wire};
-
-/// Where one connection attempt goes.
-pub(crate) enum Address<'a> {
-    /// A server's Unix socket directory.
-    Socket(&'a std::path::Path),
-    /// A host name to resolve, or a numeric address (which wins when both are given).
-    Tcp { name: &'a str, addr: Option<IpAddr> },
-}
 
 /// A connected client, its connection, and the tap on it.
 pub(crate) struct Opened {
@@ -73,8 +66,7 @@ pub(crate) type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 /// `tls`, when `config`'s `ssl_mode` asks for it) and authenticate.
 pub(crate) async fn open<T>(
     config: &Config,
-    address: &Address<'_>,
-    port: u16,
+    target: &Target,
     tls: T,
 ) -> Result<Opened, ConnectError>
 where
@@ -82,7 +74,7 @@ where
     T::Stream: Send + 'static,
     T::Future: Send + 'static,
 {
-    let socket = socket(config, address, port).await?;
+    let socket = socket(config, target).await?;
     let tap = Tap::new();
     let (client, connection) = config
         .connect_raw(Wire::new(socket, tap.clone()), TapOverTls(tls))
@@ -134,10 +126,11 @@ async fn check_session_attrs(
     Err(io::Error::new(io::ErrorKind::PermissionDenied, refusal).into())
 }
 
-async fn socket(config: &Config, address: &Address<'_>, port: u16) -> Result<Socket, SocketError> {
+async fn socket(config: &Config, target: &Target) -> Result<Socket, SocketError> {
     let timeout = config.get_connect_timeout().copied();
-    match *address {
-        Address::Socket(dir) => {
+    let port = target.port;
+    match &target.host {
+        Host::Socket { dir, .. } => {
             let path: PathBuf = dir.join(format!(".s.PGSQL.{port}"));
             let server = format!("on socket \"{}\"", path.display());
             match with_timeout(UnixStream::connect(&path), timeout).await {
@@ -145,14 +138,11 @@ async fn socket(config: &Config, address: &Address<'_>, port: u16) -> Result<Soc
                 Err(source) => Err(SocketError { server, source }),
             }
         }
-        Address::Tcp { name, addr } => {
-            let server = format!(
-                "at \"{}\", port {port}",
-                if name.is_empty() { "" } else { name }
-            );
+        Host::Tcp { name, addr } => {
+            let server = format!("at \"{name}\", port {port}");
             let addrs: Vec<SocketAddr> = match addr {
-                Some(ip) => vec![SocketAddr::new(ip, port)],
-                None => match tokio::net::lookup_host((name, port)).await {
+                Some(ip) => vec![SocketAddr::new(*ip, port)],
+                None => match tokio::net::lookup_host((name.as_str(), port)).await {
                     Ok(found) => found.collect(),
                     Err(source) => return Err(SocketError { server, source }),
                 },
@@ -160,10 +150,7 @@ async fn socket(config: &Config, address: &Address<'_>, port: u16) -> Result<Soc
             let mut last =
                 io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
             for addr in addrs {
-                let server = format!(
-                    "at \"{}\" ({addr})",
-                    if name.is_empty() { "" } else { name }
-                );
+                let server = format!("at \"{name}\" ({addr})");
                 match with_timeout(TcpStream::connect(addr), timeout).await {
                     Ok(stream) => {
                         return tune(config, &stream)

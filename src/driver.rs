@@ -277,7 +277,7 @@ impl Driver {
         }
         if tap.take_statements_dropped() {
             // DISCARD ALL or DEALLOCATE ran: what the cache holds is gone
-            // on the server.
+            // on the server. (`self` is borrowed for 'a: only the field.)
             self.statements.entries.clear();
         }
         result

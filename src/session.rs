@@ -154,22 +154,36 @@ impl Active<'_> {
             Track::Pending(begin) if sends != Sends::Parse => Some(begin.clone()),
             _ => None,
         };
-        if let Some(begin) = &pending {
-            self.revive_before_first_statement()?;
-            if sends == Sends::Query {
-                self.send_begin(begin)?;
-            }
+        if pending.is_some() {
+            // A connection that died while the transaction waited for its
+            // first statement is replaced: nothing of it reached the server.
+            self.ensure_open().inspect_err(|_| {
+                self.slot.track = Track::Lost;
+                self.publish();
+            })?;
         }
         let Some(driver) = self.slot.driver.as_mut() else {
             return Err(Error::ConnectionLost(None));
         };
         self.status.set(TransactionStatus::Active);
-        let riding = pending.filter(|_| sends == Sends::Bind);
-        if let Some(begin) = &riding {
-            driver.arm_begin(begin);
-        }
-        let result = request(driver);
-        let began = riding.is_some() && driver.begin_outcome() == BeginOutcome::Began;
+        let mut began = false;
+        let result = match (&pending, sends) {
+            (Some(begin), Sends::Bind) => {
+                driver.arm_begin(begin);
+                let result = request(driver);
+                began = driver.begin_outcome() == BeginOutcome::Began;
+                result
+            }
+            // A simple Query cannot share BEGIN's Sync group: BEGIN first, alone.
+            (Some(begin), _) => match driver.run(|client| client.batch_execute(begin)) {
+                Ok(()) => {
+                    began = true;
+                    request(driver)
+                }
+                Err(e) => Err(e),
+            },
+            (None, _) => request(driver),
+        };
         let result = match result {
             Err(e) if driver.has_ended() => Err(Error::ConnectionLost(Some(driver.why_lost(e)))),
             other => other.map_err(Error::Db),
@@ -194,53 +208,6 @@ impl Active<'_> {
             Ok(_) => self.publish(),
         }
         result
-    }
-
-    /// Before a pending transaction's first statement: a connection that
-    /// died since it was last checked is replaced, since nothing of the
-    /// transaction has reached the server yet.
-    fn revive_before_first_statement(&mut self) -> Result<()> {
-        let recent = self
-            .slot
-            .driver
-            .as_ref()
-            .is_some_and(|d| d.answered_within(RECHECK_AFTER));
-        if recent {
-            return Ok(());
-        }
-        self.ensure_open().inspect_err(|_| {
-            // No connection: the transaction cannot go on.
-            self.slot.track = Track::Lost;
-            self.publish();
-        })
-    }
-
-    /// Sends a pending `BEGIN` on its own (before a simple query, which
-    /// cannot share its Sync group).
-    fn send_begin(&mut self, begin: &str) -> Result<()> {
-        let Some(driver) = self.slot.driver.as_mut() else {
-            return Err(Error::ConnectionLost(None));
-        };
-        self.status.set(TransactionStatus::Active);
-        match driver.run(|client| client.batch_execute(begin)) {
-            Ok(()) => {
-                self.slot.track = Track::Open;
-                self.publish();
-                Ok(())
-            }
-            Err(e) if driver.has_ended() => {
-                let cause = driver.why_lost(e);
-                self.lose();
-                Err(Error::ConnectionLost(Some(cause)))
-            }
-            Err(e) => {
-                if let Some(db) = e.as_db_error() {
-                    self.slot.track = Track::Aborted(Box::new(db.clone()));
-                }
-                self.publish();
-                Err(Error::Db(e))
-            }
-        }
     }
 
     /// Runs one statement given as SQL text or a prepared statement. Text is
