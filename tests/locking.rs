@@ -167,10 +167,15 @@ fn many_threads_each_see_their_own_transaction_only() {
                         .transaction(|mut tx| {
                             let id = t * 100 + i;
                             tx.execute("INSERT INTO items VALUES ($1, 'x')", &[&id])?;
-                            let mine: i64 = tx
-                                .query_one("SELECT count(*) FROM items WHERE id = $1", &[&id])?
+                            // Only this thread's own earlier commits (even i) and
+                            // this insert are visible: never another holder's
+                            // uncommitted or rolled-back rows.
+                            let visible: i64 = tx
+                                .query_one("SELECT count(*) FROM items WHERE id / 100 = $1", &[&t])?
                                 .get(0);
-                            assert_eq!(mine, 1);
+                            // Committed earlier: the even steps before i.
+                            let expected = i64::from((i + 1) / 2) + 1;
+                            assert_eq!(visible, expected, "thread {t}, step {i}");
                             if i % 2 == 0 {
                                 tx.commit()
                             } else {

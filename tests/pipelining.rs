@@ -14,7 +14,6 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::fixtures::Db;
-use common::proxy::Proxy;
 use common::server::TestServer;
 use pgtx::{
     Error, Guard, IsolationLevel, ManagedConnection, SqlState, TransactionStatus, TxOptions,
@@ -33,22 +32,6 @@ fn backend_state(db: &Db, pid: i32) -> String {
         .query_one("SELECT state FROM pg_stat_activity WHERE pid = $1", &[&pid])
         .expect("the pgtx backend is in pg_stat_activity")
         .get(0)
-}
-
-/// A manager on `db` whose connection goes through a counting proxy.
-fn through_proxy(db: &Db) -> (Proxy, ManagedConnection) {
-    let server = TestServer::shared();
-    let proxy = Proxy::start(
-        server
-            .loopback_addr()
-            .expect("the shared test server listens on loopback"),
-    );
-    let dsn = server.dsn_via(proxy.addr()).replace(
-        &format!("dbname={}", server.dbname()),
-        &format!("dbname={}", db.name),
-    );
-    let manager = ManagedConnection::new(&dsn).expect("settings");
-    (proxy, manager)
 }
 
 #[test]
@@ -121,7 +104,7 @@ fn the_transaction_timestamp_is_the_first_statements_not_begins() {
 #[test]
 fn an_empty_transaction_sends_nothing_to_the_server() {
     let db = Db::new("lazy_empty");
-    let (proxy, manager) = through_proxy(&db);
+    let (proxy, manager) = db.manager_via_proxy();
     manager
         .transaction(|mut tx| {
             tx.query_one("SELECT 1", &[])?;
@@ -180,7 +163,7 @@ fn an_empty_transaction_sends_nothing_to_the_server() {
 #[test]
 fn a_one_statement_transaction_takes_two_writes() {
     let db = Db::new("lazy_two_writes");
-    let (proxy, manager) = through_proxy(&db);
+    let (proxy, manager) = db.manager_via_proxy();
     // The first transaction on a connection prepares the text and COMMIT
     // (a round trip each, once per connection).
     let warm: i32 = manager

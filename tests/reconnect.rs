@@ -9,7 +9,6 @@ use std::thread;
 use std::time::Duration;
 
 use common::fixtures::Db;
-use common::proxy::Proxy;
 use common::server::TestServer;
 use pgtx::{Error, ManagedConnection, TransactionStatus};
 
@@ -109,17 +108,8 @@ fn a_stopped_server_is_a_connect_error_and_the_manager_recovers_when_it_returns(
 
 #[test]
 fn a_connection_cut_while_commit_is_in_flight_is_commit_outcome_unknown() {
-    let server = TestServer::shared();
     let db = Db::new("cut_during_commit");
-    let target = server
-        .loopback_addr()
-        .expect("the shared test server listens on loopback");
-    let proxy = Proxy::start(target);
-    let dsn = server.dsn_via(proxy.addr()).replace(
-        &format!("dbname={}", server.dbname()),
-        &format!("dbname={}", db.name),
-    );
-    let manager = ManagedConnection::new(&dsn).expect("settings");
+    let (proxy, manager) = db.manager_via_proxy();
     // The first COMMIT on a connection is prepared first (a round trip of
     // its own, which a cut would turn into a plain ConnectionLost: COMMIT
     // not sent). Commit once, so that below COMMIT itself is in flight.
@@ -154,7 +144,8 @@ fn a_connection_cut_while_commit_is_in_flight_is_commit_outcome_unknown() {
     }
     assert_eq!(db.item_ids(), [0], "only the warm-up committed");
     // The next holder gets a fresh connection through the proxy.
-    assert_ne!(backend_pid(&manager), 0);
+    backend_pid(&manager);
+    assert_eq!(proxy.total_connections(), 2);
 }
 
 #[test]
@@ -162,14 +153,8 @@ fn a_connection_cut_before_the_first_commit_is_sent_is_connection_lost() {
     // On a new connection COMMIT is prepared before it is sent: a cut then
     // leaves no doubt (COMMIT never left), so it is a plain, retryable
     // ConnectionLost, and the server rolls the transaction back.
-    let server = TestServer::shared();
     let db = Db::new("cut_before_commit");
-    let proxy = Proxy::start(server.loopback_addr().expect("loopback"));
-    let dsn = server.dsn_via(proxy.addr()).replace(
-        &format!("dbname={}", server.dbname()),
-        &format!("dbname={}", db.name),
-    );
-    let manager = ManagedConnection::new(&dsn).expect("settings");
+    let (proxy, manager) = db.manager_via_proxy();
     let mut tx = manager.lock().expect("lock").begin().expect("begin");
     tx.execute("INSERT INTO items VALUES (1, 'never committed')", &[])
         .expect("insert");
@@ -192,19 +177,14 @@ fn a_connection_cut_before_the_first_commit_is_sent_is_connection_lost() {
     }
     assert!(db.item_ids().is_empty());
     assert_eq!(manager.status(), TransactionStatus::Closed);
-    assert_ne!(backend_pid(&manager), 0, "the next holder reconnects");
+    backend_pid(&manager);
+    assert_eq!(proxy.total_connections(), 2, "the next holder reconnects");
 }
 
 #[test]
 fn a_connection_cut_between_transactions_is_replaced_transparently() {
-    let server = TestServer::shared();
     let db = Db::new("cut_idle");
-    let proxy = Proxy::start(server.loopback_addr().expect("loopback"));
-    let dsn = server.dsn_via(proxy.addr()).replace(
-        &format!("dbname={}", server.dbname()),
-        &format!("dbname={}", db.name),
-    );
-    let manager = ManagedConnection::new(&dsn).expect("settings");
+    let (proxy, manager) = db.manager_via_proxy();
     manager
         .transaction(|mut tx| {
             tx.execute("INSERT INTO items VALUES (1, 'before')", &[])?;

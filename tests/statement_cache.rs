@@ -51,11 +51,15 @@ fn a_new_connection_prepares_again() {
     drop(guard);
     assert_eq!(TestServer::shared().terminate_backends(&db.name), 1);
 
-    let mut guard = manager.lock().expect("reconnects");
-    let row = guard
-        .query_one("SELECT $1::int4 + 1", &[&2_i32])
-        .expect("prepared anew");
-    assert_eq!(row.get::<_, i32>(0), 3);
+    // Inside a transaction, where a stale statement is not retried: this
+    // only works if the new connection's cache started empty.
+    let three: i32 = manager
+        .transaction(|mut tx| -> pgtx::Result<_> {
+            let three = tx.query_one("SELECT $1::int4 + 1", &[&2_i32])?.get(0);
+            Ok(tx.commit()?.returning(three))
+        })
+        .expect("prepared anew on the new connection");
+    assert_eq!(three, 3);
 }
 
 #[test]
@@ -130,8 +134,14 @@ fn statements_deallocated_by_the_user_are_prepared_again() {
         .query_one("SELECT $1::int4 + 1", &[&1_i32])
         .expect("select");
     guard.batch_execute("DEALLOCATE ALL").expect("deallocate");
-    let row = guard
-        .query_one("SELECT $1::int4 + 1", &[&2_i32])
+    drop(guard);
+    // Inside a transaction, where a stale statement is not retried: this
+    // only works if the DEALLOCATE emptied the cache.
+    let three: i32 = manager
+        .transaction(|mut tx| -> pgtx::Result<_> {
+            let three = tx.query_one("SELECT $1::int4 + 1", &[&2_i32])?.get(0);
+            Ok(tx.commit()?.returning(three))
+        })
         .expect("prepared again");
-    assert_eq!(row.get::<_, i32>(0), 3);
+    assert_eq!(three, 3);
 }

@@ -3,6 +3,7 @@
 
 use pgtx::ManagedConnection;
 
+use super::proxy::Proxy;
 use super::server::TestServer;
 
 /// A test's own database on the shared server.
@@ -33,6 +34,23 @@ impl Db {
 
     pub fn manager(&self) -> ManagedConnection {
         ManagedConnection::new(&self.dsn).expect("harness DSNs parse")
+    }
+
+    /// A manager on this database whose connections go through a fault
+    /// proxy of their own (to cut, stall, or count what the client sends).
+    pub fn manager_via_proxy(&self) -> (Proxy, ManagedConnection) {
+        let server = TestServer::shared();
+        let proxy = Proxy::start(
+            server
+                .loopback_addr()
+                .expect("the shared test server listens on loopback"),
+        );
+        let dsn = server.dsn_via(proxy.addr()).replace(
+            &format!("dbname={}", server.dbname()),
+            &format!("dbname={}", self.name),
+        );
+        let manager = ManagedConnection::new(&dsn).expect("settings");
+        (proxy, manager)
     }
 
     /// A second, independent connection to the same database.
