@@ -398,16 +398,8 @@ fn mutex_client(
         black_box(row.get::<_, i32>(0));
         tx.commit()
     };
-    for v in 0..100 {
-        one(v)?;
-    }
-    let mut n = 0_u64;
-    let began = Instant::now();
-    while began.elapsed() < duration {
-        one(n as i32)?;
-        n += 1;
-    }
-    Ok(n as f64 / began.elapsed().as_secs_f64())
+    // Counted by the same rules as every other case.
+    threaded(1, duration, one)
 }
 
 /// The prepared-statement `Mutex<Client>` case on several threads: what a
