@@ -239,6 +239,14 @@ fn every_sslmode_against_a_tls_server() {
     };
     let refused = |dsn: String| -> pgtx::Error {
         let e = s.pgtx(&dsn).expect_err(&dsn);
+        // Refused before any statement ran: when connecting (TLS, the
+        // server) or, as libpq does for a missing root file, when reading
+        // the settings; never a session that got in and failed later.
+        assert!(
+            matches!(e, pgtx::Error::Connect(_) | pgtx::Error::Settings(_)),
+            "{dsn}: {}",
+            error_chain(&e)
+        );
         assert!(!s.psql_connects(&dsn), "psql connects with {dsn}");
         e
     };
