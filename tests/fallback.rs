@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::eventually;
 use common::fixtures::Db;
 use common::logger;
 use pgtx::{Error, ManagedConnection, TransactionStatus, UNFINISHED_TRANSACTION};
@@ -332,12 +333,8 @@ fn dropping_the_manager_rolls_back_a_forgotten_transaction_and_ends_the_session(
     drop(manager);
     assert!(db.item_ids().is_empty());
     assert_eq!(reports(&db).len(), 1);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !db.backends().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the session outlived the manager"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        eventually(Duration::from_secs(5), || db.backends().is_empty()),
+        "the session outlived the manager"
+    );
 }

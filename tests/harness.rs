@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::eventually;
 use common::proxy::Proxy;
 use common::server::TestServer;
 use postgres::{Client, NoTls};
@@ -11,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn connect(dsn: &str) -> Client {
     Client::connect(dsn, NoTls)
@@ -27,20 +28,6 @@ fn current_database(client: &mut Client) -> String {
         .query_one("SELECT current_database()", &[])
         .unwrap()
         .get(0)
-}
-
-/// Polls `cond` every 50 ms until it holds or `timeout` passes.
-fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A server the proxy may front: the shared one if it is on loopback,

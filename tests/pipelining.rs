@@ -11,8 +11,9 @@
 mod common;
 
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
+use common::eventually;
 use common::fixtures::Db;
 use common::server::TestServer;
 use pgtx::{
@@ -344,11 +345,10 @@ fn a_connection_lost_before_the_first_statement_is_replaced_for_the_transaction(
         .expect("terminate")
         .get(0);
     assert!(terminated);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while db.backends().contains(&old) {
-        assert!(Instant::now() < deadline, "backend {old} still there");
-        thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        eventually(Duration::from_secs(5), || !db.backends().contains(&old)),
+        "backend {old} still there"
+    );
 
     let new: i32 = tx
         .query_one(

@@ -8,6 +8,7 @@ mod common;
 use std::thread;
 use std::time::Duration;
 
+use common::eventually;
 use common::fixtures::Db;
 use common::server::TestServer;
 use pgtx::{Error, ManagedConnection, TransactionStatus};
@@ -137,11 +138,10 @@ fn a_connection_cut_while_commit_is_in_flight_is_commit_outcome_unknown() {
     proxy.resume();
     // Here the COMMIT never reached the server, so the server rolled back
     // when the session ended; the client could not have known.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while db.open_transactions() > 0 {
-        assert!(std::time::Instant::now() < deadline);
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        eventually(Duration::from_secs(5), || db.open_transactions() == 0),
+        "the server rolled back when the session ended"
+    );
     assert_eq!(db.item_ids(), [0], "only the warm-up committed");
     // The next holder gets a fresh connection through the proxy.
     backend_pid(&manager);
@@ -170,11 +170,10 @@ fn a_connection_cut_before_the_first_commit_is_sent_is_connection_lost() {
     assert!(matches!(err, Error::ConnectionLost(_)), "{err:?}");
     assert!(err.is_transient());
     proxy.resume();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while db.open_transactions() > 0 {
-        assert!(std::time::Instant::now() < deadline);
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        eventually(Duration::from_secs(5), || db.open_transactions() == 0),
+        "the server rolled back when the session ended"
+    );
     assert!(db.item_ids().is_empty());
     assert_eq!(manager.status(), TransactionStatus::Closed);
     backend_pid(&manager);

@@ -321,14 +321,12 @@ fn closing_after_use_ends_the_session_and_the_next_holder_reopens() {
     assert!(manager.is_closed());
     assert_eq!(manager.status(), TransactionStatus::Closed);
     // The server session is gone (close waits for the server to see Terminate).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while db.backends().contains(&first) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "session {first} still there"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || !db
+            .backends()
+            .contains(&first)),
+        "session {first} still there"
+    );
 
     let second: i32 = manager
         .transaction(|mut tx| {

@@ -9,6 +9,24 @@ pub mod logger;
 pub mod proxy;
 pub mod server;
 
+use std::time::{Duration, Instant};
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; whether it
+/// came to hold. For what the server does after the client has moved on
+/// (a session ending, a rollback on disconnect).
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Runs this test binary again, only the test `name`, in a cleared
 /// environment holding just `env`: for a test that needs a process of its
 /// own (libpq-style variables, a logger, `HOME`) without disturbing the
