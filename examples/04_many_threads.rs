@@ -79,6 +79,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pids.len(),
         pids.join(", ")
     );
+    if pids.len() != 1 {
+        return Err(format!("expected one server session, saw {}", pids.len()).into());
+    }
 
     let n: i64 = manager
         .lock()?

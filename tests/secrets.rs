@@ -199,7 +199,18 @@ fn no_rendering_shows_a_password() {
     admin
         .batch_execute("SELECT pg_reload_conf()")
         .expect("reload");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The reload is asynchronous: wait until carol is asked for a password
+    // (a password-less connection is refused), not for a fixed time.
+    let passwordless = format!(
+        "host=127.0.0.1 port={} user=carol dbname=postgres",
+        server.port()
+    );
+    assert!(
+        common::eventually(std::time::Duration::from_secs(10), || {
+            postgres::Client::connect(&passwordless, postgres::NoTls).is_err()
+        }),
+        "pg_hba.conf was not reloaded"
+    );
 
     let work = std::env::temp_dir().join(format!("pgtx-secrets-{}", std::process::id()));
     for (n, case) in cases().iter().enumerate() {
