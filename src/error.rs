@@ -49,11 +49,41 @@ pub enum Error {
     #[error("the connection was lost during COMMIT: the transaction may or may not have committed")]
     CommitOutcomeUnknown(#[source] Option<postgres::Error>),
 
-    /// `commit` was called after a statement in the transaction had failed.
-    /// The server had aborted the transaction, so it was rolled back and
-    /// nothing it did was saved. Carries the first error.
-    #[error("the transaction was aborted by an earlier error and has been rolled back: {0}")]
-    TransactionAborted(#[source] Box<DbError>),
+    /// `commit` was called after a statement in the transaction had failed
+    /// (or a statement after its `BEGIN` was refused). The server had
+    /// aborted the transaction, so it was rolled back and nothing it did was
+    /// saved. Carries the first error the server reported.
+    ///
+    /// [`Savepoint::release`](crate::Savepoint::release) returns it too when
+    /// a statement inside the savepoint had failed: then only the
+    /// savepoint's work was rolled back, and the transaction goes on.
+    #[error("the transaction was aborted by an earlier error and has been rolled back{}", first_error(.0))]
+    TransactionAborted(#[source] Option<Box<DbError>>),
+
+    /// SQL given to a [`Tx`](crate::Tx) or [`Savepoint`](crate::Savepoint)
+    /// would end or restart the transaction behind pgtx's back (`COMMIT`,
+    /// `ROLLBACK`, `BEGIN`, `END`, `ABORT`, `START TRANSACTION`,
+    /// `PREPARE TRANSACTION`, `COMMIT/ROLLBACK PREPARED`), or a statement
+    /// [`prepare`](crate::Guard::prepare)d anywhere is one. Nothing of it
+    /// was sent; the transaction is as it was. End a transaction with
+    /// [`Tx::commit`](crate::Tx::commit) or [`Tx::rollback`](crate::Tx::rollback),
+    /// and use [`Tx::savepoint`](crate::Tx::savepoint) for partial rollbacks
+    /// (`SAVEPOINT`, `RELEASE` and `ROLLBACK TO` in SQL work too).
+    #[error(
+        "transaction control is not allowed here: {0}; end the transaction with commit() or rollback()"
+    )]
+    TransactionControl(String),
+
+    /// The connection was asked for (`lock`, `try_lock`, `lock_timeout`,
+    /// `transaction`, `close`) by a thread that already holds it inside a
+    /// [`ManagedConnection::transaction`](crate::ManagedConnection::transaction)
+    /// scope. Waiting would deadlock, and the earlier hold is provably
+    /// alive, so it is refused at once; the transaction in progress is
+    /// untouched. Pass its `Tx` down instead.
+    #[error(
+        "this thread already holds the connection in a transaction scope; pass its Tx down instead of asking again"
+    )]
+    Reentrant,
 
     /// A transaction was released without `commit` or `rollback`; it has been
     /// rolled back. Its message is exactly [`UNFINISHED_TRANSACTION`].
@@ -92,6 +122,18 @@ pub enum Error {
     Runtime(#[source] std::io::Error),
 }
 
+fn first_error(first: &Option<Box<DbError>>) -> String {
+    match first {
+        Some(db) => format!(
+            ": {}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => String::new(),
+    }
+}
+
 /// `postgres::Error` shows only "db error" for a server error; say what
 /// the server said, with its SQLSTATE code.
 fn describe(e: &postgres::Error) -> String {
@@ -123,7 +165,7 @@ impl Error {
             Error::ConnectionLost(e) | Error::CommitOutcomeUnknown(e) => {
                 e.as_ref().and_then(postgres::Error::as_db_error)
             }
-            Error::TransactionAborted(e) => Some(e),
+            Error::TransactionAborted(e) => e.as_deref(),
             _ => None,
         }
     }

@@ -5,10 +5,11 @@ use std::fmt;
 use postgres::types::ToSql;
 
 use crate::error::Result;
-use crate::held::Held;
+use crate::held::{Conn, Held, Within};
 use crate::options::TxOptions;
+use crate::shared::Cause;
 use crate::state::Open;
-use crate::statements::{ToStatement, statement_methods};
+use crate::statements::ToStatement;
 use crate::status::TransactionStatus;
 use crate::tx::Tx;
 use crate::{Row, Statement};
@@ -21,8 +22,14 @@ use crate::{Row, Statement};
 /// the guard into a [`Tx<'_, Open>`](Tx), which only `commit` or `rollback`
 /// can end.
 ///
-/// Dropping the guard releases the connection. It is not `Send`: the hold
-/// belongs to the thread that took it.
+/// Dropping the guard releases the connection. If SQL run here left a
+/// transaction block open (a plain `BEGIN`), it is rolled back first and
+/// reported as [`Error::UnfinishedTransaction`](crate::Error::UnfinishedTransaction)
+/// (through `log` and
+/// [`unfinished_transactions`](crate::ManagedConnection::unfinished_transactions)),
+/// exactly as an unfinished `Tx` is: the next holder always starts idle.
+///
+/// It is not `Send`: the hold belongs to the thread that took it.
 #[must_use = "dropping the guard releases the connection at once"]
 #[clippy::has_significant_drop]
 pub struct Guard<'m> {
@@ -34,6 +41,10 @@ static_assertions::assert_not_impl_any!(Guard<'static>: Send, Sync, Clone);
 impl<'m> Guard<'m> {
     pub(crate) fn new(held: Held<'m>) -> Guard<'m> {
         Guard { held }
+    }
+
+    fn conn(&self) -> Conn<'m> {
+        self.held.conn(Within::Autocommit)
     }
 
     /// Begins a transaction with PostgreSQL's default options.
@@ -52,6 +63,10 @@ impl<'m> Guard<'m> {
     /// its first statement, that statement is sent on a new connection:
     /// nothing of the transaction had reached the server.
     ///
+    /// If SQL run through this guard had left a transaction block open
+    /// (a plain `BEGIN`), that block is rolled back and reported as an
+    /// unfinished transaction first: the new transaction starts clean.
+    ///
     /// # Errors
     ///
     /// [`Error::LeaseRevoked`](crate::Error::LeaseRevoked) if this guard lost
@@ -69,26 +84,127 @@ impl<'m> Guard<'m> {
     #[must_use = "a transaction must end with `commit()` or `rollback()`; dropping it rolls back"]
     pub fn begin_with(self, options: TxOptions) -> Result<Tx<'m, Open>> {
         let Guard { held } = self;
-        held.with_session(|s| {
-            s.begin(options.begin_sql());
-            Ok(())
+        let shared = held.shared();
+        let rolled_back = shared.with_session(held.ticket.epoch(), |s| {
+            Ok(s.begin(options.begin_sql()))
         })?;
+        if rolled_back {
+            shared.report_unfinished(Cause::UserBlock);
+        }
         Ok(Tx::open(held))
     }
 
-    statement_methods!("outside any transaction: it commits on its own (autocommit)");
+    /// Executes a statement on its own (autocommit) and returns the number
+    /// of rows it affected.
+    ///
+    /// `query` is SQL text or a [`Statement`] from [`prepare`](Self::prepare);
+    /// parameters are `$1`, `$2`, …. Text is prepared once per connection
+    /// and reused (see [`ToStatement`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Db`](crate::Error::Db) if the statement fails,
+    /// [`Error::ConnectionLost`](crate::Error::ConnectionLost) if the
+    /// connection broke, [`Error::LeaseRevoked`](crate::Error::LeaseRevoked)
+    /// if this guard lost the connection. The guard still holds it.
+    pub fn execute<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<u64>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.conn().execute(query, params)
+    }
 
-    /// The transaction status (always [`TransactionStatus::Idle`] on a healthy guard).
+    /// Runs a query on its own (autocommit) and returns all its rows.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
+    pub fn query<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.conn().query(query, params)
+    }
+
+    /// Runs a query on its own (autocommit) that returns exactly one row.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute), and [`Error::Db`](crate::Error::Db)
+    /// if the query returned no row or more than one.
+    pub fn query_one<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Row>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.conn().query_one(query, params)
+    }
+
+    /// Runs a query on its own (autocommit) that returns at most one row.
+    ///
+    /// # Errors
+    ///
+    /// As [`query_one`](Self::query_one), except that no row is `Ok(None)`.
+    pub fn query_opt<T>(
+        &mut self,
+        query: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.conn().query_opt(query, params)
+    }
+
+    /// Runs one or more statements separated by `;`, without parameters
+    /// (the simple query protocol), as one implicit transaction.
+    ///
+    /// A `BEGIN` here opens a transaction block that this guard must end
+    /// with `COMMIT` or `ROLLBACK` before it lets go; otherwise it is rolled
+    /// back and reported (see [`Guard`]). [`begin`](Self::begin) is the
+    /// safer way.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
+    pub fn batch_execute(&mut self, query: &str) -> Result<()> {
+        self.conn().batch_execute(query)
+    }
+
+    /// Prepares a statement for repeated use on this connection.
+    ///
+    /// A prepared statement belongs to the connection it was prepared on;
+    /// after a reconnect, using it fails with a server error, so prepare
+    /// again in each new holder.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TransactionControl`](crate::Error::TransactionControl) if
+    /// `query` is `BEGIN`, `COMMIT` or the like (a prepared statement could
+    /// later run inside a transaction, where it would end it); otherwise as
+    /// [`execute`](Self::execute).
+    pub fn prepare(&mut self, query: &str) -> Result<Statement> {
+        self.conn().prepare(query)
+    }
+
+    /// The transaction status, as the server last reported it:
+    /// [`TransactionStatus::Idle`] on a healthy guard, or
+    /// [`TransactionStatus::InTransaction`] after a plain `BEGIN`.
     pub fn status(&self) -> TransactionStatus {
-        self.held.manager().status()
+        self.conn().status()
     }
 
     /// Closes the connection and releases it; the next holder reconnects
-    /// (the seed's `close=True`).
-    pub fn close(self) {
-        if let Ok(mut session) = self.held.session() {
-            session.close();
-        }
+    /// (the seed's `close=True`). A transaction block that SQL here left
+    /// open ends with the session: the server rolls it back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseRevoked`](crate::Error::LeaseRevoked) if this guard
+    /// had lost the connection: nothing was closed.
+    pub fn close(self) -> Result<()> {
+        let epoch = self.held.ticket.epoch();
+        self.held.shared().session(epoch)?.close();
+        Ok(())
     }
 }
 

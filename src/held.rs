@@ -1,13 +1,16 @@
-//! Proof of holding the lease, shared by [`Guard`](crate::Guard) and [`Tx`](crate::Tx).
+//! Proof of holding the lease (shared by [`Guard`](crate::Guard) and
+//! [`Tx`](crate::Tx)), and the statements a holder runs.
 
 use std::marker::PhantomData;
 
 use postgres::types::ToSql;
 
+use crate::control;
 use crate::error::{Error, Result};
-use crate::manager::ManagedConnection;
 use crate::session::{Active, Sends};
-use crate::statements::ToStatement;
+use crate::shared::{Cause, Shared};
+use crate::statements::{Sql, ToStatement};
+use crate::status::TransactionStatus;
 use crate::{Row, Statement};
 
 /// The holder's epoch plus two flags, in one word so that a `Tx` stays two
@@ -51,58 +54,97 @@ impl Ticket {
     }
 }
 
-/// Holds the lease on `manager` until dropped.
+/// Holds the lease until dropped.
 ///
 /// Not `Send`: the lease belongs to the thread that took it (that is how an
 /// abandoned lease is recognised). Invariant in `'m`, so that the lifetime
 /// of a `transaction` closure's `Tx` works as a brand.
 pub(crate) struct Held<'m> {
-    manager: &'m ManagedConnection,
+    shared: &'m Shared,
     pub(crate) ticket: Ticket,
     _not_send: PhantomData<*const ()>,
     _invariant: PhantomData<fn(&'m ()) -> &'m ()>,
 }
 
 impl<'m> Held<'m> {
-    pub(crate) fn new(manager: &'m ManagedConnection, ticket: Ticket) -> Held<'m> {
+    pub(crate) fn new(shared: &'m Shared, ticket: Ticket) -> Held<'m> {
         Held {
-            manager,
+            shared,
             ticket,
             _not_send: PhantomData,
             _invariant: PhantomData,
         }
     }
 
-    pub(crate) fn manager(&self) -> &'m ManagedConnection {
-        self.manager
+    pub(crate) fn shared(&self) -> &'m Shared {
+        self.shared
     }
 
-    /// Locks the session for one operation, if this holder still holds the lease.
-    pub(crate) fn session(&self) -> Result<Active<'m>> {
-        let session = self.manager.session.lock();
-        if self.manager.lease.epoch() != self.ticket.epoch() {
-            return Err(Error::LeaseRevoked);
+    /// The connection as this holder uses it.
+    pub(crate) fn conn(&self, within: Within) -> Conn<'m> {
+        Conn {
+            shared: self.shared,
+            epoch: self.ticket.epoch(),
+            within,
         }
-        Ok(session)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.shared.finish(self.ticket);
+    }
+}
+
+/// Where a holder's statements run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Within {
+    /// A `Guard`: each statement commits on its own.
+    Autocommit,
+    /// A `Tx` (`depth` 0) or the savepoint number `depth` inside it.
+    Transaction { depth: u32 },
+}
+
+/// The one implementation of the statement methods of `Guard`, `Tx` and
+/// `Savepoint`: checks that the holder still holds the lease, that no
+/// transaction-control SQL gets into a transaction, and that savepoints
+/// forgotten inside it are rolled back first.
+#[derive(Clone, Copy)]
+pub(crate) struct Conn<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) epoch: u64,
+    pub(crate) within: Within,
+}
+
+impl Conn<'_> {
+    /// Runs one operation on the session.
+    pub(crate) fn with_session<T>(&self, op: impl FnOnce(&mut Active<'_>) -> Result<T>) -> Result<T> {
+        let within = self.within;
+        let shared = self.shared;
+        shared.with_session(self.epoch, |session| {
+            if let Within::Transaction { depth } = within
+                && session.restore_depth(depth)?
+            {
+                shared.report_unfinished(Cause::SavepointForgotten);
+            }
+            op(session)
+        })
     }
 
-    /// Runs one operation on the session, marking the holder busy meanwhile.
-    pub(crate) fn with_session<T>(
-        &self,
-        op: impl FnOnce(&mut Active<'m>) -> Result<T>,
-    ) -> Result<T> {
-        let mut session = self.session()?;
-        let lease = &self.manager.lease;
-        lease.mark_busy();
-        let result = op(&mut session);
-        lease.mark_idle();
-        result
+    /// Refuses SQL that would end or restart the transaction (inside one),
+    /// before anything is sent.
+    fn check<T: ?Sized + ToStatement>(&self, query: &T) -> Result<()> {
+        match (self.within, query.sql()) {
+            (Within::Transaction { .. }, Sql::Text(sql)) => refuse_control(sql),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn execute<T>(&self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<u64>
     where
         T: ?Sized + ToStatement,
     {
+        self.check(query)?;
         self.with_session(|s| s.cached_statement(query, |d, st| d.run(|c| c.execute(st, params))))
     }
 
@@ -110,6 +152,7 @@ impl<'m> Held<'m> {
     where
         T: ?Sized + ToStatement,
     {
+        self.check(query)?;
         self.with_session(|s| s.cached_statement(query, |d, st| d.run(|c| c.query(st, params))))
     }
 
@@ -117,6 +160,7 @@ impl<'m> Held<'m> {
     where
         T: ?Sized + ToStatement,
     {
+        self.check(query)?;
         self.with_session(|s| s.cached_statement(query, |d, st| d.run(|c| c.query_one(st, params))))
     }
 
@@ -128,21 +172,32 @@ impl<'m> Held<'m> {
     where
         T: ?Sized + ToStatement,
     {
+        self.check(query)?;
         self.with_session(|s| s.cached_statement(query, |d, st| d.run(|c| c.query_opt(st, params))))
     }
 
     pub(crate) fn batch_execute(&self, query: &str) -> Result<()> {
+        self.check(query)?;
         self.with_session(|s| s.statement(Sends::Query, |d| d.run(|c| c.batch_execute(query))))
     }
 
+    /// Prepares `query`. Transaction control is refused everywhere, guards
+    /// included: a prepared statement can be run inside a transaction
+    /// later, where its text is no longer checked.
     pub(crate) fn prepare(&self, query: &str) -> Result<Statement> {
+        refuse_control(query)?;
         self.with_session(|s| s.statement(Sends::Parse, |d| d.run(|c| c.prepare(query))))
+    }
+
+    pub(crate) fn status(&self) -> TransactionStatus {
+        self.shared.status()
     }
 }
 
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.manager.finish(self.ticket);
+fn refuse_control(sql: &str) -> Result<()> {
+    match control::find(sql) {
+        Some(found) => Err(Error::TransactionControl(found.to_string())),
+        None => Ok(()),
     }
 }
 

@@ -93,6 +93,8 @@ pub(crate) struct Grant {
 pub(crate) enum Refused {
     Timeout,
     WouldBlock,
+    /// The holding thread asked again from inside its own `transaction` scope.
+    Reentrant,
 }
 
 /// The threads that have taken a lease at least once and have not exited.
@@ -143,6 +145,10 @@ impl Identity {
 struct Holder {
     who: Identity,
     epoch: u64,
+    /// A `transaction` scope on the holder's stack owns this lease: the
+    /// holder is provably alive, so its own thread asking again is a
+    /// re-entry, not a forgotten guard.
+    scoped: bool,
     /// The queue ticket of the waiter this lease was handed to, if it was.
     handed_to: Option<u64>,
 }
@@ -219,6 +225,10 @@ impl Lease {
                 None => Next::Take(None),
                 Some(holder) if ticket.is_some() && holder.handed_to == ticket => {
                     Next::HandedOver(holder.epoch)
+                }
+                Some(holder) if holder.scoped && holder.who.thread == me.thread => {
+                    leave_queue(&mut state, ticket);
+                    return Err(Refused::Reentrant);
                 }
                 Some(holder) => match self.abandoned(holder, me, grant_seen) {
                     Some(reason) => Next::Take(Some(reason)),
@@ -320,6 +330,7 @@ impl Lease {
                 },
                 epoch,
                 handed_to: Some(waiter.ticket),
+                scoped: false,
             });
             waiter.thread.unpark();
             promote_front(&mut state);
@@ -374,8 +385,17 @@ impl Lease {
             who: me,
             epoch,
             handed_to: None,
+            scoped: false,
         });
         epoch
+    }
+
+    /// Marks the grant `epoch` as owned by a `transaction` scope (see
+    /// [`Refused::Reentrant`]).
+    pub(crate) fn enter_scope(&self, epoch: u64) {
+        if let Some(holder) = self.state.lock().holder.as_mut().filter(|h| h.epoch == epoch) {
+            holder.scoped = true;
+        }
     }
 
     fn abandoned(
@@ -454,6 +474,24 @@ mod tests {
             "a revoked epoch releases nothing"
         );
         assert!(lease.release(second.epoch));
+    }
+
+    #[test]
+    fn the_same_thread_asking_again_inside_a_scope_is_refused_not_taken_over() {
+        let lease = Lease::new(None);
+        let first = lease.acquire(Wait::Never).expect("free");
+        lease.enter_scope(first.epoch);
+        assert_eq!(lease.acquire(Wait::Forever).unwrap_err(), Refused::Reentrant);
+        assert_eq!(lease.acquire(Wait::Never).unwrap_err(), Refused::Reentrant);
+        assert_eq!(lease.epoch(), first.epoch, "nothing was taken over");
+        thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(lease.acquire(Wait::Never).unwrap_err(), Refused::WouldBlock);
+            });
+        });
+        assert!(lease.release(first.epoch));
+        let second = lease.acquire(Wait::Never).expect("free again");
+        assert!(second.took_over.is_none());
     }
 
     #[test]

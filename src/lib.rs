@@ -99,6 +99,7 @@
 
 mod config;
 mod connect;
+mod control;
 mod driver;
 mod error;
 mod guard;
@@ -106,10 +107,13 @@ mod held;
 mod lease;
 mod manager;
 mod options;
+mod savepoint;
 mod session;
+mod shared;
 mod state;
 mod statements;
 mod status;
+mod track;
 mod tx;
 mod wire;
 
@@ -118,6 +122,7 @@ pub use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
 pub use crate::guard::Guard;
 pub use crate::manager::{Builder, DEFAULT_ABANDON_AFTER, ManagedConnection};
 pub use crate::options::{IsolationLevel, TxOptions};
+pub use crate::savepoint::Savepoint;
 pub use crate::state::{Done, Open, State};
 pub use crate::status::TransactionStatus;
 pub use crate::tx::Tx;

@@ -1,17 +1,15 @@
-//! The shared handle: settings, the lease, the session, and the fallbacks
-//! that run when a holder does not finish its transaction.
+//! The public handle on one shared connection, and the `transaction` scope.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::Settings;
-use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
+use crate::error::{Error, Result};
 use crate::guard::Guard;
 use crate::held::{Held, Ticket};
-use crate::lease::{Abandoned, Lease, Refused, Wait};
+use crate::lease::Wait;
 use crate::options::TxOptions;
-use crate::session::Session;
+use crate::shared::Shared;
 use crate::state::{Done, Open};
 use crate::status::TransactionStatus;
 use crate::tx::Tx;
@@ -52,17 +50,21 @@ pub const DEFAULT_ABANDON_AFTER: Duration = Duration::from_secs(30);
 ///
 /// # Asking again on the same thread
 ///
-/// The lock is not re-entrant, and a thread that asks for the connection
-/// while it already holds it is how a forgotten guard is recognised: the
-/// earlier [`Guard`] or [`Tx`] is taken over (its transaction rolled back and
-/// reported), and fails with [`Error::LeaseRevoked`] if it is used again.
-/// So don't call [`lock`](Self::lock) (or `try_lock`, or `transaction`) from
-/// code that runs while its caller holds the connection: pass the `Tx` or
-/// the `Guard` down instead. (Waiting would deadlock, which is worse.)
+/// The lock is not re-entrant. Waiting for it on the thread that holds it
+/// would deadlock, so a thread that asks again gets one of two answers at
+/// once:
+///
+/// - inside a [`transaction`](Self::transaction) closure (on this manager),
+///   the earlier hold is provably alive: the request fails with
+///   [`Error::Reentrant`], and the transaction in progress is untouched;
+/// - otherwise the earlier [`Guard`] or [`Tx`] must have been forgotten
+///   (`mem::forget`): it is taken over (its transaction rolled back and
+///   reported), and fails with [`Error::LeaseRevoked`] if it is used again.
+///
+/// Either way, pass the `Tx` or the `Guard` down to code that needs the
+/// connection instead of asking the manager again.
 pub struct ManagedConnection {
-    pub(crate) lease: Lease,
-    pub(crate) session: Session,
-    unfinished: AtomicU64,
+    shared: Shared,
 }
 
 static_assertions::assert_impl_all!(ManagedConnection: Send, Sync);
@@ -77,11 +79,24 @@ static_assertions::assert_impl_all!(ManagedConnection: Send, Sync);
 ///     .build()?;
 /// # Ok::<(), pgtx::Error>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct Builder {
     dsn: String,
     abandon_after: Option<Duration>,
+}
+
+impl fmt::Debug for Builder {
+    /// Shows the connection string as [`Settings`] shows it: any password
+    /// removed (or the string withheld, if it cannot be read).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("Builder");
+        match Settings::parse(&self.dsn) {
+            Ok(settings) => s.field("settings", &settings),
+            Err(_) => s.field("settings", &"<unreadable connection string, not shown>"),
+        };
+        s.field("abandon_after", &self.abandon_after).finish()
+    }
 }
 
 impl Builder {
@@ -110,9 +125,7 @@ impl Builder {
     pub fn build(self) -> Result<ManagedConnection> {
         let settings = Settings::parse(&self.dsn)?;
         Ok(ManagedConnection {
-            lease: Lease::new(self.abandon_after),
-            session: Session::new(settings),
-            unfinished: AtomicU64::new(0),
+            shared: Shared::new(settings, self.abandon_after),
         })
     }
 }
@@ -145,7 +158,7 @@ impl ManagedConnection {
 
     /// The settings, with any password hidden when shown.
     pub fn settings(&self) -> &Settings {
-        self.session.settings()
+        self.shared.settings()
     }
 
     /// Runs `work` in a transaction and returns what it hands back.
@@ -165,7 +178,9 @@ impl ManagedConnection {
     ///
     /// - Any `Err` from `work`, unchanged; the transaction is rolled back first.
     /// - [`Error`] (converted into `E`) if the connection can't be opened;
-    ///   `work` has not run. A refused `BEGIN` is the first statement's
+    ///   `work` has not run.
+    /// - [`Error::Reentrant`] if this thread is already inside a
+    ///   `transaction` closure of this manager; `work` has not run. A refused `BEGIN` is the first statement's
     ///   error, which `work` sees (and usually returns).
     ///
     /// # Panics
@@ -209,7 +224,7 @@ impl ManagedConnection {
         E: From<Error>,
     {
         let tx = self.lock()?.begin_with(options)?;
-        let (scope, tx) = Scope::enter(self, tx);
+        let (scope, tx) = Scope::enter(&self.shared, tx);
         let outcome = work(tx);
         scope.exit();
         outcome.map(Tx::into_value)
@@ -227,8 +242,10 @@ impl ManagedConnection {
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] if the connection had to be opened and could not
-    /// be; the connection is released.
+    /// - [`Error::Connect`] if the connection had to be opened and could not
+    ///   be; the connection is released.
+    /// - [`Error::Reentrant`] if this thread holds the connection inside a
+    ///   [`transaction`](Self::transaction) closure.
     pub fn lock(&self) -> Result<Guard<'_>> {
         self.acquire(Wait::Forever)
     }
@@ -258,8 +275,13 @@ impl ManagedConnection {
     }
 
     /// The transaction status, read without waiting for the holder.
+    ///
+    /// It is the server's own word (the status of its last answer), so SQL
+    /// such as a plain `BEGIN` or `ROLLBACK TO SAVEPOINT` shows here as it
+    /// happens; a transaction begun with [`Guard::begin`] reads
+    /// [`TransactionStatus::InTransaction`] before its first statement.
     pub fn status(&self) -> TransactionStatus {
-        self.session.status()
+        self.shared.status()
     }
 
     /// Whether there is no usable connection right now (never opened,
@@ -275,18 +297,23 @@ impl ManagedConnection {
     ///
     /// # Errors
     ///
-    /// None today; the `Result` leaves room for a close that reports the server's answer.
+    /// [`Error::Reentrant`] if this thread holds the connection inside a
+    /// [`transaction`](Self::transaction) closure: nothing was closed.
     pub fn close(&self) -> Result<()> {
         let held = self.acquire_lease(Wait::Forever)?;
-        held.session()?.close();
+        self.shared.session(held.ticket.epoch())?.close();
         Ok(())
     }
 
     /// How many transactions the runtime fallback has rolled back because they
     /// were neither committed nor rolled back: dropped, forgotten, or unwound
     /// by a panic. Each was also logged as [`Error::UnfinishedTransaction`].
+    ///
+    /// Also counted: a transaction block that SQL run through a [`Guard`]
+    /// opened (a plain `BEGIN`) and left open, and a
+    /// [`Savepoint`](crate::Savepoint) dropped or forgotten unfinished.
     pub fn unfinished_transactions(&self) -> u64 {
-        self.unfinished.load(Ordering::Relaxed)
+        self.shared.unfinished()
     }
 
     /// Takes the lease and releases it again without touching the connection
@@ -304,77 +331,14 @@ impl ManagedConnection {
 
     fn acquire(&self, wait: Wait) -> Result<Guard<'_>> {
         let held = self.acquire_lease(wait)?;
-        held.session()?.ensure_open()?;
+        self.shared.session(held.ticket.epoch())?.ensure_open()?;
         Ok(Guard::new(held))
     }
 
-    /// Takes the lease; rolls back whatever an abandoned holder left open.
+    /// Takes the lease (rolling back whatever an abandoned holder left open).
     fn acquire_lease(&self, wait: Wait) -> Result<Held<'_>> {
-        let grant = self.lease.acquire(wait).map_err(|refused| match refused {
-            Refused::WouldBlock => Error::WouldBlock,
-            Refused::Timeout => Error::LockTimeout(Duration::ZERO),
-        })?;
-        let held = Held::new(self, Ticket::new(grant.epoch));
-        if let Some(reason) = grant.took_over {
-            let mut session = held.session()?;
-            if session.in_transaction() {
-                session.rollback();
-                self.report_unfinished(Cause::Abandoned(reason));
-            } else {
-                log::debug!("pgtx: took over an abandoned guard ({reason})");
-            }
-        }
-        Ok(held)
-    }
-
-    /// The end of a guard-form holder: roll back whatever is open, release.
-    pub(crate) fn finish(&self, ticket: Ticket) {
-        if ticket.is_scoped() {
-            return; // the `transaction` scope finishes it
-        }
-        if !ticket.is_open() {
-            // A guard, or a finished `Tx`: the crate left no transaction open
-            // (every way out of `Open` ends it), so there is nothing to check.
-            self.lease.release(ticket.epoch());
-            return;
-        }
-        let mut session = self.session.lock();
-        if self.lease.epoch() != ticket.epoch() {
-            return; // taken over; the new holder cleaned up
-        }
-        // A `Tx<Open>` is being dropped: the fallback.
-        session.rollback();
-        let cause = if std::thread::panicking() {
-            Cause::Panic
-        } else {
-            Cause::Dropped
-        };
-        self.report_unfinished(cause);
-        drop(session);
-        self.lease.release(ticket.epoch());
-    }
-
-    fn end_scope(&self, epoch: u64, how: ScopeEnd) {
-        let mut session = self.session.lock();
-        if self.lease.epoch() != epoch {
-            return;
-        }
-        if session.in_transaction() {
-            session.rollback();
-            if how == ScopeEnd::Panicked {
-                self.report_unfinished(Cause::Panic);
-            }
-        }
-        drop(session);
-        self.lease.release(epoch);
-    }
-
-    fn report_unfinished(&self, cause: Cause) {
-        self.unfinished.fetch_add(1, Ordering::Relaxed);
-        log::error!(
-            "pgtx: {UNFINISHED_TRANSACTION} ({cause}; it has been rolled back) [{}]",
-            self.settings()
-        );
+        let epoch = self.shared.acquire(wait)?;
+        Ok(Held::new(&self.shared, Ticket::new(epoch)))
     }
 }
 
@@ -384,65 +348,36 @@ impl Drop for ManagedConnection {
     /// forgotten (nothing else can outlive the manager): it is rolled back
     /// and reported like any other.
     fn drop(&mut self) {
-        let mut session = self.session.lock();
-        if session.in_transaction() {
-            session.rollback();
-            self.report_unfinished(Cause::ManagerDropped);
-        }
-        session.close();
+        self.shared.shut_down();
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Cause {
-    Dropped,
-    Panic,
-    Abandoned(Abandoned),
-    ManagerDropped,
-}
-
-impl fmt::Display for Cause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Cause::Dropped => f.write_str("the transaction was dropped while open"),
-            Cause::Panic => f.write_str("a panic unwound the open transaction"),
-            Cause::Abandoned(reason) => write!(f, "its holder was abandoned: {reason}"),
-            Cause::ManagerDropped => f.write_str("the manager was dropped while it was open"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ScopeEnd {
-    Returned,
-    Panicked,
 }
 
 /// Owns the lease while a `transaction` closure runs, like the scope of
 /// `std::thread::scope`: it ends the transaction and releases the connection
 /// whether the closure returns or unwinds, and whatever became of the `Tx`.
 struct Scope<'m> {
-    manager: &'m ManagedConnection,
+    shared: &'m Shared,
     epoch: u64,
 }
 
 impl<'m> Scope<'m> {
-    fn enter(manager: &'m ManagedConnection, tx: Tx<'m, Open>) -> (Scope<'m>, Tx<'m, Open>) {
+    fn enter(shared: &'m Shared, tx: Tx<'m, Open>) -> (Scope<'m>, Tx<'m, Open>) {
         let tx = tx.into_scoped();
         let epoch = tx.epoch();
-        (Scope { manager, epoch }, tx)
+        shared.enter_scope(epoch);
+        (Scope { shared, epoch }, tx)
     }
 
     fn exit(self) {
         let scope = std::mem::ManuallyDrop::new(self);
-        scope.manager.end_scope(scope.epoch, ScopeEnd::Returned);
+        scope.shared.end_scope(scope.epoch, false);
     }
 }
 
 impl Drop for Scope<'_> {
     fn drop(&mut self) {
         // Only reached by unwinding: `exit` consumes the scope otherwise.
-        self.manager.end_scope(self.epoch, ScopeEnd::Panicked);
+        self.shared.end_scope(self.epoch, true);
     }
 }
 

@@ -2,14 +2,16 @@
 //!
 //! Only the holder of the lease (see `lease.rs`) locks the session, and only
 //! for as long as one request takes, so the mutex here is never held while
-//! user code runs. The transaction status is mirrored into an atomic so that
-//! any thread can read it without waiting.
+//! user code runs. What is known about the transaction is `track.rs`'s
+//! state machine; this file does the I/O that drives it. The transaction
+//! status is mirrored into an atomic so that any thread can read it
+//! without waiting.
 
 use std::borrow::Cow;
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
-use postgres::error::{DbError, SqlState};
+use postgres::error::SqlState;
 
 use crate::Statement;
 use crate::config::Settings;
@@ -17,6 +19,7 @@ use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::statements::{Sql, ToStatement};
 use crate::status::{StatusCell, TransactionStatus};
+use crate::track::{CommitPlan, Machine, Refusal, Reply, Track};
 use crate::wire::{BeginOutcome, ServerStatus};
 
 /// A connection that answered this recently is not checked again (when
@@ -36,30 +39,9 @@ pub(crate) enum Sends {
     Parse,
 }
 
-/// What the crate knows about the transaction on the connection. It sends
-/// every `BEGIN`, `COMMIT` and `ROLLBACK` itself, so this is exact as long as
-/// user SQL does not issue transaction control statements.
-#[derive(Debug)]
-enum Track {
-    /// No transaction block is open.
-    Idle,
-    /// A transaction has begun for its holder, but nothing has been sent:
-    /// this `BEGIN` goes out with the first statement, in the same write and
-    /// the same Sync group (see `wire.rs`). Until then the transaction costs
-    /// the server nothing, and an empty one costs no round trip.
-    Pending(Cow<'static, str>),
-    /// A transaction block is open and healthy.
-    Open,
-    /// The server aborted the open transaction; carries the first error.
-    Aborted(Box<DbError>),
-    /// The connection broke while a transaction was open: the server has
-    /// rolled it back, and the holder must still be told.
-    Lost,
-}
-
 struct Slot {
     driver: Option<Driver>,
-    track: Track,
+    machine: Machine,
 }
 
 pub(crate) struct Session {
@@ -80,7 +62,7 @@ impl Session {
         Session {
             slot: Mutex::new(Slot {
                 driver: None,
-                track: Track::Idle,
+                machine: Machine::new(),
             }),
             status: StatusCell::new(),
             settings,
@@ -111,7 +93,6 @@ impl Active<'_> {
     /// Must only be called when nothing of a transaction has reached the
     /// server (none is open, or one is pending).
     pub(crate) fn ensure_open(&mut self) -> Result<()> {
-        debug_assert!(matches!(self.slot.track, Track::Idle | Track::Pending(_)));
         if let Some(driver) = self.slot.driver.as_mut() {
             if driver.answered_within(RECHECK_AFTER) || driver.is_alive() {
                 return Ok(());
@@ -138,9 +119,10 @@ impl Active<'_> {
         }
     }
 
-    /// Whether a transaction block is (or was, before the connection broke) open.
+    /// Whether a transaction block is (or was, before the connection broke)
+    /// open, pgtx's or one that user SQL opened.
     pub(crate) fn in_transaction(&self) -> bool {
-        !matches!(self.slot.track, Track::Idle)
+        self.slot.machine.in_transaction()
     }
 
     /// Runs one statement, keeping the transaction status exact; a pending
@@ -150,15 +132,17 @@ impl Active<'_> {
         sends: Sends,
         request: impl FnOnce(&mut Driver) -> Result<T, postgres::Error>,
     ) -> Result<T> {
-        let pending = match &self.slot.track {
-            Track::Pending(begin) if sends != Sends::Parse => Some(begin.clone()),
-            _ => None,
-        };
+        let server = self.server_status();
+        let pending = self
+            .slot
+            .machine
+            .before_statement(sends != Sends::Parse, server)
+            .map_err(refused)?;
         if pending.is_some() {
             // A connection that died while the transaction waited for its
             // first statement is replaced: nothing of it reached the server.
             self.ensure_open().inspect_err(|_| {
-                self.slot.track = Track::Lost;
+                self.slot.machine.lose();
                 self.publish();
             })?;
         }
@@ -188,25 +172,19 @@ impl Active<'_> {
             Err(e) if driver.has_ended() => Err(Error::ConnectionLost(Some(driver.why_lost(e)))),
             other => other.map_err(Error::Db),
         };
-        if began {
-            self.slot.track = Track::Open;
-        }
-        match &result {
-            Err(Error::ConnectionLost(_)) => self.lose(),
-            Err(e) => {
-                // Any server error inside the transaction aborts it: the
-                // server's own (a failed statement, or a refused BEGIN), or,
-                // while BEGIN is still pending, ours, so that it reads the
-                // same to the holder.
-                if let (Track::Open | Track::Pending(_), Some(db)) =
-                    (&self.slot.track, e.as_db_error())
-                {
-                    self.slot.track = Track::Aborted(Box::new(db.clone()));
-                }
-                self.publish();
+        let reply = match &result {
+            Err(Error::ConnectionLost(_)) => {
+                self.slot.driver = None;
+                Reply::Lost
             }
-            Ok(_) => self.publish(),
-        }
+            other => Reply::Answered {
+                began,
+                server: driver.server_status().unwrap_or(ServerStatus::Idle),
+                error: other.as_ref().err().and_then(Error::as_db_error),
+            },
+        };
+        self.slot.machine.after_statement(reply);
+        self.publish();
         result
     }
 
@@ -252,11 +230,16 @@ impl Active<'_> {
     }
 
     /// Begins a transaction: nothing is sent until its first statement
-    /// (see [`Track::Pending`]).
-    pub(crate) fn begin(&mut self, begin: Cow<'static, str>) {
-        debug_assert!(matches!(self.slot.track, Track::Idle));
-        self.slot.track = Track::Pending(begin);
+    /// (see [`Track::Pending`]). Returns whether a transaction block that
+    /// user SQL had opened had to be rolled back first (the caller reports it).
+    pub(crate) fn begin(&mut self, begin: Cow<'static, str>) -> bool {
+        let rolled_back = self.in_transaction();
+        if rolled_back {
+            self.rollback();
+        }
+        self.slot.machine.begin(begin);
         self.publish();
+        rolled_back
     }
 
     /// Sends `COMMIT`, and says truthfully whether the server committed.
@@ -264,64 +247,66 @@ impl Active<'_> {
     /// On `Err` the transaction is over either way (rolled back, or of unknown
     /// outcome when the connection broke during `COMMIT`).
     pub(crate) fn commit(&mut self) -> Result<()> {
-        match std::mem::replace(&mut self.slot.track, Track::Idle) {
-            // Nothing was sent, so there is nothing to commit.
-            Track::Idle | Track::Pending(_) => {
+        match self.slot.machine.commit() {
+            CommitPlan::Nothing => {
                 self.publish();
                 Ok(())
             }
-            Track::Lost => {
+            CommitPlan::Lost => {
                 self.publish();
                 Err(Error::ConnectionLost(None))
             }
-            Track::Aborted(first) => {
-                // Anything but idle makes `rollback` send ROLLBACK.
-                self.slot.track = Track::Open;
+            CommitPlan::Escaped => {
+                self.publish();
+                Err(escaped())
+            }
+            CommitPlan::RollBack(first) => {
                 self.rollback();
                 Err(Error::TransactionAborted(first))
             }
-            Track::Open => {
-                let Some(driver) = self.slot.driver.as_mut() else {
-                    return Err(Error::ConnectionLost(None));
-                };
-                self.status.set(TransactionStatus::Active);
-                // A prepared COMMIT saves the server parsing it each time
-                // (prepared once per connection; `DISCARD ALL` and
-                // `DEALLOCATE`, which would drop it, empty the cache).
-                let commit = match driver.prepare_cached("COMMIT") {
-                    Ok(commit) => commit,
-                    Err(e) if driver.has_ended() => {
-                        // COMMIT was never sent: the server rolls back.
-                        let cause = driver.why_lost(e);
-                        self.discard();
-                        return Err(Error::ConnectionLost(Some(cause)));
-                    }
-                    Err(e) => {
-                        log::warn!("pgtx: could not prepare COMMIT ({e}); rolling back");
-                        self.slot.track = Track::Open;
-                        self.rollback();
-                        return Err(Error::Db(e));
-                    }
-                };
-                let result = driver.run(|client| client.execute(&commit, &[]));
-                match result {
-                    Ok(_) => {
-                        self.publish();
-                        Ok(())
-                    }
-                    Err(e) if e.as_db_error().is_some() && !driver.has_ended() => {
-                        // The server refused to commit (a deferred constraint, a
-                        // serialization failure): the transaction is rolled back.
-                        self.publish();
-                        Err(Error::Db(e))
-                    }
-                    Err(e) => {
-                        let cause = driver.why_lost(e);
-                        self.discard();
-                        self.status.set(TransactionStatus::Unknown);
-                        Err(Error::CommitOutcomeUnknown(Some(cause)))
-                    }
-                }
+            CommitPlan::Send => self.send_commit(),
+        }
+    }
+
+    fn send_commit(&mut self) -> Result<()> {
+        let Some(driver) = self.slot.driver.as_mut() else {
+            self.publish();
+            return Err(Error::ConnectionLost(None));
+        };
+        self.status.set(TransactionStatus::Active);
+        // A prepared COMMIT saves the server parsing it each time (prepared
+        // once per connection; `DISCARD ALL` and `DEALLOCATE`, which would
+        // drop it, empty the cache).
+        let commit = match driver.prepare_cached("COMMIT") {
+            Ok(commit) => commit,
+            Err(e) if driver.has_ended() => {
+                // COMMIT was never sent: the server rolls back.
+                let cause = driver.why_lost(e);
+                self.discard();
+                return Err(Error::ConnectionLost(Some(cause)));
+            }
+            Err(e) => {
+                log::warn!("pgtx: could not prepare COMMIT ({e}); rolling back");
+                self.rollback_whatever_is_open();
+                return Err(Error::Db(e));
+            }
+        };
+        match driver.run(|client| client.execute(&commit, &[])) {
+            Ok(_) => {
+                self.publish();
+                Ok(())
+            }
+            Err(e) if e.as_db_error().is_some() && !driver.has_ended() => {
+                // The server refused to commit (a deferred constraint, a
+                // serialization failure): the transaction is rolled back.
+                self.publish();
+                Err(Error::Db(e))
+            }
+            Err(e) => {
+                let cause = driver.why_lost(e);
+                self.discard();
+                self.status.set(TransactionStatus::Unknown);
+                Err(Error::CommitOutcomeUnknown(Some(cause)))
             }
         }
     }
@@ -330,27 +315,15 @@ impl Active<'_> {
     /// cannot be sent, the connection is closed, which makes the server roll
     /// back, and no one can inherit it.
     pub(crate) fn rollback(&mut self) {
-        match self.slot.track {
-            Track::Idle => return,
-            Track::Pending(_) | Track::Lost => {
-                self.slot.track = Track::Idle;
-                self.publish();
-                return;
-            }
-            Track::Open | Track::Aborted(_) => {}
+        let server = self.server_status();
+        if !self.slot.machine.rollback(server) {
+            self.publish();
+            return;
         }
         let Some(driver) = self.slot.driver.as_mut() else {
-            self.slot.track = Track::Idle;
             self.publish();
             return;
         };
-        if driver.server_status() == Some(ServerStatus::Idle) {
-            // The server has no transaction block open (BEGIN was refused,
-            // or never went out): there is nothing to roll back.
-            self.slot.track = Track::Idle;
-            self.publish();
-            return;
-        }
         self.status.set(TransactionStatus::Active);
         if let Err(e) = driver.run(|client| client.batch_execute("ROLLBACK")) {
             log::warn!(
@@ -358,8 +331,65 @@ impl Active<'_> {
             );
             self.discard();
         }
-        self.slot.track = Track::Idle;
         self.publish();
+    }
+
+    /// Rolls back whatever the server has open, whatever the machine thought.
+    fn rollback_whatever_is_open(&mut self) {
+        self.slot.machine.track = Track::Open;
+        self.rollback();
+    }
+
+    /// Opens savepoint number `depth + 1` inside the transaction; returns its number.
+    pub(crate) fn savepoint(&mut self) -> Result<u32> {
+        let depth = self.slot.machine.depth + 1;
+        let sql = format!("SAVEPOINT {}", savepoint_name(depth));
+        self.cached_statement(sql.as_str(), |d, st| d.run(|c| c.execute(st, &[])))?;
+        self.slot.machine.depth = depth;
+        Ok(depth)
+    }
+
+    /// Releases savepoint `depth` (the innermost): its work joins the
+    /// transaction's. If the server aborted the transaction inside the
+    /// savepoint, rolls back to it instead and reports the first error,
+    /// which leaves the transaction usable.
+    pub(crate) fn release_savepoint(&mut self, depth: u32) -> Result<()> {
+        if let Track::Aborted(first) = &self.slot.machine.track {
+            let first = first.clone();
+            self.rollback_to_savepoint(depth)?;
+            return Err(Error::TransactionAborted(first));
+        }
+        let sql = format!("RELEASE SAVEPOINT {}", savepoint_name(depth));
+        let result = self.cached_statement(sql.as_str(), |d, st| d.run(|c| c.execute(st, &[])));
+        self.slot.machine.depth = depth.saturating_sub(1).min(self.slot.machine.depth);
+        result.map(drop)
+    }
+
+    /// Undoes savepoint `depth` and everything inside it, and removes it:
+    /// the transaction is healthy again even if a statement inside failed.
+    pub(crate) fn rollback_to_savepoint(&mut self, depth: u32) -> Result<()> {
+        let name = savepoint_name(depth);
+        let sql = format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}");
+        let result = self.statement(Sends::Query, |d| d.run(|c| c.batch_execute(&sql)));
+        self.slot.machine.depth = depth.saturating_sub(1).min(self.slot.machine.depth);
+        result
+    }
+
+    /// Savepoints deeper than `depth` are still open although their holder
+    /// is using an outer level again: they were forgotten (`mem::forget`).
+    /// Rolls them back; returns whether there were any (the caller reports).
+    pub(crate) fn restore_depth(&mut self, depth: u32) -> Result<bool> {
+        if self.slot.machine.depth <= depth || !self.in_transaction() {
+            return Ok(false);
+        }
+        self.rollback_to_savepoint(depth + 1)?;
+        self.slot.machine.depth = depth;
+        Ok(true)
+    }
+
+    /// How many pgtx savepoints are open.
+    pub(crate) fn savepoint_depth(&self) -> u32 {
+        self.slot.machine.depth
     }
 
     /// Closes the connection (if any). The next holder opens a new one.
@@ -367,37 +397,50 @@ impl Active<'_> {
         if let Some(driver) = self.slot.driver.take() {
             driver.close();
         }
-        self.slot.track = Track::Idle;
+        self.slot.machine.reset();
         self.publish();
     }
 
     /// Drops a connection that cannot be trusted any more.
     fn discard(&mut self) {
         self.slot.driver = None;
-        self.slot.track = Track::Idle;
+        self.slot.machine.reset();
         self.publish();
     }
 
-    /// The connection broke: a transaction that was open is lost.
-    fn lose(&mut self) {
-        self.slot.driver = None;
-        if !matches!(self.slot.track, Track::Idle) {
-            self.slot.track = Track::Lost;
-        }
-        self.publish();
+    fn server_status(&self) -> Option<ServerStatus> {
+        self.slot.driver.as_ref().and_then(Driver::server_status)
     }
 
     /// Mirrors the slot into the status everyone can read.
     fn publish(&self) {
-        let status = match (&self.slot.driver, &self.slot.track) {
-            (_, Track::Lost) => TransactionStatus::Unknown,
-            (None, _) => TransactionStatus::Closed,
-            (Some(_), Track::Idle) => TransactionStatus::Idle,
-            (Some(_), Track::Open | Track::Pending(_)) => TransactionStatus::InTransaction,
-            (Some(_), Track::Aborted(_)) => TransactionStatus::InError,
-        };
+        let status = self
+            .slot
+            .machine
+            .status(self.slot.driver.is_some(), self.server_status());
         self.status.set(status);
     }
+}
+
+/// The name of pgtx's savepoint number `depth`, quoted. User SQL may make
+/// savepoints of its own; these names are pgtx's.
+fn savepoint_name(depth: u32) -> String {
+    format!("\"pgtx_savepoint_{depth}\"")
+}
+
+fn refused(refusal: Refusal) -> Error {
+    match refusal {
+        Refusal::Aborted(first) => Error::TransactionAborted(first),
+        Refusal::Escaped => escaped(),
+        Refusal::Lost => Error::ConnectionLost(None),
+    }
+}
+
+fn escaped() -> Error {
+    Error::TransactionControl(
+        "a statement ended the transaction block on the server; nothing after it was sent"
+            .to_owned(),
+    )
 }
 
 /// Whether `e` says a prepared statement no longer fits the database (so it

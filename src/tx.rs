@@ -5,9 +5,10 @@ use std::fmt;
 use postgres::types::ToSql;
 
 use crate::error::Result;
-use crate::held::Held;
+use crate::held::{Conn, Held, Within};
+use crate::savepoint::{self, Savepoint};
 use crate::state::{Done, Open, State};
-use crate::statements::{ToStatement, statement_methods};
+use crate::statements::ToStatement;
 use crate::status::TransactionStatus;
 use crate::{Row, Statement};
 
@@ -71,7 +72,160 @@ impl<'m> Tx<'m, Open> {
         self.held.ticket.epoch()
     }
 
-    statement_methods!("inside this transaction");
+    fn conn(&self) -> Conn<'m> {
+        self.held.conn(Within::Transaction { depth: 0 })
+    }
+
+    /// Executes a statement inside this transaction and returns the number
+    /// of rows it affected.
+    ///
+    /// `query` is SQL text or a [`Statement`] from [`prepare`](Self::prepare);
+    /// parameters are `$1`, `$2`, …. Text is prepared once per connection
+    /// and reused (see [`ToStatement`]). `SAVEPOINT`, `RELEASE` and
+    /// `ROLLBACK TO` work as in PostgreSQL (after `ROLLBACK TO`, the
+    /// transaction can commit again); [`savepoint`](Self::savepoint) does
+    /// the same with types.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Db`](crate::Error::Db) if the statement fails: the server
+    ///   aborts the transaction, and [`commit`](Self::commit) will report
+    ///   [`Error::TransactionAborted`](crate::Error::TransactionAborted);
+    /// - [`Error::TransactionControl`](crate::Error::TransactionControl) if
+    ///   the SQL would end or restart the transaction (`COMMIT`, `ROLLBACK`,
+    ///   `BEGIN`, …): nothing was sent, and the transaction is as it was;
+    /// - [`Error::TransactionAborted`](crate::Error::TransactionAborted) if
+    ///   the server refused this transaction's `BEGIN` earlier: nothing was
+    ///   sent, as it would run outside any transaction;
+    /// - [`Error::ConnectionLost`](crate::Error::ConnectionLost) if the
+    ///   connection broke (the transaction is lost),
+    ///   [`Error::LeaseRevoked`](crate::Error::LeaseRevoked) if this
+    ///   transaction lost the connection.
+    pub fn execute<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<u64>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.conn().execute(query, params)
+    }
+
+    /// Runs a query inside this transaction and returns all its rows.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
+    pub fn query<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.conn().query(query, params)
+    }
+
+    /// Runs a query inside this transaction that returns exactly one row.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute), and [`Error::Db`](crate::Error::Db)
+    /// if the query returned no row or more than one (this does not abort
+    /// the transaction: the server saw no error).
+    pub fn query_one<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Row>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.conn().query_one(query, params)
+    }
+
+    /// Runs a query inside this transaction that returns at most one row.
+    ///
+    /// # Errors
+    ///
+    /// As [`query_one`](Self::query_one), except that no row is `Ok(None)`.
+    pub fn query_opt<T>(
+        &mut self,
+        query: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.conn().query_opt(query, params)
+    }
+
+    /// Runs one or more statements separated by `;`, without parameters
+    /// (the simple query protocol), inside this transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute): if any statement of the text is
+    /// transaction control, none of it is sent.
+    pub fn batch_execute(&mut self, query: &str) -> Result<()> {
+        self.conn().batch_execute(query)
+    }
+
+    /// Prepares a statement for repeated use on this connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
+    pub fn prepare(&mut self, query: &str) -> Result<Statement> {
+        self.conn().prepare(query)
+    }
+
+    /// Opens a savepoint: a transaction nested in this one, which can be
+    /// rolled back alone.
+    ///
+    /// The savepoint borrows this transaction, so the compiler refuses any
+    /// use of the `Tx` until the savepoint is released, rolled back or
+    /// dropped. See [`Savepoint`] for what happens when it is not finished,
+    /// and [`savepoint_scope`](Self::savepoint_scope) for the closure form.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute) (`SAVEPOINT` is a statement); in an
+    /// aborted transaction the server refuses it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # let manager = pgtx::ManagedConnection::new("host=localhost")?;
+    /// let mut tx = manager.lock()?.begin()?;
+    /// tx.execute("INSERT INTO ledger VALUES (1)", &[])?;
+    /// let mut sp = tx.savepoint()?;
+    /// if sp.execute("INSERT INTO ledger VALUES ('not a number')", &[]).is_err() {
+    ///     sp.rollback()?; // only the savepoint's work is undone
+    /// } else {
+    ///     sp.release()?;
+    /// }
+    /// tx.commit()?; // the first insert is saved
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn savepoint(&mut self) -> Result<Savepoint<'_, Open>> {
+        Savepoint::open(self.conn())
+    }
+
+    /// Runs `work` in a savepoint and returns what it hands back: the
+    /// [`ManagedConnection::transaction`](crate::ManagedConnection::transaction)
+    /// shape, one level down. `work` must finish the savepoint
+    /// ([`Savepoint::release`] or [`Savepoint::rollback`]) to produce the
+    /// `Savepoint<'_, Done<T>>` it returns.
+    ///
+    /// # Errors
+    ///
+    /// Any `Err` from `work`, unchanged, after rolling back to the
+    /// savepoint (the transaction goes on); or, converted into `E`, the
+    /// error of opening the savepoint (`work` has not run).
+    ///
+    /// # Panics
+    ///
+    /// If `work` panics, the savepoint is rolled back, the rollback
+    /// reported as unfinished, and the panic continues (the transaction is
+    /// then dropped by the unwinding too, and rolled back).
+    pub fn savepoint_scope<T, E, F>(&mut self, work: F) -> Result<T, E>
+    where
+        F: for<'s> FnOnce(Savepoint<'s, Open>) -> Result<Savepoint<'s, Done<T>>, E>,
+        E: From<crate::Error>,
+    {
+        savepoint::scope(self.savepoint()?, work)
+    }
 
     /// Commits the transaction. Returns `Ok` only if the server committed.
     ///
@@ -94,7 +248,7 @@ impl<'m> Tx<'m, Open> {
     ///   been taken over as abandoned, and the transaction rolled back.
     pub fn commit(self) -> Result<Tx<'m, Done>> {
         let Tx { mut held, .. } = self;
-        let result = held.with_session(|s| s.commit());
+        let result = held.conn(Within::Transaction { depth: 0 }).with_session(|s| s.commit());
         held.ticket = held.ticket.finished();
         result.map(|()| Tx {
             held,
@@ -135,7 +289,7 @@ impl<'m> Tx<'m, Open> {
     /// been taken over as abandoned (the transaction was rolled back then).
     pub fn rollback(self) -> Result<Tx<'m, Done>> {
         let Tx { mut held, .. } = self;
-        let result = held.with_session(|s| {
+        let result = held.conn(Within::Transaction { depth: 0 }).with_session(|s| {
             s.rollback();
             Ok(())
         });
@@ -146,10 +300,12 @@ impl<'m> Tx<'m, Open> {
         })
     }
 
-    /// The transaction status: [`TransactionStatus::InTransaction`], or
-    /// [`TransactionStatus::InError`] once a statement has failed.
+    /// The transaction status, as the server last reported it:
+    /// [`TransactionStatus::InTransaction`], or
+    /// [`TransactionStatus::InError`] once a statement has failed (and
+    /// `InTransaction` again after a `ROLLBACK TO SAVEPOINT`).
     pub fn status(&self) -> TransactionStatus {
-        self.held.manager().status()
+        self.conn().status()
     }
 }
 
@@ -191,22 +347,26 @@ impl<'m, T> Tx<'m, Done<T>> {
 
     /// Closes the connection now; the next holder opens a new one (the
     /// seed's `close=True`). The connection is released when this `Tx` is
-    /// dropped, or when the `transaction` closure returns it.
+    /// dropped, or when the `transaction` closure returns it, so this gives
+    /// the `Tx` back.
     ///
     /// ```no_run
     /// # let manager = pgtx::ManagedConnection::new("host=localhost")?;
     /// manager.transaction(|mut tx| {
-    ///     tx.execute("VACUUM", &[])?;
-    ///     Ok::<_, pgtx::Error>(tx.commit()?.close())
+    ///     tx.execute("ANALYZE", &[])?;
+    ///     tx.commit()?.close()
     /// })?;
     /// assert!(manager.is_closed());
     /// # Ok::<(), pgtx::Error>(())
     /// ```
-    pub fn close(self) -> Self {
-        if let Ok(mut session) = self.held.session() {
-            session.close();
-        }
-        self
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseRevoked`](crate::Error::LeaseRevoked) if this
+    /// transaction had lost the connection: nothing was closed.
+    pub fn close(self) -> Result<Self> {
+        self.held.shared().session(self.held.ticket.epoch())?.close();
+        Ok(self)
     }
 }
 
@@ -214,7 +374,7 @@ impl<S: State> fmt::Debug for Tx<'_, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tx")
             .field("state", &std::any::type_name::<S>())
-            .field("status", &self.held.manager().status())
+            .field("status", &self.held.shared().status())
             .finish_non_exhaustive()
     }
 }

@@ -317,7 +317,7 @@ fn closing_after_use_ends_the_session_and_the_next_holder_reopens() {
         .query_one("SELECT pg_backend_pid()", &[])
         .expect("pid")
         .get(0);
-    guard.close();
+    guard.close().expect("close");
     assert!(manager.is_closed());
     assert_eq!(manager.status(), TransactionStatus::Closed);
     // The server session is gone (close waits for the server to see Terminate).
@@ -331,7 +331,7 @@ fn closing_after_use_ends_the_session_and_the_next_holder_reopens() {
     let second: i32 = manager
         .transaction(|mut tx| {
             let pid = tx.query_one("SELECT pg_backend_pid()", &[])?.get(0);
-            Ok::<_, Error>(tx.commit()?.close().returning(pid))
+            Ok::<_, Error>(tx.commit()?.close()?.returning(pid))
         })
         .expect("reopened");
     assert_ne!(first, second);

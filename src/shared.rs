@@ -1,0 +1,203 @@
+//! What every holder of one managed connection shares: the lease, the
+//! session, the count of unfinished transactions, and the fallbacks that
+//! run when a holder does not finish what it began.
+//!
+//! Holders (`Held`, `Savepoint`) call down into this; nothing here knows
+//! the public handles.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
+use crate::held::Ticket;
+use crate::lease::{Abandoned, Lease, Refused, Wait};
+use crate::session::{Active, Session};
+use crate::status::TransactionStatus;
+
+pub(crate) struct Shared {
+    lease: Lease,
+    session: Session,
+    unfinished: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(settings: Settings, abandon_after: Option<Duration>) -> Shared {
+        Shared {
+            lease: Lease::new(abandon_after),
+            session: Session::new(settings),
+            unfinished: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        self.session.settings()
+    }
+
+    pub(crate) fn status(&self) -> TransactionStatus {
+        self.session.status()
+    }
+
+    pub(crate) fn unfinished(&self) -> u64 {
+        self.unfinished.load(Ordering::Relaxed)
+    }
+
+    /// Takes the lease; rolls back whatever an abandoned holder left open.
+    /// Returns the new holder's epoch.
+    pub(crate) fn acquire(&self, wait: Wait) -> Result<u64> {
+        let grant = self.lease.acquire(wait).map_err(|refused| match refused {
+            Refused::WouldBlock => Error::WouldBlock,
+            Refused::Timeout => Error::LockTimeout(Duration::ZERO),
+            Refused::Reentrant => Error::Reentrant,
+        })?;
+        if let Some(reason) = grant.took_over {
+            let mut session = self.session.lock();
+            if session.in_transaction() {
+                session.rollback();
+                self.report_unfinished(Cause::Abandoned(reason));
+            } else {
+                log::debug!("pgtx: took over an abandoned guard ({reason})");
+            }
+        }
+        Ok(grant.epoch)
+    }
+
+    /// Locks the session for one operation, if `epoch` still holds the lease.
+    pub(crate) fn session(&self, epoch: u64) -> Result<Active<'_>> {
+        let session = self.session.lock();
+        if self.lease.epoch() != epoch {
+            return Err(Error::LeaseRevoked);
+        }
+        Ok(session)
+    }
+
+    /// Runs one operation on the session for the holder `epoch`, marking
+    /// it busy meanwhile (a busy holder is never taken for abandoned).
+    pub(crate) fn with_session<T>(
+        &self,
+        epoch: u64,
+        op: impl FnOnce(&mut Active<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut session = self.session(epoch)?;
+        self.lease.mark_busy();
+        let result = op(&mut session);
+        self.lease.mark_idle();
+        result
+    }
+
+    /// The end of a guard-form holder: roll back whatever is open, release.
+    pub(crate) fn finish(&self, ticket: Ticket) {
+        if ticket.is_scoped() {
+            return; // the `transaction` scope finishes it
+        }
+        if !ticket.is_open()
+            && matches!(
+                self.status(),
+                TransactionStatus::Idle | TransactionStatus::Closed | TransactionStatus::Unknown
+            )
+        {
+            // A guard, or a finished `Tx`, on a connection whose server is
+            // in no transaction block: nothing to check, no session lock.
+            self.lease.release(ticket.epoch());
+            return;
+        }
+        let mut session = self.session.lock();
+        if self.lease.epoch() != ticket.epoch() {
+            return; // taken over; the new holder cleaned up
+        }
+        if session.in_transaction() {
+            // A `Tx<Open>` being dropped, or a guard whose SQL left a
+            // transaction block open: the fallback.
+            session.rollback();
+            let cause = match (ticket.is_open(), std::thread::panicking()) {
+                (_, true) => Cause::Panic,
+                (true, false) => Cause::Dropped,
+                (false, false) => Cause::UserBlock,
+            };
+            self.report_unfinished(cause);
+        }
+        drop(session);
+        self.lease.release(ticket.epoch());
+    }
+
+    /// A `transaction` scope takes over the lease of `epoch`.
+    pub(crate) fn enter_scope(&self, epoch: u64) {
+        self.lease.enter_scope(epoch);
+    }
+
+    /// The end of a `transaction` scope: roll back whatever the closure
+    /// left open (reported only when it panicked: a returned `Err` is the
+    /// closure's own report), release.
+    pub(crate) fn end_scope(&self, epoch: u64, panicked: bool) {
+        let mut session = self.session.lock();
+        if self.lease.epoch() != epoch {
+            return;
+        }
+        if session.in_transaction() {
+            session.rollback();
+            if panicked {
+                self.report_unfinished(Cause::Panic);
+            }
+        }
+        drop(session);
+        self.lease.release(epoch);
+    }
+
+    /// The manager is going away: roll back what a forgotten holder left
+    /// open, and close the connection politely.
+    pub(crate) fn shut_down(&self) {
+        let mut session = self.session.lock();
+        if session.in_transaction() {
+            session.rollback();
+            self.report_unfinished(Cause::ManagerDropped);
+        }
+        session.close();
+    }
+
+    pub(crate) fn report_unfinished(&self, cause: Cause) {
+        self.unfinished.fetch_add(1, Ordering::Relaxed);
+        log::error!(
+            "pgtx: {UNFINISHED_TRANSACTION} ({cause}; it has been rolled back) [{}]",
+            self.settings()
+        );
+    }
+}
+
+/// Why the fallback rolled something back.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Cause {
+    Dropped,
+    Panic,
+    Abandoned(Abandoned),
+    ManagerDropped,
+    /// SQL run through a guard opened a transaction block and left it open.
+    UserBlock,
+    /// A savepoint was dropped (or unwound) before `release` or `rollback`.
+    SavepointDropped { panicked: bool },
+    /// A savepoint was forgotten, and its transaction used again.
+    SavepointForgotten,
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Dropped => f.write_str("the transaction was dropped while open"),
+            Cause::Panic => f.write_str("a panic unwound the open transaction"),
+            Cause::Abandoned(reason) => write!(f, "its holder was abandoned: {reason}"),
+            Cause::ManagerDropped => f.write_str("the manager was dropped while it was open"),
+            Cause::UserBlock => f.write_str(
+                "SQL run through a guard left a transaction block open when the guard was released",
+            ),
+            Cause::SavepointDropped { panicked: false } => f.write_str(
+                "a savepoint was dropped before release() or rollback(); only the savepoint",
+            ),
+            Cause::SavepointDropped { panicked: true } => {
+                f.write_str("a panic unwound an open savepoint; only the savepoint")
+            }
+            Cause::SavepointForgotten => f.write_str(
+                "a savepoint was forgotten and its transaction used again; only the savepoint",
+            ),
+        }
+    }
+}

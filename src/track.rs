@@ -1,0 +1,408 @@
+//! What pgtx knows about the transaction on the connection: a state machine
+//! with no I/O in it.
+//!
+//! Every transition is a plain function of the current state and of what
+//! the server said (its transaction status from ReadyForQuery, read by the
+//! tap in `wire.rs`, and the request's error). The server's status is the
+//! truth: user SQL that opens, recovers or ends a transaction block moves the
+//! machine the same way pgtx's own statements do. `session.rs` drives it and
+//! does the talking.
+
+use std::borrow::Cow;
+
+use postgres::error::DbError;
+
+use crate::status::TransactionStatus;
+use crate::wire::ServerStatus;
+
+/// The transaction on the connection, as pgtx sees it.
+#[derive(Debug)]
+pub(crate) enum Track {
+    /// No pgtx transaction, and the server is not in a transaction block.
+    Idle,
+    /// No pgtx transaction, but user SQL through a `Guard` opened a
+    /// transaction block (`BEGIN`): it is rolled back and reported when the
+    /// guard lets go, so nobody inherits it.
+    UserBlock,
+    /// A pgtx transaction has begun, but nothing has been sent: this `BEGIN`
+    /// goes out with the first statement, in the same write and the same
+    /// Sync group (see `wire.rs`).
+    Pending(Cow<'static, str>),
+    /// A pgtx transaction is open and healthy on the server.
+    Open,
+    /// The server aborted the transaction (or refused its `BEGIN`); carries
+    /// the first error. Only a rollback (of the transaction, or to a
+    /// savepoint opened before the error) can follow.
+    Aborted(Option<Box<DbError>>),
+    /// The server left the transaction block under a pgtx transaction,
+    /// through a statement that pgtx did not recognise as transaction
+    /// control. Nothing more is sent for this transaction.
+    Escaped,
+    /// The connection broke while a transaction was open: the server has
+    /// rolled it back, and the holder must still be told.
+    Lost,
+}
+
+/// What a request came back with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reply<'e> {
+    /// The server answered. `began`: a pending `BEGIN` went out with the
+    /// request and the server began the transaction.
+    Answered {
+        began: bool,
+        server: ServerStatus,
+        error: Option<&'e DbError>,
+    },
+    /// The connection broke.
+    Lost,
+}
+
+/// Why a statement of a transaction is not sent.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// The transaction is aborted and the server is not in a transaction
+    /// block (its `BEGIN` was refused): sent now, the statement would run on
+    /// its own.
+    Aborted(Option<Box<DbError>>),
+    /// The transaction block ended under it (see [`Track::Escaped`]).
+    Escaped,
+    /// The connection broke under the transaction.
+    Lost,
+}
+
+/// What `commit` has to do.
+#[derive(Debug)]
+pub(crate) enum CommitPlan {
+    /// Nothing reached the server: nothing to commit.
+    Nothing,
+    /// Send `COMMIT`.
+    Send,
+    /// The server aborted the transaction: roll back, and report the first error.
+    RollBack(Option<Box<DbError>>),
+    /// Report that the connection was lost.
+    Lost,
+    /// Report that the transaction ended under a statement pgtx did not know.
+    Escaped,
+}
+
+/// Savepoints opened by pgtx inside the current transaction.
+#[derive(Debug)]
+pub(crate) struct Machine {
+    pub(crate) track: Track,
+    /// How many pgtx savepoints are open (the innermost is number `depth`).
+    pub(crate) depth: u32,
+}
+
+impl Machine {
+    pub(crate) fn new() -> Machine {
+        Machine {
+            track: Track::Idle,
+            depth: 0,
+        }
+    }
+
+    /// Whether a transaction block is (or was, before the connection broke)
+    /// open: something must be rolled back (or reported) before anyone else
+    /// gets the connection.
+    pub(crate) fn in_transaction(&self) -> bool {
+        !matches!(self.track, Track::Idle)
+    }
+
+    /// A pgtx transaction begins; nothing is sent until its first statement.
+    /// Only from `Idle`: a user block is rolled back first.
+    pub(crate) fn begin(&mut self, begin: Cow<'static, str>) {
+        debug_assert!(matches!(self.track, Track::Idle), "{:?}", self.track);
+        self.track = Track::Pending(begin);
+        self.depth = 0;
+    }
+
+    /// Before a statement: whether to send it, and the `BEGIN` to send with
+    /// it. `touches_data`: the request executes something (a Parse alone
+    /// does not need the transaction to have begun).
+    pub(crate) fn before_statement(
+        &self,
+        touches_data: bool,
+        server: Option<ServerStatus>,
+    ) -> Result<Option<Cow<'static, str>>, Refusal> {
+        match &self.track {
+            Track::Pending(begin) if touches_data => Ok(Some(begin.clone())),
+            Track::Aborted(first) if touches_data && server == Some(ServerStatus::Idle) => {
+                Err(Refusal::Aborted(first.clone()))
+            }
+            Track::Escaped => Err(Refusal::Escaped),
+            Track::Lost => Err(Refusal::Lost),
+            _ => Ok(None),
+        }
+    }
+
+    /// After a statement (the user's, or a savepoint command): follow what
+    /// the server said.
+    pub(crate) fn after_statement(&mut self, reply: Reply<'_>) {
+        let (began, server, error) = match reply {
+            Reply::Lost => return self.lose(),
+            Reply::Answered {
+                began,
+                server,
+                error,
+            } => (began, server, error),
+        };
+        self.track = match std::mem::replace(&mut self.track, Track::Idle) {
+            // Outside a pgtx transaction the server's word is all there is.
+            Track::Idle | Track::UserBlock => match server {
+                ServerStatus::Idle => Track::Idle,
+                ServerStatus::InTransaction | ServerStatus::Failed => Track::UserBlock,
+            },
+            // BEGIN did not go out with this request (a Parse alone), or
+            // the server refused it. An error reads the same to the holder
+            // either way: the transaction is aborted.
+            Track::Pending(begin) if !began => match error {
+                Some(e) => Track::Aborted(Some(Box::new(e.clone()))),
+                None => Track::Pending(begin),
+            },
+            Track::Pending(_) | Track::Open => in_transaction(server, None, error),
+            Track::Aborted(first) => in_transaction(server, first, error),
+            // Nothing is sent in these states.
+            Track::Escaped => Track::Escaped,
+            Track::Lost => Track::Lost,
+        };
+        if !matches!(self.track, Track::Open | Track::Aborted(_)) {
+            self.depth = 0;
+        }
+    }
+
+    /// The connection broke: a transaction that was open is lost (a block
+    /// the user opened through a guard is simply gone with the session).
+    pub(crate) fn lose(&mut self) {
+        self.track = match self.track {
+            Track::Idle | Track::UserBlock => Track::Idle,
+            _ => Track::Lost,
+        };
+        self.depth = 0;
+    }
+
+    /// What `commit` must do; the machine is idle afterwards unless it has
+    /// to roll back first.
+    pub(crate) fn commit(&mut self) -> CommitPlan {
+        self.depth = 0;
+        match std::mem::replace(&mut self.track, Track::Idle) {
+            Track::Idle | Track::Pending(_) => CommitPlan::Nothing,
+            Track::UserBlock | Track::Open => CommitPlan::Send,
+            Track::Aborted(first) => {
+                // Anything but idle makes `rollback` send ROLLBACK.
+                self.track = Track::Open;
+                CommitPlan::RollBack(first)
+            }
+            Track::Lost => CommitPlan::Lost,
+            Track::Escaped => CommitPlan::Escaped,
+        }
+    }
+
+    /// Whether `ROLLBACK` must be sent to end what is open; the machine is
+    /// idle afterwards.
+    pub(crate) fn rollback(&mut self, server: Option<ServerStatus>) -> bool {
+        self.depth = 0;
+        match std::mem::replace(&mut self.track, Track::Idle) {
+            Track::Idle | Track::Pending(_) | Track::Lost => false,
+            // The server is the judge of whether a block is open (a refused
+            // BEGIN leaves none).
+            Track::UserBlock | Track::Open | Track::Aborted(_) | Track::Escaped => {
+                server != Some(ServerStatus::Idle)
+            }
+        }
+    }
+
+    /// The connection is gone or was closed on purpose: nothing is open.
+    pub(crate) fn reset(&mut self) {
+        self.track = Track::Idle;
+        self.depth = 0;
+    }
+
+    /// The status everyone can read: the server's own, except that a
+    /// transaction whose `BEGIN` is pending is in a transaction already.
+    pub(crate) fn status(&self, connected: bool, server: Option<ServerStatus>) -> TransactionStatus {
+        match (&self.track, connected, server) {
+            (Track::Lost, _, _) => TransactionStatus::Unknown,
+            (_, false, _) => TransactionStatus::Closed,
+            (Track::Pending(_), true, _) => TransactionStatus::InTransaction,
+            (_, true, Some(ServerStatus::InTransaction)) => TransactionStatus::InTransaction,
+            (_, true, Some(ServerStatus::Failed)) => TransactionStatus::InError,
+            (_, true, Some(ServerStatus::Idle) | None) => TransactionStatus::Idle,
+        }
+    }
+}
+
+/// Inside a pgtx transaction that the server has begun: its status decides.
+fn in_transaction(
+    server: ServerStatus,
+    first: Option<Box<DbError>>,
+    error: Option<&DbError>,
+) -> Track {
+    match server {
+        // Healthy, or recovered by `ROLLBACK TO SAVEPOINT`.
+        ServerStatus::InTransaction => Track::Open,
+        ServerStatus::Failed => Track::Aborted(first.or_else(|| error.map(|e| Box::new(e.clone())))),
+        // A block that is still aborted after a refused BEGIN stays so; any
+        // other way to idle is user SQL that ended the transaction.
+        ServerStatus::Idle if first.is_some() => Track::Aborted(first),
+        ServerStatus::Idle => Track::Escaped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(began: bool, server: ServerStatus) -> Reply<'static> {
+        Reply::Answered {
+            began,
+            server,
+            error: None,
+        }
+    }
+
+    fn open() -> Machine {
+        let mut m = Machine::new();
+        m.begin(Cow::Borrowed("BEGIN"));
+        m.after_statement(answered(true, ServerStatus::InTransaction));
+        assert!(matches!(m.track, Track::Open));
+        m
+    }
+
+    #[test]
+    fn begin_is_pending_until_a_statement_takes_it_out() {
+        let mut m = Machine::new();
+        m.begin(Cow::Borrowed("BEGIN"));
+        assert!(matches!(
+            m.before_statement(false, Some(ServerStatus::Idle)),
+            Ok(None)
+        ));
+        let begin = m.before_statement(true, Some(ServerStatus::Idle));
+        assert_eq!(begin.ok().flatten().as_deref(), Some("BEGIN"));
+        // A Parse alone leaves it pending.
+        m.after_statement(answered(false, ServerStatus::Idle));
+        assert!(matches!(m.track, Track::Pending(_)));
+        assert_eq!(
+            m.status(true, Some(ServerStatus::Idle)),
+            TransactionStatus::InTransaction
+        );
+        m.after_statement(answered(true, ServerStatus::InTransaction));
+        assert!(matches!(m.track, Track::Open));
+    }
+
+    #[test]
+    fn an_empty_transaction_commits_and_rolls_back_without_sending() {
+        let mut m = Machine::new();
+        m.begin(Cow::Borrowed("BEGIN"));
+        assert!(matches!(m.commit(), CommitPlan::Nothing));
+        m.begin(Cow::Borrowed("BEGIN"));
+        assert!(!m.rollback(Some(ServerStatus::Idle)));
+        assert!(!m.in_transaction());
+    }
+
+    #[test]
+    fn a_user_begin_through_a_guard_is_a_block_to_roll_back() {
+        let mut m = Machine::new();
+        m.after_statement(answered(false, ServerStatus::InTransaction));
+        assert!(matches!(m.track, Track::UserBlock));
+        assert!(m.in_transaction());
+        assert_eq!(
+            m.status(true, Some(ServerStatus::InTransaction)),
+            TransactionStatus::InTransaction
+        );
+        assert!(m.rollback(Some(ServerStatus::InTransaction)));
+        assert!(!m.in_transaction());
+    }
+
+    #[test]
+    fn a_user_commit_through_a_guard_leaves_it_clean() {
+        let mut m = Machine::new();
+        m.after_statement(answered(false, ServerStatus::Failed));
+        assert!(matches!(m.track, Track::UserBlock));
+        m.after_statement(answered(false, ServerStatus::Idle));
+        assert!(matches!(m.track, Track::Idle));
+        assert!(!m.in_transaction());
+    }
+
+    #[test]
+    fn a_failed_block_is_aborted_until_rolled_back_to_a_savepoint() {
+        let mut m = open();
+        m.depth = 1;
+        m.after_statement(answered(false, ServerStatus::Failed));
+        assert!(matches!(m.track, Track::Aborted(None)));
+        assert_eq!(m.depth, 1, "the savepoint is still there to roll back to");
+        assert_eq!(
+            m.status(true, Some(ServerStatus::Failed)),
+            TransactionStatus::InError
+        );
+        // ROLLBACK TO SAVEPOINT: the server is in a healthy block again.
+        m.after_statement(answered(false, ServerStatus::InTransaction));
+        assert!(matches!(m.track, Track::Open));
+        assert!(matches!(m.commit(), CommitPlan::Send));
+    }
+
+    #[test]
+    fn commit_of_an_aborted_transaction_rolls_back() {
+        let mut m = open();
+        m.after_statement(answered(false, ServerStatus::Failed));
+        assert!(matches!(m.commit(), CommitPlan::RollBack(None)));
+        assert!(m.rollback(Some(ServerStatus::Failed)));
+        assert!(!m.in_transaction());
+    }
+
+    #[test]
+    fn a_refused_begin_aborts_and_nothing_more_is_sent() {
+        let mut m = Machine::new();
+        m.begin(Cow::Borrowed("BEGIN READ WRITE"));
+        // No DbError can be built here; the refusal without one still aborts
+        // through the idle server status.
+        m.track = Track::Aborted(None);
+        assert!(matches!(
+            m.before_statement(true, Some(ServerStatus::Idle)),
+            Err(Refusal::Aborted(None))
+        ));
+        assert!(!m.rollback(Some(ServerStatus::Idle)), "no block to roll back");
+    }
+
+    #[test]
+    fn a_block_that_ends_under_a_transaction_escapes_and_sends_nothing_more() {
+        let mut m = open();
+        m.after_statement(answered(false, ServerStatus::Idle));
+        assert!(matches!(m.track, Track::Escaped));
+        assert!(matches!(
+            m.before_statement(true, Some(ServerStatus::Idle)),
+            Err(Refusal::Escaped)
+        ));
+        assert!(matches!(m.commit(), CommitPlan::Escaped));
+    }
+
+    #[test]
+    fn a_lost_connection_loses_the_transaction_but_not_a_guard() {
+        let mut m = open();
+        m.after_statement(Reply::Lost);
+        assert!(matches!(m.track, Track::Lost));
+        assert_eq!(m.status(false, None), TransactionStatus::Unknown);
+        assert!(matches!(
+            m.before_statement(true, None),
+            Err(Refusal::Lost)
+        ));
+        assert!(matches!(m.commit(), CommitPlan::Lost));
+
+        let mut guard = Machine::new();
+        guard.after_statement(answered(false, ServerStatus::InTransaction));
+        guard.lose();
+        assert!(!guard.in_transaction());
+        assert_eq!(guard.status(false, None), TransactionStatus::Closed);
+    }
+
+    #[test]
+    fn leaving_the_transaction_forgets_its_savepoints() {
+        let mut m = open();
+        m.depth = 2;
+        assert!(m.rollback(Some(ServerStatus::InTransaction)));
+        assert_eq!(m.depth, 0);
+        let mut m = open();
+        m.depth = 3;
+        let _ = m.commit();
+        assert_eq!(m.depth, 0);
+    }
+}
