@@ -17,9 +17,9 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 use tokio_postgres::config::{ChannelBinding, TargetSessionAttrs};
 
-use crate::connect::{self, ConnectError, Opened};
+use crate::connect::{self, Cause, Endpoint, Opened};
 use crate::driver::Driver;
-use crate::error::Error;
+use crate::error::{ConnectError, Error};
 
 use self::conninfo::Options;
 use self::env::{Env, ProcessEnv};
@@ -163,22 +163,37 @@ impl Settings {
             .or_else(|| env.home().map(|home| home.join(".pgpass")));
         let tls = Tls::new(&plan, &env)?;
         Driver::connect(async {
-            let mut last = None;
+            let mut failed = Vec::new();
             for target in &plan.targets {
                 let mut config = base.clone();
                 add_target(&mut config, target);
                 if let Some(password) = password_for(&plan, target, passfile.as_deref()) {
                     config.password(password);
                 }
-                match attempt(&config, plan.sslmode, target, &tls).await {
-                    Ok(connected) => return Ok(connected),
-                    Err(e) => {
-                        log::debug!("connection attempt failed: {e}");
-                        last = Some(e);
+                let endpoints = match connect::endpoints(target).await {
+                    Ok(endpoints) => endpoints,
+                    Err(unresolved) => {
+                        log::debug!("pgtx: {unresolved}");
+                        failed.push(unresolved);
+                        continue;
+                    }
+                };
+                for endpoint in &endpoints {
+                    let opened = connect::with_timeout(
+                        attempt(&config, plan.sslmode, target, endpoint, &tls),
+                        plan.connect_timeout,
+                    );
+                    match opened.await {
+                        Ok(connected) => return Ok(connected),
+                        Err(cause) => {
+                            let attempt = connect::failed(target, endpoint, cause);
+                            log::debug!("pgtx: {attempt}");
+                            failed.push(attempt);
+                        }
                     }
                 }
             }
-            Err(match last {
+            Err(match ConnectError::new(failed) {
                 Some(e) => Error::Connect(e),
                 None => Error::Settings(SettingsError::new("no host to connect to")),
             })
@@ -329,38 +344,39 @@ async fn attempt(
     config: &tokio_postgres::Config,
     sslmode: SslMode,
     target: &Target,
+    endpoint: &Endpoint,
     tls: &Tls,
-) -> Result<Opened, ConnectError> {
+) -> Result<Opened, Cause> {
     use tokio_postgres::config::SslMode as Mode;
     let mut config = config.clone();
     // A Unix socket never uses TLS (libpq: "SSL is not used on Unix sockets").
     if matches!(target.host, Host::Socket { .. }) || sslmode == SslMode::Disable {
         config.ssl_mode(Mode::Disable);
-        return connect::open(&config, target, NoTls).await;
+        return connect::open(&config, endpoint, NoTls).await;
     }
     match sslmode {
         SslMode::Allow => {
             config.ssl_mode(Mode::Disable);
-            match connect::open(&config, target, NoTls).await {
+            match connect::open(&config, endpoint, NoTls).await {
                 // The server refused a connection without TLS: try with it.
                 Err(e) if refused_by_server(&*e) && tls.available() => {
                     config.ssl_mode(Mode::Require);
-                    tls.open(&config, target).await
+                    tls.open(&config, target, endpoint).await
                 }
                 other => other,
             }
         }
         SslMode::Prefer if tls.available() => {
             config.ssl_mode(Mode::Prefer);
-            tls.open(&config, target).await
+            tls.open(&config, target, endpoint).await
         }
         SslMode::Prefer => {
             config.ssl_mode(Mode::Disable);
-            connect::open(&config, target, NoTls).await
+            connect::open(&config, endpoint, NoTls).await
         }
         _ => {
             config.ssl_mode(Mode::Require);
-            tls.open(&config, target).await
+            tls.open(&config, target, endpoint).await
         }
     }
 }
@@ -398,11 +414,12 @@ impl Tls {
         &self,
         config: &tokio_postgres::Config,
         target: &Target,
-    ) -> Result<Opened, ConnectError> {
+        endpoint: &Endpoint,
+    ) -> Result<Opened, Cause> {
         use crate::connect::Socket;
         use tokio_postgres::tls::MakeTlsConnect;
         let Some(make) = &self.0 else {
-            return connect::open(config, target, NoTls).await;
+            return connect::open(config, endpoint, NoTls).await;
         };
         // The name the certificate must carry: the host name, else the
         // numeric address (libpq matches an IP address against the
@@ -417,7 +434,7 @@ impl Tls {
             Ok(tls) => tls,
             Err(never) => match never {},
         };
-        connect::open(config, target, tls).await
+        connect::open(config, endpoint, tls).await
     }
 }
 
@@ -449,9 +466,10 @@ impl Tls {
     async fn open(
         &self,
         config: &tokio_postgres::Config,
-        target: &Target,
-    ) -> Result<Opened, ConnectError> {
-        connect::open(config, target, NoTls).await
+        _target: &Target,
+        endpoint: &Endpoint,
+    ) -> Result<Opened, Cause> {
+        connect::open(config, endpoint, NoTls).await
     }
 }
 
