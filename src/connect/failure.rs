@@ -90,3 +90,84 @@ impl std::error::Error for TlsRefused {
         Some(&self.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn tcp(name: &str, hostaddr: Option<IpAddr>) -> Target {
+        Target {
+            host: Host::Tcp {
+                name: name.into(),
+                addr: hostaddr,
+            },
+            port: 5433,
+        }
+    }
+
+    fn refused() -> Cause {
+        Box::new(io::Error::from_raw_os_error(
+            nix::errno::Errno::ECONNREFUSED as i32,
+        ))
+    }
+
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn a_name_is_shown_with_the_address_it_resolved_to() {
+        let at = Endpoint::Tcp(SocketAddr::new(LOCAL, 5433));
+        let line = failed(&tcp("db.example", None), &at, refused()).to_string();
+        assert_eq!(
+            line,
+            "connection to server at \"db.example\" (127.0.0.1), port 5433 failed: Connection refused"
+        );
+        let line = failed(&tcp("127.0.0.1", None), &at, refused()).to_string();
+        assert_eq!(
+            line,
+            "connection to server at \"127.0.0.1\", port 5433 failed: Connection refused"
+        );
+    }
+
+    #[test]
+    fn a_hostaddr_is_shown_instead_of_the_name() {
+        let at = Endpoint::Tcp(SocketAddr::new(LOCAL, 5433));
+        let line = failed(&tcp("db.example", Some(LOCAL)), &at, refused()).to_string();
+        assert_eq!(
+            line,
+            "connection to server at \"127.0.0.1\", port 5433 failed: Connection refused"
+        );
+    }
+
+    #[test]
+    fn a_socket_is_shown_by_its_path() {
+        let target = Target {
+            host: Host::Socket {
+                dir: PathBuf::from("/run/pg"),
+                default: false,
+            },
+            port: 5433,
+        };
+        let at = Endpoint::Unix(PathBuf::from("/run/pg/.s.PGSQL.5433"));
+        let cause = Box::new(io::Error::from_raw_os_error(
+            nix::errno::Errno::ENOENT as i32,
+        ));
+        assert_eq!(
+            failed(&target, &at, cause).to_string(),
+            "connection to server on socket \"/run/pg/.s.PGSQL.5433\" failed: \
+             No such file or directory"
+        );
+    }
+
+    #[test]
+    fn an_error_without_an_os_code_keeps_its_own_words() {
+        let at = Endpoint::Tcp(SocketAddr::new(LOCAL, 5433));
+        let cause = Box::new(io::Error::new(io::ErrorKind::TimedOut, "timeout expired"));
+        assert_eq!(
+            failed(&tcp("127.0.0.1", None), &at, cause).to_string(),
+            "connection to server at \"127.0.0.1\", port 5433 failed: timeout expired"
+        );
+    }
+}
