@@ -1,7 +1,7 @@
 //! Connection settings read the way libpq reads them: parsed, then resolved
-//! against the environment and files into the servers to try (pure, no
-//! I/O beyond reading those files; `connect/` does the connecting). The
-//! rules are documented on [`Settings`].
+//! against the environment, the service file and the password file into
+//! the servers to try. Nothing here opens a socket; `connect/` does the
+//! connecting. The rules are documented on [`Settings`].
 
 mod conninfo;
 mod env;
