@@ -187,6 +187,10 @@ pub struct ConnectError {
     attempts: Vec<Attempt>,
 }
 
+// Errors cross threads (a `transaction` closure's error, a log thread).
+static_assertions::assert_impl_all!(Error: Send, Sync, std::error::Error);
+static_assertions::assert_impl_all!(ConnectError: Send, Sync, std::error::Error);
+
 /// One failed attempt: its line of [`ConnectError`]'s message and its error.
 #[derive(Debug)]
 pub(crate) struct Attempt {
