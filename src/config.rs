@@ -1,5 +1,7 @@
-//! Connection settings read the way libpq reads them, and connecting with
-//! them. The rules are documented on [`Settings`].
+//! Connection settings read the way libpq reads them: parsed, then resolved
+//! against the environment, the service file and the password file into
+//! the servers to try. Nothing here opens a socket; `connect/` does the
+//! connecting. The rules are documented on [`Settings`].
 
 mod conninfo;
 mod env;
@@ -7,24 +9,13 @@ mod keywords;
 mod pgpass;
 mod resolve;
 mod service;
-#[cfg(feature = "tls")]
-mod tls;
 
 use std::fmt;
-use std::path::PathBuf;
-use std::time::Duration;
-
-use tokio_postgres::NoTls;
-use tokio_postgres::config::{ChannelBinding, TargetSessionAttrs};
-
-use crate::connect::{self, ConnectError, Opened};
-use crate::driver::Driver;
-use crate::error::Error;
 
 use self::conninfo::Options;
-use self::env::{Env, ProcessEnv};
-pub(crate) use self::resolve::{Host, Target};
-use self::resolve::{Plan, SslMode};
+pub(crate) use self::env::{Env, ProcessEnv};
+pub(crate) use self::keywords::parse_int;
+pub(crate) use self::resolve::{Host, Plan, SslMode, Target};
 
 /// Parsed connection settings, as given to
 /// [`ManagedConnection::new`](crate::ManagedConnection::new).
@@ -148,41 +139,19 @@ impl Settings {
         self.options.get(keyword)
     }
 
-    /// Opens a new connection with these settings, trying each host in
-    /// turn as libpq does.
-    pub(crate) fn connect(&self) -> Result<Driver, Error> {
-        let env = ProcessEnv;
-        let plan = resolve::resolve(&self.options, &env)?;
+    /// These settings resolved as libpq resolves them at each connection
+    /// attempt: with the service file, the environment (`env`) and the
+    /// defaults; the servers to try.
+    ///
+    /// # Errors
+    ///
+    /// An undefined service, a bad value from the environment or a service
+    /// file, host/port lists that do not pair up, or a setting this crate
+    /// cannot honour.
+    pub(crate) fn plan(&self, env: &dyn Env) -> Result<Plan, SettingsError> {
+        let plan = resolve::resolve(&self.options, env)?;
         unsupported(&plan.options)?;
-        let base = base_config(&plan)?;
-        let passfile = plan
-            .options
-            .get("passfile")
-            .filter(|f| !f.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| env.home().map(|home| home.join(".pgpass")));
-        let tls = Tls::new(&plan, &env)?;
-        Driver::connect(async {
-            let mut last = None;
-            for target in &plan.targets {
-                let mut config = base.clone();
-                add_target(&mut config, target);
-                if let Some(password) = password_for(&plan, target, passfile.as_deref()) {
-                    config.password(password);
-                }
-                match attempt(&config, plan.sslmode, target, &tls).await {
-                    Ok(connected) => return Ok(connected),
-                    Err(e) => {
-                        log::debug!("connection attempt failed: {e}");
-                        last = Some(e);
-                    }
-                }
-            }
-            Err(match last {
-                Some(e) => Error::Connect(e),
-                None => Error::Settings(SettingsError::new("no host to connect to")),
-            })
-        })
+        Ok(plan)
     }
 }
 
@@ -218,240 +187,6 @@ fn unsupported(options: &Options) -> Result<(), SettingsError> {
             refuse("target_session_attrs other than any, read-write and read-only")
         }
         _ => Ok(()),
-    }
-}
-
-/// The settings shared by every host.
-fn base_config(plan: &Plan) -> Result<tokio_postgres::Config, SettingsError> {
-    let options = &plan.options;
-    let mut config = tokio_postgres::Config::new();
-    config.user(&plan.user).dbname(&plan.dbname);
-    if let Some(o) = options.get("options").filter(|o| !o.is_empty()) {
-        config.options(o);
-    }
-    if let Some(name) = options
-        .get("application_name")
-        .filter(|n| !n.is_empty())
-        .or_else(|| {
-            options
-                .get("fallback_application_name")
-                .filter(|n| !n.is_empty())
-        })
-    {
-        config.application_name(name);
-    }
-    if let Some(timeout) = plan.connect_timeout {
-        config.connect_timeout(timeout);
-    }
-    let int = |name: &str| -> Result<Option<i64>, SettingsError> {
-        match options.get(name).filter(|v| !v.is_empty()) {
-            Some(v) => keywords::parse_int(name, v).map(Some),
-            None => Ok(None),
-        }
-    };
-    let secs = |n: i64| Duration::from_secs(n.max(0).unsigned_abs());
-    if let Some(k) = int("keepalives")? {
-        config.keepalives(k != 0);
-    }
-    if let Some(n) = int("keepalives_idle")?.filter(|&n| n > 0) {
-        config.keepalives_idle(secs(n));
-    }
-    if let Some(n) = int("keepalives_interval")?.filter(|&n| n > 0) {
-        config.keepalives_interval(secs(n));
-    }
-    if let Some(n) = int("keepalives_count")?.filter(|&n| n > 0) {
-        config.keepalives_retries(u32::try_from(n).unwrap_or(u32::MAX));
-    }
-    if let Some(n) = int("tcp_user_timeout")?.filter(|&n| n > 0) {
-        config.tcp_user_timeout(Duration::from_millis(n.unsigned_abs()));
-    }
-    config.target_session_attrs(match options.get("target_session_attrs") {
-        Some("read-write") => TargetSessionAttrs::ReadWrite,
-        Some("read-only") => TargetSessionAttrs::ReadOnly,
-        _ => TargetSessionAttrs::Any,
-    });
-    config.channel_binding(match options.get("channel_binding") {
-        Some("disable") => ChannelBinding::Disable,
-        Some("require") => ChannelBinding::Require,
-        _ => ChannelBinding::Prefer,
-    });
-    Ok(config)
-}
-
-fn add_target(config: &mut tokio_postgres::Config, target: &Target) {
-    match &target.host {
-        Host::Socket { dir, .. } => {
-            config.host_path(dir);
-        }
-        Host::Tcp { name, addr } => {
-            if !name.is_empty() {
-                config.host(name);
-            }
-            if let Some(addr) = addr {
-                config.hostaddr(*addr);
-            }
-        }
-    }
-    config.port(target.port);
-}
-
-/// The password for one host: the one given (connection string, service
-/// file, `PGPASSWORD`), else the password file's.
-fn password_for(
-    plan: &Plan,
-    target: &Target,
-    passfile: Option<&std::path::Path>,
-) -> Option<String> {
-    if let Some(password) = plan.options.get("password").filter(|p| !p.is_empty()) {
-        return Some(password.to_owned());
-    }
-    let addr_text;
-    let (host, is_default_socket) = match &target.host {
-        Host::Socket { dir, default } => (dir.to_str().unwrap_or_default(), *default),
-        Host::Tcp { name, addr } if name.is_empty() => {
-            addr_text = addr.map(|a| a.to_string()).unwrap_or_default();
-            (addr_text.as_str(), false)
-        }
-        Host::Tcp { name, .. } => (name.as_str(), false),
-    };
-    let lookup = pgpass::Lookup {
-        host,
-        is_default_socket,
-        port: target.port,
-        dbname: &plan.dbname,
-        user: &plan.user,
-    };
-    pgpass::password(passfile?, &lookup)
-}
-
-/// One connection attempt to one host, with TLS as `sslmode` asks.
-async fn attempt(
-    config: &tokio_postgres::Config,
-    sslmode: SslMode,
-    target: &Target,
-    tls: &Tls,
-) -> Result<Opened, ConnectError> {
-    use tokio_postgres::config::SslMode as Mode;
-    let mut config = config.clone();
-    // A Unix socket never uses TLS (libpq: "SSL is not used on Unix sockets").
-    if matches!(target.host, Host::Socket { .. }) || sslmode == SslMode::Disable {
-        config.ssl_mode(Mode::Disable);
-        return connect::open(&config, target, NoTls).await;
-    }
-    match sslmode {
-        SslMode::Allow => {
-            config.ssl_mode(Mode::Disable);
-            match connect::open(&config, target, NoTls).await {
-                // The server refused a connection without TLS: try with it.
-                Err(e) if refused_by_server(&*e) && tls.available() => {
-                    config.ssl_mode(Mode::Require);
-                    tls.open(&config, target).await
-                }
-                other => other,
-            }
-        }
-        SslMode::Prefer if tls.available() => {
-            config.ssl_mode(Mode::Prefer);
-            tls.open(&config, target).await
-        }
-        SslMode::Prefer => {
-            config.ssl_mode(Mode::Disable);
-            connect::open(&config, target, NoTls).await
-        }
-        _ => {
-            config.ssl_mode(Mode::Require);
-            tls.open(&config, target).await
-        }
-    }
-}
-
-/// Whether the server itself turned the attempt down (rather than the
-/// socket failing).
-fn refused_by_server(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    e.downcast_ref::<postgres::Error>()
-        .is_some_and(|e| e.as_db_error().is_some())
-}
-
-/// The TLS connector `sslmode` calls for, if this build has TLS.
-#[cfg(feature = "tls")]
-struct Tls(Option<tokio_postgres_rustls::MakeRustlsConnect>);
-
-#[cfg(feature = "tls")]
-impl Tls {
-    fn new(plan: &Plan, env: &dyn Env) -> Result<Tls, SettingsError> {
-        if plan.sslmode == SslMode::Disable
-            || plan
-                .targets
-                .iter()
-                .all(|t| matches!(t.host, Host::Socket { .. }))
-        {
-            return Ok(Tls(None));
-        }
-        tls::connector(plan, env).map(Some).map(Tls)
-    }
-
-    fn available(&self) -> bool {
-        self.0.is_some()
-    }
-
-    async fn open(
-        &self,
-        config: &tokio_postgres::Config,
-        target: &Target,
-    ) -> Result<Opened, ConnectError> {
-        use crate::connect::Socket;
-        use tokio_postgres::tls::MakeTlsConnect;
-        let Some(make) = &self.0 else {
-            return connect::open(config, target, NoTls).await;
-        };
-        // The name the certificate must carry: the host name, else the
-        // numeric address (libpq matches an IP address against the
-        // certificate's IP entries).
-        let server_name = match &target.host {
-            Host::Tcp { name, .. } if !name.is_empty() => name.clone(),
-            Host::Tcp { addr: Some(ip), .. } => ip.to_string(),
-            _ => String::new(),
-        };
-        let tls = match MakeTlsConnect::<Socket>::make_tls_connect(&mut make.clone(), &server_name)
-        {
-            Ok(tls) => tls,
-            Err(never) => match never {},
-        };
-        connect::open(config, target, tls).await
-    }
-}
-
-/// Without the `tls` feature there is no connector: `sslmode` `prefer` and
-/// `allow` connect without TLS, as a libpq built without SSL does, and the
-/// modes that need TLS are refused.
-#[cfg(not(feature = "tls"))]
-struct Tls;
-
-#[cfg(not(feature = "tls"))]
-impl Tls {
-    fn new(plan: &Plan, _env: &dyn Env) -> Result<Tls, SettingsError> {
-        match plan.sslmode {
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-                Err(SettingsError::new(format!(
-                    "sslmode value \"{}\" invalid when SSL support is not compiled in \
-                     (enable the `tls` feature of pgtx)",
-                    plan.options.get("sslmode").unwrap_or_default()
-                )))
-            }
-            _ => Ok(Tls),
-        }
-    }
-
-    fn available(&self) -> bool {
-        false
-    }
-
-    async fn open(
-        &self,
-        config: &tokio_postgres::Config,
-        target: &Target,
-    ) -> Result<Opened, ConnectError> {
-        connect::open(config, target, NoTls).await
     }
 }
 

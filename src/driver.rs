@@ -14,46 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Runtime;
 use tokio_postgres::{AsyncMessage, Client, Notification, Statement};
 
-use crate::connect::Opened;
+use crate::config::Settings;
+use crate::connect::{ConnectionStream, Connector, Opened};
 use crate::error::Error;
 use crate::wire::{BeginOutcome, ServerStatus, Tap};
-
-type PollMessage =
-    dyn FnMut(&mut Context<'_>) -> Poll<Option<Result<AsyncMessage, postgres::Error>>> + Send;
-
-/// The half of a `tokio-postgres` connection that reads and writes the
-/// socket, with its socket and TLS types erased.
-pub(crate) struct ConnectionStream(Box<PollMessage>);
-
-impl ConnectionStream {
-    /// Stands in for a connection that has ended.
-    fn ended() -> ConnectionStream {
-        ConnectionStream(Box::new(|_| Poll::Ready(None)))
-    }
-
-    /// Reads and writes what it can; the next message for the client side.
-    pub(crate) fn poll_message(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<AsyncMessage, postgres::Error>>> {
-        (self.0)(cx)
-    }
-}
-
-/// Erases the types of a freshly made `tokio-postgres` connection.
-pub(crate) fn connection_stream<S, T>(
-    mut connection: tokio_postgres::Connection<S, T>,
-) -> ConnectionStream
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    ConnectionStream(Box::new(move |cx| connection.poll_message(cx)))
-}
 
 /// One open connection and the runtime that drives it.
 pub(crate) struct Driver {
@@ -163,8 +130,22 @@ impl StatementCache {
 }
 
 impl Driver {
-    /// Runs a connect future (from [`Settings`](crate::Settings)) on a new runtime.
-    pub(crate) fn connect<F>(connect: F) -> Result<Driver, Error>
+    /// Opens a new connection with `settings`, trying each server in turn
+    /// as libpq does, and drives it on a runtime of its own.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Settings`] if the settings (with the environment and files
+    /// they point to) cannot be used, before anything is opened;
+    /// [`Error::Connect`] if no server accepted the connection;
+    /// [`Error::Runtime`] if the runtime could not be made.
+    pub(crate) fn open(settings: &Settings) -> Result<Driver, Error> {
+        let connector = Connector::new(settings)?;
+        Driver::connect(connector.connect())
+    }
+
+    /// Runs a connect future on a new runtime.
+    fn connect<F>(connect: F) -> Result<Driver, Error>
     where
         F: Future<Output = Result<Opened, Error>>,
     {
@@ -408,7 +389,7 @@ fn drive(
     cx: &mut Context<'_>,
 ) {
     while !*ended {
-        match (connection.0)(cx) {
+        match connection.poll_message(cx) {
             Poll::Ready(Some(Ok(AsyncMessage::Notification(notification)))) => {
                 notifications.push_back(notification);
             }

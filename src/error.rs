@@ -28,14 +28,16 @@ pub enum Error {
     #[error("invalid connection settings: {0}")]
     Settings(SettingsError),
 
-    /// Connecting (or reconnecting) to the server failed. The lock has been
-    /// released; the next holder tries again.
+    /// Connecting (or reconnecting) to the server failed: no server that was
+    /// tried accepted the connection. The lock has been released; the next
+    /// holder tries again.
     ///
-    /// The source is the last attempt's error: a [`postgres::Error`] when the
-    /// server (or TLS) turned the connection down, else an I/O error from
-    /// the socket; [`Error::as_db_error`] finds the server's reason.
-    #[error("could not connect to the server")]
-    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The message lists every attempt, one line each, in libpq's words
+    /// (see [`ConnectError`]); the source is the last attempt's error, and
+    /// [`Error::as_db_error`] finds the server's reason (such as 28P01 for
+    /// a wrong password).
+    #[error(transparent)]
+    Connect(ConnectError),
 
     /// The connection broke while a statement was in flight, or before it
     /// could be sent. A transaction that was open is not committed (the server
@@ -159,9 +161,7 @@ impl Error {
     pub fn as_db_error(&self) -> Option<&DbError> {
         match self {
             Error::Db(e) => e.as_db_error(),
-            Error::Connect(e) => e
-                .downcast_ref::<postgres::Error>()
-                .and_then(postgres::Error::as_db_error),
+            Error::Connect(e) => e.as_db_error(),
             Error::ConnectionLost(e) | Error::CommitOutcomeUnknown(e) => {
                 e.as_ref().and_then(postgres::Error::as_db_error)
             }
@@ -193,6 +193,105 @@ impl Error {
     }
 }
 
+/// Why no connection could be opened: every server tried, in the order
+/// tried, and what went wrong with each.
+///
+/// # Message
+///
+/// One line per attempt, in the order the attempts were made, joined with
+/// `\n` (no newline after the last line), worded as libpq (and so `psql`)
+/// words them:
+///
+/// ```text
+/// connection to server at "127.0.0.1", port 5433 failed: Connection refused
+/// connection to server at "db.example" (192.0.2.7), port 5432 failed: timeout expired
+/// connection to server on socket "/var/run/postgresql/.s.PGSQL.5432" failed: No such file or directory
+/// connection to server at "127.0.0.1", port 5432 failed: FATAL:  password authentication failed for user "alice"
+/// connection to server at "127.0.0.1", port 5432 failed: server does not support SSL, but SSL was required
+/// could not translate host name "db.invalid" to address: Name or service not known
+/// ```
+///
+/// The server is named by its numeric `hostaddr` if one was given, else by
+/// its host name, followed by the address it resolved to when that differs;
+/// a name that resolves to several addresses gives one line per address
+/// tried. libpq's hint lines (`Is the server running on that host and
+/// accepting TCP/IP connections?`) are left out. No password appears: the
+/// lines are made from the host, port and the reason only.
+///
+/// # Source
+///
+/// [`source`](std::error::Error::source) is the last attempt's error: a
+/// [`postgres::Error`] when the server (or TLS) turned the connection
+/// down, else the [`std::io::Error`] from the socket.
+#[derive(Debug)]
+pub struct ConnectError {
+    /// Never empty.
+    attempts: Vec<Attempt>,
+}
+
+// Errors cross threads (a `transaction` closure's error, a log thread).
+static_assertions::assert_impl_all!(Error: Send, Sync, std::error::Error);
+static_assertions::assert_impl_all!(ConnectError: Send, Sync, std::error::Error);
+
+/// One failed attempt: its line of [`ConnectError`]'s message and its error.
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    line: String,
+    cause: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Attempt {
+    /// An attempt that failed for `cause`; `line` is its whole line of the
+    /// message, in libpq's words.
+    pub(crate) fn new(line: String, cause: Box<dyn std::error::Error + Send + Sync>) -> Attempt {
+        Attempt { line, cause }
+    }
+}
+
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.line)
+    }
+}
+
+impl ConnectError {
+    /// The failed attempts, in order; `None` if there were none.
+    pub(crate) fn new(attempts: Vec<Attempt>) -> Option<ConnectError> {
+        (!attempts.is_empty()).then_some(ConnectError { attempts })
+    }
+
+    /// The error the server sent, from the last attempt a server turned
+    /// down with one (an earlier host may have refused the password while a
+    /// later one was not reachable at all); `None` if no server did.
+    pub fn as_db_error(&self) -> Option<&DbError> {
+        self.attempts.iter().rev().find_map(|attempt| {
+            attempt
+                .cause
+                .downcast_ref::<postgres::Error>()
+                .and_then(postgres::Error::as_db_error)
+        })
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, attempt) in self.attempts.iter().enumerate() {
+            if n > 0 {
+                f.write_str("\n")?;
+            }
+            f.write_str(&attempt.line)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let last = self.attempts.last()?;
+        Some(&*last.cause)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +302,24 @@ mod tests {
             Error::UnfinishedTransaction.to_string(),
             "Did not commit or rollback open transaction before releasing connection."
         );
+    }
+
+    #[test]
+    fn connect_error_lists_attempts_one_per_line_with_the_last_as_source() {
+        let io = |text: &str| Box::new(std::io::Error::other(text.to_owned()));
+        let e = Error::Connect(
+            ConnectError::new(vec![
+                Attempt::new("first line".into(), io("first")),
+                Attempt::new("second line".into(), io("second")),
+            ])
+            .expect("two attempts"),
+        );
+        assert_eq!(e.to_string(), "first line\nsecond line");
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(source.to_string(), "second");
+        assert!(e.as_db_error().is_none());
+        assert!(e.is_transient());
+        assert!(ConnectError::new(Vec::new()).is_none());
     }
 
     #[test]

@@ -118,7 +118,7 @@ mod tx;
 mod wire;
 
 pub use crate::config::{Settings, SettingsError};
-pub use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
+pub use crate::error::{ConnectError, Error, Result, UNFINISHED_TRANSACTION};
 pub use crate::guard::Guard;
 pub use crate::manager::{Builder, DEFAULT_ABANDON_AFTER, ManagedConnection};
 pub use crate::options::{IsolationLevel, TxOptions};

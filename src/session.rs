@@ -106,7 +106,7 @@ impl Active<'_> {
             }
             self.slot.driver = None;
         }
-        match self.settings.connect() {
+        match Driver::open(self.settings) {
             Ok(driver) => {
                 self.slot.driver = Some(driver);
                 self.publish();

@@ -10,7 +10,7 @@ use super::SettingsError;
 use super::conninfo::Options;
 use super::env::Env;
 use super::keywords::{self, KEYWORDS};
-use super::service;
+use super::{pgpass, service};
 
 /// Debian's libpq socket directory, then upstream's.
 const SOCKET_DIRS: [&str; 2] = ["/var/run/postgresql", "/tmp"];
@@ -24,6 +24,35 @@ pub(crate) struct Plan {
     pub(crate) dbname: String,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) sslmode: SslMode,
+    /// The password file: `passfile` (or `PGPASSFILE`), else `~/.pgpass`.
+    pub(crate) passfile: Option<PathBuf>,
+}
+
+impl Plan {
+    /// The password for one host: the one given (connection string,
+    /// service file, `PGPASSWORD`), else the password file's, read now.
+    pub(crate) fn password(&self, target: &Target) -> Option<String> {
+        if let Some(password) = self.options.get("password").filter(|p| !p.is_empty()) {
+            return Some(password.to_owned());
+        }
+        let addr_text;
+        let (host, is_default_socket) = match &target.host {
+            Host::Socket { dir, default } => (dir.to_str().unwrap_or_default(), *default),
+            Host::Tcp { name, addr } if name.is_empty() => {
+                addr_text = addr.map(|a| a.to_string()).unwrap_or_default();
+                (addr_text.as_str(), false)
+            }
+            Host::Tcp { name, .. } => (name.as_str(), false),
+        };
+        let lookup = pgpass::Lookup {
+            host,
+            is_default_socket,
+            port: target.port,
+            dbname: &self.dbname,
+            user: &self.user,
+        };
+        pgpass::password(self.passfile.as_deref()?, &lookup)
+    }
 }
 
 /// One server to try.
@@ -106,6 +135,11 @@ pub(crate) fn resolve(explicit: &Options, env: &dyn Env) -> Result<Plan, Setting
         "verify-full" => SslMode::VerifyFull,
         _ => SslMode::Prefer,
     };
+    let passfile = options
+        .get("passfile")
+        .filter(|f| !f.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env.home().map(|home| home.join(".pgpass")));
     Ok(Plan {
         options,
         targets,
@@ -113,6 +147,7 @@ pub(crate) fn resolve(explicit: &Options, env: &dyn Env) -> Result<Plan, Setting
         dbname,
         connect_timeout,
         sslmode,
+        passfile,
     })
 }
 

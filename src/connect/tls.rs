@@ -20,9 +20,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::SettingsError;
-use super::env::Env;
-use super::resolve::{Plan, SslMode};
+use crate::config::{Env, Plan, SettingsError, SslMode};
 
 /// Builds the connector for `plan`.
 ///

@@ -1,0 +1,151 @@
+//! One attempt at one endpoint: the socket, then TLS and start-up by
+//! `tokio-postgres` (`Config::connect_raw`), with the tap of `wire.rs`
+//! between `tokio-postgres` and the bytes.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio_postgres::config::{SslMode, TargetSessionAttrs};
+use tokio_postgres::tls::TlsConnect;
+use tokio_postgres::{Client, Config, SimpleQueryMessage};
+
+use super::socket::{self, Endpoint, Socket};
+use super::stream::{ConnectionStream, connection_stream};
+use super::{Cause, failure};
+use crate::wire::{Tap, Wire};
+
+/// A connected client, its connection, and the tap on it.
+pub(crate) struct Opened {
+    pub(crate) client: Client,
+    pub(crate) connection: ConnectionStream,
+    pub(crate) tap: Arc<Tap>,
+}
+
+/// Opens the socket, then lets `tokio-postgres` negotiate TLS (through
+/// `tls`, when `config`'s `ssl_mode` asks for it) and authenticate.
+pub(super) async fn open<T>(config: &Config, endpoint: &Endpoint, tls: T) -> Result<Opened, Cause>
+where
+    T: TlsConnect<Socket> + Send + 'static,
+    T::Stream: Send + 'static,
+    T::Future: Send + 'static,
+{
+    let socket = socket::socket(config, endpoint).await?;
+    let tap = Tap::new();
+    let handshake = Arc::new(AtomicBool::new(false));
+    let over = TapOverTls {
+        tls,
+        handshake: handshake.clone(),
+    };
+    let (client, connection) = match config
+        .connect_raw(Wire::new(socket, tap.clone()), over)
+        .await
+    {
+        Ok(connected) => connected,
+        // `tokio-postgres` reports a TLS error; with no handshake begun,
+        // no I/O error and no word from the server, the server said "no".
+        Err(e)
+            if config.get_ssl_mode() == SslMode::Require
+                && !handshake.load(Ordering::Relaxed)
+                && e.as_db_error().is_none()
+                && !std::error::Error::source(&e).is_some_and(|s| s.is::<io::Error>()) =>
+        {
+            return Err(Box::new(failure::TlsRefused(e)));
+        }
+        Err(e) => return Err(Box::new(e)),
+    };
+    // Start-up is over: both directions are at a message boundary.
+    tap.activate();
+    let mut connection = connection_stream(connection);
+    check_session_attrs(config, &client, &mut connection).await?;
+    Ok(Opened {
+        client,
+        connection,
+        tap,
+    })
+}
+
+/// libpq's `target_session_attrs=read-write` / `read-only`: asks the server
+/// whether it accepts writes (`connect_raw` leaves this to the caller).
+async fn check_session_attrs(
+    config: &Config,
+    client: &Client,
+    connection: &mut ConnectionStream,
+) -> Result<(), Cause> {
+    let wanted = config.get_target_session_attrs();
+    if wanted == TargetSessionAttrs::Any {
+        return Ok(());
+    }
+    let mut query = pin!(client.simple_query("SHOW transaction_read_only"));
+    let messages = poll_fn(|cx| {
+        loop {
+            match connection.poll_message(cx) {
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                // The query's own future then fails with "connection closed".
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        query.as_mut().poll(cx)
+    })
+    .await?;
+    let read_only = messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => row.get(0),
+        _ => None,
+    });
+    let refusal = match (wanted, read_only) {
+        (TargetSessionAttrs::ReadWrite, Some("on")) => "session is read-only",
+        (TargetSessionAttrs::ReadOnly, Some("off")) => "session is not read-only",
+        _ => return Ok(()),
+    };
+    Err(io::Error::new(io::ErrorKind::PermissionDenied, refusal).into())
+}
+
+/// libpq's `connect_timeout`: the whole attempt at one address (socket,
+/// TLS, authentication) must be over within `timeout`.
+pub(super) async fn with_timeout<T>(
+    attempt: impl Future<Output = Result<T, Cause>>,
+    timeout: Option<Duration>,
+) -> Result<T, Cause> {
+    match timeout {
+        Some(timeout) => tokio::time::timeout(timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Box::new(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "timeout expired",
+                )))
+            }),
+        None => attempt.await,
+    }
+}
+
+/// Puts the tap above TLS rather than under it: the handshake runs on the
+/// bare socket, and the tap moves onto the encrypted stream.
+struct TapOverTls<T> {
+    tls: T,
+    /// Set once the handshake begins: the server said yes to TLS.
+    handshake: Arc<AtomicBool>,
+}
+
+impl<T> TlsConnect<Wire<Socket>> for TapOverTls<T>
+where
+    T: TlsConnect<Socket> + Send + 'static,
+    T::Stream: Send + 'static,
+    T::Future: Send + 'static,
+{
+    type Stream = Wire<T::Stream>;
+    type Error = T::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Wire<T::Stream>, T::Error>> + Send>>;
+
+    fn connect(self, stream: Wire<Socket>) -> Self::Future {
+        let (socket, tap) = stream.into_parts();
+        self.handshake.store(true, Ordering::Relaxed);
+        let handshake = self.tls.connect(socket);
+        Box::pin(async move { Ok(Wire::new(handshake.await?, tap)) })
+    }
+}
