@@ -191,3 +191,64 @@ fn many_threads_each_see_their_own_transaction_only() {
     assert_eq!(ids.len(), 8 * 5);
     assert!(ids.iter().all(|id| id % 2 == 0));
 }
+
+#[test]
+fn asking_again_inside_a_transaction_scope_is_refused_and_the_transaction_goes_on() {
+    let db = Db::new("reentrant_in_scope");
+    let manager = db.manager();
+    let started = Instant::now();
+    manager
+        .transaction(|mut tx| {
+            tx.execute("INSERT INTO items VALUES (1, 'before')", &[])?;
+            assert!(matches!(manager.lock(), Err(Error::Reentrant)));
+            assert!(matches!(manager.try_lock(), Err(Error::Reentrant)));
+            assert!(matches!(
+                manager.lock_timeout(Duration::from_secs(5)),
+                Err(Error::Reentrant)
+            ));
+            assert!(matches!(manager.close(), Err(Error::Reentrant)));
+            let nested: Result<(), Error> = manager.transaction(|tx| tx.commit());
+            assert!(matches!(nested, Err(Error::Reentrant)), "{nested:?}");
+            // Untouched: neither revoked nor rolled back.
+            tx.execute("INSERT INTO items VALUES (2, 'after')", &[])?;
+            assert_eq!(tx.status(), pgtx::TransactionStatus::InTransaction);
+            tx.commit()
+        })
+        .expect("the transaction commits");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once, not after a wait"
+    );
+    assert_eq!(db.item_ids(), vec![1, 2]);
+    assert_eq!(manager.unfinished_transactions(), 0);
+    // Another thread still waits for the scope as usual (not refused).
+    manager
+        .transaction(|mut tx| {
+            thread::scope(|s| {
+                s.spawn(|| {
+                    assert!(matches!(manager.try_lock(), Err(Error::WouldBlock)));
+                });
+            });
+            tx.execute("INSERT INTO items VALUES (3, 'third')", &[])?;
+            tx.commit()
+        })
+        .expect("commit");
+    assert_eq!(db.item_ids(), vec![1, 2, 3]);
+}
+
+#[test]
+fn outside_a_scope_asking_again_still_takes_over_a_forgotten_guard() {
+    let db = Db::new("takeover_outside_scope");
+    let manager = db.manager();
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'forgotten')", &[])
+        .expect("insert");
+    std::mem::forget(tx);
+    let mut guard = manager.lock().expect("taken over, not refused");
+    guard
+        .execute("INSERT INTO items VALUES (2, 'next')", &[])
+        .expect("insert");
+    drop(guard);
+    assert_eq!(db.item_ids(), vec![2]);
+    assert_eq!(manager.unfinished_transactions(), 1);
+}

@@ -1,6 +1,7 @@
 //! No password shows up in anything pgtx renders — `Display` and `Debug` of
-//! the settings and the manager, parse errors, connection errors and their
-//! sources, and log records — whichever way the password came in: URI
+//! the settings, the builder, the manager, a guard, a transaction and a
+//! savepoint in each state, parse errors, connection and statement errors
+//! and their sources, and log records — whichever way the password came in: URI
 //! userinfo, `key=value`, URI query parameter, `PGPASSWORD`, or the
 //! password file.
 //!
@@ -315,7 +316,9 @@ fn child(dsn: &str) {
             let _ = writeln!(out, "parse error {e} / {e:?}");
         }
     }
-    match pgtx::ManagedConnection::new(dsn) {
+    let builder = pgtx::ManagedConnection::builder(dsn);
+    let _ = writeln!(out, "builder {builder:?}");
+    match builder.build() {
         Ok(manager) => {
             let _ = writeln!(out, "manager {manager} / {manager:?}");
             match manager.lock() {
@@ -326,7 +329,44 @@ fn child(dsn: &str) {
                         "guard {guard:?} / {:?}",
                         row.map(|r| r.get::<_, String>(0))
                     );
-                    drop(guard);
+                    let _ = writeln!(out, "status {} / {:?}", guard.status(), guard.status());
+                    match guard.begin() {
+                        Ok(mut tx) => {
+                            let _ = writeln!(out, "tx {tx:?}");
+                            match tx.savepoint() {
+                                Ok(mut sp) => {
+                                    let _ = writeln!(out, "savepoint {sp:?}");
+                                    let refused = sp.execute("COMMIT", &[]);
+                                    let _ = writeln!(out, "refused {refused:?}");
+                                    let failed = sp.execute("SELECT 1/0", &[]);
+                                    let _ = writeln!(out, "failed {failed:?}");
+                                    match sp.rollback() {
+                                        Ok(done) => {
+                                            let _ = writeln!(out, "savepoint {done:?}");
+                                        }
+                                        Err(e) => {
+                                            let _ = writeln!(out, "savepoint error {e} / {e:?}");
+                                        }
+                                    }
+                                }
+                                Err(e) => {
+                                    let _ = writeln!(out, "savepoint error {e} / {e:?}");
+                                }
+                            }
+                            let _ = writeln!(out, "tx {tx:?}");
+                            match tx.rollback() {
+                                Ok(done) => {
+                                    let _ = writeln!(out, "tx {done:?}");
+                                }
+                                Err(e) => {
+                                    let _ = writeln!(out, "tx error {e} / {e:?}");
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let _ = writeln!(out, "begin error {e} / {e:?}");
+                        }
+                    }
                     let _ = writeln!(out, "manager {manager} / {manager:?}");
                     let _ = writeln!(out, "\nCONNECTED");
                 }
