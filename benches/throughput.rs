@@ -656,7 +656,7 @@ impl Report {
             "{} rounds of {} s per case (median reported), cases interleaved; {}; {} CPU(s): {}; client built with {}",
             plan.rounds,
             plan.secs,
-            server.describe(),
+            server_environment(server),
             std::thread::available_parallelism().map_or(0, usize::from),
             cpu_model(),
             if cfg!(debug_assertions) {
@@ -740,7 +740,8 @@ const NOTES: &str = "\
   afterwards, one by one, and timing them too made many threads look
   slower than they are.
 - The lease micro-benchmark is `ManagedConnection::bench_lease_cycle`
-  (doc-hidden): take the lease (parking_lot mutex, thread identity from a
+  (not API: it exists only with the `bench-internals` feature, which the
+  crate's own benches and tests enable): take the lease (parking_lot mutex, thread identity from a
   thread-local, new epoch) and release it. `lock()` adds the idle health
   check, which is skipped here because the connection answered within the
   last millisecond; after a longer idle time it is one non-blocking turn of
@@ -748,6 +749,37 @@ const NOTES: &str = "\
   2 µs), so that a connection the server closed while idle is replaced
   before anyone gets it. The micro-benchmarks run first, on a quiet machine.
 ";
+
+/// The server a run measured, as a reader needs it to compare runs: its
+/// version, where it ran, and the settings that change throughput, as the
+/// server itself reports them (not the ports or temporary directories of
+/// the machine that ran it).
+fn server_environment(server: &TestServer) -> String {
+    let place = if server.is_private() {
+        "a throwaway cluster on this machine"
+    } else {
+        "an external server"
+    };
+    let mut admin = server.admin();
+    let settings = admin.query_one(
+        "SELECT current_setting('server_version'), current_setting('fsync'),
+                current_setting('synchronous_commit'), current_setting('full_page_writes'),
+                current_setting('shared_buffers'), current_setting('max_connections')",
+        &[],
+    );
+    match settings {
+        Ok(row) => format!(
+            "PostgreSQL {} ({place}, loopback TCP; fsync={}, synchronous_commit={}, full_page_writes={}, shared_buffers={}, max_connections={})",
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2),
+            row.get::<_, String>(3),
+            row.get::<_, String>(4),
+            row.get::<_, String>(5),
+        ),
+        Err(e) => format!("PostgreSQL ({place}; its settings could not be read: {e})"),
+    }
+}
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")

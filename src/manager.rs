@@ -318,11 +318,13 @@ impl ManagedConnection {
 
     /// Takes the lease and releases it again without touching the connection
     /// (no health check, no I/O): the part of [`lock`](Self::lock) plus
-    /// dropping the guard that is pure bookkeeping. For `benches/throughput.rs`.
+    /// dropping the guard that is pure bookkeeping. For `benches/throughput.rs`
+    /// only (the non-default `bench-internals` feature): not API.
     ///
     /// # Errors
     ///
     /// [`Error::WouldBlock`] if another thread holds the connection.
+    #[cfg(feature = "bench-internals")]
     #[doc(hidden)]
     pub fn bench_lease_cycle(&self) -> Result<()> {
         drop(self.acquire_lease(Wait::Never)?);
