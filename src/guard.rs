@@ -85,9 +85,8 @@ impl<'m> Guard<'m> {
     pub fn begin_with(self, options: TxOptions) -> Result<Tx<'m, Open>> {
         let Guard { held } = self;
         let shared = held.shared();
-        let rolled_back = shared.with_session(held.ticket.epoch(), |s| {
-            Ok(s.begin(options.begin_sql()))
-        })?;
+        let rolled_back =
+            shared.with_session(held.ticket.epoch(), |s| Ok(s.begin(options.begin_sql())))?;
         if rolled_back {
             shared.report_unfinished(Cause::UserBlock);
         }
@@ -144,11 +143,7 @@ impl<'m> Guard<'m> {
     /// # Errors
     ///
     /// As [`query_one`](Self::query_one), except that no row is `Ok(None)`.
-    pub fn query_opt<T>(
-        &mut self,
-        query: &T,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Row>>
+    pub fn query_opt<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>>
     where
         T: ?Sized + ToStatement,
     {

@@ -118,7 +118,10 @@ pub(crate) struct Conn<'a> {
 
 impl Conn<'_> {
     /// Runs one operation on the session.
-    pub(crate) fn with_session<T>(&self, op: impl FnOnce(&mut Active<'_>) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_session<T>(
+        &self,
+        op: impl FnOnce(&mut Active<'_>) -> Result<T>,
+    ) -> Result<T> {
         let within = self.within;
         let shared = self.shared;
         shared.with_session(self.epoch, |session| {

@@ -393,7 +393,13 @@ impl Lease {
     /// Marks the grant `epoch` as owned by a `transaction` scope (see
     /// [`Refused::Reentrant`]).
     pub(crate) fn enter_scope(&self, epoch: u64) {
-        if let Some(holder) = self.state.lock().holder.as_mut().filter(|h| h.epoch == epoch) {
+        if let Some(holder) = self
+            .state
+            .lock()
+            .holder
+            .as_mut()
+            .filter(|h| h.epoch == epoch)
+        {
             holder.scoped = true;
         }
     }
@@ -481,7 +487,10 @@ mod tests {
         let lease = Lease::new(None);
         let first = lease.acquire(Wait::Never).expect("free");
         lease.enter_scope(first.epoch);
-        assert_eq!(lease.acquire(Wait::Forever).unwrap_err(), Refused::Reentrant);
+        assert_eq!(
+            lease.acquire(Wait::Forever).unwrap_err(),
+            Refused::Reentrant
+        );
         assert_eq!(lease.acquire(Wait::Never).unwrap_err(), Refused::Reentrant);
         assert_eq!(lease.epoch(), first.epoch, "nothing was taken over");
         thread::scope(|s| {

@@ -48,11 +48,15 @@
 //! - a [`ManagedConnection::transaction`] closure can only return by handing
 //!   back its own transaction finished (its lifetime brands it: a `Tx` from
 //!   another transaction does not fit), and it cannot keep the `Tx`;
+//! - a [`Savepoint`] borrows its transaction: the `Tx` cannot be used or
+//!   committed until the savepoint is released or rolled back, and a
+//!   finished savepoint cannot be used again;
 //! - a `Tx` or `Guard` cannot outlive the manager, be cloned, or move to
 //!   another thread; the state markers cannot be built or added to outside
 //!   this crate.
 //!
-//! What the runtime fallback catches (see [`Tx`] for the details):
+//! What the runtime fallback catches (see [`Tx`] and [`Savepoint`] for the
+//! details):
 //!
 //! - a `Tx<'_, Open>` dropped unfinished (early return, panic) is rolled back
 //!   before the connection is released;
@@ -67,7 +71,20 @@
 //! - a statement of a transaction never runs outside it: `BEGIN` travels
 //!   with the first statement in one protocol Sync group (one round trip
 //!   saved), so if the server refuses `BEGIN` it skips the statement too
-//!   (see [`Guard::begin`]).
+//!   (see [`Guard::begin`]); SQL that would end or restart the transaction
+//!   (`COMMIT`, `ROLLBACK`, `BEGIN`, `END`, …, anywhere in the text) is
+//!   refused before it is sent ([`Error::TransactionControl`]);
+//! - a [`Guard`] whose SQL opened a transaction block (a plain `BEGIN`) and
+//!   left it open is rolled back when it lets go: the next holder always
+//!   starts idle;
+//! - an unfinished [`Savepoint`] (dropped or forgotten) is rolled back,
+//!   only its own work, before its transaction goes on;
+//! - asking for the connection again from inside a
+//!   [`ManagedConnection::transaction`] closure is refused with
+//!   [`Error::Reentrant`] instead of deadlocking.
+//!
+//! The transaction status ([`ManagedConnection::status`]) is the server's
+//! own word, from its last answer, not pgtx's bookkeeping.
 //!
 //! Each fallback rollback is reported as [`Error::UnfinishedTransaction`],
 //! whose message is psycopg2-managed-connection's own:

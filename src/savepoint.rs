@@ -131,11 +131,7 @@ impl<'t> Savepoint<'t, Open> {
     /// # Errors
     ///
     /// As [`Tx::query_one`](crate::Tx::query_one), except that no row is `Ok(None)`.
-    pub fn query_opt<T>(
-        &mut self,
-        query: &T,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Row>>
+    pub fn query_opt<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>>
     where
         T: ?Sized + ToStatement,
     {
@@ -199,7 +195,11 @@ impl<'t> Savepoint<'t, Open> {
     /// - as [`execute`](Self::execute) otherwise (the connection broke, or
     ///   the lease was revoked). The savepoint is over either way.
     pub fn release(self) -> Result<Savepoint<'t, Done>> {
-        self.finish(|level| level.conn.with_session(|s| s.release_savepoint(level.depth)))
+        self.finish(|level| {
+            level
+                .conn
+                .with_session(|s| s.release_savepoint(level.depth))
+        })
     }
 
     /// Rolls back everything done since the savepoint was opened, and ends
@@ -275,7 +275,11 @@ impl Drop for Level<'_> {
             return;
         }
         let panicked = std::thread::panicking();
-        roll_back_unfinished(self.conn, self.depth, Some(Cause::SavepointDropped { panicked }));
+        roll_back_unfinished(
+            self.conn,
+            self.depth,
+            Some(Cause::SavepointDropped { panicked }),
+        );
     }
 }
 

@@ -174,7 +174,9 @@ pub(crate) enum Cause {
     /// SQL run through a guard opened a transaction block and left it open.
     UserBlock,
     /// A savepoint was dropped (or unwound) before `release` or `rollback`.
-    SavepointDropped { panicked: bool },
+    SavepointDropped {
+        panicked: bool,
+    },
     /// A savepoint was forgotten, and its transaction used again.
     SavepointForgotten,
 }

@@ -219,7 +219,11 @@ impl Machine {
 
     /// The status everyone can read: the server's own, except that a
     /// transaction whose `BEGIN` is pending is in a transaction already.
-    pub(crate) fn status(&self, connected: bool, server: Option<ServerStatus>) -> TransactionStatus {
+    pub(crate) fn status(
+        &self,
+        connected: bool,
+        server: Option<ServerStatus>,
+    ) -> TransactionStatus {
         match (&self.track, connected, server) {
             (Track::Lost, _, _) => TransactionStatus::Unknown,
             (_, false, _) => TransactionStatus::Closed,
@@ -240,7 +244,9 @@ fn in_transaction(
     match server {
         // Healthy, or recovered by `ROLLBACK TO SAVEPOINT`.
         ServerStatus::InTransaction => Track::Open,
-        ServerStatus::Failed => Track::Aborted(first.or_else(|| error.map(|e| Box::new(e.clone())))),
+        ServerStatus::Failed => {
+            Track::Aborted(first.or_else(|| error.map(|e| Box::new(e.clone()))))
+        }
         // A block that is still aborted after a refused BEGIN stays so; any
         // other way to idle is user SQL that ended the transaction.
         ServerStatus::Idle if first.is_some() => Track::Aborted(first),
@@ -360,7 +366,10 @@ mod tests {
             m.before_statement(true, Some(ServerStatus::Idle)),
             Err(Refusal::Aborted(None))
         ));
-        assert!(!m.rollback(Some(ServerStatus::Idle)), "no block to roll back");
+        assert!(
+            !m.rollback(Some(ServerStatus::Idle)),
+            "no block to roll back"
+        );
     }
 
     #[test]
@@ -381,10 +390,7 @@ mod tests {
         m.after_statement(Reply::Lost);
         assert!(matches!(m.track, Track::Lost));
         assert_eq!(m.status(false, None), TransactionStatus::Unknown);
-        assert!(matches!(
-            m.before_statement(true, None),
-            Err(Refusal::Lost)
-        ));
+        assert!(matches!(m.before_statement(true, None), Err(Refusal::Lost)));
         assert!(matches!(m.commit(), CommitPlan::Lost));
 
         let mut guard = Machine::new();

@@ -139,11 +139,7 @@ impl<'m> Tx<'m, Open> {
     /// # Errors
     ///
     /// As [`query_one`](Self::query_one), except that no row is `Ok(None)`.
-    pub fn query_opt<T>(
-        &mut self,
-        query: &T,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Row>>
+    pub fn query_opt<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>>
     where
         T: ?Sized + ToStatement,
     {
@@ -246,9 +242,19 @@ impl<'m> Tx<'m, Open> {
     ///   the connection broke while `COMMIT` was in flight; nobody can tell.
     /// - [`Error::LeaseRevoked`](crate::Error::LeaseRevoked): this holder had
     ///   been taken over as abandoned, and the transaction rolled back.
+    /// - [`Error::TransactionControl`](crate::Error::TransactionControl): the
+    ///   server left the transaction block under a statement pgtx did not
+    ///   recognise as transaction control, and nothing was sent after it
+    ///   (a safety net: pgtx refuses every such statement it knows before
+    ///   sending it).
+    ///
+    /// A savepoint that was forgotten (`mem::forget`) is rolled back, and
+    /// reported, before `COMMIT`: its work is not committed.
     pub fn commit(self) -> Result<Tx<'m, Done>> {
         let Tx { mut held, .. } = self;
-        let result = held.conn(Within::Transaction { depth: 0 }).with_session(|s| s.commit());
+        let result = held
+            .conn(Within::Transaction { depth: 0 })
+            .with_session(|s| s.commit());
         held.ticket = held.ticket.finished();
         result.map(|()| Tx {
             held,
@@ -289,10 +295,12 @@ impl<'m> Tx<'m, Open> {
     /// been taken over as abandoned (the transaction was rolled back then).
     pub fn rollback(self) -> Result<Tx<'m, Done>> {
         let Tx { mut held, .. } = self;
-        let result = held.conn(Within::Transaction { depth: 0 }).with_session(|s| {
-            s.rollback();
-            Ok(())
-        });
+        let result = held
+            .conn(Within::Transaction { depth: 0 })
+            .with_session(|s| {
+                s.rollback();
+                Ok(())
+            });
         held.ticket = held.ticket.finished();
         result.map(|()| Tx {
             held,
@@ -365,7 +373,10 @@ impl<'m, T> Tx<'m, Done<T>> {
     /// [`Error::LeaseRevoked`](crate::Error::LeaseRevoked) if this
     /// transaction had lost the connection: nothing was closed.
     pub fn close(self) -> Result<Self> {
-        self.held.shared().session(self.held.ticket.epoch())?.close();
+        self.held
+            .shared()
+            .session(self.held.ticket.epoch())?
+            .close();
         Ok(self)
     }
 }

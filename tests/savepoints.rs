@@ -30,7 +30,10 @@ fn a_released_savepoint_commits_with_its_transaction() {
     sp.execute("INSERT INTO items VALUES (2, 'sp')", &[])
         .expect("insert");
     sp.release().expect("release");
-    assert!(db.item_ids().is_empty(), "nothing is committed before the tx");
+    assert!(
+        db.item_ids().is_empty(),
+        "nothing is committed before the tx"
+    );
     tx.commit().expect("commit");
     assert_eq!(db.item_ids(), vec![1, 2]);
     assert_eq!(manager.unfinished_transactions(), 0);
@@ -46,7 +49,10 @@ fn a_rolled_back_savepoint_undoes_only_its_work_and_recovers_the_transaction() {
     let mut sp = tx.savepoint().expect("savepoint");
     sp.execute("INSERT INTO items VALUES (2, 'sp')", &[])
         .expect("insert");
-    assert!(sp.execute("INSERT INTO items VALUES (2, 'dup')", &[]).is_err());
+    assert!(
+        sp.execute("INSERT INTO items VALUES (2, 'dup')", &[])
+            .is_err()
+    );
     assert_eq!(sp.status(), TransactionStatus::InError);
     sp.rollback().expect("rollback to the savepoint");
     assert_eq!(tx.status(), TransactionStatus::InTransaction);
@@ -138,7 +144,11 @@ fn a_forgotten_savepoint_is_rolled_back_before_its_transaction_goes_on() {
     assert_eq!(manager.unfinished_transactions(), 1);
     assert_eq!(reports(&db), 1);
     tx.commit().expect("commit");
-    assert_eq!(db.item_ids(), vec![1, 3], "the forgotten work never commits");
+    assert_eq!(
+        db.item_ids(),
+        vec![1, 3],
+        "the forgotten work never commits"
+    );
 
     // Forgotten, then committed straight away.
     let mut tx = manager.lock().expect("lock").begin().expect("begin");
@@ -178,7 +188,11 @@ fn savepoint_scope_releases_on_ok_and_rolls_back_on_err_without_a_report() {
         .expect("transaction");
     assert_eq!(kept, 2);
     assert_eq!(db.item_ids(), vec![1, 2, 4]);
-    assert_eq!(manager.unfinished_transactions(), 0, "an Err is the closure's own report");
+    assert_eq!(
+        manager.unfinished_transactions(),
+        0,
+        "an Err is the closure's own report"
+    );
     assert_eq!(reports(&db), 0);
 }
 
@@ -203,7 +217,10 @@ fn a_panic_in_a_savepoint_scope_rolls_everything_back_and_is_reported() {
     assert!(db.item_ids().is_empty());
     assert_eq!(db.open_transactions(), 0);
     assert_eq!(reports(&db), 1, "the savepoint's rollback is reported");
-    assert!(manager.unfinished_transactions() >= 2, "savepoint and transaction");
+    assert!(
+        manager.unfinished_transactions() >= 2,
+        "savepoint and transaction"
+    );
     // The connection is free and clean.
     let guard = manager.try_lock().expect("free");
     assert_eq!(guard.status(), TransactionStatus::Idle);

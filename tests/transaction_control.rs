@@ -24,10 +24,7 @@ fn reports(db: &Db) -> Vec<String> {
 /// The server's view of one backend: `pg_stat_activity.state`.
 fn backend_state(db: &Db, pid: i32) -> String {
     db.admin()
-        .query_one(
-            "SELECT state FROM pg_stat_activity WHERE pid = $1",
-            &[&pid],
-        )
+        .query_one("SELECT state FROM pg_stat_activity WHERE pid = $1", &[&pid])
         .expect("read pg_stat_activity")
         .get(0)
 }
@@ -70,7 +67,11 @@ fn a_begin_through_a_guard_is_rolled_back_and_reported_and_the_next_thread_start
             tx.commit().expect("commit");
         });
     });
-    assert_eq!(db.item_ids(), vec![2, 3], "the abandoned row never committed");
+    assert_eq!(
+        db.item_ids(),
+        vec![2, 3],
+        "the abandoned row never committed"
+    );
     assert_eq!(manager.unfinished_transactions(), 1);
 }
 
@@ -104,7 +105,11 @@ fn begin_on_a_guard_with_a_user_block_open_rolls_the_block_back_first() {
     tx.execute("INSERT INTO items VALUES (2, 'pgtx tx')", &[])
         .expect("insert");
     tx.commit().expect("commit");
-    assert_eq!(db.item_ids(), vec![2], "the user's block was not committed with it");
+    assert_eq!(
+        db.item_ids(),
+        vec![2],
+        "the user's block was not committed with it"
+    );
     assert_eq!(manager.unfinished_transactions(), 1);
     assert_eq!(reports(&db).len(), 1);
 }
@@ -140,7 +145,10 @@ const CONTROL: &[(&str, &str)] = &[
     ("Rollback Work", "ROLLBACK"),
     ("abort", "ABORT"),
     ("BEGIN", "BEGIN"),
-    ("start transaction isolation level serializable", "START TRANSACTION"),
+    (
+        "start transaction isolation level serializable",
+        "START TRANSACTION",
+    ),
     ("PREPARE TRANSACTION 'pgtx_test'", "PREPARE TRANSACTION"),
     ("COMMIT PREPARED 'pgtx_test'", "COMMIT PREPARED"),
     ("ROLLBACK /* x */ PREPARED 'pgtx_test'", "ROLLBACK PREPARED"),
