@@ -200,6 +200,11 @@ impl Driver {
         self.tap.server_status()
     }
 
+    /// Whether the server reads SQL text as UTF8 (see `Tap::reads_utf8`).
+    pub(crate) fn reads_utf8(&self) -> bool {
+        self.tap.reads_utf8()
+    }
+
     /// Forgets every cached statement (after the server said one was stale
     /// or gone: `DISCARD ALL` and `DEALLOCATE ALL` drop them all at once).
     pub(crate) fn forget_statements(&mut self) {

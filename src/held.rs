@@ -136,9 +136,9 @@ impl Conn<'_> {
 
     /// Refuses SQL that would end or restart the transaction (inside one),
     /// before anything is sent.
-    fn check<T: ?Sized + ToStatement>(&self, query: &T) -> Result<()> {
+    fn check<T: ?Sized + ToStatement>(&self, session: &Active<'_>, query: &T) -> Result<()> {
         match (self.within, query.sql()) {
-            (Within::Transaction { .. }, Sql::Text(sql)) => refuse_control(sql),
+            (Within::Transaction { .. }, Sql::Text(sql)) => refuse_control(session, sql),
             _ => Ok(()),
         }
     }
@@ -147,24 +147,30 @@ impl Conn<'_> {
     where
         T: ?Sized + ToStatement,
     {
-        self.check(query)?;
-        self.with_session(|s| s.cached_statement(query, |d, st| d.run(|c| c.execute(st, params))))
+        self.with_session(|s| {
+            self.check(s, query)?;
+            s.cached_statement(query, |d, st| d.run(|c| c.execute(st, params)))
+        })
     }
 
     pub(crate) fn query<T>(&self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>>
     where
         T: ?Sized + ToStatement,
     {
-        self.check(query)?;
-        self.with_session(|s| s.cached_statement(query, |d, st| d.run(|c| c.query(st, params))))
+        self.with_session(|s| {
+            self.check(s, query)?;
+            s.cached_statement(query, |d, st| d.run(|c| c.query(st, params)))
+        })
     }
 
     pub(crate) fn query_one<T>(&self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Row>
     where
         T: ?Sized + ToStatement,
     {
-        self.check(query)?;
-        self.with_session(|s| s.cached_statement(query, |d, st| d.run(|c| c.query_one(st, params))))
+        self.with_session(|s| {
+            self.check(s, query)?;
+            s.cached_statement(query, |d, st| d.run(|c| c.query_one(st, params)))
+        })
     }
 
     pub(crate) fn query_opt<T>(
@@ -175,21 +181,27 @@ impl Conn<'_> {
     where
         T: ?Sized + ToStatement,
     {
-        self.check(query)?;
-        self.with_session(|s| s.cached_statement(query, |d, st| d.run(|c| c.query_opt(st, params))))
+        self.with_session(|s| {
+            self.check(s, query)?;
+            s.cached_statement(query, |d, st| d.run(|c| c.query_opt(st, params)))
+        })
     }
 
     pub(crate) fn batch_execute(&self, query: &str) -> Result<()> {
-        self.check(query)?;
-        self.with_session(|s| s.statement(Sends::Query, |d| d.run(|c| c.batch_execute(query))))
+        self.with_session(|s| {
+            self.check(s, query)?;
+            s.statement(Sends::Query, |d| d.run(|c| c.batch_execute(query)))
+        })
     }
 
     /// Prepares `query`. Transaction control is refused everywhere, guards
     /// included: a prepared statement can be run inside a transaction
     /// later, where its text is no longer checked.
     pub(crate) fn prepare(&self, query: &str) -> Result<Statement> {
-        refuse_control(query)?;
-        self.with_session(|s| s.statement(Sends::Parse, |d| d.run(|c| c.prepare(query))))
+        self.with_session(|s| {
+            refuse_control(s, query)?;
+            s.statement(Sends::Parse, |d| d.run(|c| c.prepare(query)))
+        })
     }
 
     pub(crate) fn status(&self) -> TransactionStatus {
@@ -197,7 +209,17 @@ impl Conn<'_> {
     }
 }
 
-fn refuse_control(sql: &str) -> Result<()> {
+fn refuse_control(session: &Active<'_>, sql: &str) -> Result<()> {
+    if !session.reads_utf8() {
+        // In another encoding a byte pgtx reads as part of a character can
+        // be a quote or a backslash to the server, so a COMMIT could hide
+        // where pgtx sees a string.
+        return Err(Error::TransactionControl(
+            "client_encoding is not UTF8, so pgtx cannot read this SQL for transaction control \
+             (RESET client_encoding through the guard first)"
+                .to_owned(),
+        ));
+    }
     match control::find(sql) {
         Some(found) => Err(Error::TransactionControl(found.to_string())),
         None => Ok(()),

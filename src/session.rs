@@ -387,6 +387,12 @@ impl Active<'_> {
         Ok(true)
     }
 
+    /// Whether SQL text reaches the server as pgtx reads it: UTF8, unless
+    /// user SQL changed `client_encoding` (a closed connection has not).
+    pub(crate) fn reads_utf8(&self) -> bool {
+        self.slot.driver.as_ref().is_none_or(Driver::reads_utf8)
+    }
+
     /// How many pgtx savepoints are open.
     pub(crate) fn savepoint_depth(&self) -> u32 {
         self.slot.machine.depth

@@ -77,8 +77,12 @@ struct TapState {
     /// The server dropped prepared statements (`DISCARD ALL`,
     /// `DEALLOCATE`) since the driver last asked.
     statements_dropped: bool,
-    /// The first bytes of the CommandComplete tag being read.
+    /// The first bytes of the CommandComplete tag or ParameterStatus being read.
     tag: Vec<u8>,
+    /// The server reported a `client_encoding` other than UTF8 (user SQL
+    /// ran `SET client_encoding`): SQL text is then not read by the server
+    /// the way pgtx reads it.
+    foreign_encoding: bool,
     outcome: Option<BeginOutcome>,
     /// Answers to `BEGIN` still to be taken out of the read side.
     strip: Option<Strip>,
@@ -113,6 +117,10 @@ struct Strip {
 const PARSE_BIND_EXECUTE: &[u8] = b"12C";
 /// The answers to Bind and Execute of a prepared statement.
 const BIND_EXECUTE: &[u8] = b"2C";
+
+/// How much of a ParameterStatus is kept: enough for
+/// `client_encoding\0` and any encoding name.
+const PARAMETER_PREFIX: usize = 48;
 
 /// How much of a CommandComplete tag is kept to recognise the commands
 /// that drop prepared statements.
@@ -184,6 +192,12 @@ impl Tap {
     pub(crate) fn server_status(&self) -> Option<ServerStatus> {
         self.0.lock().status
     }
+
+    /// Whether the server reads SQL text as UTF8 (as tokio-postgres asks at
+    /// start-up), so that pgtx's reading of it is the server's.
+    pub(crate) fn reads_utf8(&self) -> bool {
+        !self.0.lock().foreign_encoding
+    }
 }
 
 impl TapState {
@@ -224,12 +238,20 @@ impl TapState {
             if let Some(status) = step.status {
                 self.status = Some(status);
             }
-            if self.incoming.header[0] == b'C' && !self.dropping {
+            let kind = self.incoming.header[0];
+            if matches!(kind, b'C' | b'S') && !self.dropping {
                 let body = &data[from + step.consumed - step.body..from + step.consumed];
-                let room = TAG_PREFIX.saturating_sub(self.tag.len());
+                let keep = if kind == b'C' {
+                    TAG_PREFIX
+                } else {
+                    PARAMETER_PREFIX
+                };
+                let room = keep.saturating_sub(self.tag.len());
                 self.tag.extend_from_slice(&body[..room.min(body.len())]);
-                if step.ended {
+                if step.ended && kind == b'C' {
                     self.on_command_complete();
+                } else if step.ended {
+                    self.on_parameter_status();
                 }
             }
             if !self.dropping {
@@ -247,6 +269,15 @@ impl TapState {
         if self.tag.starts_with(b"DEALLOCATE") || self.tag.starts_with(b"DISCARD ALL") {
             self.begins.clear();
             self.statements_dropped = true;
+        }
+    }
+
+    /// Follows `client_encoding`, which the server reports whenever it
+    /// changes.
+    fn on_parameter_status(&mut self) {
+        if let Some(value) = self.tag.strip_prefix(b"client_encoding\0") {
+            let value = value.split(|&b| b == 0).next().unwrap_or_default();
+            self.foreign_encoding = !value.eq_ignore_ascii_case(b"UTF8");
         }
     }
 
@@ -610,6 +641,36 @@ mod tests {
                 .messages
                 .starts_with(&msg(b'P', b"pgtx_begin_1\0BEGIN READ ONLY\0\0\0"))
         );
+    }
+
+    #[test]
+    fn a_client_encoding_other_than_utf8_is_noticed_at_any_read_split() {
+        let stream = [
+            msg(b'S', b"client_encoding\0SJIS\0"),
+            msg(b'C', b"SET\0"),
+            msg(b'Z', b"I"),
+        ]
+        .concat();
+        for split in 1..stream.len() {
+            let tap = Tap::new();
+            tap.activate();
+            let mut data = stream.clone();
+            let (a, b) = data.split_at_mut(split);
+            let mut state = tap.0.lock();
+            assert_eq!(state.read(a) + state.read(b), stream.len(), "all passed on");
+            drop(state);
+            assert!(!tap.reads_utf8(), "split at {split}");
+            let mut back = msg(b'S', b"client_encoding\0UTF8\0");
+            tap.0.lock().read(&mut back);
+            assert!(tap.reads_utf8(), "split at {split}");
+        }
+        // Other parameters leave it alone.
+        let tap = Tap::new();
+        tap.activate();
+        tap.0
+            .lock()
+            .read(&mut msg(b'S', b"application_name\0SJIS\0"));
+        assert!(tap.reads_utf8());
     }
 
     #[test]

@@ -275,3 +275,53 @@ fn the_status_is_the_servers_own_word() {
     drop(guard);
     assert_eq!(manager.unfinished_transactions(), 0);
 }
+
+/// A failed first `prepare` aborts the transaction before its `BEGIN` went
+/// out: a statement sent after it would run, and commit, on its own.
+#[test]
+fn after_a_failed_first_prepare_nothing_runs_outside_the_transaction() {
+    let db = Db::new("failed_first_prepare");
+    let manager = db.manager();
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    assert!(tx.prepare("SELEC broken").is_err(), "a syntax error");
+    let err = tx
+        .execute("INSERT INTO items VALUES (1, 'after')", &[])
+        .expect_err("the transaction is aborted");
+    assert!(matches!(err, Error::TransactionAborted(Some(_))), "{err:?}");
+    assert!(db.item_ids().is_empty(), "nothing committed on its own");
+    let err = tx.commit().expect_err("aborted");
+    assert!(matches!(err, Error::TransactionAborted(Some(_))), "{err:?}");
+    assert!(db.item_ids().is_empty());
+    assert_eq!(db.open_transactions(), 0);
+}
+
+/// In another client encoding the server may read bytes differently from
+/// pgtx's lexer (a multibyte character swallowing a quote or backslash), so
+/// a transaction refuses SQL text until the encoding is UTF8 again.
+#[test]
+fn sql_text_in_a_tx_is_refused_while_client_encoding_is_not_utf8() {
+    let db = Db::new("foreign_encoding");
+    let manager = db.manager();
+    let mut guard = manager.lock().expect("lock");
+    guard
+        .batch_execute("SET client_encoding = 'SJIS'")
+        .expect("set encoding");
+    let mut tx = guard.begin().expect("begin");
+    let err = tx
+        .execute("INSERT INTO items VALUES (1, 'x')", &[])
+        .expect_err("refused");
+    assert!(
+        matches!(&err, Error::TransactionControl(m) if m.contains("client_encoding")),
+        "{err:?}"
+    );
+    tx.rollback().expect("rollback");
+    let mut guard = manager.lock().expect("lock");
+    guard
+        .batch_execute("RESET client_encoding")
+        .expect("reset through the guard");
+    let mut tx = guard.begin().expect("begin");
+    tx.execute("INSERT INTO items VALUES (2, 'utf8 again')", &[])
+        .expect("insert");
+    tx.commit().expect("commit");
+    assert_eq!(db.item_ids(), vec![2]);
+}
