@@ -119,9 +119,100 @@ pub enum Error {
     #[error("{}", describe(.0))]
     Db(#[source] postgres::Error),
 
+    /// A participant of a [`TwoPhase`](crate::TwoPhase) transaction could
+    /// not vote yes: its work had failed, its `PREPARE TRANSACTION` was
+    /// refused (`max_prepared_transactions = 0`; `NOTIFY`, `LISTEN` or a
+    /// temporary table used in it), or its connection broke. Every
+    /// participant was rolled back; nothing was committed anywhere.
+    #[error("{}", describe_vote(.participant, .source))]
+    VoteFailed {
+        /// The participant, as its settings show it (no password).
+        participant: String,
+        /// Why it could not prepare.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A [`TwoPhase`](crate::TwoPhase) transaction is not finished on every
+    /// participant. Never a rollback: the decision to commit was made
+    /// (`decided`), or its outcome is unknown because the connection broke
+    /// while the decision was committed. The participants listed as
+    /// `in_doubt` are still prepared on their servers, holding their locks,
+    /// until [`Recovery`](crate::two_phase::Recovery) (or a retry) finishes
+    /// them as the decision says.
+    #[error("{}", describe_in_doubt(*.decided, .committed, .in_doubt, .source))]
+    InDoubt {
+        /// Whether the decision to commit is known to have been made.
+        decided: bool,
+        /// The participants that committed.
+        committed: Vec<String>,
+        /// The participants still prepared.
+        in_doubt: Vec<String>,
+        /// The last failure.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// The transaction committed, but a `NOTIFY` meant to follow it could
+    /// not be sent. The data is committed; only the notification is missing.
+    #[error("the transaction committed, but NOTIFY on channel {channel:?} failed: {source}")]
+    NotifyFailed {
+        /// The channel of the notification that was not sent.
+        channel: String,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A [`ParticipantId`](crate::two_phase::ParticipantId) was given to a
+    /// [`TwoPhase`](crate::TwoPhase) transaction it does not belong to.
+    /// Nothing was done.
+    #[error("that participant does not belong to this distributed transaction")]
+    InvalidParticipant,
+
+    /// A notification was refused when it was added (an empty or too long
+    /// channel name, a payload of 8000 bytes or more, a NUL byte). Nothing
+    /// was sent, and the transaction is as it was.
+    #[error("invalid notification: {0}")]
+    InvalidNotification(String),
+
     /// The private runtime that drives the connection could not be created.
     #[error("could not start the runtime that drives the connection")]
     Runtime(#[source] std::io::Error),
+}
+
+fn describe_vote(participant: &str, source: &Error) -> String {
+    let hint = if source.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+        && source
+            .as_db_error()
+            .is_some_and(|db| db.message().contains("prepared transactions are disabled"))
+    {
+        " (two-phase commit needs max_prepared_transactions set above 0 on that server)"
+    } else {
+        ""
+    };
+    format!(
+        "participant {participant} could not prepare, so every participant was rolled back: {source}{hint}"
+    )
+}
+
+fn describe_in_doubt(
+    decided: bool,
+    committed: &[String],
+    in_doubt: &[String],
+    source: &Error,
+) -> String {
+    let decision = if decided {
+        "the decision was to commit"
+    } else {
+        "the decision to commit may or may not have been made"
+    };
+    format!(
+        "distributed transaction in doubt ({decision}): committed on [{}], still prepared on [{}]; \
+         run pgtx::two_phase::Recovery to finish it: {source}",
+        committed.join(", "),
+        in_doubt.join(", ")
+    )
 }
 
 fn first_error(first: &Option<Box<DbError>>) -> String {
@@ -166,6 +257,9 @@ impl Error {
                 e.as_ref().and_then(postgres::Error::as_db_error)
             }
             Error::TransactionAborted(e) => e.as_deref(),
+            Error::VoteFailed { source, .. }
+            | Error::InDoubt { source, .. }
+            | Error::NotifyFailed { source, .. } => source.as_db_error(),
             _ => None,
         }
     }
@@ -184,6 +278,8 @@ impl Error {
         match self {
             Error::Connect(_) | Error::ConnectionLost(_) | Error::LockTimeout(_) => true,
             Error::WouldBlock | Error::LeaseRevoked => true,
+            // Something was committed: running the work again would repeat it.
+            Error::InDoubt { .. } | Error::NotifyFailed { .. } => false,
             _ => matches!(
                 self.code(),
                 Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE

@@ -131,6 +131,7 @@ mod state;
 mod statements;
 mod status;
 mod track;
+pub mod two_phase;
 mod tx;
 mod wire;
 
@@ -142,6 +143,7 @@ pub use crate::options::{IsolationLevel, TxOptions};
 pub use crate::savepoint::Savepoint;
 pub use crate::state::{Done, Open, State};
 pub use crate::status::TransactionStatus;
+pub use crate::two_phase::TwoPhase;
 pub use crate::tx::Tx;
 
 pub use crate::statements::ToStatement;

@@ -331,6 +331,10 @@ impl ManagedConnection {
         Ok(())
     }
 
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     fn acquire(&self, wait: Wait) -> Result<Guard<'_>> {
         let held = self.acquire_lease(wait)?;
         self.shared.session(held.ticket.epoch())?.ensure_open()?;

@@ -19,7 +19,7 @@ use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::statements::{Sql, ToStatement};
 use crate::status::{StatusCell, TransactionStatus};
-use crate::track::{CommitPlan, Machine, Refusal, Reply, Track};
+use crate::track::{CommitPlan, Machine, PreparePlan, Refusal, Reply, Track};
 use crate::wire::{BeginOutcome, ServerStatus};
 
 /// A connection that answered this recently is not checked again (when
@@ -393,6 +393,93 @@ impl Active<'_> {
         self.slot.driver.as_ref().is_none_or(Driver::reads_utf8)
     }
 
+    /// The vote of a two-phase commit: `PREPARE TRANSACTION gid`. Returns
+    /// whether a transaction was prepared (one that sent nothing has
+    /// nothing to prepare, and nothing to commit later).
+    ///
+    /// On `Err` nothing is prepared under `gid` on this session's account,
+    /// except after [`Error::ConnectionLost`], when the server may have
+    /// prepared it (recovery, or `ROLLBACK PREPARED`, decides).
+    pub(crate) fn prepare_transaction(&mut self, gid: &str) -> Result<bool> {
+        match self.slot.machine.prepare() {
+            PreparePlan::Nothing => {
+                self.publish();
+                return Ok(false);
+            }
+            PreparePlan::Lost => {
+                self.publish();
+                return Err(Error::ConnectionLost(None));
+            }
+            PreparePlan::Escaped => {
+                self.publish();
+                return Err(escaped());
+            }
+            PreparePlan::RollBack(first) => {
+                self.rollback();
+                return Err(Error::TransactionAborted(first));
+            }
+            PreparePlan::Send => {}
+        }
+        let Some(driver) = self.slot.driver.as_mut() else {
+            self.slot.machine.reset();
+            self.publish();
+            return Err(Error::ConnectionLost(None));
+        };
+        self.status.set(TransactionStatus::Active);
+        let sql = format!("PREPARE TRANSACTION {}", quote_literal(gid));
+        let result = match driver.run(|client| client.batch_execute(&sql)) {
+            Err(e) if driver.has_ended() => Err(Error::ConnectionLost(Some(driver.why_lost(e)))),
+            other => other.map_err(Error::Db),
+        };
+        let reply = match &result {
+            Err(Error::ConnectionLost(_)) => {
+                self.slot.driver = None;
+                Reply::Lost
+            }
+            other => Reply::Answered {
+                began: false,
+                server: driver.server_status().unwrap_or(ServerStatus::Idle),
+                error: other.as_ref().err().and_then(Error::as_db_error),
+            },
+        };
+        self.slot.machine.after_prepare(gid, reply);
+        if self.in_transaction() && !matches!(self.slot.machine.track, Track::Prepared(_)) {
+            // Refused and left failed: end the block.
+            self.rollback();
+        }
+        self.publish();
+        result.map(|()| true)
+    }
+
+    /// `COMMIT PREPARED gid` (or `ROLLBACK PREPARED`): the second phase.
+    /// Any session on the same database may send it, so a connection that
+    /// broke is replaced first.
+    pub(crate) fn finish_prepared(&mut self, gid: &str, commit: bool) -> Result<()> {
+        if matches!(self.slot.machine.track, Track::Prepared(_) | Track::Lost) {
+            self.slot.machine.reset();
+        }
+        if self.in_transaction() {
+            return Err(escaped());
+        }
+        self.ensure_open()?;
+        let Some(driver) = self.slot.driver.as_mut() else {
+            return Err(Error::ConnectionLost(None));
+        };
+        let verb = if commit { "COMMIT" } else { "ROLLBACK" };
+        let sql = format!("{verb} PREPARED {}", quote_literal(gid));
+        self.status.set(TransactionStatus::Active);
+        let result = match driver.run(|client| client.batch_execute(&sql)) {
+            Err(e) if driver.has_ended() => {
+                let cause = driver.why_lost(e);
+                self.slot.driver = None;
+                Err(Error::ConnectionLost(Some(cause)))
+            }
+            other => other.map_err(Error::Db),
+        };
+        self.publish();
+        result
+    }
+
     /// How many pgtx savepoints are open.
     pub(crate) fn savepoint_depth(&self) -> u32 {
         self.slot.machine.depth
@@ -428,6 +515,12 @@ impl Active<'_> {
     }
 }
 
+/// `text` as an SQL string literal (for the gids of two-phase commit,
+/// which `PREPARE TRANSACTION` takes as a literal, not a parameter).
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// The name of pgtx's savepoint number `depth`, quoted. User SQL may make
 /// savepoints of its own; these names are pgtx's.
 fn savepoint_name(depth: u32) -> String {
@@ -439,6 +532,10 @@ fn refused(refusal: Refusal) -> Error {
         Refusal::Aborted(first) => Error::TransactionAborted(first),
         Refusal::Escaped => escaped(),
         Refusal::Lost => Error::ConnectionLost(None),
+        Refusal::Prepared => Error::TransactionControl(
+            "the transaction was prepared for two-phase commit; nothing more can run in it"
+                .to_owned(),
+        ),
     }
 }
 

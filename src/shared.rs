@@ -63,6 +63,31 @@ impl Shared {
         Ok(grant.epoch)
     }
 
+    /// Takes the lease for a participant of a distributed transaction and
+    /// begins its transaction; returns the epoch. Like a `transaction`
+    /// scope, the hold is provably alive while the coordinator lives, so
+    /// the same thread asking again is refused as re-entrant.
+    pub(crate) fn join(&self) -> Result<u64> {
+        let epoch = self.acquire(Wait::Forever)?;
+        let begun = self.with_session(epoch, |s| {
+            s.ensure_open()?;
+            Ok(s.begin(std::borrow::Cow::Borrowed("BEGIN")))
+        });
+        match begun {
+            Ok(rolled_back) => {
+                if rolled_back {
+                    self.report_unfinished(Cause::UserBlock);
+                }
+                self.lease.enter_scope(epoch);
+                Ok(epoch)
+            }
+            Err(e) => {
+                self.lease.release(epoch);
+                Err(e)
+            }
+        }
+    }
+
     /// Locks the session for one operation, if `epoch` still holds the lease.
     pub(crate) fn session(&self, epoch: u64) -> Result<Active<'_>> {
         let session = self.session.lock();

@@ -41,6 +41,10 @@ pub(crate) enum Track {
     /// The connection broke while a transaction was open: the server has
     /// rolled it back, and the holder must still be told.
     Lost,
+    /// `PREPARE TRANSACTION` took the transaction off the session (the
+    /// server keeps it under this gid until `COMMIT PREPARED` or `ROLLBACK
+    /// PREPARED`, from any session); the session itself is idle.
+    Prepared(String),
 }
 
 /// What a request came back with.
@@ -68,6 +72,9 @@ pub(crate) enum Refusal {
     Escaped,
     /// The connection broke under the transaction.
     Lost,
+    /// The transaction was prepared for two-phase commit: it is no longer
+    /// on this session.
+    Prepared,
 }
 
 /// What `commit` has to do.
@@ -82,6 +89,21 @@ pub(crate) enum CommitPlan {
     /// Report that the connection was lost.
     Lost,
     /// Report that the transaction ended under a statement pgtx did not know.
+    Escaped,
+}
+
+/// What `PREPARE TRANSACTION` has to do.
+#[derive(Debug)]
+pub(crate) enum PreparePlan {
+    /// Nothing reached the server: the participant votes yes with nothing to do.
+    Nothing,
+    /// Send `PREPARE TRANSACTION`.
+    Send,
+    /// The server aborted the transaction: roll back, and report the first error.
+    RollBack(Option<Box<DbError>>),
+    /// Report that the connection was lost.
+    Lost,
+    /// Report that the transaction block is gone.
     Escaped,
 }
 
@@ -131,6 +153,7 @@ impl Machine {
             }
             Track::Escaped => Err(Refusal::Escaped),
             Track::Lost => Err(Refusal::Lost),
+            Track::Prepared(_) => Err(Refusal::Prepared),
             _ => Ok(None),
         }
     }
@@ -164,6 +187,7 @@ impl Machine {
             // Nothing is sent in these states.
             Track::Escaped => Track::Escaped,
             Track::Lost => Track::Lost,
+            Track::Prepared(gid) => Track::Prepared(gid),
         };
         if !matches!(self.track, Track::Open | Track::Aborted(_)) {
             self.depth = 0;
@@ -193,8 +217,49 @@ impl Machine {
                 CommitPlan::RollBack(first)
             }
             Track::Lost => CommitPlan::Lost,
-            Track::Escaped => CommitPlan::Escaped,
+            Track::Escaped | Track::Prepared(_) => CommitPlan::Escaped,
         }
+    }
+
+    /// What `PREPARE TRANSACTION` must do (the vote of a two-phase commit).
+    pub(crate) fn prepare(&mut self) -> PreparePlan {
+        self.depth = 0;
+        match std::mem::replace(&mut self.track, Track::Idle) {
+            // Nothing reached the server: nothing to prepare, and nothing
+            // to commit later.
+            Track::Idle | Track::Pending(_) => PreparePlan::Nothing,
+            Track::Open | Track::UserBlock => {
+                self.track = Track::Open;
+                PreparePlan::Send
+            }
+            Track::Aborted(first) => {
+                self.track = Track::Open;
+                PreparePlan::RollBack(first)
+            }
+            Track::Lost => PreparePlan::Lost,
+            Track::Escaped | Track::Prepared(_) => PreparePlan::Escaped,
+        }
+    }
+
+    /// After `PREPARE TRANSACTION`: prepared if the server says it left the
+    /// block without an error.
+    pub(crate) fn after_prepare(&mut self, gid: &str, reply: Reply<'_>) {
+        self.track = match reply {
+            Reply::Answered {
+                server: ServerStatus::Idle,
+                error: None,
+                ..
+            } => Track::Prepared(gid.to_owned()),
+            // The server refused to prepare; it ended the block, or left it
+            // failed for `rollback` to end.
+            Reply::Answered {
+                server: ServerStatus::Idle,
+                ..
+            } => Track::Idle,
+            Reply::Answered { .. } => Track::Open,
+            // Whether the server prepared it is unknown: recovery decides.
+            Reply::Lost => Track::Idle,
+        };
     }
 
     /// Whether `ROLLBACK` must be sent to end what is open; the machine is
@@ -202,7 +267,9 @@ impl Machine {
     pub(crate) fn rollback(&mut self, server: Option<ServerStatus>) -> bool {
         self.depth = 0;
         match std::mem::replace(&mut self.track, Track::Idle) {
-            Track::Idle | Track::Pending(_) | Track::Lost => false,
+            // A prepared transaction is not on this session: it waits for
+            // `COMMIT PREPARED` or `ROLLBACK PREPARED` (or for recovery).
+            Track::Idle | Track::Pending(_) | Track::Lost | Track::Prepared(_) => false,
             // The server is the judge of whether a block is open (a refused
             // BEGIN leaves none).
             Track::UserBlock | Track::Open | Track::Aborted(_) | Track::Escaped => {
@@ -398,6 +465,63 @@ mod tests {
         guard.lose();
         assert!(!guard.in_transaction());
         assert_eq!(guard.status(false, None), TransactionStatus::Closed);
+    }
+
+    #[test]
+    fn a_prepared_transaction_leaves_the_session_idle_and_sends_nothing_more() {
+        let mut m = open();
+        m.depth = 1;
+        assert!(matches!(m.prepare(), PreparePlan::Send));
+        m.after_prepare("pgtx:g", answered(false, ServerStatus::Idle));
+        assert!(matches!(&m.track, Track::Prepared(g) if g == "pgtx:g"));
+        assert_eq!(m.depth, 0);
+        assert!(
+            m.in_transaction(),
+            "a forgotten prepared participant is reported"
+        );
+        assert_eq!(
+            m.status(true, Some(ServerStatus::Idle)),
+            TransactionStatus::Idle
+        );
+        assert!(matches!(
+            m.before_statement(true, Some(ServerStatus::Idle)),
+            Err(Refusal::Prepared)
+        ));
+        assert!(
+            !m.rollback(Some(ServerStatus::Idle)),
+            "ROLLBACK would not reach it"
+        );
+    }
+
+    #[test]
+    fn preparing_an_empty_or_aborted_transaction_does_not_send_prepare() {
+        let mut m = Machine::new();
+        m.begin(Cow::Borrowed("BEGIN"));
+        assert!(matches!(m.prepare(), PreparePlan::Nothing));
+        assert!(!m.in_transaction());
+        let mut m = open();
+        m.after_statement(answered(false, ServerStatus::Failed));
+        assert!(matches!(m.prepare(), PreparePlan::RollBack(None)));
+        assert!(m.rollback(Some(ServerStatus::Failed)));
+    }
+
+    #[test]
+    fn a_refused_prepare_ends_the_transaction_the_way_the_server_says() {
+        let mut m = open();
+        let _ = m.prepare();
+        m.after_prepare(
+            "g",
+            Reply::Answered {
+                began: false,
+                server: ServerStatus::Idle,
+                error: None,
+            },
+        );
+        assert!(matches!(m.track, Track::Prepared(_)));
+        let mut m = open();
+        let _ = m.prepare();
+        m.after_prepare("g", Reply::Lost);
+        assert!(!m.in_transaction(), "the session is gone; recovery decides");
     }
 
     #[test]

@@ -36,6 +36,9 @@ struct Inner {
     accepted: AtomicUsize,
     /// Reads that returned bytes on the client → server side.
     client_chunks: AtomicUsize,
+    /// Stall (holding the chunk) at the first client → server chunk that
+    /// contains every one of these byte strings.
+    stall_on: Mutex<Option<Vec<Vec<u8>>>>,
 }
 
 /// One proxied connection; the streams are clones kept only to shut them
@@ -86,6 +89,7 @@ impl Proxy {
             next_id: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
             client_chunks: AtomicUsize::new(0),
+            stall_on: Mutex::new(None),
         });
         let accept_inner = Arc::clone(&inner);
         let accept_thread = std::thread::Builder::new()
@@ -128,6 +132,14 @@ impl Proxy {
     pub fn resume(&self) {
         *lock(&self.inner.stalled) = false;
         self.inner.stall_changed.notify_all();
+    }
+
+    /// Stalls the proxy at the first chunk a client sends that contains
+    /// every one of `needles`, before that chunk is forwarded: the client
+    /// is then stuck waiting for the answer to exactly that request. Once
+    /// it fired, [`is_stalled`](Self::is_stalled) is true.
+    pub fn stall_on(&self, needles: &[&[u8]]) {
+        *lock(&self.inner.stall_on) = Some(needles.iter().map(|n| n.to_vec()).collect());
     }
 
     /// Whether the proxy is currently stalled.
@@ -190,6 +202,21 @@ impl Inner {
         let mut conns = lock(&self.conns);
         if let Some(i) = conns.iter().position(|c| c.id == id) {
             conns.swap_remove(i).close();
+        }
+    }
+
+    /// Stalls if `chunk` is the one [`Proxy::stall_on`] waits for.
+    fn maybe_stall_on(&self, chunk: &[u8]) {
+        let mut armed = lock(&self.stall_on);
+        let fires = armed.as_ref().is_some_and(|needles| {
+            needles
+                .iter()
+                .all(|n| chunk.windows(n.len().max(1)).any(|w| w == n.as_slice()))
+        });
+        if fires {
+            *armed = None;
+            *lock(&self.stalled) = true;
+            self.stall_changed.notify_all();
         }
     }
 
@@ -289,6 +316,7 @@ fn pump(
         };
         if from_client {
             inner.client_chunks.fetch_add(1, Ordering::SeqCst);
+            inner.maybe_stall_on(&buf[..n]);
         }
         // A stall may have begun while this read was blocked: hold the bytes.
         if !inner.wait_unstalled(closed) {

@@ -1,0 +1,338 @@
+//! Finishing what a crashed coordinator left prepared.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::SystemTime;
+
+use crate::error::{Error, Result};
+use crate::manager::ManagedConnection;
+
+use super::CREATE_DECISIONS;
+use super::gid::{self, Key};
+
+/// Finds pgtx's prepared transactions on a set of databases and finishes
+/// each one as its distributed transaction decided.
+///
+/// Give it every database the coordinators' transactions ran on (the
+/// deciding participant of a transaction must be among them, or that
+/// transaction is left alone and reported as
+/// [`Decision::DeciderNotGiven`]).
+///
+/// ```no_run
+/// let report = pgtx::two_phase::Recovery::new(["dbname=bank_a", "dbname=bank_b"]).run()?;
+/// println!("committed {}, rolled back {}", report.committed.len(), report.rolled_back.len());
+/// # Ok::<(), pgtx::Error>(())
+/// ```
+///
+/// # How it decides
+///
+/// A prepared transaction is committed if and only if the row recording
+/// its decision (in [`DECISIONS_TABLE`](super::DECISIONS_TABLE) of the
+/// deciding participant's database) says `'commit'`. A transaction with no
+/// decision row is presumed aborted: [`run`](Self::run) first writes an
+/// `'abort'` row for it (`ON CONFLICT DO NOTHING`), which waits for, or
+/// collides with, a coordinator that is still deciding, so that coordinator
+/// can no longer commit once recovery has rolled back. That makes recovery
+/// safe to run at any time, even beside live coordinators. The `'abort'`
+/// rows stay (they are what keeps a late coordinator from committing).
+///
+/// Only gids that pgtx made are ever touched.
+#[derive(Clone)]
+pub struct Recovery {
+    dsns: Vec<String>,
+}
+
+/// What recovery found, or did, for one prepared transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PreparedTransaction {
+    /// The database it is prepared on, as its settings show (no password).
+    pub server: String,
+    /// Its gid in `pg_prepared_xacts`.
+    pub gid: String,
+    /// When it was prepared.
+    pub prepared_at: SystemTime,
+    /// What its distributed transaction decided.
+    pub decision: Decision,
+}
+
+/// The decision of a distributed transaction, as its decision row says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Decision {
+    /// The decider committed: the transaction commits everywhere.
+    Commit,
+    /// Aborted (an `'abort'` row): it rolls back everywhere.
+    Abort,
+    /// No decision row yet: the coordinator may still be deciding (or
+    /// crashed before it did). [`Recovery::run`] presumes abort.
+    Undecided,
+    /// None of the databases given is the one that holds the decision, so
+    /// nothing can be known: left alone.
+    DeciderNotGiven,
+}
+
+/// What [`Recovery::run`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Recovered {
+    /// Committed with `COMMIT PREPARED`.
+    pub committed: Vec<PreparedTransaction>,
+    /// Rolled back with `ROLLBACK PREPARED`.
+    pub rolled_back: Vec<PreparedTransaction>,
+    /// Left alone: their deciding database was not given.
+    pub unresolved: Vec<PreparedTransaction>,
+}
+
+struct Server {
+    manager: ManagedConnection,
+    tag: u32,
+}
+
+impl Recovery {
+    /// Recovery over these databases (libpq connection strings).
+    pub fn new<I, S>(dsns: I) -> Recovery
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Recovery {
+            dsns: dsns.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// Lists pgtx's prepared transactions and their decisions, changing
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Settings`], [`Error::Connect`] or [`Error::Db`] if a
+    /// database cannot be read.
+    pub fn list(&self) -> Result<Vec<PreparedTransaction>> {
+        let servers = self.connect()?;
+        let mut found = Vec::new();
+        let mut decisions: HashMap<(String, u32), Decision> = HashMap::new();
+        for server in &servers {
+            for (gid, prepared_at, parsed) in prepared(server)? {
+                let decision =
+                    match decisions.get(&(parsed.key.as_str().to_owned(), parsed.decider)) {
+                        Some(decision) => *decision,
+                        None => {
+                            let decision = read_decision(&servers, &parsed.key, parsed.decider)?;
+                            decisions
+                                .insert((parsed.key.as_str().to_owned(), parsed.decider), decision);
+                            decision
+                        }
+                    };
+                found.push(PreparedTransaction {
+                    server: server.manager.settings().to_string(),
+                    gid,
+                    prepared_at,
+                    decision,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Finishes every prepared transaction of pgtx's on these databases:
+    /// commits where the decision was to commit, rolls back otherwise
+    /// (writing the `'abort'` decision first), and leaves alone those whose
+    /// deciding database was not given.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Settings`], [`Error::Connect`] or [`Error::Db`] if a
+    /// database cannot be read or a prepared transaction cannot be
+    /// finished; what was finished before stays finished, and running
+    /// recovery again goes on from there.
+    pub fn run(&self) -> Result<Recovered> {
+        let servers = self.connect()?;
+        let mut report = Recovered::default();
+        let mut decisions: HashMap<String, Decision> = HashMap::new();
+        for server in &servers {
+            for (gid, prepared_at, parsed) in prepared(server)? {
+                let decision = match decisions.get(parsed.key.as_str()) {
+                    Some(decision) => *decision,
+                    None => {
+                        let decision = decide(&servers, &parsed.key, parsed.decider)?;
+                        decisions.insert(parsed.key.as_str().to_owned(), decision);
+                        decision
+                    }
+                };
+                let found = PreparedTransaction {
+                    server: server.manager.settings().to_string(),
+                    gid,
+                    prepared_at,
+                    decision,
+                };
+                let verb = match decision {
+                    Decision::Commit => "COMMIT",
+                    Decision::Abort | Decision::Undecided => "ROLLBACK",
+                    Decision::DeciderNotGiven => {
+                        report.unresolved.push(found);
+                        continue;
+                    }
+                };
+                let sql = format!("{verb} PREPARED '{}'", found.gid.replace('\'', "''"));
+                match server.manager.lock()?.batch_execute(&sql) {
+                    Ok(()) => {}
+                    // Finished meanwhile (by its coordinator, or another recovery).
+                    Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_OBJECT) => {
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                if decision == Decision::Commit {
+                    report.committed.push(found);
+                } else {
+                    report.rolled_back.push(found);
+                }
+            }
+        }
+        forget_commit_rows(&servers, &report)?;
+        Ok(report)
+    }
+
+    fn connect(&self) -> Result<Vec<Server>> {
+        self.dsns
+            .iter()
+            .map(|dsn| {
+                let manager = ManagedConnection::new(dsn)?;
+                let row = manager.lock()?.query_one(
+                    "SELECT current_database()::text, current_setting('port')",
+                    &[],
+                )?;
+                let dbname: String = row.try_get(0).map_err(Error::Db)?;
+                let port: String = row.try_get(1).map_err(Error::Db)?;
+                Ok(Server {
+                    manager,
+                    tag: gid::database_tag(&dbname, &port),
+                })
+            })
+            .collect()
+    }
+}
+
+/// pgtx's prepared transactions on `server`'s database, oldest first.
+fn prepared(server: &Server) -> Result<Vec<(String, SystemTime, gid::Parsed)>> {
+    let rows = server.manager.lock()?.query(
+        "SELECT gid, prepared FROM pg_prepared_xacts
+         WHERE database = current_database() AND gid LIKE $1 ORDER BY prepared, gid",
+        &[&gid::LIKE_PATTERN],
+    )?;
+    let mut found = Vec::new();
+    for row in rows {
+        let gid: String = row.try_get(0).map_err(Error::Db)?;
+        let prepared_at: SystemTime = row.try_get(1).map_err(Error::Db)?;
+        if let Some(parsed) = gid::parse(&gid) {
+            found.push((gid, prepared_at, parsed));
+        }
+    }
+    Ok(found)
+}
+
+/// The decision as the decider's row says, without writing anything.
+fn read_decision(servers: &[Server], key: &Key, decider: u32) -> Result<Decision> {
+    let candidates: Vec<&Server> = servers.iter().filter(|s| s.tag == decider).collect();
+    if candidates.is_empty() {
+        return Ok(Decision::DeciderNotGiven);
+    }
+    let mut decision = Decision::Undecided;
+    for server in candidates {
+        let mut guard = server.manager.lock()?;
+        let exists: bool = guard
+            .query_one(
+                "SELECT to_regclass('pgtx_two_phase_decisions') IS NOT NULL",
+                &[],
+            )?
+            .try_get(0)
+            .map_err(Error::Db)?;
+        if !exists {
+            continue;
+        }
+        let row = guard.query_opt(
+            "SELECT decision FROM pgtx_two_phase_decisions WHERE key = $1",
+            &[&key.as_str()],
+        )?;
+        match row
+            .map(|r| r.try_get::<_, String>(0))
+            .transpose()
+            .map_err(Error::Db)?
+        {
+            Some(d) if d == "commit" => return Ok(Decision::Commit),
+            Some(_) => decision = Decision::Abort,
+            None => {}
+        }
+    }
+    Ok(decision)
+}
+
+/// The decision, presuming abort: an `'abort'` row is written where none
+/// is (it waits for a coordinator whose decision row is not committed yet,
+/// and keeps one that has not written it from ever committing).
+fn decide(servers: &[Server], key: &Key, decider: u32) -> Result<Decision> {
+    let candidates: Vec<&Server> = servers.iter().filter(|s| s.tag == decider).collect();
+    if candidates.is_empty() {
+        return Ok(Decision::DeciderNotGiven);
+    }
+    for server in &candidates {
+        let mut guard = server.manager.lock()?;
+        guard.batch_execute(CREATE_DECISIONS)?;
+        guard.execute(
+            "INSERT INTO pgtx_two_phase_decisions (key, decision) VALUES ($1, 'abort')
+             ON CONFLICT (key) DO NOTHING",
+            &[&key.as_str()],
+        )?;
+    }
+    match read_decision(servers, key, decider)? {
+        Decision::Commit => Ok(Decision::Commit),
+        _ => Ok(Decision::Abort),
+    }
+}
+
+/// Deletes the `'commit'` rows of transactions now committed everywhere
+/// (the coordinator would have, had it lived). `'abort'` rows stay.
+fn forget_commit_rows(servers: &[Server], report: &Recovered) -> Result<()> {
+    let mut keys: Vec<(Key, u32)> = report
+        .committed
+        .iter()
+        .filter_map(|t| gid::parse(&t.gid))
+        .map(|p| (p.key, p.decider))
+        .collect();
+    keys.dedup();
+    for (key, decider) in keys {
+        let left = servers.iter().try_fold(false, |left, server| {
+            Ok::<_, Error>(left || prepared(server)?.iter().any(|(_, _, p)| p.key == key))
+        })?;
+        if left {
+            continue;
+        }
+        for server in servers.iter().filter(|s| s.tag == decider) {
+            server.manager.lock()?.execute(
+                "DELETE FROM pgtx_two_phase_decisions WHERE key = $1 AND decision = 'commit'",
+                &[&key.as_str()],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Debug for Recovery {
+    /// The databases as their settings show them: no password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: Vec<String> = self
+            .dsns
+            .iter()
+            .map(|dsn| {
+                crate::Settings::parse(dsn).map_or_else(
+                    |_| "<unreadable connection string>".to_owned(),
+                    |s| s.to_string(),
+                )
+            })
+            .collect();
+        f.debug_struct("Recovery")
+            .field("databases", &shown)
+            .finish()
+    }
+}

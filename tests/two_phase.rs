@@ -1,0 +1,522 @@
+//! Two-phase commit across databases: all committed or all absent, as a
+//! second connection sees it, with `pg_prepared_xacts` empty afterwards;
+//! the seed's cases (psycopg2transaction) and crashes of the coordinator's
+//! process at the two points that matter, resolved by recovery.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::eventually;
+use common::fixtures::Db;
+use common::logger;
+use common::proxy::Proxy;
+use common::server::TestServer;
+use pgtx::two_phase::{Decision, Recovery};
+use pgtx::{Error, ManagedConnection, TwoPhase, UNFINISHED_TRANSACTION};
+
+/// pgtx's prepared transactions left in `db`'s database.
+fn prepared(db: &Db) -> i64 {
+    prepared_on(&mut db.admin())
+}
+
+fn prepared_on(client: &mut postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()",
+            &[],
+        )
+        .expect("read pg_prepared_xacts")
+        .get(0)
+}
+
+/// Sessions other than the admin's own on `db`'s database.
+fn sessions(db: &Db) -> usize {
+    db.backends().len()
+}
+
+fn insert(dtx: &mut TwoPhase<'_>, id: pgtx::two_phase::ParticipantId, n: i32) -> pgtx::Result<u64> {
+    dtx.tx(id)?
+        .execute("INSERT INTO items VALUES ($1, 'two-phase')", &[&n])
+}
+
+#[test]
+fn a_commit_on_two_databases_is_seen_everywhere_and_leaves_nothing_prepared() {
+    let (a, b) = (Db::new("tpc_commit_a"), Db::new("tpc_commit_b"));
+    let manager = a.manager();
+    let mut dtx = TwoPhase::new();
+    let pa = dtx.join(&manager).expect("join a");
+    let pb = dtx.join_dsn(&b.dsn).expect("join b");
+    insert(&mut dtx, pa, 1).expect("insert a");
+    insert(&mut dtx, pb, 2).expect("insert b");
+    assert!(
+        a.item_ids().is_empty() && b.item_ids().is_empty(),
+        "nothing before commit"
+    );
+    dtx.commit().expect("commit");
+    assert_eq!(a.item_ids(), vec![1]);
+    assert_eq!(b.item_ids(), vec![2]);
+    assert_eq!(prepared(&a) + prepared(&b), 0);
+    // The decision row (on whichever database decided) is gone again.
+    let mut decided_on = 0;
+    for db in [&a, &b] {
+        let mut admin = db.admin();
+        let table: Option<String> = admin
+            .query_one("SELECT to_regclass('pgtx_two_phase_decisions')::text", &[])
+            .expect("look for the table")
+            .get(0);
+        if table.is_some() {
+            decided_on += 1;
+            let rows: i64 = admin
+                .query_one("SELECT count(*) FROM pgtx_two_phase_decisions", &[])
+                .expect("decision rows")
+                .get(0);
+            assert_eq!(rows, 0, "{}", db.name);
+        }
+    }
+    assert_eq!(decided_on, 1, "one database decided");
+    // The joined manager is released and clean; the DSN connection closed.
+    assert!(manager.try_lock().is_ok());
+    assert_eq!(sessions(&b), 0, "the connection joined by DSN is closed");
+}
+
+#[test]
+fn the_implicit_form_commits_on_ok_and_rolls_back_on_err() {
+    let (a, b) = (Db::new("tpc_run_a"), Db::new("tpc_run_b"));
+    let committed: i32 = TwoPhase::run(|dtx| {
+        let pa = dtx.join_dsn(&a.dsn)?;
+        let pb = dtx.join_dsn(&b.dsn)?;
+        insert(dtx, pa, 1)?;
+        insert(dtx, pb, 1)?;
+        Ok::<_, Error>(7)
+    })
+    .expect("committed");
+    assert_eq!(committed, 7);
+    let failed: Result<(), Error> = TwoPhase::run(|dtx| {
+        let pa = dtx.join_dsn(&a.dsn)?;
+        let pb = dtx.join_dsn(&b.dsn)?;
+        insert(dtx, pa, 2)?;
+        insert(dtx, pb, 2)?;
+        Err(Error::InvalidNotification("the closure's own error".into()))
+    });
+    assert!(matches!(failed, Err(Error::InvalidNotification(_))));
+    assert_eq!(a.item_ids(), vec![1]);
+    assert_eq!(b.item_ids(), vec![1]);
+    assert_eq!(prepared(&a) + prepared(&b), 0);
+}
+
+#[test]
+fn a_rollback_before_the_vote_leaves_both_untouched() {
+    let (a, b) = (Db::new("tpc_rollback_a"), Db::new("tpc_rollback_b"));
+    let mut dtx = TwoPhase::new();
+    let pa = dtx.join_dsn(&a.dsn).expect("join a");
+    let pb = dtx.join_dsn(&b.dsn).expect("join b");
+    insert(&mut dtx, pa, 1).expect("insert a");
+    insert(&mut dtx, pb, 1).expect("insert b");
+    dtx.rollback().expect("rollback");
+    assert!(a.item_ids().is_empty() && b.item_ids().is_empty());
+    assert_eq!(a.open_transactions() + b.open_transactions(), 0);
+    assert_eq!(
+        sessions(&a) + sessions(&b),
+        0,
+        "closed after a rollback too"
+    );
+}
+
+#[test]
+fn an_error_in_the_work_rolls_every_participant_back() {
+    let (a, b) = (Db::new("tpc_work_error_a"), Db::new("tpc_work_error_b"));
+    let mut dtx = TwoPhase::new();
+    let pa = dtx.join_dsn(&a.dsn).expect("join a");
+    let pb = dtx.join_dsn(&b.dsn).expect("join b");
+    insert(&mut dtx, pa, 1).expect("insert a");
+    insert(&mut dtx, pb, 1).expect("insert b");
+    assert!(insert(&mut dtx, pb, 1).is_err(), "a duplicate key on b");
+    let err = dtx.commit().expect_err("b's work failed");
+    assert!(matches!(err, Error::VoteFailed { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&b.name),
+        "names the participant: {err}"
+    );
+    assert!(a.item_ids().is_empty() && b.item_ids().is_empty());
+    assert_eq!(prepared(&a) + prepared(&b), 0);
+}
+
+/// Three participants: the decider, a voter that prepares, and a voter whose
+/// `PREPARE` the server refuses (it ran `NOTIFY`, or used a temporary
+/// table): the prepared one is rolled back too.
+#[test]
+fn a_participant_refused_at_the_vote_rolls_back_the_ones_already_prepared() {
+    for (case, poison) in [
+        ("notify", "NOTIFY pgtx_refused_vote"),
+        ("temp", "CREATE TEMP TABLE pgtx_scratch (n int)"),
+    ] {
+        let a = Db::new(&format!("tpc_vote_{case}_a"));
+        let b = Db::new(&format!("tpc_vote_{case}_b"));
+        let c = Db::new(&format!("tpc_vote_{case}_c"));
+        let mut dtx = TwoPhase::new();
+        let ids: Vec<_> = [&a, &b, &c]
+            .iter()
+            .map(|db| dtx.join_dsn(&db.dsn).expect("join"))
+            .collect();
+        for &id in &ids {
+            insert(&mut dtx, id, 1).expect("insert");
+        }
+        dtx.tx(ids[2])
+            .expect("c")
+            .batch_execute(poison)
+            .expect("poison");
+        let err = dtx.commit().expect_err("c cannot prepare");
+        assert!(
+            matches!(&err, Error::VoteFailed { participant, .. } if participant.contains(&c.name)),
+            "{case}: {err:?}"
+        );
+        for db in [&a, &b, &c] {
+            assert!(db.item_ids().is_empty(), "{case}: {}", db.name);
+            assert_eq!(prepared(db), 0, "{case}: {}", db.name);
+        }
+    }
+}
+
+#[test]
+fn a_participant_that_cannot_be_joined_leaves_the_others_usable() {
+    let a = Db::new("tpc_join_fails_a");
+    let mut dtx = TwoPhase::new();
+    let pa = dtx.join_dsn(&a.dsn).expect("join a");
+    insert(&mut dtx, pa, 1).expect("insert a");
+    assert!(matches!(
+        dtx.join_dsn("host=127.0.0.1 port=1 connect_timeout=2"),
+        Err(Error::Connect(_))
+    ));
+    assert!(matches!(
+        dtx.join_dsn("nonsense=1"),
+        Err(Error::Settings(_))
+    ));
+    dtx.commit().expect("the joined one commits");
+    assert_eq!(a.item_ids(), vec![1]);
+}
+
+#[test]
+fn the_same_dsn_or_manager_joined_twice_is_one_participant() {
+    let (a, b) = (Db::new("tpc_same_a"), Db::new("tpc_same_b"));
+    let manager = b.manager();
+    let mut dtx = TwoPhase::new();
+    let first = dtx.join_dsn(&a.dsn).expect("join");
+    let again = dtx.join_dsn(&a.dsn).expect("join again");
+    assert_eq!(first, again);
+    assert_eq!(sessions(&a), 1, "one connection for both joins");
+    let m1 = dtx.join(&manager).expect("join manager");
+    assert_eq!(dtx.join(&manager).expect("again"), m1);
+    // The manager's connection is held: the same thread asking is refused.
+    assert!(matches!(manager.lock(), Err(Error::Reentrant)));
+    // An id from another coordinator is refused, not a panic.
+    let mut other = TwoPhase::new();
+    let foreign = other.join_dsn(&b.dsn).expect("other join");
+    assert!(matches!(dtx.tx(foreign), Err(Error::InvalidParticipant)));
+    other.rollback().expect("rollback other");
+    dtx.rollback().expect("rollback");
+}
+
+#[test]
+fn one_participant_commits_in_one_phase_on_a_server_without_prepared_transactions() {
+    let server = TestServer::start_private_with(&[("max_prepared_transactions", "0")]);
+    let dsns: Vec<String> = ["tpc_stock_a", "tpc_stock_b"]
+        .iter()
+        .map(|p| {
+            let dsn = server.fresh_database(p);
+            server
+                .admin_on(&dsn)
+                .batch_execute("CREATE TABLE items (id int PRIMARY KEY, note text)")
+                .expect("table");
+            dsn
+        })
+        .collect();
+    let count = |dsn: &str| -> i64 {
+        server
+            .admin_on(dsn)
+            .query_one("SELECT count(*) FROM items", &[])
+            .expect("count")
+            .get(0)
+    };
+    let mut dtx = TwoPhase::new();
+    let only = dtx.join_dsn(&dsns[0]).expect("join");
+    insert(&mut dtx, only, 1).expect("insert");
+    dtx.commit()
+        .expect("one phase needs no prepared transactions");
+    assert_eq!(count(&dsns[0]), 1);
+
+    let mut dtx = TwoPhase::new();
+    let ids: Vec<_> = dsns
+        .iter()
+        .map(|d| dtx.join_dsn(d).expect("join"))
+        .collect();
+    for &id in &ids {
+        insert(&mut dtx, id, 2).expect("insert");
+    }
+    let err = dtx.commit().expect_err("two participants need PREPARE");
+    assert!(matches!(err, Error::VoteFailed { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("max_prepared_transactions"),
+        "{err}"
+    );
+    assert_eq!(count(&dsns[0]), 1, "rolled back");
+    assert_eq!(count(&dsns[1]), 0, "rolled back");
+}
+
+/// Payloads of the notifications that arrive within `wait` of each other.
+fn drain(listener: &mut postgres::Client, wait: Duration, into: &mut Vec<String>) {
+    use postgres::fallible_iterator::FallibleIterator;
+    let mut notifications = listener.notifications();
+    let mut arriving = notifications.timeout_iter(wait);
+    while let Some(n) = arriving.next().expect("notification") {
+        into.push(n.payload().to_owned());
+    }
+}
+
+#[test]
+fn notifications_are_sent_once_after_commit_and_never_after_abort() {
+    let (a, b) = (Db::new("tpc_notify_a"), Db::new("tpc_notify_b"));
+    let channel = "x; DROP TABLE items";
+    let mut listener = a.admin();
+    listener
+        .batch_execute(&format!("LISTEN \"{}\"", channel.replace('"', "\"\"")))
+        .expect("listen");
+
+    let mut dtx = TwoPhase::new();
+    let pa = dtx.join_dsn(&a.dsn).expect("join a");
+    let pb = dtx.join_dsn(&b.dsn).expect("join b");
+    insert(&mut dtx, pa, 1).expect("insert");
+    insert(&mut dtx, pb, 1).expect("insert");
+    dtx.notify(channel, "aborted").expect("notify");
+    dtx.rollback().expect("rollback");
+
+    let mut dtx = TwoPhase::new();
+    let pa = dtx.join_dsn(&a.dsn).expect("join a");
+    let pb = dtx.join_dsn(&b.dsn).expect("join b");
+    insert(&mut dtx, pa, 2).expect("insert");
+    insert(&mut dtx, pb, 2).expect("insert");
+    dtx.notify_via(pa, channel, "committed").expect("notify");
+    assert!(matches!(
+        dtx.notify(channel, &"x".repeat(8000)),
+        Err(Error::InvalidNotification(_))
+    ));
+    assert!(matches!(
+        dtx.notify("", "p"),
+        Err(Error::InvalidNotification(_))
+    ));
+    assert!(matches!(
+        dtx.notify(&"c".repeat(64), "p"),
+        Err(Error::InvalidNotification(_))
+    ));
+    dtx.commit().expect("commit");
+
+    let mut received = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while received.is_empty() && Instant::now() < deadline {
+        drain(&mut listener, Duration::from_millis(200), &mut received);
+    }
+    // Anything else in flight would have arrived with the first one.
+    drain(&mut listener, Duration::from_millis(300), &mut received);
+    assert_eq!(
+        received,
+        vec!["committed".to_owned()],
+        "exactly once, not on abort"
+    );
+    assert_eq!(a.item_ids(), vec![2], "the injection attempt was inert");
+}
+
+#[test]
+fn a_dropped_coordinator_rolls_back_every_participant_and_reports_it() {
+    logger::capture();
+    let (a, b) = (Db::new("tpc_dropped_a"), Db::new("tpc_dropped_b"));
+    let (ma, mb) = (a.manager(), b.manager());
+    {
+        let mut dtx = TwoPhase::new();
+        let pa = dtx.join(&ma).expect("join a");
+        let pb = dtx.join(&mb).expect("join b");
+        insert(&mut dtx, pa, 1).expect("insert");
+        insert(&mut dtx, pb, 1).expect("insert");
+    }
+    assert!(a.item_ids().is_empty() && b.item_ids().is_empty());
+    assert_eq!(a.open_transactions() + b.open_transactions(), 0);
+    assert_eq!(
+        ma.unfinished_transactions() + mb.unfinished_transactions(),
+        2
+    );
+    let reported = logger::capture()
+        .lines_containing(UNFINISHED_TRANSACTION)
+        .into_iter()
+        .filter(|l| l.contains(&a.name) || l.contains(&b.name))
+        .count();
+    assert_eq!(reported, 2);
+    assert!(ma.try_lock().is_ok() && mb.try_lock().is_ok(), "released");
+}
+
+// ---------------------------------------------------------------------------
+// Crashes of the coordinator's process, resolved by recovery.
+
+const CHILD_DSNS: &str = "PGTX_TPC_CHILD_DSNS";
+
+/// The child side of a crash test (this test binary again, with the DSNs
+/// in the environment): a three-participant distributed transaction that
+/// the parent kills while it is blocked. Returns whether this process is
+/// the child.
+fn crash_child() -> bool {
+    let Ok(dsns) = std::env::var(CHILD_DSNS) else {
+        return false;
+    };
+    let mut dtx = TwoPhase::new();
+    let ids: Vec<_> = dsns
+        .split('\n')
+        .map(|dsn| dtx.join_dsn(dsn).expect("join"))
+        .collect();
+    for &id in &ids {
+        insert(&mut dtx, id, 1).expect("insert");
+    }
+    let _ = dtx.commit(); // the parent kills this process before it returns
+    eprintln!("the coordinator was not killed in time");
+    std::process::exit(3);
+}
+
+struct Crash {
+    dbs: Vec<Db>,
+    proxy: Proxy,
+    child: Child,
+}
+
+/// Three databases reached through one proxy (the commit order is then
+/// their names' order), and the child coordinator started on them; the
+/// proxy stalls at the first chunk that contains all of `stall_at`.
+fn start_crash(test: &str, prefix: &str, stall_at: &[&[u8]]) -> Crash {
+    let server = TestServer::shared();
+    let dbs: Vec<Db> = ["a", "b", "c"]
+        .iter()
+        .map(|s| Db::new(&format!("{prefix}_{s}")))
+        .collect();
+    let proxy = Proxy::start(server.loopback_addr().expect("loopback server"));
+    proxy.stall_on(stall_at);
+    let dsns: Vec<String> = dbs
+        .iter()
+        .map(|db| {
+            server.dsn_via(proxy.addr()).replace(
+                &format!("dbname={}", server.dbname()),
+                &format!("dbname={}", db.name),
+            )
+        })
+        .collect();
+    let child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_DSNS, dsns.join("\n"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the child coordinator");
+    Crash { dbs, proxy, child }
+}
+
+impl Crash {
+    /// Kills the coordinator (SIGKILL) once the proxy stalled and `ready`
+    /// holds, then cuts its connections.
+    fn kill_when(&mut self, ready: impl Fn(&[Db]) -> bool) {
+        let reached = eventually(Duration::from_secs(30), || {
+            self.proxy.is_stalled() && ready(&self.dbs)
+        });
+        self.child.kill().expect("SIGKILL the coordinator");
+        let _ = self.child.wait();
+        self.proxy.cut();
+        assert!(reached, "the coordinator never reached the crash point");
+    }
+
+    fn recover(&self) -> pgtx::two_phase::Recovered {
+        let dsns: Vec<&str> = self.dbs.iter().map(|db| db.dsn.as_str()).collect();
+        // The killed backends may take a moment to end (and to release what
+        // the decider held): recovery may run at any time, so no waiting.
+        Recovery::new(dsns).run().expect("recovery")
+    }
+}
+
+#[test]
+fn a_coordinator_killed_after_every_vote_is_rolled_back_by_recovery() {
+    if crash_child() {
+        return;
+    }
+    // The decider's COMMIT is prepared on its first use: stall there, when
+    // both voters have prepared and nothing is decided.
+    let mut crash = start_crash(
+        "a_coordinator_killed_after_every_vote_is_rolled_back_by_recovery",
+        "tpc_crash_votes",
+        &[b"COMMIT\0"],
+    );
+    crash.kill_when(|dbs| prepared(&dbs[1]) == 1 && prepared(&dbs[2]) == 1);
+    let dsns: Vec<&str> = crash.dbs.iter().map(|db| db.dsn.as_str()).collect();
+    let listed = Recovery::new(dsns).list().expect("list");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(
+        listed.iter().all(|t| t.decision == Decision::Undecided),
+        "{listed:?}"
+    );
+    let report = crash.recover();
+    assert_eq!(report.rolled_back.len(), 2, "{report:?}");
+    assert!(
+        report.committed.is_empty() && report.unresolved.is_empty(),
+        "{report:?}"
+    );
+    for db in &crash.dbs {
+        assert!(db.item_ids().is_empty(), "all absent: {}", db.name);
+        assert_eq!(prepared(db), 0);
+    }
+}
+
+#[test]
+fn a_coordinator_killed_after_the_first_commit_prepared_is_committed_by_recovery() {
+    if crash_child() {
+        return;
+    }
+    // Stall at the second voter's COMMIT PREPARED: the decider and the
+    // first voter have committed.
+    let mut crash = start_crash(
+        "a_coordinator_killed_after_the_first_commit_prepared_is_committed_by_recovery",
+        "tpc_crash_second",
+        &[b"COMMIT PREPARED", b":2'"],
+    );
+    crash.kill_when(|dbs| prepared(&dbs[1]) == 0 && prepared(&dbs[2]) == 1);
+    assert_eq!(crash.dbs[0].item_ids(), vec![1], "the decider committed");
+    assert_eq!(
+        crash.dbs[1].item_ids(),
+        vec![1],
+        "the first voter committed"
+    );
+    let report = crash.recover();
+    assert_eq!(report.committed.len(), 1, "{report:?}");
+    assert!(report.rolled_back.is_empty(), "{report:?}");
+    for db in &crash.dbs {
+        assert_eq!(db.item_ids(), vec![1], "all committed: {}", db.name);
+        assert_eq!(prepared(db), 0);
+    }
+    // Nothing left to do, and nothing done twice.
+    let again = crash.recover();
+    assert!(again.committed.is_empty() && again.rolled_back.is_empty());
+}
+
+#[test]
+fn recovery_leaves_alone_what_it_cannot_decide_and_anyone_else_s_prepared_transactions() {
+    let (a, b) = (Db::new("tpc_foreign_a"), Db::new("tpc_foreign_b"));
+    let mut mine = a.admin();
+    mine.batch_execute(
+        "BEGIN; INSERT INTO items VALUES (9, 'not pgtx'); PREPARE TRANSACTION 'someone_else'",
+    )
+    .expect("a foreign prepared transaction");
+    let report = Recovery::new([a.dsn.as_str(), b.dsn.as_str()])
+        .run()
+        .expect("recovery");
+    assert!(report.committed.is_empty() && report.rolled_back.is_empty());
+    assert_eq!(prepared(&a), 1, "not pgtx's: untouched");
+    mine.batch_execute("ROLLBACK PREPARED 'someone_else'")
+        .expect("clean up");
+    // A password never shows in the recovery's Debug.
+    let shown = format!("{:?}", Recovery::new(["postgres://u:S3cretPw@h/db"]));
+    assert!(!shown.contains("S3cretPw"), "{shown}");
+    let _ = ManagedConnection::new(&b.dsn).expect("settings");
+}
