@@ -520,3 +520,59 @@ fn recovery_leaves_alone_what_it_cannot_decide_and_anyone_else_s_prepared_transa
     assert!(!shown.contains("S3cretPw"), "{shown}");
     let _ = ManagedConnection::new(&b.dsn).expect("settings");
 }
+
+/// After the decision, a participant that cannot be reached (its
+/// `COMMIT PREPARED` cut, and every reconnect attempt timing out) is
+/// reported in doubt, with who committed; never `Ok`, never "rolled back".
+/// Recovery then finishes it as decided.
+#[test]
+fn a_participant_unreachable_after_the_decision_is_reported_in_doubt_then_recovered() {
+    let server = TestServer::shared();
+    let (a, b) = (Db::new("tpc_doubt_a"), Db::new("tpc_doubt_b"));
+    let proxy = Proxy::start(server.loopback_addr().expect("loopback server"));
+    let b_via_proxy = server.dsn_via(proxy.addr()).replace(
+        &format!("dbname={}", server.dbname()),
+        &format!("dbname={}", b.name),
+    ) + " connect_timeout=1";
+    proxy.stall_on(&[b"COMMIT PREPARED"]);
+    let outcome = std::thread::scope(|s| {
+        s.spawn(|| {
+            // Once b's COMMIT PREPARED is held, cut it; the proxy stays
+            // stalled, so reconnecting times out.
+            assert!(eventually(Duration::from_secs(30), || proxy.is_stalled()));
+            proxy.cut();
+        });
+        let mut dtx = TwoPhase::new();
+        let pa = dtx.join_dsn(&a.dsn).expect("join a");
+        let pb = dtx.join_dsn(&b_via_proxy).expect("join b");
+        insert(&mut dtx, pa, 1).expect("insert a");
+        insert(&mut dtx, pb, 1).expect("insert b");
+        dtx.commit()
+    });
+    match &outcome {
+        Err(Error::InDoubt {
+            decided: true,
+            committed,
+            in_doubt,
+            ..
+        }) => {
+            assert_eq!(committed.len(), 1, "{outcome:?}");
+            assert!(committed[0].contains(&a.name), "{outcome:?}");
+            assert_eq!(in_doubt.len(), 1, "{outcome:?}");
+            assert!(in_doubt[0].contains(&b.name), "{outcome:?}");
+        }
+        other => panic!("expected InDoubt after the decision: {other:?}"),
+    }
+    let err = outcome.expect_err("in doubt");
+    assert!(!err.is_transient(), "running it again would commit twice");
+    assert_eq!(a.item_ids(), vec![1], "the decider committed");
+    assert!(b.item_ids().is_empty(), "b is still prepared");
+    assert_eq!(prepared(&b), 1);
+    proxy.resume();
+    let report = Recovery::new([a.dsn.as_str(), b.dsn.as_str()])
+        .run()
+        .expect("recovery");
+    assert_eq!(report.committed.len(), 1, "{report:?}");
+    assert_eq!(b.item_ids(), vec![1], "committed as decided");
+    assert_eq!(prepared(&b), 0);
+}
