@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use pgtx::{ManagedConnection, Open, Tx};
+use pgtx::{ManagedConnection, Open, TwoPhase, Tx};
 use postgres::{Client, NoTls};
 use server::TestServer;
 
@@ -224,6 +224,43 @@ fn main() -> Result<(), BoxError> {
         }
         None => eprintln!("pgbench not found: that case is skipped"),
     }
+    // Two-phase commit: two databases with a table each; managers that
+    // keep their connections, as a service would.
+    let two_dbs: Vec<String> = ["pgtx_bench_2pc_a", "pgtx_bench_2pc_b"]
+        .iter()
+        .map(|prefix| -> Result<String, BoxError> {
+            let db = server.fresh_database(prefix);
+            server
+                .admin_on(&db)
+                .batch_execute("CREATE TABLE bench_2pc (n int NOT NULL)")?;
+            Ok(db)
+        })
+        .collect::<Result<_, _>>()?;
+    let pair = [
+        ManagedConnection::new(&two_dbs[0])?,
+        ManagedConnection::new(&two_dbs[1])?,
+    ];
+    cases.push(Case::new(
+        "tpc2",
+        "TwoPhase, 2 participants, one INSERT each",
+        move |plan| two_phase(&pair, plan.duration()),
+    ));
+    let pair = [
+        ManagedConnection::new(&two_dbs[0])?,
+        ManagedConnection::new(&two_dbs[1])?,
+    ];
+    cases.push(Case::new(
+        "single2",
+        "two single-phase pgtx transactions, one INSERT each, same two databases",
+        move |plan| two_single_phase(&pair, plan.duration()),
+    ));
+    let manager = ManagedConnection::new(&dsn)?;
+    cases.push(Case::new(
+        "tpc1",
+        "TwoPhase, 1 participant (one-phase commit), the pgtx 1-thread statement",
+        move |plan| two_phase_one(&manager, plan.duration()),
+    ));
+
     let connect_dsn = dsn.clone();
     cases.push(Case::new(
         "connect",
@@ -423,6 +460,46 @@ fn mutex_client_threads(
     })
 }
 
+/// Distributed transactions per second: an INSERT on each of two
+/// databases, committed with two-phase commit.
+fn two_phase(pair: &[ManagedConnection; 2], duration: Duration) -> Result<f64, BoxError> {
+    threaded(1, duration, |v: i32| -> Result<(), pgtx::Error> {
+        let mut dtx = TwoPhase::new();
+        for manager in pair {
+            let id = dtx.join(manager)?;
+            dtx.tx(id)?
+                .execute("INSERT INTO bench_2pc VALUES ($1)", &[&v])?;
+        }
+        dtx.commit()
+    })
+}
+
+/// The same work without atomicity across the two: one ordinary
+/// transaction on each database.
+fn two_single_phase(pair: &[ManagedConnection; 2], duration: Duration) -> Result<f64, BoxError> {
+    threaded(1, duration, |v: i32| -> Result<(), pgtx::Error> {
+        for manager in pair {
+            manager.transaction(|mut tx| {
+                tx.execute("INSERT INTO bench_2pc VALUES ($1)", &[&v])?;
+                tx.commit()
+            })?;
+        }
+        Ok(())
+    })
+}
+
+/// The one-participant path, which commits in one phase: the pgtx 1-thread
+/// case's statement, through `TwoPhase`.
+fn two_phase_one(manager: &ManagedConnection, duration: Duration) -> Result<f64, BoxError> {
+    threaded(1, duration, |v: i32| -> Result<(), pgtx::Error> {
+        let mut dtx = TwoPhase::new();
+        let id = dtx.join(manager)?;
+        let row = dtx.tx(id)?.query_one(SQL, &[&v])?;
+        black_box(row.get::<_, i32>(0));
+        dtx.commit()
+    })
+}
+
 /// What sharing one connection avoids: connect, one transaction, close.
 fn connect_per_transaction(dsn: &str, duration: Duration) -> Result<f64, BoxError> {
     let mut n = 0_u64;
@@ -614,6 +691,22 @@ impl Report {
                 25.0,
                 "×"
             )
+        );
+        let _ = writeln!(
+            bars,
+            "{}",
+            bar(
+                "TwoPhase 1 participant / pgtx 1 thread (within noise)",
+                ratio(get("tpc1"), Some(pgtx1)),
+                0.9,
+                "×"
+            )
+        );
+        let _ = writeln!(
+            bars,
+            "| TwoPhase 2 participants / two single-phase transactions (the price of atomicity) | {} | – | measured |",
+            ratio(get("tpc2"), get("single2"))
+                .map_or("not measured".to_owned(), |r| format!("{r:.2}×"))
         );
         let _ = writeln!(
             bars,

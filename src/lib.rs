@@ -101,6 +101,20 @@
 //! ([`ManagedConnection::status`]) is readable from any thread without
 //! waiting.
 //!
+//! # Two-phase commit
+//!
+//! [`TwoPhase`] commits work on several databases everywhere or nowhere
+//! (PostgreSQL's `PREPARE TRANSACTION` / `COMMIT PREPARED`): join managers
+//! or DSNs, run statements on each participant's lent `Tx`, notify after
+//! the commit, then [`TwoPhase::commit`]. Before the decision any failure
+//! rolls back every participant ([`Error::VoteFailed`]); after it, the
+//! outcome is never misreported ([`Error::InDoubt`] says who committed and
+//! who is still prepared); one participant commits in one phase, so a stock
+//! server works. The decision is a row committed with the deciding
+//! participant's own work, so [`two_phase::Recovery`] finishes whatever a
+//! crashed coordinator left prepared, correctly, and may run at any time.
+//! See [`TwoPhase`] for the protocol and its guarantees.
+//!
 //! # Features
 //!
 //! - `tls` (default): TLS connections with rustls, for every `sslmode`

@@ -34,7 +34,7 @@ pub const DEFAULT_ABANDON_AFTER: Duration = Duration::from_secs(30);
 ///
 /// The compiler checks the closure form; whatever it cannot see is caught at
 /// run time, rolled back, and reported as [`Error::UnfinishedTransaction`]
-/// (whose message is exactly [`UNFINISHED_TRANSACTION`]):
+/// (whose message is exactly [`UNFINISHED_TRANSACTION`](crate::UNFINISHED_TRANSACTION)):
 ///
 /// - a `Tx<Open>` dropped by an early return or a panic is rolled back on the
 ///   spot, before the connection is released;

@@ -530,10 +530,15 @@ fn a_participant_unreachable_after_the_decision_is_reported_in_doubt_then_recove
     let server = TestServer::shared();
     let (a, b) = (Db::new("tpc_doubt_a"), Db::new("tpc_doubt_b"));
     let proxy = Proxy::start(server.loopback_addr().expect("loopback server"));
-    let b_via_proxy = server.dsn_via(proxy.addr()).replace(
-        &format!("dbname={}", server.dbname()),
-        &format!("dbname={}", b.name),
-    ) + " connect_timeout=1";
+    // Both through the proxy, so that the commit order is the databases'
+    // names' (a decides) and not the ports'.
+    let via_proxy = |db: &Db| {
+        server.dsn_via(proxy.addr()).replace(
+            &format!("dbname={}", server.dbname()),
+            &format!("dbname={}", db.name),
+        ) + " connect_timeout=1"
+    };
+    let (a_via_proxy, b_via_proxy) = (via_proxy(&a), via_proxy(&b));
     proxy.stall_on(&[b"COMMIT PREPARED"]);
     let outcome = std::thread::scope(|s| {
         s.spawn(|| {
@@ -543,7 +548,7 @@ fn a_participant_unreachable_after_the_decision_is_reported_in_doubt_then_recove
             proxy.cut();
         });
         let mut dtx = TwoPhase::new();
-        let pa = dtx.join_dsn(&a.dsn).expect("join a");
+        let pa = dtx.join_dsn(&a_via_proxy).expect("join a");
         let pb = dtx.join_dsn(&b_via_proxy).expect("join b");
         insert(&mut dtx, pa, 1).expect("insert a");
         insert(&mut dtx, pb, 1).expect("insert b");

@@ -12,6 +12,7 @@ use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use parking_lot::Mutex;
 use postgres::error::SqlState;
 
 use crate::error::{Error, Result};
@@ -560,21 +561,29 @@ impl<'m> TwoPhase<'m> {
     /// Writes the decision row into the decider's open transaction; returns
     /// the decider's tag for the gids.
     fn write_decision(&self, decider: usize, key: &gid::Key) -> Result<u32> {
-        let tx = self.participants[decider].in_tx();
+        let participant = &self.participants[decider];
+        let tx = participant.in_tx();
+        let name = participant.name();
+        if !decisions_table_known(&name) {
+            tx.execute(CREATE_DECISIONS, &[])?;
+        }
         let row = tx.query_one(
-            "SELECT current_database()::text, current_setting('port')",
-            &[],
-        )?;
-        let tag = gid::database_tag(
-            row.try_get(0).map_err(Error::Db)?,
-            row.try_get(1).map_err(Error::Db)?,
-        );
-        tx.execute(CREATE_DECISIONS, &[])?;
-        tx.execute(
-            "INSERT INTO pgtx_two_phase_decisions (key, decision) VALUES ($1, 'commit')",
+            "INSERT INTO pgtx_two_phase_decisions (key, decision) VALUES ($1, 'commit')
+             RETURNING current_database()::text, current_setting('port')",
             &[&key.as_str()],
-        )?;
-        Ok(tag)
+        );
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                // Dropped since, perhaps: look again next time.
+                forget_decisions_table(&name);
+                return Err(e);
+            }
+        };
+        remember_decisions_table(name);
+        let dbname: String = row.try_get(0).map_err(Error::Db)?;
+        let port: String = row.try_get(1).map_err(Error::Db)?;
+        Ok(gid::database_tag(&dbname, &port))
     }
 
     /// Rolls every participant back after `failed` could not vote (or
@@ -645,6 +654,26 @@ impl<'m> TwoPhase<'m> {
     fn name(&self, index: usize) -> String {
         self.participants[index].name()
     }
+}
+
+/// Databases (by their settings as shown) where this process has written
+/// a decision row: the table is there, and `CREATE TABLE IF NOT EXISTS`
+/// (a lock and a notice each time) is skipped.
+static DECISION_TABLES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn decisions_table_known(name: &str) -> bool {
+    DECISION_TABLES.lock().iter().any(|known| known == name)
+}
+
+fn remember_decisions_table(name: String) {
+    let mut known = DECISION_TABLES.lock();
+    if !known.contains(&name) {
+        known.push(name);
+    }
+}
+
+fn forget_decisions_table(name: &str) {
+    DECISION_TABLES.lock().retain(|known| known != name);
 }
 
 impl Drop for TwoPhase<'_> {
