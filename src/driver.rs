@@ -335,6 +335,55 @@ impl Driver {
         &mut self.notifications
     }
 
+    /// Waits until a notification is queued, the connection ends, or
+    /// `deadline` passes (`None`: no deadline); whether a notification is
+    /// queued.
+    ///
+    /// It does not spin: the runtime sleeps in its I/O driver until the
+    /// socket has something or the timer fires. Before waiting it turns the
+    /// I/O driver once, so a deadline already past still sees what arrived
+    /// since the last request.
+    pub(crate) fn wait_notification(&mut self, deadline: Option<Instant>) -> bool {
+        if !self.notifications.is_empty() {
+            return true;
+        }
+        if self.has_ended() {
+            return false;
+        }
+        let Driver {
+            runtime,
+            connection,
+            notifications,
+            ended,
+            end_cause,
+            ..
+        } = self;
+        runtime.block_on(async {
+            // As in `is_alive`: yielding makes the runtime look at the socket.
+            tokio::task::yield_now().await;
+            let arrival = poll_fn(|cx| {
+                drive(connection, notifications, ended, end_cause, cx);
+                if *ended || !notifications.is_empty() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            });
+            match deadline {
+                // Timing out is the expected outcome of a quiet channel.
+                Some(deadline) => tokio::time::timeout_at(deadline.into(), arrival)
+                    .await
+                    .unwrap_or(()),
+                None => arrival.await,
+            }
+        });
+        let arrived = !self.notifications.is_empty();
+        if arrived {
+            self.answered_at = Instant::now();
+        }
+        arrived
+    }
+
     /// Closes the connection politely: the client is dropped, which makes the
     /// connection send `Terminate`, and the socket is given a moment to flush.
     pub(crate) fn close(self) {

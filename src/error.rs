@@ -179,6 +179,39 @@ pub enum Error {
     /// The private runtime that drives the connection could not be created.
     #[error("could not start the runtime that drives the connection")]
     Runtime(#[source] std::io::Error),
+
+    /// Reconnecting gave up: every attempt the
+    /// [`ReconnectPolicy`](crate::ReconnectPolicy) allows for one round
+    /// ([`max_attempts`](crate::ReconnectPolicy::max_attempts)) failed.
+    /// Nothing is connected. Carries how many attempts were made, the
+    /// round's first failure (`None` when there was only one attempt: it is
+    /// `last`) and its last, which is also the [`source`](std::error::Error::source).
+    ///
+    /// A [`Listener`](crate::Listener) that returns it keeps its channels:
+    /// its next call starts a new round of attempts, and
+    /// [`ListenEvent::Reconnected`](crate::ListenEvent::Reconnected) still
+    /// follows when the connection is back.
+    #[error("gave up reconnecting after {attempts} attempt{}: {last}{}", plural(*.attempts), first_failure(.first))]
+    ReconnectFailed {
+        /// Attempts made in the round that gave up.
+        attempts: u32,
+        /// The round's first failure, if it had more than one attempt.
+        first: Option<Box<Error>>,
+        /// The round's last failure.
+        #[source]
+        last: Box<Error>,
+    },
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn first_failure(first: &Option<Box<Error>>) -> String {
+    match first {
+        Some(first) => format!(" (the first attempt failed with: {first})"),
+        None => String::new(),
+    }
 }
 
 fn describe_vote(participant: &str, source: &Error) -> String {
@@ -260,6 +293,7 @@ impl Error {
             Error::VoteFailed { source, .. }
             | Error::InDoubt { source, .. }
             | Error::NotifyFailed { source, .. } => source.as_db_error(),
+            Error::ReconnectFailed { last, .. } => last.as_db_error(),
             _ => None,
         }
     }

@@ -135,9 +135,12 @@ mod driver;
 mod error;
 mod guard;
 mod held;
+mod ident;
 mod lease;
+mod listener;
 mod manager;
 mod options;
+mod reconnect;
 mod savepoint;
 mod session;
 mod shared;
@@ -152,8 +155,10 @@ mod wire;
 pub use crate::config::{Settings, SettingsError};
 pub use crate::error::{ConnectError, Error, Result, UNFINISHED_TRANSACTION};
 pub use crate::guard::Guard;
+pub use crate::listener::{Events, ListenEvent, Listener, ObserverError, ObserverId};
 pub use crate::manager::{Builder, DEFAULT_ABANDON_AFTER, ManagedConnection};
 pub use crate::options::{IsolationLevel, TxOptions};
+pub use crate::reconnect::{Backoff, ReconnectPolicy};
 pub use crate::savepoint::Savepoint;
 pub use crate::state::{Done, Open, State};
 pub use crate::status::TransactionStatus;
@@ -163,7 +168,7 @@ pub use crate::tx::Tx;
 pub use crate::statements::ToStatement;
 pub use postgres::error::{DbError, SqlState};
 pub use postgres::types::{self, ToSql};
-pub use postgres::{Row, Statement};
+pub use postgres::{Notification, Row, Statement};
 
 /// The README's examples, compiled by `cargo test` so they cannot rot.
 #[cfg(doctest)]

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::guard::Guard;
 use crate::held::{Held, Ticket};
 use crate::lease::Wait;
+use crate::listener::Listener;
 use crate::options::TxOptions;
 use crate::shared::Shared;
 use crate::state::{Done, Open};
@@ -345,6 +346,18 @@ impl ManagedConnection {
     fn acquire_lease(&self, wait: Wait) -> Result<Held<'_>> {
         let epoch = self.shared.acquire(wait)?;
         Ok(Held::new(&self.shared, Ticket::new(epoch)))
+    }
+
+    /// A [`Listener`] for LISTEN/NOTIFY with the same settings, on a
+    /// connection of its own: notifications arrive whether or not any
+    /// thread holds this one, and waiting for them never holds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Listener::connect`]: [`Error::Connect`] if no server accepted
+    /// the connection.
+    pub fn listener(&self) -> Result<Listener> {
+        Listener::open(self.settings().clone())
     }
 }
 
