@@ -180,6 +180,14 @@ pub enum Error {
     #[error("could not start the runtime that drives the connection")]
     Runtime(#[source] std::io::Error),
 
+    /// The [`on_connect`](crate::Builder::on_connect) hook failed on a new
+    /// connection (or left a transaction block open): that connection was
+    /// closed, and nobody got it. The lock has been released; the next
+    /// holder opens another connection and runs the hook again.
+    /// The source is the hook's error.
+    #[error("the on_connect hook failed on a new connection: {0}")]
+    OnConnect(#[source] crate::hooks::HookError),
+
     /// Reconnecting gave up: every attempt the
     /// [`ReconnectPolicy`](crate::ReconnectPolicy) allows for one round
     /// ([`max_attempts`](crate::ReconnectPolicy::max_attempts)) failed.

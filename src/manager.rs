@@ -1,12 +1,14 @@
 //! The public handle on one shared connection, and the `transaction` scope.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::guard::Guard;
 use crate::held::{Held, Ticket};
+use crate::hooks::{HookError, NewConnection, OnConnect};
 use crate::lease::Wait;
 use crate::listener::Listener;
 use crate::options::TxOptions;
@@ -85,6 +87,7 @@ static_assertions::assert_impl_all!(ManagedConnection: Send, Sync);
 pub struct Builder {
     dsn: String,
     abandon_after: Option<Duration>,
+    on_connect: Option<OnConnect>,
 }
 
 impl fmt::Debug for Builder {
@@ -96,7 +99,9 @@ impl fmt::Debug for Builder {
             Ok(settings) => s.field("settings", &settings),
             Err(_) => s.field("settings", &"<unreadable connection string, not shown>"),
         };
-        s.field("abandon_after", &self.abandon_after).finish()
+        s.field("abandon_after", &self.abandon_after)
+            .field("on_connect", &self.on_connect.as_ref().map(|_| "<hook>"))
+            .finish()
     }
 }
 
@@ -118,6 +123,41 @@ impl Builder {
         self
     }
 
+    /// Runs `hook` on every new connection (the first, and each one opened
+    /// after a connection was lost or closed) before anyone gets it: `SET`
+    /// session settings, `PREPARE` statements, check the server version.
+    /// Its statements run in autocommit mode on a [`NewConnection`].
+    ///
+    /// If the hook returns an error, or leaves a transaction block open,
+    /// that connection is closed unused and the call that needed it
+    /// ([`lock`](ManagedConnection::lock),
+    /// [`transaction`](ManagedConnection::transaction), …) fails with
+    /// [`Error::OnConnect`] carrying the hook's error; the next call opens
+    /// a new connection and runs the hook again. A hook that panics
+    /// panics the call that needed the connection (the connection is closed).
+    ///
+    /// Setting it again replaces the previous hook. It does not run on the
+    /// connections of [`listener`](ManagedConnection::listener)s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let manager = pgtx::ManagedConnection::builder("host=localhost user=postgres")
+    ///     .on_connect(|conn| {
+    ///         conn.batch_execute("SET search_path = app, public; SET application_name = 'billing'")?;
+    ///         Ok(())
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn on_connect<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&mut NewConnection<'_>) -> Result<(), HookError> + Send + Sync + 'static,
+    {
+        self.on_connect = Some(OnConnect::new(Arc::new(hook)));
+        self
+    }
+
     /// Parses the settings and builds the manager. Does not connect.
     ///
     /// # Errors
@@ -126,7 +166,7 @@ impl Builder {
     pub fn build(self) -> Result<ManagedConnection> {
         let settings = Settings::parse(&self.dsn)?;
         Ok(ManagedConnection {
-            shared: Shared::new(settings, self.abandon_after),
+            shared: Shared::new(settings, self.abandon_after, self.on_connect),
         })
     }
 }
@@ -154,6 +194,7 @@ impl ManagedConnection {
         Builder {
             dsn: dsn.to_owned(),
             abandon_after: Some(DEFAULT_ABANDON_AFTER),
+            on_connect: None,
         }
     }
 

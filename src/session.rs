@@ -17,6 +17,7 @@ use crate::Statement;
 use crate::config::Settings;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
+use crate::hooks::{OnConnect, run_on_connect};
 use crate::statements::{Sql, ToStatement};
 use crate::status::{StatusCell, TransactionStatus};
 use crate::track::{CommitPlan, Machine, PreparePlan, Refusal, Reply, Track};
@@ -48,6 +49,7 @@ pub(crate) struct Session {
     slot: Mutex<Slot>,
     status: StatusCell,
     settings: Settings,
+    on_connect: Option<OnConnect>,
 }
 
 /// The session, locked by the lease holder for one operation.
@@ -55,10 +57,11 @@ pub(crate) struct Active<'a> {
     slot: MutexGuard<'a, Slot>,
     status: &'a StatusCell,
     settings: &'a Settings,
+    on_connect: Option<&'a OnConnect>,
 }
 
 impl Session {
-    pub(crate) fn new(settings: Settings) -> Self {
+    pub(crate) fn new(settings: Settings, on_connect: Option<OnConnect>) -> Self {
         Session {
             slot: Mutex::new(Slot {
                 driver: None,
@@ -66,6 +69,7 @@ impl Session {
             }),
             status: StatusCell::new(),
             settings,
+            on_connect,
         }
     }
 
@@ -74,6 +78,7 @@ impl Session {
             slot: self.slot.lock(),
             status: &self.status,
             settings: &self.settings,
+            on_connect: self.on_connect.as_ref(),
         }
     }
 
@@ -106,7 +111,7 @@ impl Active<'_> {
             }
             self.slot.driver = None;
         }
-        match Driver::open(self.settings) {
+        match self.open_driver() {
             Ok(driver) => {
                 self.slot.driver = Some(driver);
                 self.publish();
@@ -117,6 +122,19 @@ impl Active<'_> {
                 Err(e)
             }
         }
+    }
+
+    /// A new connection, set up by the `on_connect` hook if there is one.
+    fn open_driver(&self) -> Result<Driver> {
+        let mut driver = Driver::open(self.settings)?;
+        if let Some(hook) = self.on_connect {
+            if let Err(e) = run_on_connect(hook, &mut driver) {
+                log::warn!("pgtx: closing a new connection: {e}");
+                driver.close();
+                return Err(e);
+            }
+        }
+        Ok(driver)
     }
 
     /// Whether a transaction block is (or was, before the connection broke)

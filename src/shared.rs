@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::config::Settings;
 use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
 use crate::held::Ticket;
+use crate::hooks::OnConnect;
 use crate::lease::{Abandoned, Lease, Refused, Wait};
 use crate::session::{Active, Session};
 use crate::status::TransactionStatus;
@@ -23,10 +24,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(settings: Settings, abandon_after: Option<Duration>) -> Shared {
+    pub(crate) fn new(
+        settings: Settings,
+        abandon_after: Option<Duration>,
+        on_connect: Option<OnConnect>,
+    ) -> Shared {
         Shared {
             lease: Lease::new(abandon_after),
-            session: Session::new(settings),
+            session: Session::new(settings, on_connect),
             unfinished: AtomicU64::new(0),
         }
     }

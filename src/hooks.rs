@@ -1,0 +1,160 @@
+//! Code the user runs on every new connection before anyone gets it
+//! (txpostgres' connection factories, sqlx's `after_connect`, r2d2's
+//! `CustomizeConnection`).
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::driver::Driver;
+use crate::error::{Error, Result};
+use crate::statements::{Sql, ToStatement};
+use crate::types::ToSql;
+use crate::wire::ServerStatus;
+use crate::{Row, Statement};
+
+/// What a hook may fail with: any error, boxed. A hook's failure is
+/// returned as [`Error::OnConnect`].
+pub type HookError = Box<dyn std::error::Error + Send + Sync>;
+
+type Hook = dyn Fn(&mut NewConnection<'_>) -> Result<(), HookError> + Send + Sync;
+
+/// A hook given to [`Builder::on_connect`](crate::Builder::on_connect).
+#[derive(Clone)]
+pub(crate) struct OnConnect(Arc<Hook>);
+
+impl OnConnect {
+    pub(crate) fn new(hook: Arc<Hook>) -> OnConnect {
+        OnConnect(hook)
+    }
+}
+
+/// A connection just opened, handed to the
+/// [`on_connect`](crate::Builder::on_connect) hook before anyone else
+/// gets it: run `SET`, `PREPARE` or any setup here.
+///
+/// Statements run in autocommit mode, one by one, as on a [`Guard`](crate::Guard).
+/// The hook must leave no transaction block open: a connection handed back
+/// inside one is closed and the attempt fails with [`Error::OnConnect`].
+pub struct NewConnection<'a> {
+    driver: &'a mut Driver,
+}
+
+impl NewConnection<'_> {
+    /// Runs one or more statements separated by `;` in one round trip
+    /// (the simple query protocol), returning nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Db`] if the server refused a statement (those before it
+    /// ran); [`Error::ConnectionLost`] if the connection broke.
+    pub fn batch_execute(&mut self, sql: &str) -> Result<()> {
+        self.run(|driver| driver.run(|c| c.batch_execute(sql)))
+    }
+
+    /// Runs one statement and returns the number of rows it affected.
+    ///
+    /// # Errors
+    ///
+    /// As [`batch_execute`](Self::batch_execute).
+    pub fn execute<Q>(&mut self, query: &Q, params: &[&(dyn ToSql + Sync)]) -> Result<u64>
+    where
+        Q: ?Sized + ToStatement,
+    {
+        match query.sql() {
+            Sql::Prepared(statement) => {
+                self.run(|driver| driver.run(|c| c.execute(statement, params)))
+            }
+            Sql::Text(sql) => self.run(|driver| driver.run(|c| c.execute(sql, params))),
+        }
+    }
+
+    /// Runs one statement and returns its rows.
+    ///
+    /// # Errors
+    ///
+    /// As [`batch_execute`](Self::batch_execute).
+    pub fn query<Q>(&mut self, query: &Q, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>>
+    where
+        Q: ?Sized + ToStatement,
+    {
+        match query.sql() {
+            Sql::Prepared(statement) => {
+                self.run(|driver| driver.run(|c| c.query(statement, params)))
+            }
+            Sql::Text(sql) => self.run(|driver| driver.run(|c| c.query(sql, params))),
+        }
+    }
+
+    /// Runs one statement that returns exactly one row.
+    ///
+    /// # Errors
+    ///
+    /// As [`batch_execute`](Self::batch_execute), and [`Error::Db`] if
+    /// there was not exactly one row.
+    pub fn query_one<Q>(&mut self, query: &Q, params: &[&(dyn ToSql + Sync)]) -> Result<Row>
+    where
+        Q: ?Sized + ToStatement,
+    {
+        match query.sql() {
+            Sql::Prepared(statement) => {
+                self.run(|driver| driver.run(|c| c.query_one(statement, params)))
+            }
+            Sql::Text(sql) => self.run(|driver| driver.run(|c| c.query_one(sql, params))),
+        }
+    }
+
+    /// Prepares a statement on this connection (a [`Statement`] is only
+    /// valid on the connection that prepared it).
+    ///
+    /// # Errors
+    ///
+    /// As [`batch_execute`](Self::batch_execute).
+    pub fn prepare(&mut self, sql: &str) -> Result<Statement> {
+        self.run(|driver| driver.run(|c| c.prepare(sql)))
+    }
+
+    fn run<T>(
+        &mut self,
+        request: impl FnOnce(&mut Driver) -> Result<T, postgres::Error>,
+    ) -> Result<T> {
+        match request(self.driver) {
+            Ok(value) => Ok(value),
+            Err(e) if self.driver.has_ended() => {
+                Err(Error::ConnectionLost(Some(self.driver.why_lost(e))))
+            }
+            Err(e) => Err(Error::Db(e)),
+        }
+    }
+}
+
+impl fmt::Debug for NewConnection<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewConnection").finish_non_exhaustive()
+    }
+}
+
+/// Runs `hook` on the connection `driver` just opened.
+///
+/// # Errors
+///
+/// [`Error::OnConnect`] if the hook failed, or left a transaction block
+/// open; the caller must then not use the connection.
+pub(crate) fn run_on_connect(hook: &OnConnect, driver: &mut Driver) -> Result<()> {
+    let outcome = (hook.0)(&mut NewConnection {
+        driver: &mut *driver,
+    });
+    if let Err(e) = outcome {
+        return Err(Error::OnConnect(e));
+    }
+    if driver.has_ended() {
+        return Err(Error::OnConnect(
+            "the connection was lost while the on_connect hook ran".into(),
+        ));
+    }
+    match driver.server_status() {
+        Some(ServerStatus::Idle) | None => Ok(()),
+        Some(_) => Err(Error::OnConnect(
+            "the on_connect hook left a transaction block open (it must end what it begins)".into(),
+        )),
+    }
+}
