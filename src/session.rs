@@ -127,12 +127,12 @@ impl Active<'_> {
     /// A new connection, set up by the `on_connect` hook if there is one.
     fn open_driver(&self) -> Result<Driver> {
         let mut driver = Driver::open(self.settings)?;
-        if let Some(hook) = self.on_connect {
-            if let Err(e) = run_on_connect(hook, &mut driver) {
-                log::warn!("pgtx: closing a new connection: {e}");
-                driver.close();
-                return Err(e);
-            }
+        if let Some(hook) = self.on_connect
+            && let Err(e) = run_on_connect(hook, &mut driver)
+        {
+            log::warn!("pgtx: closing a new connection: {e}");
+            driver.close();
+            return Err(e);
         }
         Ok(driver)
     }
