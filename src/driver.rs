@@ -18,7 +18,7 @@ use tokio::runtime::Runtime;
 use tokio_postgres::{AsyncMessage, Client, Notification, Statement};
 
 use crate::config::Settings;
-use crate::connect::{ConnectionStream, Connector, Opened};
+use crate::connect::{CancelTarget, ConnectionStream, Connector, Opened};
 use crate::error::Error;
 use crate::wire::{BeginOutcome, ServerStatus, Tap};
 
@@ -40,6 +40,8 @@ pub(crate) struct Driver {
     /// When the server was last heard from (or the connection last found alive).
     answered_at: Instant,
     gate: Arc<Gate>,
+    /// Where this connection's cancel requests go.
+    cancel: Arc<CancelTarget>,
 }
 
 /// The waker given to the connection and the request while `run` polls
@@ -157,6 +159,7 @@ impl Driver {
             client,
             connection,
             tap,
+            cancel,
         } = runtime.block_on(connect)?;
         Ok(Driver {
             runtime,
@@ -169,6 +172,7 @@ impl Driver {
             statements: StatementCache::default(),
             answered_at: Instant::now(),
             gate: Arc::default(),
+            cancel,
         })
     }
 
@@ -267,6 +271,11 @@ impl Driver {
             self.statements.entries.clear();
         }
         result
+    }
+
+    /// Where this connection's cancel requests go.
+    pub(crate) fn cancel_target(&self) -> &Arc<CancelTarget> {
+        &self.cancel
     }
 
     /// Whether the connection answered (or was found alive) within `span`.
@@ -398,6 +407,7 @@ impl Driver {
             statements,
             answered_at: _,
             gate: _,
+            cancel: _,
         } = self;
         // No point closing statements one by one on a connection about to end.
         drop(statements);

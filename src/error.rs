@@ -180,6 +180,20 @@ pub enum Error {
     #[error("could not start the runtime that drives the connection")]
     Runtime(#[source] std::io::Error),
 
+    /// The statement was cancelled with a [`CancelHandle`](crate::CancelHandle)
+    /// while it ran. A transaction it ran in is aborted (its `commit`
+    /// reports [`Error::TransactionAborted`]; a `transaction` closure that
+    /// returns this error is rolled back). Carries the server's error
+    /// (SQLSTATE 57014, as for `statement_timeout`, which stays
+    /// [`Error::Db`]: only a cancel pgtx sent is reported as this).
+    #[error("the statement was cancelled")]
+    Cancelled(#[source] postgres::Error),
+
+    /// A cancel request could not be delivered (the server unreachable,
+    /// the timeout passed): the statement it was for runs on.
+    #[error("could not deliver the cancel request")]
+    CancelFailed(#[source] Box<dyn std::error::Error + Send + Sync>),
+
     /// The [`on_connect`](crate::Builder::on_connect) hook failed on a new
     /// connection (or left a transaction block open): that connection was
     /// closed, and nobody got it. The lock has been released; the next
@@ -292,7 +306,7 @@ impl Error {
     /// The server's error, if the server reported one.
     pub fn as_db_error(&self) -> Option<&DbError> {
         match self {
-            Error::Db(e) => e.as_db_error(),
+            Error::Db(e) | Error::Cancelled(e) => e.as_db_error(),
             Error::Connect(e) => e.as_db_error(),
             Error::ConnectionLost(e) | Error::CommitOutcomeUnknown(e) => {
                 e.as_ref().and_then(postgres::Error::as_db_error)

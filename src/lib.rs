@@ -128,6 +128,7 @@
 // than a guard that would have to be force-unlocked.
 #![forbid(unsafe_code)]
 
+mod cancel;
 mod config;
 mod connect;
 mod control;
@@ -153,6 +154,7 @@ pub mod two_phase;
 mod tx;
 mod wire;
 
+pub use crate::cancel::CancelHandle;
 pub use crate::config::{Settings, SettingsError};
 pub use crate::error::{ConnectError, Error, Result, UNFINISHED_TRANSACTION};
 pub use crate::guard::Guard;

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cancel::CancelHandle;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::guard::Guard;
@@ -371,6 +372,21 @@ impl ManagedConnection {
     pub fn bench_lease_cycle(&self) -> Result<()> {
         drop(self.acquire_lease(Wait::Never)?);
         Ok(())
+    }
+
+    /// A handle that cancels the statement running on this connection,
+    /// from any thread (see [`CancelHandle`] for exactly what it cancels).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let manager = pgtx::ManagedConnection::new("host=localhost user=postgres")?;
+    /// let cancel = manager.cancel_handle();
+    /// assert!(!cancel.cancel()?, "nothing is running: nothing is sent");
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.shared.cancel_handle()
     }
 
     pub(crate) fn shared(&self) -> &Shared {

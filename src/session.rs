@@ -8,12 +8,14 @@
 //! without waiting.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
 use postgres::error::SqlState;
 
 use crate::Statement;
+use crate::cancel::CancelCell;
 use crate::config::Settings;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
@@ -48,6 +50,7 @@ struct Slot {
 pub(crate) struct Session {
     slot: Mutex<Slot>,
     status: StatusCell,
+    cancel: Arc<CancelCell>,
     settings: Settings,
     on_connect: Option<OnConnect>,
 }
@@ -56,6 +59,7 @@ pub(crate) struct Session {
 pub(crate) struct Active<'a> {
     slot: MutexGuard<'a, Slot>,
     status: &'a StatusCell,
+    cancel: &'a CancelCell,
     settings: &'a Settings,
     on_connect: Option<&'a OnConnect>,
 }
@@ -68,6 +72,7 @@ impl Session {
                 machine: Machine::new(),
             }),
             status: StatusCell::new(),
+            cancel: Arc::default(),
             settings,
             on_connect,
         }
@@ -77,6 +82,7 @@ impl Session {
         Active {
             slot: self.slot.lock(),
             status: &self.status,
+            cancel: &self.cancel,
             settings: &self.settings,
             on_connect: self.on_connect.as_ref(),
         }
@@ -88,6 +94,11 @@ impl Session {
 
     pub(crate) fn status(&self) -> TransactionStatus {
         self.status.get()
+    }
+
+    /// What cancel handles share with the statements they cancel.
+    pub(crate) fn cancel_cell(&self) -> &Arc<CancelCell> {
+        &self.cancel
     }
 }
 
@@ -168,6 +179,7 @@ impl Active<'_> {
             return Err(Error::ConnectionLost(None));
         };
         self.status.set(TransactionStatus::Active);
+        let serial = self.cancel.start(driver.cancel_target());
         let mut began = false;
         let result = match (&pending, sends) {
             (Some(begin), Sends::Bind) => {
@@ -186,13 +198,18 @@ impl Active<'_> {
             },
             (None, _) => request(driver),
         };
+        let cancelled = self.cancel.finish(serial);
         let result = match result {
             Err(e) if driver.has_ended() => Err(Error::ConnectionLost(Some(driver.why_lost(e)))),
+            Err(e) if cancelled && e.code() == Some(&SqlState::QUERY_CANCELED) => {
+                Err(Error::Cancelled(e))
+            }
             other => other.map_err(Error::Db),
         };
         let reply = match &result {
             Err(Error::ConnectionLost(_)) => {
                 self.slot.driver = None;
+                self.cancel.disconnected();
                 Reply::Lost
             }
             other => Reply::Answered {
@@ -508,6 +525,7 @@ impl Active<'_> {
         if let Some(driver) = self.slot.driver.take() {
             driver.close();
         }
+        self.cancel.disconnected();
         self.slot.machine.reset();
         self.publish();
     }
@@ -515,6 +533,7 @@ impl Active<'_> {
     /// Drops a connection that cannot be trusted any more.
     fn discard(&mut self) {
         self.slot.driver = None;
+        self.cancel.disconnected();
         self.slot.machine.reset();
         self.publish();
     }

@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::cancel::CancelHandle;
 use crate::config::Settings;
 use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
 use crate::held::Ticket;
@@ -42,6 +43,10 @@ impl Shared {
 
     pub(crate) fn status(&self) -> TransactionStatus {
         self.session.status()
+    }
+
+    pub(crate) fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle::new(self.session.cancel_cell().clone())
     }
 
     pub(crate) fn unfinished(&self) -> u64 {

@@ -9,6 +9,7 @@
 //! - `stream.rs`: the connection half, its types erased, for the driver;
 //! - `tls.rs`: the rustls connector built from the `ssl*` settings.
 
+mod cancel;
 mod failure;
 mod open;
 mod socket;
@@ -26,6 +27,8 @@ use crate::config::{
 };
 use crate::error::{ConnectError, Error};
 
+pub(crate) use self::cancel::CancelTarget;
+use self::cancel::CancelTls;
 pub(crate) use self::open::Opened;
 use self::socket::Endpoint;
 pub(crate) use self::stream::ConnectionStream;
@@ -192,12 +195,12 @@ async fn attempt(
     // A Unix socket never uses TLS (libpq: "SSL is not used on Unix sockets").
     if matches!(target.host, Host::Socket { .. }) || sslmode == SslMode::Disable {
         config.ssl_mode(Mode::Disable);
-        return open::open(&config, endpoint, NoTls).await;
+        return open::open(&config, endpoint, NoTls, CancelTls::None).await;
     }
     match sslmode {
         SslMode::Allow => {
             config.ssl_mode(Mode::Disable);
-            match open::open(&config, endpoint, NoTls).await {
+            match open::open(&config, endpoint, NoTls, CancelTls::None).await {
                 // The server refused a connection without TLS: try with it.
                 Err(e) if refused_by_server(&*e) && tls.available() => {
                     config.ssl_mode(Mode::Require);
@@ -212,7 +215,7 @@ async fn attempt(
         }
         SslMode::Prefer => {
             config.ssl_mode(Mode::Disable);
-            open::open(&config, endpoint, NoTls).await
+            open::open(&config, endpoint, NoTls, CancelTls::None).await
         }
         _ => {
             config.ssl_mode(Mode::Require);
@@ -259,7 +262,7 @@ impl Tls {
         use self::socket::Socket;
         use tokio_postgres::tls::MakeTlsConnect;
         let Some(make) = &self.0 else {
-            return open::open(config, endpoint, NoTls).await;
+            return open::open(config, endpoint, NoTls, CancelTls::None).await;
         };
         // The name the certificate must carry: the host name, else the
         // numeric address (libpq matches an IP address against the
@@ -274,7 +277,11 @@ impl Tls {
             Ok(tls) => tls,
             Err(never) => match never {},
         };
-        open::open(config, endpoint, tls).await
+        let cancel_tls = CancelTls::Rustls {
+            make: make.clone(),
+            server_name,
+        };
+        open::open(config, endpoint, tls, cancel_tls).await
     }
 }
 
@@ -309,6 +316,6 @@ impl Tls {
         _target: &Target,
         endpoint: &Endpoint,
     ) -> Result<Opened, Cause> {
-        open::open(config, endpoint, NoTls).await
+        open::open(config, endpoint, NoTls, CancelTls::None).await
     }
 }

@@ -14,21 +14,29 @@ use tokio_postgres::config::{SslMode, TargetSessionAttrs};
 use tokio_postgres::tls::TlsConnect;
 use tokio_postgres::{Client, Config, SimpleQueryMessage};
 
+use super::cancel::{CancelTarget, CancelTls};
 use super::socket::{self, Endpoint, Socket};
 use super::stream::{ConnectionStream, connection_stream};
 use super::{Cause, failure};
 use crate::wire::{Tap, Wire};
 
-/// A connected client, its connection, and the tap on it.
+/// A connected client, its connection, the tap on it, and where to send
+/// its cancel requests.
 pub(crate) struct Opened {
     pub(crate) client: Client,
     pub(crate) connection: ConnectionStream,
     pub(crate) tap: Arc<Tap>,
+    pub(crate) cancel: Arc<CancelTarget>,
 }
 
 /// Opens the socket, then lets `tokio-postgres` negotiate TLS (through
 /// `tls`, when `config`'s `ssl_mode` asks for it) and authenticate.
-pub(super) async fn open<T>(config: &Config, endpoint: &Endpoint, tls: T) -> Result<Opened, Cause>
+pub(super) async fn open<T>(
+    config: &Config,
+    endpoint: &Endpoint,
+    tls: T,
+    cancel_tls: CancelTls,
+) -> Result<Opened, Cause>
 where
     T: TlsConnect<Socket> + Send + 'static,
     T::Stream: Send + 'static,
@@ -62,10 +70,17 @@ where
     tap.activate();
     let mut connection = connection_stream(connection);
     check_session_attrs(config, &client, &mut connection).await?;
+    let cancel = Arc::new(CancelTarget::new(
+        client.cancel_token(),
+        endpoint,
+        config,
+        cancel_tls,
+    ));
     Ok(Opened {
         client,
         connection,
         tap,
+        cancel,
     })
 }
 

@@ -18,6 +18,7 @@ use crate::config::{Host, Target};
 
 /// Where one connection attempt goes: a server's Unix socket, or one
 /// address of a TCP server.
+#[derive(Clone)]
 pub(super) enum Endpoint {
     Unix(PathBuf),
     Tcp(SocketAddr),

@@ -39,6 +39,12 @@ struct Inner {
     /// Stall (holding the chunk) at the first client → server chunk that
     /// contains every one of these byte strings.
     stall_on: Mutex<Option<Vec<Vec<u8>>>>,
+    /// Hold (that connection only) the first client → server chunk that
+    /// contains every one of these byte strings.
+    hold_on: Mutex<Option<Vec<Vec<u8>>>>,
+    /// A connection is holding a chunk until [`Proxy::release`].
+    holding: Mutex<bool>,
+    hold_changed: Condvar,
 }
 
 /// One proxied connection; the streams are clones kept only to shut them
@@ -90,6 +96,9 @@ impl Proxy {
             accepted: AtomicUsize::new(0),
             client_chunks: AtomicUsize::new(0),
             stall_on: Mutex::new(None),
+            hold_on: Mutex::new(None),
+            holding: Mutex::new(false),
+            hold_changed: Condvar::new(),
         });
         let accept_inner = Arc::clone(&inner);
         let accept_thread = std::thread::Builder::new()
@@ -140,6 +149,25 @@ impl Proxy {
     /// it fired, [`is_stalled`](Self::is_stalled) is true.
     pub fn stall_on(&self, needles: &[&[u8]]) {
         *lock(&self.inner.stall_on) = Some(needles.iter().map(|n| n.to_vec()).collect());
+    }
+
+    /// Holds the first chunk a client sends that contains every one of
+    /// `needles`, on that connection only (the others flow on), until
+    /// [`release`](Self::release). Once it fired, [`is_holding`](Self::is_holding)
+    /// is true.
+    pub fn hold_on(&self, needles: &[&[u8]]) {
+        *lock(&self.inner.hold_on) = Some(needles.iter().map(|n| n.to_vec()).collect());
+    }
+
+    /// Whether a connection is holding a chunk (see [`hold_on`](Self::hold_on)).
+    pub fn is_holding(&self) -> bool {
+        *lock(&self.inner.holding)
+    }
+
+    /// Forwards the chunk [`hold_on`](Self::hold_on) held.
+    pub fn release(&self) {
+        *lock(&self.inner.holding) = false;
+        self.inner.hold_changed.notify_all();
     }
 
     /// Whether the proxy is currently stalled.
@@ -217,6 +245,42 @@ impl Inner {
             *armed = None;
             *lock(&self.stalled) = true;
             self.stall_changed.notify_all();
+        }
+    }
+
+    /// Holds this connection's `chunk` if it is the one [`Proxy::hold_on`]
+    /// waits for, until released; returns false if the connection should
+    /// end instead.
+    fn maybe_hold(&self, chunk: &[u8], closed: &AtomicBool) -> bool {
+        let fires = {
+            let mut armed = lock(&self.hold_on);
+            let fires = armed.as_ref().is_some_and(|needles| {
+                needles
+                    .iter()
+                    .all(|n| chunk.windows(n.len().max(1)).any(|w| w == n.as_slice()))
+            });
+            if fires {
+                *armed = None;
+            }
+            fires
+        };
+        if !fires {
+            return true;
+        }
+        let mut holding = lock(&self.holding);
+        *holding = true;
+        loop {
+            if self.shutdown.load(Ordering::SeqCst) || closed.load(Ordering::SeqCst) {
+                return false;
+            }
+            if !*holding {
+                return true;
+            }
+            holding = self
+                .hold_changed
+                .wait_timeout(holding, STALL_POLL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -317,6 +381,9 @@ fn pump(
         if from_client {
             inner.client_chunks.fetch_add(1, Ordering::SeqCst);
             inner.maybe_stall_on(&buf[..n]);
+            if !inner.maybe_hold(&buf[..n], closed) {
+                break;
+            }
         }
         // A stall may have begun while this read was blocked: hold the bytes.
         if !inner.wait_unstalled(closed) {
