@@ -365,3 +365,43 @@ fn a_private_key_others_can_read_is_refused() {
     assert!(e.to_string().contains("group or world access"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The cancel request goes out on a socket pgtx opens itself, with the
+/// TLS the connection negotiated (here verify-full, for a role the server
+/// refuses without TLS), and it interrupts the statement.
+#[test]
+fn a_statement_on_a_tls_connection_is_cancelled() {
+    let s = setup();
+    let ca = s.file("ca.crt");
+    let dsn = s.dsn(&format!(
+        "host=localhost user=tlsonly sslmode=verify-full sslrootcert={ca}"
+    ));
+    let manager = pgtx::ManagedConnection::new(&dsn).expect("parses");
+    let cancel = manager.cancel_handle();
+    let mut admin = s.server.admin();
+    let outcome = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let started = common::eventually(std::time::Duration::from_secs(10), || {
+                admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+                         WHERE a.usename = 'tlsonly' AND a.state = 'active' AND s.ssl",
+                        &[],
+                    )
+                    .expect("pg_stat_activity")
+                    .get::<_, i64>(0)
+                    == 1
+            });
+            assert!(started, "the statement never ran over TLS");
+            assert!(cancel.cancel().expect("cancel over TLS"), "it was running");
+        });
+        manager
+            .lock()
+            .expect("TLS connection")
+            .execute("SELECT pg_sleep(30)", &[])
+    });
+    assert!(
+        matches!(outcome, Err(pgtx::Error::Cancelled(_))),
+        "{outcome:?}"
+    );
+}
