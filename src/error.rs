@@ -1,5 +1,6 @@
 //! The one error type of this crate.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::error::{DbError, SqlState};
@@ -194,6 +195,25 @@ pub enum Error {
     #[error("could not deliver the cancel request")]
     CancelFailed(#[source] Box<dyn std::error::Error + Send + Sync>),
 
+    /// The connection is down and being reconnected in the background on
+    /// the manager's [`ReconnectPolicy`](crate::ReconnectPolicy) (see
+    /// [`Builder::reconnect`](crate::Builder::reconnect)): the call failed
+    /// at once, without waiting for a connect timeout and without sending
+    /// anything. Nothing ran. Retry later; the first call after the
+    /// connection is back succeeds.
+    #[error(
+        "the connection is down (for {down_for:.1?}, {attempts} reconnection attempt{}; the last failed with: {last_failure}); reconnecting in the background",
+        plural(*.attempts)
+    )]
+    ConnectionDead {
+        /// How long the connection has been down.
+        down_for: Duration,
+        /// Reconnection attempts made so far.
+        attempts: u32,
+        /// What the last attempt failed with (as its error's message).
+        last_failure: String,
+    },
+
     /// The [`on_connect`](crate::Builder::on_connect) hook failed on a new
     /// connection (or left a transaction block open): that connection was
     /// closed, and nobody got it. The lock has been released; the next
@@ -325,6 +345,19 @@ impl Error {
         self.as_db_error().map(DbError::code)
     }
 
+    /// A copy of a failure to connect, for an outage to report later (an
+    /// error is not `Clone`): the same variant and message; causes that
+    /// cannot be shared are kept as their messages.
+    pub(crate) fn retell(&self) -> Error {
+        match self {
+            Error::Connect(e) => Error::Connect(e.clone()),
+            Error::Settings(e) => Error::Settings(e.clone()),
+            Error::OnConnect(e) => Error::OnConnect(e.to_string().into()),
+            Error::Runtime(e) => Error::Runtime(std::io::Error::new(e.kind(), e.to_string())),
+            other => Error::OnConnect(other.to_string().into()),
+        }
+    }
+
     /// Whether running the same work again may succeed: a lost connection, a
     /// timeout, a serialization failure or a deadlock.
     ///
@@ -333,6 +366,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Connect(_) | Error::ConnectionLost(_) | Error::LockTimeout(_) => true,
+            Error::ConnectionDead { .. } | Error::ReconnectFailed { .. } => true,
             Error::WouldBlock | Error::LeaseRevoked => true,
             // Something was committed: running the work again would repeat it.
             Error::InDoubt { .. } | Error::NotifyFailed { .. } => false,
@@ -375,7 +409,7 @@ impl Error {
 /// [`source`](std::error::Error::source) is the last attempt's error: a
 /// [`postgres::Error`] when the server (or TLS) turned the connection
 /// down, else the [`std::io::Error`] from the socket.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ConnectError {
     /// Never empty.
     attempts: Vec<Attempt>,
@@ -386,17 +420,21 @@ static_assertions::assert_impl_all!(Error: Send, Sync, std::error::Error);
 static_assertions::assert_impl_all!(ConnectError: Send, Sync, std::error::Error);
 
 /// One failed attempt: its line of [`ConnectError`]'s message and its error.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Attempt {
     line: String,
-    cause: Box<dyn std::error::Error + Send + Sync>,
+    // Shared, so that an outage can keep the failure it reports later.
+    cause: Arc<dyn std::error::Error + Send + Sync>,
 }
 
 impl Attempt {
     /// An attempt that failed for `cause`; `line` is its whole line of the
     /// message, in libpq's words.
     pub(crate) fn new(line: String, cause: Box<dyn std::error::Error + Send + Sync>) -> Attempt {
-        Attempt { line, cause }
+        Attempt {
+            line,
+            cause: Arc::from(cause),
+        }
     }
 }
 

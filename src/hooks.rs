@@ -5,6 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::config::Settings;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::statements::{Sql, ToStatement};
@@ -16,17 +17,27 @@ use crate::{Row, Statement};
 /// returned as [`Error::OnConnect`].
 pub type HookError = Box<dyn std::error::Error + Send + Sync>;
 
-type Hook = dyn Fn(&mut NewConnection<'_>) -> Result<(), HookError> + Send + Sync;
+type HookFn = dyn Fn(&mut NewConnection<'_>) -> Result<(), HookError> + Send + Sync;
 
-/// A hook given to [`Builder::on_connect`](crate::Builder::on_connect).
+/// A function the user gave to run on a connection.
 #[derive(Clone)]
-pub(crate) struct OnConnect(Arc<Hook>);
+pub(crate) struct Hook(Arc<HookFn>);
 
-impl OnConnect {
-    pub(crate) fn new(hook: Arc<Hook>) -> OnConnect {
-        OnConnect(hook)
+impl Hook {
+    pub(crate) fn new(hook: Arc<HookFn>) -> Hook {
+        Hook(hook)
+    }
+
+    pub(crate) fn call(&self, conn: &mut NewConnection<'_>) -> Result<(), HookError> {
+        (self.0)(conn)
     }
 }
+
+/// A hook given to [`Builder::on_connect`](crate::Builder::on_connect).
+pub(crate) type OnConnect = Hook;
+
+/// A hook given to [`Builder::on_reconnect`](crate::Builder::on_reconnect).
+pub(crate) type OnReconnect = Hook;
 
 /// A connection just opened, handed to the
 /// [`on_connect`](crate::Builder::on_connect) hook before anyone else
@@ -37,6 +48,12 @@ impl OnConnect {
 /// inside one is closed and the attempt fails with [`Error::OnConnect`].
 pub struct NewConnection<'a> {
     driver: &'a mut Driver,
+}
+
+impl<'a> NewConnection<'a> {
+    pub(crate) fn new(driver: &'a mut Driver) -> NewConnection<'a> {
+        NewConnection { driver }
+    }
 }
 
 impl NewConnection<'_> {
@@ -133,16 +150,35 @@ impl fmt::Debug for NewConnection<'_> {
     }
 }
 
+/// A new connection, set up by the `on_connect` hook if there is one
+/// (closed again if the hook fails).
+///
+/// # Errors
+///
+/// As `Driver::open`, and [`Error::OnConnect`] if the hook failed.
+pub(crate) fn open_with_hook(
+    settings: &Settings,
+    on_connect: Option<&OnConnect>,
+) -> Result<Driver> {
+    let mut driver = Driver::open(settings)?;
+    if let Some(hook) = on_connect
+        && let Err(e) = run_on_connect(hook, &mut driver)
+    {
+        log::warn!("pgtx: closing a new connection: {e}");
+        driver.close();
+        return Err(e);
+    }
+    Ok(driver)
+}
+
 /// Runs `hook` on the connection `driver` just opened.
 ///
 /// # Errors
 ///
 /// [`Error::OnConnect`] if the hook failed, or left a transaction block
 /// open; the caller must then not use the connection.
-pub(crate) fn run_on_connect(hook: &OnConnect, driver: &mut Driver) -> Result<()> {
-    let outcome = (hook.0)(&mut NewConnection {
-        driver: &mut *driver,
-    });
+fn run_on_connect(hook: &OnConnect, driver: &mut Driver) -> Result<()> {
+    let outcome = hook.call(&mut NewConnection::new(driver));
     if let Err(e) = outcome {
         return Err(Error::OnConnect(e));
     }

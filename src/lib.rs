@@ -143,6 +143,7 @@ mod listener;
 mod manager;
 mod options;
 mod reconnect;
+mod reconnector;
 mod savepoint;
 mod session;
 mod shared;

@@ -9,10 +9,13 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::guard::Guard;
 use crate::held::{Held, Ticket};
-use crate::hooks::{HookError, NewConnection, OnConnect};
+use crate::hooks::{Hook, HookError, NewConnection, OnConnect, OnReconnect};
 use crate::lease::Wait;
 use crate::listener::Listener;
 use crate::options::TxOptions;
+use crate::reconnect::ReconnectPolicy;
+use crate::reconnector::Reconnector;
+use crate::session::Connecting;
 use crate::shared::Shared;
 use crate::state::{Done, Open};
 use crate::status::TransactionStatus;
@@ -89,6 +92,8 @@ pub struct Builder {
     dsn: String,
     abandon_after: Option<Duration>,
     on_connect: Option<OnConnect>,
+    on_reconnect: Vec<OnReconnect>,
+    reconnect: Option<ReconnectPolicy>,
 }
 
 impl fmt::Debug for Builder {
@@ -102,6 +107,8 @@ impl fmt::Debug for Builder {
         };
         s.field("abandon_after", &self.abandon_after)
             .field("on_connect", &self.on_connect.as_ref().map(|_| "<hook>"))
+            .field("on_reconnect", &self.on_reconnect.len())
+            .field("reconnect", &self.reconnect)
             .finish()
     }
 }
@@ -155,7 +162,64 @@ impl Builder {
     where
         F: Fn(&mut NewConnection<'_>) -> Result<(), HookError> + Send + Sync + 'static,
     {
-        self.on_connect = Some(OnConnect::new(Arc::new(hook)));
+        self.on_connect = Some(Hook::new(Arc::new(hook)));
+        self
+    }
+
+    /// Reconnects in the background, on `policy`, when the connection is
+    /// lost and cannot be opened again at once: while it is down, every
+    /// call ([`lock`](ManagedConnection::lock),
+    /// [`transaction`](ManagedConnection::transaction), …) fails at once
+    /// with [`Error::ConnectionDead`], without waiting for anyone, for a
+    /// connect timeout, or sending anything.
+    ///
+    /// How it goes: the call that finds the connection gone (the server
+    /// closed it, a statement failed because it broke: I/O errors, SQLSTATE
+    /// class 08, 57P01–57P03) makes the policy's first attempt itself, at
+    /// once; if that fails, one background thread makes the next ones on
+    /// the policy's schedule (by default 1 s, then ×1.7 up to 10 s, for
+    /// ever) and hands the new connection to the next call. If a round of
+    /// attempts runs out ([`ReconnectPolicy::max_attempts`]), the next call
+    /// gets [`Error::ReconnectFailed`] (with the round's first and last
+    /// failure) and the call after it starts again. Errors that do not
+    /// mean the connection is dead (a syntax error, a deadlock) never
+    /// reconnect.
+    ///
+    /// Without it (the default), every call that finds no connection tries
+    /// to open one, waiting up to `connect_timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pgtx::{ManagedConnection, ReconnectPolicy};
+    ///
+    /// let manager = ManagedConnection::builder("host=localhost user=postgres connect_timeout=2")
+    ///     .reconnect(ReconnectPolicy::default().max_delay(Duration::from_secs(5)).jitter(0.2))
+    ///     .build()?;
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
+    /// Adds a recovery handler: it runs once on the first connection opened
+    /// after one was lost (whether the reconnect was made by a call or in
+    /// the background of [`reconnect`](Self::reconnect)), after the
+    /// [`on_connect`](Self::on_connect) hook, before anyone gets the
+    /// connection. Use it to resynchronise what the outage may have made
+    /// stale (caches, `LISTEN`s elsewhere). Handlers run in the order
+    /// added; one that fails or panics is logged (`log`, `error` level)
+    /// and the others, and the recovery, go on.
+    ///
+    /// It does not run on the first connection, nor after
+    /// [`close`](ManagedConnection::close).
+    pub fn on_reconnect<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(&mut NewConnection<'_>) -> Result<(), HookError> + Send + Sync + 'static,
+    {
+        self.on_reconnect.push(Hook::new(Arc::new(handler)));
         self
     }
 
@@ -167,7 +231,15 @@ impl Builder {
     pub fn build(self) -> Result<ManagedConnection> {
         let settings = Settings::parse(&self.dsn)?;
         Ok(ManagedConnection {
-            shared: Shared::new(settings, self.abandon_after, self.on_connect),
+            shared: Shared::new(
+                settings,
+                self.abandon_after,
+                Connecting {
+                    on_connect: self.on_connect,
+                    on_reconnect: self.on_reconnect,
+                    reconnector: self.reconnect.map(Reconnector::new),
+                },
+            ),
         })
     }
 }
@@ -196,6 +268,8 @@ impl ManagedConnection {
             dsn: dsn.to_owned(),
             abandon_after: Some(DEFAULT_ABANDON_AFTER),
             on_connect: None,
+            on_reconnect: Vec::new(),
+            reconnect: None,
         }
     }
 

@@ -19,7 +19,8 @@ use crate::cancel::CancelCell;
 use crate::config::Settings;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
-use crate::hooks::{OnConnect, run_on_connect};
+use crate::hooks::{OnConnect, OnReconnect, open_with_hook};
+use crate::reconnector::{Reconnector, Status, run_recovery_handlers};
 use crate::statements::{Sql, ToStatement};
 use crate::status::{StatusCell, TransactionStatus};
 use crate::track::{CommitPlan, Machine, PreparePlan, Refusal, Reply, Track};
@@ -45,6 +46,18 @@ pub(crate) enum Sends {
 struct Slot {
     driver: Option<Driver>,
     machine: Machine,
+    /// The last connection was lost (not closed on purpose): the next one
+    /// opened ends an outage, and the recovery handlers run on it.
+    lost: bool,
+}
+
+/// How new connections are made: the hooks and the reconnection policy
+/// the [`Builder`](crate::Builder) was given.
+#[derive(Default)]
+pub(crate) struct Connecting {
+    pub(crate) on_connect: Option<OnConnect>,
+    pub(crate) on_reconnect: Vec<OnReconnect>,
+    pub(crate) reconnector: Option<Reconnector>,
 }
 
 pub(crate) struct Session {
@@ -52,7 +65,7 @@ pub(crate) struct Session {
     status: StatusCell,
     cancel: Arc<CancelCell>,
     settings: Settings,
-    on_connect: Option<OnConnect>,
+    connecting: Connecting,
 }
 
 /// The session, locked by the lease holder for one operation.
@@ -61,20 +74,21 @@ pub(crate) struct Active<'a> {
     status: &'a StatusCell,
     cancel: &'a CancelCell,
     settings: &'a Settings,
-    on_connect: Option<&'a OnConnect>,
+    connecting: &'a Connecting,
 }
 
 impl Session {
-    pub(crate) fn new(settings: Settings, on_connect: Option<OnConnect>) -> Self {
+    pub(crate) fn new(settings: Settings, connecting: Connecting) -> Self {
         Session {
             slot: Mutex::new(Slot {
                 driver: None,
                 machine: Machine::new(),
+                lost: false,
             }),
             status: StatusCell::new(),
             cancel: Arc::default(),
             settings,
-            on_connect,
+            connecting,
         }
     }
 
@@ -84,7 +98,27 @@ impl Session {
             status: &self.status,
             cancel: &self.cancel,
             settings: &self.settings,
-            on_connect: self.on_connect.as_ref(),
+            connecting: &self.connecting,
+        }
+    }
+
+    /// Fails at once while the connection is down and being reconnected
+    /// in the background (one atomic load when it is not).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConnectionDead`] while the background thread reconnects.
+    pub(crate) fn refuse_while_down(&self) -> Result<()> {
+        match &self.connecting.reconnector {
+            Some(reconnector) => reconnector.refuse_while_down(),
+            None => Ok(()),
+        }
+    }
+
+    /// The manager is going away: no more reconnecting.
+    pub(crate) fn stop_reconnecting(&self) {
+        if let Some(reconnector) = &self.connecting.reconnector {
+            reconnector.shut_down();
         }
     }
 
@@ -121,31 +155,55 @@ impl Active<'_> {
                 None => log::info!("pgtx: connection closed while idle; reconnecting"),
             }
             self.slot.driver = None;
+            self.slot.lost = true;
         }
-        match self.open_driver() {
-            Ok(driver) => {
-                self.slot.driver = Some(driver);
-                self.publish();
+        let connecting = self.connecting;
+        if let Some(reconnector) = &connecting.reconnector {
+            match reconnector.status() {
+                Ok(Status::Up) => {}
+                Ok(Status::Ready(driver)) => {
+                    // The background thread reconnected (and ran the
+                    // recovery handlers).
+                    self.install(*driver);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.status.set(TransactionStatus::Closed);
+                    return Err(e);
+                }
+            }
+        }
+        let since = std::time::Instant::now();
+        match open_with_hook(self.settings, connecting.on_connect.as_ref()) {
+            Ok(mut driver) => {
+                if self.slot.lost {
+                    run_recovery_handlers(&connecting.on_reconnect, &mut driver);
+                }
+                self.install(driver);
                 Ok(())
             }
             Err(e) => {
                 self.status.set(TransactionStatus::Closed);
+                if let Some(reconnector) = &connecting.reconnector
+                    && matches!(e, Error::Connect(_) | Error::OnConnect(_))
+                {
+                    reconnector.begin(
+                        since,
+                        &e,
+                        self.settings,
+                        connecting.on_connect.as_ref(),
+                        &connecting.on_reconnect,
+                    );
+                }
                 Err(e)
             }
         }
     }
 
-    /// A new connection, set up by the `on_connect` hook if there is one.
-    fn open_driver(&self) -> Result<Driver> {
-        let mut driver = Driver::open(self.settings)?;
-        if let Some(hook) = self.on_connect
-            && let Err(e) = run_on_connect(hook, &mut driver)
-        {
-            log::warn!("pgtx: closing a new connection: {e}");
-            driver.close();
-            return Err(e);
-        }
-        Ok(driver)
+    fn install(&mut self, driver: Driver) {
+        self.slot.driver = Some(driver);
+        self.slot.lost = false;
+        self.publish();
     }
 
     /// Whether a transaction block is (or was, before the connection broke)
@@ -209,6 +267,7 @@ impl Active<'_> {
         let reply = match &result {
             Err(Error::ConnectionLost(_)) => {
                 self.slot.driver = None;
+                self.slot.lost = true;
                 self.cancel.disconnected();
                 Reply::Lost
             }
@@ -525,6 +584,7 @@ impl Active<'_> {
         if let Some(driver) = self.slot.driver.take() {
             driver.close();
         }
+        self.slot.lost = false;
         self.cancel.disconnected();
         self.slot.machine.reset();
         self.publish();
@@ -533,6 +593,7 @@ impl Active<'_> {
     /// Drops a connection that cannot be trusted any more.
     fn discard(&mut self) {
         self.slot.driver = None;
+        self.slot.lost = true;
         self.cancel.disconnected();
         self.slot.machine.reset();
         self.publish();

@@ -13,9 +13,9 @@ use crate::cancel::CancelHandle;
 use crate::config::Settings;
 use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
 use crate::held::Ticket;
-use crate::hooks::OnConnect;
+
 use crate::lease::{Abandoned, Lease, Refused, Wait};
-use crate::session::{Active, Session};
+use crate::session::{Active, Connecting, Session};
 use crate::status::TransactionStatus;
 
 pub(crate) struct Shared {
@@ -28,11 +28,11 @@ impl Shared {
     pub(crate) fn new(
         settings: Settings,
         abandon_after: Option<Duration>,
-        on_connect: Option<OnConnect>,
+        connecting: Connecting,
     ) -> Shared {
         Shared {
             lease: Lease::new(abandon_after),
-            session: Session::new(settings, on_connect),
+            session: Session::new(settings, connecting),
             unfinished: AtomicU64::new(0),
         }
     }
@@ -56,6 +56,8 @@ impl Shared {
     /// Takes the lease; rolls back whatever an abandoned holder left open.
     /// Returns the new holder's epoch.
     pub(crate) fn acquire(&self, wait: Wait) -> Result<u64> {
+        // While the server is known to be down, fail before waiting for anyone.
+        self.session.refuse_while_down()?;
         let grant = self.lease.acquire(wait).map_err(|refused| match refused {
             Refused::WouldBlock => Error::WouldBlock,
             Refused::Timeout => Error::LockTimeout(Duration::ZERO),
@@ -182,6 +184,7 @@ impl Shared {
     /// The manager is going away: roll back what a forgotten holder left
     /// open, and close the connection politely.
     pub(crate) fn shut_down(&self) {
+        self.session.stop_reconnecting();
         let mut session = self.session.lock();
         if session.in_transaction() {
             session.rollback();
