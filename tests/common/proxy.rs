@@ -375,6 +375,13 @@ fn pump(
             break;
         }
         let n = match from.read(&mut buf) {
+            // The client closed its sending side only: pass the half-close
+            // on and keep the answers flowing (a cancel request waits for
+            // the server to close after it).
+            Ok(0) if from_client => {
+                let _ = to.shutdown(Shutdown::Write);
+                return;
+            }
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
