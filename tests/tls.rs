@@ -104,7 +104,10 @@ const CLIENT_EXT: &str = "[v3]\nbasicConstraints=CA:FALSE\nkeyUsage=critical,dig
 
 fn setup() -> Setup {
     let server = TestServer::start_private();
-    let certs = std::env::temp_dir().join(format!("pgtx-tls-{}", std::process::id()));
+    // One directory per setup: tests running side by side each make their own CA.
+    static SETUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SETUPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let certs = std::env::temp_dir().join(format!("pgtx-tls-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&certs).expect("certificate directory");
     certificate(&certs, "ca", "/CN=pgtx test CA", None, CA_EXT);
     certificate(&certs, "other-ca", "/CN=pgtx unrelated CA", None, CA_EXT);
