@@ -339,7 +339,6 @@ impl Driver {
     }
 
     /// Notifications received so far and not yet taken.
-    #[allow(dead_code)] // LISTEN/NOTIFY is a later issue; the queue already keeps them.
     pub(crate) fn notifications(&mut self) -> &mut VecDeque<Notification> {
         &mut self.notifications
     }

@@ -171,9 +171,14 @@ pub enum Error {
     #[error("that participant does not belong to this distributed transaction")]
     InvalidParticipant,
 
-    /// A notification was refused when it was added (an empty or too long
-    /// channel name, a payload of 8000 bytes or more, a NUL byte). Nothing
-    /// was sent, and the transaction is as it was.
+    /// A notification or channel name was refused before anything was sent:
+    /// an empty channel name or one longer than 63 bytes (PostgreSQL would
+    /// truncate it in `LISTEN` and `pg_notify` refuses it), a payload of
+    /// 8000 bytes or more, a NUL byte. Returned when a notification is added
+    /// to a [`TwoPhase`](crate::TwoPhase) (the transaction is as it was),
+    /// and by [`Listener::listen`](crate::Listener::listen),
+    /// [`unlisten`](crate::Listener::unlisten) and
+    /// [`notify`](crate::Listener::notify) (the listener is as it was).
     #[error("invalid notification: {0}")]
     InvalidNotification(String),
 
@@ -304,7 +309,7 @@ fn first_error(first: &Option<Box<DbError>>) -> String {
 
 /// `postgres::Error` shows only "db error" for a server error; say what
 /// the server said, with its SQLSTATE code.
-fn describe(e: &postgres::Error) -> String {
+pub(crate) fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!(
             "{}: {} (SQLSTATE {})",

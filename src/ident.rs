@@ -1,5 +1,5 @@
 //! SQL identifiers written into statement text (`LISTEN "…"`), where a
-//! bind parameter cannot go.
+//! bind parameter cannot go, and which names may be notification channels.
 
 /// `name` as a quoted SQL identifier, as PostgreSQL's `quote_ident` (and
 /// libpq's `PQescapeIdentifier`) write one: between double quotes, each
@@ -22,9 +22,36 @@ pub(crate) fn quote_identifier(name: &str) -> String {
     quoted
 }
 
+/// PostgreSQL's longest identifier, in bytes (`NAMEDATALEN - 1`).
+pub(crate) const MAX_IDENTIFIER: usize = 63;
+
+/// Why `name` cannot be a notification channel, if it cannot.
+///
+/// Refused here rather than sent: an empty quoted identifier is a syntax
+/// error; a NUL cannot travel in statement text; and a name longer than
+/// [`MAX_IDENTIFIER`] bytes is the worst case, because the server does not
+/// refuse it everywhere: `LISTEN` and `UNLISTEN` truncate it (with only a
+/// notice) to a different, shorter channel, while `pg_notify` refuses it, so
+/// a listener would wait on a channel nobody can send to by that name, and
+/// unlistening it would stop another channel.
+pub(crate) fn channel_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("the channel name is empty".to_owned())
+    } else if name.len() > MAX_IDENTIFIER {
+        Some(format!(
+            "the channel name is {} bytes; PostgreSQL allows {MAX_IDENTIFIER}",
+            name.len()
+        ))
+    } else if name.contains('\0') {
+        Some("a NUL byte in the channel name".to_owned())
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::quote_identifier;
+    use super::{MAX_IDENTIFIER, channel_problem, quote_identifier};
 
     /// What the server would read back: the inverse of quoting, or `None`
     /// if the text is not exactly one quoted identifier.
@@ -82,5 +109,19 @@ mod tests {
         let quoted = quote_identifier("a\"\"\"b\"");
         let inner = &quoted[1..quoted.len() - 1];
         assert!(inner.split("\"\"").all(|piece| !piece.contains('"')));
+    }
+
+    #[test]
+    fn channel_names_up_to_63_bytes_pass_and_longer_empty_or_nul_ones_do_not() {
+        assert_eq!(channel_problem("jobs"), None);
+        assert_eq!(channel_problem(&"c".repeat(MAX_IDENTIFIER)), None);
+        assert_eq!(channel_problem("x\"; DROP TABLE t; --"), None);
+        // Bytes, not characters: 63 characters, 64 bytes.
+        let multibyte = "c".repeat(62) + "é";
+        assert_eq!(multibyte.chars().count(), 63);
+        let why = channel_problem(&multibyte).expect("too long");
+        assert!(why.contains("64 bytes") && why.contains("63"), "{why}");
+        assert!(channel_problem("").is_some());
+        assert!(channel_problem("a\0b").is_some());
     }
 }

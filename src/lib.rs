@@ -115,6 +115,40 @@
 //! crashed coordinator left prepared, correctly, and may run at any time.
 //! See [`TwoPhase`] for the protocol and its guarantees.
 //!
+//! # LISTEN/NOTIFY
+//!
+//! A [`Listener`] receives notifications on a connection of its own
+//! ([`ManagedConnection::listener`] or [`Listener::connect`]), so waiting
+//! for them never holds the shared connection. Channel names are quoted
+//! identifiers, taken exactly as given, never read as SQL; each
+//! notification is delivered once, in the order sent, whole. When its
+//! connection breaks, the receiving methods reconnect on a
+//! [`ReconnectPolicy`], listen to every channel again, and only then
+//! deliver [`ListenEvent::Reconnected`], once per outage: notifications
+//! sent meanwhile may have been missed, so re-read what they stand for.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use pgtx::{ListenEvent, ManagedConnection};
+//!
+//! let manager = ManagedConnection::new("host=localhost user=postgres")?;
+//! let mut listener = manager.listener()?;
+//! listener.listen("jobs")?;
+//! // Any session may send; a notification arrives once its transaction commits.
+//! manager.lock()?.execute("SELECT pg_notify('jobs', 'build 42')", &[])?;
+//! while let Some(event) = listener.recv_timeout(Duration::from_secs(1))? {
+//!     match event {
+//!         ListenEvent::Notification(n) => println!("{}: {}", n.channel(), n.payload()),
+//!         ListenEvent::Reconnected { .. } => println!("reconnected: re-read the jobs"),
+//!         _ => {} // the enum is non-exhaustive
+//!     }
+//! }
+//! # Ok::<(), pgtx::Error>(())
+//! ```
+//!
+//! See [`Listener`] for observers, timeouts and what happens while the
+//! connection is down.
+//!
 //! # Features
 //!
 //! - `tls` (default): TLS connections with rustls, for every `sslmode`

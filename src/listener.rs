@@ -5,15 +5,19 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use postgres::Notification;
 
 use crate::config::Settings;
 use crate::driver::Driver;
-use crate::error::{Error, Result};
-use crate::ident::quote_identifier;
+use crate::error::{Error, Result, describe};
+use crate::ident::{channel_problem, quote_identifier};
 use crate::reconnect::{Next, Outage, ReconnectPolicy};
+
+/// PostgreSQL refuses notification payloads of this many bytes or more.
+const MAX_PAYLOAD: usize = 8000;
 
 /// What a [`Listener`] delivers.
 #[derive(Debug, Clone)]
@@ -55,8 +59,19 @@ pub type ObserverError = Box<dyn std::error::Error + Send + Sync>;
 type Observer = Arc<dyn Fn(&ListenEvent) -> Result<(), ObserverError> + Send + Sync>;
 
 /// Names an observer added with [`Listener::add_observer`], to remove it.
+///
+/// Unique in the process: an id from another listener names nothing here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ObserverId(u64);
+
+impl ObserverId {
+    fn next() -> ObserverId {
+        // Per process rather than per listener, so that removing another
+        // listener's id is the no-op it looks like.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        ObserverId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
 
 impl fmt::Display for ObserverId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -147,7 +162,6 @@ pub struct Listener {
     /// received before an outage, then its `Reconnected`.
     ready: VecDeque<ListenEvent>,
     observers: Vec<(ObserverId, Observer)>,
-    next_observer: u64,
 }
 
 static_assertions::assert_impl_all!(Listener: Send);
@@ -186,7 +200,6 @@ impl Listener {
             channels: Vec::new(),
             ready: VecDeque::new(),
             observers: Vec::new(),
-            next_observer: 0,
         })
     }
 
@@ -217,10 +230,14 @@ impl Listener {
     ///
     /// # Errors
     ///
-    /// [`Error::Db`] if the server refused it (an empty name, a server in
-    /// recovery) or it could not be sent (a NUL character); the channel is
-    /// not remembered.
+    /// [`Error::InvalidNotification`] if `channel` is empty, longer than 63
+    /// bytes or holds a NUL, before anything is sent. (PostgreSQL would
+    /// truncate a longer name in `LISTEN`, with only a notice, to another
+    /// channel, while `pg_notify` refuses it: nothing could ever be sent to
+    /// the name asked for.) [`Error::Db`] if the server refused it (a
+    /// server in recovery). Either way the channel is not remembered.
     pub fn listen(&mut self, channel: &str) -> Result<()> {
+        check_channel(channel)?;
         self.execute_control(&format!("LISTEN {}", quote_identifier(channel)))?;
         if !self.channels.iter().any(|c| c == channel) {
             self.channels.push(channel.to_owned());
@@ -234,10 +251,14 @@ impl Listener {
     ///
     /// # Errors
     ///
-    /// [`Error::Db`] if the server refused it or it could not be sent; the
-    /// listener still listens to the channel. A connection that is down
-    /// or breaks meanwhile is no error: the new session will not listen to it.
+    /// [`Error::InvalidNotification`] for a name [`listen`](Self::listen)
+    /// refuses, before anything is sent (the server would truncate a long
+    /// one and so stop listening to another channel). [`Error::Db`] if the
+    /// server refused it; the listener still listens to the channel. A
+    /// connection that is down or breaks meanwhile is no error: the new
+    /// session will not listen to it.
     pub fn unlisten(&mut self, channel: &str) -> Result<()> {
+        check_channel(channel)?;
         self.execute_control(&format!("UNLISTEN {}", quote_identifier(channel)))?;
         self.channels.retain(|c| c != channel);
         self.discard_queued(|n| n.channel() == channel);
@@ -264,10 +285,26 @@ impl Listener {
     ///
     /// # Errors
     ///
-    /// [`Error::Db`] if the server refused it (such as a payload of 8000
-    /// bytes or more); [`Error::ConnectionLost`] if the connection is down
-    /// or broke: nothing was sent, and the receiving methods reconnect.
+    /// [`Error::InvalidNotification`], before anything is sent, for a
+    /// channel name [`listen`](Self::listen) refuses, or a payload of 8000
+    /// bytes or more or with a NUL (PostgreSQL's limits, as
+    /// [`TwoPhase::notify`](crate::TwoPhase::notify) checks them);
+    /// [`Error::Db`] if the server refused it; [`Error::ConnectionLost`] if
+    /// the connection is down or broke: nothing was sent, and the receiving
+    /// methods reconnect.
     pub fn notify(&mut self, channel: &str, payload: &str) -> Result<()> {
+        check_channel(channel)?;
+        if payload.len() >= MAX_PAYLOAD {
+            return Err(Error::InvalidNotification(format!(
+                "the payload is {} bytes; PostgreSQL allows fewer than {MAX_PAYLOAD}",
+                payload.len()
+            )));
+        }
+        if payload.contains('\0') {
+            return Err(Error::InvalidNotification(
+                "a NUL byte in the payload".to_owned(),
+            ));
+        }
         self.query(|driver| {
             driver
                 .run(|c| async move {
@@ -384,8 +421,7 @@ impl Listener {
         {
             return *id;
         }
-        let id = ObserverId(self.next_observer);
-        self.next_observer += 1;
+        let id = ObserverId::next();
         self.observers.push((id, observer));
         id
     }
@@ -406,8 +442,9 @@ impl Listener {
         };
         match driver.run(|c| c.batch_execute(sql)) {
             Ok(()) => Ok(()),
-            Err(_) if driver.has_ended() => {
-                self.lost();
+            Err(e) if driver.has_ended() => {
+                let cause = driver.why_lost(e);
+                self.lost(Some(&cause));
                 Ok(())
             }
             Err(e) => Err(Error::Db(e)),
@@ -427,7 +464,7 @@ impl Listener {
             Ok(value) => Ok(value),
             Err(e) if driver.has_ended() => {
                 let cause = driver.why_lost(e);
-                self.lost();
+                self.lost(Some(&cause));
                 Err(Error::ConnectionLost(Some(cause)))
             }
             Err(e) => Err(Error::Db(e)),
@@ -451,7 +488,7 @@ impl Listener {
                 return Ok(Some(event));
             }
             match &mut self.link {
-                Link::Up(driver) if driver.has_ended() => self.lost(),
+                Link::Up(driver) if driver.has_ended() => self.lost(None),
                 Link::Up(driver) => {
                     if !driver.wait_notification(deadline) && !driver.has_ended() {
                         return Ok(None);
@@ -484,9 +521,10 @@ impl Listener {
         }
     }
 
-    /// The connection has ended: keeps what it received (delivered before
-    /// the outage's `Reconnected`) and starts the outage.
-    fn lost(&mut self) {
+    /// The connection has ended (`cause`: why, if a request already took
+    /// the reason from the driver): keeps what it received (delivered
+    /// before the outage's `Reconnected`) and starts the outage.
+    fn lost(&mut self, cause: Option<&postgres::Error>) {
         let now = Instant::now();
         let link = std::mem::replace(&mut self.link, Link::Down(Outage::new(now, &self.policy)));
         if let Link::Up(mut driver) = link {
@@ -496,10 +534,14 @@ impl Listener {
                     .drain(..)
                     .map(ListenEvent::Notification),
             );
-            match driver.take_end_cause() {
-                Some(cause) => {
-                    log::warn!("pgtx: the listener's connection was lost ({cause}); reconnecting");
-                }
+            // `postgres::Error` shows a server's error as a bare "db error":
+            // say what the server said (57P01 for pg_terminate_backend).
+            let end = driver.take_end_cause();
+            match cause.or(end.as_ref()) {
+                Some(cause) => log::warn!(
+                    "pgtx: the listener's connection was lost ({}); reconnecting",
+                    describe(cause)
+                ),
                 None => log::warn!("pgtx: the listener's connection was lost; reconnecting"),
             }
         }
@@ -577,6 +619,15 @@ impl Listener {
                 }
             }
         }
+    }
+}
+
+/// `Ok` if `channel` can be a channel name, else
+/// [`Error::InvalidNotification`] saying why not.
+fn check_channel(channel: &str) -> Result<()> {
+    match channel_problem(channel) {
+        None => Ok(()),
+        Some(why) => Err(Error::InvalidNotification(why)),
     }
 }
 
