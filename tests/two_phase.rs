@@ -1,17 +1,19 @@
 //! Two-phase commit across databases: all committed or all absent, as a
 //! second connection sees it, with `pg_prepared_xacts` empty afterwards;
-//! the seed's cases (psycopg2transaction) and crashes of the coordinator's
-//! process at the two points that matter, resolved by recovery.
+//! the seed's cases (psycopg2transaction), and, across two clusters,
+//! crashes of the coordinator's process at the two points that matter and
+//! a decision whose outcome is unknown, resolved by recovery.
 
 mod common;
 
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::eventually;
 use common::fixtures::Db;
 use common::logger;
-use common::proxy::Proxy;
+use common::proxy::{Proxy, Withhold};
 use common::server::TestServer;
 use pgtx::two_phase::{Decision, Recovery};
 use pgtx::{Error, ManagedConnection, TwoPhase, UNFINISHED_TRANSACTION};
@@ -354,14 +356,94 @@ fn a_dropped_coordinator_rolls_back_every_participant_and_reports_it() {
 }
 
 // ---------------------------------------------------------------------------
+// Participants on two clusters.
+
+/// Places in [`clusters`]: the shared cluster, and a second one for the
+/// participants that must be on another server.
+const SHARED: usize = 0;
+const SECOND: usize = 1;
+
+/// The shared cluster and the second one.
+fn clusters() -> [&'static TestServer; 2] {
+    // Each is started once; the second meanwhile, not after, the first.
+    std::thread::scope(|s| {
+        let second = s.spawn(second_cluster);
+        let shared = TestServer::shared();
+        [shared, second.join().expect("the second cluster")]
+    })
+}
+
+/// A second private cluster, started on first use and shared by this
+/// binary's tests (stopped and removed with the process). A voter needs
+/// `max_prepared_transactions` above 0 on its server: 20, as on the shared
+/// cluster (the harness's default).
+fn second_cluster() -> &'static TestServer {
+    static SECOND_CLUSTER: OnceLock<TestServer> = OnceLock::new();
+    SECOND_CLUSTER
+        .get_or_init(|| TestServer::start_private_with(&[("max_prepared_transactions", "20")]))
+}
+
+/// `dsn` with `application_name=pgtx_place_<place>` in front: the commit
+/// order goes by the settings as shown, so it is then `place`'s, whatever
+/// the ports of the servers (or of the proxies in front of them).
+fn in_place(place: usize, dsn: &str) -> String {
+    format!("application_name=pgtx_place_{place} {dsn}")
+}
+
+/// The decisions in `db`'s decision table as a fresh connection sees them
+/// (committed rows only); none when the table does not exist (yet).
+fn decisions(db: &Db) -> Vec<String> {
+    let mut admin = db.admin();
+    let table: Option<String> = admin
+        .query_one("SELECT to_regclass('pgtx_two_phase_decisions')::text", &[])
+        .expect("look for the decision table")
+        .get(0);
+    if table.is_none() {
+        return Vec::new();
+    }
+    admin
+        .query(
+            "SELECT decision FROM pgtx_two_phase_decisions ORDER BY key",
+            &[],
+        )
+        .expect("read the decisions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// All committed (`items`) or all absent (`&[]`) on every database, as a
+/// fresh connection to each one's own server sees it, and nothing left in
+/// any of their `pg_prepared_xacts`.
+fn assert_settled(dbs: &[Db], items: &[i32]) {
+    for db in dbs {
+        assert_eq!(db.item_ids(), items, "never mixed: {}", db.name);
+        assert_eq!(prepared(db), 0, "nothing left prepared: {}", db.name);
+    }
+}
+
+/// Whether `listed` (a server as its settings show) is `db`'s database.
+fn names(listed: &str, db: &Db) -> bool {
+    listed.contains(&format!("dbname={} ", db.name))
+        || listed.ends_with(&format!("dbname={}", db.name))
+}
+
+// ---------------------------------------------------------------------------
 // Crashes of the coordinator's process, resolved by recovery.
 
 const CHILD_DSNS: &str = "PGTX_TPC_CHILD_DSNS";
 
+/// The crash tests' participants in commit order, with the cluster each
+/// one is on: the decider and the first voter on the shared cluster, the
+/// second voter on the second.
+const CRASH_LAYOUT: [(&str, usize); 3] =
+    [("decider", SHARED), ("voter1", SHARED), ("voter2", SECOND)];
+
 /// The child side of a crash test (this test binary again, with the DSNs
 /// in the environment): a three-participant distributed transaction that
-/// the parent kills while it is blocked. Returns whether this process is
-/// the child.
+/// the parent kills while it is blocked. It joins them last first: the
+/// commit order is the names', not the joins'. Returns whether this
+/// process is the child.
 fn crash_child() -> bool {
     let Ok(dsns) = std::env::var(CHILD_DSNS) else {
         return false;
@@ -369,6 +451,7 @@ fn crash_child() -> bool {
     let mut dtx = TwoPhase::new();
     let ids: Vec<_> = dsns
         .split('\n')
+        .rev()
         .map(|dsn| dtx.join_dsn(dsn).expect("join"))
         .collect();
     for &id in &ids {
@@ -380,30 +463,35 @@ fn crash_child() -> bool {
 }
 
 struct Crash {
+    /// In commit order, as [`CRASH_LAYOUT`] places them.
     dbs: Vec<Db>,
-    proxy: Proxy,
+    /// In front of the shared cluster and of the second one.
+    proxies: Vec<Proxy>,
+    /// The proxy that stalls.
+    stalling: usize,
     child: Child,
 }
 
-/// Three databases reached through one proxy (the commit order is then
-/// their names' order), and the child coordinator started on them; the
-/// proxy stalls at the first chunk that contains all of `stall_at`.
-fn start_crash(test: &str, prefix: &str, stall_at: &[&[u8]]) -> Crash {
-    let server = TestServer::shared();
-    let dbs: Vec<Db> = ["a", "b", "c"]
+/// Three databases on two clusters, laid out as [`CRASH_LAYOUT`] says and
+/// reached through one proxy per cluster, and the child coordinator
+/// started on them; the proxy in front of cluster `stall_on` stalls at the
+/// first chunk that contains all of `stall_at`.
+fn start_crash(test: &str, prefix: &str, stall_on: usize, stall_at: &[&[u8]]) -> Crash {
+    let clusters = clusters();
+    let dbs: Vec<Db> = CRASH_LAYOUT
         .iter()
-        .map(|s| Db::new(&format!("{prefix}_{s}")))
+        .map(|(role, cluster)| Db::on(clusters[*cluster], &format!("{prefix}_{role}")))
         .collect();
-    let proxy = Proxy::start(server.loopback_addr().expect("loopback server"));
-    proxy.stall_on(stall_at);
+    let proxies: Vec<Proxy> = clusters
+        .iter()
+        .map(|server| Proxy::start(server.loopback_addr().expect("loopback server")))
+        .collect();
+    proxies[stall_on].stall_on(stall_at);
     let dsns: Vec<String> = dbs
         .iter()
-        .map(|db| {
-            server.dsn_via(proxy.addr()).replace(
-                &format!("dbname={}", server.dbname()),
-                &format!("dbname={}", db.name),
-            )
-        })
+        .zip(CRASH_LAYOUT)
+        .enumerate()
+        .map(|(place, (db, (_, cluster)))| in_place(place, &db.dsn_via(proxies[cluster].addr())))
         .collect();
     let child = Command::new(std::env::current_exe().expect("test binary"))
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
@@ -413,7 +501,12 @@ fn start_crash(test: &str, prefix: &str, stall_at: &[&[u8]]) -> Crash {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the child coordinator");
-    Crash { dbs, proxy, child }
+    Crash {
+        dbs,
+        proxies,
+        stalling: stall_on,
+        child,
+    }
 }
 
 impl Crash {
@@ -421,19 +514,24 @@ impl Crash {
     /// holds, then cuts its connections.
     fn kill_when(&mut self, ready: impl Fn(&[Db]) -> bool) {
         let reached = eventually(Duration::from_secs(30), || {
-            self.proxy.is_stalled() && ready(&self.dbs)
+            self.proxies[self.stalling].is_stalled() && ready(&self.dbs)
         });
         self.child.kill().expect("SIGKILL the coordinator");
         let _ = self.child.wait();
-        self.proxy.cut();
+        for proxy in &self.proxies {
+            proxy.cut();
+        }
         assert!(reached, "the coordinator never reached the crash point");
     }
 
+    fn recovery(&self) -> Recovery {
+        Recovery::new(self.dbs.iter().map(|db| db.dsn.as_str()))
+    }
+
     fn recover(&self) -> pgtx::two_phase::Recovered {
-        let dsns: Vec<&str> = self.dbs.iter().map(|db| db.dsn.as_str()).collect();
         // The killed backends may take a moment to end (and to release what
         // the decider held): recovery may run at any time, so no waiting.
-        Recovery::new(dsns).run().expect("recovery")
+        self.recovery().run().expect("recovery")
     }
 }
 
@@ -443,30 +541,41 @@ fn a_coordinator_killed_after_every_vote_is_rolled_back_by_recovery() {
         return;
     }
     // The decider's COMMIT is prepared on its first use: stall there, when
-    // both voters have prepared and nothing is decided.
+    // both voters (one on each cluster) have prepared and nothing is
+    // decided.
     let mut crash = start_crash(
         "a_coordinator_killed_after_every_vote_is_rolled_back_by_recovery",
         "tpc_crash_votes",
+        SHARED,
         &[b"COMMIT\0"],
     );
     crash.kill_when(|dbs| prepared(&dbs[1]) == 1 && prepared(&dbs[2]) == 1);
-    let dsns: Vec<&str> = crash.dbs.iter().map(|db| db.dsn.as_str()).collect();
-    let listed = Recovery::new(dsns).list().expect("list");
+    let dbs = &crash.dbs;
+    assert!(decisions(&dbs[0]).is_empty(), "nothing was decided");
+    assert_eq!(prepared(&dbs[0]), 0, "the decider never prepares");
+    let listed = crash.recovery().list().expect("list");
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert!(
         listed.iter().all(|t| t.decision == Decision::Undecided),
         "{listed:?}"
     );
+    for voter in &dbs[1..] {
+        assert!(
+            listed.iter().any(|t| names(&t.server, voter)),
+            "{}: {listed:?}",
+            voter.name
+        );
+    }
     let report = crash.recover();
     assert_eq!(report.rolled_back.len(), 2, "{report:?}");
     assert!(
         report.committed.is_empty() && report.unresolved.is_empty(),
         "{report:?}"
     );
-    for db in &crash.dbs {
-        assert!(db.item_ids().is_empty(), "all absent: {}", db.name);
-        assert_eq!(prepared(db), 0);
-    }
+    assert_settled(dbs, &[]);
+    // The presumed abort is written down, so the coordinator could never
+    // have committed after recovery rolled back.
+    assert_eq!(decisions(&dbs[0]), ["abort"]);
 }
 
 #[test]
@@ -474,30 +583,150 @@ fn a_coordinator_killed_after_the_first_commit_prepared_is_committed_by_recovery
     if crash_child() {
         return;
     }
-    // Stall at the second voter's COMMIT PREPARED: the decider and the
-    // first voter have committed.
+    // Stall at the second voter's COMMIT PREPARED, on the second cluster:
+    // the decider and the first voter have committed.
     let mut crash = start_crash(
         "a_coordinator_killed_after_the_first_commit_prepared_is_committed_by_recovery",
         "tpc_crash_second",
+        SECOND,
         &[b"COMMIT PREPARED", b":2'"],
     );
     crash.kill_when(|dbs| prepared(&dbs[1]) == 0 && prepared(&dbs[2]) == 1);
-    assert_eq!(crash.dbs[0].item_ids(), vec![1], "the decider committed");
-    assert_eq!(
-        crash.dbs[1].item_ids(),
-        vec![1],
-        "the first voter committed"
-    );
+    let dbs = &crash.dbs;
+    assert_eq!(dbs[0].item_ids(), vec![1], "the decider committed");
+    assert_eq!(dbs[1].item_ids(), vec![1], "the first voter committed");
+    assert!(dbs[2].item_ids().is_empty(), "the second voter is prepared");
+    assert_eq!(decisions(&dbs[0]), ["commit"]);
+    // The decision is read across clusters: the row on the shared one
+    // decides for the transaction prepared on the second.
+    let listed = crash.recovery().list().expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].decision, Decision::Commit, "{listed:?}");
+    assert!(names(&listed[0].server, &dbs[2]), "{listed:?}");
     let report = crash.recover();
     assert_eq!(report.committed.len(), 1, "{report:?}");
-    assert!(report.rolled_back.is_empty(), "{report:?}");
-    for db in &crash.dbs {
-        assert_eq!(db.item_ids(), vec![1], "all committed: {}", db.name);
-        assert_eq!(prepared(db), 0);
-    }
+    assert!(
+        report.rolled_back.is_empty() && report.unresolved.is_empty(),
+        "{report:?}"
+    );
+    assert_settled(dbs, &[1]);
+    assert!(
+        decisions(&dbs[0]).is_empty(),
+        "the decision row goes once committed everywhere"
+    );
     // Nothing left to do, and nothing done twice.
     let again = crash.recover();
     assert!(again.committed.is_empty() && again.rolled_back.is_empty());
+    assert_settled(dbs, &[1]);
+}
+
+/// The decision itself in doubt: the connection to the decider is cut
+/// while its one-phase COMMIT is in flight, with the COMMIT held in the
+/// proxy ([`Withhold::Request`]: the server never got it) or with its answer
+/// held ([`Withhold::Reply`]: the server committed). Either way the
+/// coordinator cannot know: `InDoubt` with `decided: false`, never `Ok`,
+/// never "rolled back", not transient, and both voters (one on each
+/// cluster) still prepared. Recovery then does what the decider's row, read
+/// from a fresh connection, says. Returns whether the decider committed.
+fn the_decision_cut_in_flight(prefix: &str, hold: Withhold) -> bool {
+    let [shared, second] = clusters();
+    let dbs = [
+        Db::on(shared, &format!("{prefix}_decider")),
+        Db::on(shared, &format!("{prefix}_voter1")),
+        Db::on(second, &format!("{prefix}_voter2")),
+    ];
+    // Only the decider goes through the proxy. Its COMMIT is prepared on
+    // the connection's first use: stall at the execution that follows.
+    let proxy = dbs[0].proxy();
+    proxy.stall_on_next(&[b"COMMIT\0"], hold);
+    let dsns = [
+        in_place(0, &dbs[0].dsn_via(proxy.addr())),
+        in_place(1, &dbs[1].dsn),
+        in_place(2, &dbs[2].dsn),
+    ];
+    let (outcome, (stalled, committed_before_cut)) = std::thread::scope(|s| {
+        let cutter = s.spawn(|| {
+            let stalled = eventually(Duration::from_secs(30), || proxy.is_stalled());
+            // With the answer held, the server got the COMMIT: cut once it
+            // is done with it (a cut could otherwise make it drop it).
+            let committed = hold == Withhold::Reply
+                && stalled
+                && eventually(Duration::from_secs(30), || decisions(&dbs[0]) == ["commit"]);
+            proxy.cut();
+            (stalled, committed)
+        });
+        let mut dtx = TwoPhase::new();
+        for dsn in dsns.iter().rev() {
+            let id = dtx.join_dsn(dsn).expect("join");
+            insert(&mut dtx, id, 1).expect("insert");
+        }
+        (dtx.commit(), cutter.join().expect("the cutter"))
+    });
+    assert!(stalled, "the decider's COMMIT never came: {outcome:?}");
+    assert_eq!(committed_before_cut, hold == Withhold::Reply);
+    let err = outcome.expect_err("never Ok when the decision is unknown");
+    match &err {
+        Error::InDoubt {
+            decided: false,
+            committed,
+            in_doubt,
+            ..
+        } => {
+            assert!(committed.is_empty(), "{err:?}");
+            assert_eq!(in_doubt.len(), 2, "{err:?}");
+            assert!(in_doubt[0].contains(&dbs[1].name), "{err:?}");
+            assert!(in_doubt[1].contains(&dbs[2].name), "{err:?}");
+        }
+        other => panic!("expected InDoubt with the decision unknown: {other:?}"),
+    }
+    assert!(!err.is_transient(), "running it again could commit twice");
+    assert!(!err.to_string().contains("rolled back"), "{err}");
+    // What the servers hold: both voters prepared, nothing of theirs seen.
+    for voter in &dbs[1..] {
+        assert_eq!(prepared(voter), 1, "still prepared: {}", voter.name);
+        assert!(voter.item_ids().is_empty(), "{}", voter.name);
+    }
+    assert_eq!(prepared(&dbs[0]), 0, "the decider never prepares");
+    // What the decider did, as a fresh connection sees it (its COMMIT is
+    // over or never came: this cannot change any more).
+    let decided = match decisions(&dbs[0]).as_slice() {
+        [] => false,
+        [one] if one == "commit" => true,
+        other => panic!("unexpected decisions {other:?}"),
+    };
+    let decider_items: &[i32] = if decided { &[1] } else { &[] };
+    assert_eq!(dbs[0].item_ids(), decider_items, "with its decision row");
+    let report = Recovery::new(dbs.iter().map(|db| db.dsn.as_str()))
+        .run()
+        .expect("recovery");
+    let (finished, untouched) = if decided {
+        (&report.committed, &report.rolled_back)
+    } else {
+        (&report.rolled_back, &report.committed)
+    };
+    assert_eq!(finished.len(), 2, "{report:?}");
+    assert!(
+        untouched.is_empty() && report.unresolved.is_empty(),
+        "{report:?}"
+    );
+    assert_settled(&dbs, decider_items);
+    decided
+}
+
+#[test]
+fn the_decider_s_commit_lost_on_the_way_is_in_doubt_undecided_and_recovery_rolls_back() {
+    assert!(
+        !the_decision_cut_in_flight("tpc_undecided_request", Withhold::Request),
+        "the server never got the COMMIT"
+    );
+}
+
+#[test]
+fn the_decider_s_commit_with_its_answer_lost_is_in_doubt_undecided_and_recovery_commits() {
+    assert!(
+        the_decision_cut_in_flight("tpc_undecided_reply", Withhold::Reply),
+        "the server committed"
+    );
 }
 
 #[test]

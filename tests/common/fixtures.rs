@@ -1,28 +1,38 @@
 //! pgtx-specific helpers: a manager on a database of its own, and queries
 //! made from a second connection to prove what the server really holds.
 
+use std::net::SocketAddr;
+
 use pgtx::ManagedConnection;
 
 use super::proxy::Proxy;
 use super::server::TestServer;
 
-/// A test's own database on the shared server.
+/// A test's own database, on the shared server unless made with
+/// [`Db::on`].
 pub struct Db {
     pub dsn: String,
     pub name: String,
+    /// The server it is on.
+    pub server: &'static TestServer,
 }
 
 impl Db {
-    /// A fresh database with `CREATE TABLE items (id int primary key, note text)`.
+    /// A fresh database on the shared server with
+    /// `CREATE TABLE items (id int primary key, note text)`.
     pub fn new(prefix: &str) -> Db {
-        let server = TestServer::shared();
+        Db::on(TestServer::shared(), prefix)
+    }
+
+    /// [`Db::new`] on `server` (a second cluster, say).
+    pub fn on(server: &'static TestServer, prefix: &str) -> Db {
         let dsn = server.fresh_database(prefix);
         let name = dsn
             .split_whitespace()
             .find_map(|kv| kv.strip_prefix("dbname="))
             .expect("harness DSNs name their database")
             .to_owned();
-        let db = Db { dsn, name };
+        let db = Db { dsn, name, server };
         db.admin()
             .batch_execute(
                 "CREATE TABLE items (id int PRIMARY KEY, note text);
@@ -39,23 +49,32 @@ impl Db {
     /// A manager on this database whose connections go through a fault
     /// proxy of their own (to cut, stall, or count what the client sends).
     pub fn manager_via_proxy(&self) -> (Proxy, ManagedConnection) {
-        let server = TestServer::shared();
-        let proxy = Proxy::start(
-            server
-                .loopback_addr()
-                .expect("the shared test server listens on loopback"),
-        );
-        let dsn = server.dsn_via(proxy.addr()).replace(
-            &format!("dbname={}", server.dbname()),
-            &format!("dbname={}", self.name),
-        );
-        let manager = ManagedConnection::new(&dsn).expect("settings");
+        let proxy = self.proxy();
+        let manager = ManagedConnection::new(&self.dsn_via(proxy.addr())).expect("settings");
         (proxy, manager)
+    }
+
+    /// A fault proxy in front of this database's server.
+    pub fn proxy(&self) -> Proxy {
+        Proxy::start(
+            self.server
+                .loopback_addr()
+                .expect("the test server listens on loopback"),
+        )
+    }
+
+    /// This database's DSN, but connecting to `addr` (a proxy in front of
+    /// its server).
+    pub fn dsn_via(&self, addr: SocketAddr) -> String {
+        self.server.dsn_via(addr).replace(
+            &format!("dbname={}", self.server.dbname()),
+            &format!("dbname={}", self.name),
+        )
     }
 
     /// A second, independent connection to the same database.
     pub fn admin(&self) -> postgres::Client {
-        TestServer::shared().admin_on(&self.dsn)
+        self.server.admin_on(&self.dsn)
     }
 
     /// Rows in `items`, as another connection sees them (committed data only).

@@ -45,6 +45,32 @@ struct Inner {
     /// A connection is holding a chunk until [`Proxy::release`].
     holding: Mutex<bool>,
     hold_changed: Condvar,
+    /// Armed by [`Proxy::stall_on_next`].
+    stall_on_next: Mutex<Option<Next>>,
+}
+
+/// What a stall armed by [`Proxy::stall_on_next`] holds back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Withhold {
+    /// The request itself: the server never gets it.
+    Request,
+    /// The server's answer: the request is forwarded, so the server acts on
+    /// it, but nothing it sends back reaches the client.
+    Reply,
+}
+
+/// A stall waiting for the request that follows a matching one.
+struct Next {
+    needles: Vec<Vec<u8>>,
+    hold: Withhold,
+    /// The connection that sent the matching chunk, once one has.
+    matched_on: Option<usize>,
+}
+
+fn contains_all(chunk: &[u8], needles: &[Vec<u8>]) -> bool {
+    needles
+        .iter()
+        .all(|n| chunk.windows(n.len().max(1)).any(|w| w == n.as_slice()))
 }
 
 /// One proxied connection; the streams are clones kept only to shut them
@@ -99,6 +125,7 @@ impl Proxy {
             hold_on: Mutex::new(None),
             holding: Mutex::new(false),
             hold_changed: Condvar::new(),
+            stall_on_next: Mutex::new(None),
         });
         let accept_inner = Arc::clone(&inner);
         let accept_thread = std::thread::Builder::new()
@@ -170,6 +197,20 @@ impl Proxy {
         self.inner.hold_changed.notify_all();
     }
 
+    /// Stalls the proxy at the next chunk sent on the connection that sent
+    /// a chunk containing every one of `needles` (which is forwarded): the
+    /// request that follows, say the execution of a statement whose
+    /// preparation the needles match. [`Withhold`] says whether that request
+    /// is held, or forwarded with its answer held. Once it fired,
+    /// [`is_stalled`](Self::is_stalled) is true.
+    pub fn stall_on_next(&self, needles: &[&[u8]], hold: Withhold) {
+        *lock(&self.inner.stall_on_next) = Some(Next {
+            needles: needles.iter().map(|n| n.to_vec()).collect(),
+            hold,
+            matched_on: None,
+        });
+    }
+
     /// Whether the proxy is currently stalled.
     pub fn is_stalled(&self) -> bool {
         *lock(&self.inner.stalled)
@@ -236,15 +277,12 @@ impl Inner {
     /// Stalls if `chunk` is the one [`Proxy::stall_on`] waits for.
     fn maybe_stall_on(&self, chunk: &[u8]) {
         let mut armed = lock(&self.stall_on);
-        let fires = armed.as_ref().is_some_and(|needles| {
-            needles
-                .iter()
-                .all(|n| chunk.windows(n.len().max(1)).any(|w| w == n.as_slice()))
-        });
+        let fires = armed
+            .as_ref()
+            .is_some_and(|needles| contains_all(chunk, needles));
         if fires {
             *armed = None;
-            *lock(&self.stalled) = true;
-            self.stall_changed.notify_all();
+            self.begin_stall();
         }
     }
 
@@ -282,6 +320,37 @@ impl Inner {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Stalls if `chunk`, from connection `id`, is the one
+    /// [`Proxy::stall_on_next`] waits for; returns whether it is to be
+    /// forwarded all the same ([`Withhold::Reply`]).
+    fn maybe_stall_on_next(&self, id: usize, chunk: &[u8]) -> bool {
+        let mut armed = lock(&self.stall_on_next);
+        let Some(next) = armed.as_mut() else {
+            return false;
+        };
+        match next.matched_on {
+            Some(on) if on == id => {
+                let hold = next.hold;
+                *armed = None;
+                // Before forwarding: the answer finds the proxy stalled.
+                self.begin_stall();
+                hold == Withhold::Reply
+            }
+            Some(_) => false,
+            None => {
+                if contains_all(chunk, &next.needles) {
+                    next.matched_on = Some(id);
+                }
+                false
+            }
+        }
+    }
+
+    fn begin_stall(&self) {
+        *lock(&self.stalled) = true;
+        self.stall_changed.notify_all();
     }
 
     /// Blocks while the proxy is stalled; returns false if the connection
@@ -385,15 +454,17 @@ fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        let mut forward_anyway = false;
         if from_client {
             inner.client_chunks.fetch_add(1, Ordering::SeqCst);
             inner.maybe_stall_on(&buf[..n]);
             if !inner.maybe_hold(&buf[..n], closed) {
                 break;
             }
+            forward_anyway = inner.maybe_stall_on_next(id, &buf[..n]);
         }
         // A stall may have begun while this read was blocked: hold the bytes.
-        if !inner.wait_unstalled(closed) {
+        if !forward_anyway && !inner.wait_unstalled(closed) {
             break;
         }
         if to.write_all(&buf[..n]).is_err() {
