@@ -149,6 +149,55 @@
 //! See [`Listener`] for observers, timeouts and what happens while the
 //! connection is down.
 //!
+//! # Reconnection, cancellation and connection hooks
+//!
+//! What txpostgres gives a Twisted program, for threads:
+//!
+//! - [`Builder::reconnect`] with a [`ReconnectPolicy`] (exponential backoff
+//!   with jitter; txpostgres' defaults): when the connection dies and
+//!   cannot be reopened at once, one background thread reconnects while
+//!   every call fails at once with [`Error::ConnectionDead`] (no connect
+//!   timeout per call, nothing sent down a dead link); a round of attempts
+//!   that runs out is [`Error::ReconnectFailed`], with its first and last
+//!   failure. [`Builder::on_reconnect`] handlers run once per recovery.
+//! - [`ManagedConnection::cancel_handle`] gives a [`CancelHandle`] that
+//!   any thread can use to cancel the statement running now: it fails with
+//!   [`Error::Cancelled`] (not [`Error::Db`], as `statement_timeout` does),
+//!   and never the next holder's statement.
+//! - [`Builder::on_connect`] runs code on every new connection before
+//!   anyone gets it (`SET search_path`, `SET application_name`, `PREPARE`);
+//!   a failing hook fails that attempt with [`Error::OnConnect`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use pgtx::{Error, ManagedConnection, ReconnectPolicy};
+//!
+//! let manager = ManagedConnection::builder("host=localhost user=postgres connect_timeout=2")
+//!     .on_connect(|conn| Ok(conn.batch_execute("SET application_name = 'billing'")?))
+//!     .reconnect(ReconnectPolicy::default().jitter(0.2))
+//!     .on_reconnect(|_conn| {
+//!         println!("the connection is back: refresh the caches");
+//!         Ok(())
+//!     })
+//!     .build()?;
+//! let cancel = manager.cancel_handle();
+//! std::thread::scope(|s| {
+//!     s.spawn(|| {
+//!         std::thread::sleep(Duration::from_millis(100));
+//!         cancel.cancel()
+//!     });
+//!     match manager.transaction(|mut tx| {
+//!         tx.execute("SELECT pg_sleep(10)", &[])?;
+//!         tx.commit()
+//!     }) {
+//!         Err(Error::Cancelled(_)) => println!("cancelled, and rolled back"),
+//!         Err(Error::ConnectionDead { .. }) => println!("the server is down; try later"),
+//!         other => println!("{other:?}"),
+//!     }
+//! });
+//! # Ok::<(), pgtx::Error>(())
+//! ```
+//!
 //! # Features
 //!
 //! - `tls` (default): TLS connections with rustls, for every `sslmode`
