@@ -94,7 +94,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     guard.batch_execute("RESET statement_timeout")?;
     drop(guard);
-    println!("   cancelling when nothing runs sends nothing: {}", cancel.cancel()?);
+    println!(
+        "   cancelling when nothing runs sends nothing: {}",
+        cancel.cancel()?
+    );
 
     // 3. An outage, on a server of our own that we can stop.
     if !server.is_private() {

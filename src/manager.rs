@@ -294,6 +294,10 @@ impl ManagedConnection {
     /// # Errors
     ///
     /// - Any `Err` from `work`, unchanged; the transaction is rolled back first.
+    ///   If that `ROLLBACK` cannot be sent (the connection broke), the
+    ///   connection is closed, which makes the server roll back, and the
+    ///   failure is logged (`warn`): `work`'s error is still the one
+    ///   returned, never replaced by the rollback's.
     /// - [`Error`] (converted into `E`) if the connection can't be opened;
     ///   `work` has not run.
     /// - [`Error::Reentrant`] if this thread is already inside a

@@ -100,6 +100,46 @@ impl From<Error> for AppError {
     }
 }
 
+/// txpostgres' `runInteraction` lost the closure's error when the
+/// rollback failed too. Here the rollback cannot fail to roll back: when
+/// `ROLLBACK` cannot be sent, the connection is closed (the server rolls
+/// back a session that ends), the failure is logged, and the closure's own
+/// error comes back unchanged.
+#[test]
+fn a_closure_error_survives_a_rollback_that_cannot_be_sent() {
+    let db = Db::new("rollback_fails");
+    let (proxy, manager) = db.manager_via_proxy();
+    let log = common::logger::capture();
+    let result: Result<(), AppError> = manager.transaction(|mut tx| {
+        tx.execute("INSERT INTO items VALUES (1, 'never')", &[])?;
+        proxy.cut(); // the ROLLBACK that follows cannot reach the server
+        Err(AppError::NotImplemented)
+    });
+    assert!(
+        matches!(result, Err(AppError::NotImplemented)),
+        "the closure's error, not the rollback's: {result:?}"
+    );
+    assert!(
+        !log.lines_containing("ROLLBACK failed").is_empty(),
+        "the failed rollback is reported"
+    );
+    assert!(manager.is_closed(), "the connection was closed, not reused");
+    assert!(
+        common::eventually(std::time::Duration::from_secs(10), || db
+            .open_transactions()
+            == 0),
+        "the server rolled the session back"
+    );
+    assert!(db.item_ids().is_empty());
+    manager
+        .transaction(|mut tx| {
+            tx.execute("INSERT INTO items VALUES (2, 'kept')", &[])?;
+            tx.commit()
+        })
+        .expect("a new connection for the next holder");
+    assert_eq!(db.item_ids(), [2]);
+}
+
 /// The seed's "Dealing with Errors": the transaction is open (status
 /// INTRANS), the code raises, the error propagates and the status is idle.
 #[test]
