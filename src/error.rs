@@ -186,6 +186,20 @@ pub enum Error {
     #[error("could not start the runtime that drives the connection")]
     Runtime(#[source] std::io::Error),
 
+    /// A [`transaction_retrying`](crate::ManagedConnection::transaction_retrying)
+    /// ran its transaction as many times as its
+    /// [`RetryPolicy`](crate::RetryPolicy) allows, and the server refused
+    /// each one with a serialization failure (40001) or a deadlock (40P01).
+    /// Nothing of any run was committed. Carries the number of runs and the
+    /// last run's error from the server ([`Error::as_db_error`]).
+    #[error("gave up after {attempts} run{} of the transaction: {last}", plural(*.attempts))]
+    RetriesExhausted {
+        /// Runs made, the first included.
+        attempts: u32,
+        /// The server's error that ended the last run.
+        last: Box<DbError>,
+    },
+
     /// The statement was cancelled with a [`CancelHandle`](crate::CancelHandle)
     /// while it ran. A transaction it ran in is aborted (its `commit`
     /// reports [`Error::TransactionAborted`]; a `transaction` closure that
@@ -341,6 +355,7 @@ impl Error {
             | Error::InDoubt { source, .. }
             | Error::NotifyFailed { source, .. } => source.as_db_error(),
             Error::ReconnectFailed { last, .. } => last.as_db_error(),
+            Error::RetriesExhausted { last, .. } => Some(last),
             _ => None,
         }
     }

@@ -227,6 +227,7 @@ mod manager;
 mod options;
 mod reconnect;
 mod reconnector;
+mod retry;
 mod savepoint;
 mod session;
 mod shared;
@@ -247,6 +248,7 @@ pub use crate::listener::{Events, ListenEvent, Listener, ObserverError, Observer
 pub use crate::manager::{Builder, DEFAULT_ABANDON_AFTER, ManagedConnection};
 pub use crate::options::{IsolationLevel, TxOptions};
 pub use crate::reconnect::{Backoff, ReconnectPolicy};
+pub use crate::retry::RetryPolicy;
 pub use crate::savepoint::Savepoint;
 pub use crate::state::{Done, Open, State};
 pub use crate::status::TransactionStatus;

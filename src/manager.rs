@@ -1,6 +1,8 @@
 //! The public handle on one shared connection, and the `transaction` scope.
 
 use std::fmt;
+
+use postgres::error::DbError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,7 @@ use crate::listener::Listener;
 use crate::options::TxOptions;
 use crate::reconnect::ReconnectPolicy;
 use crate::reconnector::Reconnector;
+use crate::retry::{self, RetryPolicy};
 use crate::session::Connecting;
 use crate::shared::Shared;
 use crate::state::{Done, Open};
@@ -344,11 +347,125 @@ impl ManagedConnection {
         F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
         E: From<Error>,
     {
-        let tx = self.lock()?.begin_with(options)?;
+        self.run_once(options, work).0
+    }
+
+    /// Runs `work` in a transaction as [`transaction`](Self::transaction)
+    /// does, and runs it again, whole, each time the server refused it with
+    /// a serialization failure (SQLSTATE 40001) or a deadlock (40P01), as
+    /// PostgreSQL expects of applications using `SERIALIZABLE` or
+    /// `REPEATABLE READ` (or any that can deadlock): with the waits and the
+    /// number of runs of `policy` (by default at most 5 runs, 10 ms then
+    /// doubling, ±50 % jitter).
+    ///
+    /// What counts is what the server said, whatever `work` returned:
+    /// a run is retried when `work` returned `Err` and the last error the
+    /// server reported in that transaction (a statement's or `COMMIT`'s) was
+    /// 40001 or 40P01. Any other error is returned at once, unchanged; so
+    /// is [`Error::CommitOutcomeUnknown`] (the run may have committed), and
+    /// a lost connection.
+    ///
+    /// `work` is `FnMut` because it may run several times: it must have no
+    /// effects outside the transaction (sending mail, changing memory the
+    /// caller reads afterwards) that a retry would repeat or that a failed
+    /// run should have undone. Only what it does through its `Tx` is rolled
+    /// back between runs.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::RetriesExhausted`] (converted into `E`) if every run
+    ///   allowed was refused; it says how many were made and carries the
+    ///   last refusal. Nothing was committed.
+    /// - Otherwise as [`transaction`](Self::transaction).
+    ///
+    /// # Panics
+    ///
+    /// As [`transaction`](Self::transaction); a panic is not retried.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use pgtx::{IsolationLevel, ManagedConnection, RetryPolicy, TxOptions};
+    ///
+    /// let manager = ManagedConnection::new("host=localhost user=postgres")?;
+    /// let serializable = TxOptions::new().isolation(IsolationLevel::Serializable);
+    /// manager.transaction_retrying_with(serializable, &RetryPolicy::default(), |mut tx| {
+    ///     let balance: i64 = tx.query_one("SELECT balance FROM accounts WHERE id = 1", &[])?.get(0);
+    ///     tx.execute("UPDATE accounts SET balance = $1 WHERE id = 1", &[&(balance - 10)])?;
+    ///     tx.commit()
+    /// })?;
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn transaction_retrying<T, E, F>(&self, policy: &RetryPolicy, work: F) -> Result<T, E>
+    where
+        F: for<'s> FnMut(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
+        E: From<Error>,
+    {
+        self.transaction_retrying_with(TxOptions::default(), policy, work)
+    }
+
+    /// [`transaction_retrying`](Self::transaction_retrying) with an
+    /// isolation level, read-only or deferrable mode (each run begins with
+    /// them).
+    ///
+    /// # Errors
+    ///
+    /// As [`transaction_retrying`](Self::transaction_retrying).
+    ///
+    /// # Panics
+    ///
+    /// As [`transaction`](Self::transaction).
+    pub fn transaction_retrying_with<T, E, F>(
+        &self,
+        options: TxOptions,
+        policy: &RetryPolicy,
+        mut work: F,
+    ) -> Result<T, E>
+    where
+        F: for<'s> FnMut(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
+        E: From<Error>,
+    {
+        let mut waits = policy.waits();
+        let mut runs = 0;
+        loop {
+            // The first wait is zero; the schedule has one per run allowed.
+            if let Some(wait) = waits.next().filter(|wait| !wait.is_zero()) {
+                std::thread::sleep(wait);
+            }
+            runs += 1;
+            let failure = match self.run_once(options, &mut work) {
+                (Ok(value), _) => return Ok(value),
+                (Err(_), Some(failure)) if retry::asks_for_retry(&failure) => failure,
+                (Err(e), _) => return Err(e),
+            };
+            if runs >= policy.attempts() {
+                return Err(E::from(Error::RetriesExhausted {
+                    attempts: runs,
+                    last: failure,
+                }));
+            }
+            log::debug!(
+                "pgtx: run {runs} of the transaction was refused ({}); running it again",
+                failure.message()
+            );
+        }
+    }
+
+    /// One run of a `transaction` closure; its outcome, and the last error
+    /// the server reported in its transaction.
+    fn run_once<T, E, F>(&self, options: TxOptions, work: F) -> (Result<T, E>, Option<Box<DbError>>)
+    where
+        F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
+        E: From<Error>,
+    {
+        let tx = match self.lock().and_then(|guard| guard.begin_with(options)) {
+            Ok(tx) => tx,
+            Err(e) => return (Err(E::from(e)), None),
+        };
         let (scope, tx) = Scope::enter(&self.shared, tx);
         let outcome = work(tx);
-        scope.exit();
-        outcome.map(Tx::into_value)
+        let failure = scope.exit();
+        (outcome.map(Tx::into_value), failure)
     }
 
     /// Takes the connection, waiting as long as it takes.
@@ -522,9 +639,10 @@ impl<'m> Scope<'m> {
         (Scope { shared, epoch }, tx)
     }
 
-    fn exit(self) {
+    /// Ends the scope; the last error the server reported in its transaction.
+    fn exit(self) -> Option<Box<DbError>> {
         let scope = std::mem::ManuallyDrop::new(self);
-        scope.shared.end_scope(scope.epoch, false);
+        scope.shared.end_scope(scope.epoch, false)
     }
 }
 

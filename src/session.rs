@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
-use postgres::error::SqlState;
+use postgres::error::{DbError, SqlState};
 
 use crate::Statement;
 use crate::cancel::CancelCell;
@@ -49,6 +49,10 @@ struct Slot {
     /// The last connection was lost (not closed on purpose): the next one
     /// opened ends an outage, and the recovery handlers run on it.
     lost: bool,
+    /// The last error the server reported in the current (or last)
+    /// transaction, `COMMIT`'s included: what a retrying transaction looks
+    /// at, whatever error type its closure returned.
+    failure: Option<Box<DbError>>,
 }
 
 /// How new connections are made: the hooks and the reconnection policy
@@ -84,6 +88,7 @@ impl Session {
                 driver: None,
                 machine: Machine::new(),
                 lost: false,
+                failure: None,
             }),
             status: StatusCell::new(),
             cancel: Arc::default(),
@@ -206,6 +211,12 @@ impl Active<'_> {
         self.publish();
     }
 
+    /// The last error the server reported in the current (or last)
+    /// transaction, taken.
+    pub(crate) fn take_failure(&mut self) -> Option<Box<DbError>> {
+        self.slot.failure.take()
+    }
+
     /// Whether a transaction block is (or was, before the connection broke)
     /// open, pgtx's or one that user SQL opened.
     pub(crate) fn in_transaction(&self) -> bool {
@@ -278,6 +289,11 @@ impl Active<'_> {
             },
         };
         self.slot.machine.after_statement(reply);
+        if let Some(e) = result.as_ref().err().and_then(Error::as_db_error)
+            && self.slot.machine.in_transaction()
+        {
+            self.slot.failure = Some(Box::new(e.clone()));
+        }
         self.publish();
         result
     }
@@ -332,6 +348,7 @@ impl Active<'_> {
             self.rollback();
         }
         self.slot.machine.begin(begin);
+        self.slot.failure = None;
         self.publish();
         rolled_back
     }
@@ -393,6 +410,7 @@ impl Active<'_> {
             Err(e) if e.as_db_error().is_some() && !driver.has_ended() => {
                 // The server refused to commit (a deferred constraint, a
                 // serialization failure): the transaction is rolled back.
+                self.slot.failure = e.as_db_error().map(|d| Box::new(d.clone()));
                 self.publish();
                 Err(Error::Db(e))
             }

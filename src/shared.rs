@@ -9,6 +9,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use postgres::error::DbError;
+
 use crate::cancel::CancelHandle;
 use crate::config::Settings;
 use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
@@ -165,12 +167,14 @@ impl Shared {
 
     /// The end of a `transaction` scope: roll back whatever the closure
     /// left open (reported only when it panicked: a returned `Err` is the
-    /// closure's own report), release.
-    pub(crate) fn end_scope(&self, epoch: u64, panicked: bool) {
+    /// closure's own report), release. Returns the last error the server
+    /// reported in the transaction.
+    pub(crate) fn end_scope(&self, epoch: u64, panicked: bool) -> Option<Box<DbError>> {
         let mut session = self.session.lock();
         if self.lease.epoch() != epoch {
-            return;
+            return None;
         }
+        let failure = session.take_failure();
         if session.in_transaction() {
             session.rollback();
             if panicked {
@@ -179,6 +183,7 @@ impl Shared {
         }
         drop(session);
         self.lease.release(epoch);
+        failure
     }
 
     /// The manager is going away: roll back what a forgotten holder left
