@@ -229,6 +229,7 @@ mod reconnect;
 mod reconnector;
 mod retry;
 mod savepoint;
+mod scope;
 mod session;
 mod shared;
 mod state;

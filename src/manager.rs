@@ -2,7 +2,6 @@
 
 use std::fmt;
 
-use postgres::error::DbError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,8 @@ use crate::listener::Listener;
 use crate::options::TxOptions;
 use crate::reconnect::ReconnectPolicy;
 use crate::reconnector::Reconnector;
-use crate::retry::{self, RetryPolicy};
+use crate::retry::RetryPolicy;
+use crate::scope;
 use crate::session::Connecting;
 use crate::shared::Shared;
 use crate::state::{Done, Open};
@@ -347,7 +347,7 @@ impl ManagedConnection {
         F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
         E: From<Error>,
     {
-        self.run_once(options, work).0
+        scope::run(self.lock(), options, work)
     }
 
     /// Runs `work` in a transaction as [`transaction`](Self::transaction)
@@ -419,53 +419,13 @@ impl ManagedConnection {
         &self,
         options: TxOptions,
         policy: &RetryPolicy,
-        mut work: F,
+        work: F,
     ) -> Result<T, E>
     where
         F: for<'s> FnMut(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
         E: From<Error>,
     {
-        let mut waits = policy.waits();
-        let mut runs = 0;
-        loop {
-            // The first wait is zero; the schedule has one per run allowed.
-            if let Some(wait) = waits.next().filter(|wait| !wait.is_zero()) {
-                std::thread::sleep(wait);
-            }
-            runs += 1;
-            let failure = match self.run_once(options, &mut work) {
-                (Ok(value), _) => return Ok(value),
-                (Err(_), Some(failure)) if retry::asks_for_retry(&failure) => failure,
-                (Err(e), _) => return Err(e),
-            };
-            if runs >= policy.attempts() {
-                return Err(E::from(Error::RetriesExhausted {
-                    attempts: runs,
-                    last: failure,
-                }));
-            }
-            log::debug!(
-                "pgtx: run {runs} of the transaction was refused ({}); running it again",
-                failure.message()
-            );
-        }
-    }
-
-    /// One run of a `transaction` closure; its outcome, and the last error
-    /// the server reported in its transaction.
-    fn run_once<T, E, F>(&self, options: TxOptions, work: F) -> (Result<T, E>, Option<Box<DbError>>)
-    where
-        F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
-        E: From<Error>,
-    {
-        let tx = match self.lock().and_then(|guard| guard.begin_with(options)) {
-            Ok(tx) => tx,
-            Err(e) => return (Err(E::from(e)), None),
-        };
-        let (scope, tx) = Scope::enter(&self.shared, tx);
-        let outcome = work(tx);
-        let failure = scope.exit();
-        (outcome.map(Tx::into_value), failure)
+        scope::run_retrying(|| self.lock(), options, policy, work)
     }
 
     /// Takes the connection, waiting as long as it takes.
@@ -620,36 +580,6 @@ impl Drop for ManagedConnection {
     /// and reported like any other.
     fn drop(&mut self) {
         self.shared.shut_down();
-    }
-}
-
-/// Owns the lease while a `transaction` closure runs, like the scope of
-/// `std::thread::scope`: it ends the transaction and releases the connection
-/// whether the closure returns or unwinds, and whatever became of the `Tx`.
-struct Scope<'m> {
-    shared: &'m Shared,
-    epoch: u64,
-}
-
-impl<'m> Scope<'m> {
-    fn enter(shared: &'m Shared, tx: Tx<'m, Open>) -> (Scope<'m>, Tx<'m, Open>) {
-        let tx = tx.into_scoped();
-        let epoch = tx.epoch();
-        shared.enter_scope(epoch);
-        (Scope { shared, epoch }, tx)
-    }
-
-    /// Ends the scope; the last error the server reported in its transaction.
-    fn exit(self) -> Option<Box<DbError>> {
-        let scope = std::mem::ManuallyDrop::new(self);
-        scope.shared.end_scope(scope.epoch, false)
-    }
-}
-
-impl Drop for Scope<'_> {
-    fn drop(&mut self) {
-        // Only reached by unwinding: `exit` consumes the scope otherwise.
-        self.shared.end_scope(self.epoch, true);
     }
 }
 

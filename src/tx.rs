@@ -7,6 +7,7 @@ use postgres::types::ToSql;
 use crate::error::Result;
 use crate::held::{Conn, Held, Within};
 use crate::savepoint::{self, Savepoint};
+use crate::shared::Shared;
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
 use crate::status::TransactionStatus;
@@ -70,6 +71,10 @@ impl<'m> Tx<'m, Open> {
 
     pub(crate) fn epoch(&self) -> u64 {
         self.held.ticket.epoch()
+    }
+
+    pub(crate) fn shared(&self) -> &'m Shared {
+        self.held.shared()
     }
 
     fn conn(&self) -> Conn<'m> {
