@@ -338,6 +338,16 @@ impl Lease {
         true
     }
 
+    /// Who holds the lease: `None` if nobody, else whether this thread does.
+    pub(crate) fn held_by_this_thread(&self) -> Option<bool> {
+        let me = Identity::current();
+        self.state
+            .lock()
+            .holder
+            .as_ref()
+            .map(|holder| holder.who.thread == me.thread)
+    }
+
     /// The holder is running a request: it is not idle, however long it takes.
     pub(crate) fn mark_busy(&self) {
         if self.abandon_after.is_some() {

@@ -19,7 +19,7 @@ use crate::reconnector::Reconnector;
 use crate::retry::RetryPolicy;
 use crate::scope;
 use crate::session::Connecting;
-use crate::shared::Shared;
+use crate::shared::{OnRelease, Shared};
 use crate::state::{Done, Open};
 use crate::status::TransactionStatus;
 use crate::tx::Tx;
@@ -97,6 +97,8 @@ pub struct Builder {
     on_connect: Option<OnConnect>,
     on_reconnect: Vec<OnReconnect>,
     reconnect: Option<ReconnectPolicy>,
+    /// Set by a pool for its connections.
+    on_release: Option<OnRelease>,
 }
 
 impl fmt::Debug for Builder {
@@ -242,6 +244,7 @@ impl Builder {
                     on_reconnect: self.on_reconnect,
                     reconnector: self.reconnect.map(Reconnector::new),
                 },
+                self.on_release,
             ),
         })
     }
@@ -273,6 +276,7 @@ impl ManagedConnection {
             on_connect: None,
             on_reconnect: Vec::new(),
             reconnect: None,
+            on_release: None,
         }
     }
 
@@ -550,8 +554,38 @@ impl ManagedConnection {
 
     fn acquire(&self, wait: Wait) -> Result<Guard<'_>> {
         let held = self.acquire_lease(wait)?;
-        self.shared.session(held.ticket.epoch())?.ensure_open()?;
+        Self::ready(held)
+    }
+
+    /// A guard on `held`, with a live connection (opened if need be).
+    pub(crate) fn ready(held: Held<'_>) -> Result<Guard<'_>> {
+        held.shared().session(held.ticket.epoch())?.ensure_open()?;
         Ok(Guard::new(held))
+    }
+
+    /// The lease if it is free (or abandoned), without waiting; `None` if
+    /// another holder has it or this thread holds it in a `transaction`
+    /// scope. For a pool, which waits in a line of its own.
+    pub(crate) fn try_lease(&self) -> Result<Option<Held<'_>>> {
+        match self.acquire_lease(Wait::Never) {
+            Ok(held) => Ok(Some(held)),
+            Err(Error::WouldBlock | Error::Reentrant) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Closes the connection `held` holds (for a pool closing its idle ones).
+    pub(crate) fn ready_to_close(held: Held<'_>) -> Result<()> {
+        held.shared().session(held.ticket.epoch())?.close();
+        Ok(())
+    }
+
+    /// The builder's `on_release`, for a pool's connections.
+    pub(crate) fn on_release_for_pool(builder: Builder, on_release: OnRelease) -> Builder {
+        Builder {
+            on_release: Some(on_release),
+            ..builder
+        }
     }
 
     /// Takes the lease (rolling back whatever an abandoned holder left open).

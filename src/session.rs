@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -67,6 +68,8 @@ pub(crate) struct Connecting {
 pub(crate) struct Session {
     slot: Mutex<Slot>,
     status: StatusCell,
+    /// Connections opened after one was lost.
+    replaced: AtomicU64,
     cancel: Arc<CancelCell>,
     settings: Settings,
     connecting: Connecting,
@@ -76,6 +79,7 @@ pub(crate) struct Session {
 pub(crate) struct Active<'a> {
     slot: MutexGuard<'a, Slot>,
     status: &'a StatusCell,
+    replaced: &'a AtomicU64,
     cancel: &'a CancelCell,
     settings: &'a Settings,
     connecting: &'a Connecting,
@@ -91,6 +95,7 @@ impl Session {
                 failure: None,
             }),
             status: StatusCell::new(),
+            replaced: AtomicU64::new(0),
             cancel: Arc::default(),
             settings,
             connecting,
@@ -101,6 +106,7 @@ impl Session {
         Active {
             slot: self.slot.lock(),
             status: &self.status,
+            replaced: &self.replaced,
             cancel: &self.cancel,
             settings: &self.settings,
             connecting: &self.connecting,
@@ -133,6 +139,11 @@ impl Session {
 
     pub(crate) fn status(&self) -> TransactionStatus {
         self.status.get()
+    }
+
+    /// Connections opened after one was lost, over the session's life.
+    pub(crate) fn replaced(&self) -> u64 {
+        self.replaced.load(Ordering::Relaxed)
     }
 
     /// What cancel handles share with the statements they cancel.
@@ -206,6 +217,9 @@ impl Active<'_> {
     }
 
     fn install(&mut self, driver: Driver) {
+        if self.slot.lost {
+            self.replaced.fetch_add(1, Ordering::Relaxed);
+        }
         self.slot.driver = Some(driver);
         self.slot.lost = false;
         self.publish();

@@ -24,18 +24,26 @@ pub(crate) struct Shared {
     lease: Lease,
     session: Session,
     unfinished: AtomicU64,
+    /// Told after every release: a pool's waiters, when this connection
+    /// is one of a pool's.
+    on_release: Option<OnRelease>,
 }
+
+/// What a pool is told when one of its connections is released.
+pub(crate) type OnRelease = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 impl Shared {
     pub(crate) fn new(
         settings: Settings,
         abandon_after: Option<Duration>,
         connecting: Connecting,
+        on_release: Option<OnRelease>,
     ) -> Shared {
         Shared {
             lease: Lease::new(abandon_after),
             session: Session::new(settings, connecting),
             unfinished: AtomicU64::new(0),
+            on_release,
         }
     }
 
@@ -96,7 +104,7 @@ impl Shared {
                 Ok(epoch)
             }
             Err(e) => {
-                self.lease.release(epoch);
+                self.release(epoch);
                 Err(e)
             }
         }
@@ -138,7 +146,7 @@ impl Shared {
         {
             // A guard, or a finished `Tx`, on a connection whose server is
             // in no transaction block: nothing to check, no session lock.
-            self.lease.release(ticket.epoch());
+            self.release(ticket.epoch());
             return;
         }
         let mut session = self.session.lock();
@@ -157,7 +165,25 @@ impl Shared {
             self.report_unfinished(cause);
         }
         drop(session);
-        self.lease.release(ticket.epoch());
+        self.release(ticket.epoch());
+    }
+
+    fn release(&self, epoch: u64) {
+        if self.lease.release(epoch)
+            && let Some(on_release) = &self.on_release
+        {
+            on_release();
+        }
+    }
+
+    /// Connections opened after one was lost.
+    pub(crate) fn replaced(&self) -> u64 {
+        self.session.replaced()
+    }
+
+    /// Who holds the connection: `None` if nobody, else whether this thread does.
+    pub(crate) fn held_by_this_thread(&self) -> Option<bool> {
+        self.lease.held_by_this_thread()
     }
 
     /// A `transaction` scope takes over the lease of `epoch`.
@@ -182,7 +208,7 @@ impl Shared {
             }
         }
         drop(session);
-        self.lease.release(epoch);
+        self.release(epoch);
         failure
     }
 

@@ -1,0 +1,484 @@
+//! A fixed number of managed connections shared by many threads: the same
+//! `Guard`s, `Tx`s and fallbacks as one [`ManagedConnection`], one
+//! connection per holder.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::guard::Guard;
+use crate::held::Held;
+use crate::manager::{Builder, ManagedConnection};
+use crate::options::TxOptions;
+use crate::retry::RetryPolicy;
+use crate::scope;
+use crate::state::{Done, Open};
+use crate::status::TransactionStatus;
+use crate::tx::Tx;
+
+/// How long the first waiter sleeps before looking again when no release
+/// woke it: a holder may have been abandoned (see
+/// [`Builder::abandon_after`]), which only a look can tell.
+const FRONT_POLL: Duration = Duration::from_millis(50);
+
+/// How long a waiter further back sleeps before looking again, in case a
+/// wake-up was missed.
+const BEHIND_POLL: Duration = Duration::from_secs(1);
+
+/// A pool of `size` [`ManagedConnection`]s behind one lock-like API:
+/// [`lock`](Self::lock) hands out a [`Guard`] on whichever connection is
+/// free, and [`transaction`](Self::transaction) runs a closure on one.
+///
+/// Everything a manager promises holds for each connection: an unfinished
+/// `Tx` is rolled back and reported, a forgotten `Guard` or `Tx` is taken
+/// over (when its thread asks again with every other connection busy, when
+/// its thread has exited, or after [`Builder::abandon_after`] while others
+/// wait), SQL transaction control is refused inside a `Tx`, and a
+/// connection that died while idle, or was left in a transaction block, is
+/// replaced or rolled back before anyone gets it.
+///
+/// # Checkout
+///
+/// - At most `size` connections are ever open, each opened the first time
+///   it is needed (so a pool that never sees concurrency opens one);
+///   [`PoolBuilder::min_idle`] opens some at [`build`](PoolBuilder::build).
+/// - A free connection goes to the thread that has waited longest (first
+///   come, first served); [`lock_timeout`](Self::lock_timeout) gives up
+///   with [`Error::LockTimeout`] and [`try_lock`](Self::try_lock) never
+///   waits.
+/// - Connections that are already open are preferred over opening another.
+/// - A thread that holds a connection of the pool and asks for another
+///   gets another one if one is free. If none is, and it holds just the
+///   one, outside a `transaction` closure, that one is taken for forgotten
+///   (as a manager does) rather than waited for; otherwise it waits like
+///   anyone else (a forgotten one among several is taken over after
+///   [`Builder::abandon_after`]).
+///
+/// # Examples
+///
+/// ```no_run
+/// use pgtx::Pool;
+///
+/// let pool = Pool::new("host=localhost user=postgres", 4)?;
+/// std::thread::scope(|s| {
+///     for i in 0..16 {
+///         let pool = &pool;
+///         s.spawn(move || {
+///             pool.transaction(|mut tx| {
+///                 tx.execute("INSERT INTO jobs VALUES ($1)", &[&i])?;
+///                 tx.commit()
+///             })
+///         });
+///     }
+/// });
+/// println!("{:?}", pool.state());
+/// # Ok::<(), pgtx::Error>(())
+/// ```
+pub struct Pool {
+    members: Box<[ManagedConnection]>,
+    line: Arc<Line>,
+}
+
+static_assertions::assert_impl_all!(Pool: Send, Sync);
+
+/// Builds a [`Pool`]: made by [`Builder::pool`] (so every connection
+/// gets the builder's hooks, reconnection policy and `abandon_after`).
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct PoolBuilder {
+    manager: Builder,
+    size: usize,
+    min_idle: usize,
+}
+
+/// A snapshot of a [`Pool`], from [`Pool::state`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolState {
+    /// Connections the pool may open.
+    pub size: usize,
+    /// Connections held now.
+    pub in_use: usize,
+    /// Connections open and free now.
+    pub idle: usize,
+    /// Threads waiting for a connection now.
+    pub waiting: usize,
+    /// Connections opened again after one was lost (killed, dropped by the
+    /// server, broken), over the pool's life.
+    pub replaced: u64,
+    /// Transactions the fallback rolled back (dropped, forgotten, panicked,
+    /// or left open by SQL), over the pool's life, all connections.
+    pub unfinished: u64,
+    /// Each connection's transaction status, in order.
+    pub statuses: Vec<TransactionStatus>,
+}
+
+/// The threads waiting for a connection, first come first served.
+#[derive(Default)]
+struct Line {
+    waiters: Mutex<Waiters>,
+}
+
+#[derive(Default)]
+struct Waiters {
+    queue: VecDeque<(u64, Thread)>,
+    next_ticket: u64,
+}
+
+impl Line {
+    /// A connection was released: the first waiter looks.
+    fn released(&self) {
+        if let Some((_, first)) = self.waiters.lock().queue.front() {
+            first.unpark();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiters.lock().queue.is_empty()
+    }
+
+    fn join(&self) -> u64 {
+        let mut waiters = self.waiters.lock();
+        let ticket = waiters.next_ticket;
+        waiters.next_ticket += 1;
+        waiters.queue.push_back((ticket, thread::current()));
+        ticket
+    }
+
+    fn is_first(&self, ticket: u64) -> bool {
+        self.waiters
+            .lock()
+            .queue
+            .front()
+            .is_some_and(|(first, _)| *first == ticket)
+    }
+
+    /// Leaves the line (served, or giving up); the next one looks.
+    fn leave(&self, ticket: u64) {
+        let mut waiters = self.waiters.lock();
+        waiters.queue.retain(|(t, _)| *t != ticket);
+        if let Some((_, first)) = waiters.queue.front() {
+            first.unpark();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.waiters.lock().queue.len()
+    }
+}
+
+impl Builder {
+    /// A [`PoolBuilder`] for a pool of `size` connections made with these
+    /// settings (at least 1: `0` counts as `1`).
+    ///
+    /// ```
+    /// let pool = pgtx::ManagedConnection::builder("host=localhost user=postgres")
+    ///     .on_connect(|conn| Ok(conn.batch_execute("SET application_name = 'worker'")?))
+    ///     .pool(8)
+    ///     .build()?;
+    /// assert_eq!(pool.size(), 8);
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn pool(self, size: usize) -> PoolBuilder {
+        PoolBuilder {
+            manager: self,
+            size: size.max(1),
+            min_idle: 0,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Opens this many connections (at most the pool's size) when the pool
+    /// is built, instead of on first use. Default 0.
+    pub fn min_idle(mut self, connections: usize) -> Self {
+        self.min_idle = connections;
+        self
+    }
+
+    /// Parses the settings, builds the pool, and opens
+    /// [`min_idle`](Self::min_idle) connections.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Settings`] if the connection string cannot be read; any
+    /// error of opening the `min_idle` connections (then no pool is made).
+    pub fn build(self) -> Result<Pool> {
+        let line = Arc::new(Line::default());
+        let notify = line.clone();
+        let on_release: crate::shared::OnRelease = Arc::new(move || notify.released());
+        let members = (0..self.size)
+            .map(|_| {
+                ManagedConnection::on_release_for_pool(self.manager.clone(), on_release.clone())
+                    .build()
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_boxed_slice();
+        let pool = Pool { members, line };
+        for member in pool.members.iter().take(self.min_idle) {
+            drop(member.lock()?);
+        }
+        Ok(pool)
+    }
+}
+
+impl Pool {
+    /// A pool of `size` connections with `dsn` (see
+    /// [`ManagedConnection::new`]); none is opened yet.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Settings`] if `dsn` cannot be read.
+    pub fn new(dsn: &str, size: usize) -> Result<Pool> {
+        ManagedConnection::builder(dsn).pool(size).build()
+    }
+
+    /// How many connections the pool may open.
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Takes a free connection, waiting as long as it takes.
+    ///
+    /// # Errors
+    ///
+    /// As [`ManagedConnection::lock`]: [`Error::Connect`] if the connection
+    /// had to be opened and could not be (it is free again),
+    /// [`Error::ConnectionDead`] under a reconnection policy while the
+    /// server is down.
+    pub fn lock(&self) -> Result<Guard<'_>> {
+        self.checkout(None, true)
+    }
+
+    /// Takes a free connection if there is one now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldBlock`] if every connection is held (or others are
+    /// waiting before this thread); otherwise as [`lock`](Self::lock).
+    pub fn try_lock(&self) -> Result<Guard<'_>> {
+        self.checkout(None, false)
+    }
+
+    /// Takes a free connection, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockTimeout`] if none came free in time; otherwise as
+    /// [`lock`](Self::lock).
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<Guard<'_>> {
+        let deadline = Instant::now().checked_add(timeout);
+        self.checkout(deadline, true).map_err(|e| match e {
+            Error::LockTimeout(_) => Error::LockTimeout(timeout),
+            other => other,
+        })
+    }
+
+    /// Runs `work` in a transaction on a free connection, as
+    /// [`ManagedConnection::transaction`] does.
+    ///
+    /// # Errors
+    ///
+    /// As [`ManagedConnection::transaction`].
+    ///
+    /// # Panics
+    ///
+    /// As [`ManagedConnection::transaction`].
+    pub fn transaction<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
+        E: From<Error>,
+    {
+        self.transaction_with(TxOptions::default(), work)
+    }
+
+    /// [`transaction`](Self::transaction) with an isolation level,
+    /// read-only or deferrable mode.
+    ///
+    /// # Errors
+    ///
+    /// As [`ManagedConnection::transaction`].
+    ///
+    /// # Panics
+    ///
+    /// As [`ManagedConnection::transaction`].
+    pub fn transaction_with<T, E, F>(&self, options: TxOptions, work: F) -> Result<T, E>
+    where
+        F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
+        E: From<Error>,
+    {
+        scope::run(self.lock(), options, work)
+    }
+
+    /// [`ManagedConnection::transaction_retrying`] on the pool: each run
+    /// takes a free connection (not necessarily the same one).
+    ///
+    /// # Errors
+    ///
+    /// As [`ManagedConnection::transaction_retrying`].
+    ///
+    /// # Panics
+    ///
+    /// As [`ManagedConnection::transaction`].
+    pub fn transaction_retrying<T, E, F>(&self, policy: &RetryPolicy, work: F) -> Result<T, E>
+    where
+        F: for<'s> FnMut(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
+        E: From<Error>,
+    {
+        self.transaction_retrying_with(TxOptions::default(), policy, work)
+    }
+
+    /// [`transaction_retrying`](Self::transaction_retrying) with an
+    /// isolation level, read-only or deferrable mode.
+    ///
+    /// # Errors
+    ///
+    /// As [`ManagedConnection::transaction_retrying`].
+    ///
+    /// # Panics
+    ///
+    /// As [`ManagedConnection::transaction`].
+    pub fn transaction_retrying_with<T, E, F>(
+        &self,
+        options: TxOptions,
+        policy: &RetryPolicy,
+        work: F,
+    ) -> Result<T, E>
+    where
+        F: for<'s> FnMut(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
+        E: From<Error>,
+    {
+        scope::run_retrying(|| self.lock(), options, policy, work)
+    }
+
+    /// What the pool is doing now, and its counters.
+    pub fn state(&self) -> PoolState {
+        let mut state = PoolState {
+            size: self.members.len(),
+            in_use: 0,
+            idle: 0,
+            waiting: self.line.len(),
+            replaced: 0,
+            unfinished: 0,
+            statuses: Vec::with_capacity(self.members.len()),
+        };
+        for member in self.members.iter() {
+            let held = member.shared().held_by_this_thread().is_some();
+            let status = member.status();
+            if held {
+                state.in_use += 1;
+            } else if status != TransactionStatus::Closed {
+                state.idle += 1;
+            }
+            state.replaced += member.shared().replaced();
+            state.unfinished += member.unfinished_transactions();
+            state.statuses.push(status);
+        }
+        state
+    }
+
+    /// Closes every connection that is not held; a held one stays open
+    /// until its holder is done (the next holder of a closed one opens it
+    /// again).
+    ///
+    /// # Errors
+    ///
+    /// The first [`ManagedConnection::close`] error, after trying them all.
+    pub fn close_idle(&self) -> Result<()> {
+        let mut first = None;
+        for member in self.members.iter() {
+            match member.try_lease() {
+                Ok(Some(held)) => {
+                    if let Err(e) = ManagedConnection::ready_to_close(held) {
+                        first.get_or_insert(e);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn checkout(&self, deadline: Option<Instant>, wait: bool) -> Result<Guard<'_>> {
+        // Nobody waiting: take what is free, without joining the line.
+        if self.line.is_empty()
+            && let Some(held) = self.free_member()?
+        {
+            return ManagedConnection::ready(held);
+        }
+        if !wait {
+            return Err(Error::WouldBlock);
+        }
+        let ticket = self.line.join();
+        let taken = self.wait_in_line(ticket, deadline);
+        self.line.leave(ticket);
+        ManagedConnection::ready(taken?)
+    }
+
+    fn wait_in_line(&self, ticket: u64, deadline: Option<Instant>) -> Result<Held<'_>> {
+        loop {
+            let first = self.line.is_first(ticket);
+            if first && let Some(held) = self.free_member()? {
+                return Ok(held);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(Error::LockTimeout(Duration::ZERO));
+            }
+            let mut nap = if first { FRONT_POLL } else { BEHIND_POLL };
+            if let Some(deadline) = deadline {
+                nap = nap.min(deadline.saturating_duration_since(now));
+            }
+            thread::park_timeout(nap);
+        }
+    }
+
+    /// A free connection, open ones first (opening one costs a connect);
+    /// else the one this thread holds outside a `transaction` closure,
+    /// taken for forgotten, if it holds just one (holding several, it
+    /// cannot be told which was forgotten: it waits, and
+    /// `abandon_after` settles it). A connection another thread holds is
+    /// tried too: its holder may have abandoned it (the lease decides).
+    fn free_member(&self) -> Result<Option<Held<'_>>> {
+        let mut mine = Vec::new();
+        for want_open in [true, false] {
+            for member in self.members.iter() {
+                if (member.status() != TransactionStatus::Closed) != want_open {
+                    continue;
+                }
+                if member.shared().held_by_this_thread() == Some(true) {
+                    mine.push(member);
+                    continue;
+                }
+                if let Some(held) = member.try_lease()? {
+                    return Ok(Some(held));
+                }
+            }
+        }
+        match mine[..] {
+            [member] => member.try_lease(),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("Pool")
+            .field("settings", self.members[0].settings())
+            .field("size", &state.size)
+            .field("in_use", &state.in_use)
+            .field("idle", &state.idle)
+            .field("waiting", &state.waiting)
+            .finish_non_exhaustive()
+    }
+}

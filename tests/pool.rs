@@ -1,0 +1,295 @@
+//! `Pool`: N managed connections behind one lock; every guarantee of one
+//! manager per connection, proved against the server's view.
+
+mod common;
+
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::eventually;
+use common::fixtures::Db;
+use common::server::TestServer;
+use pgtx::{Error, ManagedConnection, Pool, TransactionStatus};
+
+fn pool(db: &Db, size: usize) -> Pool {
+    Pool::new(&db.dsn, size).expect("settings")
+}
+
+#[test]
+fn sixteen_threads_on_a_pool_of_four_commit_every_increment_on_four_connections_at_most() {
+    let db = Db::new("pool_hammer");
+    let pool = pool(&db, 4);
+    let ok = AtomicU64::new(0);
+    let most = AtomicU64::new(0);
+    let running = std::sync::atomic::AtomicBool::new(true);
+    std::thread::scope(|s| {
+        // One observer, on one connection of its own, samples the sessions.
+        s.spawn(|| {
+            let mut admin = db.admin();
+            while running.load(Ordering::SeqCst) {
+                let open: i64 = admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity
+                         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                        &[],
+                    )
+                    .expect("pg_stat_activity")
+                    .get(0);
+                most.fetch_max(open.unsigned_abs(), Ordering::SeqCst);
+            }
+        });
+        let workers: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    for _ in 0..25 {
+                        let outcome = pool.transaction(|mut tx| {
+                            tx.execute("UPDATE counter SET n = n + 1", &[])?;
+                            tx.commit()
+                        });
+                        if outcome.is_ok() {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().expect("worker");
+        }
+        running.store(false, Ordering::SeqCst);
+    });
+    assert_eq!(ok.load(Ordering::SeqCst), 400);
+    assert_eq!(db.counter(), 400, "the counter equals the Ok commits");
+    assert!(
+        most.load(Ordering::SeqCst) <= 4,
+        "{} sessions",
+        most.load(Ordering::SeqCst)
+    );
+    let state = pool.state();
+    assert_eq!(state.size, 4);
+    assert_eq!(state.in_use, 0);
+    assert_eq!(state.waiting, 0);
+    assert_eq!(state.unfinished, 0);
+}
+
+#[test]
+fn n_slow_statements_on_a_pool_of_n_run_side_by_side() {
+    let db = Db::new("pool_parallel");
+    let pool = pool(&db, 4);
+    // Open the four connections first, so only the statements are timed.
+    let barrier = Barrier::new(4);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let guard = pool.lock().expect("lock");
+                barrier.wait();
+                drop(guard);
+            });
+        }
+    });
+    assert_eq!(db.backends().len(), 4);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                pool.lock()
+                    .expect("lock")
+                    .execute("SELECT pg_sleep(0.2)", &[])
+                    .expect("sleep")
+            });
+        }
+    });
+    let took = started.elapsed();
+    // One after another would take 0.8 s.
+    assert!(took < Duration::from_millis(600), "{took:?}");
+}
+
+#[test]
+fn connections_open_lazily_and_min_idle_opens_some_at_once() {
+    let db = Db::new("pool_lazy");
+    let pool = pool(&db, 4);
+    assert!(db.backends().is_empty(), "building connects nothing");
+    for i in 0..10 {
+        pool.transaction(|mut tx| {
+            tx.execute("INSERT INTO items VALUES ($1, 'x')", &[&i])?;
+            tx.commit()
+        })
+        .expect("insert");
+    }
+    assert_eq!(
+        db.backends().len(),
+        1,
+        "one thread at a time needs one connection"
+    );
+    drop(pool);
+
+    let pool = ManagedConnection::builder(&db.dsn)
+        .pool(4)
+        .min_idle(2)
+        .build()
+        .expect("build");
+    assert_eq!(db.backends().len(), 2);
+    assert_eq!(pool.state().idle, 2);
+}
+
+#[test]
+fn a_pool_connection_killed_by_the_server_is_replaced_before_anyone_gets_it() {
+    let db = Db::new("pool_killed");
+    let pool = ManagedConnection::builder(&db.dsn)
+        .pool(2)
+        .min_idle(2)
+        .build()
+        .expect("build");
+    let before = db.backends();
+    assert_eq!(before.len(), 2);
+    assert_eq!(TestServer::shared().terminate_backends(&db.name), 2);
+    let barrier = Barrier::new(2);
+    std::thread::scope(|s| {
+        for i in 0..2 {
+            let (pool, barrier) = (&pool, &barrier);
+            s.spawn(move || {
+                let mut guard = pool.lock().expect("a live connection");
+                guard
+                    .execute("INSERT INTO items VALUES ($1, 'after')", &[&i])
+                    .expect("the first statement works");
+                barrier.wait(); // both connections in use at once
+            });
+        }
+    });
+    assert_eq!(db.item_ids(), [0, 1]);
+    let after = db.backends();
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.iter().all(|pid| !before.contains(pid)),
+        "new sessions"
+    );
+    assert_eq!(pool.state().replaced, 2);
+}
+
+#[test]
+fn a_forgotten_transaction_on_a_pool_is_rolled_back_and_does_not_shrink_it() {
+    let db = Db::new("pool_forgotten");
+    let pool = pool(&db, 2);
+    // Forgotten on a thread that then ends.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut tx = pool.lock().expect("lock").begin().expect("begin");
+            tx.execute("INSERT INTO items VALUES (1, 'forgotten')", &[])
+                .expect("insert");
+            std::mem::forget(tx);
+        });
+    });
+    // Both connections can be held at once again.
+    let barrier = Barrier::new(2);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            let (pool, barrier) = (&pool, &barrier);
+            s.spawn(move || {
+                let guard = pool
+                    .lock_timeout(Duration::from_secs(10))
+                    .expect("the pool is whole");
+                barrier.wait();
+                drop(guard);
+            });
+        }
+    });
+    assert!(
+        db.item_ids().is_empty(),
+        "the forgotten insert was rolled back"
+    );
+    assert_eq!(db.open_transactions(), 0);
+    assert_eq!(pool.state().unfinished, 1);
+
+    // Forgotten on this thread while another thread holds the other
+    // connection: asking again takes the forgotten one over at once.
+    let held = Barrier::new(2);
+    let done = Barrier::new(2);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _other = pool.lock().expect("the other connection");
+            held.wait();
+            done.wait();
+        });
+        held.wait();
+        let mut tx = pool.lock().expect("lock").begin().expect("begin");
+        tx.execute("INSERT INTO items VALUES (2, 'forgotten too')", &[])
+            .expect("insert");
+        std::mem::forget(tx);
+        let mut again = pool.try_lock().expect("taken over, without waiting");
+        again
+            .execute("INSERT INTO items VALUES (3, 'kept')", &[])
+            .expect("insert");
+        drop(again);
+        done.wait();
+    });
+    assert_eq!(db.item_ids(), [3]);
+    assert_eq!(pool.state().unfinished, 2);
+}
+
+#[test]
+fn waiting_gives_up_on_time_and_try_lock_never_waits() {
+    let db = Db::new("pool_timeout");
+    let pool = pool(&db, 1);
+    let held = Barrier::new(2);
+    let done = Barrier::new(2);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _guard = pool.lock().expect("lock");
+            held.wait();
+            done.wait();
+        });
+        held.wait();
+        assert!(matches!(pool.try_lock(), Err(Error::WouldBlock)));
+        let started = Instant::now();
+        let err = pool
+            .lock_timeout(Duration::from_millis(100))
+            .expect_err("held");
+        assert!(
+            matches!(err, Error::LockTimeout(d) if d == Duration::from_millis(100)),
+            "{err:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(pool.state().in_use, 1);
+        done.wait();
+    });
+    assert!(pool.try_lock().is_ok());
+}
+
+#[test]
+fn sql_that_leaves_a_block_open_through_a_pool_guard_is_rolled_back_for_the_next_holder() {
+    let db = Db::new("pool_block");
+    let pool = pool(&db, 1);
+    let mut guard = pool.lock().expect("lock");
+    guard
+        .batch_execute("BEGIN; INSERT INTO items VALUES (1, 'left open')")
+        .expect("plain SQL");
+    drop(guard);
+    let guard = pool.lock().expect("lock");
+    assert_eq!(guard.status(), TransactionStatus::Idle);
+    drop(guard);
+    assert!(db.item_ids().is_empty());
+    assert_eq!(pool.state().unfinished, 1);
+}
+
+#[test]
+fn waiters_are_served_first_come_first_served() {
+    let db = Db::new("pool_fifo");
+    let pool = pool(&db, 1);
+    let order = parking_lot::Mutex::new(Vec::new());
+    let holder = pool.lock().expect("lock");
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let (pool, order) = (&pool, &order);
+            s.spawn(move || {
+                let guard = pool.lock().expect("lock");
+                order.lock().push(i);
+                drop(guard);
+            });
+            // Each joins the line before the next one starts.
+            assert!(eventually(Duration::from_secs(5), || pool.state().waiting == i + 1));
+        }
+        drop(holder);
+    });
+    assert_eq!(*order.lock(), [0, 1, 2, 3]);
+}
