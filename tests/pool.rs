@@ -204,12 +204,14 @@ fn a_forgotten_transaction_on_a_pool_is_rolled_back_and_does_not_shrink_it() {
     // Forgotten on this thread while another thread holds the other
     // connection: asking again takes the forgotten one over at once.
     let held = Barrier::new(2);
-    let done = Barrier::new(2);
+    // Dropped on a failed assertion too, so the holder never waits for ever.
+    let (done, until_done) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
-        s.spawn(|| {
+        let (pool, held) = (&pool, &held);
+        s.spawn(move || {
             let _other = pool.lock().expect("the other connection");
             held.wait();
-            done.wait();
+            let _ = until_done.recv_timeout(Duration::from_secs(60));
         });
         held.wait();
         let mut tx = pool.lock().expect("lock").begin().expect("begin");
@@ -221,7 +223,7 @@ fn a_forgotten_transaction_on_a_pool_is_rolled_back_and_does_not_shrink_it() {
             .execute("INSERT INTO items VALUES (3, 'kept')", &[])
             .expect("insert");
         drop(again);
-        done.wait();
+        drop(done);
     });
     assert_eq!(db.item_ids(), [3]);
     assert_eq!(pool.state().unfinished, 2);
@@ -232,12 +234,14 @@ fn waiting_gives_up_on_time_and_try_lock_never_waits() {
     let db = Db::new("pool_timeout");
     let pool = pool(&db, 1);
     let held = Barrier::new(2);
-    let done = Barrier::new(2);
+    // Dropped on a failed assertion too, so the holder never waits for ever.
+    let (done, until_done) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
-        s.spawn(|| {
+        let (pool, held) = (&pool, &held);
+        s.spawn(move || {
             let _guard = pool.lock().expect("lock");
             held.wait();
-            done.wait();
+            let _ = until_done.recv_timeout(Duration::from_secs(60));
         });
         held.wait();
         assert!(matches!(pool.try_lock(), Err(Error::WouldBlock)));
@@ -251,7 +255,7 @@ fn waiting_gives_up_on_time_and_try_lock_never_waits() {
         );
         assert!(started.elapsed() >= Duration::from_millis(100));
         assert_eq!(pool.state().in_use, 1);
-        done.wait();
+        drop(done);
     });
     assert!(pool.try_lock().is_ok());
 }
