@@ -149,6 +149,30 @@
 //! See [`Listener`] for observers, timeouts and what happens while the
 //! connection is down.
 //!
+//! # Pools and retried transactions
+//!
+//! One manager serves one process until its transactions queue behind
+//! each other; a [`Pool`] of N managed connections then serves many
+//! threads with the same API and the same guarantees per connection
+//! (`pool.transaction(|tx| …)`, `pool.lock()` → the same [`Guard`] and
+//! [`Tx`]). Under `SERIALIZABLE`, or whenever transactions can deadlock,
+//! [`ManagedConnection::transaction_retrying`] (and the pool's) runs the
+//! whole closure again on SQLSTATE 40001 / 40P01, with backoff, and never
+//! after [`Error::CommitOutcomeUnknown`].
+//!
+//! ```no_run
+//! use pgtx::{IsolationLevel, Pool, RetryPolicy, TxOptions};
+//!
+//! let pool = Pool::new("host=localhost user=postgres", 4)?;
+//! let serializable = TxOptions::new().isolation(IsolationLevel::Serializable);
+//! pool.transaction_retrying_with(serializable, &RetryPolicy::default(), |mut tx| {
+//!     tx.execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1", &[])?;
+//!     tx.execute("UPDATE accounts SET balance = balance + 10 WHERE id = 2", &[])?;
+//!     tx.commit()
+//! })?;
+//! # Ok::<(), pgtx::Error>(())
+//! ```
+//!
 //! # Reconnection, cancellation and connection hooks
 //!
 //! What txpostgres gives a Twisted program, for threads:
