@@ -1,14 +1,19 @@
 //! Transactions per second through one PostgreSQL connection: pgtx side by
 //! side with a bare `postgres::Client`, with pgbench (C and libpq), and with
-//! connecting for every transaction, all against one server in one run.
+//! connecting for every transaction, all against one server in one run;
+//! then LISTEN/NOTIFY (latency and throughput of a `pgtx::Listener` beside
+//! a bare tokio-postgres connection) and the time to recover from a server
+//! restart.
 //!
 //! ```text
-//! cargo bench --bench throughput              # full run, 5 rounds x 3 s, ~4 min; writes benches/RESULTS.md + throughput.svg
-//! PGTX_BENCH_QUICK=1 cargo bench --bench throughput   # smoke run, ~15 s; writes to a temp dir
+//! cargo bench --bench throughput              # full run, 5 rounds x 3 s, ~5 min; writes benches/RESULTS.md + throughput.svg
+//! PGTX_BENCH_QUICK=1 cargo bench --bench throughput   # smoke run, ~30 s; writes to a temp dir
 //! PGTX_BENCH_ONLY=pgtx1,pgbench cargo bench --bench throughput   # only these cases
 //!   (keys: pgtx1 pgtx4 pgtx16 pgtx64 pgtx8_work mutex_str mutex_prepared mutex_prepared16
-//!    mutex_work pgbench connect micro;
-//!    a run with PGTX_BENCH_ONLY writes no files unless `micro` is among them)
+//!    mutex_work pgbench tpc2 single2 tpc1 connect micro
+//!    notify_latency notify_throughput reconnect;
+//!    a run with PGTX_BENCH_ONLY writes no files unless `micro` is among them,
+//!    and prints the notification and reconnection sections it measured)
 //! PGTX_BENCH_ROUNDS=5 PGTX_BENCH_SECS=2 cargo bench --bench throughput   # other round counts/lengths
 //! ```
 //!
@@ -17,7 +22,18 @@
 //! cluster (or the one named by `DATABASE_URL` / `PG*` variables). Each case
 //! runs for several seconds, the cases take turns round after round (so a
 //! noisy neighbour hits them all alike), and the median round is reported.
+//!
+//! After each round's transaction cases come its notification cases
+//! (`throughput/notify.rs`: 10,000 notifications timed one at a time per
+//! receiver over all rounds, and 1,000,000 blasted and 1,000,000 queued
+//! first per receiver and round; about 5 s a round). The reconnection
+//! case (`throughput/reconnect.rs`) comes last, on a private cluster of its
+//! own that it restarts 5 times (about 10 s).
 
+#[path = "throughput/notify.rs"]
+mod notify;
+#[path = "throughput/reconnect.rs"]
+mod reconnect;
 #[path = "../tests/common/server.rs"]
 mod server;
 
@@ -67,6 +83,12 @@ struct Plan {
     /// Length of one round of one case, whole seconds (pgbench's `-T`).
     secs: u64,
     out_dir: PathBuf,
+    /// Notifications timed one at a time per receiver, all rounds together.
+    notify_latency: usize,
+    /// Notifications blasted per receiver and round.
+    notify_blast: usize,
+    /// Server restarts in the reconnection case.
+    reconnect_repetitions: usize,
 }
 
 impl Plan {
@@ -79,6 +101,9 @@ impl Plan {
                 rounds: 1,
                 secs: 1,
                 out_dir: std::env::temp_dir().join("pgtx-bench-quick"),
+                notify_latency: 1_000,
+                notify_blast: 100_000,
+                reconnect_repetitions: 1,
             }
         } else {
             Plan {
@@ -86,6 +111,9 @@ impl Plan {
                 rounds: 5,
                 secs: 3,
                 out_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("benches"),
+                notify_latency: 10_000,
+                notify_blast: 1_000_000,
+                reconnect_repetitions: 5,
             }
         }
     }
@@ -269,9 +297,18 @@ fn main() -> Result<(), BoxError> {
     ));
 
     // PGTX_BENCH_ONLY=pgtx1,pgbench runs just those cases (for profiling).
-    if let Ok(only) = std::env::var("PGTX_BENCH_ONLY") {
-        cases.retain(|c| only.split(',').any(|k| k.trim() == c.key));
-    }
+    let only = std::env::var("PGTX_BENCH_ONLY").ok();
+    let wanted = |key: &str| {
+        only.as_deref()
+            .is_none_or(|only| only.split(',').any(|k| k.trim() == key))
+    };
+    cases.retain(|c| wanted(c.key));
+    let (want_latency, want_blast) = (wanted("notify_latency"), wanted("notify_throughput"));
+    let mut notify = if want_latency || want_blast {
+        Some(notify::Notify::new(server)?)
+    } else {
+        None
+    };
     // The micro-benchmarks go first, while the machine is quiet (later the
     // server is still reaping the backends connect-per-transaction leaves).
     let skip_micro = std::env::var("PGTX_BENCH_ONLY").is_ok_and(|only| !only.contains("micro"));
@@ -301,15 +338,53 @@ fn main() -> Result<(), BoxError> {
             );
             case.samples.push(tps);
         }
+        if let Some(notify) = &mut notify {
+            // The receivers take turns going first.
+            let pgtx_first = round % 2 == 1;
+            if want_latency {
+                let count = plan.notify_latency.div_ceil(plan.rounds);
+                let [a, b] = notify.latency_round(count, pgtx_first)?;
+                eprintln!(
+                    "  round {round}/{}: notification latency, p50 of {count}: {} {:.0} µs, {} {:.0} µs",
+                    plan.rounds,
+                    notify::NAMES[0],
+                    a.as_secs_f64() * 1e6,
+                    notify::NAMES[1],
+                    b.as_secs_f64() * 1e6,
+                );
+            }
+            if want_blast {
+                let [[a, b], [c, d]] = notify.throughput_round(plan.notify_blast, pgtx_first)?;
+                eprintln!(
+                    "  round {round}/{}: notifications/s, blasted: {} {a:.0}, {} {b:.0}; queued first: {c:.0}, {d:.0}",
+                    plan.rounds,
+                    notify::NAMES[0],
+                    notify::NAMES[1],
+                );
+            }
+        }
     }
+    // Last: it starts a cluster of its own and restarts it.
+    let reconnect = if wanted("reconnect") {
+        Some(reconnect_repetitions(&plan)?)
+    } else {
+        None
+    };
+    let sections = Sections {
+        notify: notify.as_ref().map(notify::Notify::markdown),
+        reconnect: reconnect.as_deref().map(reconnect::markdown),
+    };
 
     let Some(micro) = micro else {
+        // A filtered run writes no files, but shows what it measured.
+        print!("{}", sections.markdown());
         return Ok(());
     };
-    let report = Report::new(&cases, &micro, &plan, server);
+    let report = Report::new(&cases, &micro, &plan, server, sections);
     println!("{}", report.table);
     println!("{}", report.bars);
     println!("{}", report.micro);
+    print!("{}", report.sections.markdown());
     std::fs::create_dir_all(&plan.out_dir)?;
     let md = plan.out_dir.join("RESULTS.md");
     let svg = plan.out_dir.join("throughput.svg");
@@ -317,6 +392,60 @@ fn main() -> Result<(), BoxError> {
     std::fs::write(&svg, throughput_svg(&cases))?;
     println!("wrote {} and {}", md.display(), svg.display());
     Ok(())
+}
+
+/// The report's sections about notifications and reconnection, in
+/// Markdown, when they were measured.
+struct Sections {
+    notify: Option<String>,
+    reconnect: Option<String>,
+}
+
+impl Sections {
+    fn markdown(&self) -> String {
+        let mut m = String::new();
+        if let Some(notify) = &self.notify {
+            let _ = write!(m, "## Notifications\n\n{notify}\n");
+        }
+        if let Some(reconnect) = &self.reconnect {
+            let _ = write!(m, "## Reconnection\n\n{reconnect}\n");
+        }
+        m
+    }
+}
+
+/// The reconnection case: a private cluster restarted
+/// `plan.reconnect_repetitions` times.
+fn reconnect_repetitions(plan: &Plan) -> Result<Vec<reconnect::Repetition>, BoxError> {
+    let mut bench = reconnect::Bench::new()?;
+    let mut repetitions = Vec::new();
+    for i in 1..=plan.reconnect_repetitions {
+        let repetition = bench.repetition()?;
+        let summary: Vec<String> = repetition
+            .recoveries
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {}: attempt {}, {:.0} ms",
+                    match r.kind {
+                        reconnect::Kind::Manager => "manager",
+                        reconnect::Kind::Listener => "listener",
+                    },
+                    if r.policy == 0 { "default" } else { "100 ms" },
+                    r.attempt,
+                    r.recovered_after_accepting * 1000.0
+                )
+            })
+            .collect();
+        eprintln!(
+            "  restart {i}/{}: server back {:.0} ms after pg_ctl start began; ready after it accepted: {}",
+            plan.reconnect_repetitions,
+            repetition.start_to_accepting * 1000.0,
+            summary.join("; ")
+        );
+        repetitions.push(repetition);
+    }
+    Ok(repetitions)
 }
 
 impl Plan {
@@ -601,11 +730,18 @@ struct Report {
     table: String,
     bars: String,
     micro: String,
+    sections: Sections,
     environment: String,
 }
 
 impl Report {
-    fn new(cases: &[Case], micro: &Micro, plan: &Plan, server: &TestServer) -> Report {
+    fn new(
+        cases: &[Case],
+        micro: &Micro,
+        plan: &Plan,
+        server: &TestServer,
+        sections: Sections,
+    ) -> Report {
         let get = |key: &str| cases.iter().find(|c| c.key == key).map(Case::median);
         let pgtx1 = get("pgtx1").unwrap_or(f64::NAN);
         let pgbench = get("pgbench");
@@ -762,6 +898,7 @@ impl Report {
             table,
             bars,
             micro: m,
+            sections,
             environment,
         }
     }
@@ -776,8 +913,12 @@ impl Report {
              ## Throughput\n\n{}\n\
              ![throughput against thread count](throughput.svg)\n\n\
              ## The bar\n\n{}\n\
-             ## Micro-benchmarks\n\n{}\n{NOTES}",
-            self.environment, self.table, self.bars, self.micro
+             ## Micro-benchmarks\n\n{}\n{}{NOTES}",
+            self.environment,
+            self.table,
+            self.bars,
+            self.micro,
+            self.sections.markdown()
         )
     }
 }
