@@ -11,7 +11,8 @@
 //! PGTX_BENCH_ONLY=pgtx1,pgbench cargo bench --bench throughput   # only these cases
 //!   (keys: pgtx1 pgtx4 pgtx16 pgtx64 pgtx8_work mutex_str mutex_prepared mutex_prepared16
 //!    mutex_work pgbench tpc2 single2 tpc1 connect micro
-//!    notify_latency notify_throughput reconnect;
+//!    notify_latency notify_throughput reconnect
+//!    pool1 pool2 pool4 pool8 r2d2_1 … r2d2_8 pgbench_c1 … pgbench_c8;
 //!    a run with PGTX_BENCH_ONLY writes no files unless `micro` is among them,
 //!    and prints the notification and reconnection sections it measured)
 //! PGTX_BENCH_ROUNDS=5 PGTX_BENCH_SECS=2 cargo bench --bench throughput   # other round counts/lengths
@@ -49,6 +50,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use pgtx::{ManagedConnection, Open, TwoPhase, Tx};
 use postgres::{Client, NoTls};
+use r2d2_postgres::PostgresConnectionManager;
 use server::TestServer;
 
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -247,7 +249,7 @@ fn main() -> Result<(), BoxError> {
             cases.push(Case::new(
                 "pgbench",
                 "pgbench -n -c 1 -M prepared (C, libpq)",
-                move |plan| run_pgbench(&pgbench, &script, &server_args, plan.secs),
+                move |plan| run_pgbench(&pgbench, &script, &server_args, plan.secs, 1),
             ));
         }
         None => eprintln!("pgbench not found: that case is skipped"),
@@ -288,6 +290,34 @@ fn main() -> Result<(), BoxError> {
         "TwoPhase, 1 participant (one-phase commit), the pgtx 1-thread statement",
         move |plan| two_phase_one(&manager, plan.duration()),
     ));
+
+    // Pools: 16 threads on pools of 1, 2, 4 and 8 connections, beside
+    // pgbench with as many clients and r2d2_postgres with as many connections.
+    for size in POOL_SIZES {
+        let pool = pgtx::Pool::new(&dsn, size)?;
+        cases.push(Case::new(
+            pool_key("pool", size),
+            format!("pgtx Pool of {size}, {POOL_THREADS} threads"),
+            move |plan| pool_threads(&pool, plan.duration()),
+        ));
+        let r2d2 = r2d2::Pool::builder()
+            .max_size(u32::try_from(size)?)
+            .build(PostgresConnectionManager::new(dsn.parse()?, NoTls))?;
+        cases.push(Case::new(
+            pool_key("r2d2_", size),
+            format!("r2d2_postgres pool of {size}, {POOL_THREADS} threads, query_typed"),
+            move |plan| r2d2_threads(&r2d2, plan.duration()),
+        ));
+        if let Some(pgbench) = server.bin("pgbench") {
+            let script = plan.out_dir_script()?;
+            let server_args = pgbench_args(server);
+            cases.push(Case::new(
+                pool_key("pgbench_c", size),
+                format!("pgbench -n -c {size} -j {size} -M prepared"),
+                move |plan| run_pgbench(&pgbench, &script, &server_args, plan.secs, size),
+            ));
+        }
+    }
 
     let connect_dsn = dsn.clone();
     cases.push(Case::new(
@@ -383,6 +413,7 @@ fn main() -> Result<(), BoxError> {
     let report = Report::new(&cases, &micro, &plan, server, sections);
     println!("{}", report.table);
     println!("{}", report.bars);
+    println!("{}", report.pools);
     println!("{}", report.micro);
     print!("{}", report.sections.markdown());
     std::fs::create_dir_all(&plan.out_dir)?;
@@ -479,6 +510,54 @@ fn pgtx_threads(
         Ok(())
     };
     threaded(threads, duration, one)
+}
+
+/// Pool sizes of the pool cases, and their thread count.
+const POOL_SIZES: [usize; 4] = [1, 2, 4, 8];
+const POOL_THREADS: usize = 16;
+
+/// `pool1`, `r2d2_4`, `pgbench_c8`, …: a case key for one pool size.
+fn pool_key(prefix: &str, size: usize) -> &'static str {
+    Box::leak(format!("{prefix}{size}").into_boxed_str())
+}
+
+/// Transactions per second of `POOL_THREADS` threads on `pool`.
+fn pool_threads(pool: &pgtx::Pool, duration: Duration) -> Result<f64, BoxError> {
+    threaded(
+        POOL_THREADS,
+        duration,
+        |v: i32| -> Result<(), pgtx::Error> {
+            pool.transaction(|mut tx| {
+                let row = tx.query_one(SQL, &[&v])?;
+                black_box(row.get::<_, i32>(0));
+                tx.commit()
+            })
+        },
+    )
+}
+
+/// The same on an r2d2 pool of `postgres::Client`s, as well as a user can
+/// do it there: `query_typed` (the unnamed statement, no Describe round
+/// trip), so three round trips a transaction, as pgbench `-M prepared`.
+fn r2d2_threads(
+    pool: &r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    duration: Duration,
+) -> Result<f64, BoxError> {
+    #[derive(Debug, thiserror::Error)]
+    enum Failed {
+        #[error(transparent)]
+        Pool(#[from] r2d2::Error),
+        #[error(transparent)]
+        Db(#[from] postgres::Error),
+    }
+    threaded(POOL_THREADS, duration, |v: i32| -> Result<(), Failed> {
+        let mut client = pool.get()?;
+        let mut tx = client.transaction()?;
+        let row = tx.query_typed(SQL, &[(&v, postgres::types::Type::INT4)])?;
+        black_box(row.first().map(|r| r.get::<_, i32>(0)));
+        tx.commit()?;
+        Ok(())
+    })
 }
 
 /// Stands for the work a thread does between two transactions.
@@ -664,9 +743,11 @@ fn run_pgbench(
     script: &Path,
     server_args: &[String],
     secs: u64,
+    clients: usize,
 ) -> Result<f64, BoxError> {
+    let clients = clients.to_string();
     let output = Command::new(pgbench)
-        .args(["-n", "-c", "1", "-j", "1", "-M", "prepared", "-T"])
+        .args(["-n", "-c", &clients, "-j", &clients, "-M", "prepared", "-T"])
         .arg(secs.to_string())
         .arg("-f")
         .arg(script)
@@ -729,6 +810,7 @@ fn micro_benchmarks(dsn: &str, plan: &Plan) -> Result<Micro, BoxError> {
 struct Report {
     table: String,
     bars: String,
+    pools: String,
     micro: String,
     sections: Sections,
     environment: String,
@@ -867,6 +949,33 @@ impl Report {
             }
         );
 
+        let mut pools = String::new();
+        let _ = writeln!(
+            pools,
+            "| connections | pgtx `Pool`, {POOL_THREADS} threads | pgbench -c N -j N | pgtx / pgbench (bar ≥ 1.0×) | r2d2_postgres, {POOL_THREADS} threads | pgtx / r2d2 (bar ≥ 1.3×) |"
+        );
+        let _ = writeln!(pools, "|---:|---:|---:|---:|---:|---:|");
+        let shown = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
+        let versus = |r: Option<f64>, need: f64| {
+            r.map_or("–".to_owned(), |r| {
+                format!("{r:.2}× {}", if r >= need { "holds" } else { "**misses**" })
+            })
+        };
+        for size in POOL_SIZES {
+            let ours = get(&format!("pool{size}"));
+            let pgbench = get(&format!("pgbench_c{size}"));
+            let r2d2 = get(&format!("r2d2_{size}"));
+            let _ = writeln!(
+                pools,
+                "| {size} | {} | {} | {} | {} | {} |",
+                shown(ours),
+                shown(pgbench),
+                versus(ratio(ours, pgbench), 1.0),
+                shown(r2d2),
+                versus(ratio(ours, r2d2), 1.3),
+            );
+        }
+
         let mut m = String::new();
         let _ = writeln!(m, "| operation (no round trip) | ns/op (median) |");
         let _ = writeln!(m, "|---|---:|");
@@ -897,6 +1006,7 @@ impl Report {
         Report {
             table,
             bars,
+            pools,
             micro: m,
             sections,
             environment,
@@ -913,10 +1023,16 @@ impl Report {
              ## Throughput\n\n{}\n\
              ![throughput against thread count](throughput.svg)\n\n\
              ## The bar\n\n{}\n\
+             ## Pools\n\n\
+             {POOL_THREADS} threads run the same transaction on pools of N connections\n\
+             (the pgtx rows above), against pgbench with N clients and N threads and\n\
+             against r2d2_postgres with N connections (`query_typed`: three round\n\
+             trips a transaction, like pgbench; pgtx makes two).\n\n{}\n\
              ## Micro-benchmarks\n\n{}\n{}{NOTES}",
             self.environment,
             self.table,
             self.bars,
+            self.pools,
             self.micro,
             self.sections.markdown()
         )

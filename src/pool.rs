@@ -30,6 +30,14 @@ const FRONT_POLL: Duration = Duration::from_millis(50);
 /// wake-up was missed.
 const BEHIND_POLL: Duration = Duration::from_secs(1);
 
+/// How long the first waiter lets others take connections ahead of it.
+/// Until then a thread that releases a connection and asks again at once
+/// may take one straight back, without waking anyone: a thread switch per
+/// transaction costs more than the transaction on a busy machine. After
+/// it, a release wakes the first waiter, and nobody takes a connection
+/// before it (as the single connection's lease does).
+const FAIR_HANDOFF_AFTER: Duration = Duration::from_millis(1);
+
 /// A pool of `size` [`ManagedConnection`]s behind one lock-like API:
 /// [`lock`](Self::lock) hands out a [`Guard`] on whichever connection is
 /// free, and [`transaction`](Self::transaction) runs a closure on one.
@@ -128,18 +136,53 @@ struct Line {
 struct Waiters {
     queue: VecDeque<(u64, Thread)>,
     next_ticket: u64,
+    /// Since when the first waiter is first.
+    first_since: Option<Instant>,
+}
+
+impl Waiters {
+    /// How long the first waiter has been first; `None` with no waiter.
+    fn first_waited(&self) -> Option<Duration> {
+        self.queue.front()?;
+        self.first_since.map(|since| since.elapsed())
+    }
+
+    /// A new first waiter: its time counts from now; it is woken to start
+    /// its timed look.
+    fn promote(&mut self) {
+        self.first_since = Some(Instant::now());
+        if let Some((_, first)) = self.queue.front() {
+            first.unpark();
+        }
+    }
 }
 
 impl Line {
-    /// A connection was released: the first waiter looks.
+    /// A connection was released: the first waiter looks, once it has
+    /// waited its turn (before that it looks on its own, on a timer).
     fn released(&self) {
-        if let Some((_, first)) = self.waiters.lock().queue.front() {
+        let waiters = self.waiters.lock();
+        if waiters
+            .first_waited()
+            .is_some_and(|waited| waited >= FAIR_HANDOFF_AFTER)
+            && let Some((_, first)) = waiters.queue.front()
+        {
             first.unpark();
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.waiters.lock().queue.is_empty()
+    /// Whether a newcomer may take a free connection without queueing:
+    /// nobody waits, or the first waiter has not waited its turn yet.
+    fn may_barge(&self) -> bool {
+        self.waiters
+            .lock()
+            .first_waited()
+            .is_none_or(|waited| waited < FAIR_HANDOFF_AFTER)
+    }
+
+    /// How long the first waiter has been first; `None` with no waiter.
+    fn first_waited(&self) -> Option<Duration> {
+        self.waiters.lock().first_waited()
     }
 
     fn join(&self) -> u64 {
@@ -147,6 +190,9 @@ impl Line {
         let ticket = waiters.next_ticket;
         waiters.next_ticket += 1;
         waiters.queue.push_back((ticket, thread::current()));
+        if waiters.queue.len() == 1 {
+            waiters.first_since = Some(Instant::now());
+        }
         ticket
     }
 
@@ -161,9 +207,10 @@ impl Line {
     /// Leaves the line (served, or giving up); the next one looks.
     fn leave(&self, ticket: u64) {
         let mut waiters = self.waiters.lock();
+        let was_first = waiters.queue.front().is_some_and(|(t, _)| *t == ticket);
         waiters.queue.retain(|(t, _)| *t != ticket);
-        if let Some((_, first)) = waiters.queue.front() {
-            first.unpark();
+        if was_first {
+            waiters.promote();
         }
     }
 
@@ -408,8 +455,8 @@ impl Pool {
     }
 
     fn checkout(&self, deadline: Option<Instant>, wait: bool) -> Result<Guard<'_>> {
-        // Nobody waiting: take what is free, without joining the line.
-        if self.line.is_empty()
+        // Nobody waiting (long): take what is free, without joining the line.
+        if self.line.may_barge()
             && let Some(held) = self.free_member()?
         {
             return ManagedConnection::ready(held);
@@ -434,6 +481,13 @@ impl Pool {
                 return Err(Error::LockTimeout(Duration::ZERO));
             }
             let mut nap = if first { FRONT_POLL } else { BEHIND_POLL };
+            if first
+                && let Some(waited) = self.line.first_waited()
+                && waited < FAIR_HANDOFF_AFTER
+            {
+                // Releases do not wake it before its turn: look then.
+                nap = nap.min(FAIR_HANDOFF_AFTER - waited);
+            }
             if let Some(deadline) = deadline {
                 nap = nap.min(deadline.saturating_duration_since(now));
             }
