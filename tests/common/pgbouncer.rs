@@ -36,6 +36,11 @@ pub struct Bouncer {
     user: String,
 }
 
+/// Whether `pgbouncer` is installed (for callers that can do without).
+pub fn available() -> bool {
+    find_pgbouncer().is_some()
+}
+
 impl Bouncer {
     /// Starts PgBouncer in front of `server` with `pool_mode = transaction`
     /// and at most `pool_size` server connections per database and user.
