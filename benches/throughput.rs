@@ -10,8 +10,8 @@
 //! PGTX_BENCH_QUICK=1 cargo bench --bench throughput   # smoke run, ~30 s; writes to a temp dir
 //! PGTX_BENCH_ONLY=pgtx1,pgbench cargo bench --bench throughput   # only these cases
 //!   (keys: pgtx1 pgtx4 pgtx16 pgtx64 pgtx8_work mutex_str mutex_prepared mutex_prepared16
-//!    mutex_work pgbench tpc2 single2 tpc1 connect micro
-//!    notify_latency notify_throughput reconnect
+//!    mutex_work pgbench tpc2 single2 tpc1 connect pgtx1_unnamed pgbouncer_pgtx
+//!    pgbouncer_pgbench micro notify_latency notify_throughput reconnect
 //!    pool1 pool2 pool4 pool8 r2d2_1 … r2d2_8 pgbench_c1 … pgbench_c8;
 //!    a run with PGTX_BENCH_ONLY writes no files unless `micro` is among them,
 //!    and prints the notification and reconnection sections it measured)
@@ -30,9 +30,15 @@
 //! first per receiver and round; about 5 s a round). The reconnection
 //! case (`throughput/reconnect.rs`) comes last, on a private cluster of its
 //! own that it restarts 5 times (about 10 s).
+//!
+//! The `pgbouncer_*` cases go through a PgBouncer in `pool_mode =
+//! transaction` started for the run (skipped when `pgbouncer` is not
+//! installed).
 
 #[path = "throughput/notify.rs"]
 mod notify;
+#[path = "../tests/common/pgbouncer.rs"]
+mod pgbouncer;
 #[path = "throughput/reconnect.rs"]
 mod reconnect;
 #[path = "../tests/common/server.rs"]
@@ -249,7 +255,7 @@ fn main() -> Result<(), BoxError> {
             cases.push(Case::new(
                 "pgbench",
                 "pgbench -n -c 1 -M prepared (C, libpq)",
-                move |plan| run_pgbench(&pgbench, &script, &server_args, plan.secs, 1),
+                move |plan| run_pgbench(&pgbench, &script, "prepared", &server_args, plan.secs, 1),
             ));
         }
         None => eprintln!("pgbench not found: that case is skipped"),
@@ -314,10 +320,55 @@ fn main() -> Result<(), BoxError> {
             cases.push(Case::new(
                 pool_key("pgbench_c", size),
                 format!("pgbench -n -c {size} -j {size} -M prepared"),
-                move |plan| run_pgbench(&pgbench, &script, &server_args, plan.secs, size),
+                move |plan| {
+                    run_pgbench(&pgbench, &script, "prepared", &server_args, plan.secs, size)
+                },
             ));
         }
     }
+    let manager = ManagedConnection::builder(&dsn)
+        .statement_cache(false)
+        .build()?;
+    cases.push(Case::new(
+        "pgtx1_unnamed",
+        "pgtx, 1 thread, statement_cache(false) (unnamed statements), direct",
+        move |plan| pgtx_threads(&manager, 1, Duration::ZERO, plan.duration()),
+    ));
+    // Through a transaction pooler: pgtx without a statement cache (named
+    // statements do not survive it) against pgbench's unnamed statements.
+    // The PgBouncer lives until the end of main.
+    let _bouncer = if pgbouncer::available() {
+        let bouncer = pgbouncer::Bouncer::start(server, 2);
+        let manager = ManagedConnection::builder(&bouncer.dsn_for(server.dbname()))
+            .statement_cache(false)
+            .build()?;
+        cases.push(Case::new(
+            "pgbouncer_pgtx",
+            "pgtx, 1 thread, statement_cache(false), through PgBouncer (transaction pooling)",
+            move |plan| pgtx_threads(&manager, 1, Duration::ZERO, plan.duration()),
+        ));
+        if let Some(pgbench) = server.bin("pgbench") {
+            let script = plan.out_dir_script()?;
+            let args = vec![
+                "-h".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                bouncer.port().to_string(),
+                "-U".into(),
+                server.user().into(),
+                server.dbname().into(),
+            ];
+            cases.push(Case::new(
+                "pgbouncer_pgbench",
+                "pgbench -n -c 1 -M extended, through the same PgBouncer",
+                move |plan| run_pgbench(&pgbench, &script, "extended", &args, plan.secs, 1),
+            ));
+        }
+        Some(bouncer)
+    } else {
+        eprintln!("pgbouncer not found: the pgbouncer_* cases are skipped");
+        None
+    };
 
     let connect_dsn = dsn.clone();
     cases.push(Case::new(
@@ -738,16 +789,19 @@ fn pgbench_args(server: &TestServer) -> Vec<String> {
     ]
 }
 
+/// One pgbench round: `-c 1` with the query mode `mode` (`prepared`,
+/// `extended`) for `secs` seconds; its tps.
 fn run_pgbench(
     pgbench: &Path,
     script: &Path,
+    mode: &str,
     server_args: &[String],
     secs: u64,
     clients: usize,
 ) -> Result<f64, BoxError> {
     let clients = clients.to_string();
     let output = Command::new(pgbench)
-        .args(["-n", "-c", &clients, "-j", &clients, "-M", "prepared", "-T"])
+        .args(["-n", "-c", &clients, "-j", &clients, "-M", mode, "-T"])
         .arg(secs.to_string())
         .arg("-f")
         .arg(script)
@@ -1057,6 +1111,14 @@ const NOTES: &str = "\
   `query_one(&str)` makes four (Parse/Describe first, every time), while
   pgtx prepares SQL text once per connection (a statement cache emptied on
   reconnect).
+- Through a transaction pooler (`pgbouncer_*`: PgBouncer, `pool_mode =
+  transaction`, started for the run), named statements do not survive, so
+  pgtx runs with `statement_cache(false)`: each statement is Parse, Bind,
+  Describe, Execute of the unnamed statement with `BEGIN` parsed in front
+  of it in the same write and Sync group, and `COMMIT` is a simple query;
+  still two round trips. pgbench `-M extended` (unnamed statements, what
+  works through such a pooler) makes three. `pgtx1_unnamed` is the same
+  pgtx without the pooler, for the cost of parsing every time.
 - `BEGIN` and `COMMIT` are prepared once per connection (Bind/Execute
   only, as pgbench `-M prepared` does): the server's CPU time per
   transaction went from 75 to 65 µs (summed from `/proc` over a run).

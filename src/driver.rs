@@ -14,13 +14,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use postgres::error::SqlState;
+use postgres::types::{ToSql, Type};
 use tokio::runtime::Runtime;
-use tokio_postgres::{AsyncMessage, Client, Notification, Statement};
+use tokio_postgres::{AsyncMessage, Client, Notification, Row, Statement};
 
 use crate::config::Settings;
 use crate::connect::{CancelTarget, ConnectionStream, Connector, Opened};
 use crate::error::Error;
+use crate::statements::{Naming, Params};
+use crate::unnamed::{ParameterCount, describe, typed};
 use crate::wire::{BeginOutcome, ServerStatus, Tap};
+
+/// What a statement method runs.
+#[derive(Clone, Copy)]
+pub(crate) enum Target<'a> {
+    /// A statement prepared on this connection, bound by its name.
+    Prepared(&'a Statement),
+    /// SQL text on the unnamed statement (Parse, Bind, Describe, Execute in
+    /// one Sync group), with its parameters' types (empty when it has none).
+    Unnamed(&'a str, &'a [Type]),
+}
 
 /// One open connection and the runtime that drives it.
 pub(crate) struct Driver {
@@ -36,7 +50,12 @@ pub(crate) struct Driver {
     /// Why it ended, when the server or the socket said so.
     end_cause: Option<postgres::Error>,
     /// Statements prepared from SQL text on this connection.
-    statements: StatementCache,
+    statements: StatementCache<Statement>,
+    /// How SQL text runs on this connection.
+    naming: Naming,
+    /// With [`Naming::Unnamed`]: the parameter types of SQL text run on
+    /// this connection, so that text run again costs one round trip.
+    descriptions: StatementCache<Arc<[Type]>>,
     /// When the server was last heard from (or the connection last found alive).
     answered_at: Instant,
     gate: Arc<Gate>,
@@ -90,22 +109,34 @@ impl Wake for Gate {
     }
 }
 
+/// How many times a statement is described, outside a transaction block,
+/// when the name it is prepared under is taken (see [`Driver::describe`]).
+const DESCRIBE_TRIES: u32 = 3;
+
 /// How many prepared statements a connection keeps; the least recently
 /// used one is closed to make room.
 const STATEMENT_CACHE_SIZE: usize = 256;
 
-/// SQL text -> the statement prepared from it on this connection, so that
-/// text run again costs one round trip (Bind/Execute) instead of two
-/// (Parse/Describe first). It lives in the `Driver`, so a new connection
-/// starts empty.
-#[derive(Default)]
-struct StatementCache {
-    entries: HashMap<Box<str>, (Statement, u64)>,
+/// SQL text -> the statement prepared from it on this connection (or, with
+/// [`Naming::Unnamed`], its parameter types), so that text run again costs
+/// one round trip (Bind/Execute) instead of two (Parse/Describe first). It
+/// lives in the `Driver`, so a new connection starts empty.
+struct StatementCache<V> {
+    entries: HashMap<Box<str>, (V, u64)>,
     clock: u64,
 }
 
-impl StatementCache {
-    fn get(&mut self, sql: &str) -> Option<Statement> {
+impl<V> Default for StatementCache<V> {
+    fn default() -> Self {
+        StatementCache {
+            entries: HashMap::new(),
+            clock: 0,
+        }
+    }
+}
+
+impl<V: Clone> StatementCache<V> {
+    fn get(&mut self, sql: &str) -> Option<V> {
         self.clock += 1;
         let clock = self.clock;
         self.entries.get_mut(sql).map(|(statement, used)| {
@@ -114,7 +145,7 @@ impl StatementCache {
         })
     }
 
-    fn insert(&mut self, sql: &str, statement: Statement) {
+    fn insert(&mut self, sql: &str, statement: V) {
         if self.entries.len() >= STATEMENT_CACHE_SIZE {
             let oldest = self
                 .entries
@@ -141,13 +172,13 @@ impl Driver {
     /// they point to) cannot be used, before anything is opened;
     /// [`Error::Connect`] if no server accepted the connection;
     /// [`Error::Runtime`] if the runtime could not be made.
-    pub(crate) fn open(settings: &Settings) -> Result<Driver, Error> {
+    pub(crate) fn open(settings: &Settings, naming: Naming) -> Result<Driver, Error> {
         let connector = Connector::new(settings)?;
-        Driver::connect(connector.connect())
+        Driver::connect(connector.connect(), naming)
     }
 
     /// Runs a connect future on a new runtime.
-    fn connect<F>(connect: F) -> Result<Driver, Error>
+    fn connect<F>(connect: F, naming: Naming) -> Result<Driver, Error>
     where
         F: Future<Output = Result<Opened, Error>>,
     {
@@ -170,15 +201,23 @@ impl Driver {
             ended: false,
             end_cause: None,
             statements: StatementCache::default(),
+            naming,
+            descriptions: StatementCache::default(),
             answered_at: Instant::now(),
             gate: Arc::default(),
             cancel,
         })
     }
 
+    /// How SQL text runs on this connection.
+    pub(crate) fn naming(&self) -> Naming {
+        self.naming
+    }
+
     /// The statement prepared from `sql` on this connection, preparing it
     /// (one round trip) the first time.
     pub(crate) fn prepare_cached(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        debug_assert_eq!(self.naming, Naming::Cached, "nothing is named when unnamed");
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement);
         }
@@ -187,11 +226,144 @@ impl Driver {
         Ok(statement)
     }
 
+    /// The types of the parameters of `sql`, as the server reads them
+    /// (looked up once per connection, then remembered), leaving no
+    /// prepared statement behind on any server connection.
+    ///
+    /// tokio-postgres can only describe a statement by preparing it under
+    /// a name (which it closes when the statement is dropped, in a Sync
+    /// group of its own). Through a transaction pooler, outside a
+    /// transaction block, each Sync group may go to another server
+    /// connection: the name would stay behind on one, to collide with the
+    /// same name from another client later. So outside a block the
+    /// statement is described in one of its own, `BEGIN` sent with the
+    /// Parse and `ROLLBACK` after the Close, both on the one server
+    /// connection the block keeps. Inside a block, the Close goes out
+    /// before anything that could end it. Any `BEGIN` armed for the
+    /// caller's statement is held back meanwhile.
+    ///
+    /// The names are tokio-postgres' (`s` and a number counted per
+    /// process), so a pooled server connection may hold one that another
+    /// client left behind: in a block of its own, the description is then
+    /// made again, under the next name.
+    pub(crate) fn describe(&mut self, sql: &str) -> Result<Arc<[Type]>, postgres::Error> {
+        if let Some(types) = self.descriptions.get(sql) {
+            return Ok(types);
+        }
+        let in_block = self.server_status() != Some(ServerStatus::Idle);
+        let tap = self.tap.clone();
+        let mut tries = if in_block { 1 } else { DESCRIBE_TRIES };
+        let types = loop {
+            tries -= 1;
+            match tap.hold_begin(|| self.run(|client| describe(client, sql, in_block))) {
+                Err(e) if tries > 0 && e.code() == Some(&SqlState::DUPLICATE_PSTATEMENT) => {
+                    log::debug!("pgtx: describing under a name left on the server ({e}); again");
+                }
+                result => break result?,
+            }
+        };
+        let types: Arc<[Type]> = types.into();
+        if types.iter().any(|t| Type::from_oid(t.oid()).is_none()) {
+            log::warn!(
+                "pgtx: a parameter of a user-defined type: tokio-postgres looks such types up \
+                 with named prepared statements, which a transaction pooler does not carry \
+                 between server connections (cast it from a built-in type: $1::text::mytype)"
+            );
+        }
+        self.descriptions.insert(sql, types.clone());
+        Ok(types)
+    }
+
+    /// Whether the parameter types of `sql` are known on this connection.
+    pub(crate) fn has_description(&self, sql: &str) -> bool {
+        self.descriptions.entries.contains_key(sql)
+    }
+
+    /// Forgets the parameter types of `sql` (a column may have changed
+    /// type), so that they are looked up again.
+    pub(crate) fn forget_description(&mut self, sql: &str) {
+        self.descriptions.entries.remove(sql);
+    }
+
+    /// Runs `target` and returns the number of rows it affected.
+    pub(crate) fn execute(
+        &mut self,
+        target: Target<'_>,
+        params: Params<'_>,
+    ) -> Result<u64, postgres::Error> {
+        match target {
+            Target::Prepared(statement) => self.run(|c| c.execute(statement, params)),
+            Target::Unnamed(sql, types) => match typed(params, types) {
+                Ok(typed) => self.run(|c| c.execute_typed(sql, &typed)),
+                Err(count) => self.refuse_parameters(&count),
+            },
+        }
+    }
+
+    /// Runs `target` and returns its rows.
+    pub(crate) fn query(
+        &mut self,
+        target: Target<'_>,
+        params: Params<'_>,
+    ) -> Result<Vec<Row>, postgres::Error> {
+        match target {
+            Target::Prepared(statement) => self.run(|c| c.query(statement, params)),
+            Target::Unnamed(sql, types) => match typed(params, types) {
+                Ok(typed) => self.run(|c| c.query_typed(sql, &typed)),
+                Err(count) => self.refuse_parameters(&count),
+            },
+        }
+    }
+
+    /// Runs `target`, which must return exactly one row.
+    pub(crate) fn query_one(
+        &mut self,
+        target: Target<'_>,
+        params: Params<'_>,
+    ) -> Result<Row, postgres::Error> {
+        match target {
+            Target::Prepared(statement) => self.run(|c| c.query_one(statement, params)),
+            Target::Unnamed(sql, types) => match typed(params, types) {
+                Ok(typed) => self.run(|c| c.query_typed_one(sql, &typed)),
+                Err(count) => self.refuse_parameters(&count),
+            },
+        }
+    }
+
+    /// Runs `target`, which must return at most one row.
+    pub(crate) fn query_opt(
+        &mut self,
+        target: Target<'_>,
+        params: Params<'_>,
+    ) -> Result<Option<Row>, postgres::Error> {
+        match target {
+            Target::Prepared(statement) => self.run(|c| c.query_opt(statement, params)),
+            Target::Unnamed(sql, types) => match typed(params, types) {
+                Ok(typed) => self.run(|c| c.query_typed_opt(sql, &typed)),
+                Err(count) => self.refuse_parameters(&count),
+            },
+        }
+    }
+
+    /// The error for a wrong number of parameters, made before anything is
+    /// sent, as tokio-postgres makes it for a prepared statement.
+    fn refuse_parameters<T>(&mut self, count: &ParameterCount) -> Result<T, postgres::Error> {
+        // tokio-postgres' own error for this cannot be made from outside;
+        // a parameter that fails to encode yields one that says the same
+        // (the request fails while it is encoded, before it is sent).
+        let refused = [(count as &(dyn ToSql + Sync), Type::TEXT)];
+        match self.run(|c| c.execute_typed("", &refused)) {
+            Err(e) => Err(e),
+            // `ParameterCount::to_sql` always fails.
+            Ok(_) => unreachable!("a ParameterCount was encoded"),
+        }
+    }
+
     /// Sends `begin` in front of the next statement, in the same write and
     /// the same Sync group: if the server refuses `BEGIN`, it skips the
     /// statement. Read the outcome with [`Driver::begin_outcome`].
     pub(crate) fn arm_begin(&mut self, begin: &str) {
-        self.tap.arm_begin(begin);
+        self.tap.arm_begin(begin, self.naming);
     }
 
     /// What became of the `BEGIN` armed last; disarms it if it was not sent.
@@ -404,6 +576,8 @@ impl Driver {
             mut ended,
             mut end_cause,
             statements,
+            naming: _,
+            descriptions: _,
             answered_at: _,
             gate: _,
             cancel: _,

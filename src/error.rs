@@ -103,6 +103,17 @@ pub enum Error {
     )]
     LeaseRevoked,
 
+    /// [`prepare`](crate::Guard::prepare) was called on a manager built
+    /// with [`statement_cache(false)`](crate::Builder::statement_cache):
+    /// it makes no named prepared statements, which a transaction pooler
+    /// (PgBouncer, Supavisor) does not carry from one server connection to
+    /// the next. Nothing was sent; a transaction is as it was. Pass the SQL
+    /// text to the statement methods instead.
+    #[error(
+        "prepare() is not available with statement_cache(false) (named statements do not survive a transaction pooler); pass the SQL text instead"
+    )]
+    PreparedStatementsOff,
+
     /// The connection was not free within the time given. Nothing was done.
     #[error("timed out after {0:?} waiting for the connection")]
     LockTimeout(Duration),

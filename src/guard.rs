@@ -175,8 +175,11 @@ impl<'m> Guard<'m> {
     ///
     /// [`Error::TransactionControl`](crate::Error::TransactionControl) if
     /// `query` is `BEGIN`, `COMMIT` or the like (a prepared statement could
-    /// later run inside a transaction, where it would end it); otherwise as
-    /// [`execute`](Self::execute).
+    /// later run inside a transaction, where it would end it);
+    /// [`Error::PreparedStatementsOff`](crate::Error::PreparedStatementsOff)
+    /// on a manager built with
+    /// [`statement_cache(false)`](crate::Builder::statement_cache), before
+    /// anything is sent; otherwise as [`execute`](Self::execute).
     pub fn prepare(&mut self, query: &str) -> Result<Statement> {
         self.conn().prepare(query)
     }

@@ -9,7 +9,7 @@ use crate::control;
 use crate::error::{Error, Result};
 use crate::session::{Active, Sends};
 use crate::shared::{Cause, Shared};
-use crate::statements::{Sql, ToStatement};
+use crate::statements::{Naming, Sql, ToStatement};
 use crate::status::TransactionStatus;
 use crate::{Row, Statement};
 
@@ -149,7 +149,7 @@ impl Conn<'_> {
     {
         self.with_session(|s| {
             self.check(s, query)?;
-            s.cached_statement(query, |d, st| d.run(|c| c.execute(st, params)))
+            s.cached_statement(query, params.len(), |d, target| d.execute(target, params))
         })
     }
 
@@ -159,7 +159,7 @@ impl Conn<'_> {
     {
         self.with_session(|s| {
             self.check(s, query)?;
-            s.cached_statement(query, |d, st| d.run(|c| c.query(st, params)))
+            s.cached_statement(query, params.len(), |d, target| d.query(target, params))
         })
     }
 
@@ -169,7 +169,7 @@ impl Conn<'_> {
     {
         self.with_session(|s| {
             self.check(s, query)?;
-            s.cached_statement(query, |d, st| d.run(|c| c.query_one(st, params)))
+            s.cached_statement(query, params.len(), |d, target| d.query_one(target, params))
         })
     }
 
@@ -183,7 +183,7 @@ impl Conn<'_> {
     {
         self.with_session(|s| {
             self.check(s, query)?;
-            s.cached_statement(query, |d, st| d.run(|c| c.query_opt(st, params)))
+            s.cached_statement(query, params.len(), |d, target| d.query_opt(target, params))
         })
     }
 
@@ -196,9 +196,13 @@ impl Conn<'_> {
 
     /// Prepares `query`. Transaction control is refused everywhere, guards
     /// included: a prepared statement can be run inside a transaction
-    /// later, where its text is no longer checked.
+    /// later, where its text is no longer checked. Refused altogether
+    /// without a statement cache (nothing is named then).
     pub(crate) fn prepare(&self, query: &str) -> Result<Statement> {
         self.with_session(|s| {
+            if s.naming() == Naming::Unnamed {
+                return Err(Error::PreparedStatementsOff);
+            }
             refuse_control(s, query)?;
             s.statement(Sends::Parse, |d| d.run(|c| c.prepare(query)))
         })

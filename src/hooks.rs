@@ -6,9 +6,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::config::Settings;
-use crate::driver::Driver;
+use crate::driver::{Driver, Target};
 use crate::error::{Error, Result};
-use crate::statements::{Sql, ToStatement};
+use crate::statements::{Naming, Params, Sql, ToStatement};
 use crate::types::ToSql;
 use crate::wire::ServerStatus;
 use crate::{Row, Statement};
@@ -46,6 +46,12 @@ pub(crate) type OnReconnect = Hook;
 /// Statements run in autocommit mode, one by one, as on a [`Guard`](crate::Guard).
 /// The hook must leave no transaction block open: a connection handed back
 /// inside one is closed and the attempt fails with [`Error::OnConnect`].
+///
+/// With [`statement_cache(false)`](crate::Builder::statement_cache) they
+/// run on the unnamed statement, and `prepare` is refused. Through a
+/// transaction pooler, mind that the hook's session settings (`SET`) land
+/// on whichever server connection the pooler lends for that statement,
+/// which other clients then share (see the builder option).
 pub struct NewConnection<'a> {
     driver: &'a mut Driver,
 }
@@ -81,7 +87,10 @@ impl NewConnection<'_> {
             Sql::Prepared(statement) => {
                 self.run(|driver| driver.run(|c| c.execute(statement, params)))
             }
-            Sql::Text(sql) => self.run(|driver| driver.run(|c| c.execute(sql, params))),
+            Sql::Text(sql) => self.run(|driver| match driver.naming() {
+                Naming::Cached => driver.run(|c| c.execute(sql, params)),
+                Naming::Unnamed => unnamed(driver, sql, params, Driver::execute),
+            }),
         }
     }
 
@@ -98,7 +107,10 @@ impl NewConnection<'_> {
             Sql::Prepared(statement) => {
                 self.run(|driver| driver.run(|c| c.query(statement, params)))
             }
-            Sql::Text(sql) => self.run(|driver| driver.run(|c| c.query(sql, params))),
+            Sql::Text(sql) => self.run(|driver| match driver.naming() {
+                Naming::Cached => driver.run(|c| c.query(sql, params)),
+                Naming::Unnamed => unnamed(driver, sql, params, Driver::query),
+            }),
         }
     }
 
@@ -116,7 +128,10 @@ impl NewConnection<'_> {
             Sql::Prepared(statement) => {
                 self.run(|driver| driver.run(|c| c.query_one(statement, params)))
             }
-            Sql::Text(sql) => self.run(|driver| driver.run(|c| c.query_one(sql, params))),
+            Sql::Text(sql) => self.run(|driver| match driver.naming() {
+                Naming::Cached => driver.run(|c| c.query_one(sql, params)),
+                Naming::Unnamed => unnamed(driver, sql, params, Driver::query_one),
+            }),
         }
     }
 
@@ -125,8 +140,13 @@ impl NewConnection<'_> {
     ///
     /// # Errors
     ///
-    /// As [`batch_execute`](Self::batch_execute).
+    /// [`Error::PreparedStatementsOff`] with
+    /// [`statement_cache(false)`](crate::Builder::statement_cache), before
+    /// anything is sent; otherwise as [`batch_execute`](Self::batch_execute).
     pub fn prepare(&mut self, sql: &str) -> Result<Statement> {
+        if self.driver.naming() == Naming::Unnamed {
+            return Err(Error::PreparedStatementsOff);
+        }
         self.run(|driver| driver.run(|c| c.prepare(sql)))
     }
 
@@ -158,9 +178,10 @@ impl fmt::Debug for NewConnection<'_> {
 /// As `Driver::open`, and [`Error::OnConnect`] if the hook failed.
 pub(crate) fn open_with_hook(
     settings: &Settings,
+    naming: Naming,
     on_connect: Option<&OnConnect>,
 ) -> Result<Driver> {
-    let mut driver = Driver::open(settings)?;
+    let mut driver = Driver::open(settings, naming)?;
     if let Some(hook) = on_connect
         && let Err(e) = run_on_connect(hook, &mut driver)
     {
@@ -169,6 +190,24 @@ pub(crate) fn open_with_hook(
         return Err(e);
     }
     Ok(driver)
+}
+
+/// Runs SQL text on the unnamed statement (see `Driver::describe`).
+fn unnamed<T>(
+    driver: &mut Driver,
+    sql: &str,
+    params: Params<'_>,
+    run: impl FnOnce(&mut Driver, Target<'_>, Params<'_>) -> Result<T, postgres::Error>,
+) -> Result<T, postgres::Error> {
+    let types = match params.len() {
+        0 => None,
+        _ => Some(driver.describe(sql)?),
+    };
+    run(
+        driver,
+        Target::Unnamed(sql, types.as_deref().unwrap_or_default()),
+        params,
+    )
 }
 
 /// Runs `hook` on the connection `driver` just opened.

@@ -222,6 +222,27 @@
 //! # Ok::<(), pgtx::Error>(())
 //! ```
 //!
+//! # Transaction poolers (PgBouncer, Supavisor)
+//!
+//! Behind a pooler in transaction mode, build the manager with
+//! [`Builder::statement_cache(false)`](Builder::statement_cache): statements
+//! then run on the unnamed statement, which nothing carries from one
+//! server connection to the next, and `BEGIN` still travels with the first
+//! statement. Session state (`SET`, `LISTEN`, temporary tables, session
+//! advisory locks) cannot work through such a pooler; the builder option
+//! lists what does.
+//!
+//! ```no_run
+//! let manager = pgtx::ManagedConnection::builder("host=localhost port=6432 dbname=app")
+//!     .statement_cache(false)
+//!     .build()?;
+//! manager.transaction(|mut tx| {
+//!     tx.execute("UPDATE counter SET n = n + $1", &[&1_i64])?;
+//!     tx.commit()
+//! })?;
+//! # Ok::<(), pgtx::Error>(())
+//! ```
+//!
 //! # Features
 //!
 //! - `tls` (default): TLS connections with rustls, for every `sslmode`
@@ -263,6 +284,7 @@ mod status;
 mod track;
 pub mod two_phase;
 mod tx;
+mod unnamed;
 mod wire;
 
 pub use crate::cancel::CancelHandle;

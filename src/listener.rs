@@ -15,6 +15,7 @@ use crate::driver::Driver;
 use crate::error::{Error, Result, describe};
 use crate::ident::{channel_problem, quote_identifier};
 use crate::reconnect::{Next, Outage, ReconnectPolicy};
+use crate::statements::Naming;
 
 /// PostgreSQL refuses notification payloads of this many bytes or more.
 const MAX_PAYLOAD: usize = 8000;
@@ -192,7 +193,7 @@ impl Listener {
 
     /// Connects with `settings`.
     pub(crate) fn open(settings: Settings) -> Result<Listener> {
-        let driver = Driver::open(&settings)?;
+        let driver = Driver::open(&settings, Naming::Cached)?;
         Ok(Listener {
             settings,
             policy: ReconnectPolicy::default(),
@@ -633,7 +634,7 @@ fn check_channel(channel: &str) -> Result<()> {
 
 /// A new connection listening to `channels`, all in one round trip.
 fn open_listening(settings: &Settings, channels: &[String]) -> Result<Driver> {
-    let mut driver = Driver::open(settings)?;
+    let mut driver = Driver::open(settings, Naming::Cached)?;
     if channels.is_empty() {
         return Ok(driver);
     }

@@ -21,6 +21,7 @@ use crate::scope;
 use crate::session::Connecting;
 use crate::shared::{OnRelease, Shared};
 use crate::state::{Done, Open};
+use crate::statements::Naming;
 use crate::status::TransactionStatus;
 use crate::tx::Tx;
 
@@ -99,6 +100,7 @@ pub struct Builder {
     reconnect: Option<ReconnectPolicy>,
     /// Set by a pool for its connections.
     on_release: Option<OnRelease>,
+    statement_cache: bool,
 }
 
 impl fmt::Debug for Builder {
@@ -114,6 +116,7 @@ impl fmt::Debug for Builder {
             .field("on_connect", &self.on_connect.as_ref().map(|_| "<hook>"))
             .field("on_reconnect", &self.on_reconnect.len())
             .field("reconnect", &self.reconnect)
+            .field("statement_cache", &self.statement_cache)
             .finish()
     }
 }
@@ -228,6 +231,82 @@ impl Builder {
         self
     }
 
+    /// Whether SQL text is prepared once per connection under a name and
+    /// reused (`true`, the default), or runs on the unnamed statement every
+    /// time (`false`), for a transaction pooler between pgtx and the server:
+    /// PgBouncer with `pool_mode = transaction`, Supavisor or pgcat in
+    /// transaction mode, and the like.
+    ///
+    /// Such a pooler lends a client a server connection for one
+    /// transaction block (and, outside one, for one Sync group of the
+    /// extended protocol) and then gives it to another client. A named
+    /// prepared statement stays behind on the server connection that
+    /// prepared it, so running it again from another one fails with
+    /// "prepared statement … does not exist" (or, when another client's
+    /// name was left there, "already exists"). Debian's PgBouncer 1.18 does
+    /// not carry them over (PgBouncer 1.21's `max_prepared_statements`
+    /// does).
+    ///
+    /// With `false`:
+    ///
+    /// - each statement is Parse, Bind, Describe and Execute of the unnamed
+    ///   statement in one Sync group: one round trip, nothing left behind.
+    ///   The types of a text's parameters are looked up the first time it
+    ///   runs on a connection (two more round trips, in a transaction block
+    ///   of their own so that the pooler keeps one server connection for
+    ///   them; none for a text run without parameters) and remembered;
+    /// - `BEGIN` still goes in the same write and Sync group as the
+    ///   transaction's first statement (as the unnamed statement, which
+    ///   the statement's own Parse replaces once `BEGIN` ran), so a refused
+    ///   `BEGIN` still stops the statement; `COMMIT` goes as a simple query;
+    /// - [`Guard::prepare`] (and [`Tx::prepare`], [`NewConnection::prepare`])
+    ///   returns [`Error::PreparedStatementsOff`]: pass the SQL text.
+    ///
+    /// With `true` (the default), statements, `BEGIN` and `COMMIT` are
+    /// named prepared statements, which saves the server parsing them
+    /// again: use it on a direct connection or a session-pooled one.
+    ///
+    /// # What a transaction pooler breaks anyway
+    ///
+    /// Whatever this is set to, every transaction, and every autocommit
+    /// statement of a [`Guard`], may run on another server session:
+    ///
+    /// - session state does not follow the client, and is left behind for
+    ///   other clients to inherit: `SET` (use `SET LOCAL` in a
+    ///   transaction, or settings on the role or database), including those
+    ///   of an [`on_connect`](Self::on_connect) hook; temporary tables;
+    ///   session advisory locks (`pg_advisory_xact_lock` works);
+    ///   `WITH HOLD` cursors;
+    /// - `LISTEN`: a [`Listener`] needs a direct (or session-pooled)
+    ///   connection, `Listener::connect(direct_dsn)`;
+    ///   [`ManagedConnection::listener`] connects with this manager's
+    ///   settings;
+    /// - user-defined types (enums, composites, domains) in parameters or
+    ///   columns: tokio-postgres looks them up with named statements of
+    ///   its own; cast them from and to built-in types (`$1::text::mood`,
+    ///   `mood::text`).
+    ///
+    /// What works: transactions, savepoints,
+    /// [`transaction_retrying`](ManagedConnection::transaction_retrying)
+    /// and autocommit statements; rolling back a dropped or forgotten
+    /// transaction (the server connection stays lent until its `ROLLBACK`);
+    /// [`CancelHandle`] (PgBouncer forwards a cancel request to the server
+    /// connection the client has at that moment).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // PgBouncer (pool_mode = transaction) listening on port 6432.
+    /// let manager = pgtx::ManagedConnection::builder("host=localhost port=6432 user=app")
+    ///     .statement_cache(false)
+    ///     .build()?;
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn statement_cache(mut self, on: bool) -> Self {
+        self.statement_cache = on;
+        self
+    }
+
     /// Parses the settings and builds the manager. Does not connect.
     ///
     /// # Errors
@@ -243,6 +322,11 @@ impl Builder {
                     on_connect: self.on_connect,
                     on_reconnect: self.on_reconnect,
                     reconnector: self.reconnect.map(Reconnector::new),
+                    naming: if self.statement_cache {
+                        Naming::Cached
+                    } else {
+                        Naming::Unnamed
+                    },
                 },
                 self.on_release,
             ),
@@ -277,6 +361,7 @@ impl ManagedConnection {
             on_reconnect: Vec::new(),
             reconnect: None,
             on_release: None,
+            statement_cache: true,
         }
     }
 

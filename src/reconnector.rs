@@ -21,6 +21,7 @@ use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::hooks::{NewConnection, OnConnect, OnReconnect, open_with_hook};
 use crate::reconnect::{Next, Outage, ReconnectPolicy};
+use crate::statements::Naming;
 
 /// The reconnection of one manager: its policy and the outage in progress.
 pub(crate) struct Reconnector {
@@ -149,6 +150,7 @@ impl Reconnector {
         since: Instant,
         error: &Error,
         settings: &Settings,
+        naming: Naming,
         on_connect: Option<&OnConnect>,
         on_reconnect: &[OnReconnect],
     ) {
@@ -172,6 +174,7 @@ impl Reconnector {
         let job = Job {
             watch: self.watch.clone(),
             settings: settings.clone(),
+            naming,
             on_connect: on_connect.cloned(),
             on_reconnect: on_reconnect.to_vec(),
             outage,
@@ -203,6 +206,7 @@ impl Reconnector {
 struct Job {
     watch: Arc<Watch>,
     settings: Settings,
+    naming: Naming,
     on_connect: Option<OnConnect>,
     on_reconnect: Vec<OnReconnect>,
     outage: Outage,
@@ -215,7 +219,7 @@ impl Job {
                 return;
             }
             self.outage.attempting();
-            match open_with_hook(&self.settings, self.on_connect.as_ref()) {
+            match open_with_hook(&self.settings, self.naming, self.on_connect.as_ref()) {
                 Ok(mut driver) => {
                     log::info!(
                         "pgtx: reconnected after {:?} and {} attempt(s)",

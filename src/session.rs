@@ -15,14 +15,13 @@ use std::time::Duration;
 use parking_lot::{Mutex, MutexGuard};
 use postgres::error::{DbError, SqlState};
 
-use crate::Statement;
 use crate::cancel::CancelCell;
 use crate::config::Settings;
-use crate::driver::Driver;
+use crate::driver::{Driver, Target};
 use crate::error::{Error, Result};
 use crate::hooks::{OnConnect, OnReconnect, open_with_hook};
 use crate::reconnector::{Reconnector, Status, run_recovery_handlers};
-use crate::statements::{Sql, ToStatement};
+use crate::statements::{Naming, Sql, ToStatement};
 use crate::status::{StatusCell, TransactionStatus};
 use crate::track::{CommitPlan, Machine, PreparePlan, Refusal, Reply, Track};
 use crate::wire::{BeginOutcome, ServerStatus};
@@ -56,13 +55,14 @@ struct Slot {
     failure: Option<Box<DbError>>,
 }
 
-/// How new connections are made: the hooks and the reconnection policy
-/// the [`Builder`](crate::Builder) was given.
+/// How new connections are made: the hooks, the reconnection policy and
+/// how SQL text runs, as the [`Builder`](crate::Builder) was given them.
 #[derive(Default)]
 pub(crate) struct Connecting {
     pub(crate) on_connect: Option<OnConnect>,
     pub(crate) on_reconnect: Vec<OnReconnect>,
     pub(crate) reconnector: Option<Reconnector>,
+    pub(crate) naming: Naming,
 }
 
 pub(crate) struct Session {
@@ -190,7 +190,11 @@ impl Active<'_> {
             }
         }
         let since = std::time::Instant::now();
-        match open_with_hook(self.settings, connecting.on_connect.as_ref()) {
+        match open_with_hook(
+            self.settings,
+            connecting.naming,
+            connecting.on_connect.as_ref(),
+        ) {
             Ok(mut driver) => {
                 if self.slot.lost {
                     run_recovery_handlers(&connecting.on_reconnect, &mut driver);
@@ -207,6 +211,7 @@ impl Active<'_> {
                         since,
                         &e,
                         self.settings,
+                        connecting.naming,
                         connecting.on_connect.as_ref(),
                         &connecting.on_reconnect,
                     );
@@ -229,6 +234,11 @@ impl Active<'_> {
     /// transaction, taken.
     pub(crate) fn take_failure(&mut self) -> Option<Box<DbError>> {
         self.slot.failure.take()
+    }
+
+    /// How SQL text runs on this session's connections.
+    pub(crate) fn naming(&self) -> Naming {
+        self.connecting.naming
     }
 
     /// Whether a transaction block is (or was, before the connection broke)
@@ -312,8 +322,9 @@ impl Active<'_> {
         result
     }
 
-    /// Runs one statement given as SQL text or a prepared statement. Text is
-    /// prepared once per connection (see `Driver::prepare_cached`).
+    /// Runs one statement given as SQL text or a prepared statement, with
+    /// `params` parameters. Text is prepared once per connection (see
+    /// `Driver::prepare_cached`).
     ///
     /// A cached statement can go stale where freshly prepared text would not:
     /// a table's columns changed ("cached plan must not change result type")
@@ -321,24 +332,33 @@ impl Active<'_> {
     /// transaction, the statement is prepared again and retried once (the
     /// server ran nothing). Inside a transaction the error has aborted it,
     /// as any statement error does.
+    ///
+    /// With [`Naming::Unnamed`], text runs on the unnamed statement (see
+    /// [`Active::unnamed_statement`]).
     pub(crate) fn cached_statement<Q, T>(
         &mut self,
         query: &Q,
-        mut request: impl FnMut(&mut Driver, &Statement) -> Result<T, postgres::Error>,
+        params: usize,
+        mut request: impl FnMut(&mut Driver, Target<'_>) -> Result<T, postgres::Error>,
     ) -> Result<T>
     where
         Q: ?Sized + ToStatement,
     {
         let sql = match query.sql() {
             Sql::Prepared(statement) => {
-                return self.statement(Sends::Bind, |driver| request(driver, statement));
+                return self.statement(Sends::Bind, |driver| {
+                    request(driver, Target::Prepared(statement))
+                });
             }
             Sql::Text(sql) => sql,
         };
+        if self.naming() == Naming::Unnamed {
+            return self.unnamed_statement(sql, params, request);
+        }
         let may_retry = !self.in_transaction();
         self.statement(Sends::Bind, |driver| {
             let statement = driver.prepare_cached(sql)?;
-            match request(driver, &statement) {
+            match request(driver, Target::Prepared(&statement)) {
                 Err(e) if is_stale(&e) && !driver.has_ended() => {
                     log::debug!("pgtx: cached statement is stale ({e}); emptying the cache");
                     driver.forget_statements();
@@ -346,7 +366,42 @@ impl Active<'_> {
                         return Err(e);
                     }
                     let statement = driver.prepare_cached(sql)?;
-                    request(driver, &statement)
+                    request(driver, Target::Prepared(&statement))
+                }
+                result => result,
+            }
+        })
+    }
+
+    /// Runs SQL text on the unnamed statement, with `params` parameters:
+    /// their types are looked up once per connection (`Driver::describe`;
+    /// not at all when there are none).
+    ///
+    /// Remembered types can go stale (a column changed type). When the
+    /// error says they may have (see [`may_be_stale_types`]), they are
+    /// looked up again, and if they changed the statement runs again, once.
+    fn unnamed_statement<T>(
+        &mut self,
+        sql: &str,
+        params: usize,
+        mut request: impl FnMut(&mut Driver, Target<'_>) -> Result<T, postgres::Error>,
+    ) -> Result<T> {
+        let may_retry = !self.in_transaction();
+        self.statement(Sends::Bind, |driver| {
+            if params == 0 {
+                return request(driver, Target::Unnamed(sql, &[]));
+            }
+            let known = driver.has_description(sql);
+            let types = driver.describe(sql)?;
+            match request(driver, Target::Unnamed(sql, &types)) {
+                Err(e) if known && may_be_stale_types(&e, may_retry) && !driver.has_ended() => {
+                    driver.forget_description(sql);
+                    let fresh = driver.describe(sql)?;
+                    if fresh == types {
+                        return Err(e);
+                    }
+                    log::debug!("pgtx: parameter types changed ({e}); running it again");
+                    request(driver, Target::Unnamed(sql, &fresh))
                 }
                 result => result,
             }
@@ -399,6 +454,10 @@ impl Active<'_> {
             return Err(Error::ConnectionLost(None));
         };
         self.status.set(TransactionStatus::Active);
+        if driver.naming() == Naming::Unnamed {
+            let sent = driver.run(|client| client.batch_execute("COMMIT"));
+            return self.committed(sent);
+        }
         // A prepared COMMIT saves the server parsing it each time (prepared
         // once per connection; `DISCARD ALL` and `DEALLOCATE`, which would
         // drop it, empty the cache).
@@ -416,8 +475,18 @@ impl Active<'_> {
                 return Err(Error::Db(e));
             }
         };
-        match driver.run(|client| client.execute(&commit, &[])) {
-            Ok(_) => {
+        let sent = driver.run(|client| client.execute(&commit, &[])).map(drop);
+        self.committed(sent)
+    }
+
+    /// Follows what the server answered to `COMMIT`.
+    fn committed(&mut self, sent: Result<(), postgres::Error>) -> Result<()> {
+        let Some(driver) = self.slot.driver.as_mut() else {
+            self.publish();
+            return Err(Error::ConnectionLost(None));
+        };
+        match sent {
+            Ok(()) => {
                 self.publish();
                 Ok(())
             }
@@ -470,7 +539,7 @@ impl Active<'_> {
     pub(crate) fn savepoint(&mut self) -> Result<u32> {
         let depth = self.slot.machine.depth + 1;
         let sql = format!("SAVEPOINT {}", savepoint_name(depth));
-        self.cached_statement(sql.as_str(), |d, st| d.run(|c| c.execute(st, &[])))?;
+        self.cached_statement(sql.as_str(), 0, |d, target| d.execute(target, &[]))?;
         self.slot.machine.depth = depth;
         Ok(depth)
     }
@@ -486,7 +555,7 @@ impl Active<'_> {
             return Err(Error::TransactionAborted(first));
         }
         let sql = format!("RELEASE SAVEPOINT {}", savepoint_name(depth));
-        let result = self.cached_statement(sql.as_str(), |d, st| d.run(|c| c.execute(st, &[])));
+        let result = self.cached_statement(sql.as_str(), 0, |d, target| d.execute(target, &[]));
         self.slot.machine.depth = depth.saturating_sub(1).min(self.slot.machine.depth);
         result.map(drop)
     }
@@ -674,6 +743,25 @@ fn escaped() -> Error {
         "a statement ended the transaction block on the server; nothing after it was sent"
             .to_owned(),
     )
+}
+
+/// Whether `e` may come from parameter types remembered before a column
+/// changed type, so that looking them up again and, if they changed,
+/// running the statement again is right: a parameter that did not encode
+/// as the type (nothing was sent), or, when running it again is allowed
+/// (`may_retry`: outside a transaction), the server finding a type it did
+/// not expect.
+fn may_be_stale_types(e: &postgres::Error, may_retry: bool) -> bool {
+    use std::error::Error as _;
+    if e.source()
+        .is_some_and(|s| s.is::<postgres::types::WrongType>())
+    {
+        return true;
+    }
+    may_retry
+        && e.code().is_some_and(|code| {
+            *code == SqlState::DATATYPE_MISMATCH || *code == SqlState::UNDEFINED_FUNCTION
+        })
 }
 
 /// Whether `e` says a prepared statement no longer fits the database (so it

@@ -1,6 +1,10 @@
 //! What the statement methods accept as a statement.
 
 use crate::Statement;
+use crate::types::ToSql;
+
+/// The parameters of one statement, as the statement methods take them.
+pub(crate) type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
 /// SQL text (`str`, `String`) or a [`Statement`] from `prepare`: what the
 /// statement methods accept.
@@ -10,6 +14,12 @@ use crate::Statement;
 /// trip, as a prepared [`Statement`] does. The cache belongs to the
 /// connection and is emptied when it is replaced.
 ///
+/// On a manager built with
+/// [`statement_cache(false)`](crate::Builder::statement_cache) (for
+/// transaction poolers), text is parsed again each time it runs, as the
+/// unnamed statement, still in one round trip; only its parameters' types
+/// are remembered per connection.
+///
 /// This trait is sealed: only the types above implement it.
 pub trait ToStatement: sealed::Sealed {}
 
@@ -18,6 +28,19 @@ impl ToStatement for String {}
 impl ToStatement for Statement {}
 
 pub(crate) use sealed::Sql;
+
+/// How a connection runs SQL text ([`Builder::statement_cache`](crate::Builder::statement_cache)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Naming {
+    /// Each text is prepared once per connection under a name of its own
+    /// and bound by that name afterwards; `BEGIN` and `COMMIT` too.
+    #[default]
+    Cached,
+    /// Only the unnamed statement, parsed again in every Sync group: nothing
+    /// outlives the group that made it, so a transaction pooler may hand
+    /// each group (outside a transaction) another server connection.
+    Unnamed,
+}
 
 pub(crate) mod sealed {
     /// What the statement methods were given.

@@ -166,7 +166,8 @@ impl<'m> Tx<'m, Open> {
     ///
     /// # Errors
     ///
-    /// As [`execute`](Self::execute).
+    /// As [`Guard::prepare`](crate::Guard::prepare) (the transaction is as
+    /// it was when nothing was sent), and as [`execute`](Self::execute).
     pub fn prepare(&mut self, query: &str) -> Result<Statement> {
         self.conn().prepare(query)
     }

@@ -9,7 +9,10 @@
 //! server skips every message up to the Sync. So the tap
 //!
 //! 1. writes `BEGIN`'s Parse/Bind/Execute in front of the first Bind that
-//!    follows [`Tap::arm_begin`], in the same write;
+//!    follows [`Tap::arm_begin`], in the same write (with
+//!    [`Naming::Unnamed`], `BEGIN` is parsed as the unnamed statement, in
+//!    front of the first Parse or Bind: the statement's own Parse of the
+//!    unnamed statement then replaces it, after it ran);
 //! 2. takes the three answers to them (ParseComplete, BindComplete,
 //!    CommandComplete) out of what `tokio-postgres` reads, which then sees
 //!    exactly the answers to the request it sent; when the server refused
@@ -31,6 +34,8 @@ use std::task::{Context, Poll, ready};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, TlsStream};
+
+use crate::statements::Naming;
 
 /// The server's transaction status, from its last ReadyForQuery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +105,8 @@ struct TapState {
 /// `BEGIN`'s messages for the next Bind, and what they prepare.
 struct Armed {
     messages: Vec<u8>,
+    /// The message tags `messages` go in front of (the first one written).
+    before: &'static [u8],
     answers: &'static [u8],
     /// The statement text and name a Parse among the messages prepares.
     prepares: Option<(String, String)>,
@@ -141,21 +148,38 @@ impl Tap {
     /// Puts `begin` (a `BEGIN` statement) in front of the next Bind written:
     /// Bind/Execute of the statement prepared from it on this connection,
     /// preparing it (Parse, in the same messages) the first time.
-    pub(crate) fn arm_begin(&self, begin: &str) {
+    ///
+    /// With [`Naming::Unnamed`]: Parse of the unnamed statement, Bind and
+    /// Execute, every time, in front of the next Parse or Bind (a
+    /// statement's own Parse of the unnamed statement comes before its
+    /// Bind, and must follow `BEGIN`'s, which it replaces).
+    pub(crate) fn arm_begin(&self, begin: &str, naming: Naming) {
         let mut state = self.0.lock();
-        let armed = match state.begins.get(begin) {
-            Some(name) => Armed {
+        let armed = match (naming, state.begins.get(begin)) {
+            (Naming::Unnamed, _) => {
+                let mut messages = parse("", begin);
+                messages.extend(bind_execute(""));
+                Armed {
+                    messages,
+                    before: b"PB",
+                    answers: PARSE_BIND_EXECUTE,
+                    prepares: None,
+                }
+            }
+            (Naming::Cached, Some(name)) => Armed {
                 messages: bind_execute(name),
+                before: b"B",
                 answers: BIND_EXECUTE,
                 prepares: None,
             },
-            None => {
+            (Naming::Cached, None) => {
                 let name = format!("pgtx_begin_{}", state.names_used);
                 state.names_used += 1;
                 let mut messages = parse(&name, begin);
                 messages.extend(bind_execute(&name));
                 Armed {
                     messages,
+                    before: b"B",
                     answers: PARSE_BIND_EXECUTE,
                     prepares: Some((begin.to_owned(), name)),
                 }
@@ -170,6 +194,17 @@ impl Tap {
     /// must be prepared again.
     pub(crate) fn take_statements_dropped(&self) -> bool {
         std::mem::take(&mut self.0.lock().statements_dropped)
+    }
+
+    /// Holds the armed `BEGIN` back (if any) while `during` runs requests
+    /// that must not carry it, then arms it again if it was not sent.
+    pub(crate) fn hold_begin<T>(&self, during: impl FnOnce() -> T) -> T {
+        let held = self.0.lock().armed.take();
+        let result = during();
+        if held.is_some() {
+            self.0.lock().armed = held;
+        }
+        result
     }
 
     /// What became of the armed `BEGIN`; disarms it if it was not sent.
@@ -201,12 +236,14 @@ impl Tap {
 }
 
 impl TapState {
-    /// Where `BEGIN` goes in `buf`: before the first Bind that starts in it.
+    /// Where the armed `BEGIN` goes in `buf`: before the first message
+    /// starting in it whose tag it waits for (a Bind, or a Parse too).
     fn injection_point(&self, buf: &[u8]) -> Option<usize> {
+        let before = self.armed.as_ref()?.before;
         let mut framing = self.outgoing.clone();
         let mut at = 0;
         while at < buf.len() {
-            if framing.at_start() && buf[at] == b'B' {
+            if framing.at_start() && before.contains(&buf[at]) {
                 return Some(at);
             }
             at += framing.advance(&buf[at..]).consumed;
@@ -532,6 +569,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
         };
         let Armed {
             messages: begin,
+            before: _,
             answers,
             prepares,
         } = armed;
@@ -607,7 +645,7 @@ mod tests {
     #[test]
     fn begin_is_prepared_once_then_bound_by_name() {
         let tap = Tap::new();
-        tap.arm_begin("BEGIN");
+        tap.arm_begin("BEGIN", Naming::Cached);
         let first = tap.0.lock().armed.take().expect("armed");
         let mut expected = msg(b'P', b"pgtx_begin_0\0BEGIN\0\0\0");
         expected.extend(msg(b'B', b"\0pgtx_begin_0\0\0\0\0\0\0\0"));
@@ -626,7 +664,7 @@ mod tests {
         let answers = [msg(b'1', b""), msg(b'2', b""), msg(b'C', b"BEGIN\0")].concat();
         assert_eq!(state.read(&mut answers.clone()), 0);
         drop(state);
-        tap.arm_begin("BEGIN");
+        tap.arm_begin("BEGIN", Naming::Cached);
         let second = tap.0.lock().armed.take().expect("armed");
         let mut expected = msg(b'B', b"\0pgtx_begin_0\0\0\0\0\0\0\0");
         expected.extend(msg(b'E', &[0, 0, 0, 0, 0]));
@@ -634,7 +672,7 @@ mod tests {
         assert_eq!(second.answers, b"2C");
 
         // Another BEGIN text gets a name of its own.
-        tap.arm_begin("BEGIN READ ONLY");
+        tap.arm_begin("BEGIN READ ONLY", Naming::Cached);
         let other = tap.0.lock().armed.take().expect("armed");
         assert!(
             other
@@ -708,6 +746,7 @@ mod tests {
         let mut state = active();
         state.armed = Some(Armed {
             messages: bind_execute("pgtx_begin_0"),
+            before: b"B",
             answers: BIND_EXECUTE,
             prepares: None,
         });
@@ -722,6 +761,70 @@ mod tests {
         let mut tricky = msg(b'Q', b"B\0");
         tricky.extend(msg(b'B', b""));
         assert_eq!(state.injection_point(&tricky), Some(7));
+    }
+
+    #[test]
+    fn an_unnamed_begin_is_parsed_every_time_in_front_of_the_statements_parse() {
+        let tap = Tap::new();
+        tap.activate();
+        let mut expected = msg(b'P', b"\0BEGIN\0\0\0");
+        expected.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        expected.extend(msg(b'E', &[0, 0, 0, 0, 0]));
+        // What tokio-postgres' query_typed writes: Parse, Bind, Describe,
+        // Execute, Sync, all on the unnamed statement.
+        let mut statement = msg(b'P', b"\0SELECT 1\0\0\0");
+        let bind_at = statement.len();
+        statement.extend(msg(b'B', b"\0\0\0\0\0\0\0\x01\0\x01"));
+        statement.extend(msg(b'D', b"S\0"));
+        statement.extend(msg(b'E', b"\0\0\0\0\0"));
+        statement.extend(msg(b'S', b""));
+        for _ in 0..2 {
+            tap.arm_begin("BEGIN", Naming::Unnamed);
+            let mut state = tap.0.lock();
+            assert_eq!(
+                state.injection_point(&statement),
+                Some(0),
+                "before the Parse"
+            );
+            let armed = state.armed.take().expect("armed");
+            assert_eq!(armed.messages, expected, "no name, parsed again each time");
+            assert_eq!(armed.answers, b"12C");
+            state.strip = Some(Strip {
+                group: 0,
+                answers: armed.answers,
+                prepares: armed.prepares,
+            });
+            let answers = [msg(b'1', b""), msg(b'2', b""), msg(b'C', b"BEGIN\0")].concat();
+            assert_eq!(
+                state.read(&mut answers.clone()),
+                0,
+                "BEGIN's answers taken out"
+            );
+            assert!(state.begins.is_empty(), "nothing is remembered by name");
+            state.readies_read = 0;
+        }
+        // A cached BEGIN still waits for the Bind, after a Parse.
+        let mut state = active();
+        state.armed = Some(Armed {
+            messages: bind_execute("pgtx_begin_0"),
+            before: b"B",
+            answers: BIND_EXECUTE,
+            prepares: None,
+        });
+        assert_eq!(state.injection_point(&statement), Some(bind_at));
+    }
+
+    #[test]
+    fn a_held_begin_is_not_injected_and_is_armed_again_afterwards() {
+        let tap = Tap::new();
+        tap.arm_begin("BEGIN", Naming::Unnamed);
+        let during = tap.hold_begin(|| tap.0.lock().armed.is_some());
+        assert!(!during, "not armed while held");
+        assert!(tap.0.lock().armed.is_some(), "armed again");
+        // Nothing armed: nothing comes back.
+        let tap = Tap::new();
+        tap.hold_begin(|| ());
+        assert!(tap.0.lock().armed.is_none());
     }
 
     #[test]

@@ -192,6 +192,41 @@ fn a_one_statement_transaction_takes_two_writes() {
     assert_eq!(proxy.total_connections(), 1);
 }
 
+#[test]
+fn without_a_statement_cache_a_one_statement_transaction_takes_two_writes() {
+    let db = Db::new("lazy_two_writes_uncached");
+    let proxy = db.proxy();
+    let manager = ManagedConnection::builder(&db.dsn_via(proxy.addr()))
+        .statement_cache(false)
+        .build()
+        .expect("settings");
+    // The first run of a text with parameters looks their types up, once
+    // per connection.
+    let warm: i32 = manager
+        .transaction(|mut tx| -> Result<_, Error> {
+            let one: i32 = tx.query_one("SELECT $1::int", &[&1_i32])?.get(0);
+            Ok(tx.commit()?.returning(one))
+        })
+        .expect("warm-up");
+    assert_eq!(warm, 1);
+    let before = proxy.client_chunks();
+
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    let seven: i32 = tx
+        .query_one("SELECT $1::int", &[&7_i32])
+        .expect("select")
+        .get(0);
+    tx.commit().expect("commit").release();
+
+    assert_eq!(seven, 7);
+    assert_eq!(
+        proxy.client_chunks() - before,
+        2,
+        "BEGIN and the statement in one write, COMMIT in another"
+    );
+    assert_eq!(proxy.total_connections(), 1);
+}
+
 const SET_MARKER: &str = "SELECT set_config('pgtx.marker', 'ran', false)";
 
 /// The error of `BEGIN READ WRITE` on a standby.
@@ -231,6 +266,17 @@ fn assert_marker_never_set(manager: &ManagedConnection, pid: i32, context: &str)
 fn a_failed_begin_keeps_the_first_statement_from_running_at_all() {
     let server = TestServer::start_private_standby();
     let manager = ManagedConnection::new(&server.dsn()).expect("settings");
+    failed_begin_keeps_the_first_statement_from_running(&manager);
+    // The same without a statement cache, where BEGIN is parsed as the
+    // unnamed statement in front of the statement's own Parse.
+    let manager = ManagedConnection::builder(&server.dsn())
+        .statement_cache(false)
+        .build()
+        .expect("settings");
+    failed_begin_keeps_the_first_statement_from_running(&manager);
+}
+
+fn failed_begin_keeps_the_first_statement_from_running(manager: &ManagedConnection) {
     let read_write = TxOptions::new().read_only(false);
 
     let mut guard = manager.lock().expect("lock");
@@ -262,7 +308,7 @@ fn a_failed_begin_keeps_the_first_statement_from_running_at_all() {
         }
     };
     assert_read_write_refused(&err, "guard form");
-    assert_marker_never_set(&manager, pid, "guard form");
+    assert_marker_never_set(manager, pid, "guard form");
 
     // Closure form.
     let err = manager
@@ -272,7 +318,7 @@ fn a_failed_begin_keeps_the_first_statement_from_running_at_all() {
         })
         .expect_err("BEGIN READ WRITE fails on a standby");
     assert_read_write_refused(&err, "closure form");
-    assert_marker_never_set(&manager, pid, "closure form");
+    assert_marker_never_set(manager, pid, "closure form");
     assert_eq!(manager.unfinished_transactions(), 0);
 }
 

@@ -1,12 +1,14 @@
 //! The per-connection statement cache: SQL text is prepared once per
 //! connection, and a cached statement that no longer fits the database is
-//! prepared again instead of failing forever.
+//! prepared again instead of failing forever. Without it
+//! (`statement_cache(false)`), nothing is prepared by name, and parameter
+//! types that no longer fit are looked up again.
 
 mod common;
 
 use common::fixtures::Db;
 use common::server::TestServer;
-use pgtx::{Error, SqlState};
+use pgtx::{Error, ManagedConnection, SqlState};
 
 const COUNT_PREPARED: &str =
     "SELECT count(*) FROM pg_prepared_statements WHERE statement = 'SELECT $1::int4 + 1'";
@@ -144,4 +146,144 @@ fn statements_deallocated_by_the_user_are_prepared_again() {
         })
         .expect("prepared again");
     assert_eq!(three, 3);
+}
+
+// Without a statement cache (`Builder::statement_cache(false)`, for
+// transaction poolers): nothing is named, and text still runs correctly.
+
+fn unnamed(db: &Db) -> ManagedConnection {
+    ManagedConnection::builder(&db.dsn)
+        .statement_cache(false)
+        .build()
+        .expect("settings")
+}
+
+const COUNT_ANY_PREPARED: &str = "SELECT count(*) FROM pg_prepared_statements";
+
+#[test]
+fn without_a_statement_cache_nothing_is_prepared_by_name() {
+    let db = Db::new("uncached_nothing_named");
+    let manager = ManagedConnection::builder(&db.dsn)
+        .statement_cache(false)
+        .on_connect(|conn| {
+            conn.execute(
+                "SELECT set_config('application_name', $1, false)",
+                &[&"uncached"],
+            )?;
+            Ok(())
+        })
+        .build()
+        .expect("settings");
+    let mut guard = manager.lock().expect("lock");
+    for n in 0..3_i32 {
+        let row = guard
+            .query_one("SELECT $1::int4 + 1", &[&n])
+            .expect("select");
+        assert_eq!(row.get::<_, i32>(0), n + 1);
+    }
+    assert_eq!(
+        guard
+            .query_one("SELECT current_setting('application_name')", &[])
+            .expect("setting")
+            .get::<_, String>(0),
+        "uncached",
+        "the hook's statement ran"
+    );
+    let mut tx = guard.begin().expect("begin");
+    tx.execute("INSERT INTO items VALUES ($1, $2)", &[&1_i32, &"one"])
+        .expect("insert");
+    let mut sp = tx.savepoint().expect("savepoint");
+    sp.execute("INSERT INTO items VALUES ($1, $2)", &[&2_i32, &"two"])
+        .expect("insert in the savepoint");
+    sp.release().expect("release");
+    let mut sp = tx.savepoint().expect("savepoint");
+    sp.execute("INSERT INTO items VALUES ($1, $2)", &[&3_i32, &"three"])
+        .expect("insert in the savepoint");
+    sp.rollback().expect("rollback to the savepoint");
+    tx.commit().expect("commit").release();
+    assert_eq!(db.item_ids(), [1, 2]);
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    tx.execute("INSERT INTO items VALUES ($1, $2)", &[&4_i32, &"four"])
+        .expect("insert");
+    tx.rollback().expect("rollback").release();
+    assert_eq!(db.item_ids(), [1, 2]);
+    let mut guard = manager.lock().expect("lock");
+    let prepared: i64 = guard
+        .query_one(COUNT_ANY_PREPARED, &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        prepared, 0,
+        "no statement, BEGIN or COMMIT was left prepared"
+    );
+}
+
+#[test]
+fn without_a_statement_cache_prepare_is_refused_and_the_transaction_goes_on() {
+    let db = Db::new("uncached_prepare");
+    let manager = unnamed(&db);
+    let mut guard = manager.lock().expect("lock");
+    let err = guard.prepare("SELECT 1").expect_err("refused");
+    assert!(matches!(err, Error::PreparedStatementsOff), "{err:?}");
+    let mut tx = guard.begin().expect("begin");
+    tx.execute("INSERT INTO items VALUES ($1, $2)", &[&1_i32, &"one"])
+        .expect("insert");
+    let err = tx.prepare("SELECT 1").expect_err("refused");
+    assert!(matches!(err, Error::PreparedStatementsOff), "{err:?}");
+    tx.commit().expect("the transaction goes on").release();
+    assert_eq!(db.item_ids(), [1]);
+}
+
+#[test]
+fn without_a_statement_cache_a_wrong_number_of_parameters_is_refused_before_sending() {
+    let db = Db::new("uncached_param_count");
+    let manager = unnamed(&db);
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    let err = tx
+        .query_one("SELECT $1::int4 + $2::int4", &[&1_i32])
+        .expect_err("one parameter short");
+    assert!(err.as_db_error().is_none(), "refused on this side: {err}");
+    assert!(
+        common::server::error_chain(&err).contains("expected 2 parameters but got 1"),
+        "{}",
+        common::server::error_chain(&err)
+    );
+    assert_eq!(tx.status(), pgtx::TransactionStatus::InTransaction);
+    tx.execute("INSERT INTO items VALUES ($1, $2)", &[&1_i32, &"one"])
+        .expect("the transaction is usable");
+    assert!(
+        db.item_ids().is_empty(),
+        "the insert ran outside the transaction: its BEGIN was lost"
+    );
+    tx.commit().expect("commit").release();
+    assert_eq!(db.item_ids(), [1]);
+}
+
+#[test]
+fn without_a_statement_cache_parameter_types_are_looked_up_again_when_a_column_changes_type() {
+    let db = Db::new("uncached_stale_types");
+    let manager = unnamed(&db);
+    const INSERT: &str = "INSERT INTO items VALUES ($1, $2)";
+    let mut guard = manager.lock().expect("lock");
+    guard.execute(INSERT, &[&1_i32, &"one"]).expect("insert");
+    db.admin()
+        .batch_execute("ALTER TABLE items ALTER COLUMN id TYPE bigint")
+        .expect("alter from another connection");
+    // The remembered type (int4) does not take an i64: looked up again.
+    guard
+        .execute(INSERT, &[&2_i64, &"two"])
+        .expect("described again in autocommit");
+    drop(guard);
+
+    db.admin()
+        .batch_execute("ALTER TABLE items ALTER COLUMN id TYPE int")
+        .expect("alter back");
+    // Inside a transaction too: nothing was sent before the retry.
+    manager
+        .transaction(|mut tx| {
+            tx.execute(INSERT, &[&3_i32, &"three"])?;
+            tx.commit()
+        })
+        .expect("described again in a transaction");
+    assert_eq!(db.item_ids(), [1, 2, 3]);
 }

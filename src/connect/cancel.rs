@@ -108,11 +108,16 @@ impl CancelTarget {
     }
 }
 
-/// A socket whose shutdown also waits for the peer to close: the server
+/// A socket whose shutdown waits for the peer to close instead: the server
 /// closes a cancel request's socket once it has signalled the backend.
+///
+/// Our side is not shut down (no FIN, as libpq's `PQcancel` sends none):
+/// PgBouncer forwards a cancel request only while the client's socket is
+/// open, and takes a half-closed one as the client gone ("client
+/// unexpected eof"), dropping the request.
 struct AwaitClose {
     socket: Socket,
-    /// Our side is shut down; what is left is reading to the end.
+    /// The request is flushed; what is left is reading to the end.
     shut: bool,
 }
 
@@ -141,7 +146,7 @@ impl AsyncWrite for AwaitClose {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.shut {
-            ready!(Pin::new(&mut self.socket).poll_shutdown(cx))?;
+            ready!(Pin::new(&mut self.socket).poll_flush(cx))?;
             self.shut = true;
         }
         // Read (and drop) whatever comes until the end of the stream.

@@ -6,6 +6,7 @@
 
 pub mod fixtures;
 pub mod logger;
+pub mod pgbouncer;
 pub mod proxy;
 pub mod server;
 
@@ -44,4 +45,24 @@ where
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run the test binary again")
+}
+
+/// Starts this test binary again, only the test `name`, in a cleared
+/// environment holding just `env`, without waiting for it: for tests that
+/// run several processes at once. Its output is piped.
+pub fn spawn_test<K, V>(name: &str, env: impl IntoIterator<Item = (K, V)>) -> std::process::Child
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    std::process::Command::new(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env_clear()
+        .envs(env)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the test binary again")
 }
