@@ -22,6 +22,8 @@ pub(crate) fn quote_identifier(name: &str) -> String {
     quoted
 }
 
+use crate::error::{Error, Result};
+
 /// PostgreSQL's longest identifier, in bytes (`NAMEDATALEN - 1`).
 pub(crate) const MAX_IDENTIFIER: usize = 63;
 
@@ -46,6 +48,32 @@ pub(crate) fn channel_problem(name: &str) -> Option<String> {
         Some("a NUL byte in the channel name".to_owned())
     } else {
         None
+    }
+}
+
+/// PostgreSQL refuses notification payloads of this many bytes or more.
+pub(crate) const MAX_PAYLOAD: usize = 8000;
+
+/// Why `payload` cannot be sent with `pg_notify`, if it cannot.
+pub(crate) fn payload_problem(payload: &str) -> Option<String> {
+    if payload.len() >= MAX_PAYLOAD {
+        Some(format!(
+            "the payload is {} bytes; PostgreSQL allows fewer than {MAX_PAYLOAD}",
+            payload.len()
+        ))
+    } else if payload.contains('\0') {
+        Some("a NUL byte in the payload".to_owned())
+    } else {
+        None
+    }
+}
+
+/// `Ok` if `channel` and `payload` (if given) can be sent, else
+/// [`Error::InvalidNotification`] saying why not.
+pub(crate) fn check_notification(channel: &str, payload: Option<&str>) -> Result<()> {
+    match channel_problem(channel).or_else(|| payload.and_then(payload_problem)) {
+        None => Ok(()),
+        Some(why) => Err(Error::InvalidNotification(why)),
     }
 }
 

@@ -13,12 +13,9 @@ use postgres::Notification;
 use crate::config::Settings;
 use crate::driver::Driver;
 use crate::error::{Error, Result, describe};
-use crate::ident::{channel_problem, quote_identifier};
+use crate::ident::{check_notification, quote_identifier};
 use crate::reconnect::{Next, Outage, ReconnectPolicy};
 use crate::statements::Naming;
-
-/// PostgreSQL refuses notification payloads of this many bytes or more.
-const MAX_PAYLOAD: usize = 8000;
 
 /// What a [`Listener`] delivers.
 #[derive(Debug, Clone)]
@@ -238,7 +235,7 @@ impl Listener {
     /// the name asked for.) [`Error::Db`] if the server refused it (a
     /// server in recovery). Either way the channel is not remembered.
     pub fn listen(&mut self, channel: &str) -> Result<()> {
-        check_channel(channel)?;
+        check_notification(channel, None)?;
         self.execute_control(&format!("LISTEN {}", quote_identifier(channel)))?;
         if !self.channels.iter().any(|c| c == channel) {
             self.channels.push(channel.to_owned());
@@ -259,7 +256,7 @@ impl Listener {
     /// connection that is down or breaks meanwhile is no error: the new
     /// session will not listen to it.
     pub fn unlisten(&mut self, channel: &str) -> Result<()> {
-        check_channel(channel)?;
+        check_notification(channel, None)?;
         self.execute_control(&format!("UNLISTEN {}", quote_identifier(channel)))?;
         self.channels.retain(|c| c != channel);
         self.discard_queued(|n| n.channel() == channel);
@@ -294,18 +291,7 @@ impl Listener {
     /// the connection is down or broke: nothing was sent, and the receiving
     /// methods reconnect.
     pub fn notify(&mut self, channel: &str, payload: &str) -> Result<()> {
-        check_channel(channel)?;
-        if payload.len() >= MAX_PAYLOAD {
-            return Err(Error::InvalidNotification(format!(
-                "the payload is {} bytes; PostgreSQL allows fewer than {MAX_PAYLOAD}",
-                payload.len()
-            )));
-        }
-        if payload.contains('\0') {
-            return Err(Error::InvalidNotification(
-                "a NUL byte in the payload".to_owned(),
-            ));
-        }
+        check_notification(channel, Some(payload))?;
         self.query(|driver| {
             driver
                 .run(|c| async move {
@@ -620,15 +606,6 @@ impl Listener {
                 }
             }
         }
-    }
-}
-
-/// `Ok` if `channel` can be a channel name, else
-/// [`Error::InvalidNotification`] saying why not.
-fn check_channel(channel: &str) -> Result<()> {
-    match channel_problem(channel) {
-        None => Ok(()),
-        Some(why) => Err(Error::InvalidNotification(why)),
     }
 }
 

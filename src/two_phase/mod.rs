@@ -17,6 +17,7 @@ use postgres::error::SqlState;
 
 use crate::error::{Error, Result};
 use crate::held::{Conn, Held, Ticket, Within};
+use crate::ident::check_notification;
 use crate::manager::ManagedConnection;
 use crate::shared::Shared;
 use crate::state::Open;
@@ -36,12 +37,6 @@ const CREATE_DECISIONS: &str = "CREATE TABLE IF NOT EXISTS pgtx_two_phase_decisi
 /// How often the second phase tries a participant whose connection broke
 /// (reconnecting each time) before it reports it in doubt.
 const SECOND_PHASE_TRIES: usize = 3;
-
-/// PostgreSQL refuses notification payloads of this many bytes or more.
-const MAX_PAYLOAD: usize = 8000;
-
-/// PostgreSQL's longest identifier, in bytes (`NAMEDATALEN - 1`).
-const MAX_CHANNEL: usize = 63;
 
 /// A distributed transaction: work on several connections that commits on
 /// all of them or on none, through PostgreSQL's `PREPARE TRANSACTION` and
@@ -441,25 +436,7 @@ impl<'m> TwoPhase<'m> {
     }
 
     fn add_notification(&mut self, via: Option<usize>, channel: &str, payload: &str) -> Result<()> {
-        let refuse = |why: String| Err(Error::InvalidNotification(why));
-        if channel.is_empty() {
-            return refuse("the channel name is empty".to_owned());
-        }
-        if channel.len() > MAX_CHANNEL {
-            return refuse(format!(
-                "the channel name is {} bytes; PostgreSQL allows {MAX_CHANNEL}",
-                channel.len()
-            ));
-        }
-        if payload.len() >= MAX_PAYLOAD {
-            return refuse(format!(
-                "the payload is {} bytes; PostgreSQL allows fewer than {MAX_PAYLOAD}",
-                payload.len()
-            ));
-        }
-        if channel.contains('\0') || payload.contains('\0') {
-            return refuse("a NUL byte in the channel or payload".to_owned());
-        }
+        check_notification(channel, Some(payload))?;
         self.notifications.push(Notification {
             via,
             channel: channel.to_owned(),
