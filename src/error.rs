@@ -377,14 +377,12 @@ impl Error {
     }
 
     /// A copy of a failure to connect, for an outage to report later (an
-    /// error is not `Clone`): the same variant and message; causes that
-    /// cannot be shared are kept as their messages.
+    /// error is not `Clone`). An outage begins only on [`Error::Connect`]
+    /// (copied whole) or [`Error::OnConnect`], whose hook error is kept as
+    /// its message.
     pub(crate) fn retell(&self) -> Error {
         match self {
             Error::Connect(e) => Error::Connect(e.clone()),
-            Error::Settings(e) => Error::Settings(e.clone()),
-            Error::OnConnect(e) => Error::OnConnect(e.to_string().into()),
-            Error::Runtime(e) => Error::Runtime(std::io::Error::new(e.kind(), e.to_string())),
             other => Error::OnConnect(other.to_string().into()),
         }
     }

@@ -26,7 +26,7 @@ use parking_lot::{Mutex, MutexGuard};
 /// would steal the CPU the server needs on a small box). The first waiter
 /// sleeps no longer than this, so a lease that stays free is still picked
 /// up within it.
-const FAIR_HANDOFF_AFTER: Duration = Duration::from_millis(1);
+pub(crate) const FAIR_HANDOFF_AFTER: Duration = Duration::from_millis(1);
 
 /// A holder that takes the lease back within this long after releasing it
 /// "took it straight back" (a loop of transactions, not work in between).
@@ -37,11 +37,11 @@ const STRAIGHT_BACK: Duration = Duration::from_micros(20);
 const BARGING: u8 = 2;
 
 /// How often a waiter looks at whether the holder has been abandoned.
-const ABANDON_POLL: Duration = Duration::from_millis(50);
+pub(crate) const ABANDON_POLL: Duration = Duration::from_millis(50);
 
 /// How long a waiter that is not first in line sleeps before looking again,
 /// in case a wake-up was missed.
-const BEHIND_POLL: Duration = Duration::from_secs(1);
+pub(crate) const BEHIND_POLL: Duration = Duration::from_secs(1);
 
 /// `activity` while a request is in flight: a busy holder is never idle.
 const BUSY: u64 = u64::MAX;
@@ -339,7 +339,7 @@ impl Lease {
     }
 
     /// Who holds the lease: `None` if nobody, else whether this thread does.
-    pub(crate) fn held_by_this_thread(&self) -> Option<bool> {
+    pub(crate) fn holder(&self) -> Option<bool> {
         let me = Identity::current();
         self.state
             .lock()

@@ -21,22 +21,15 @@ use crate::state::{Done, Open};
 use crate::status::TransactionStatus;
 use crate::tx::Tx;
 
-/// How long the first waiter sleeps before looking again when no release
-/// woke it: a holder may have been abandoned (see
-/// [`Builder::abandon_after`]), which only a look can tell.
-const FRONT_POLL: Duration = Duration::from_millis(50);
-
-/// How long a waiter further back sleeps before looking again, in case a
-/// wake-up was missed.
-const BEHIND_POLL: Duration = Duration::from_secs(1);
-
-/// How long the first waiter lets others take connections ahead of it.
-/// Until then a thread that releases a connection and asks again at once
-/// may take one straight back, without waking anyone: a thread switch per
-/// transaction costs more than the transaction on a busy machine. After
-/// it, a release wakes the first waiter, and nobody takes a connection
-/// before it (as the single connection's lease does).
-const FAIR_HANDOFF_AFTER: Duration = Duration::from_millis(1);
+// The line keeps the single connection's timing (see lease.rs): the first
+// waiter looks every `ABANDON_POLL` (a holder may have been abandoned,
+// which only a look can tell), the others every `BEHIND_POLL`; until the
+// first waiter has waited `FAIR_HANDOFF_AFTER`, a thread that releases a
+// connection and asks again may take one straight back without waking
+// anyone (a thread switch per transaction costs more than the
+// transaction); after it, a release wakes the first waiter and nobody
+// goes ahead of it.
+use crate::lease::{ABANDON_POLL as FRONT_POLL, BEHIND_POLL, FAIR_HANDOFF_AFTER};
 
 /// A pool of `size` [`ManagedConnection`]s behind one lock-like API:
 /// [`lock`](Self::lock) hands out a [`Guard`] on whichever connection is
@@ -415,7 +408,7 @@ impl Pool {
             statuses: Vec::with_capacity(self.members.len()),
         };
         for member in self.members.iter() {
-            let held = member.shared().held_by_this_thread().is_some();
+            let held = member.shared().holder().is_some();
             let status = member.status();
             if held {
                 state.in_use += 1;
@@ -508,7 +501,7 @@ impl Pool {
                 if (member.status() != TransactionStatus::Closed) != want_open {
                     continue;
                 }
-                if member.shared().held_by_this_thread() == Some(true) {
+                if member.shared().holder() == Some(true) {
                     mine.push(member);
                     continue;
                 }

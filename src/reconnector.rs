@@ -96,7 +96,7 @@ impl Reconnector {
 
     /// Whether an outage is in progress (one atomic load: for the fast
     /// path before the lock is taken).
-    pub(crate) fn is_down(&self) -> bool {
+    fn is_down(&self) -> bool {
         self.watch.down.load(Ordering::Acquire)
     }
 

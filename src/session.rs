@@ -170,8 +170,7 @@ impl Active<'_> {
                 }
                 None => log::info!("pgtx: connection closed while idle; reconnecting"),
             }
-            self.slot.driver = None;
-            self.slot.lost = true;
+            self.lose_connection();
         }
         let connecting = self.connecting;
         if let Some(reconnector) = &connecting.reconnector {
@@ -301,9 +300,7 @@ impl Active<'_> {
         };
         let reply = match &result {
             Err(Error::ConnectionLost(_)) => {
-                self.slot.driver = None;
-                self.slot.lost = true;
-                self.cancel.disconnected();
+                self.lose_connection();
                 Reply::Lost
             }
             other => Reply::Answered {
@@ -628,7 +625,7 @@ impl Active<'_> {
         };
         let reply = match &result {
             Err(Error::ConnectionLost(_)) => {
-                self.slot.driver = None;
+                self.lose_connection();
                 Reply::Lost
             }
             other => Reply::Answered {
@@ -666,7 +663,7 @@ impl Active<'_> {
         let result = match driver.run(|client| client.batch_execute(&sql)) {
             Err(e) if driver.has_ended() => {
                 let cause = driver.why_lost(e);
-                self.slot.driver = None;
+                self.lose_connection();
                 Err(Error::ConnectionLost(Some(cause)))
             }
             other => other.map_err(Error::Db),
@@ -691,11 +688,18 @@ impl Active<'_> {
         self.publish();
     }
 
-    /// Drops a connection that cannot be trusted any more.
-    fn discard(&mut self) {
+    /// The connection broke (or cannot be trusted): it is dropped, the next
+    /// one opened ends an outage (recovery handlers, `replaced`), and
+    /// cancel requests have nowhere to go.
+    fn lose_connection(&mut self) {
         self.slot.driver = None;
         self.slot.lost = true;
         self.cancel.disconnected();
+    }
+
+    /// Drops a connection that cannot be trusted any more.
+    fn discard(&mut self) {
+        self.lose_connection();
         self.slot.machine.reset();
         self.publish();
     }

@@ -182,8 +182,8 @@ impl Shared {
     }
 
     /// Who holds the connection: `None` if nobody, else whether this thread does.
-    pub(crate) fn held_by_this_thread(&self) -> Option<bool> {
-        self.lease.held_by_this_thread()
+    pub(crate) fn holder(&self) -> Option<bool> {
+        self.lease.holder()
     }
 
     /// A `transaction` scope takes over the lease of `epoch`.
