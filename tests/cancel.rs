@@ -26,13 +26,20 @@ fn running(db: &Db, sql: &str) -> bool {
         == 1
 }
 
-/// Cancels once `db`'s session runs `sql`; how long `cancel` took, and what it said.
+/// Cancels once `db`'s session runs `sql`; whether `cancel` said a
+/// statement was running.
 fn cancel_when_running(db: &Db, cancel: &CancelHandle, sql: &str) -> bool {
+    cancel_when_running_at(db, cancel, sql).0
+}
+
+/// As [`cancel_when_running`], and when the cancel was asked for.
+fn cancel_when_running_at(db: &Db, cancel: &CancelHandle, sql: &str) -> (bool, Instant) {
     assert!(
         eventually(Duration::from_secs(10), || running(db, sql)),
         "{sql} never started"
     );
-    cancel.cancel().expect("cancel delivered")
+    let asked = Instant::now();
+    (cancel.cancel().expect("cancel delivered"), asked)
 }
 
 #[test]
@@ -42,10 +49,7 @@ fn a_long_statement_is_cancelled_within_a_second_and_reported_as_cancelled() {
     let cancel = manager.cancel_handle();
     let sql = "SELECT pg_sleep(30)";
     let (outcome, took) = thread::scope(|s| {
-        let canceller = s.spawn(|| {
-            let delivered = cancel_when_running(&db, &cancel, sql);
-            (delivered, Instant::now())
-        });
+        let canceller = s.spawn(|| cancel_when_running_at(&db, &cancel, sql));
         let mut guard = manager.lock().expect("lock");
         let outcome = guard.execute(sql, &[]);
         let returned = Instant::now();
@@ -165,15 +169,17 @@ fn a_cancel_arriving_after_its_statement_ended_does_not_hit_the_next_one() {
             (first_outcome, next_outcome)
         });
         // The request is held; the first statement ends on the server.
-        assert!(eventually(Duration::from_secs(10), || proxy.is_holding()));
-        assert!(eventually(Duration::from_secs(10), || !running(&db, first)));
-        assert!(
-            !running(&db, next),
-            "nothing is sent while a cancel is on its way"
-        );
+        // The checks are recorded and asserted after the release, so that a
+        // failing one cannot leave the canceller stuck on the held request.
+        let held = eventually(Duration::from_secs(10), || proxy.is_holding());
+        let first_ended = eventually(Duration::from_secs(10), || !running(&db, first));
+        let next_waited = !running(&db, next);
         proxy.release();
         let delivered = canceller.join().expect("canceller");
         let (a, b) = worker.join().expect("worker");
+        assert!(held, "the cancel request never reached the proxy");
+        assert!(first_ended, "the first statement never ended");
+        assert!(next_waited, "nothing is sent while a cancel is on its way");
         (a, b, delivered)
     });
     assert!(delivered, "the first statement was running when asked");

@@ -54,10 +54,13 @@ fn sixteen_threads_on_a_pool_of_four_commit_every_increment_on_four_connections_
                 })
             })
             .collect();
-        for worker in workers {
-            worker.join().expect("worker");
-        }
+        // Every worker joined before the observer is stopped, and only then
+        // a panic is passed on: a failing worker cannot leave it looping.
+        let joined: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
         running.store(false, Ordering::SeqCst);
+        for outcome in joined {
+            outcome.expect("worker");
+        }
     });
     assert_eq!(ok.load(Ordering::SeqCst), 400);
     assert_eq!(db.counter(), 400, "the counter equals the Ok commits");
@@ -77,17 +80,12 @@ fn sixteen_threads_on_a_pool_of_four_commit_every_increment_on_four_connections_
 fn n_slow_statements_on_a_pool_of_n_run_side_by_side() {
     let db = Db::new("pool_parallel");
     let pool = pool(&db, 4);
-    // Open the four connections first, so only the statements are timed.
-    let barrier = Barrier::new(4);
-    std::thread::scope(|s| {
-        for _ in 0..4 {
-            s.spawn(|| {
-                let guard = pool.lock().expect("lock");
-                barrier.wait();
-                drop(guard);
-            });
-        }
-    });
+    // Open the four connections first, so only the statements are timed
+    // (four guards held at once, from this thread).
+    let guards: Vec<_> = (0..4)
+        .map(|_| pool.lock_timeout(Duration::from_secs(10)).expect("lock"))
+        .collect();
+    drop(guards);
     assert_eq!(db.backends().len(), 4);
     let started = Instant::now();
     std::thread::scope(|s| {
@@ -144,19 +142,19 @@ fn a_pool_connection_killed_by_the_server_is_replaced_before_anyone_gets_it() {
     let before = db.backends();
     assert_eq!(before.len(), 2);
     assert_eq!(TestServer::shared().terminate_backends(&db.name), 2);
-    let barrier = Barrier::new(2);
-    std::thread::scope(|s| {
-        for i in 0..2 {
-            let (pool, barrier) = (&pool, &barrier);
-            s.spawn(move || {
-                let mut guard = pool.lock().expect("a live connection");
-                guard
-                    .execute("INSERT INTO items VALUES ($1, 'after')", &[&i])
-                    .expect("the first statement works");
-                barrier.wait(); // both connections in use at once
-            });
-        }
-    });
+    // Both connections in use at once, from this thread.
+    let guards: Vec<_> = (0..2)
+        .map(|i: i32| {
+            let mut guard = pool
+                .lock_timeout(Duration::from_secs(10))
+                .expect("a live connection");
+            guard
+                .execute("INSERT INTO items VALUES ($1, 'after')", &[&i])
+                .expect("the first statement works");
+            guard
+        })
+        .collect();
+    drop(guards);
     assert_eq!(db.item_ids(), [0, 1]);
     let after = db.backends();
     assert_eq!(after.len(), 2);
@@ -181,19 +179,13 @@ fn a_forgotten_transaction_on_a_pool_is_rolled_back_and_does_not_shrink_it() {
         });
     });
     // Both connections can be held at once again.
-    let barrier = Barrier::new(2);
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            let (pool, barrier) = (&pool, &barrier);
-            s.spawn(move || {
-                let guard = pool
-                    .lock_timeout(Duration::from_secs(10))
-                    .expect("the pool is whole");
-                barrier.wait();
-                drop(guard);
-            });
-        }
-    });
+    let guards: Vec<_> = (0..2)
+        .map(|_| {
+            pool.lock_timeout(Duration::from_secs(10))
+                .expect("the pool is whole")
+        })
+        .collect();
+    drop(guards);
     assert!(
         db.item_ids().is_empty(),
         "the forgotten insert was rolled back"
@@ -281,8 +273,9 @@ fn waiters_are_served_first_come_first_served() {
     let db = Db::new("pool_fifo");
     let pool = pool(&db, 1);
     let order = parking_lot::Mutex::new(Vec::new());
-    let holder = pool.lock().expect("lock");
     std::thread::scope(|s| {
+        // Inside the scope: a failed assertion drops it, freeing the waiters.
+        let holder = pool.lock().expect("lock");
         for i in 0..4 {
             let (pool, order) = (&pool, &order);
             s.spawn(move || {

@@ -225,6 +225,9 @@ fn a_commit_of_unknown_outcome_is_never_retried() {
         s.spawn(|| {
             assert!(eventually(Duration::from_secs(10), || proxy.is_stalled()));
             proxy.cut();
+            // A wrong retry must find a working proxy (and fail the run
+            // count), not hang on a stalled one.
+            proxy.resume();
         });
         manager.transaction_retrying(&quick(), |mut tx| {
             runs.fetch_add(1, Ordering::SeqCst);
