@@ -65,6 +65,10 @@ fn sixteen_threads_on_a_pool_of_four_commit_every_increment_on_four_connections_
     assert_eq!(ok.load(Ordering::SeqCst), 400);
     assert_eq!(db.counter(), 400, "the counter equals the Ok commits");
     assert!(
+        most.load(Ordering::SeqCst) >= 1,
+        "the observer saw the sessions"
+    );
+    assert!(
         most.load(Ordering::SeqCst) <= 4,
         "{} sessions",
         most.load(Ordering::SeqCst)
@@ -263,6 +267,12 @@ fn sql_that_leaves_a_block_open_through_a_pool_guard_is_rolled_back_for_the_next
     drop(guard);
     let guard = pool.lock().expect("lock");
     assert_eq!(guard.status(), TransactionStatus::Idle);
+    // The server's view, while the next holder has the connection.
+    assert_eq!(
+        db.open_transactions(),
+        0,
+        "no block left open on the server"
+    );
     drop(guard);
     assert!(db.item_ids().is_empty());
     assert_eq!(pool.state().unfinished, 1);
