@@ -12,7 +12,7 @@
 //!   (keys: pgtx1 pgtx4 pgtx16 pgtx64 pgtx8_work mutex_str mutex_prepared mutex_prepared16
 //!    mutex_work pgbench tpc2 single2 tpc1 connect pgtx1_unnamed pgbouncer_pgtx
 //!    pgbouncer_pgbench micro notify_latency notify_throughput reconnect
-//!    pool1 pool2 pool4 pool8 r2d2_1 … r2d2_8 pgbench_c1 … pgbench_c8;
+//!    pool1 pool2 pool4 pool8 pool_own1 … pool_own8 r2d2_1 … r2d2_8 pgbench_c1 … pgbench_c8;
 //!    a run with PGTX_BENCH_ONLY writes no files unless `micro` is among them,
 //!    and prints the notification and reconnection sections it measured)
 //! PGTX_BENCH_ROUNDS=5 PGTX_BENCH_SECS=2 cargo bench --bench throughput   # other round counts/lengths
@@ -49,8 +49,8 @@ use std::fmt::Write as _;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -301,10 +301,17 @@ fn main() -> Result<(), BoxError> {
     // pgbench with as many clients and r2d2_postgres with as many connections.
     for size in POOL_SIZES {
         let pool = pgtx::Pool::new(&dsn, size)?;
+        let pool = Arc::new(pool);
+        let same = pool.clone();
         cases.push(Case::new(
             pool_key("pool", size),
             format!("pgtx Pool of {size}, {POOL_THREADS} threads"),
-            move |plan| pool_threads(&pool, plan.duration()),
+            move |plan| pool_threads(&pool, POOL_THREADS, plan.duration()),
+        ));
+        cases.push(Case::new(
+            pool_key("pool_own", size),
+            format!("pgtx Pool of {size}, {size} threads (a thread per connection, as pgbench)"),
+            move |plan| pool_threads(&same, size, plan.duration()),
         ));
         let r2d2 = r2d2::Pool::builder()
             .max_size(u32::try_from(size)?)
@@ -572,19 +579,15 @@ fn pool_key(prefix: &str, size: usize) -> &'static str {
     Box::leak(format!("{prefix}{size}").into_boxed_str())
 }
 
-/// Transactions per second of `POOL_THREADS` threads on `pool`.
-fn pool_threads(pool: &pgtx::Pool, duration: Duration) -> Result<f64, BoxError> {
-    threaded(
-        POOL_THREADS,
-        duration,
-        |v: i32| -> Result<(), pgtx::Error> {
-            pool.transaction(|mut tx| {
-                let row = tx.query_one(SQL, &[&v])?;
-                black_box(row.get::<_, i32>(0));
-                tx.commit()
-            })
-        },
-    )
+/// Transactions per second of `threads` threads on `pool`.
+fn pool_threads(pool: &pgtx::Pool, threads: usize, duration: Duration) -> Result<f64, BoxError> {
+    threaded(threads, duration, |v: i32| -> Result<(), pgtx::Error> {
+        pool.transaction(|mut tx| {
+            let row = tx.query_one(SQL, &[&v])?;
+            black_box(row.get::<_, i32>(0));
+            tx.commit()
+        })
+    })
 }
 
 /// The same on an r2d2 pool of `postgres::Client`s, as well as a user can
@@ -1006,9 +1009,9 @@ impl Report {
         let mut pools = String::new();
         let _ = writeln!(
             pools,
-            "| connections | pgtx `Pool`, {POOL_THREADS} threads | pgbench -c N -j N | pgtx / pgbench (bar ≥ 1.0×) | r2d2_postgres, {POOL_THREADS} threads | pgtx / r2d2 (bar ≥ 1.3×) |"
+            "| connections | pgtx `Pool`, {POOL_THREADS} threads | pgbench -c N -j N | pgtx / pgbench (bar ≥ 1.0×) | r2d2_postgres, {POOL_THREADS} threads | pgtx / r2d2 (bar ≥ 1.3×) | pgtx `Pool`, N threads | that / pgbench |"
         );
-        let _ = writeln!(pools, "|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(pools, "|---:|---:|---:|---:|---:|---:|---:|---:|");
         let shown = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
         let versus = |r: Option<f64>, need: f64| {
             r.map_or("–".to_owned(), |r| {
@@ -1019,14 +1022,17 @@ impl Report {
             let ours = get(&format!("pool{size}"));
             let pgbench = get(&format!("pgbench_c{size}"));
             let r2d2 = get(&format!("r2d2_{size}"));
+            let own = get(&format!("pool_own{size}"));
             let _ = writeln!(
                 pools,
-                "| {size} | {} | {} | {} | {} | {} |",
+                "| {size} | {} | {} | {} | {} | {} | {} | {} |",
                 shown(ours),
                 shown(pgbench),
                 versus(ratio(ours, pgbench), 1.0),
                 shown(r2d2),
                 versus(ratio(ours, r2d2), 1.3),
+                shown(own),
+                ratio(own, pgbench).map_or("–".to_owned(), |r| format!("{r:.2}×")),
             );
         }
 
@@ -1081,7 +1087,13 @@ impl Report {
              {POOL_THREADS} threads run the same transaction on pools of N connections\n\
              (the pgtx rows above), against pgbench with N clients and N threads and\n\
              against r2d2_postgres with N connections (`query_typed`: three round\n\
-             trips a transaction, like pgbench; pgtx makes two).\n\n{}\n\
+             trips a transaction, like pgbench; pgtx makes two). The last two\n\
+             columns run N threads on the pool of N: a thread per connection, as\n\
+             pgbench has. With more threads than connections, a connection changes\n\
+             threads at every fair hand-off (the first waiter is served within about\n\
+             1 ms); on a small VM the new thread often runs on another CPU than the\n\
+             connection's server process, and then every round trip is a wake-up\n\
+             across CPUs until the kernel pairs them again.\n\n{}\n\
              ## Micro-benchmarks\n\n{}\n{}{NOTES}",
             self.environment,
             self.table,
