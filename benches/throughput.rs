@@ -310,7 +310,10 @@ fn main() -> Result<(), BoxError> {
         ));
         cases.push(Case::new(
             pool_key("pool_own", size),
-            format!("pgtx Pool of {size}, {size} threads (a thread per connection, as pgbench)"),
+            format!(
+                "pgtx Pool of {size}, {size} thread{} (a thread per connection, as pgbench)",
+                if size == 1 { "" } else { "s" }
+            ),
             move |plan| pool_threads(&same, size, plan.duration()),
         ));
         let r2d2 = r2d2::Pool::builder()
