@@ -12,7 +12,8 @@
 //!   (keys: pgtx1 pgtx4 pgtx16 pgtx64 pgtx8_work mutex_str mutex_prepared mutex_prepared16
 //!    mutex_work pgbench tpc2 single2 tpc1 connect pgtx1_unnamed pgbouncer_pgtx
 //!    pgbouncer_pgbench micro notify_latency notify_throughput reconnect
-//!    pool1 pool2 pool4 pool8 pool_own1 … pool_own8 r2d2_1 … r2d2_8 pgbench_c1 … pgbench_c8;
+//!    pool1 pool2 pool4 pool8 pool_own1 … pool_own8 fair0_2 fair0_4 fair20_2 fair20_4
+//!    r2d2_1 … r2d2_8 pgbench_c1 … pgbench_c8;
 //!    a run with PGTX_BENCH_ONLY writes no files unless `micro` is among them,
 //!    and prints the notification and reconnection sections it measured)
 //! PGTX_BENCH_ROUNDS=5 PGTX_BENCH_SECS=2 cargo bench --bench throughput   # other round counts/lengths
@@ -43,6 +44,8 @@ mod pgbouncer;
 mod reconnect;
 #[path = "../tests/common/server.rs"]
 mod server;
+#[path = "throughput/waits.rs"]
+mod waits;
 
 use std::error::Error;
 use std::fmt::Write as _;
@@ -58,6 +61,7 @@ use pgtx::{ManagedConnection, Open, TwoPhase, Tx};
 use postgres::{Client, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 use server::TestServer;
+use waits::Waits;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -155,6 +159,8 @@ struct Case {
     label: String,
     run: RunRound,
     samples: Vec<f64>,
+    /// The pool cases: how long each checkout waited, all rounds.
+    waits: Option<Arc<Waits>>,
 }
 
 impl Case {
@@ -168,7 +174,13 @@ impl Case {
             label: label.into(),
             run: Box::new(run),
             samples: Vec::new(),
+            waits: None,
         }
+    }
+
+    fn with_waits(mut self, waits: Arc<Waits>) -> Case {
+        self.waits = Some(waits);
+        self
     }
 
     fn median(&self) -> f64 {
@@ -300,22 +312,36 @@ fn main() -> Result<(), BoxError> {
     // Pools: 16 threads on pools of 1, 2, 4 and 8 connections, beside
     // pgbench with as many clients and r2d2_postgres with as many connections.
     for size in POOL_SIZES {
-        let pool = pgtx::Pool::new(&dsn, size)?;
-        let pool = Arc::new(pool);
-        let same = pool.clone();
-        cases.push(Case::new(
+        let pool = Arc::new(pgtx::Pool::new(&dsn, size)?);
+        cases.push(pool_case(
             pool_key("pool", size),
             format!("pgtx Pool of {size}, {POOL_THREADS} threads"),
-            move |plan| pool_threads(&pool, POOL_THREADS, plan.duration()),
+            pool.clone(),
+            POOL_THREADS,
         ));
-        cases.push(Case::new(
+        cases.push(pool_case(
             pool_key("pool_own", size),
             format!(
                 "pgtx Pool of {size}, {size} thread{} (a thread per connection, as pgbench)",
                 if size == 1 { "" } else { "s" }
             ),
-            move |plan| pool_threads(&same, size, plan.duration()),
+            pool,
+            size,
         ));
+        if FAIRNESS_SIZES.contains(&size) {
+            for (millis, key) in [(0, "fair0_"), (20, "fair20_")] {
+                let pool = ManagedConnection::builder(&dsn)
+                    .pool(size)
+                    .fair_after(Duration::from_millis(millis))
+                    .build()?;
+                cases.push(pool_case(
+                    pool_key(key, size),
+                    format!("pgtx Pool of {size}, {POOL_THREADS} threads, fair_after({millis} ms)"),
+                    Arc::new(pool),
+                    POOL_THREADS,
+                ));
+            }
+        }
         let r2d2 = r2d2::Pool::builder()
             .max_size(u32::try_from(size)?)
             .build(PostgresConnectionManager::new(dsn.parse()?, NoTls))?;
@@ -423,8 +449,11 @@ fn main() -> Result<(), BoxError> {
                 // Let the server reap the exited backends before the next case.
                 std::thread::sleep(Duration::from_millis(500));
             }
+            let waited = case.waits.as_deref().map_or(String::new(), |w| {
+                format!("; waits so far: {}", wait_quantiles(w))
+            });
             eprintln!(
-                "  round {round}/{}: {:<52} {tps:>9.0} tx/s",
+                "  round {round}/{}: {:<52} {tps:>9.0} tx/s{waited}",
                 plan.rounds, case.label
             );
             case.samples.push(tps);
@@ -475,6 +504,7 @@ fn main() -> Result<(), BoxError> {
     println!("{}", report.table);
     println!("{}", report.bars);
     println!("{}", report.pools);
+    println!("{}", report.fairness);
     println!("{}", report.micro);
     print!("{}", report.sections.markdown());
     std::fs::create_dir_all(&plan.out_dir)?;
@@ -573,19 +603,55 @@ fn pgtx_threads(
     threaded(threads, duration, one)
 }
 
+/// "p50 / p99 / longest" of the checkout waits `w`, in ms.
+fn wait_quantiles(w: &Waits) -> String {
+    let ms = |d: Option<Duration>| {
+        d.map_or("–".to_owned(), |d| {
+            format!("{:.2}", d.as_secs_f64() * 1e3)
+        })
+    };
+    format!(
+        "{} / {} / {} ms",
+        ms(w.quantile(0.5)),
+        ms(w.quantile(0.99)),
+        ms(Some(w.longest()))
+    )
+}
+
 /// Pool sizes of the pool cases, and their thread count.
 const POOL_SIZES: [usize; 4] = [1, 2, 4, 8];
 const POOL_THREADS: usize = 16;
+/// Pool sizes also run with `fair_after` at 0 (strictly first come, first
+/// served) and 20 ms, beside the default.
+const FAIRNESS_SIZES: [usize; 2] = [2, 4];
+
+/// A case of `threads` threads on `pool`, recording their checkout waits.
+fn pool_case(key: &'static str, label: String, pool: Arc<pgtx::Pool>, threads: usize) -> Case {
+    let waits = Arc::new(Waits::new());
+    let recorded = waits.clone();
+    Case::new(key, label, move |plan| {
+        pool_threads(&pool, threads, &recorded, plan.duration())
+    })
+    .with_waits(waits)
+}
 
 /// `pool1`, `r2d2_4`, `pgbench_c8`, …: a case key for one pool size.
 fn pool_key(prefix: &str, size: usize) -> &'static str {
     Box::leak(format!("{prefix}{size}").into_boxed_str())
 }
 
-/// Transactions per second of `threads` threads on `pool`.
-fn pool_threads(pool: &pgtx::Pool, threads: usize, duration: Duration) -> Result<f64, BoxError> {
+/// Transactions per second of `threads` threads on `pool`; each wait for
+/// a connection goes into `waits`.
+fn pool_threads(
+    pool: &pgtx::Pool,
+    threads: usize,
+    waits: &Waits,
+    duration: Duration,
+) -> Result<f64, BoxError> {
     threaded(threads, duration, |v: i32| -> Result<(), pgtx::Error> {
+        let asked = Instant::now();
         pool.transaction(|mut tx| {
+            waits.record(asked.elapsed());
             let row = tx.query_one(SQL, &[&v])?;
             black_box(row.get::<_, i32>(0));
             tx.commit()
@@ -871,6 +937,7 @@ struct Report {
     table: String,
     bars: String,
     pools: String,
+    fairness: String,
     micro: String,
     sections: Sections,
     environment: String,
@@ -1039,6 +1106,34 @@ impl Report {
             );
         }
 
+        let mut fairness = String::new();
+        let _ = writeln!(
+            fairness,
+            "| connections | `fair_after` | tx/s (median) | vs pgbench -c N -j N | checkout wait p50 / p99 / longest |"
+        );
+        let _ = writeln!(fairness, "|---:|---:|---:|---:|---:|");
+        for size in FAIRNESS_SIZES {
+            let pgbench = get(&format!("pgbench_c{size}"));
+            let default_ms = pgtx::DEFAULT_FAIR_AFTER.as_millis();
+            for (prefix, after) in [
+                ("fair0_", "0".to_owned()),
+                ("pool", format!("{default_ms} ms (default)")),
+                ("fair20_", "20 ms".to_owned()),
+            ] {
+                let Some(case) = cases.iter().find(|c| c.key == pool_key(prefix, size)) else {
+                    continue;
+                };
+                let _ = writeln!(
+                    fairness,
+                    "| {size} | {after} | {:.0} | {} | {} |",
+                    case.median(),
+                    ratio(Some(case.median()), pgbench)
+                        .map_or("–".to_owned(), |r| format!("{r:.2}×")),
+                    case.waits.as_deref().map_or("–".to_owned(), wait_quantiles),
+                );
+            }
+        }
+
         let mut m = String::new();
         let _ = writeln!(m, "| operation (no round trip) | ns/op (median) |");
         let _ = writeln!(m, "|---|---:|");
@@ -1070,6 +1165,7 @@ impl Report {
             table,
             bars,
             pools,
+            fairness,
             micro: m,
             sections,
             environment,
@@ -1097,11 +1193,20 @@ impl Report {
              1 ms); on a small VM the new thread often runs on another CPU than the\n\
              connection's server process, and then every round trip is a wake-up\n\
              across CPUs until the kernel pairs them again.\n\n{}\n\
+             ### Fairness against throughput\n\n\
+             The same {POOL_THREADS} threads with `PoolBuilder::fair_after` at 0\n\
+             (strictly first come, first served: every release goes to the\n\
+             thread that waited longest), the default, and 20 ms (how long the\n\
+             first thread in line may be passed over by threads taking a\n\
+             connection straight back). Waits are per checkout, all rounds;\n\
+             p50 and p99 are bucket bounds (within 9 %). Fewer hand-offs mean\n\
+             fewer thread changes per connection, and a longer longest wait.\n\n{}\n\
              ## Micro-benchmarks\n\n{}\n{}{NOTES}",
             self.environment,
             self.table,
             self.bars,
             self.pools,
+            self.fairness,
             self.micro,
             self.sections.markdown()
         )

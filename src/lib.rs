@@ -295,7 +295,7 @@ pub use crate::hooks::{HookError, NewConnection};
 pub use crate::listener::{Events, ListenEvent, Listener, ObserverError, ObserverId};
 pub use crate::manager::{Builder, DEFAULT_ABANDON_AFTER, ManagedConnection};
 pub use crate::options::{IsolationLevel, TxOptions};
-pub use crate::pool::{Pool, PoolBuilder, PoolState};
+pub use crate::pool::{DEFAULT_FAIR_AFTER, Pool, PoolBuilder, PoolState};
 pub use crate::reconnect::{Backoff, ReconnectPolicy};
 pub use crate::retry::RetryPolicy;
 pub use crate::savepoint::Savepoint;

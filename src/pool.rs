@@ -22,15 +22,18 @@ use crate::state::{Done, Open};
 use crate::status::TransactionStatus;
 use crate::tx::Tx;
 
-// The line keeps the single connection's timing (see lease.rs): the first
-// waiter looks every `ABANDON_POLL` (a holder may have been abandoned,
-// which only a look can tell), the others every `BEHIND_POLL`; until the
-// first waiter has waited `FAIR_HANDOFF_AFTER`, a thread that releases a
+// The line keeps the single connection's polling (see lease.rs): the
+// first waiter looks every `ABANDON_POLL` (a holder may have been
+// abandoned, which only a look can tell), the others every `BEHIND_POLL`.
+// Until the first waiter has waited `fair_after`, a thread that releases a
 // connection and asks again may take one straight back without waking
 // anyone (a thread switch per transaction costs more than the
 // transaction); after it, a release wakes the first waiter and nobody
 // goes ahead of it.
-use crate::lease::{ABANDON_POLL as FRONT_POLL, BEHIND_POLL, FAIR_HANDOFF_AFTER};
+use crate::lease::{ABANDON_POLL as FRONT_POLL, BEHIND_POLL};
+
+/// [`PoolBuilder::fair_after`]'s default.
+pub const DEFAULT_FAIR_AFTER: Duration = Duration::from_millis(1);
 
 /// A pool of `size` [`ManagedConnection`]s behind one lock-like API:
 /// [`lock`](Self::lock) hands out a [`Guard`] on whichever connection is
@@ -124,6 +127,7 @@ pub struct PoolBuilder {
     manager: Builder,
     size: usize,
     min_idle: usize,
+    fair_after: Duration,
 }
 
 /// A snapshot of a [`Pool`], from [`Pool::state`].
@@ -149,9 +153,10 @@ pub struct PoolState {
 }
 
 /// The threads waiting for a connection, first come first served.
-#[derive(Default)]
 struct Line {
     waiters: Mutex<Waiters>,
+    /// How long the first waiter may be passed over ([`PoolBuilder::fair_after`]).
+    fair_after: Duration,
 }
 
 #[derive(Default)]
@@ -180,13 +185,20 @@ impl Waiters {
 }
 
 impl Line {
+    fn new(fair_after: Duration) -> Line {
+        Line {
+            waiters: Mutex::default(),
+            fair_after,
+        }
+    }
+
     /// A connection was released: the first waiter looks, once it has
     /// waited its turn (before that it looks on its own, on a timer).
     fn released(&self) {
         let waiters = self.waiters.lock();
         if waiters
             .first_waited()
-            .is_some_and(|waited| waited >= FAIR_HANDOFF_AFTER)
+            .is_some_and(|waited| waited >= self.fair_after)
             && let Some((_, first)) = waiters.queue.front()
         {
             first.unpark();
@@ -199,7 +211,7 @@ impl Line {
         self.waiters
             .lock()
             .first_waited()
-            .is_none_or(|waited| waited < FAIR_HANDOFF_AFTER)
+            .is_none_or(|waited| waited < self.fair_after)
     }
 
     /// How long the first waiter has been first; `None` with no waiter.
@@ -258,6 +270,7 @@ impl Builder {
             manager: self,
             size: size.max(1),
             min_idle: 0,
+            fair_after: DEFAULT_FAIR_AFTER,
         }
     }
 }
@@ -270,6 +283,38 @@ impl PoolBuilder {
         self
     }
 
+    /// How long the thread first in line may be passed over by threads
+    /// that release a connection and ask again straight away (default
+    /// [`DEFAULT_FAIR_AFTER`], 1 ms); after that, every release goes to
+    /// the waiters in the order they came, until a first waiter has again
+    /// waited less than this. `Duration::ZERO` serves strictly first come,
+    /// first served.
+    ///
+    /// This trades the longest wait for throughput. While threads
+    /// outnumber connections, a thread at place *k* in line waits about
+    /// *k* × `fair_after` at most; each time a connection passes to
+    /// another thread, the operating system may put the new thread on
+    /// another CPU than the connection's server process, and round trips
+    /// are slower until it pairs them again. On a 2-CPU machine, 16
+    /// threads on a pool of 2 ran about 0.6× as fast with 1 ms as with
+    /// 20 ms (`benches/RESULTS.md` has the numbers of the last run). Raise
+    /// it where throughput under overload matters more than the longest
+    /// wait; [`Pool::lock_timeout`] still bounds any one wait.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = pgtx::ManagedConnection::builder("host=localhost user=postgres")
+    ///     .pool(2)
+    ///     .fair_after(Duration::from_millis(20))
+    ///     .build()?;
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn fair_after(mut self, wait: Duration) -> Self {
+        self.fair_after = wait;
+        self
+    }
+
     /// Parses the settings, builds the pool, and opens
     /// [`min_idle`](Self::min_idle) connections.
     ///
@@ -278,7 +323,7 @@ impl PoolBuilder {
     /// [`Error::Settings`] if the connection string cannot be read; any
     /// error of opening the `min_idle` connections (then no pool is made).
     pub fn build(self) -> Result<Pool> {
-        let line = Arc::new(Line::default());
+        let line = Arc::new(Line::new(self.fair_after));
         let released_on: Arc<[AtomicUsize]> =
             (0..self.size).map(|_| AtomicUsize::new(NO_CPU)).collect();
         let members = (0..self.size)
@@ -513,10 +558,10 @@ impl Pool {
             let mut nap = if first { FRONT_POLL } else { BEHIND_POLL };
             if first
                 && let Some(waited) = self.line.first_waited()
-                && waited < FAIR_HANDOFF_AFTER
+                && waited < self.line.fair_after
             {
                 // Releases do not wake it before its turn: look then.
-                nap = nap.min(FAIR_HANDOFF_AFTER - waited);
+                nap = nap.min(self.line.fair_after - waited);
             }
             if let Some(deadline) = deadline {
                 nap = nap.min(deadline.saturating_duration_since(now));

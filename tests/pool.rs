@@ -300,3 +300,100 @@ fn waiters_are_served_first_come_first_served() {
     });
     assert_eq!(*order.lock(), [0, 1, 2, 3]);
 }
+
+fn pool_fair_after(db: &Db, size: usize, fair_after: Duration) -> Pool {
+    ManagedConnection::builder(&db.dsn)
+        .pool(size)
+        .fair_after(fair_after)
+        .build()
+        .expect("settings")
+}
+
+#[test]
+fn a_thread_asking_again_takes_its_connection_back_while_the_first_waiter_has_not_waited_fair_after()
+ {
+    let db = Db::new("pool_barging");
+    let pool = pool_fair_after(&db, 1, Duration::from_secs(60));
+    std::thread::scope(|s| {
+        let holder = pool.lock().expect("lock");
+        let waiter = s.spawn(|| pool.lock().map(drop));
+        assert!(eventually(Duration::from_secs(5), || pool.state().waiting == 1));
+        drop(holder);
+        let again = pool
+            .try_lock()
+            .expect("taken straight back, ahead of the waiter");
+        assert_eq!(pool.state().waiting, 1, "the waiter is still in line");
+        drop(again);
+        // It is not woken by the release; it looks on its own timer.
+        waiter.join().expect("no panic").expect("served");
+    });
+}
+
+#[test]
+fn with_fair_after_zero_a_release_goes_to_the_first_waiter() {
+    let db = Db::new("pool_strict_fifo");
+    let pool = pool_fair_after(&db, 1, Duration::ZERO);
+    let (served, was_served) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let holder = pool.lock().expect("lock");
+        let pool = &pool;
+        s.spawn(move || {
+            let guard = pool.lock().expect("lock");
+            let _ = served.send(());
+            // Held until the main thread has tried to take it.
+            std::thread::sleep(Duration::from_millis(100));
+            drop(guard);
+        });
+        assert!(eventually(Duration::from_secs(5), || pool.state().waiting == 1));
+        drop(holder);
+        assert!(
+            matches!(pool.try_lock(), Err(Error::WouldBlock)),
+            "the releasing thread cannot take it back ahead of the waiter"
+        );
+        was_served
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the waiter got the connection");
+    });
+    assert!(pool.try_lock().is_ok());
+}
+
+#[test]
+fn the_first_waiter_is_served_once_it_has_waited_fair_after_though_the_holder_keeps_asking() {
+    let db = Db::new("pool_fair_after");
+    let fair_after = Duration::from_millis(100);
+    let pool = pool_fair_after(&db, 1, fair_after);
+    let served = std::sync::atomic::AtomicBool::new(false);
+    let takes = AtomicU64::new(0);
+    let (held, is_held) = std::sync::mpsc::channel();
+    let waited = std::thread::scope(|s| {
+        let (pool, served, takes) = (&pool, &served, &takes);
+        let looper = s.spawn(move || {
+            let holder = pool.lock().expect("lock");
+            let _ = held.send(());
+            assert!(eventually(Duration::from_secs(5), || pool.state().waiting == 1));
+            drop(holder);
+            let until = Instant::now() + Duration::from_secs(30);
+            while !served.load(Ordering::SeqCst) && Instant::now() < until {
+                let guard = pool.lock().expect("lock");
+                takes.fetch_add(1, Ordering::SeqCst);
+                drop(guard);
+            }
+        });
+        is_held
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the looper holds the connection");
+        let asked = Instant::now();
+        let guard = pool.lock().expect("lock");
+        let waited = asked.elapsed();
+        served.store(true, Ordering::SeqCst);
+        drop(guard);
+        looper.join().expect("no panic");
+        waited
+    });
+    assert!(
+        takes.load(Ordering::SeqCst) > 1,
+        "the holder took the connection back while the waiter was in line"
+    );
+    assert!(waited >= fair_after / 2, "served after {waited:?}");
+    assert!(waited < Duration::from_secs(10), "served after {waited:?}");
+}
