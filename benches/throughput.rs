@@ -1114,7 +1114,7 @@ impl Report {
         let _ = writeln!(fairness, "|---:|---:|---:|---:|---:|");
         for size in FAIRNESS_SIZES {
             let pgbench = get(&format!("pgbench_c{size}"));
-            let default_ms = pgtx::DEFAULT_FAIR_AFTER.as_millis();
+            let default_ms = pgtx::PoolBuilder::DEFAULT_FAIR_AFTER.as_millis();
             for (prefix, after) in [
                 ("fair0_", "0".to_owned()),
                 ("pool", format!("{default_ms} ms (default)")),

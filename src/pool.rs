@@ -32,9 +32,6 @@ use crate::tx::Tx;
 // goes ahead of it.
 use crate::lease::{ABANDON_POLL as FRONT_POLL, BEHIND_POLL};
 
-/// [`PoolBuilder::fair_after`]'s default.
-pub const DEFAULT_FAIR_AFTER: Duration = Duration::from_millis(1);
-
 /// A pool of `size` [`ManagedConnection`]s behind one lock-like API:
 /// [`lock`](Self::lock) hands out a [`Guard`] on whichever connection is
 /// free, and [`transaction`](Self::transaction) runs a closure on one.
@@ -270,12 +267,16 @@ impl Builder {
             manager: self,
             size: size.max(1),
             min_idle: 0,
-            fair_after: DEFAULT_FAIR_AFTER,
+            fair_after: PoolBuilder::DEFAULT_FAIR_AFTER,
         }
     }
 }
 
 impl PoolBuilder {
+    /// [`fair_after`](Self::fair_after)'s default: 1 ms, as a single
+    /// [`ManagedConnection`]'s lock.
+    pub const DEFAULT_FAIR_AFTER: Duration = crate::lease::FAIR_HANDOFF_AFTER;
+
     /// Opens this many connections (at most the pool's size) when the pool
     /// is built, instead of on first use. Default 0.
     pub fn min_idle(mut self, connections: usize) -> Self {
@@ -285,21 +286,22 @@ impl PoolBuilder {
 
     /// How long the thread first in line may be passed over by threads
     /// that release a connection and ask again straight away (default
-    /// [`DEFAULT_FAIR_AFTER`], 1 ms); after that, every release goes to
-    /// the waiters in the order they came, until a first waiter has again
-    /// waited less than this. `Duration::ZERO` serves strictly first come,
-    /// first served.
+    /// [`DEFAULT_FAIR_AFTER`](Self::DEFAULT_FAIR_AFTER), 1 ms). Once it
+    /// has waited this long at the front, the next release goes to it and
+    /// nobody goes ahead of it; the thread behind it then becomes first,
+    /// and its time counts from then. `Duration::ZERO` serves strictly
+    /// first come, first served: every release goes to the first waiter.
     ///
     /// This trades the longest wait for throughput. While threads
-    /// outnumber connections, a thread at place *k* in line waits about
-    /// *k* × `fair_after` at most; each time a connection passes to
-    /// another thread, the operating system may put the new thread on
+    /// outnumber connections, the thread at place *k* in line waits about
+    /// *k* × `fair_after` at most. Each time a connection passes to
+    /// another thread, the operating system may run the new thread on
     /// another CPU than the connection's server process, and round trips
-    /// are slower until it pairs them again. On a 2-CPU machine, 16
-    /// threads on a pool of 2 ran about 0.6× as fast with 1 ms as with
-    /// 20 ms (`benches/RESULTS.md` has the numbers of the last run). Raise
-    /// it where throughput under overload matters more than the longest
-    /// wait; [`Pool::lock_timeout`] still bounds any one wait.
+    /// are slower until it pairs them again, so fewer hand-offs mean more
+    /// transactions per second. `benches/RESULTS.md` ("Fairness against
+    /// throughput") measures both at 0, 1 ms and 20 ms. Raise it where
+    /// throughput under overload matters more than the longest wait;
+    /// [`Pool::lock_timeout`] still bounds any one wait.
     ///
     /// ```
     /// use std::time::Duration;
