@@ -329,13 +329,13 @@ fn main() -> Result<(), BoxError> {
             size,
         ));
         if FAIRNESS_SIZES.contains(&size) {
-            for (millis, key) in [(0, "fair0_"), (20, "fair20_")] {
+            for millis in FAIR_AFTER_MS {
                 let pool = ManagedConnection::builder(&dsn)
                     .pool(size)
                     .fair_after(Duration::from_millis(millis))
                     .build()?;
                 cases.push(pool_case(
-                    pool_key(key, size),
+                    pool_key(&format!("fair{millis}_"), size),
                     format!("pgtx Pool of {size}, {POOL_THREADS} threads, fair_after({millis} ms)"),
                     Arc::new(pool),
                     POOL_THREADS,
@@ -624,6 +624,8 @@ const POOL_THREADS: usize = 16;
 /// Pool sizes also run with `fair_after` at 0 (strictly first come, first
 /// served) and 20 ms, beside the default.
 const FAIRNESS_SIZES: [usize; 2] = [2, 4];
+/// Those `fair_after` values, in ms (case keys `fair0_2`, `fair20_4`, …).
+const FAIR_AFTER_MS: [u64; 2] = [0, 20];
 
 /// A case of `threads` threads on `pool`, recording their checkout waits.
 fn pool_case(key: &'static str, label: String, pool: Arc<pgtx::Pool>, threads: usize) -> Case {
@@ -1115,12 +1117,25 @@ impl Report {
         for size in FAIRNESS_SIZES {
             let pgbench = get(&format!("pgbench_c{size}"));
             let default_ms = pgtx::PoolBuilder::DEFAULT_FAIR_AFTER.as_millis();
-            for (prefix, after) in [
-                ("fair0_", "0".to_owned()),
-                ("pool", format!("{default_ms} ms (default)")),
-                ("fair20_", "20 ms".to_owned()),
-            ] {
-                let Some(case) = cases.iter().find(|c| c.key == pool_key(prefix, size)) else {
+            // Rows in order of fair_after; the default is the plain pool case.
+            let mut rows: Vec<(u128, String, String)> = FAIR_AFTER_MS
+                .iter()
+                .map(|&ms| {
+                    (
+                        u128::from(ms),
+                        format!("fair{ms}_{size}"),
+                        format!("{ms} ms"),
+                    )
+                })
+                .collect();
+            rows.push((
+                default_ms,
+                format!("pool{size}"),
+                format!("{default_ms} ms (default)"),
+            ));
+            rows.sort_by_key(|row| row.0);
+            for (_, key, after) in rows {
+                let Some(case) = cases.iter().find(|c| c.key == key) else {
                     continue;
                 };
                 let _ = writeln!(
