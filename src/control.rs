@@ -37,6 +37,20 @@ pub(crate) fn find(sql: &str) -> Option<Control> {
     scan(s, false).or_else(|| scan(s, true))
 }
 
+/// The command of `sql`, if its rows take their shape only when it runs:
+/// `FETCH` (the cursor's query decides), `EXECUTE` (the statement prepared
+/// in SQL under that name, which SQL can replace), `CALL` (the procedure's
+/// output parameters, which SQL can redefine). The server describes these
+/// when asked and never checks a prepared one again (it does for every
+/// query whose tables change: "cached plan must not change result type"),
+/// so their text must be described each time it runs.
+pub(crate) fn shape_decided_at_run_time(sql: &str) -> Option<&'static str> {
+    let toks = lex(sql.as_bytes(), false);
+    ["FETCH", "EXECUTE", "CALL"]
+        .into_iter()
+        .find(|command| is_word(&toks, 0, command))
+}
+
 /// A token; only the distinctions statement splitting and classification need survive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tok<'a> {
@@ -313,6 +327,23 @@ mod tests {
 
     fn cmd(sql: &str) -> Option<(&'static str, usize)> {
         find(sql).map(|c| (c.command, c.position))
+    }
+
+    #[test]
+    fn finds_statements_whose_rows_take_their_shape_when_they_run() {
+        for (sql, command) in [
+            ("FETCH FORWARD 10 FROM c", Some("FETCH")),
+            ("  /* next */ fetch all in c", Some("FETCH")),
+            ("-- a comment\nEXECUTE q(1)", Some("EXECUTE")),
+            ("call p($1)", Some("CALL")),
+            ("SELECT 'FETCH'", None),
+            ("MOVE 10 IN c", None),
+            ("SELECT fetch FROM t", None),
+            ("fetcher", None),
+            ("", None),
+        ] {
+            assert_eq!(shape_decided_at_run_time(sql), command, "{sql:?}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::connect::{CancelTarget, ConnectionStream, Connector, Opened};
 use crate::error::Error;
 use crate::statements::{Naming, Params};
 use crate::unnamed::{ParameterCount, describe, typed};
-use crate::wire::{BeginOutcome, ServerStatus, Tap};
+use crate::wire::{BeginOutcome, CopyRefused, ServerStatus, Tap};
 
 /// What a statement method runs.
 #[derive(Clone, Copy)]
@@ -363,7 +363,19 @@ impl Driver {
     /// the same Sync group: if the server refuses `BEGIN`, it skips the
     /// statement. Read the outcome with [`Driver::begin_outcome`].
     pub(crate) fn arm_begin(&mut self, begin: &str) {
-        self.tap.arm_begin(begin, self.naming);
+        self.tap.arm_begin(begin);
+    }
+
+    /// The tag of the last CommandComplete the server sent: what it says
+    /// the last command did.
+    pub(crate) fn last_command_tag(&self) -> String {
+        self.tap.last_command_tag()
+    }
+
+    /// Whether a `COPY` reached the server through the last request, and
+    /// which way (see `Tap::take_copy_refused`).
+    pub(crate) fn take_copy_refused(&mut self) -> Option<CopyRefused> {
+        self.tap.take_copy_refused()
     }
 
     /// What became of the `BEGIN` armed last; disarms it if it was not sent.

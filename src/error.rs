@@ -114,6 +114,47 @@ pub enum Error {
     )]
     PreparedStatementsOff,
 
+    /// A statement whose rows take their shape only when it runs (`FETCH`
+    /// from a cursor, `EXECUTE` of a statement prepared in SQL, `CALL`)
+    /// was given to [`prepare`](crate::Guard::prepare). A prepared
+    /// statement keeps the row description it was prepared with, and the
+    /// server does not check it again for these, so a later run could
+    /// decode another shape's bytes as the old columns' types: wrong data
+    /// with no error. Nothing was sent; a transaction is as it was. Pass
+    /// the SQL text to the statement methods instead: pgtx describes such
+    /// text each time it runs (in the same round trip).
+    #[error(
+        "{0} cannot be prepared: its rows take their shape only when it runs; pass the SQL text instead"
+    )]
+    ShapeDecidedAtRunTime(&'static str),
+
+    /// A `COPY … FROM STDIN` or `COPY … TO STDOUT` reached the server
+    /// through a statement method (`execute`, `query`, `batch_execute`, …),
+    /// which carries rows and row counts, not copy data.
+    ///
+    /// `FROM STDIN`: pgtx answered the server's request for data with
+    /// CopyFail, so nothing was copied, and a transaction it ran in is
+    /// aborted, as after any failed statement (its `commit` reports
+    /// [`Error::TransactionAborted`]). `TO STDOUT`: the server's data was
+    /// read and dropped; a transaction goes on. Either way the connection
+    /// is ready for the next statement.
+    #[error(
+        "{} cannot run through a statement method (statement: {statement}){}",
+        if *.from_stdin { "COPY FROM STDIN" } else { "COPY TO STDOUT" },
+        if *.from_stdin {
+            ": nothing was copied, and a transaction it ran in is aborted"
+        } else {
+            ": its rows were dropped"
+        }
+    )]
+    CopyRefused {
+        /// The statement, as given (its first 100 characters), or
+        /// `"a prepared statement"`.
+        statement: String,
+        /// `COPY … FROM STDIN` (`true`) or `COPY … TO STDOUT` (`false`).
+        from_stdin: bool,
+    },
+
     /// The connection was not free within the time given. Nothing was done.
     #[error("timed out after {0:?} waiting for the connection")]
     LockTimeout(Duration),

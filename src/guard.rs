@@ -105,7 +105,10 @@ impl<'m> Guard<'m> {
     /// [`Error::Db`](crate::Error::Db) if the statement fails,
     /// [`Error::ConnectionLost`](crate::Error::ConnectionLost) if the
     /// connection broke, [`Error::LeaseRevoked`](crate::Error::LeaseRevoked)
-    /// if this guard lost the connection. The guard still holds it.
+    /// if this guard lost the connection,
+    /// [`Error::CopyRefused`](crate::Error::CopyRefused) for a `COPY … FROM
+    /// STDIN` (nothing copied) or `COPY … TO STDOUT`. The guard still holds
+    /// it, ready for the next statement.
     pub fn execute<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<u64>
     where
         T: ?Sized + ToStatement,
@@ -178,8 +181,12 @@ impl<'m> Guard<'m> {
     /// later run inside a transaction, where it would end it);
     /// [`Error::PreparedStatementsOff`](crate::Error::PreparedStatementsOff)
     /// on a manager built with
-    /// [`statement_cache(false)`](crate::Builder::statement_cache), before
-    /// anything is sent; otherwise as [`execute`](Self::execute).
+    /// [`statement_cache(false)`](crate::Builder::statement_cache);
+    /// [`Error::ShapeDecidedAtRunTime`](crate::Error::ShapeDecidedAtRunTime)
+    /// for `FETCH`, `EXECUTE` and `CALL`, whose rows a prepared description
+    /// could decode wrongly (pass their text to the statement methods, which
+    /// describe it each time): all before anything is sent; otherwise as
+    /// [`execute`](Self::execute).
     pub fn prepare(&mut self, query: &str) -> Result<Statement> {
         self.conn().prepare(query)
     }

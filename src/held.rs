@@ -190,7 +190,9 @@ impl Conn<'_> {
     pub(crate) fn batch_execute(&self, query: &str) -> Result<()> {
         self.with_session(|s| {
             self.check(s, query)?;
-            s.statement(Sends::Query, |d| d.run(|c| c.batch_execute(query)))
+            s.statement(Sends::Query, Some(query), |d| {
+                d.run(|c| c.batch_execute(query))
+            })
         })
     }
 
@@ -204,7 +206,10 @@ impl Conn<'_> {
                 return Err(Error::PreparedStatementsOff);
             }
             refuse_control(s, query)?;
-            s.statement(Sends::Parse, |d| d.run(|c| c.prepare(query)))
+            if let Some(command) = control::shape_decided_at_run_time(query) {
+                return Err(Error::ShapeDecidedAtRunTime(command));
+            }
+            s.statement(Sends::Parse, Some(query), |d| d.run(|c| c.prepare(query)))
         })
     }
 

@@ -141,11 +141,15 @@ impl NewConnection<'_> {
     /// # Errors
     ///
     /// [`Error::PreparedStatementsOff`] with
-    /// [`statement_cache(false)`](crate::Builder::statement_cache), before
-    /// anything is sent; otherwise as [`batch_execute`](Self::batch_execute).
+    /// [`statement_cache(false)`](crate::Builder::statement_cache), and
+    /// [`Error::ShapeDecidedAtRunTime`] for `FETCH`, `EXECUTE` and `CALL`,
+    /// before anything is sent; otherwise as [`batch_execute`](Self::batch_execute).
     pub fn prepare(&mut self, sql: &str) -> Result<Statement> {
         if self.driver.naming() == Naming::Unnamed {
             return Err(Error::PreparedStatementsOff);
+        }
+        if let Some(command) = crate::control::shape_decided_at_run_time(sql) {
+            return Err(Error::ShapeDecidedAtRunTime(command));
         }
         self.run(|driver| driver.run(|c| c.prepare(sql)))
     }

@@ -255,16 +255,25 @@ impl Builder {
     ///   runs on a connection (two more round trips, in a transaction block
     ///   of their own so that the pooler keeps one server connection for
     ///   them; none for a text run without parameters) and remembered;
-    /// - `BEGIN` still goes in the same write and Sync group as the
-    ///   transaction's first statement (as the unnamed statement, which
-    ///   the statement's own Parse replaces once `BEGIN` ran), so a refused
-    ///   `BEGIN` still stops the statement; `COMMIT` goes as a simple query;
+    /// - `BEGIN`, `COMMIT` and savepoint commands go as they always do
+    ///   (never as named statements, see below);
     /// - [`Guard::prepare`] (and [`Tx::prepare`], [`NewConnection::prepare`])
     ///   returns [`Error::PreparedStatementsOff`]: pass the SQL text.
     ///
-    /// With `true` (the default), statements, `BEGIN` and `COMMIT` are
-    /// named prepared statements, which saves the server parsing them
-    /// again: use it on a direct connection or a session-pooled one.
+    /// With `true` (the default), statements are named prepared statements,
+    /// which saves the server parsing them again: use it on a direct
+    /// connection or a session-pooled one. Text whose rows take their
+    /// shape only when it runs (`FETCH`, `EXECUTE`, `CALL`) runs on the
+    /// unnamed statement either way, described each time.
+    ///
+    /// pgtx's own statements are never named, whatever this is set to:
+    /// `BEGIN` goes as the unnamed statement in the same write and Sync
+    /// group as the transaction's first statement (so a refused `BEGIN`
+    /// stops the statement), `SAVEPOINT` and `RELEASE` as the unnamed
+    /// statement, `COMMIT` and `ROLLBACK` as simple queries. SQL can
+    /// redefine a named statement where pgtx cannot see it (a `DO` block
+    /// running `DEALLOCATE` and `PREPARE`), and a `BEGIN` or `COMMIT`
+    /// redefined that way would break the guarantee.
     ///
     /// # What a transaction pooler breaks anyway
     ///

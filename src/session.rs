@@ -17,6 +17,7 @@ use postgres::error::{DbError, SqlState};
 
 use crate::cancel::CancelCell;
 use crate::config::Settings;
+use crate::control;
 use crate::driver::{Driver, Target};
 use crate::error::{Error, Result};
 use crate::hooks::{OnConnect, OnReconnect, open_with_hook};
@@ -24,7 +25,7 @@ use crate::reconnector::{Reconnector, Status, run_recovery_handlers};
 use crate::statements::{Naming, Sql, ToStatement};
 use crate::status::{StatusCell, TransactionStatus};
 use crate::track::{CommitPlan, Machine, PreparePlan, Refusal, Reply, Track};
-use crate::wire::{BeginOutcome, ServerStatus};
+use crate::wire::{BeginOutcome, CopyRefused, ServerStatus};
 
 /// A connection that answered this recently is not checked again (when
 /// taken, or before a transaction's first statement): the check is for
@@ -248,9 +249,12 @@ impl Active<'_> {
 
     /// Runs one statement, keeping the transaction status exact; a pending
     /// `BEGIN` goes out with it (or before it, see [`Sends`]).
+    /// `sql`: the statement's text, for an error that names it (`None`
+    /// for a prepared statement).
     pub(crate) fn statement<T>(
         &mut self,
         sends: Sends,
+        sql: Option<&str>,
         request: impl FnOnce(&mut Driver) -> Result<T, postgres::Error>,
     ) -> Result<T> {
         let server = self.server_status();
@@ -291,8 +295,10 @@ impl Active<'_> {
             (None, _) => request(driver),
         };
         let cancelled = self.cancel.finish(serial);
+        let copy = driver.take_copy_refused();
         let result = match result {
             Err(e) if driver.has_ended() => Err(Error::ConnectionLost(Some(driver.why_lost(e)))),
+            _ if let Some(copy) = copy => Err(copy_refused(copy, sql)),
             Err(e) if cancelled && e.code() == Some(&SqlState::QUERY_CANCELED) => {
                 Err(Error::Cancelled(e))
             }
@@ -343,17 +349,20 @@ impl Active<'_> {
     {
         let sql = match query.sql() {
             Sql::Prepared(statement) => {
-                return self.statement(Sends::Bind, |driver| {
+                return self.statement(Sends::Bind, None, |driver| {
                     request(driver, Target::Prepared(statement))
                 });
             }
             Sql::Text(sql) => sql,
         };
-        if self.naming() == Naming::Unnamed {
+        if self.naming() == Naming::Unnamed || control::shape_decided_at_run_time(sql).is_some() {
+            // A cached description of such text could decode a later
+            // shape's bytes as the old columns' types: describe it each time.
             return self.unnamed_statement(sql, params, request);
         }
         let may_retry = !self.in_transaction();
-        self.statement(Sends::Bind, |driver| {
+        let first_of_transaction = self.slot.machine.pending_begin();
+        let mut run = |driver: &mut Driver| {
             let statement = driver.prepare_cached(sql)?;
             match request(driver, Target::Prepared(&statement)) {
                 Err(e) if is_stale(&e) && !driver.has_ended() => {
@@ -367,7 +376,23 @@ impl Active<'_> {
                 }
                 result => result,
             }
-        })
+        };
+        match self.statement(Sends::Bind, Some(sql), &mut run) {
+            Err(Error::Db(e)) if is_stale(&e) => match first_of_transaction {
+                // BEGIN went in the statement's Sync group, and the server
+                // skipped the rest of it at the stale statement: nothing of
+                // the transaction ran. Begin again, with the statement
+                // prepared anew (its cache was emptied).
+                Some(begin) => {
+                    log::debug!("pgtx: first statement was stale ({e}); beginning again");
+                    self.rollback();
+                    self.begin(begin);
+                    self.statement(Sends::Bind, Some(sql), &mut run)
+                }
+                None => Err(Error::Db(e)),
+            },
+            result => result,
+        }
     }
 
     /// Runs SQL text on the unnamed statement, with `params` parameters:
@@ -384,7 +409,7 @@ impl Active<'_> {
         mut request: impl FnMut(&mut Driver, Target<'_>) -> Result<T, postgres::Error>,
     ) -> Result<T> {
         let may_retry = !self.in_transaction();
-        self.statement(Sends::Bind, |driver| {
+        self.statement(Sends::Bind, Some(sql), |driver| {
             if params == 0 {
                 return request(driver, Target::Unnamed(sql, &[]));
             }
@@ -450,29 +475,19 @@ impl Active<'_> {
             self.publish();
             return Err(Error::ConnectionLost(None));
         };
-        self.status.set(TransactionStatus::Active);
-        if driver.naming() == Naming::Unnamed {
-            let sent = driver.run(|client| client.batch_execute("COMMIT"));
-            return self.committed(sent);
+        if !driver.answered_within(RECHECK_AFTER) && !driver.is_alive() {
+            // The server closed the connection before COMMIT was written:
+            // it rolled back, and nothing is in doubt.
+            let cause = driver.take_end_cause();
+            self.discard();
+            return Err(Error::ConnectionLost(cause));
         }
-        // A prepared COMMIT saves the server parsing it each time (prepared
-        // once per connection; `DISCARD ALL` and `DEALLOCATE`, which would
-        // drop it, empty the cache).
-        let commit = match driver.prepare_cached("COMMIT") {
-            Ok(commit) => commit,
-            Err(e) if driver.has_ended() => {
-                // COMMIT was never sent: the server rolls back.
-                let cause = driver.why_lost(e);
-                self.discard();
-                return Err(Error::ConnectionLost(Some(cause)));
-            }
-            Err(e) => {
-                log::warn!("pgtx: could not prepare COMMIT ({e}); rolling back");
-                self.rollback_whatever_is_open();
-                return Err(Error::Db(e));
-            }
-        };
-        let sent = driver.run(|client| client.execute(&commit, &[])).map(drop);
+        self.status.set(TransactionStatus::Active);
+        // As a simple Query, never a named statement: SQL can redefine a
+        // name behind the tap's back (see wire.rs), and a COMMIT that runs
+        // something else would be reported as done. Once it is written, a
+        // broken connection leaves its outcome unknown.
+        let sent = driver.run(|client| client.batch_execute("COMMIT"));
         self.committed(sent)
     }
 
@@ -484,8 +499,22 @@ impl Active<'_> {
         };
         match sent {
             Ok(()) => {
+                // The server's word, not the request's success: `COMMIT` of
+                // a block the server had aborted answers `ROLLBACK`.
+                let tag = driver.last_command_tag();
+                let server = driver.server_status();
+                if tag == "COMMIT" && server == Some(ServerStatus::Idle) {
+                    self.publish();
+                    return Ok(());
+                }
+                log::warn!(
+                    "pgtx: COMMIT was answered {tag:?} with the session {server:?}: not committed"
+                );
+                if server != Some(ServerStatus::Idle) {
+                    self.rollback_whatever_is_open();
+                }
                 self.publish();
-                Ok(())
+                Err(Error::TransactionAborted(None))
             }
             Err(e) if e.as_db_error().is_some() && !driver.has_ended() => {
                 // The server refused to commit (a deferred constraint, a
@@ -532,11 +561,21 @@ impl Active<'_> {
         self.rollback();
     }
 
+    /// Runs one of pgtx's own statements (`SAVEPOINT`, `RELEASE`) on the
+    /// unnamed statement, never a named one that SQL could redefine, with
+    /// a pending `BEGIN` in its Sync group.
+    fn own_statement(&mut self, sql: &str) -> Result<()> {
+        self.statement(Sends::Bind, None, |d| {
+            d.execute(Target::Unnamed(sql, &[]), &[])
+        })
+        .map(drop)
+    }
+
     /// Opens savepoint number `depth + 1` inside the transaction; returns its number.
     pub(crate) fn savepoint(&mut self) -> Result<u32> {
         let depth = self.slot.machine.depth + 1;
         let sql = format!("SAVEPOINT {}", savepoint_name(depth));
-        self.cached_statement(sql.as_str(), 0, |d, target| d.execute(target, &[]))?;
+        self.own_statement(&sql)?;
         self.slot.machine.depth = depth;
         Ok(depth)
     }
@@ -552,7 +591,7 @@ impl Active<'_> {
             return Err(Error::TransactionAborted(first));
         }
         let sql = format!("RELEASE SAVEPOINT {}", savepoint_name(depth));
-        let result = self.cached_statement(sql.as_str(), 0, |d, target| d.execute(target, &[]));
+        let result = self.own_statement(&sql);
         self.slot.machine.depth = depth.saturating_sub(1).min(self.slot.machine.depth);
         result.map(drop)
     }
@@ -562,7 +601,7 @@ impl Active<'_> {
     pub(crate) fn rollback_to_savepoint(&mut self, depth: u32) -> Result<()> {
         let name = savepoint_name(depth);
         let sql = format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}");
-        let result = self.statement(Sends::Query, |d| d.run(|c| c.batch_execute(&sql)));
+        let result = self.statement(Sends::Query, None, |d| d.run(|c| c.batch_execute(&sql)));
         self.slot.machine.depth = depth.saturating_sub(1).min(self.slot.machine.depth);
         result
     }
@@ -739,6 +778,22 @@ fn refused(refusal: Refusal) -> Error {
             "the transaction was prepared for two-phase commit; nothing more can run in it"
                 .to_owned(),
         ),
+    }
+}
+
+/// The error for a `COPY` run through a statement method.
+fn copy_refused(copy: CopyRefused, sql: Option<&str>) -> Error {
+    const SHOWN: usize = 100;
+    let statement = match sql {
+        Some(sql) => match sql.char_indices().nth(SHOWN) {
+            Some((cut, _)) => format!("{}…", &sql[..cut]),
+            None => sql.to_owned(),
+        },
+        None => "a prepared statement".to_owned(),
+    };
+    Error::CopyRefused {
+        statement,
+        from_stdin: copy == CopyRefused::FromClient,
     }
 }
 

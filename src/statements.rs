@@ -12,7 +12,10 @@ pub(crate) type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 /// SQL text is prepared once per connection and the prepared statement is
 /// reused whenever the same text runs again, so passing text costs one round
 /// trip, as a prepared [`Statement`] does. The cache belongs to the
-/// connection and is emptied when it is replaced.
+/// connection and is emptied when it is replaced, or when the server says
+/// a statement is gone or no longer fits its tables. `FETCH`, `EXECUTE`
+/// and `CALL` text, whose rows take their shape only when it runs, is not
+/// cached: it is described again each time it runs, in the same round trip.
 ///
 /// On a manager built with
 /// [`statement_cache(false)`](crate::Builder::statement_cache) (for
@@ -33,7 +36,8 @@ pub(crate) use sealed::Sql;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum Naming {
     /// Each text is prepared once per connection under a name of its own
-    /// and bound by that name afterwards; `BEGIN` and `COMMIT` too.
+    /// and bound by that name afterwards (not pgtx's own statements, nor
+    /// text whose rows take their shape when it runs).
     #[default]
     Cached,
     /// Only the unnamed statement, parsed again in every Sync group: nothing

@@ -130,6 +130,15 @@ impl Machine {
         !matches!(self.track, Track::Idle)
     }
 
+    /// The `BEGIN` of a transaction that has sent nothing yet: its first
+    /// statement is about to.
+    pub(crate) fn pending_begin(&self) -> Option<Cow<'static, str>> {
+        match &self.track {
+            Track::Pending(begin) => Some(begin.clone()),
+            _ => None,
+        }
+    }
+
     /// A pgtx transaction begins; nothing is sent until its first statement.
     /// Only from `Idle`: a user block is rolled back first.
     pub(crate) fn begin(&mut self, begin: Cow<'static, str>) {

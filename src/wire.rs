@@ -8,24 +8,34 @@
 //! (and commit) on its own. In one Sync group it cannot: after an error the
 //! server skips every message up to the Sync. So the tap
 //!
-//! 1. writes `BEGIN`'s Parse/Bind/Execute in front of the first Bind that
-//!    follows [`Tap::arm_begin`], in the same write (with
-//!    [`Naming::Unnamed`], `BEGIN` is parsed as the unnamed statement, in
-//!    front of the first Parse or Bind: the statement's own Parse of the
-//!    unnamed statement then replaces it, after it ran);
+//! 1. writes `BEGIN`'s Parse/Bind/Execute, on the unnamed statement, in
+//!    front of the first Parse or Bind that follows [`Tap::arm_begin`], in
+//!    the same write (a statement's own Parse of the unnamed statement then
+//!    replaces it, after it ran);
 //! 2. takes the three answers to them (ParseComplete, BindComplete,
 //!    CommandComplete) out of what `tokio-postgres` reads, which then sees
 //!    exactly the answers to the request it sent; when the server refused
 //!    `BEGIN`, its ErrorResponse is let through and becomes that request's
 //!    error;
 //! 3. reads the transaction status of every ReadyForQuery, the server's own
-//!    word on whether a transaction block is open.
+//!    word on whether a transaction block is open, and the tag of every
+//!    CommandComplete (what the server says it did);
+//! 4. answers a server that asks for `COPY … FROM STDIN` data (which no
+//!    request of pgtx's sends) with CopyFail, so that the connection cannot
+//!    wait for ever in copy mode (see [`Tap::take_copy_refused`]).
+//!
+//! `BEGIN` is never a named prepared statement: SQL can reach named
+//! statements where the tap cannot see it (`EXECUTE format('DEALLOCATE
+//! …')` in a `DO` block, then `PREPARE` under the same name), and a `BEGIN`
+//! redefined that way would let the transaction's first statement commit
+//! on its own. The unnamed statement lives only until the next Parse in
+//! the same Sync group, out of reach of any SQL.
 //!
 //! It starts looking at messages only once the connection is set up
 //! ([`Tap::activate`]), when both directions are at a message boundary
 //! and nothing is in flight.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,8 +44,6 @@ use std::task::{Context, Poll, ready};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, TlsStream};
-
-use crate::statements::Naming;
 
 /// The server's transaction status, from its last ReadyForQuery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,19 +79,15 @@ pub(crate) struct Tap(Mutex<TapState>);
 #[derive(Default)]
 struct TapState {
     active: bool,
-    /// `BEGIN`'s messages, waiting for the next Bind.
-    armed: Option<Armed>,
-    /// `BEGIN` statements prepared on this connection under our own names,
-    /// so that later transactions send Bind/Execute without a Parse.
-    begins: HashMap<String, String>,
-    /// Names handed out so far (never reused, so a name can't collide with
-    /// one the server still has).
-    names_used: u64,
+    /// `BEGIN`'s messages, waiting for the next Parse or Bind.
+    armed: Option<Vec<u8>>,
     /// The server dropped prepared statements (`DISCARD ALL`,
     /// `DEALLOCATE`) since the driver last asked.
     statements_dropped: bool,
     /// The first bytes of the CommandComplete tag or ParameterStatus being read.
     tag: Vec<u8>,
+    /// The tag of the last CommandComplete let through (its first bytes).
+    last_tag: Vec<u8>,
     /// The server reported a `client_encoding` other than UTF8 (user SQL
     /// ran `SET client_encoding`): SQL text is then not read by the server
     /// the way pgtx reads it.
@@ -95,6 +99,16 @@ struct TapState {
     incoming: Framing,
     /// Sync and Query messages written: each is answered by one ReadyForQuery.
     syncs_written: u64,
+    /// The tags (`S` or `Q`) of the Sync and Query messages written and not
+    /// yet answered, oldest first: whether the group the server answers now
+    /// is a simple Query or an extended one.
+    unanswered: VecDeque<u8>,
+    /// Messages the tap itself sends (CopyFail, Sync), waiting for the
+    /// outgoing stream to reach a message boundary.
+    reply: Vec<u8>,
+    /// The server asked for, or started sending, COPY data since the last
+    /// [`Tap::take_copy_refused`].
+    copy_refused: Option<CopyRefused>,
     /// ReadyForQuery messages read.
     readies_read: u64,
     /// The incoming message being read is taken out.
@@ -102,14 +116,16 @@ struct TapState {
     status: Option<ServerStatus>,
 }
 
-/// `BEGIN`'s messages for the next Bind, and what they prepare.
-struct Armed {
-    messages: Vec<u8>,
-    /// The message tags `messages` go in front of (the first one written).
-    before: &'static [u8],
-    answers: &'static [u8],
-    /// The statement text and name a Parse among the messages prepares.
-    prepares: Option<(String, String)>,
+/// A `COPY` that reached the server through a statement method (which
+/// expects rows or a row count, never copy data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CopyRefused {
+    /// `COPY … FROM STDIN`: the server asked for data and got CopyFail, so
+    /// nothing was copied; the server reported an error.
+    FromClient,
+    /// `COPY … TO STDOUT`: the server sent its data, which `tokio-postgres`
+    /// read and dropped.
+    ToClient,
 }
 
 struct Strip {
@@ -117,13 +133,17 @@ struct Strip {
     group: u64,
     /// The answers still to take out, in order.
     answers: &'static [u8],
-    prepares: Option<(String, String)>,
 }
 
 /// The answers to Parse, Bind and Execute, in order.
 const PARSE_BIND_EXECUTE: &[u8] = b"12C";
-/// The answers to Bind and Execute of a prepared statement.
-const BIND_EXECUTE: &[u8] = b"2C";
+
+/// The message tags `BEGIN`'s messages go in front of: the first Parse or
+/// Bind of the statement it travels with.
+const INJECT_BEFORE: &[u8] = b"PB";
+
+/// What a CopyFail tells the server (it repeats it in its error).
+const COPY_FAIL_MESSAGE: &str = "pgtx: COPY FROM STDIN cannot run through a statement method";
 
 /// How much of a ParameterStatus is kept: enough for
 /// `client_encoding\0` and any encoding name.
@@ -145,48 +165,32 @@ impl Tap {
         state.status = Some(ServerStatus::Idle);
     }
 
-    /// Puts `begin` (a `BEGIN` statement) in front of the next Bind written:
-    /// Bind/Execute of the statement prepared from it on this connection,
-    /// preparing it (Parse, in the same messages) the first time.
-    ///
-    /// With [`Naming::Unnamed`]: Parse of the unnamed statement, Bind and
-    /// Execute, every time, in front of the next Parse or Bind (a
+    /// Puts `begin` (a `BEGIN` statement) in front of the next Parse or
+    /// Bind written: Parse of the unnamed statement, Bind and Execute. A
     /// statement's own Parse of the unnamed statement comes before its
-    /// Bind, and must follow `BEGIN`'s, which it replaces).
-    pub(crate) fn arm_begin(&self, begin: &str, naming: Naming) {
+    /// Bind, and must follow `BEGIN`'s, which it replaces; a named
+    /// statement's Bind leaves the unnamed one alone.
+    pub(crate) fn arm_begin(&self, begin: &str) {
+        let mut messages = parse("", begin);
+        messages.extend(bind_execute(""));
         let mut state = self.0.lock();
-        let armed = match (naming, state.begins.get(begin)) {
-            (Naming::Unnamed, _) => {
-                let mut messages = parse("", begin);
-                messages.extend(bind_execute(""));
-                Armed {
-                    messages,
-                    before: b"PB",
-                    answers: PARSE_BIND_EXECUTE,
-                    prepares: None,
-                }
-            }
-            (Naming::Cached, Some(name)) => Armed {
-                messages: bind_execute(name),
-                before: b"B",
-                answers: BIND_EXECUTE,
-                prepares: None,
-            },
-            (Naming::Cached, None) => {
-                let name = format!("pgtx_begin_{}", state.names_used);
-                state.names_used += 1;
-                let mut messages = parse(&name, begin);
-                messages.extend(bind_execute(&name));
-                Armed {
-                    messages,
-                    before: b"B",
-                    answers: PARSE_BIND_EXECUTE,
-                    prepares: Some((begin.to_owned(), name)),
-                }
-            }
-        };
-        state.armed = Some(armed);
+        state.armed = Some(messages);
         state.outcome = None;
+    }
+
+    /// The tag of the last CommandComplete the server sent (`COMMIT`,
+    /// `ROLLBACK`, `INSERT 0 1`, …), cut to its first bytes: what the
+    /// server says it did, whatever the statement was called.
+    pub(crate) fn last_command_tag(&self) -> String {
+        let state = self.0.lock();
+        let tag = state.last_tag.split(|&b| b == 0).next().unwrap_or_default();
+        String::from_utf8_lossy(tag).into_owned()
+    }
+
+    /// Whether a `COPY` reached the server through a statement method since
+    /// the last call, and which way.
+    pub(crate) fn take_copy_refused(&self) -> Option<CopyRefused> {
+        self.0.lock().copy_refused.take()
     }
 
     /// Whether the server dropped prepared statements (`DISCARD ALL`,
@@ -237,13 +241,13 @@ impl Tap {
 
 impl TapState {
     /// Where the armed `BEGIN` goes in `buf`: before the first message
-    /// starting in it whose tag it waits for (a Bind, or a Parse too).
+    /// starting in it that is a Parse or a Bind.
     fn injection_point(&self, buf: &[u8]) -> Option<usize> {
-        let before = self.armed.as_ref()?.before;
+        self.armed.as_ref()?;
         let mut framing = self.outgoing.clone();
         let mut at = 0;
         while at < buf.len() {
-            if framing.at_start() && before.contains(&buf[at]) {
+            if framing.at_start() && INJECT_BEFORE.contains(&buf[at]) {
                 return Some(at);
             }
             at += framing.advance(&buf[at..]).consumed;
@@ -255,8 +259,9 @@ impl TapState {
     fn wrote(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let step = self.outgoing.advance(bytes);
-            if step.started.is_some_and(|tag| tag == b'S' || tag == b'Q') {
+            if let Some(tag @ (b'S' | b'Q')) = step.started {
                 self.syncs_written += 1;
+                self.unanswered.push_back(tag);
             }
             bytes = &bytes[step.consumed..];
         }
@@ -300,13 +305,47 @@ impl TapState {
         to
     }
 
-    /// Notices the commands that drop prepared statements: ours are gone
-    /// too, and must be prepared again.
+    /// Keeps the tag, and notices the commands that drop prepared
+    /// statements: the driver's cache must forget them.
     fn on_command_complete(&mut self) {
         if self.tag.starts_with(b"DEALLOCATE") || self.tag.starts_with(b"DISCARD ALL") {
-            self.begins.clear();
             self.statements_dropped = true;
         }
+        self.last_tag.clone_from(&self.tag);
+    }
+
+    /// The server entered copy mode for a statement of a request that
+    /// cannot take part in it.
+    ///
+    /// Copy-in (`tag` `G`): the server waits for data and ignores Sync
+    /// until it gets CopyDone or CopyFail, so the request would never be
+    /// answered. CopyFail makes it report an error; after an extended
+    /// query it then skips to the next Sync, and the one already sent was
+    /// ignored in copy mode, so a Sync follows (its ReadyForQuery answers
+    /// the group, which is why it is not counted as written). Copy-out
+    /// (`H`) ends by itself: the data is only noted, for a clear error.
+    fn on_copy(&mut self, tag: u8) {
+        if tag == b'H' {
+            self.copy_refused = Some(CopyRefused::ToClient);
+            return;
+        }
+        self.copy_refused = Some(CopyRefused::FromClient);
+        message(&mut self.reply, b'f', |body| {
+            body.extend_from_slice(COPY_FAIL_MESSAGE.as_bytes());
+            body.push(0);
+        });
+        if self.unanswered.front() != Some(&b'Q') {
+            message(&mut self.reply, b'S', |_| {});
+        }
+    }
+
+    /// The tap's own messages, once the outgoing stream is at a message
+    /// boundary (they must not land inside one of `tokio-postgres`'s).
+    fn take_reply(&mut self) -> Option<Vec<u8>> {
+        if self.reply.is_empty() || !self.outgoing.at_start() {
+            return None;
+        }
+        Some(std::mem::take(&mut self.reply))
     }
 
     /// Follows `client_encoding`, which the server reports whenever it
@@ -324,10 +363,14 @@ impl TapState {
         let group = self.readies_read;
         if tag == b'Z' {
             self.readies_read += 1;
+            self.unanswered.pop_front();
         }
         // Notices, notifications and parameter changes can come at any time.
         if matches!(tag, b'N' | b'A' | b'S') {
             return false;
+        }
+        if matches!(tag, b'G' | b'H') {
+            self.on_copy(tag);
         }
         let Some(strip) = self.strip.as_mut().filter(|s| s.group == group) else {
             return false;
@@ -336,11 +379,6 @@ impl TapState {
             && tag == expected
         {
             strip.answers = rest;
-            if tag == b'1'
-                && let Some((sql, name)) = strip.prepares.take()
-            {
-                self.begins.insert(sql, name);
-            }
             if rest.is_empty() {
                 self.strip = None;
                 self.outcome = Some(BeginOutcome::Began);
@@ -501,6 +539,24 @@ impl<S> Wire<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Wire<S> {
+    /// Queues the tap's own messages, if the outgoing stream is at a
+    /// message boundary, and writes and flushes what is pending as far as
+    /// the socket takes it now (the rest goes with the next read or write).
+    fn send_reply(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if let Some(reply) = self.tap.0.lock().take_reply() {
+            self.pending.extend_from_slice(&reply);
+        } else if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Poll::Ready(result) = self.poll_pending(cx) {
+            result?;
+            if let Poll::Ready(result) = Pin::new(&mut self.inner).poll_flush(cx) {
+                result?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes what is pending; `Ready(Ok)` once nothing is.
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.pending.is_empty() {
@@ -514,7 +570,7 @@ impl<S: AsyncWrite + Unpin> Wire<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Wire<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Wire<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -522,6 +578,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Wire<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
+            // The tap's own answers (CopyFail) go out from here: a request
+            // waiting for the server writes nothing else.
+            this.send_reply(cx)?;
             let before = buf.filled().len();
             ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
             let after = buf.filled().len();
@@ -531,6 +590,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Wire<S> {
             }
             let kept = state.read(&mut buf.filled_mut()[before..]);
             buf.set_filled(before + kept);
+            let replying = !state.reply.is_empty();
+            drop(state);
+            if replying {
+                this.send_reply(cx)?;
+            }
             if kept > 0 {
                 return Poll::Ready(Ok(()));
             }
@@ -561,23 +625,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
             Some(_) => state.armed.take(),
             None => None,
         };
-        let (Some(at), Some(armed)) = (found, armed) else {
+        let (Some(at), Some(begin)) = (found, armed) else {
             drop(state);
             let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-            this.tap.0.lock().wrote(&buf[..n]);
+            let reply = {
+                let mut state = this.tap.0.lock();
+                state.wrote(&buf[..n]);
+                state.take_reply()
+            };
+            if let Some(reply) = reply {
+                this.pending.extend_from_slice(&reply);
+            }
             return Poll::Ready(Ok(n));
         };
-        let Armed {
-            messages: begin,
-            before: _,
-            answers,
-            prepares,
-        } = armed;
         state.wrote(&buf[..at]);
         state.strip = Some(Strip {
             group: state.syncs_written,
-            answers,
-            prepares,
+            answers: PARSE_BIND_EXECUTE,
         });
         state.outcome = Some(BeginOutcome::Unanswered);
         state.wrote(&buf[at..]);
@@ -624,6 +688,10 @@ mod tests {
         out
     }
 
+    fn copy_fail() -> Vec<u8> {
+        msg(b'f', format!("{COPY_FAIL_MESSAGE}\0").as_bytes())
+    }
+
     fn active() -> TapState {
         TapState {
             active: true,
@@ -640,45 +708,6 @@ mod tests {
             kept.extend_from_slice(&piece[..n]);
         }
         kept
-    }
-
-    #[test]
-    fn begin_is_prepared_once_then_bound_by_name() {
-        let tap = Tap::new();
-        tap.arm_begin("BEGIN", Naming::Cached);
-        let first = tap.0.lock().armed.take().expect("armed");
-        let mut expected = msg(b'P', b"pgtx_begin_0\0BEGIN\0\0\0");
-        expected.extend(msg(b'B', b"\0pgtx_begin_0\0\0\0\0\0\0\0"));
-        expected.extend(msg(b'E', &[0, 0, 0, 0, 0]));
-        assert_eq!(first.messages, expected);
-        assert_eq!(first.answers, b"12C");
-
-        // Once the server has answered the Parse, later transactions bind it.
-        let mut state = tap.0.lock();
-        state.active = true;
-        state.strip = Some(Strip {
-            group: 0,
-            answers: first.answers,
-            prepares: first.prepares,
-        });
-        let answers = [msg(b'1', b""), msg(b'2', b""), msg(b'C', b"BEGIN\0")].concat();
-        assert_eq!(state.read(&mut answers.clone()), 0);
-        drop(state);
-        tap.arm_begin("BEGIN", Naming::Cached);
-        let second = tap.0.lock().armed.take().expect("armed");
-        let mut expected = msg(b'B', b"\0pgtx_begin_0\0\0\0\0\0\0\0");
-        expected.extend(msg(b'E', &[0, 0, 0, 0, 0]));
-        assert_eq!(second.messages, expected);
-        assert_eq!(second.answers, b"2C");
-
-        // Another BEGIN text gets a name of its own.
-        tap.arm_begin("BEGIN READ ONLY", Naming::Cached);
-        let other = tap.0.lock().armed.take().expect("armed");
-        assert!(
-            other
-                .messages
-                .starts_with(&msg(b'P', b"pgtx_begin_1\0BEGIN READ ONLY\0\0\0"))
-        );
     }
 
     #[test]
@@ -712,59 +741,36 @@ mod tests {
     }
 
     #[test]
-    fn dropping_prepared_statements_forgets_the_prepared_begins() {
+    fn dropping_prepared_statements_is_reported_once() {
         for tag in ["DISCARD ALL", "DEALLOCATE ALL", "DEALLOCATE"] {
             let tap = Tap::new();
             let mut state = tap.0.lock();
             state.active = true;
-            state.begins.insert("BEGIN".into(), "pgtx_begin_0".into());
             let mut answers = [msg(b'C', format!("{tag}\0").as_bytes()), msg(b'Z', b"I")].concat();
             let n = answers.len();
             // Split inside the tag, as a read may.
             let (a, b) = answers.split_at_mut(5);
             assert_eq!(state.read(a) + state.read(b), n);
-            assert!(state.begins.is_empty(), "{tag}");
             drop(state);
             assert!(tap.take_statements_dropped(), "{tag}");
             assert!(!tap.take_statements_dropped(), "reported once");
+            assert_eq!(tap.last_command_tag(), tag);
         }
         let tap = Tap::new();
         let mut state = tap.0.lock();
         state.active = true;
-        state.begins.insert("BEGIN".into(), "pgtx_begin_0".into());
         let mut other = [msg(b'C', b"DISCARD PLANS\0"), msg(b'C', b"SELECT 1\0")].concat();
         state.read(&mut other);
-        assert_eq!(
-            state.begins.len(),
-            1,
+        drop(state);
+        assert!(
+            !tap.take_statements_dropped(),
             "DISCARD PLANS keeps prepared statements"
         );
+        assert_eq!(tap.last_command_tag(), "SELECT 1");
     }
 
     #[test]
-    fn injection_goes_before_the_first_bind_after_earlier_messages() {
-        let mut state = active();
-        state.armed = Some(Armed {
-            messages: bind_execute("pgtx_begin_0"),
-            before: b"B",
-            answers: BIND_EXECUTE,
-            prepares: None,
-        });
-        let mut buf = msg(b'C', b"Ss1\0");
-        buf.extend(msg(b'S', b""));
-        let bind_at = buf.len();
-        buf.extend(msg(b'B', b"\0s2\0\0\0\0\0\0\0"));
-        buf.extend(msg(b'E', b"\0\0\0\0\0"));
-        buf.extend(msg(b'S', b""));
-        assert_eq!(state.injection_point(&buf), Some(bind_at));
-        // A Bind's tag byte inside another message's body is not a message start.
-        let mut tricky = msg(b'Q', b"B\0");
-        tricky.extend(msg(b'B', b""));
-        assert_eq!(state.injection_point(&tricky), Some(7));
-    }
-
-    #[test]
-    fn an_unnamed_begin_is_parsed_every_time_in_front_of_the_statements_parse() {
+    fn begin_is_parsed_unnamed_every_time_in_front_of_the_first_parse_or_bind() {
         let tap = Tap::new();
         tap.activate();
         let mut expected = msg(b'P', b"\0BEGIN\0\0\0");
@@ -772,27 +778,30 @@ mod tests {
         expected.extend(msg(b'E', &[0, 0, 0, 0, 0]));
         // What tokio-postgres' query_typed writes: Parse, Bind, Describe,
         // Execute, Sync, all on the unnamed statement.
-        let mut statement = msg(b'P', b"\0SELECT 1\0\0\0");
-        let bind_at = statement.len();
-        statement.extend(msg(b'B', b"\0\0\0\0\0\0\0\x01\0\x01"));
-        statement.extend(msg(b'D', b"S\0"));
-        statement.extend(msg(b'E', b"\0\0\0\0\0"));
-        statement.extend(msg(b'S', b""));
-        for _ in 0..2 {
-            tap.arm_begin("BEGIN", Naming::Unnamed);
+        let mut unnamed = msg(b'P', b"\0SELECT 1\0\0\0");
+        unnamed.extend(msg(b'B', b"\0\0\0\0\0\0\0\x01\0\x01"));
+        unnamed.extend(msg(b'D', b"S\0"));
+        unnamed.extend(msg(b'E', b"\0\0\0\0\0"));
+        unnamed.extend(msg(b'S', b""));
+        // A cached statement: a Close of an evicted one, then Bind by name.
+        let mut named = msg(b'C', b"Ss1\0");
+        named.extend(msg(b'S', b""));
+        let bind_at = named.len();
+        named.extend(msg(b'B', b"\0s2\0\0\0\0\0\0\0"));
+        named.extend(msg(b'E', b"\0\0\0\0\0"));
+        named.extend(msg(b'S', b""));
+        // A Bind's tag byte inside another message's body is not a message start.
+        let mut tricky = msg(b'Q', b"B\0");
+        tricky.extend(msg(b'B', b""));
+        for (statement, at) in [(&unnamed, 0), (&named, bind_at), (&tricky, 7)] {
+            tap.arm_begin("BEGIN");
             let mut state = tap.0.lock();
-            assert_eq!(
-                state.injection_point(&statement),
-                Some(0),
-                "before the Parse"
-            );
+            assert_eq!(state.injection_point(statement), Some(at));
             let armed = state.armed.take().expect("armed");
-            assert_eq!(armed.messages, expected, "no name, parsed again each time");
-            assert_eq!(armed.answers, b"12C");
+            assert_eq!(armed, expected, "no name, parsed again each time");
             state.strip = Some(Strip {
                 group: 0,
-                answers: armed.answers,
-                prepares: armed.prepares,
+                answers: PARSE_BIND_EXECUTE,
             });
             let answers = [msg(b'1', b""), msg(b'2', b""), msg(b'C', b"BEGIN\0")].concat();
             assert_eq!(
@@ -800,24 +809,70 @@ mod tests {
                 0,
                 "BEGIN's answers taken out"
             );
-            assert!(state.begins.is_empty(), "nothing is remembered by name");
+            assert_eq!(state.outcome, Some(BeginOutcome::Began));
+            assert!(state.last_tag.is_empty(), "BEGIN's tag is not the user's");
             state.readies_read = 0;
         }
-        // A cached BEGIN still waits for the Bind, after a Parse.
+    }
+
+    #[test]
+    fn a_copy_in_is_failed_and_synced_after_an_extended_query_only() {
+        for (terminator, reply) in [
+            (msg(b'S', b""), [copy_fail(), msg(b'S', b"")].concat()),
+            (msg(b'Q', b"COPY t FROM STDIN\0"), copy_fail()),
+        ] {
+            let mut state = active();
+            state.wrote(&terminator);
+            // Split anywhere, the CopyInResponse is recognised.
+            let answers = msg(b'G', b"\0\0\x01\0\0");
+            let kept = read_in_chunks(&mut state, &answers, 2);
+            assert_eq!(kept, answers, "tokio-postgres still sees it");
+            assert_eq!(state.copy_refused, Some(CopyRefused::FromClient));
+            assert_eq!(state.take_reply(), Some(reply));
+            assert_eq!(state.take_reply(), None, "sent once");
+            // The group's one ReadyForQuery settles it: the tap's Sync is not counted.
+            read_in_chunks(
+                &mut state,
+                &[msg(b'E', b"SERROR\0\0"), msg(b'Z', b"I")].concat(),
+                3,
+            );
+            assert_eq!(state.readies_read, state.syncs_written);
+        }
+    }
+
+    #[test]
+    fn the_taps_reply_waits_for_a_message_boundary() {
         let mut state = active();
-        state.armed = Some(Armed {
-            messages: bind_execute("pgtx_begin_0"),
-            before: b"B",
-            answers: BIND_EXECUTE,
-            prepares: None,
-        });
-        assert_eq!(state.injection_point(&statement), Some(bind_at));
+        state.wrote(&msg(b'S', b""));
+        read_in_chunks(&mut state, &msg(b'G', b"\0\0\0"), 10);
+        let half = msg(b'B', b"\0s1\0\0\0\0\0\0\0");
+        state.wrote(&half[..4]);
+        assert_eq!(state.take_reply(), None, "not inside a Bind");
+        state.wrote(&half[4..]);
+        assert!(state.take_reply().is_some());
+    }
+
+    #[test]
+    fn a_copy_out_is_noted_and_left_to_end_by_itself() {
+        let mut state = active();
+        state.wrote(&msg(b'S', b""));
+        let answers = [
+            msg(b'H', b"\0\0\0"),
+            msg(b'd', b"1\n"),
+            msg(b'c', b""),
+            msg(b'C', b"COPY 1\0"),
+            msg(b'Z', b"I"),
+        ]
+        .concat();
+        assert_eq!(read_in_chunks(&mut state, &answers, 4), answers);
+        assert_eq!(state.copy_refused, Some(CopyRefused::ToClient));
+        assert_eq!(state.take_reply(), None, "nothing to answer");
     }
 
     #[test]
     fn a_held_begin_is_not_injected_and_is_armed_again_afterwards() {
         let tap = Tap::new();
-        tap.arm_begin("BEGIN", Naming::Unnamed);
+        tap.arm_begin("BEGIN");
         let during = tap.hold_begin(|| tap.0.lock().armed.is_some());
         assert!(!during, "not armed while held");
         assert!(tap.0.lock().armed.is_some(), "armed again");
@@ -836,7 +891,6 @@ mod tests {
             state.strip = Some(Strip {
                 group: state.syncs_written,
                 answers: PARSE_BIND_EXECUTE,
-                prepares: Some(("BEGIN".into(), "pgtx_begin_0".into())),
             });
             let earlier = [msg(b'3', b""), msg(b'Z', b"I")].concat();
             let ours = [
@@ -858,10 +912,7 @@ mod tests {
             assert_eq!(kept, expected, "chunk {chunk}");
             assert_eq!(state.outcome, Some(BeginOutcome::Began));
             assert_eq!(state.status, Some(ServerStatus::InTransaction));
-            assert_eq!(
-                state.begins.get("BEGIN").map(String::as_str),
-                Some("pgtx_begin_0")
-            );
+            assert_eq!(state.last_tag, b"SELECT 1\0");
         }
     }
 
@@ -870,8 +921,7 @@ mod tests {
         let mut state = active();
         state.strip = Some(Strip {
             group: 0,
-            answers: BIND_EXECUTE,
-            prepares: None,
+            answers: PARSE_BIND_EXECUTE,
         });
         let answers = [msg(b'E', b"SERROR\0\0"), msg(b'Z', b"I")].concat();
         let kept = read_in_chunks(&mut state, &answers, 3);

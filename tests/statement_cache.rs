@@ -287,3 +287,112 @@ fn without_a_statement_cache_parameter_types_are_looked_up_again_when_a_column_c
         .expect("described again in a transaction");
     assert_eq!(db.item_ids(), [1, 2, 3]);
 }
+
+/// Runs `query` through a cursor, as a streaming helper would: `DECLARE`,
+/// then `FETCH` the same text until it returns nothing.
+fn stream(tx: &mut pgtx::Tx<'_, pgtx::Open>, query: &str) -> pgtx::Result<Vec<pgtx::Row>> {
+    tx.batch_execute(&format!("DECLARE stream_cur CURSOR FOR {query}"))?;
+    let mut rows = Vec::new();
+    loop {
+        let batch = tx.query("FETCH FORWARD 10000 FROM stream_cur", &[])?;
+        if batch.is_empty() {
+            break;
+        }
+        rows.extend(batch);
+    }
+    tx.batch_execute("CLOSE stream_cur")?;
+    Ok(rows)
+}
+
+#[test]
+fn a_fetch_whose_cursor_changes_shape_returns_the_new_shape_never_the_old_types() {
+    let db = Db::new("cache_fetch_shape");
+    let manager = db.manager();
+    let ints = manager
+        .transaction(|mut tx| {
+            let rows = stream(&mut tx, "SELECT 7::int8")?;
+            tx.commit_returning(rows)
+        })
+        .expect("int8 rows");
+    assert_eq!(ints[0].get::<_, i64>(0), 7);
+
+    let floats = manager
+        .transaction(|mut tx| {
+            let rows = stream(&mut tx, "SELECT 1.5::float8")?;
+            tx.commit_returning(rows)
+        })
+        .expect("float8 rows");
+    assert!(
+        floats[0].try_get::<_, i64>(0).is_err(),
+        "a float8 column read as int8: {:?}",
+        floats[0].try_get::<_, i64>(0)
+    );
+    assert_eq!(floats[0].get::<_, f64>(0), 1.5);
+
+    let wider = manager
+        .transaction(|mut tx| {
+            let rows = stream(&mut tx, "SELECT 2::int4, 'two'::text")?;
+            tx.commit_returning(rows)
+        })
+        .expect("another column count works too");
+    assert_eq!(wider[0].get::<_, i32>(0), 2);
+    assert_eq!(wider[0].get::<_, &str>(1), "two");
+    assert_eq!(db.open_transactions(), 0);
+}
+
+#[test]
+fn execute_of_a_statement_prepared_again_in_sql_returns_its_new_shape() {
+    let db = Db::new("cache_execute_shape");
+    let manager = db.manager();
+    let mut guard = manager.lock().expect("lock");
+    guard
+        .batch_execute("PREPARE shape AS SELECT 40::int8 + 2")
+        .expect("prepare in SQL");
+    let row = guard.query_one("EXECUTE shape", &[]).expect("execute");
+    assert_eq!(row.get::<_, i64>(0), 42);
+    guard
+        .batch_execute(
+            "DO $$ BEGIN
+               EXECUTE 'DEALLOCATE shape';
+               EXECUTE $q$PREPARE shape AS SELECT 'forty-two'::text, 2.5::float8$q$;
+             END $$",
+        )
+        .expect("prepare again in SQL, where the tap cannot see it");
+    let row = guard
+        .query_one("EXECUTE shape", &[])
+        .expect("execute again");
+    assert!(row.try_get::<_, i64>(0).is_err(), "text read as int8");
+    assert_eq!(row.get::<_, &str>(0), "forty-two");
+    assert_eq!(row.get::<_, f64>(1), 2.5);
+}
+
+#[test]
+fn statements_whose_shape_is_decided_at_run_time_cannot_be_prepared() {
+    let db = Db::new("cache_fetch_prepare");
+    let manager = db.manager();
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    tx.batch_execute("DECLARE c CURSOR FOR SELECT 1")
+        .expect("declare");
+    for (sql, command) in [
+        ("FETCH 1 FROM c", "FETCH"),
+        ("/* hint */ execute shape", "EXECUTE"),
+        ("CALL p()", "CALL"),
+    ] {
+        match tx.prepare(sql) {
+            Err(Error::ShapeDecidedAtRunTime(found)) => assert_eq!(found, command),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    // Nothing was sent: the transaction is healthy and the cursor is there.
+    let one: i32 = tx.query_one("FETCH 1 FROM c", &[]).expect("fetch").get(0);
+    assert_eq!(one, 1);
+    let named: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement ~* '^fetch'",
+            &[],
+        )
+        .expect("count")
+        .get(0);
+    assert_eq!(named, 0, "FETCH text is never prepared by name");
+    tx.commit().expect("commit");
+}
