@@ -253,10 +253,11 @@
 //!
 //! # Features
 //!
-//! - `tls` (default): TLS connections with rustls, for every `sslmode`
-//!   (`prefer`, `require`, `verify-ca`, `verify-full`, …), root and client
-//!   certificates. Without it, `sslmode=require` and stricter are refused at
-//!   connect time with a clear error rather than silently sent in clear.
+//! - `tls` (default): TLS connections with rustls and its aws-lc-rs
+//!   crypto provider, for every `sslmode` (`prefer`, `require`,
+//!   `verify-ca`, `verify-full`, …), root and client certificates.
+//!   Without it, `sslmode=require` and stricter are refused at connect
+//!   time with a clear error rather than silently sent in clear.
 
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub, clippy::all)]
