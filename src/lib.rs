@@ -186,7 +186,8 @@
 //! What txpostgres gives a Twisted program, for threads:
 //!
 //! - [`Builder::reconnect`] with a [`ReconnectPolicy`] (exponential backoff
-//!   with jitter; txpostgres' defaults): when the connection dies and
+//!   with jitter; by default txpostgres' schedule: at once, then 1.7 s
+//!   growing ×1.7 up to 10 s, each wait ±12 %): when the connection dies and
 //!   cannot be reopened at once, one background thread reconnects while
 //!   every call fails at once with [`Error::ConnectionDead`] (no connect
 //!   timeout per call, nothing sent down a dead link); a round of attempts
