@@ -259,6 +259,15 @@
 //!   `verify-ca`, `verify-full`, …), root and client certificates.
 //!   Without it, `sslmode=require` and stricter are refused at connect
 //!   time with a clear error rather than silently sent in clear.
+//!
+//! # Not supported
+//!
+//! Connection settings that libpq has and pgtx cannot honour
+//! (`target_session_attrs` `primary`, `standby` and `prefer-standby`,
+//! `sslcrl`, `gssencmode=require`, …) are refused when connecting, with an
+//! error that names them, rather than ignored: see
+//! [`Settings`](Settings#not-supported). The API is blocking, made for
+//! threads; there is no `async` one.
 
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub, clippy::all)]
