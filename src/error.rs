@@ -149,20 +149,44 @@ pub enum Error {
     /// participant. Never a rollback: the decision to commit was made
     /// (`decided`), or its outcome is unknown because the connection broke
     /// while the decision was committed. The participants listed as
-    /// `in_doubt` are still prepared on their servers, holding their locks,
-    /// until [`Recovery`](crate::two_phase::Recovery) (or a retry) finishes
-    /// them as the decision says.
+    /// `in_doubt` are not known to have committed: as a rule they are
+    /// still prepared on their servers, holding their locks, until
+    /// [`Recovery`](crate::two_phase::Recovery) (or a retry) finishes them
+    /// as the decision says; one whose prepared transaction someone else
+    /// finished is in doubt too, with
+    /// [`Error::PreparedTransactionGone`] as the `source`.
     #[error("{}", describe_in_doubt(*.decided, .committed, .in_doubt, .source))]
     InDoubt {
         /// Whether the decision to commit is known to have been made.
         decided: bool,
         /// The participants that committed.
         committed: Vec<String>,
-        /// The participants still prepared.
+        /// The participants not known to have committed (still prepared,
+        /// or finished by someone else).
         in_doubt: Vec<String>,
         /// The last failure.
         #[source]
         source: Box<Error>,
+    },
+
+    /// After the decision to commit, a participant's prepared transaction
+    /// was no longer there when its `COMMIT PREPARED` came: someone else
+    /// finished it (an earlier attempt whose answer was lost, a
+    /// [`Recovery`](crate::two_phase::Recovery), an operator's
+    /// `ROLLBACK PREPARED`), and the server could not confirm that it
+    /// committed. It is the `source` of an [`Error::InDoubt`] that lists the
+    /// participant in doubt; pgtx never takes it as committed.
+    #[error("{}", describe_gone(.participant, .gid, *.rolled_back))]
+    PreparedTransactionGone {
+        /// The participant, as its settings show it (no password).
+        participant: String,
+        /// The gid of its prepared transaction.
+        gid: String,
+        /// Whether the server says the transaction was rolled back (its
+        /// work is lost, so the distributed transaction committed only
+        /// partly); `false` when the server could not tell (its
+        /// transaction id was never learned, or is too old).
+        rolled_back: bool,
     },
 
     /// The transaction committed, but a `NOTIFY` meant to follow it could
@@ -320,6 +344,19 @@ fn describe_in_doubt(
     )
 }
 
+fn describe_gone(participant: &str, gid: &str, rolled_back: bool) -> String {
+    let outcome = if rolled_back {
+        "the server says it was rolled back (by a recovery or by hand), so its work is lost \
+         although the decision was to commit"
+    } else {
+        "the server cannot say whether it committed"
+    };
+    format!(
+        "prepared transaction {gid} of participant {participant} was gone when COMMIT PREPARED \
+         came: {outcome}"
+    )
+}
+
 fn first_error(first: &Option<Box<DbError>>) -> String {
     match first {
         Some(db) => format!(
@@ -398,7 +435,9 @@ impl Error {
             Error::ConnectionDead { .. } | Error::ReconnectFailed { .. } => true,
             Error::WouldBlock | Error::LeaseRevoked => true,
             // Something was committed: running the work again would repeat it.
-            Error::InDoubt { .. } | Error::NotifyFailed { .. } => false,
+            Error::InDoubt { .. }
+            | Error::NotifyFailed { .. }
+            | Error::PreparedTransactionGone { .. } => false,
             _ => matches!(
                 self.code(),
                 Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE

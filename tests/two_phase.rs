@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -462,6 +463,19 @@ fn crash_child() -> bool {
     std::process::exit(3);
 }
 
+/// Runs test `test` again as the child coordinator of [`crash_child`] on
+/// `dsns`.
+fn spawn_coordinator(test: &str, dsns: &[String]) -> Child {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_DSNS, dsns.join("\n"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the child coordinator")
+}
+
 struct Crash {
     /// In commit order, as [`CRASH_LAYOUT`] places them.
     dbs: Vec<Db>,
@@ -493,14 +507,7 @@ fn start_crash(test: &str, prefix: &str, stall_on: usize, stall_at: &[&[u8]]) ->
         .enumerate()
         .map(|(place, (db, (_, cluster)))| in_place(place, &db.dsn_via(proxies[cluster].addr())))
         .collect();
-    let child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD_DSNS, dsns.join("\n"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the child coordinator");
+    let child = spawn_coordinator(test, &dsns);
     Crash {
         dbs,
         proxies,
@@ -610,10 +617,9 @@ fn a_coordinator_killed_after_the_first_commit_prepared_is_committed_by_recovery
         "{report:?}"
     );
     assert_settled(dbs, &[1]);
-    assert!(
-        decisions(&dbs[0]).is_empty(),
-        "the decision row goes once committed everywhere"
-    );
+    // Recovery cannot know that the participants it was not shown are
+    // done: the decision stays for them.
+    assert_eq!(decisions(&dbs[0]), ["commit"]);
     // Nothing left to do, and nothing done twice.
     let again = crash.recover();
     assert!(again.committed.is_empty() && again.rolled_back.is_empty());
@@ -809,4 +815,347 @@ fn a_participant_unreachable_after_the_decision_is_reported_in_doubt_then_recove
     assert_eq!(report.committed.len(), 1, "{report:?}");
     assert_eq!(b.item_ids(), vec![1], "committed as decided");
     assert_eq!(prepared(&b), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Shards: two servers on different hosts, on the same port, each with a
+// database of the same name (issue 18, item 1).
+
+/// Two private clusters, on 127.0.0.1 and 127.0.0.2 and one port, started
+/// on first use and shared by this binary's tests. Each has its own
+/// `initdb`, so its own `system_identifier`.
+fn same_port_clusters() -> [&'static TestServer; 2] {
+    static PAIR: OnceLock<Vec<TestServer>> = OnceLock::new();
+    let pair = PAIR.get_or_init(|| {
+        TestServer::start_private_same_port(
+            &[Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)],
+            &[],
+        )
+    });
+    [&pair[0], &pair[1]]
+}
+
+/// A database of one name on each of the [`same_port_clusters`]: the
+/// decider's on host 1, the voter's on host 2.
+fn shards(prefix: &str) -> [Db; 2] {
+    let [one, two] = same_port_clusters();
+    let decider = Db::on(one, prefix);
+    let voter = Db::named_on(two, &decider.name);
+    assert_eq!(one.port(), two.port(), "the same port");
+    assert_ne!(one.host(), two.host(), "different hosts");
+    [decider, voter]
+}
+
+/// Whether `db`'s database has a decision table (recovery creates it where
+/// it writes an `'abort'` row).
+fn has_decision_table(db: &Db) -> bool {
+    db.admin()
+        .query_one(
+            "SELECT to_regclass('pgtx_two_phase_decisions') IS NOT NULL",
+            &[],
+        )
+        .expect("look for the decision table")
+        .get(0)
+}
+
+/// What recovery given only the voter's database makes of it while its
+/// decider has committed: it is the decider's business, and the voter's
+/// database (whose name and port are the decider's) is not the decider.
+fn assert_left_to_the_decider(
+    voter: &Db,
+    listed: &[pgtx::two_phase::PreparedTransaction],
+    run: &pgtx::two_phase::Recovered,
+) {
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].decision, Decision::DeciderNotGiven, "{listed:?}");
+    assert!(listed[0].server.contains(voter.server.host()), "{listed:?}");
+    assert_eq!(run.unresolved.len(), 1, "{run:?}");
+    assert!(
+        run.committed.is_empty() && run.rolled_back.is_empty(),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn recovery_given_only_a_voter_leaves_it_prepared_while_its_decider_on_another_host_commits() {
+    let [decider, voter] = shards("tpc_shard_live");
+    // A slow link to the voter: its COMMIT PREPARED is held.
+    let proxy = voter.proxy();
+    proxy.stall_on(&[b"COMMIT PREPARED"]);
+    let dsns = [
+        in_place(0, &decider.dsn),
+        in_place(1, &voter.dsn_via(proxy.addr())),
+    ];
+    let (outcome, (reached, listed, run, voter_meanwhile)) = std::thread::scope(|s| {
+        let coordinator = s.spawn(|| {
+            let mut dtx = TwoPhase::new();
+            for dsn in &dsns {
+                let id = dtx.join_dsn(dsn)?;
+                insert(&mut dtx, id, 1)?;
+            }
+            dtx.commit()
+        });
+        let reached = eventually(Duration::from_secs(30), || {
+            proxy.is_stalled() && prepared(&voter) == 1 && decider.item_ids() == [1]
+        });
+        let recovery = Recovery::new([voter.dsn.as_str()]);
+        let listed = recovery.list();
+        let run = recovery.run();
+        let meanwhile = (
+            prepared(&voter),
+            voter.item_ids(),
+            has_decision_table(&voter),
+        );
+        // Only now may the coordinator go on (asserting first could leave
+        // it blocked, and the scope with it).
+        proxy.resume();
+        let outcome = coordinator.join().expect("the coordinator");
+        (outcome, (reached, listed, run, meanwhile))
+    });
+    assert!(
+        reached,
+        "the decider never committed with the voter prepared: {outcome:?}"
+    );
+    assert_left_to_the_decider(&voter, &listed.expect("list"), &run.expect("run"));
+    assert_eq!(
+        voter_meanwhile,
+        (1, vec![], false),
+        "still prepared, untouched, and no 'abort' written on the voter"
+    );
+    outcome.expect("the coordinator commits the voter it prepared");
+    for db in [&decider, &voter] {
+        assert_eq!(db.item_ids(), vec![1], "both committed: {}", db.dsn);
+        assert_eq!(prepared(db), 0, "{}", db.dsn);
+    }
+}
+
+#[test]
+fn recovery_given_only_a_voter_leaves_it_prepared_after_a_crash_and_commits_it_with_the_decider() {
+    if crash_child() {
+        return;
+    }
+    let [decider, voter] = shards("tpc_shard_crash");
+    let proxy = voter.proxy();
+    proxy.stall_on(&[b"COMMIT PREPARED"]);
+    let dsns = [
+        in_place(0, &decider.dsn),
+        in_place(1, &voter.dsn_via(proxy.addr())),
+    ];
+    let mut child = spawn_coordinator(
+        "recovery_given_only_a_voter_leaves_it_prepared_after_a_crash_and_commits_it_with_the_decider",
+        &dsns,
+    );
+    let reached = eventually(Duration::from_secs(30), || {
+        proxy.is_stalled() && prepared(&voter) == 1 && decider.item_ids() == [1]
+    });
+    child.kill().expect("SIGKILL the coordinator");
+    let _ = child.wait();
+    proxy.cut();
+    assert!(reached, "the coordinator never reached the crash point");
+    let alone = Recovery::new([voter.dsn.as_str()]);
+    assert_left_to_the_decider(
+        &voter,
+        &alone.list().expect("list"),
+        &alone.run().expect("run"),
+    );
+    assert_eq!(prepared(&voter), 1, "left prepared");
+    assert!(voter.item_ids().is_empty());
+    assert!(
+        !has_decision_table(&voter),
+        "no 'abort' written on the voter"
+    );
+    // With the decider given, its 'commit' row decides.
+    let report = Recovery::new([voter.dsn.as_str(), decider.dsn.as_str()])
+        .run()
+        .expect("recovery");
+    assert_eq!(report.committed.len(), 1, "{report:?}");
+    assert!(
+        report.committed[0].server.contains(voter.server.host()),
+        "{report:?}"
+    );
+    assert_settled(&[decider, voter], &[1]);
+}
+
+/// The coordinator's side: after its decision, a voter's prepared
+/// transaction that someone else rolled back (here an operator, as the
+/// recovery of the issue did) is reported in doubt, never `Ok`.
+#[test]
+fn a_voter_rolled_back_behind_the_coordinator_s_back_after_the_decision_is_in_doubt_not_ok() {
+    let [decider, voter] = shards("tpc_shard_gone");
+    let proxy = voter.proxy();
+    proxy.stall_on(&[b"COMMIT PREPARED"]);
+    let dsns = [
+        in_place(0, &decider.dsn),
+        in_place(1, &voter.dsn_via(proxy.addr())),
+    ];
+    let (outcome, reached, rolled_back) = std::thread::scope(|s| {
+        let coordinator = s.spawn(|| {
+            let mut dtx = TwoPhase::new();
+            for dsn in &dsns {
+                let id = dtx.join_dsn(dsn)?;
+                insert(&mut dtx, id, 1)?;
+            }
+            dtx.commit()
+        });
+        let reached = eventually(Duration::from_secs(30), || {
+            proxy.is_stalled() && prepared(&voter) == 1 && decider.item_ids() == [1]
+        });
+        let mut admin = voter.admin();
+        let rolled_back = admin
+            .query_one(
+                "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
+                &[],
+            )
+            .and_then(|row| {
+                let gid: String = row.get(0);
+                admin.batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
+            });
+        proxy.resume();
+        (
+            coordinator.join().expect("the coordinator"),
+            reached,
+            rolled_back,
+        )
+    });
+    assert!(
+        reached,
+        "the decider never committed with the voter prepared"
+    );
+    rolled_back.expect("the operator's ROLLBACK PREPARED");
+    match &outcome {
+        Err(Error::InDoubt {
+            decided: true,
+            committed,
+            in_doubt,
+            source,
+        }) => {
+            assert_eq!(committed.len(), 1, "{outcome:?}");
+            assert!(committed[0].contains("place_0"), "{outcome:?}");
+            assert_eq!(in_doubt.len(), 1, "{outcome:?}");
+            assert!(
+                in_doubt[0].contains(&format!("port={} ", proxy.addr().port())),
+                "the voter, through its proxy: {outcome:?}"
+            );
+            assert!(
+                matches!(
+                    **source,
+                    Error::PreparedTransactionGone {
+                        rolled_back: true,
+                        ..
+                    }
+                ),
+                "{source:?}"
+            );
+        }
+        other => panic!("expected InDoubt after the decision: {other:?}"),
+    }
+    let text = outcome.expect_err("in doubt").to_string();
+    assert!(text.contains("rolled back"), "{text}");
+    // What the servers hold: the split the rollback made, as reported.
+    assert_eq!(decider.item_ids(), vec![1]);
+    assert!(voter.item_ids().is_empty());
+    assert_eq!(prepared(&decider) + prepared(&voter), 0);
+}
+
+/// A voter's COMMIT PREPARED reaches the server but its answer is lost
+/// with the connection: the retry finds the gid gone, and the server's
+/// word that the transaction id committed (`txid_status`) makes it `Ok`.
+#[test]
+fn a_commit_prepared_whose_answer_was_lost_is_proven_committed_on_the_retry() {
+    let [decider, voter] = shards("tpc_shard_lost_answer");
+    let proxy = voter.proxy();
+    proxy.stall_after(&[b"COMMIT PREPARED"]);
+    let dsns = [
+        in_place(0, &decider.dsn),
+        in_place(1, &voter.dsn_via(proxy.addr())),
+    ];
+    let (outcome, reached) = std::thread::scope(|s| {
+        let coordinator = s.spawn(|| {
+            let mut dtx = TwoPhase::new();
+            for dsn in &dsns {
+                let id = dtx.join_dsn(dsn)?;
+                insert(&mut dtx, id, 1)?;
+            }
+            dtx.commit()
+        });
+        // The server committed it; the client has not heard.
+        let reached = eventually(Duration::from_secs(30), || {
+            proxy.is_stalled() && prepared(&voter) == 0 && voter.item_ids() == [1]
+        });
+        proxy.cut();
+        proxy.resume();
+        (coordinator.join().expect("the coordinator"), reached)
+    });
+    assert!(reached, "the voter's COMMIT PREPARED never arrived");
+    outcome.expect("proven committed");
+    assert!(proxy.total_connections() >= 2, "the retry reconnected");
+    assert_settled(&[decider, voter], &[1]);
+}
+
+/// The `pgtx:v1:` tag of a database: FNV-1a of its name, a NUL and its
+/// port (as pgtx before gid v2 made it).
+fn v1_tag(dbname: &str, port: u16) -> u32 {
+    format!("{dbname}\0{port}")
+        .bytes()
+        .fold(0x811c_9dc5_u32, |hash, b| {
+            (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        })
+}
+
+/// A `pgtx:v1:` gid names its decider by name and port only, which both
+/// shards share: only a `'commit'` row proves anything, and neither no row
+/// nor an `'abort'` row makes recovery touch it.
+#[test]
+fn v1_gids_are_committed_on_a_commit_row_and_otherwise_left_alone() {
+    let [decider, voter] = shards("tpc_shard_v1");
+    let key = format!("pgtx:v1:1a2b-3c4d-0000abcd:{}", std::process::id());
+    let gid = format!("{key}:{:08x}:1", v1_tag(&voter.name, voter.server.port()));
+    let mut prepared_by_hand = voter.admin();
+    prepared_by_hand
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO items VALUES (1, 'v1'); PREPARE TRANSACTION '{gid}'"
+        ))
+        .expect("a v1 prepared transaction");
+    let create = "CREATE TABLE pgtx_two_phase_decisions (
+        key text PRIMARY KEY,
+        decision text NOT NULL CHECK (decision IN ('commit', 'abort')),
+        decided_at timestamptz NOT NULL DEFAULT now())";
+    let alone = Recovery::new([voter.dsn.as_str()]);
+    for row in [None, Some("abort")] {
+        if let Some(decision) = row {
+            // As an earlier pgtx's recovery would have written it on the
+            // voter's database, which has the decider's name and port.
+            voter
+                .admin()
+                .batch_execute(&format!(
+                    "{create}; INSERT INTO pgtx_two_phase_decisions VALUES ('{key}', '{decision}')"
+                ))
+                .expect("an abort row");
+        }
+        let listed = alone.list().expect("list");
+        assert_eq!(listed.len(), 1, "{row:?}: {listed:?}");
+        assert_eq!(listed[0].decision, Decision::LegacyUnproven, "{row:?}");
+        assert_eq!(listed[0].gid, gid);
+        let run = alone.run().expect("run");
+        assert_eq!(run.unresolved.len(), 1, "{row:?}: {run:?}");
+        assert!(
+            run.committed.is_empty() && run.rolled_back.is_empty(),
+            "{run:?}"
+        );
+        assert_eq!(prepared(&voter), 1, "{row:?}: untouched");
+    }
+    assert_eq!(decisions(&voter), ["abort"], "nothing written by recovery");
+    // The real decider's 'commit' row, under the unique key, is proof.
+    decider
+        .admin()
+        .batch_execute(&format!(
+            "{create}; INSERT INTO pgtx_two_phase_decisions VALUES ('{key}', 'commit')"
+        ))
+        .expect("the commit row");
+    let report = Recovery::new([voter.dsn.as_str(), decider.dsn.as_str()])
+        .run()
+        .expect("recovery");
+    assert_eq!(report.committed.len(), 1, "{report:?}");
+    assert_eq!(voter.item_ids(), vec![1]);
+    assert_eq!(prepared(&voter), 0);
 }

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::held::{Conn, Held, Ticket, Within};
 use crate::ident::check_notification;
 use crate::manager::ManagedConnection;
+use crate::session::Vote;
 use crate::shared::Shared;
 use crate::state::Open;
 use crate::tx::Tx;
@@ -98,7 +99,13 @@ const SECOND_PHASE_TRIES: usize = 3;
 ///   participant cannot be committed, [`Error::InDoubt`] lists which
 ///   committed and which are still prepared, never `Ok` and never "rolled
 ///   back". If the connection to the decider breaks during its commit, the
-///   decision itself is unknown: `InDoubt` with `decided: false`.
+///   decision itself is unknown: `InDoubt` with `decided: false`. A voter
+///   whose prepared transaction is gone when its `COMMIT PREPARED` comes
+///   (someone else finished it) counts as committed only if its server
+///   says its transaction id committed (`txid_status`, the id being
+///   learned with the vote): an answer lost with a broken connection is
+///   proven so on the retry; anything else is `InDoubt` with
+///   [`Error::PreparedTransactionGone`] as the source.
 /// - A crash of the coordinator's process at any point is resolved by
 ///   [`Recovery`], given every participant's database: a prepared
 ///   transaction is committed if and only if its decision row exists.
@@ -107,13 +114,19 @@ const SECOND_PHASE_TRIES: usize = 3;
 ///   longer commit it (its decision row would collide): recovery may run at
 ///   any time.
 /// - Gids are unique by construction (process, start time, host, counter)
-///   and marked as pgtx's, so recovery never touches anyone else's prepared
-///   transactions.
+///   and marked as pgtx's (`pgtx:v2:`), so recovery never touches anyone
+///   else's prepared transactions. They name the decider by what its
+///   server says it is (`system_identifier` and database oid), not by
+///   name and port, so a database of the same name on another host is
+///   never taken for it (see [`Recovery`]; `pgtx:v1:` gids of earlier
+///   versions are still recognised).
 ///
 /// What it cannot do: a participant's server that is down for good leaves
 /// its prepared transaction (and its locks) there until it comes back and
 /// recovery runs. The decider's database needs the right to create
-/// [`DECISIONS_TABLE`] (once) and to write to it.
+/// [`DECISIONS_TABLE`] (once) and to write to it, and every participant's
+/// role the right to call `pg_control_system()` (PostgreSQL grants it to
+/// everyone unless revoked).
 ///
 /// # When it is not finished
 ///
@@ -466,20 +479,24 @@ impl<'m> TwoPhase<'m> {
             Err(e) => return Err(self.abort(&[], decider, e)),
         };
         // 2. The votes.
-        let mut prepared: Vec<(usize, String)> = Vec::new();
+        let mut prepared: Vec<Voted> = Vec::new();
         for (place, &voter) in voters.iter().enumerate() {
             let gid = key.gid(tag, place + 1);
             let vote = self.participants[voter]
                 .in_tx()
                 .with_session(|s| s.prepare_transaction(&gid));
             match vote {
-                Ok(true) => prepared.push((voter, gid)),
-                Ok(false) => {}
+                Ok(Vote::Prepared { xid }) => prepared.push(Voted { voter, gid, xid }),
+                Ok(Vote::Nothing) => {}
                 Err(e) => {
                     if matches!(e, Error::ConnectionLost(_)) {
                         // The server may have prepared it before the
                         // connection broke.
-                        prepared.push((voter, gid));
+                        prepared.push(Voted {
+                            voter,
+                            gid,
+                            xid: None,
+                        });
                     }
                     return Err(self.abort(&prepared, voter, e));
                 }
@@ -495,7 +512,7 @@ impl<'m> TwoPhase<'m> {
                 return Err(Error::InDoubt {
                     decided: false,
                     committed: Vec::new(),
-                    in_doubt: prepared.iter().map(|(p, _)| self.name(*p)).collect(),
+                    in_doubt: prepared.iter().map(|v| self.name(v.voter)).collect(),
                     source: Box::new(e),
                 });
             }
@@ -505,11 +522,11 @@ impl<'m> TwoPhase<'m> {
         let mut committed = vec![self.name(decider)];
         let mut in_doubt = Vec::new();
         let mut last = None;
-        for (voter, gid) in &prepared {
-            match self.finish_prepared(*voter, gid, true) {
-                Ok(()) => committed.push(self.name(*voter)),
+        for voted in &prepared {
+            match self.finish_prepared(voted, true) {
+                Ok(()) => committed.push(self.name(voted.voter)),
                 Err(e) => {
-                    in_doubt.push(self.name(*voter));
+                    in_doubt.push(self.name(voted.voter));
                     last = Some(e);
                 }
             }
@@ -536,8 +553,8 @@ impl<'m> TwoPhase<'m> {
     }
 
     /// Writes the decision row into the decider's open transaction; returns
-    /// the decider's tag for the gids.
-    fn write_decision(&self, decider: usize, key: &gid::Key) -> Result<u32> {
+    /// the decider's identity for the gids.
+    fn write_decision(&self, decider: usize, key: &gid::Key) -> Result<gid::DatabaseId> {
         let participant = &self.participants[decider];
         let tx = participant.in_tx();
         let name = participant.name();
@@ -545,8 +562,11 @@ impl<'m> TwoPhase<'m> {
             tx.execute(CREATE_DECISIONS, &[])?;
         }
         let row = tx.query_one(
-            "INSERT INTO pgtx_two_phase_decisions (key, decision) VALUES ($1, 'commit')
-             RETURNING current_database()::text, current_setting('port')",
+            &format!(
+                "INSERT INTO pgtx_two_phase_decisions (key, decision) VALUES ($1, 'commit')
+                 RETURNING {}",
+                gid::IDENTIFY_SQL
+            ),
             &[&key.as_str()],
         );
         let row = match row {
@@ -558,16 +578,14 @@ impl<'m> TwoPhase<'m> {
             }
         };
         remember_decisions_table(name);
-        let dbname: String = row.try_get(0).map_err(Error::Db)?;
-        let port: String = row.try_get(1).map_err(Error::Db)?;
-        Ok(gid::database_tag(&dbname, &port))
+        gid::DatabaseId::from_row(&row, 0).map_err(Error::Db)
     }
 
     /// Rolls every participant back after `failed` could not vote (or
     /// decide); the error to return.
-    fn abort(&self, prepared: &[(usize, String)], failed: usize, e: Error) -> Error {
+    fn abort(&self, prepared: &[Voted], failed: usize, e: Error) -> Error {
         for (index, participant) in self.participants.iter().enumerate() {
-            if prepared.iter().any(|(p, _)| *p == index) {
+            if prepared.iter().any(|v| v.voter == index) {
                 continue;
             }
             let _ = participant.in_tx().with_session(|s| {
@@ -575,11 +593,12 @@ impl<'m> TwoPhase<'m> {
                 Ok(())
             });
         }
-        for (voter, gid) in prepared {
-            if let Err(e) = self.finish_prepared(*voter, gid, false) {
+        for voted in prepared {
+            if let Err(e) = self.finish_prepared(voted, false) {
                 log::warn!(
-                    "pgtx: could not roll back prepared transaction {gid} on {}; recovery will: {e}",
-                    self.name(*voter)
+                    "pgtx: could not roll back prepared transaction {} on {}; recovery will: {e}",
+                    voted.gid,
+                    self.name(voted.voter)
                 );
             }
         }
@@ -590,23 +609,56 @@ impl<'m> TwoPhase<'m> {
     }
 
     /// `COMMIT PREPARED` / `ROLLBACK PREPARED`, retried on a new connection
-    /// when the old one broke. A gid the server no longer has was finished
-    /// already (by an attempt whose answer was lost, or by recovery, which
-    /// decides as the decision row says).
-    fn finish_prepared(&self, voter: usize, gid: &str, commit: bool) -> Result<()> {
+    /// when the old one broke.
+    ///
+    /// A gid the server no longer has was finished by someone: by an
+    /// earlier attempt whose answer was lost, by recovery, or by hand. A
+    /// rollback is then done either way (nobody commits without the
+    /// decision, which was not made). A commit is only taken as done when
+    /// the server says the voter's transaction id committed
+    /// (`txid_status`); otherwise it is [`Error::PreparedTransactionGone`],
+    /// which the caller reports in doubt, never `Ok`.
+    fn finish_prepared(&self, voted: &Voted, commit: bool) -> Result<()> {
         let mut last = None;
         for _ in 0..SECOND_PHASE_TRIES {
-            let result = self.participants[voter]
+            let result = self.participants[voted.voter]
                 .in_tx()
-                .with_session(|s| s.finish_prepared(gid, commit));
+                .with_session(|s| s.finish_prepared(&voted.gid, commit));
             match result {
                 Ok(()) => return Ok(()),
-                Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
+                Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => {
+                    return if commit {
+                        self.prove_committed(voted)
+                    } else {
+                        Ok(())
+                    };
+                }
                 Err(e @ (Error::ConnectionLost(_) | Error::Connect(_))) => last = Some(e),
                 Err(e) => return Err(e),
             }
         }
         Err(last.unwrap_or(Error::ConnectionLost(None)))
+    }
+
+    /// `Ok` if the server says `voted`'s transaction committed; otherwise
+    /// why that cannot be said.
+    fn prove_committed(&self, voted: &Voted) -> Result<()> {
+        let status = match voted.xid {
+            None => None,
+            Some(xid) => self.participants[voted.voter]
+                .conn(Within::Autocommit)
+                .query_one("SELECT txid_status($1)", &[&xid])?
+                .try_get::<_, Option<String>>(0)
+                .map_err(Error::Db)?,
+        };
+        if status.as_deref() == Some("committed") {
+            return Ok(());
+        }
+        Err(Error::PreparedTransactionGone {
+            participant: self.name(voted.voter),
+            gid: voted.gid.clone(),
+            rolled_back: status.as_deref() == Some("aborted"),
+        })
     }
 
     fn send_notifications(&mut self, decider: Option<usize>) -> Result<()> {
@@ -631,6 +683,14 @@ impl<'m> TwoPhase<'m> {
     fn name(&self, index: usize) -> String {
         self.participants[index].name()
     }
+}
+
+/// A voter's prepared transaction.
+struct Voted {
+    voter: usize,
+    gid: String,
+    /// Its transaction id, when known: what `txid_status` asks about.
+    xid: Option<i64>,
 }
 
 /// Databases (by their settings as shown) where this process has written

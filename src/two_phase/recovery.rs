@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::manager::ManagedConnection;
 
 use super::CREATE_DECISIONS;
-use super::gid::{self, Key};
+use super::gid::{self, DatabaseId, Decider, Key};
 
 /// Finds pgtx's prepared transactions on a set of databases and finishes
 /// each one as its distributed transaction decided.
@@ -17,6 +17,16 @@ use super::gid::{self, Key};
 /// deciding participant of a transaction must be among them, or that
 /// transaction is left alone and reported as
 /// [`Decision::DeciderNotGiven`]).
+///
+/// A database is known by what its server says of itself: the cluster's
+/// `system_identifier` (`pg_control_system()`, made at random by
+/// `initdb`) and the database's oid, which the gid of every prepared
+/// transaction carries for its decider. Two servers on different hosts
+/// with the same port and a database of the same name are told apart, so
+/// recovery given only a voter's database never mistakes it for the
+/// decider. (A cluster copied at the file level, such as a
+/// `pg_basebackup` started on its own, keeps the identifier of the one it
+/// was copied from: do not give recovery both.)
 ///
 /// ```no_run
 /// let report = pgtx::two_phase::Recovery::new(["dbname=bank_a", "dbname=bank_b"]).run()?;
@@ -34,9 +44,22 @@ use super::gid::{self, Key};
 /// collides with, a coordinator that is still deciding, so that coordinator
 /// can no longer commit once recovery has rolled back. That makes recovery
 /// safe to run at any time, even beside live coordinators. The `'abort'`
-/// rows stay (they are what keeps a late coordinator from committing).
+/// rows stay (they are what keeps a late coordinator from committing), and
+/// so does the `'commit'` row of a transaction that recovery finished (a
+/// participant on a database not given may still need it): remove what can
+/// no longer fence anything with [`purge`](Self::purge).
 ///
 /// Only gids that pgtx made are ever touched.
+///
+/// # Gids of earlier versions
+///
+/// A `pgtx:v1:` gid (pgtx before the decider was named by its server)
+/// names its decider by database name and port only, which another server
+/// may share. Such a transaction is committed when a database given with
+/// that name and port holds a `'commit'` row under its key (the key is
+/// unique, so the row is proof); otherwise it is left alone and reported
+/// as [`Decision::LegacyUnproven`], and never rolled back: finish it by
+/// hand (`ROLLBACK PREPARED`) once you know its decider did not commit.
 #[derive(Clone)]
 pub struct Recovery {
     dsns: Vec<String>,
@@ -70,6 +93,11 @@ pub enum Decision {
     /// None of the databases given is the one that holds the decision, so
     /// nothing can be known: left alone.
     DeciderNotGiven,
+    /// A `pgtx:v1:` gid with no `'commit'` row found: the database given
+    /// with its decider's name and port may be another server's, so no row
+    /// (or an `'abort'` row) there proves nothing. Left alone (see
+    /// [`Recovery`], *Gids of earlier versions*).
+    LegacyUnproven,
 }
 
 /// What [`Recovery::run`] did.
@@ -80,13 +108,26 @@ pub struct Recovered {
     pub committed: Vec<PreparedTransaction>,
     /// Rolled back with `ROLLBACK PREPARED`.
     pub rolled_back: Vec<PreparedTransaction>,
-    /// Left alone: their deciding database was not given.
+    /// Left alone: their deciding database was not given, or (a
+    /// `pgtx:v1:` gid) nothing proves what was decided.
     pub unresolved: Vec<PreparedTransaction>,
 }
 
 struct Server {
     manager: ManagedConnection,
+    /// What the server says this database is.
+    id: DatabaseId,
+    /// The `pgtx:v1:` tag of its name and port.
     tag: u32,
+}
+
+impl Server {
+    fn may_decide(&self, decider: Decider) -> bool {
+        match decider {
+            Decider::Database(id) => self.id == id,
+            Decider::Tag(tag) => self.tag == tag,
+        }
+    }
 }
 
 impl Recovery {
@@ -111,19 +152,18 @@ impl Recovery {
     pub fn list(&self) -> Result<Vec<PreparedTransaction>> {
         let servers = self.connect()?;
         let mut found = Vec::new();
-        let mut decisions: HashMap<(String, u32), Decision> = HashMap::new();
+        let mut decisions: HashMap<(Key, Decider), Decision> = HashMap::new();
         for server in &servers {
             for (gid, prepared_at, parsed) in prepared(server)? {
-                let decision =
-                    match decisions.get(&(parsed.key.as_str().to_owned(), parsed.decider)) {
-                        Some(decision) => *decision,
-                        None => {
-                            let decision = read_decision(&servers, &parsed.key, parsed.decider)?;
-                            decisions
-                                .insert((parsed.key.as_str().to_owned(), parsed.decider), decision);
-                            decision
-                        }
-                    };
+                let known = (parsed.key, parsed.decider);
+                let decision = match decisions.get(&known) {
+                    Some(decision) => *decision,
+                    None => {
+                        let decision = read_decision(&servers, &known.0, known.1)?;
+                        decisions.insert(known, decision);
+                        decision
+                    }
+                };
                 found.push(PreparedTransaction {
                     server: server.manager.settings().to_string(),
                     gid,
@@ -138,7 +178,8 @@ impl Recovery {
     /// Finishes every prepared transaction of pgtx's on these databases:
     /// commits where the decision was to commit, rolls back otherwise
     /// (writing the `'abort'` decision first), and leaves alone those whose
-    /// deciding database was not given.
+    /// deciding database was not given (and `pgtx:v1:` ones without a
+    /// `'commit'` row). Decision rows stay (see [`purge`](Self::purge)).
     ///
     /// # Errors
     ///
@@ -149,14 +190,15 @@ impl Recovery {
     pub fn run(&self) -> Result<Recovered> {
         let servers = self.connect()?;
         let mut report = Recovered::default();
-        let mut decisions: HashMap<String, Decision> = HashMap::new();
+        let mut decisions: HashMap<(Key, Decider), Decision> = HashMap::new();
         for server in &servers {
             for (gid, prepared_at, parsed) in prepared(server)? {
-                let decision = match decisions.get(parsed.key.as_str()) {
+                let known = (parsed.key, parsed.decider);
+                let decision = match decisions.get(&known) {
                     Some(decision) => *decision,
                     None => {
-                        let decision = decide(&servers, &parsed.key, parsed.decider)?;
-                        decisions.insert(parsed.key.as_str().to_owned(), decision);
+                        let decision = decide(&servers, &known.0, known.1)?;
+                        decisions.insert(known, decision);
                         decision
                     }
                 };
@@ -169,7 +211,7 @@ impl Recovery {
                 let verb = match decision {
                     Decision::Commit => "COMMIT",
                     Decision::Abort | Decision::Undecided => "ROLLBACK",
-                    Decision::DeciderNotGiven => {
+                    Decision::DeciderNotGiven | Decision::LegacyUnproven => {
                         report.unresolved.push(found);
                         continue;
                     }
@@ -190,7 +232,6 @@ impl Recovery {
                 }
             }
         }
-        forget_commit_rows(&servers, &report)?;
         Ok(report)
     }
 
@@ -200,12 +241,16 @@ impl Recovery {
             .map(|dsn| {
                 let manager = ManagedConnection::new(dsn)?;
                 let row = manager.lock()?.query_one(
-                    "SELECT current_database()::text, current_setting('port')",
+                    &format!(
+                        "SELECT current_database()::text, current_setting('port'), {}",
+                        gid::IDENTIFY_SQL
+                    ),
                     &[],
                 )?;
                 let dbname: String = row.try_get(0).map_err(Error::Db)?;
                 let port: String = row.try_get(1).map_err(Error::Db)?;
                 Ok(Server {
+                    id: DatabaseId::from_row(&row, 2).map_err(Error::Db)?,
                     manager,
                     tag: gid::database_tag(&dbname, &port),
                 })
@@ -233,12 +278,18 @@ fn prepared(server: &Server) -> Result<Vec<(String, SystemTime, gid::Parsed)>> {
 }
 
 /// The decision as the decider's row says, without writing anything.
-fn read_decision(servers: &[Server], key: &Key, decider: u32) -> Result<Decision> {
-    let candidates: Vec<&Server> = servers.iter().filter(|s| s.tag == decider).collect();
+fn read_decision(servers: &[Server], key: &Key, decider: Decider) -> Result<Decision> {
+    let candidates: Vec<&Server> = servers.iter().filter(|s| s.may_decide(decider)).collect();
     if candidates.is_empty() {
         return Ok(Decision::DeciderNotGiven);
     }
-    let mut decision = Decision::Undecided;
+    // A v1 candidate may be another server's database of the same name
+    // and port: only a 'commit' row (under a unique key) proves anything.
+    let unproven = match decider {
+        Decider::Database(_) => None,
+        Decider::Tag(_) => Some(Decision::LegacyUnproven),
+    };
+    let mut decision = unproven.unwrap_or(Decision::Undecided);
     for server in candidates {
         let mut guard = server.manager.lock()?;
         let exists: bool = guard
@@ -261,7 +312,7 @@ fn read_decision(servers: &[Server], key: &Key, decider: u32) -> Result<Decision
             .map_err(Error::Db)?
         {
             Some(d) if d == "commit" => return Ok(Decision::Commit),
-            Some(_) => decision = Decision::Abort,
+            Some(_) => decision = unproven.unwrap_or(Decision::Abort),
             None => {}
         }
     }
@@ -270,9 +321,13 @@ fn read_decision(servers: &[Server], key: &Key, decider: u32) -> Result<Decision
 
 /// The decision, presuming abort: an `'abort'` row is written where none
 /// is (it waits for a coordinator whose decision row is not committed yet,
-/// and keeps one that has not written it from ever committing).
-fn decide(servers: &[Server], key: &Key, decider: u32) -> Result<Decision> {
-    let candidates: Vec<&Server> = servers.iter().filter(|s| s.tag == decider).collect();
+/// and keeps one that has not written it from ever committing). Only in
+/// the very database the gid names: a `pgtx:v1:` transaction is only read.
+fn decide(servers: &[Server], key: &Key, decider: Decider) -> Result<Decision> {
+    let candidates: Vec<&Server> = match decider {
+        Decider::Database(_) => servers.iter().filter(|s| s.may_decide(decider)).collect(),
+        Decider::Tag(_) => return read_decision(servers, key, decider),
+    };
     if candidates.is_empty() {
         return Ok(Decision::DeciderNotGiven);
     }
@@ -289,33 +344,6 @@ fn decide(servers: &[Server], key: &Key, decider: u32) -> Result<Decision> {
         Decision::Commit => Ok(Decision::Commit),
         _ => Ok(Decision::Abort),
     }
-}
-
-/// Deletes the `'commit'` rows of transactions now committed everywhere
-/// (the coordinator would have, had it lived). `'abort'` rows stay.
-fn forget_commit_rows(servers: &[Server], report: &Recovered) -> Result<()> {
-    let mut keys: Vec<(Key, u32)> = report
-        .committed
-        .iter()
-        .filter_map(|t| gid::parse(&t.gid))
-        .map(|p| (p.key, p.decider))
-        .collect();
-    keys.dedup();
-    for (key, decider) in keys {
-        let left = servers.iter().try_fold(false, |left, server| {
-            Ok::<_, Error>(left || prepared(server)?.iter().any(|(_, _, p)| p.key == key))
-        })?;
-        if left {
-            continue;
-        }
-        for server in servers.iter().filter(|s| s.tag == decider) {
-            server.manager.lock()?.execute(
-                "DELETE FROM pgtx_two_phase_decisions WHERE key = $1 AND decision = 'commit'",
-                &[&key.as_str()],
-            )?;
-        }
-    }
-    Ok(())
 }
 
 impl fmt::Debug for Recovery {
