@@ -1159,3 +1159,133 @@ fn v1_gids_are_committed_on_a_commit_row_and_otherwise_left_alone() {
     assert_eq!(voter.item_ids(), vec![1]);
     assert_eq!(prepared(&voter), 0);
 }
+
+// ---------------------------------------------------------------------------
+// Purging decision rows that can no longer fence anything (issue 18,
+// item 2).
+
+const A_DAY: Duration = Duration::from_secs(24 * 3600);
+
+#[test]
+fn the_commit_row_of_a_coordinator_killed_after_every_commit_prepared_is_purged() {
+    if crash_child() {
+        return;
+    }
+    // Stall at the coordinator's last step, deleting its decision row:
+    // every participant has committed.
+    let mut crash = start_crash(
+        "the_commit_row_of_a_coordinator_killed_after_every_commit_prepared_is_purged",
+        "tpc_purge_left",
+        SHARED,
+        &[b"DELETE FROM pgtx_two_phase_decisions"],
+    );
+    crash.kill_when(|dbs| {
+        dbs.iter()
+            .all(|db| prepared(db) == 0 && db.item_ids() == [1])
+    });
+    let dbs = &crash.dbs;
+    assert_eq!(decisions(&dbs[0]), ["commit"], "the leftover");
+    let report = crash.recover();
+    assert_eq!(
+        report,
+        pgtx::two_phase::Recovered::default(),
+        "nothing to finish"
+    );
+    assert_eq!(decisions(&dbs[0]), ["commit"], "recovery leaves it");
+    let recovery = crash.recovery();
+    let young = recovery.purge(A_DAY).expect("purge");
+    assert_eq!(
+        (young.commit_rows, young.abort_rows),
+        (0, 0),
+        "younger than a day"
+    );
+    assert_eq!(decisions(&dbs[0]), ["commit"]);
+    let purged = recovery.purge(Duration::ZERO).expect("purge");
+    assert_eq!((purged.commit_rows, purged.abort_rows), (1, 0));
+    assert!(decisions(&dbs[0]).is_empty(), "purged");
+    assert_settled(dbs, &[1]);
+}
+
+/// Which database the gids of `db`'s decisions name: its server's
+/// `system_identifier` and its oid, as `pgtx:v2:` writes them.
+fn database_id(db: &Db) -> String {
+    let row = db
+        .admin()
+        .query_one(
+            "SELECT (SELECT system_identifier FROM pg_control_system()),
+                    (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .expect("identify the database");
+    let (system, oid): (i64, u32) = (row.get(0), row.get(1));
+    format!("{:016x}-{oid:x}", system.cast_unsigned())
+}
+
+/// A live coordinator stalled in its second phase keeps its `'commit'`
+/// row through a purge (its voter is still prepared); an `'abort'` row
+/// that recovery wrote goes, but only once it is older than asked.
+#[test]
+fn purge_keeps_a_decision_still_needed_and_removes_old_abort_rows() {
+    let (decider, voter) = (Db::new("tpc_purge_decider"), Db::new("tpc_purge_voter"));
+    // An 'abort' row, as recovery writes it: a prepared transaction of a
+    // coordinator that died before deciding, rolled back by recovery.
+    let orphan = format!(
+        "pgtx:v2:dead-1-0:{}:{}:1",
+        std::process::id(),
+        database_id(&decider)
+    );
+    voter
+        .admin()
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO items VALUES (7, 'orphan'); PREPARE TRANSACTION '{orphan}'"
+        ))
+        .expect("an orphan prepared transaction");
+    let both = Recovery::new([decider.dsn.as_str(), voter.dsn.as_str()]);
+    let report = both.run().expect("recovery");
+    assert_eq!(report.rolled_back.len(), 1, "{report:?}");
+    assert_eq!(decisions(&decider), ["abort"]);
+
+    let proxy = voter.proxy();
+    proxy.stall_on(&[b"COMMIT PREPARED"]);
+    let dsns = [
+        in_place(0, &decider.dsn),
+        in_place(1, &voter.dsn_via(proxy.addr())),
+    ];
+    let (outcome, reached, young, purged, left) = std::thread::scope(|s| {
+        let coordinator = s.spawn(|| {
+            let mut dtx = TwoPhase::new();
+            for dsn in &dsns {
+                let id = dtx.join_dsn(dsn)?;
+                insert(&mut dtx, id, 1)?;
+            }
+            dtx.commit()
+        });
+        let reached = eventually(Duration::from_secs(30), || {
+            proxy.is_stalled() && prepared(&voter) == 1 && decider.item_ids() == [1]
+        });
+        let young = both.purge(A_DAY);
+        let purged = both.purge(Duration::ZERO);
+        let left = decisions(&decider);
+        proxy.resume();
+        let outcome = coordinator.join().expect("the coordinator");
+        (outcome, reached, young, purged, left)
+    });
+    assert!(reached, "the coordinator never reached its second phase");
+    let young = young.expect("purge");
+    assert_eq!((young.commit_rows, young.abort_rows), (0, 0));
+    let purged = purged.expect("purge");
+    assert_eq!(
+        (purged.commit_rows, purged.abort_rows),
+        (0, 1),
+        "the abort row goes, the commit row its voter needs stays"
+    );
+    assert_eq!(left, ["commit"]);
+    outcome.expect("the coordinator finishes");
+    assert_eq!(decider.item_ids(), vec![1]);
+    assert_eq!(voter.item_ids(), vec![1], "the orphan stayed rolled back");
+    assert!(
+        decisions(&decider).is_empty(),
+        "the coordinator's own cleanup"
+    );
+    assert_eq!(prepared(&decider) + prepared(&voter), 0);
+}

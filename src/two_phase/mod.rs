@@ -24,7 +24,7 @@ use crate::shared::Shared;
 use crate::state::Open;
 use crate::tx::Tx;
 
-pub use self::recovery::{Decision, PreparedTransaction, Recovered, Recovery};
+pub use self::recovery::{Decision, PreparedTransaction, Purged, Recovered, Recovery};
 
 /// The table, in the deciding participant's database, whose row records
 /// the decision to commit (see [`TwoPhase`]).

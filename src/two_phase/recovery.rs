@@ -1,8 +1,8 @@
 //! Finishing what a crashed coordinator left prepared.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
 use crate::manager::ManagedConnection;
@@ -46,8 +46,20 @@ use super::gid::{self, DatabaseId, Decider, Key};
 /// safe to run at any time, even beside live coordinators. The `'abort'`
 /// rows stay (they are what keeps a late coordinator from committing), and
 /// so does the `'commit'` row of a transaction that recovery finished (a
-/// participant on a database not given may still need it): remove what can
-/// no longer fence anything with [`purge`](Self::purge).
+/// participant on a database not given may still need it), or whose
+/// coordinator crashed after its last `COMMIT PREPARED`: remove what can
+/// no longer fence anything with [`purge`](Self::purge), say once a day
+/// with `older_than` a few days:
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// let recovery = pgtx::two_phase::Recovery::new(["dbname=bank_a", "dbname=bank_b"]);
+/// recovery.run()?;
+/// let purged = recovery.purge(Duration::from_secs(3 * 24 * 3600))?;
+/// println!("{} commit and {} abort rows purged", purged.commit_rows, purged.abort_rows);
+/// # Ok::<(), pgtx::Error>(())
+/// ```
 ///
 /// Only gids that pgtx made are ever touched.
 ///
@@ -111,6 +123,16 @@ pub struct Recovered {
     /// Left alone: their deciding database was not given, or (a
     /// `pgtx:v1:` gid) nothing proves what was decided.
     pub unresolved: Vec<PreparedTransaction>,
+}
+
+/// What [`Recovery::purge`] deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Purged {
+    /// `'commit'` rows deleted.
+    pub commit_rows: u64,
+    /// `'abort'` rows deleted.
+    pub abort_rows: u64,
 }
 
 struct Server {
@@ -233,6 +255,102 @@ impl Recovery {
             }
         }
         Ok(report)
+    }
+
+    /// Deletes the decision rows that can no longer fence anything: on
+    /// every database given, the rows in
+    /// [`DECISIONS_TABLE`](super::DECISIONS_TABLE) decided at least
+    /// `older_than` ago whose transaction has no prepared transaction left
+    /// on any database given. That is the `'commit'` row of a transaction
+    /// whose coordinator crashed after its last `COMMIT PREPARED` (or that
+    /// [`run`](Self::run) finished), and the `'abort'` rows recovery
+    /// writes. Prepared transactions are never touched.
+    ///
+    /// Why it is safe: a decision row becomes visible only when the
+    /// decider commits, after every vote, so no participant of it can be
+    /// prepared later. The rows are read first and the prepared
+    /// transactions looked up after, so one that was prepared when its row
+    /// was read is seen. An `'abort'` row can go whatever is left: its
+    /// decider's transaction is over, so recovery would write it again and
+    /// decide the same. A `'commit'` row is the only record of its
+    /// decision, so give `purge`, as [`run`](Self::run), every database
+    /// the coordinators' transactions ran on: a participant still prepared
+    /// on a database not given would be rolled back by a later recovery
+    /// once its row is gone. `older_than` is the margin for that (a
+    /// participant unreachable for longer is the operator's to resolve);
+    /// days rather than seconds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Settings`], [`Error::Connect`] or [`Error::Db`] if a
+    /// database cannot be read or its rows deleted; nothing is deleted
+    /// from a database after the failure (what was deleted before stays
+    /// deleted, and purging again goes on from there).
+    pub fn purge(&self, older_than: Duration) -> Result<Purged> {
+        const AGED: &str = "decided_at <= now() - make_interval(secs => $1)";
+        let servers = self.connect()?;
+        let age = older_than.as_secs_f64();
+        // 1. The rows old enough, on each database once.
+        let mut seen = HashSet::new();
+        let mut candidates: Vec<(&Server, Vec<String>)> = Vec::new();
+        for server in &servers {
+            if !seen.insert(server.id) {
+                continue;
+            }
+            let mut guard = server.manager.lock()?;
+            let exists: bool = guard
+                .query_one(
+                    "SELECT to_regclass('pgtx_two_phase_decisions') IS NOT NULL",
+                    &[],
+                )?
+                .try_get(0)
+                .map_err(Error::Db)?;
+            if !exists {
+                continue;
+            }
+            let keys = guard
+                .query(
+                    &format!("SELECT key FROM pgtx_two_phase_decisions WHERE {AGED}"),
+                    &[&age],
+                )?
+                .iter()
+                .map(|row| row.try_get::<_, String>(0))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Error::Db)?;
+            candidates.push((server, keys));
+        }
+        // 2. The transactions still prepared anywhere, looked up after.
+        let mut still_prepared = HashSet::new();
+        for server in &servers {
+            for (_, _, parsed) in prepared(server)? {
+                still_prepared.insert(parsed.key.as_str().to_owned());
+            }
+        }
+        // 3. The rows read in 1 that nothing prepared needs.
+        let mut purged = Purged::default();
+        for (server, keys) in candidates {
+            let keys: Vec<String> = keys
+                .into_iter()
+                .filter(|key| !still_prepared.contains(key))
+                .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let rows = server.manager.lock()?.query(
+                &format!(
+                    "DELETE FROM pgtx_two_phase_decisions WHERE key = ANY($2) AND {AGED}
+                     RETURNING decision"
+                ),
+                &[&age, &keys],
+            )?;
+            for row in rows {
+                match row.try_get::<_, String>(0).map_err(Error::Db)?.as_str() {
+                    "commit" => purged.commit_rows += 1,
+                    _ => purged.abort_rows += 1,
+                }
+            }
+        }
+        Ok(purged)
     }
 
     fn connect(&self) -> Result<Vec<Server>> {
