@@ -1289,3 +1289,52 @@ fn purge_keeps_a_decision_still_needed_and_removes_old_abort_rows() {
     );
     assert_eq!(prepared(&decider) + prepared(&voter), 0);
 }
+
+// ---------------------------------------------------------------------------
+// Ergonomics (issue 18, item 8).
+
+/// A participant on a stock server (`max_prepared_transactions = 0`) can
+/// only decide, never vote: with the decider chosen by sorting it fails
+/// when the stock server sorts second, and `decide_on` makes it work.
+#[test]
+fn the_decider_chosen_with_decide_on_lets_a_stock_server_take_part() {
+    static STOCK: OnceLock<TestServer> = OnceLock::new();
+    let stock_server =
+        STOCK.get_or_init(|| TestServer::start_private_with(&[("max_prepared_transactions", "0")]));
+    let stock = Db::on(stock_server, "tpc_decide_on_stock");
+    let other = Db::new("tpc_decide_on_other");
+    // The stock server's participant sorts second.
+    let dsns = [in_place(1, &stock.dsn), in_place(0, &other.dsn)];
+    let attempt = |n: i32, choose: bool| {
+        let mut dtx = TwoPhase::new();
+        let on_stock = dtx.join_dsn(&dsns[0])?;
+        let elsewhere = dtx.join_dsn(&dsns[1])?;
+        insert(&mut dtx, on_stock, n)?;
+        insert(&mut dtx, elsewhere, n)?;
+        if choose {
+            dtx.decide_on(on_stock)?;
+        }
+        dtx.commit()
+    };
+    let err = attempt(1, false).expect_err("the stock server cannot vote");
+    assert!(
+        matches!(&err, Error::VoteFailed { participant, .. } if participant.contains(&stock.name)),
+        "{err:?}"
+    );
+    assert!(stock.item_ids().is_empty() && other.item_ids().is_empty());
+    attempt(2, true).expect("the stock server decides");
+    assert_eq!(stock.item_ids(), vec![2]);
+    assert_eq!(other.item_ids(), vec![2]);
+    assert_eq!(prepared(&other), 0);
+    assert!(
+        decisions(&stock).is_empty(),
+        "the decider's row is gone again"
+    );
+    assert!(!has_decision_table(&other), "the other one only voted");
+    // An id of another transaction is refused.
+    let mut dtx = TwoPhase::new();
+    let mut foreign = TwoPhase::new();
+    let id = foreign.join_dsn(&other.dsn).expect("join");
+    assert!(matches!(dtx.decide_on(id), Err(Error::InvalidParticipant)));
+    foreign.rollback().expect("rollback");
+}

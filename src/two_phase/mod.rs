@@ -72,7 +72,20 @@ const SECOND_PHASE_TRIES: usize = 3;
 /// # The protocol
 ///
 /// Participants are put in a fixed order (by their settings as shown, then
-/// by when they joined). The first of them decides, the others vote:
+/// by when they joined). The first of them decides, the others vote;
+/// [`decide_on`](Self::decide_on) names the decider instead (it then comes
+/// first, the others keep their order). The decider never prepares, so a
+/// server without prepared transactions can take part as the decider:
+///
+/// ```no_run
+/// # let (stock, other) = ("host=stock dbname=app", "host=other dbname=app");
+/// let mut dtx = pgtx::TwoPhase::new();
+/// let on_stock = dtx.join_dsn(stock)?; // max_prepared_transactions = 0
+/// let elsewhere = dtx.join_dsn(other)?;
+/// dtx.decide_on(on_stock)?;
+/// # Ok::<(), pgtx::Error>(())
+/// ```
+///
 ///
 /// 1. the decider writes a decision row (`'commit'` under the transaction's
 ///    key) into [`DECISIONS_TABLE`] in its own, still open transaction;
@@ -140,6 +153,8 @@ const SECOND_PHASE_TRIES: usize = 3;
 pub struct TwoPhase<'m> {
     id: u64,
     participants: Vec<Participant<'m>>,
+    /// Chosen by [`decide_on`](Self::decide_on).
+    decider: Option<usize>,
     notifications: Vec<Notification>,
     _not_send: PhantomData<*const ()>,
 }
@@ -257,6 +272,7 @@ impl<'m> TwoPhase<'m> {
         TwoPhase {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             participants: Vec::new(),
+            decider: None,
             notifications: Vec::new(),
             _not_send: PhantomData,
         }
@@ -337,6 +353,20 @@ impl<'m> TwoPhase<'m> {
             dsn: dsn.to_owned(),
         };
         Ok(self.push(link, epoch))
+    }
+
+    /// Makes participant `id` the decider: the one that records the
+    /// decision and commits in one phase, never preparing (see *The
+    /// protocol*). Without it, the decider is the first participant by its
+    /// settings as shown. Called again, the last choice holds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidParticipant`] if `id` is not a participant of this
+    /// transaction; the decider is as it was.
+    pub fn decide_on(&mut self, id: ParticipantId) -> Result<()> {
+        self.decider = Some(self.index_of(id)?);
+        Ok(())
     }
 
     /// The transaction of participant `id`, to run statements in.
@@ -459,16 +489,17 @@ impl<'m> TwoPhase<'m> {
     }
 
     /// Participants by their settings as shown, then by when they joined:
-    /// the same databases are always committed in the same order.
+    /// the same databases are always committed in the same order. The
+    /// decider chosen with [`decide_on`](Self::decide_on) comes first.
     fn commit_order(&self) -> Vec<usize> {
-        let mut order: Vec<(String, usize)> = self
+        let mut order: Vec<(bool, String, usize)> = self
             .participants
             .iter()
             .enumerate()
-            .map(|(i, p)| (p.name(), i))
+            .map(|(i, p)| (self.decider != Some(i), p.name(), i))
             .collect();
         order.sort();
-        order.into_iter().map(|(_, i)| i).collect()
+        order.into_iter().map(|(_, _, i)| i).collect()
     }
 
     fn commit_two_phase(&mut self, decider: usize, voters: &[usize]) -> Result<()> {
