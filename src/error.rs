@@ -131,16 +131,22 @@ pub enum Error {
     #[error("{}", describe(.0))]
     Db(#[source] postgres::Error),
 
-    /// A participant of a [`TwoPhase`](crate::TwoPhase) transaction could
-    /// not vote yes: its work had failed, its `PREPARE TRANSACTION` was
-    /// refused (`max_prepared_transactions = 0`; `NOTIFY`, `LISTEN` or a
-    /// temporary table used in it), or its connection broke. Every
-    /// participant was rolled back; nothing was committed anywhere.
-    #[error("{}", describe_vote(.participant, .source))]
+    /// A [`TwoPhase`](crate::TwoPhase) transaction failed before its
+    /// decision, at the [`VoteStep`](crate::two_phase::VoteStep) `step`: a
+    /// voter could not vote yes (its work had failed, its
+    /// `PREPARE TRANSACTION` was refused: `max_prepared_transactions = 0`;
+    /// `NOTIFY`, `LISTEN` or a temporary table used in it; or its
+    /// connection broke), or the decider could not record or commit the
+    /// decision (its work had failed, a deferred constraint, its
+    /// connection taken over). Every participant was rolled back; nothing
+    /// was committed anywhere.
+    #[error("{}", describe_vote(.participant, *.step, .source))]
     VoteFailed {
         /// The participant, as its settings show it (no password).
         participant: String,
-        /// Why it could not prepare.
+        /// What it failed at (the message says it too).
+        step: crate::two_phase::VoteStep,
+        /// Why it failed.
         #[source]
         source: Box<Error>,
     },
@@ -310,7 +316,8 @@ fn first_failure(first: &Option<Box<Error>>) -> String {
     }
 }
 
-fn describe_vote(participant: &str, source: &Error) -> String {
+fn describe_vote(participant: &str, step: crate::two_phase::VoteStep, source: &Error) -> String {
+    use crate::two_phase::VoteStep;
     let hint = if source.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
         && source
             .as_db_error()
@@ -320,9 +327,14 @@ fn describe_vote(participant: &str, source: &Error) -> String {
     } else {
         ""
     };
-    format!(
-        "participant {participant} could not prepare, so every participant was rolled back: {source}{hint}"
-    )
+    let failed = match step {
+        VoteStep::RecordDecision => {
+            format!("the decider {participant} could not record the decision")
+        }
+        VoteStep::Prepare => format!("participant {participant} could not prepare"),
+        VoteStep::DeciderCommit => format!("the decider {participant} could not commit"),
+    };
+    format!("{failed}, so every participant was rolled back: {source}{hint}")
 }
 
 fn describe_in_doubt(

@@ -1338,3 +1338,70 @@ fn the_decider_chosen_with_decide_on_lets_a_stock_server_take_part() {
     assert!(matches!(dtx.decide_on(id), Err(Error::InvalidParticipant)));
     foreign.rollback().expect("rollback");
 }
+
+/// `VoteFailed` names the step that failed: a voter's PREPARE, the
+/// decider's record of the decision, or the decider's own COMMIT (here
+/// refused by a deferred constraint), in its fields and in its text. Each
+/// time everything is rolled back.
+#[test]
+fn vote_failed_says_whether_a_voter_the_decision_record_or_the_decider_s_commit_failed() {
+    use pgtx::two_phase::VoteStep;
+    let (a, b) = (Db::new("tpc_step_a"), Db::new("tpc_step_b"));
+    a.admin()
+        .batch_execute("CREATE TABLE deferred (id int, UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)")
+        .expect("a deferred constraint");
+    // a decides (place 0), b votes.
+    let dsns = [in_place(0, &a.dsn), in_place(1, &b.dsn)];
+    let cases: [(&str, VoteStep, &str, &str); 3] = [
+        (
+            "decider_commit",
+            VoteStep::DeciderCommit,
+            "INSERT INTO deferred VALUES (1), (1)",
+            "the decider",
+        ),
+        (
+            "record",
+            VoteStep::RecordDecision,
+            "SELECT 1 / 0",
+            "could not record the decision",
+        ),
+        ("prepare", VoteStep::Prepare, "", "could not prepare"),
+    ];
+    for (case, step, on_decider, says) in cases {
+        let mut dtx = TwoPhase::new();
+        let pa = dtx.join_dsn(&dsns[0]).expect("join a");
+        let pb = dtx.join_dsn(&dsns[1]).expect("join b");
+        insert(&mut dtx, pa, 1).expect("insert a");
+        insert(&mut dtx, pb, 1).expect("insert b");
+        if on_decider.is_empty() {
+            assert!(insert(&mut dtx, pb, 1).is_err(), "{case}: b's work fails");
+        } else {
+            let _ = dtx.tx(pa).expect("a").batch_execute(on_decider);
+        }
+        let err = dtx.commit().expect_err(case);
+        let failed = if step == VoteStep::Prepare { &b } else { &a };
+        match &err {
+            Error::VoteFailed {
+                participant,
+                step: reported,
+                ..
+            } => {
+                assert_eq!(*reported, step, "{case}: {err:?}");
+                assert!(participant.contains(&failed.name), "{case}: {err:?}");
+            }
+            other => panic!("{case}: expected VoteFailed: {other:?}"),
+        }
+        let text = err.to_string();
+        assert!(text.contains(says), "{case}: {text}");
+        if step == VoteStep::DeciderCommit {
+            assert!(text.contains("could not commit"), "{case}: {text}");
+        }
+        if step != VoteStep::Prepare {
+            assert!(!text.contains("could not prepare"), "{case}: {text}");
+        }
+        for db in [&a, &b] {
+            assert!(db.item_ids().is_empty(), "{case}: {}", db.name);
+            assert_eq!(prepared(db), 0, "{case}: {}", db.name);
+        }
+    }
+}

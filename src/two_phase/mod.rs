@@ -161,6 +161,25 @@ pub struct TwoPhase<'m> {
 
 static_assertions::assert_not_impl_any!(TwoPhase<'static>: Send, Sync);
 
+/// The step of a [`TwoPhase`] commit that failed before the decision
+/// ([`Error::VoteFailed`]): everything was rolled back either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VoteStep {
+    /// The decider could not record the decision row in its transaction:
+    /// its own work had failed, or [`DECISIONS_TABLE`] could not be
+    /// created or written.
+    RecordDecision,
+    /// A voter's `PREPARE TRANSACTION`: its work had failed, the server
+    /// refused to prepare (`max_prepared_transactions = 0`; `NOTIFY`,
+    /// `LISTEN` or a temporary table used), or its connection broke.
+    Prepare,
+    /// The decider's own one-phase `COMMIT`, after every vote: refused (a
+    /// deferred constraint, a serialization failure), or its connection
+    /// was taken over as abandoned ([`Error::LeaseRevoked`]).
+    DeciderCommit,
+}
+
 /// A participant of one [`TwoPhase`] transaction, as [`TwoPhase::join`]
 /// hands it out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -414,8 +433,9 @@ impl<'m> TwoPhase<'m> {
     ///
     /// # Errors
     ///
-    /// - [`Error::VoteFailed`]: a participant could not prepare (or the
-    ///   decider's work failed); everything was rolled back.
+    /// - [`Error::VoteFailed`]: a participant could not prepare, or the
+    ///   decider could not record or commit the decision (its
+    ///   [`VoteStep`] says which); everything was rolled back.
     /// - [`Error::InDoubt`]: some participants are still prepared after the
     ///   decision (or with the decision unknown); run [`Recovery`].
     /// - [`Error::NotifyFailed`]: everything committed, but a notification
@@ -507,7 +527,7 @@ impl<'m> TwoPhase<'m> {
         // 1. The decision row, in the decider's own transaction.
         let tag = match self.write_decision(decider, &key) {
             Ok(tag) => tag,
-            Err(e) => return Err(self.abort(&[], decider, e)),
+            Err(e) => return Err(self.abort(&[], decider, VoteStep::RecordDecision, e)),
         };
         // 2. The votes.
         let mut prepared: Vec<Voted> = Vec::new();
@@ -529,7 +549,7 @@ impl<'m> TwoPhase<'m> {
                             xid: None,
                         });
                     }
-                    return Err(self.abort(&prepared, voter, e));
+                    return Err(self.abort(&prepared, voter, VoteStep::Prepare, e));
                 }
             }
         }
@@ -547,7 +567,7 @@ impl<'m> TwoPhase<'m> {
                     source: Box::new(e),
                 });
             }
-            Err(e) => return Err(self.abort(&prepared, decider, e)),
+            Err(e) => return Err(self.abort(&prepared, decider, VoteStep::DeciderCommit, e)),
         }
         // 4. The second phase.
         let mut committed = vec![self.name(decider)];
@@ -614,7 +634,7 @@ impl<'m> TwoPhase<'m> {
 
     /// Rolls every participant back after `failed` could not vote (or
     /// decide); the error to return.
-    fn abort(&self, prepared: &[Voted], failed: usize, e: Error) -> Error {
+    fn abort(&self, prepared: &[Voted], failed: usize, step: VoteStep, e: Error) -> Error {
         for (index, participant) in self.participants.iter().enumerate() {
             if prepared.iter().any(|v| v.voter == index) {
                 continue;
@@ -635,6 +655,7 @@ impl<'m> TwoPhase<'m> {
         }
         Error::VoteFailed {
             participant: self.name(failed),
+            step,
             source: Box::new(e),
         }
     }
