@@ -1405,3 +1405,48 @@ fn vote_failed_says_whether_a_voter_the_decision_record_or_the_decider_s_commit_
         }
     }
 }
+
+/// Connections of a `Pool` join as participants (each call another one),
+/// commit or roll back with the rest, and go back to the pool clean.
+#[test]
+fn a_pool_s_connections_join_and_go_back_to_the_pool_clean() {
+    let (a, b) = (Db::new("tpc_pool_a"), Db::new("tpc_pool_b"));
+    let pool = pgtx::Pool::new(&a.dsn, 2).expect("pool");
+    let mut dtx = TwoPhase::new();
+    let first = dtx.join_pool(&pool).expect("join one");
+    let second = dtx.join_pool(&pool).expect("join another");
+    assert_ne!(first, second, "two connections, two participants");
+    assert!(
+        matches!(dtx.join_pool(&pool), Err(Error::Reentrant)),
+        "every connection is held by this transaction"
+    );
+    assert!(matches!(pool.try_lock(), Err(Error::WouldBlock)), "held");
+    let pb = dtx.join_dsn(&b.dsn).expect("join b");
+    insert(&mut dtx, first, 1).expect("insert");
+    insert(&mut dtx, second, 2).expect("insert");
+    insert(&mut dtx, pb, 1).expect("insert");
+    assert_eq!(a.open_transactions(), 2, "two sessions in the transaction");
+    dtx.commit().expect("commit");
+    assert_eq!(a.item_ids(), vec![1, 2]);
+    assert_eq!(b.item_ids(), vec![1]);
+    assert_eq!(prepared(&a) + prepared(&b), 0);
+    assert_eq!(a.open_transactions(), 0);
+    assert_eq!(pool.state().unfinished, 0);
+    // Back in the pool: both can be taken at once.
+    {
+        let one = pool.try_lock().expect("free again");
+        let two = pool.try_lock().expect("both free again");
+        drop((one, two));
+    }
+    // Rolled back with the rest.
+    let mut dtx = TwoPhase::new();
+    let pa = dtx.join_pool(&pool).expect("join");
+    let pb = dtx.join_dsn(&b.dsn).expect("join b");
+    insert(&mut dtx, pa, 3).expect("insert");
+    insert(&mut dtx, pb, 3).expect("insert");
+    dtx.rollback().expect("rollback");
+    assert_eq!(a.item_ids(), vec![1, 2]);
+    assert_eq!(b.item_ids(), vec![1]);
+    assert_eq!(a.open_transactions(), 0);
+    drop(pool.try_lock().expect("free after the rollback"));
+}

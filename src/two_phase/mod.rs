@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::held::{Conn, Held, Ticket, Within};
 use crate::ident::check_notification;
 use crate::manager::ManagedConnection;
+use crate::pool::Pool;
 use crate::session::Vote;
 use crate::shared::Shared;
 use crate::state::Open;
@@ -60,7 +61,9 @@ const SECOND_PHASE_TRIES: usize = 3;
 /// # Participants
 ///
 /// [`join`](Self::join) a [`ManagedConnection`]: its connection is held (no
-/// other thread gets it) until the distributed transaction ends. Or
+/// other thread gets it) until the distributed transaction ends; or
+/// [`join_pool`](Self::join_pool) one of a [`Pool`]'s connections, given
+/// back to the pool when it ends. Or
 /// [`join_dsn`](Self::join_dsn): a connection opened for this transaction and
 /// closed when it ends, committed or not; the same DSN twice is the same
 /// participant, as is the same manager twice. Each participant's
@@ -346,6 +349,34 @@ impl<'m> TwoPhase<'m> {
         }
         let epoch = manager.shared().join()?;
         Ok(self.push(Link::Joined(manager), epoch))
+    }
+
+    /// Joins one of `pool`'s connections: takes a free one (waiting as
+    /// [`Pool::lock`] does), holds it until this transaction ends, and
+    /// begins a transaction on it. Each call joins another connection, a
+    /// participant of its own (two connections of one pool are two
+    /// sessions on the same database, both committed or neither). At the
+    /// end the connection goes back to the pool, clean.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::lock`]; nothing was joined, and the connection is free
+    /// again. [`Error::Reentrant`] at once if this transaction holds
+    /// every connection of `pool` already (waiting would never end).
+    pub fn join_pool(&mut self, pool: &'m Pool) -> Result<ParticipantId> {
+        let joined = self
+            .participants
+            .iter()
+            .filter(|p| pool.has_member(p.manager()))
+            .count();
+        if joined >= pool.size() {
+            // Waiting for one of them would wait for this transaction.
+            return Err(Error::Reentrant);
+        }
+        let (member, held) = pool.lease_member()?;
+        let epoch = held.into_epoch();
+        let epoch = member.shared().join_leased(epoch)?;
+        Ok(self.push(Link::Joined(member), epoch))
     }
 
     /// Joins a connection opened for this transaction with `dsn` (a libpq
