@@ -161,7 +161,7 @@ pub enum Error {
     /// as the decision says; one whose prepared transaction someone else
     /// finished is in doubt too, with
     /// [`Error::PreparedTransactionGone`] as the `source`.
-    #[error("{}", describe_in_doubt(*.decided, .committed, .in_doubt, .source))]
+    #[error("{}", describe_in_doubt(*.decided, .committed, .in_doubt, .unsent_notifications, .source))]
     InDoubt {
         /// Whether the decision to commit is known to have been made.
         decided: bool,
@@ -170,6 +170,12 @@ pub enum Error {
         /// The participants not known to have committed (still prepared,
         /// or finished by someone else).
         in_doubt: Vec<String>,
+        /// The notifications given with
+        /// [`notify`](crate::TwoPhase::notify) (`(channel, payload)`), none
+        /// of which was sent: pgtx sends them only once every participant
+        /// has committed. Send them once recovery has finished the
+        /// transaction, if it committed. Empty when there were none.
+        unsent_notifications: Vec<(String, String)>,
         /// The last failure.
         #[source]
         source: Box<Error>,
@@ -341,16 +347,21 @@ fn describe_in_doubt(
     decided: bool,
     committed: &[String],
     in_doubt: &[String],
+    unsent: &[(String, String)],
     source: &Error,
 ) -> String {
+    let notifications = match unsent.len() {
+        0 => String::new(),
+        n => format!("; {n} notification(s) not sent"),
+    };
     let decision = if decided {
         "the decision was to commit"
     } else {
         "the decision to commit may or may not have been made"
     };
     format!(
-        "distributed transaction in doubt ({decision}): committed on [{}], still prepared on [{}]; \
-         run pgtx::two_phase::Recovery to finish it: {source}",
+        "distributed transaction in doubt ({decision}): committed on [{}], not known to have \
+         committed on [{}]{notifications}; run pgtx::two_phase::Recovery to finish it: {source}",
         committed.join(", "),
         in_doubt.join(", ")
     )

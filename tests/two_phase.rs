@@ -774,6 +774,8 @@ fn a_participant_unreachable_after_the_decision_is_reported_in_doubt_then_recove
         ) + " connect_timeout=1"
     };
     let (a_via_proxy, b_via_proxy) = (via_proxy(&a), via_proxy(&b));
+    let mut listener = a.admin();
+    listener.batch_execute("LISTEN tpc_doubt").expect("listen");
     proxy.stall_on(&[b"COMMIT PREPARED"]);
     let outcome = std::thread::scope(|s| {
         s.spawn(|| {
@@ -787,6 +789,7 @@ fn a_participant_unreachable_after_the_decision_is_reported_in_doubt_then_recove
         let pb = dtx.join_dsn(&b_via_proxy).expect("join b");
         insert(&mut dtx, pa, 1).expect("insert a");
         insert(&mut dtx, pb, 1).expect("insert b");
+        dtx.notify("tpc_doubt", "transfer 1").expect("notify");
         dtx.commit()
     });
     match &outcome {
@@ -794,8 +797,14 @@ fn a_participant_unreachable_after_the_decision_is_reported_in_doubt_then_recove
             decided: true,
             committed,
             in_doubt,
+            unsent_notifications,
             ..
         }) => {
+            assert_eq!(
+                unsent_notifications,
+                &[("tpc_doubt".to_owned(), "transfer 1".to_owned())],
+                "{outcome:?}"
+            );
             assert_eq!(committed.len(), 1, "{outcome:?}");
             assert!(committed[0].contains(&a.name), "{outcome:?}");
             assert_eq!(in_doubt.len(), 1, "{outcome:?}");
@@ -805,6 +814,15 @@ fn a_participant_unreachable_after_the_decision_is_reported_in_doubt_then_recove
     }
     let err = outcome.expect_err("in doubt");
     assert!(!err.is_transient(), "running it again would commit twice");
+    assert!(
+        err.to_string().contains("1 notification(s) not sent"),
+        "{err}"
+    );
+    // Nothing arrived (what pgtx sends goes out on the decider, a, right
+    // after its last COMMIT PREPARED: it would be here by now).
+    let mut received = Vec::new();
+    drain(&mut listener, Duration::from_millis(300), &mut received);
+    assert!(received.is_empty(), "{received:?}");
     assert_eq!(a.item_ids(), vec![1], "the decider committed");
     assert!(b.item_ids().is_empty(), "b is still prepared");
     assert_eq!(prepared(&b), 1);
@@ -1028,6 +1046,7 @@ fn a_voter_rolled_back_behind_the_coordinator_s_back_after_the_decision_is_in_do
             committed,
             in_doubt,
             source,
+            ..
         }) => {
             assert_eq!(committed.len(), 1, "{outcome:?}");
             assert!(committed[0].contains("place_0"), "{outcome:?}");

@@ -468,7 +468,8 @@ impl<'m> TwoPhase<'m> {
     ///   decider could not record or commit the decision (its
     ///   [`VoteStep`] says which); everything was rolled back.
     /// - [`Error::InDoubt`]: some participants are still prepared after the
-    ///   decision (or with the decision unknown); run [`Recovery`].
+    ///   decision (or with the decision unknown); run [`Recovery`]. No
+    ///   notification was sent: they are in its `unsent_notifications`.
     /// - [`Error::NotifyFailed`]: everything committed, but a notification
     ///   could not be sent.
     /// - With one participant, as [`Tx::commit`].
@@ -479,7 +480,21 @@ impl<'m> TwoPhase<'m> {
             [only] => self.participants[*only]
                 .in_tx()
                 .with_session(|s| s.commit())?,
-            [decider, voters @ ..] => self.commit_two_phase(*decider, voters)?,
+            [decider, voters @ ..] => {
+                if let Err(mut e) = self.commit_two_phase(*decider, voters) {
+                    if let Error::InDoubt {
+                        unsent_notifications,
+                        ..
+                    } = &mut e
+                    {
+                        *unsent_notifications = std::mem::take(&mut self.notifications)
+                            .into_iter()
+                            .map(|n| (n.channel, n.payload))
+                            .collect();
+                    }
+                    return Err(e);
+                }
+            }
         }
         self.send_notifications(order.first().copied())
     }
@@ -592,6 +607,7 @@ impl<'m> TwoPhase<'m> {
             Ok(()) => {}
             Err(e @ Error::CommitOutcomeUnknown(_)) => {
                 return Err(Error::InDoubt {
+                    unsent_notifications: Vec::new(),
                     decided: false,
                     committed: Vec::new(),
                     in_doubt: prepared.iter().map(|v| self.name(v.voter)).collect(),
@@ -615,6 +631,7 @@ impl<'m> TwoPhase<'m> {
         }
         if let Some(e) = last {
             return Err(Error::InDoubt {
+                unsent_notifications: Vec::new(),
                 decided: true,
                 committed,
                 in_doubt,
