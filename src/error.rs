@@ -172,16 +172,22 @@ pub enum Error {
     #[error("{}", describe(.0))]
     Db(#[source] postgres::Error),
 
-    /// A participant of a [`TwoPhase`](crate::TwoPhase) transaction could
-    /// not vote yes: its work had failed, its `PREPARE TRANSACTION` was
-    /// refused (`max_prepared_transactions = 0`; `NOTIFY`, `LISTEN` or a
-    /// temporary table used in it), or its connection broke. Every
-    /// participant was rolled back; nothing was committed anywhere.
-    #[error("{}", describe_vote(.participant, .source))]
+    /// A [`TwoPhase`](crate::TwoPhase) transaction failed before its
+    /// decision, at the [`VoteStep`](crate::two_phase::VoteStep) `step`: a
+    /// voter could not vote yes (its work had failed, its
+    /// `PREPARE TRANSACTION` was refused: `max_prepared_transactions = 0`;
+    /// `NOTIFY`, `LISTEN` or a temporary table used in it; or its
+    /// connection broke), or the decider could not record or commit the
+    /// decision (its work had failed, a deferred constraint, its
+    /// connection taken over). Every participant was rolled back; nothing
+    /// was committed anywhere.
+    #[error("{}", describe_vote(.participant, *.step, .source))]
     VoteFailed {
         /// The participant, as its settings show it (no password).
         participant: String,
-        /// Why it could not prepare.
+        /// What it failed at (the message says it too).
+        step: crate::two_phase::VoteStep,
+        /// Why it failed.
         #[source]
         source: Box<Error>,
     },
@@ -190,20 +196,50 @@ pub enum Error {
     /// participant. Never a rollback: the decision to commit was made
     /// (`decided`), or its outcome is unknown because the connection broke
     /// while the decision was committed. The participants listed as
-    /// `in_doubt` are still prepared on their servers, holding their locks,
-    /// until [`Recovery`](crate::two_phase::Recovery) (or a retry) finishes
-    /// them as the decision says.
-    #[error("{}", describe_in_doubt(*.decided, .committed, .in_doubt, .source))]
+    /// `in_doubt` are not known to have committed: as a rule they are
+    /// still prepared on their servers, holding their locks, until
+    /// [`Recovery`](crate::two_phase::Recovery) (or a retry) finishes them
+    /// as the decision says; one whose prepared transaction someone else
+    /// finished is in doubt too, with
+    /// [`Error::PreparedTransactionGone`] as the `source`.
+    #[error("{}", describe_in_doubt(*.decided, .committed, .in_doubt, .unsent_notifications, .source))]
     InDoubt {
         /// Whether the decision to commit is known to have been made.
         decided: bool,
         /// The participants that committed.
         committed: Vec<String>,
-        /// The participants still prepared.
+        /// The participants not known to have committed (still prepared,
+        /// or finished by someone else).
         in_doubt: Vec<String>,
+        /// The notifications given with
+        /// [`notify`](crate::TwoPhase::notify) (`(channel, payload)`), none
+        /// of which was sent: pgtx sends them only once every participant
+        /// has committed. Send them once recovery has finished the
+        /// transaction, if it committed. Empty when there were none.
+        unsent_notifications: Vec<(String, String)>,
         /// The last failure.
         #[source]
         source: Box<Error>,
+    },
+
+    /// After the decision to commit, a participant's prepared transaction
+    /// was no longer there when its `COMMIT PREPARED` came: someone else
+    /// finished it (an earlier attempt whose answer was lost, a
+    /// [`Recovery`](crate::two_phase::Recovery), an operator's
+    /// `ROLLBACK PREPARED`), and the server could not confirm that it
+    /// committed. It is the `source` of an [`Error::InDoubt`] that lists the
+    /// participant in doubt; pgtx never takes it as committed.
+    #[error("{}", describe_gone(.participant, .gid, *.rolled_back))]
+    PreparedTransactionGone {
+        /// The participant, as its settings show it (no password).
+        participant: String,
+        /// The gid of its prepared transaction.
+        gid: String,
+        /// Whether the server says the transaction was rolled back (its
+        /// work is lost, so the distributed transaction committed only
+        /// partly); `false` when the server could not tell (its
+        /// transaction id was never learned, or is too old).
+        rolled_back: bool,
     },
 
     /// The transaction committed, but a `NOTIFY` meant to follow it could
@@ -327,7 +363,8 @@ fn first_failure(first: &Option<Box<Error>>) -> String {
     }
 }
 
-fn describe_vote(participant: &str, source: &Error) -> String {
+fn describe_vote(participant: &str, step: crate::two_phase::VoteStep, source: &Error) -> String {
+    use crate::two_phase::VoteStep;
     let hint = if source.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
         && source
             .as_db_error()
@@ -337,27 +374,50 @@ fn describe_vote(participant: &str, source: &Error) -> String {
     } else {
         ""
     };
-    format!(
-        "participant {participant} could not prepare, so every participant was rolled back: {source}{hint}"
-    )
+    let failed = match step {
+        VoteStep::RecordDecision => {
+            format!("the decider {participant} could not record the decision")
+        }
+        VoteStep::Prepare => format!("participant {participant} could not prepare"),
+        VoteStep::DeciderCommit => format!("the decider {participant} could not commit"),
+    };
+    format!("{failed}, so every participant was rolled back: {source}{hint}")
 }
 
 fn describe_in_doubt(
     decided: bool,
     committed: &[String],
     in_doubt: &[String],
+    unsent: &[(String, String)],
     source: &Error,
 ) -> String {
+    let notifications = match unsent.len() {
+        0 => String::new(),
+        n => format!("; {n} notification(s) not sent"),
+    };
     let decision = if decided {
         "the decision was to commit"
     } else {
         "the decision to commit may or may not have been made"
     };
     format!(
-        "distributed transaction in doubt ({decision}): committed on [{}], still prepared on [{}]; \
-         run pgtx::two_phase::Recovery to finish it: {source}",
+        "distributed transaction in doubt ({decision}): committed on [{}], not known to have \
+         committed on [{}]{notifications}; run pgtx::two_phase::Recovery to finish it: {source}",
         committed.join(", "),
         in_doubt.join(", ")
+    )
+}
+
+fn describe_gone(participant: &str, gid: &str, rolled_back: bool) -> String {
+    let outcome = if rolled_back {
+        "the server says it was rolled back (by a recovery or by hand), so its work is lost \
+         although the decision was to commit"
+    } else {
+        "the server cannot say whether it committed"
+    };
+    format!(
+        "prepared transaction {gid} of participant {participant} was gone when COMMIT PREPARED \
+         came: {outcome}"
     )
 }
 
@@ -439,7 +499,9 @@ impl Error {
             Error::ConnectionDead { .. } | Error::ReconnectFailed { .. } => true,
             Error::WouldBlock | Error::LeaseRevoked => true,
             // Something was committed: running the work again would repeat it.
-            Error::InDoubt { .. } | Error::NotifyFailed { .. } => false,
+            Error::InDoubt { .. }
+            | Error::NotifyFailed { .. }
+            | Error::PreparedTransactionGone { .. } => false,
             _ => matches!(
                 self.code(),
                 Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE

@@ -80,6 +80,13 @@ impl<'m> Held<'m> {
         self.shared
     }
 
+    /// The lease's epoch, handed on to a holder that finishes it itself
+    /// (this `Held` no longer releases anything).
+    pub(crate) fn into_epoch(self) -> u64 {
+        let held = std::mem::ManuallyDrop::new(self);
+        held.ticket.epoch()
+    }
+
     /// The connection as this holder uses it.
     pub(crate) fn conn(&self, within: Within) -> Conn<'m> {
         Conn {

@@ -112,7 +112,9 @@
 //! who is still prepared); one participant commits in one phase, so a stock
 //! server works. The decision is a row committed with the deciding
 //! participant's own work, so [`two_phase::Recovery`] finishes whatever a
-//! crashed coordinator left prepared, correctly, and may run at any time.
+//! crashed coordinator left prepared, correctly, and may run at any time;
+//! it knows the deciding database by its server's `system_identifier`, so
+//! a database of the same name on another host is never taken for it.
 //! See [`TwoPhase`] for the protocol and its guarantees.
 //!
 //! # LISTEN/NOTIFY

@@ -531,6 +531,36 @@ impl Pool {
         first.map_or(Ok(()), Err)
     }
 
+    /// Whether `member` is one of this pool's connections.
+    pub(crate) fn has_member(&self, member: &ManagedConnection) -> bool {
+        self.members
+            .iter()
+            .any(|m| std::ptr::eq(m.shared(), member.shared()))
+    }
+
+    /// A free member's lease, waiting as long as it takes (as
+    /// [`lock`](Self::lock)), and the member: for a [`TwoPhase`] to join.
+    ///
+    /// [`TwoPhase`]: crate::TwoPhase
+    pub(crate) fn lease_member(&self) -> Result<(&ManagedConnection, Held<'_>)> {
+        let held = match self.line.may_barge().then(|| self.free_member()) {
+            Some(Ok(Some(held))) => held,
+            Some(Err(e)) => return Err(e),
+            _ => {
+                let ticket = self.line.join();
+                let taken = self.wait_in_line(ticket, None);
+                self.line.leave(ticket);
+                taken?
+            }
+        };
+        let member = self
+            .members
+            .iter()
+            .find(|m| std::ptr::eq(m.shared(), held.shared()))
+            .expect("a pool's lease is one of its members'");
+        Ok((member, held))
+    }
+
     fn checkout(&self, deadline: Option<Instant>, wait: bool) -> Result<Guard<'_>> {
         // Nobody waiting (long): take what is free, without joining the line.
         if self.line.may_barge()

@@ -626,16 +626,18 @@ impl Active<'_> {
 
     /// The vote of a two-phase commit: `PREPARE TRANSACTION gid`. Returns
     /// whether a transaction was prepared (one that sent nothing has
-    /// nothing to prepare, and nothing to commit later).
+    /// nothing to prepare, and nothing to commit later) and, if so, its
+    /// transaction id (`txid_current()`, asked in the same round trip),
+    /// by which the server can tell later whether it committed.
     ///
     /// On `Err` nothing is prepared under `gid` on this session's account,
     /// except after [`Error::ConnectionLost`], when the server may have
     /// prepared it (recovery, or `ROLLBACK PREPARED`, decides).
-    pub(crate) fn prepare_transaction(&mut self, gid: &str) -> Result<bool> {
+    pub(crate) fn prepare_transaction(&mut self, gid: &str) -> Result<Vote> {
         match self.slot.machine.prepare() {
             PreparePlan::Nothing => {
                 self.publish();
-                return Ok(false);
+                return Ok(Vote::Nothing);
             }
             PreparePlan::Lost => {
                 self.publish();
@@ -657,11 +659,21 @@ impl Active<'_> {
             return Err(Error::ConnectionLost(None));
         };
         self.status.set(TransactionStatus::Active);
-        let sql = format!("PREPARE TRANSACTION {}", quote_literal(gid));
-        let result = match driver.run(|client| client.batch_execute(&sql)) {
+        // One simple query: if the SELECT fails, PREPARE is not run.
+        let sql = format!(
+            "SELECT txid_current()::text; PREPARE TRANSACTION {}",
+            quote_literal(gid)
+        );
+        let result = match driver.run(|client| client.simple_query(&sql)) {
             Err(e) if driver.has_ended() => Err(Error::ConnectionLost(Some(driver.why_lost(e)))),
             other => other.map_err(Error::Db),
         };
+        let xid = result.as_ref().ok().and_then(|messages| {
+            messages.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse::<i64>().ok(),
+                _ => None,
+            })
+        });
         let reply = match &result {
             Err(Error::ConnectionLost(_)) => {
                 self.lose_connection();
@@ -679,7 +691,7 @@ impl Active<'_> {
             self.rollback();
         }
         self.publish();
-        result.map(|()| true)
+        result.map(|_| Vote::Prepared { xid })
     }
 
     /// `COMMIT PREPARED gid` (or `ROLLBACK PREPARED`): the second phase.
@@ -759,6 +771,16 @@ impl Active<'_> {
 
 /// `text` as an SQL string literal (for the gids of two-phase commit,
 /// which `PREPARE TRANSACTION` takes as a literal, not a parameter).
+/// What a participant's vote did ([`Session::prepare_transaction`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Vote {
+    /// It sent nothing: nothing to prepare, nothing to commit later.
+    Nothing,
+    /// Prepared; `xid` is its transaction id (epoch included, as
+    /// `txid_current()` gives it) when the server's answer said it.
+    Prepared { xid: Option<i64> },
+}
+
 fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }

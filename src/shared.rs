@@ -91,6 +91,11 @@ impl Shared {
     /// the same thread asking again is refused as re-entrant.
     pub(crate) fn join(&self) -> Result<u64> {
         let epoch = self.acquire(Wait::Forever)?;
+        self.join_leased(epoch)
+    }
+
+    /// [`join`](Self::join) for a lease already taken (a pool's member).
+    pub(crate) fn join_leased(&self, epoch: u64) -> Result<u64> {
         let begun = self.with_session(epoch, |s| {
             s.ensure_open()?;
             Ok(s.begin(std::borrow::Cow::Borrowed("BEGIN")))

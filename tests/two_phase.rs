@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -462,6 +463,19 @@ fn crash_child() -> bool {
     std::process::exit(3);
 }
 
+/// Runs test `test` again as the child coordinator of [`crash_child`] on
+/// `dsns`.
+fn spawn_coordinator(test: &str, dsns: &[String]) -> Child {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_DSNS, dsns.join("\n"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the child coordinator")
+}
+
 struct Crash {
     /// In commit order, as [`CRASH_LAYOUT`] places them.
     dbs: Vec<Db>,
@@ -493,14 +507,7 @@ fn start_crash(test: &str, prefix: &str, stall_on: usize, stall_at: &[&[u8]]) ->
         .enumerate()
         .map(|(place, (db, (_, cluster)))| in_place(place, &db.dsn_via(proxies[cluster].addr())))
         .collect();
-    let child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD_DSNS, dsns.join("\n"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the child coordinator");
+    let child = spawn_coordinator(test, &dsns);
     Crash {
         dbs,
         proxies,
@@ -610,10 +617,9 @@ fn a_coordinator_killed_after_the_first_commit_prepared_is_committed_by_recovery
         "{report:?}"
     );
     assert_settled(dbs, &[1]);
-    assert!(
-        decisions(&dbs[0]).is_empty(),
-        "the decision row goes once committed everywhere"
-    );
+    // Recovery cannot know that the participants it was not shown are
+    // done: the decision stays for them.
+    assert_eq!(decisions(&dbs[0]), ["commit"]);
     // Nothing left to do, and nothing done twice.
     let again = crash.recover();
     assert!(again.committed.is_empty() && again.rolled_back.is_empty());
@@ -768,6 +774,8 @@ fn a_participant_unreachable_after_the_decision_is_reported_in_doubt_then_recove
         ) + " connect_timeout=1"
     };
     let (a_via_proxy, b_via_proxy) = (via_proxy(&a), via_proxy(&b));
+    let mut listener = a.admin();
+    listener.batch_execute("LISTEN tpc_doubt").expect("listen");
     proxy.stall_on(&[b"COMMIT PREPARED"]);
     let outcome = std::thread::scope(|s| {
         s.spawn(|| {
@@ -781,6 +789,7 @@ fn a_participant_unreachable_after_the_decision_is_reported_in_doubt_then_recove
         let pb = dtx.join_dsn(&b_via_proxy).expect("join b");
         insert(&mut dtx, pa, 1).expect("insert a");
         insert(&mut dtx, pb, 1).expect("insert b");
+        dtx.notify("tpc_doubt", "transfer 1").expect("notify");
         dtx.commit()
     });
     match &outcome {
@@ -788,8 +797,14 @@ fn a_participant_unreachable_after_the_decision_is_reported_in_doubt_then_recove
             decided: true,
             committed,
             in_doubt,
+            unsent_notifications,
             ..
         }) => {
+            assert_eq!(
+                unsent_notifications,
+                &[("tpc_doubt".to_owned(), "transfer 1".to_owned())],
+                "{outcome:?}"
+            );
             assert_eq!(committed.len(), 1, "{outcome:?}");
             assert!(committed[0].contains(&a.name), "{outcome:?}");
             assert_eq!(in_doubt.len(), 1, "{outcome:?}");
@@ -799,6 +814,15 @@ fn a_participant_unreachable_after_the_decision_is_reported_in_doubt_then_recove
     }
     let err = outcome.expect_err("in doubt");
     assert!(!err.is_transient(), "running it again would commit twice");
+    assert!(
+        err.to_string().contains("1 notification(s) not sent"),
+        "{err}"
+    );
+    // Nothing arrived (what pgtx sends goes out on the decider, a, right
+    // after its last COMMIT PREPARED: it would be here by now).
+    let mut received = Vec::new();
+    drain(&mut listener, Duration::from_millis(300), &mut received);
+    assert!(received.is_empty(), "{received:?}");
     assert_eq!(a.item_ids(), vec![1], "the decider committed");
     assert!(b.item_ids().is_empty(), "b is still prepared");
     assert_eq!(prepared(&b), 1);
@@ -809,4 +833,639 @@ fn a_participant_unreachable_after_the_decision_is_reported_in_doubt_then_recove
     assert_eq!(report.committed.len(), 1, "{report:?}");
     assert_eq!(b.item_ids(), vec![1], "committed as decided");
     assert_eq!(prepared(&b), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Shards: two servers on different hosts, on the same port, each with a
+// database of the same name (issue 18, item 1).
+
+/// Two private clusters, on 127.0.0.1 and 127.0.0.2 and one port, started
+/// on first use and shared by this binary's tests. Each has its own
+/// `initdb`, so its own `system_identifier`.
+fn same_port_clusters() -> [&'static TestServer; 2] {
+    static PAIR: OnceLock<Vec<TestServer>> = OnceLock::new();
+    let pair = PAIR.get_or_init(|| {
+        TestServer::start_private_same_port(
+            &[Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)],
+            &[],
+        )
+    });
+    [&pair[0], &pair[1]]
+}
+
+/// A database of one name on each of the [`same_port_clusters`]: the
+/// decider's on host 1, the voter's on host 2.
+fn shards(prefix: &str) -> [Db; 2] {
+    let [one, two] = same_port_clusters();
+    let decider = Db::on(one, prefix);
+    let voter = Db::named_on(two, &decider.name);
+    assert_eq!(one.port(), two.port(), "the same port");
+    assert_ne!(one.host(), two.host(), "different hosts");
+    [decider, voter]
+}
+
+/// Whether `db`'s database has a decision table (recovery creates it where
+/// it writes an `'abort'` row).
+fn has_decision_table(db: &Db) -> bool {
+    db.admin()
+        .query_one(
+            "SELECT to_regclass('pgtx_two_phase_decisions') IS NOT NULL",
+            &[],
+        )
+        .expect("look for the decision table")
+        .get(0)
+}
+
+/// What recovery given only the voter's database makes of it while its
+/// decider has committed: it is the decider's business, and the voter's
+/// database (whose name and port are the decider's) is not the decider.
+fn assert_left_to_the_decider(
+    voter: &Db,
+    listed: &[pgtx::two_phase::PreparedTransaction],
+    run: &pgtx::two_phase::Recovered,
+) {
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].decision, Decision::DeciderNotGiven, "{listed:?}");
+    assert!(listed[0].server.contains(voter.server.host()), "{listed:?}");
+    assert_eq!(run.unresolved.len(), 1, "{run:?}");
+    assert!(
+        run.committed.is_empty() && run.rolled_back.is_empty(),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn recovery_given_only_a_voter_leaves_it_prepared_while_its_decider_on_another_host_commits() {
+    let [decider, voter] = shards("tpc_shard_live");
+    // A slow link to the voter: its COMMIT PREPARED is held.
+    let proxy = voter.proxy();
+    proxy.stall_on(&[b"COMMIT PREPARED"]);
+    let dsns = [
+        in_place(0, &decider.dsn),
+        in_place(1, &voter.dsn_via(proxy.addr())),
+    ];
+    let (outcome, (reached, listed, run, voter_meanwhile)) = std::thread::scope(|s| {
+        let coordinator = s.spawn(|| {
+            let mut dtx = TwoPhase::new();
+            for dsn in &dsns {
+                let id = dtx.join_dsn(dsn)?;
+                insert(&mut dtx, id, 1)?;
+            }
+            dtx.commit()
+        });
+        let reached = eventually(Duration::from_secs(30), || {
+            proxy.is_stalled() && prepared(&voter) == 1 && decider.item_ids() == [1]
+        });
+        let recovery = Recovery::new([voter.dsn.as_str()]);
+        let listed = recovery.list();
+        let run = recovery.run();
+        let meanwhile = (
+            prepared(&voter),
+            voter.item_ids(),
+            has_decision_table(&voter),
+        );
+        // Only now may the coordinator go on (asserting first could leave
+        // it blocked, and the scope with it).
+        proxy.resume();
+        let outcome = coordinator.join().expect("the coordinator");
+        (outcome, (reached, listed, run, meanwhile))
+    });
+    assert!(
+        reached,
+        "the decider never committed with the voter prepared: {outcome:?}"
+    );
+    assert_left_to_the_decider(&voter, &listed.expect("list"), &run.expect("run"));
+    assert_eq!(
+        voter_meanwhile,
+        (1, vec![], false),
+        "still prepared, untouched, and no 'abort' written on the voter"
+    );
+    outcome.expect("the coordinator commits the voter it prepared");
+    for db in [&decider, &voter] {
+        assert_eq!(db.item_ids(), vec![1], "both committed: {}", db.dsn);
+        assert_eq!(prepared(db), 0, "{}", db.dsn);
+    }
+}
+
+#[test]
+fn recovery_given_only_a_voter_leaves_it_prepared_after_a_crash_and_commits_it_with_the_decider() {
+    if crash_child() {
+        return;
+    }
+    let [decider, voter] = shards("tpc_shard_crash");
+    let proxy = voter.proxy();
+    proxy.stall_on(&[b"COMMIT PREPARED"]);
+    let dsns = [
+        in_place(0, &decider.dsn),
+        in_place(1, &voter.dsn_via(proxy.addr())),
+    ];
+    let mut child = spawn_coordinator(
+        "recovery_given_only_a_voter_leaves_it_prepared_after_a_crash_and_commits_it_with_the_decider",
+        &dsns,
+    );
+    let reached = eventually(Duration::from_secs(30), || {
+        proxy.is_stalled() && prepared(&voter) == 1 && decider.item_ids() == [1]
+    });
+    child.kill().expect("SIGKILL the coordinator");
+    let _ = child.wait();
+    proxy.cut();
+    assert!(reached, "the coordinator never reached the crash point");
+    let alone = Recovery::new([voter.dsn.as_str()]);
+    assert_left_to_the_decider(
+        &voter,
+        &alone.list().expect("list"),
+        &alone.run().expect("run"),
+    );
+    assert_eq!(prepared(&voter), 1, "left prepared");
+    assert!(voter.item_ids().is_empty());
+    assert!(
+        !has_decision_table(&voter),
+        "no 'abort' written on the voter"
+    );
+    // With the decider given, its 'commit' row decides.
+    let report = Recovery::new([voter.dsn.as_str(), decider.dsn.as_str()])
+        .run()
+        .expect("recovery");
+    assert_eq!(report.committed.len(), 1, "{report:?}");
+    assert!(
+        report.committed[0].server.contains(voter.server.host()),
+        "{report:?}"
+    );
+    assert_settled(&[decider, voter], &[1]);
+}
+
+/// The coordinator's side: after its decision, a voter's prepared
+/// transaction that someone else rolled back (here an operator, as the
+/// recovery of the issue did) is reported in doubt, never `Ok`.
+#[test]
+fn a_voter_rolled_back_behind_the_coordinator_s_back_after_the_decision_is_in_doubt_not_ok() {
+    let [decider, voter] = shards("tpc_shard_gone");
+    let proxy = voter.proxy();
+    proxy.stall_on(&[b"COMMIT PREPARED"]);
+    let dsns = [
+        in_place(0, &decider.dsn),
+        in_place(1, &voter.dsn_via(proxy.addr())),
+    ];
+    let (outcome, reached, rolled_back) = std::thread::scope(|s| {
+        let coordinator = s.spawn(|| {
+            let mut dtx = TwoPhase::new();
+            for dsn in &dsns {
+                let id = dtx.join_dsn(dsn)?;
+                insert(&mut dtx, id, 1)?;
+            }
+            dtx.commit()
+        });
+        let reached = eventually(Duration::from_secs(30), || {
+            proxy.is_stalled() && prepared(&voter) == 1 && decider.item_ids() == [1]
+        });
+        let mut admin = voter.admin();
+        let rolled_back = admin
+            .query_one(
+                "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
+                &[],
+            )
+            .and_then(|row| {
+                let gid: String = row.get(0);
+                admin.batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
+            });
+        proxy.resume();
+        (
+            coordinator.join().expect("the coordinator"),
+            reached,
+            rolled_back,
+        )
+    });
+    assert!(
+        reached,
+        "the decider never committed with the voter prepared"
+    );
+    rolled_back.expect("the operator's ROLLBACK PREPARED");
+    match &outcome {
+        Err(Error::InDoubt {
+            decided: true,
+            committed,
+            in_doubt,
+            source,
+            ..
+        }) => {
+            assert_eq!(committed.len(), 1, "{outcome:?}");
+            assert!(committed[0].contains("place_0"), "{outcome:?}");
+            assert_eq!(in_doubt.len(), 1, "{outcome:?}");
+            assert!(
+                in_doubt[0].contains(&format!("port={} ", proxy.addr().port())),
+                "the voter, through its proxy: {outcome:?}"
+            );
+            assert!(
+                matches!(
+                    **source,
+                    Error::PreparedTransactionGone {
+                        rolled_back: true,
+                        ..
+                    }
+                ),
+                "{source:?}"
+            );
+        }
+        other => panic!("expected InDoubt after the decision: {other:?}"),
+    }
+    let text = outcome.expect_err("in doubt").to_string();
+    assert!(text.contains("rolled back"), "{text}");
+    // What the servers hold: the split the rollback made, as reported.
+    assert_eq!(decider.item_ids(), vec![1]);
+    assert!(voter.item_ids().is_empty());
+    assert_eq!(prepared(&decider) + prepared(&voter), 0);
+}
+
+/// A voter's COMMIT PREPARED reaches the server but its answer is lost
+/// with the connection: the retry finds the gid gone, and the server's
+/// word that the transaction id committed (`txid_status`) makes it `Ok`.
+#[test]
+fn a_commit_prepared_whose_answer_was_lost_is_proven_committed_on_the_retry() {
+    let [decider, voter] = shards("tpc_shard_lost_answer");
+    let proxy = voter.proxy();
+    proxy.stall_after(&[b"COMMIT PREPARED"]);
+    let dsns = [
+        in_place(0, &decider.dsn),
+        in_place(1, &voter.dsn_via(proxy.addr())),
+    ];
+    let (outcome, reached) = std::thread::scope(|s| {
+        let coordinator = s.spawn(|| {
+            let mut dtx = TwoPhase::new();
+            for dsn in &dsns {
+                let id = dtx.join_dsn(dsn)?;
+                insert(&mut dtx, id, 1)?;
+            }
+            dtx.commit()
+        });
+        // The server committed it; the client has not heard.
+        let reached = eventually(Duration::from_secs(30), || {
+            proxy.is_stalled() && prepared(&voter) == 0 && voter.item_ids() == [1]
+        });
+        proxy.cut();
+        proxy.resume();
+        (coordinator.join().expect("the coordinator"), reached)
+    });
+    assert!(reached, "the voter's COMMIT PREPARED never arrived");
+    outcome.expect("proven committed");
+    assert!(proxy.total_connections() >= 2, "the retry reconnected");
+    assert_settled(&[decider, voter], &[1]);
+}
+
+/// The `pgtx:v1:` tag of a database: FNV-1a of its name, a NUL and its
+/// port (as pgtx before gid v2 made it).
+fn v1_tag(dbname: &str, port: u16) -> u32 {
+    format!("{dbname}\0{port}")
+        .bytes()
+        .fold(0x811c_9dc5_u32, |hash, b| {
+            (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        })
+}
+
+/// A `pgtx:v1:` gid names its decider by name and port only, which both
+/// shards share: only a `'commit'` row proves anything, and neither no row
+/// nor an `'abort'` row makes recovery touch it.
+#[test]
+fn v1_gids_are_committed_on_a_commit_row_and_otherwise_left_alone() {
+    let [decider, voter] = shards("tpc_shard_v1");
+    let key = format!("pgtx:v1:1a2b-3c4d-0000abcd:{}", std::process::id());
+    let gid = format!("{key}:{:08x}:1", v1_tag(&voter.name, voter.server.port()));
+    let mut prepared_by_hand = voter.admin();
+    prepared_by_hand
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO items VALUES (1, 'v1'); PREPARE TRANSACTION '{gid}'"
+        ))
+        .expect("a v1 prepared transaction");
+    let create = "CREATE TABLE pgtx_two_phase_decisions (
+        key text PRIMARY KEY,
+        decision text NOT NULL CHECK (decision IN ('commit', 'abort')),
+        decided_at timestamptz NOT NULL DEFAULT now())";
+    let alone = Recovery::new([voter.dsn.as_str()]);
+    for row in [None, Some("abort")] {
+        if let Some(decision) = row {
+            // As an earlier pgtx's recovery would have written it on the
+            // voter's database, which has the decider's name and port.
+            voter
+                .admin()
+                .batch_execute(&format!(
+                    "{create}; INSERT INTO pgtx_two_phase_decisions VALUES ('{key}', '{decision}')"
+                ))
+                .expect("an abort row");
+        }
+        let listed = alone.list().expect("list");
+        assert_eq!(listed.len(), 1, "{row:?}: {listed:?}");
+        assert_eq!(listed[0].decision, Decision::LegacyUnproven, "{row:?}");
+        assert_eq!(listed[0].gid, gid);
+        let run = alone.run().expect("run");
+        assert_eq!(run.unresolved.len(), 1, "{row:?}: {run:?}");
+        assert!(
+            run.committed.is_empty() && run.rolled_back.is_empty(),
+            "{run:?}"
+        );
+        assert_eq!(prepared(&voter), 1, "{row:?}: untouched");
+    }
+    assert_eq!(decisions(&voter), ["abort"], "nothing written by recovery");
+    // The real decider's 'commit' row, under the unique key, is proof.
+    decider
+        .admin()
+        .batch_execute(&format!(
+            "{create}; INSERT INTO pgtx_two_phase_decisions VALUES ('{key}', 'commit')"
+        ))
+        .expect("the commit row");
+    let report = Recovery::new([voter.dsn.as_str(), decider.dsn.as_str()])
+        .run()
+        .expect("recovery");
+    assert_eq!(report.committed.len(), 1, "{report:?}");
+    assert_eq!(voter.item_ids(), vec![1]);
+    assert_eq!(prepared(&voter), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Purging decision rows that can no longer fence anything (issue 18,
+// item 2).
+
+const A_DAY: Duration = Duration::from_secs(24 * 3600);
+
+#[test]
+fn the_commit_row_of_a_coordinator_killed_after_every_commit_prepared_is_purged() {
+    if crash_child() {
+        return;
+    }
+    // Stall at the coordinator's last step, deleting its decision row:
+    // every participant has committed.
+    let mut crash = start_crash(
+        "the_commit_row_of_a_coordinator_killed_after_every_commit_prepared_is_purged",
+        "tpc_purge_left",
+        SHARED,
+        &[b"DELETE FROM pgtx_two_phase_decisions"],
+    );
+    crash.kill_when(|dbs| {
+        dbs.iter()
+            .all(|db| prepared(db) == 0 && db.item_ids() == [1])
+    });
+    let dbs = &crash.dbs;
+    assert_eq!(decisions(&dbs[0]), ["commit"], "the leftover");
+    let report = crash.recover();
+    assert_eq!(
+        report,
+        pgtx::two_phase::Recovered::default(),
+        "nothing to finish"
+    );
+    assert_eq!(decisions(&dbs[0]), ["commit"], "recovery leaves it");
+    let recovery = crash.recovery();
+    let young = recovery.purge(A_DAY).expect("purge");
+    assert_eq!(
+        (young.commit_rows, young.abort_rows),
+        (0, 0),
+        "younger than a day"
+    );
+    assert_eq!(decisions(&dbs[0]), ["commit"]);
+    let purged = recovery.purge(Duration::ZERO).expect("purge");
+    assert_eq!((purged.commit_rows, purged.abort_rows), (1, 0));
+    assert!(decisions(&dbs[0]).is_empty(), "purged");
+    assert_settled(dbs, &[1]);
+}
+
+/// Which database the gids of `db`'s decisions name: its server's
+/// `system_identifier` and its oid, as `pgtx:v2:` writes them.
+fn database_id(db: &Db) -> String {
+    let row = db
+        .admin()
+        .query_one(
+            "SELECT (SELECT system_identifier FROM pg_control_system()),
+                    (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .expect("identify the database");
+    let (system, oid): (i64, u32) = (row.get(0), row.get(1));
+    format!("{:016x}-{oid:x}", system.cast_unsigned())
+}
+
+/// A live coordinator stalled in its second phase keeps its `'commit'`
+/// row through a purge (its voter is still prepared); an `'abort'` row
+/// that recovery wrote goes, but only once it is older than asked.
+#[test]
+fn purge_keeps_a_decision_still_needed_and_removes_old_abort_rows() {
+    let (decider, voter) = (Db::new("tpc_purge_decider"), Db::new("tpc_purge_voter"));
+    // An 'abort' row, as recovery writes it: a prepared transaction of a
+    // coordinator that died before deciding, rolled back by recovery.
+    let orphan = format!(
+        "pgtx:v2:dead-1-0:{}:{}:1",
+        std::process::id(),
+        database_id(&decider)
+    );
+    voter
+        .admin()
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO items VALUES (7, 'orphan'); PREPARE TRANSACTION '{orphan}'"
+        ))
+        .expect("an orphan prepared transaction");
+    let both = Recovery::new([decider.dsn.as_str(), voter.dsn.as_str()]);
+    let report = both.run().expect("recovery");
+    assert_eq!(report.rolled_back.len(), 1, "{report:?}");
+    assert_eq!(decisions(&decider), ["abort"]);
+
+    let proxy = voter.proxy();
+    proxy.stall_on(&[b"COMMIT PREPARED"]);
+    let dsns = [
+        in_place(0, &decider.dsn),
+        in_place(1, &voter.dsn_via(proxy.addr())),
+    ];
+    let (outcome, reached, young, purged, left) = std::thread::scope(|s| {
+        let coordinator = s.spawn(|| {
+            let mut dtx = TwoPhase::new();
+            for dsn in &dsns {
+                let id = dtx.join_dsn(dsn)?;
+                insert(&mut dtx, id, 1)?;
+            }
+            dtx.commit()
+        });
+        let reached = eventually(Duration::from_secs(30), || {
+            proxy.is_stalled() && prepared(&voter) == 1 && decider.item_ids() == [1]
+        });
+        let young = both.purge(A_DAY);
+        let purged = both.purge(Duration::ZERO);
+        let left = decisions(&decider);
+        proxy.resume();
+        let outcome = coordinator.join().expect("the coordinator");
+        (outcome, reached, young, purged, left)
+    });
+    assert!(reached, "the coordinator never reached its second phase");
+    let young = young.expect("purge");
+    assert_eq!((young.commit_rows, young.abort_rows), (0, 0));
+    let purged = purged.expect("purge");
+    assert_eq!(
+        (purged.commit_rows, purged.abort_rows),
+        (0, 1),
+        "the abort row goes, the commit row its voter needs stays"
+    );
+    assert_eq!(left, ["commit"]);
+    outcome.expect("the coordinator finishes");
+    assert_eq!(decider.item_ids(), vec![1]);
+    assert_eq!(voter.item_ids(), vec![1], "the orphan stayed rolled back");
+    assert!(
+        decisions(&decider).is_empty(),
+        "the coordinator's own cleanup"
+    );
+    assert_eq!(prepared(&decider) + prepared(&voter), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Ergonomics (issue 18, item 8).
+
+/// A participant on a stock server (`max_prepared_transactions = 0`) can
+/// only decide, never vote: with the decider chosen by sorting it fails
+/// when the stock server sorts second, and `decide_on` makes it work.
+#[test]
+fn the_decider_chosen_with_decide_on_lets_a_stock_server_take_part() {
+    static STOCK: OnceLock<TestServer> = OnceLock::new();
+    let stock_server =
+        STOCK.get_or_init(|| TestServer::start_private_with(&[("max_prepared_transactions", "0")]));
+    let stock = Db::on(stock_server, "tpc_decide_on_stock");
+    let other = Db::new("tpc_decide_on_other");
+    // The stock server's participant sorts second.
+    let dsns = [in_place(1, &stock.dsn), in_place(0, &other.dsn)];
+    let attempt = |n: i32, choose: bool| {
+        let mut dtx = TwoPhase::new();
+        let on_stock = dtx.join_dsn(&dsns[0])?;
+        let elsewhere = dtx.join_dsn(&dsns[1])?;
+        insert(&mut dtx, on_stock, n)?;
+        insert(&mut dtx, elsewhere, n)?;
+        if choose {
+            dtx.decide_on(on_stock)?;
+        }
+        dtx.commit()
+    };
+    let err = attempt(1, false).expect_err("the stock server cannot vote");
+    assert!(
+        matches!(&err, Error::VoteFailed { participant, .. } if participant.contains(&stock.name)),
+        "{err:?}"
+    );
+    assert!(stock.item_ids().is_empty() && other.item_ids().is_empty());
+    attempt(2, true).expect("the stock server decides");
+    assert_eq!(stock.item_ids(), vec![2]);
+    assert_eq!(other.item_ids(), vec![2]);
+    assert_eq!(prepared(&other), 0);
+    assert!(
+        decisions(&stock).is_empty(),
+        "the decider's row is gone again"
+    );
+    assert!(!has_decision_table(&other), "the other one only voted");
+    // An id of another transaction is refused.
+    let mut dtx = TwoPhase::new();
+    let mut foreign = TwoPhase::new();
+    let id = foreign.join_dsn(&other.dsn).expect("join");
+    assert!(matches!(dtx.decide_on(id), Err(Error::InvalidParticipant)));
+    foreign.rollback().expect("rollback");
+}
+
+/// `VoteFailed` names the step that failed: a voter's PREPARE, the
+/// decider's record of the decision, or the decider's own COMMIT (here
+/// refused by a deferred constraint), in its fields and in its text. Each
+/// time everything is rolled back.
+#[test]
+fn vote_failed_says_whether_a_voter_the_decision_record_or_the_decider_s_commit_failed() {
+    use pgtx::two_phase::VoteStep;
+    let (a, b) = (Db::new("tpc_step_a"), Db::new("tpc_step_b"));
+    a.admin()
+        .batch_execute("CREATE TABLE deferred (id int, UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)")
+        .expect("a deferred constraint");
+    // a decides (place 0), b votes.
+    let dsns = [in_place(0, &a.dsn), in_place(1, &b.dsn)];
+    let cases: [(&str, VoteStep, &str, &str); 3] = [
+        (
+            "decider_commit",
+            VoteStep::DeciderCommit,
+            "INSERT INTO deferred VALUES (1), (1)",
+            "the decider",
+        ),
+        (
+            "record",
+            VoteStep::RecordDecision,
+            "SELECT 1 / 0",
+            "could not record the decision",
+        ),
+        ("prepare", VoteStep::Prepare, "", "could not prepare"),
+    ];
+    for (case, step, on_decider, says) in cases {
+        let mut dtx = TwoPhase::new();
+        let pa = dtx.join_dsn(&dsns[0]).expect("join a");
+        let pb = dtx.join_dsn(&dsns[1]).expect("join b");
+        insert(&mut dtx, pa, 1).expect("insert a");
+        insert(&mut dtx, pb, 1).expect("insert b");
+        if on_decider.is_empty() {
+            assert!(insert(&mut dtx, pb, 1).is_err(), "{case}: b's work fails");
+        } else {
+            let _ = dtx.tx(pa).expect("a").batch_execute(on_decider);
+        }
+        let err = dtx.commit().expect_err(case);
+        let failed = if step == VoteStep::Prepare { &b } else { &a };
+        match &err {
+            Error::VoteFailed {
+                participant,
+                step: reported,
+                ..
+            } => {
+                assert_eq!(*reported, step, "{case}: {err:?}");
+                assert!(participant.contains(&failed.name), "{case}: {err:?}");
+            }
+            other => panic!("{case}: expected VoteFailed: {other:?}"),
+        }
+        let text = err.to_string();
+        assert!(text.contains(says), "{case}: {text}");
+        if step == VoteStep::DeciderCommit {
+            assert!(text.contains("could not commit"), "{case}: {text}");
+        }
+        if step != VoteStep::Prepare {
+            assert!(!text.contains("could not prepare"), "{case}: {text}");
+        }
+        for db in [&a, &b] {
+            assert!(db.item_ids().is_empty(), "{case}: {}", db.name);
+            assert_eq!(prepared(db), 0, "{case}: {}", db.name);
+        }
+    }
+}
+
+/// Connections of a `Pool` join as participants (each call another one),
+/// commit or roll back with the rest, and go back to the pool clean.
+#[test]
+fn a_pool_s_connections_join_and_go_back_to_the_pool_clean() {
+    let (a, b) = (Db::new("tpc_pool_a"), Db::new("tpc_pool_b"));
+    let pool = pgtx::Pool::new(&a.dsn, 2).expect("pool");
+    let mut dtx = TwoPhase::new();
+    let first = dtx.join_pool(&pool).expect("join one");
+    let second = dtx.join_pool(&pool).expect("join another");
+    assert_ne!(first, second, "two connections, two participants");
+    assert!(
+        matches!(dtx.join_pool(&pool), Err(Error::Reentrant)),
+        "every connection is held by this transaction"
+    );
+    assert!(matches!(pool.try_lock(), Err(Error::WouldBlock)), "held");
+    let pb = dtx.join_dsn(&b.dsn).expect("join b");
+    insert(&mut dtx, first, 1).expect("insert");
+    insert(&mut dtx, second, 2).expect("insert");
+    insert(&mut dtx, pb, 1).expect("insert");
+    assert_eq!(a.open_transactions(), 2, "two sessions in the transaction");
+    dtx.commit().expect("commit");
+    assert_eq!(a.item_ids(), vec![1, 2]);
+    assert_eq!(b.item_ids(), vec![1]);
+    assert_eq!(prepared(&a) + prepared(&b), 0);
+    assert_eq!(a.open_transactions(), 0);
+    assert_eq!(pool.state().unfinished, 0);
+    // Back in the pool: both can be taken at once.
+    {
+        let one = pool.try_lock().expect("free again");
+        let two = pool.try_lock().expect("both free again");
+        drop((one, two));
+    }
+    // Rolled back with the rest.
+    let mut dtx = TwoPhase::new();
+    let pa = dtx.join_pool(&pool).expect("join");
+    let pb = dtx.join_dsn(&b.dsn).expect("join b");
+    insert(&mut dtx, pa, 3).expect("insert");
+    insert(&mut dtx, pb, 3).expect("insert");
+    dtx.rollback().expect("rollback");
+    assert_eq!(a.item_ids(), vec![1, 2]);
+    assert_eq!(b.item_ids(), vec![1]);
+    assert_eq!(a.open_transactions(), 0);
+    drop(pool.try_lock().expect("free after the rollback"));
 }

@@ -19,11 +19,13 @@ use crate::error::{Error, Result};
 use crate::held::{Conn, Held, Ticket, Within};
 use crate::ident::check_notification;
 use crate::manager::ManagedConnection;
+use crate::pool::Pool;
+use crate::session::Vote;
 use crate::shared::Shared;
 use crate::state::Open;
 use crate::tx::Tx;
 
-pub use self::recovery::{Decision, PreparedTransaction, Recovered, Recovery};
+pub use self::recovery::{Decision, PreparedTransaction, Purged, Recovered, Recovery};
 
 /// The table, in the deciding participant's database, whose row records
 /// the decision to commit (see [`TwoPhase`]).
@@ -59,7 +61,9 @@ const SECOND_PHASE_TRIES: usize = 3;
 /// # Participants
 ///
 /// [`join`](Self::join) a [`ManagedConnection`]: its connection is held (no
-/// other thread gets it) until the distributed transaction ends. Or
+/// other thread gets it) until the distributed transaction ends; or
+/// [`join_pool`](Self::join_pool) one of a [`Pool`]'s connections, given
+/// back to the pool when it ends. Or
 /// [`join_dsn`](Self::join_dsn): a connection opened for this transaction and
 /// closed when it ends, committed or not; the same DSN twice is the same
 /// participant, as is the same manager twice. Each participant's
@@ -71,7 +75,20 @@ const SECOND_PHASE_TRIES: usize = 3;
 /// # The protocol
 ///
 /// Participants are put in a fixed order (by their settings as shown, then
-/// by when they joined). The first of them decides, the others vote:
+/// by when they joined). The first of them decides, the others vote;
+/// [`decide_on`](Self::decide_on) names the decider instead (it then comes
+/// first, the others keep their order). The decider never prepares, so a
+/// server without prepared transactions can take part as the decider:
+///
+/// ```no_run
+/// # let (stock, other) = ("host=stock dbname=app", "host=other dbname=app");
+/// let mut dtx = pgtx::TwoPhase::new();
+/// let on_stock = dtx.join_dsn(stock)?; // max_prepared_transactions = 0
+/// let elsewhere = dtx.join_dsn(other)?;
+/// dtx.decide_on(on_stock)?;
+/// # Ok::<(), pgtx::Error>(())
+/// ```
+///
 ///
 /// 1. the decider writes a decision row (`'commit'` under the transaction's
 ///    key) into [`DECISIONS_TABLE`] in its own, still open transaction;
@@ -98,7 +115,13 @@ const SECOND_PHASE_TRIES: usize = 3;
 ///   participant cannot be committed, [`Error::InDoubt`] lists which
 ///   committed and which are still prepared, never `Ok` and never "rolled
 ///   back". If the connection to the decider breaks during its commit, the
-///   decision itself is unknown: `InDoubt` with `decided: false`.
+///   decision itself is unknown: `InDoubt` with `decided: false`. A voter
+///   whose prepared transaction is gone when its `COMMIT PREPARED` comes
+///   (someone else finished it) counts as committed only if its server
+///   says its transaction id committed (`txid_status`, the id being
+///   learned with the vote): an answer lost with a broken connection is
+///   proven so on the retry; anything else is `InDoubt` with
+///   [`Error::PreparedTransactionGone`] as the source.
 /// - A crash of the coordinator's process at any point is resolved by
 ///   [`Recovery`], given every participant's database: a prepared
 ///   transaction is committed if and only if its decision row exists.
@@ -107,13 +130,19 @@ const SECOND_PHASE_TRIES: usize = 3;
 ///   longer commit it (its decision row would collide): recovery may run at
 ///   any time.
 /// - Gids are unique by construction (process, start time, host, counter)
-///   and marked as pgtx's, so recovery never touches anyone else's prepared
-///   transactions.
+///   and marked as pgtx's (`pgtx:v2:`), so recovery never touches anyone
+///   else's prepared transactions. They name the decider by what its
+///   server says it is (`system_identifier` and database oid), not by
+///   name and port, so a database of the same name on another host is
+///   never taken for it (see [`Recovery`]; `pgtx:v1:` gids of earlier
+///   versions are still recognised).
 ///
 /// What it cannot do: a participant's server that is down for good leaves
 /// its prepared transaction (and its locks) there until it comes back and
 /// recovery runs. The decider's database needs the right to create
-/// [`DECISIONS_TABLE`] (once) and to write to it.
+/// [`DECISIONS_TABLE`] (once) and to write to it, and every participant's
+/// role the right to call `pg_control_system()` (PostgreSQL grants it to
+/// everyone unless revoked).
 ///
 /// # When it is not finished
 ///
@@ -127,11 +156,32 @@ const SECOND_PHASE_TRIES: usize = 3;
 pub struct TwoPhase<'m> {
     id: u64,
     participants: Vec<Participant<'m>>,
+    /// Chosen by [`decide_on`](Self::decide_on).
+    decider: Option<usize>,
     notifications: Vec<Notification>,
     _not_send: PhantomData<*const ()>,
 }
 
 static_assertions::assert_not_impl_any!(TwoPhase<'static>: Send, Sync);
+
+/// The step of a [`TwoPhase`] commit that failed before the decision
+/// ([`Error::VoteFailed`]): everything was rolled back either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VoteStep {
+    /// The decider could not record the decision row in its transaction:
+    /// its own work had failed, or [`DECISIONS_TABLE`] could not be
+    /// created or written.
+    RecordDecision,
+    /// A voter's `PREPARE TRANSACTION`: its work had failed, the server
+    /// refused to prepare (`max_prepared_transactions = 0`; `NOTIFY`,
+    /// `LISTEN` or a temporary table used), or its connection broke.
+    Prepare,
+    /// The decider's own one-phase `COMMIT`, after every vote: refused (a
+    /// deferred constraint, a serialization failure), or its connection
+    /// was taken over as abandoned ([`Error::LeaseRevoked`]).
+    DeciderCommit,
+}
 
 /// A participant of one [`TwoPhase`] transaction, as [`TwoPhase::join`]
 /// hands it out.
@@ -244,6 +294,7 @@ impl<'m> TwoPhase<'m> {
         TwoPhase {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             participants: Vec::new(),
+            decider: None,
             notifications: Vec::new(),
             _not_send: PhantomData,
         }
@@ -300,6 +351,34 @@ impl<'m> TwoPhase<'m> {
         Ok(self.push(Link::Joined(manager), epoch))
     }
 
+    /// Joins one of `pool`'s connections: takes a free one (waiting as
+    /// [`Pool::lock`] does), holds it until this transaction ends, and
+    /// begins a transaction on it. Each call joins another connection, a
+    /// participant of its own (two connections of one pool are two
+    /// sessions on the same database, both committed or neither). At the
+    /// end the connection goes back to the pool, clean.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::lock`]; nothing was joined, and the connection is free
+    /// again. [`Error::Reentrant`] at once if this transaction holds
+    /// every connection of `pool` already (waiting would never end).
+    pub fn join_pool(&mut self, pool: &'m Pool) -> Result<ParticipantId> {
+        let joined = self
+            .participants
+            .iter()
+            .filter(|p| pool.has_member(p.manager()))
+            .count();
+        if joined >= pool.size() {
+            // Waiting for one of them would wait for this transaction.
+            return Err(Error::Reentrant);
+        }
+        let (member, held) = pool.lease_member()?;
+        let epoch = held.into_epoch();
+        let epoch = member.shared().join_leased(epoch)?;
+        Ok(self.push(Link::Joined(member), epoch))
+    }
+
     /// Joins a connection opened for this transaction with `dsn` (a libpq
     /// connection string, as for [`ManagedConnection::new`]); it is closed
     /// when the transaction ends, committed or not. Joining the same `dsn`
@@ -324,6 +403,20 @@ impl<'m> TwoPhase<'m> {
             dsn: dsn.to_owned(),
         };
         Ok(self.push(link, epoch))
+    }
+
+    /// Makes participant `id` the decider: the one that records the
+    /// decision and commits in one phase, never preparing (see *The
+    /// protocol*). Without it, the decider is the first participant by its
+    /// settings as shown. Called again, the last choice holds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidParticipant`] if `id` is not a participant of this
+    /// transaction; the decider is as it was.
+    pub fn decide_on(&mut self, id: ParticipantId) -> Result<()> {
+        self.decider = Some(self.index_of(id)?);
+        Ok(())
     }
 
     /// The transaction of participant `id`, to run statements in.
@@ -371,10 +464,12 @@ impl<'m> TwoPhase<'m> {
     ///
     /// # Errors
     ///
-    /// - [`Error::VoteFailed`]: a participant could not prepare (or the
-    ///   decider's work failed); everything was rolled back.
+    /// - [`Error::VoteFailed`]: a participant could not prepare, or the
+    ///   decider could not record or commit the decision (its
+    ///   [`VoteStep`] says which); everything was rolled back.
     /// - [`Error::InDoubt`]: some participants are still prepared after the
-    ///   decision (or with the decision unknown); run [`Recovery`].
+    ///   decision (or with the decision unknown); run [`Recovery`]. No
+    ///   notification was sent: they are in its `unsent_notifications`.
     /// - [`Error::NotifyFailed`]: everything committed, but a notification
     ///   could not be sent.
     /// - With one participant, as [`Tx::commit`].
@@ -385,7 +480,21 @@ impl<'m> TwoPhase<'m> {
             [only] => self.participants[*only]
                 .in_tx()
                 .with_session(|s| s.commit())?,
-            [decider, voters @ ..] => self.commit_two_phase(*decider, voters)?,
+            [decider, voters @ ..] => {
+                if let Err(mut e) = self.commit_two_phase(*decider, voters) {
+                    if let Error::InDoubt {
+                        unsent_notifications,
+                        ..
+                    } = &mut e
+                    {
+                        *unsent_notifications = std::mem::take(&mut self.notifications)
+                            .into_iter()
+                            .map(|n| (n.channel, n.payload))
+                            .collect();
+                    }
+                    return Err(e);
+                }
+            }
         }
         self.send_notifications(order.first().copied())
     }
@@ -446,16 +555,17 @@ impl<'m> TwoPhase<'m> {
     }
 
     /// Participants by their settings as shown, then by when they joined:
-    /// the same databases are always committed in the same order.
+    /// the same databases are always committed in the same order. The
+    /// decider chosen with [`decide_on`](Self::decide_on) comes first.
     fn commit_order(&self) -> Vec<usize> {
-        let mut order: Vec<(String, usize)> = self
+        let mut order: Vec<(bool, String, usize)> = self
             .participants
             .iter()
             .enumerate()
-            .map(|(i, p)| (p.name(), i))
+            .map(|(i, p)| (self.decider != Some(i), p.name(), i))
             .collect();
         order.sort();
-        order.into_iter().map(|(_, i)| i).collect()
+        order.into_iter().map(|(_, _, i)| i).collect()
     }
 
     fn commit_two_phase(&mut self, decider: usize, voters: &[usize]) -> Result<()> {
@@ -463,25 +573,29 @@ impl<'m> TwoPhase<'m> {
         // 1. The decision row, in the decider's own transaction.
         let tag = match self.write_decision(decider, &key) {
             Ok(tag) => tag,
-            Err(e) => return Err(self.abort(&[], decider, e)),
+            Err(e) => return Err(self.abort(&[], decider, VoteStep::RecordDecision, e)),
         };
         // 2. The votes.
-        let mut prepared: Vec<(usize, String)> = Vec::new();
+        let mut prepared: Vec<Voted> = Vec::new();
         for (place, &voter) in voters.iter().enumerate() {
             let gid = key.gid(tag, place + 1);
             let vote = self.participants[voter]
                 .in_tx()
                 .with_session(|s| s.prepare_transaction(&gid));
             match vote {
-                Ok(true) => prepared.push((voter, gid)),
-                Ok(false) => {}
+                Ok(Vote::Prepared { xid }) => prepared.push(Voted { voter, gid, xid }),
+                Ok(Vote::Nothing) => {}
                 Err(e) => {
                     if matches!(e, Error::ConnectionLost(_)) {
                         // The server may have prepared it before the
                         // connection broke.
-                        prepared.push((voter, gid));
+                        prepared.push(Voted {
+                            voter,
+                            gid,
+                            xid: None,
+                        });
                     }
-                    return Err(self.abort(&prepared, voter, e));
+                    return Err(self.abort(&prepared, voter, VoteStep::Prepare, e));
                 }
             }
         }
@@ -493,29 +607,31 @@ impl<'m> TwoPhase<'m> {
             Ok(()) => {}
             Err(e @ Error::CommitOutcomeUnknown(_)) => {
                 return Err(Error::InDoubt {
+                    unsent_notifications: Vec::new(),
                     decided: false,
                     committed: Vec::new(),
-                    in_doubt: prepared.iter().map(|(p, _)| self.name(*p)).collect(),
+                    in_doubt: prepared.iter().map(|v| self.name(v.voter)).collect(),
                     source: Box::new(e),
                 });
             }
-            Err(e) => return Err(self.abort(&prepared, decider, e)),
+            Err(e) => return Err(self.abort(&prepared, decider, VoteStep::DeciderCommit, e)),
         }
         // 4. The second phase.
         let mut committed = vec![self.name(decider)];
         let mut in_doubt = Vec::new();
         let mut last = None;
-        for (voter, gid) in &prepared {
-            match self.finish_prepared(*voter, gid, true) {
-                Ok(()) => committed.push(self.name(*voter)),
+        for voted in &prepared {
+            match self.finish_prepared(voted, true) {
+                Ok(()) => committed.push(self.name(voted.voter)),
                 Err(e) => {
-                    in_doubt.push(self.name(*voter));
+                    in_doubt.push(self.name(voted.voter));
                     last = Some(e);
                 }
             }
         }
         if let Some(e) = last {
             return Err(Error::InDoubt {
+                unsent_notifications: Vec::new(),
                 decided: true,
                 committed,
                 in_doubt,
@@ -536,8 +652,8 @@ impl<'m> TwoPhase<'m> {
     }
 
     /// Writes the decision row into the decider's open transaction; returns
-    /// the decider's tag for the gids.
-    fn write_decision(&self, decider: usize, key: &gid::Key) -> Result<u32> {
+    /// the decider's identity for the gids.
+    fn write_decision(&self, decider: usize, key: &gid::Key) -> Result<gid::DatabaseId> {
         let participant = &self.participants[decider];
         let tx = participant.in_tx();
         let name = participant.name();
@@ -545,8 +661,11 @@ impl<'m> TwoPhase<'m> {
             tx.execute(CREATE_DECISIONS, &[])?;
         }
         let row = tx.query_one(
-            "INSERT INTO pgtx_two_phase_decisions (key, decision) VALUES ($1, 'commit')
-             RETURNING current_database()::text, current_setting('port')",
+            &format!(
+                "INSERT INTO pgtx_two_phase_decisions (key, decision) VALUES ($1, 'commit')
+                 RETURNING {}",
+                gid::IDENTIFY_SQL
+            ),
             &[&key.as_str()],
         );
         let row = match row {
@@ -558,16 +677,14 @@ impl<'m> TwoPhase<'m> {
             }
         };
         remember_decisions_table(name);
-        let dbname: String = row.try_get(0).map_err(Error::Db)?;
-        let port: String = row.try_get(1).map_err(Error::Db)?;
-        Ok(gid::database_tag(&dbname, &port))
+        gid::DatabaseId::from_row(&row, 0).map_err(Error::Db)
     }
 
     /// Rolls every participant back after `failed` could not vote (or
     /// decide); the error to return.
-    fn abort(&self, prepared: &[(usize, String)], failed: usize, e: Error) -> Error {
+    fn abort(&self, prepared: &[Voted], failed: usize, step: VoteStep, e: Error) -> Error {
         for (index, participant) in self.participants.iter().enumerate() {
-            if prepared.iter().any(|(p, _)| *p == index) {
+            if prepared.iter().any(|v| v.voter == index) {
                 continue;
             }
             let _ = participant.in_tx().with_session(|s| {
@@ -575,38 +692,73 @@ impl<'m> TwoPhase<'m> {
                 Ok(())
             });
         }
-        for (voter, gid) in prepared {
-            if let Err(e) = self.finish_prepared(*voter, gid, false) {
+        for voted in prepared {
+            if let Err(e) = self.finish_prepared(voted, false) {
                 log::warn!(
-                    "pgtx: could not roll back prepared transaction {gid} on {}; recovery will: {e}",
-                    self.name(*voter)
+                    "pgtx: could not roll back prepared transaction {} on {}; recovery will: {e}",
+                    voted.gid,
+                    self.name(voted.voter)
                 );
             }
         }
         Error::VoteFailed {
             participant: self.name(failed),
+            step,
             source: Box::new(e),
         }
     }
 
     /// `COMMIT PREPARED` / `ROLLBACK PREPARED`, retried on a new connection
-    /// when the old one broke. A gid the server no longer has was finished
-    /// already (by an attempt whose answer was lost, or by recovery, which
-    /// decides as the decision row says).
-    fn finish_prepared(&self, voter: usize, gid: &str, commit: bool) -> Result<()> {
+    /// when the old one broke.
+    ///
+    /// A gid the server no longer has was finished by someone: by an
+    /// earlier attempt whose answer was lost, by recovery, or by hand. A
+    /// rollback is then done either way (nobody commits without the
+    /// decision, which was not made). A commit is only taken as done when
+    /// the server says the voter's transaction id committed
+    /// (`txid_status`); otherwise it is [`Error::PreparedTransactionGone`],
+    /// which the caller reports in doubt, never `Ok`.
+    fn finish_prepared(&self, voted: &Voted, commit: bool) -> Result<()> {
         let mut last = None;
         for _ in 0..SECOND_PHASE_TRIES {
-            let result = self.participants[voter]
+            let result = self.participants[voted.voter]
                 .in_tx()
-                .with_session(|s| s.finish_prepared(gid, commit));
+                .with_session(|s| s.finish_prepared(&voted.gid, commit));
             match result {
                 Ok(()) => return Ok(()),
-                Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
+                Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => {
+                    return if commit {
+                        self.prove_committed(voted)
+                    } else {
+                        Ok(())
+                    };
+                }
                 Err(e @ (Error::ConnectionLost(_) | Error::Connect(_))) => last = Some(e),
                 Err(e) => return Err(e),
             }
         }
         Err(last.unwrap_or(Error::ConnectionLost(None)))
+    }
+
+    /// `Ok` if the server says `voted`'s transaction committed; otherwise
+    /// why that cannot be said.
+    fn prove_committed(&self, voted: &Voted) -> Result<()> {
+        let status = match voted.xid {
+            None => None,
+            Some(xid) => self.participants[voted.voter]
+                .conn(Within::Autocommit)
+                .query_one("SELECT txid_status($1)", &[&xid])?
+                .try_get::<_, Option<String>>(0)
+                .map_err(Error::Db)?,
+        };
+        if status.as_deref() == Some("committed") {
+            return Ok(());
+        }
+        Err(Error::PreparedTransactionGone {
+            participant: self.name(voted.voter),
+            gid: voted.gid.clone(),
+            rolled_back: status.as_deref() == Some("aborted"),
+        })
     }
 
     fn send_notifications(&mut self, decider: Option<usize>) -> Result<()> {
@@ -631,6 +783,14 @@ impl<'m> TwoPhase<'m> {
     fn name(&self, index: usize) -> String {
         self.participants[index].name()
     }
+}
+
+/// A voter's prepared transaction.
+struct Voted {
+    voter: usize,
+    gid: String,
+    /// Its transaction id, when known: what `txid_status` asks about.
+    xid: Option<i64>,
 }
 
 /// Databases (by their settings as shown) where this process has written

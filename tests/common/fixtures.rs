@@ -32,7 +32,25 @@ impl Db {
             .find_map(|kv| kv.strip_prefix("dbname="))
             .expect("harness DSNs name their database")
             .to_owned();
-        let db = Db { dsn, name, server };
+        Db::with_tables(Db { dsn, name, server })
+    }
+
+    /// A database named exactly `name` (a plain identifier) on `server`,
+    /// with the tables of [`Db::new`]: the same name on two servers.
+    pub fn named_on(server: &'static TestServer, name: &str) -> Db {
+        server
+            .admin()
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} failed: {e}"));
+        let dsn = server.dsn_for(name);
+        Db::with_tables(Db {
+            dsn,
+            name: name.to_owned(),
+            server,
+        })
+    }
+
+    fn with_tables(db: Db) -> Db {
         db.admin()
             .batch_execute(
                 "CREATE TABLE items (id int PRIMARY KEY, note text);

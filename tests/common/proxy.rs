@@ -47,6 +47,9 @@ struct Inner {
     hold_changed: Condvar,
     /// Armed by [`Proxy::stall_on_next`].
     stall_on_next: Mutex<Option<Next>>,
+    /// Forward, then stall at, the first client → server chunk that
+    /// contains every one of these byte strings.
+    stall_after: Mutex<Option<Vec<Vec<u8>>>>,
 }
 
 /// What a stall armed by [`Proxy::stall_on_next`] holds back.
@@ -126,6 +129,7 @@ impl Proxy {
             holding: Mutex::new(false),
             hold_changed: Condvar::new(),
             stall_on_next: Mutex::new(None),
+            stall_after: Mutex::new(None),
         });
         let accept_inner = Arc::clone(&inner);
         let accept_thread = std::thread::Builder::new()
@@ -176,6 +180,14 @@ impl Proxy {
     /// it fired, [`is_stalled`](Self::is_stalled) is true.
     pub fn stall_on(&self, needles: &[&[u8]]) {
         *lock(&self.inner.stall_on) = Some(needles.iter().map(|n| n.to_vec()).collect());
+    }
+
+    /// Forwards the first chunk a client sends that contains every one of
+    /// `needles`, then stalls: the server gets that request and acts on
+    /// it, but its answer is held (the client cannot know what happened).
+    /// Once it fired, [`is_stalled`](Self::is_stalled) is true.
+    pub fn stall_after(&self, needles: &[&[u8]]) {
+        *lock(&self.inner.stall_after) = Some(needles.iter().map(|n| n.to_vec()).collect());
     }
 
     /// Holds the first chunk a client sends that contains every one of
@@ -284,6 +296,20 @@ impl Inner {
             *armed = None;
             self.begin_stall();
         }
+    }
+
+    /// Stalls if `chunk` is the one [`Proxy::stall_after`] waits for;
+    /// returns whether it is (then it is to be forwarded all the same).
+    fn maybe_stall_after(&self, chunk: &[u8]) -> bool {
+        let mut armed = lock(&self.stall_after);
+        let fires = armed
+            .as_ref()
+            .is_some_and(|needles| contains_all(chunk, needles));
+        if fires {
+            *armed = None;
+            self.begin_stall();
+        }
+        fires
     }
 
     /// Holds this connection's `chunk` if it is the one [`Proxy::hold_on`]
@@ -462,6 +488,7 @@ fn pump(
                 break;
             }
             forward_anyway = inner.maybe_stall_on_next(id, &buf[..n]);
+            forward_anyway |= inner.maybe_stall_after(&buf[..n]);
         }
         // A stall may have begun while this read was blocked: hold the bytes.
         if !forward_anyway && !inner.wait_unstalled(closed) {

@@ -84,6 +84,8 @@ struct Private {
     as_root: bool,
     /// Extra `-c` settings given to [`TestServer::start_private_with`].
     extra: Vec<(String, String)>,
+    /// The one address it listens on (`listen_addresses`).
+    listen: Ipv4Addr,
     /// Serialises start/stop/restart.
     ctl: Mutex<()>,
 }
@@ -135,6 +137,46 @@ impl TestServer {
             .unwrap_or_else(|msg| panic!("cannot start a private PostgreSQL cluster: {msg}"))
     }
 
+    /// Starts new private clusters, one listening on each of `hosts`
+    /// (loopback addresses such as 127.0.0.1 and 127.0.0.2: Linux answers
+    /// on all of 127.0.0.0/8) and all on the same port, as shards on
+    /// different hosts are (5432 everywhere). Each has its own socket
+    /// directory and its own `initdb`, so its own `system_identifier`.
+    /// `settings` as for [`start_private_with`](Self::start_private_with).
+    ///
+    /// # Panics
+    /// If no port free on every host is found, or a cluster fails to start.
+    pub fn start_private_same_port(
+        hosts: &[Ipv4Addr],
+        settings: &[(&str, &str)],
+    ) -> Vec<TestServer> {
+        let mut errors = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = match free_port() {
+                Ok(port) => port,
+                Err(e) => panic!("{e}"),
+            };
+            if !hosts
+                .iter()
+                .all(|host| TcpListener::bind((*host, port)).is_ok())
+            {
+                continue;
+            }
+            let started: Result<Vec<TestServer>, String> = hosts
+                .iter()
+                .map(|host| try_start_private_as(settings, Role::Primary, Some((*host, port))))
+                .collect();
+            match started {
+                Ok(servers) => return servers,
+                Err(e) => errors.push(format!("port {port}: {e}")),
+            }
+        }
+        panic!(
+            "cannot start private clusters on {hosts:?} on one port:\n{}",
+            errors.join("\n")
+        )
+    }
+
     /// Starts a new private cluster as a hot standby with no primary: a
     /// `standby.signal` file sits in the data directory from the first start,
     /// so the server stays in recovery for good. It accepts read-only
@@ -147,7 +189,7 @@ impl TestServer {
     /// If no `initdb` is found, the cluster fails to start, or it does not
     /// come up in recovery accepting connections within 60 s.
     pub fn start_private_standby() -> TestServer {
-        let server = try_start_private_as(&[], Role::Standby)
+        let server = try_start_private_as(&[], Role::Standby, None)
             .unwrap_or_else(|msg| panic!("cannot start a private standby cluster: {msg}"));
         server.wait_until_in_recovery();
         server
@@ -299,7 +341,8 @@ impl TestServer {
                 }
             ),
             Kind::Private(p) => format!(
-                "private throwaway PostgreSQL cluster at 127.0.0.1:{} (binaries {}, data {})",
+                "private throwaway PostgreSQL cluster at {}:{} (binaries {}, data {})",
+                p.listen,
                 self.port,
                 p.bin_dir.display(),
                 p.dir.display()
@@ -403,7 +446,7 @@ impl TestServer {
             "-l",
             &p.log.to_string_lossy(),
             "-o",
-            &server_options(&p.dir, self.port, &p.extra),
+            &server_options(&p.dir, p.listen, self.port, &p.extra),
         ]);
         if !out.status.success() {
             panic!("pg_ctl restart failed: {}", p.failure(&out));
@@ -521,7 +564,7 @@ impl Private {
             "-l",
             &self.log.to_string_lossy(),
             "-o",
-            &server_options(&self.dir, port, &self.extra),
+            &server_options(&self.dir, self.listen, port, &self.extra),
         ]);
         if out.status.success() {
             Ok(())
@@ -564,9 +607,9 @@ impl Private {
 
 /// The `-o` argument for `pg_ctl`: passed through a shell by `pg_ctl`, so the
 /// socket directory is single-quoted.
-fn server_options(dir: &Path, port: u16, extra: &[(String, String)]) -> String {
+fn server_options(dir: &Path, listen: Ipv4Addr, port: u16, extra: &[(String, String)]) -> String {
     let mut o = format!(
-        "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={}",
+        "-c listen_addresses={listen} -c port={port} -c unix_socket_directories={}",
         shell_quote(&dir.to_string_lossy())
     );
     for (k, v) in SERVER_SETTINGS {
@@ -752,10 +795,16 @@ enum Role {
 }
 
 fn try_start_private(settings: &[(&str, &str)]) -> Result<TestServer, String> {
-    try_start_private_as(settings, Role::Primary)
+    try_start_private_as(settings, Role::Primary, None)
 }
 
-fn try_start_private_as(settings: &[(&str, &str)], role: Role) -> Result<TestServer, String> {
+/// `at`: the one address and port to listen on (one attempt); by default
+/// 127.0.0.1 on a free port (a few attempts).
+fn try_start_private_as(
+    settings: &[(&str, &str)],
+    role: Role,
+    at: Option<(Ipv4Addr, u16)>,
+) -> Result<TestServer, String> {
     let bin_dir = find_server_bin_dir().ok_or_else(|| {
         "no initdb/pg_ctl/postgres found in PATH or /usr/lib/postgresql/*/bin; install the \
          PostgreSQL server (e.g. `apt-get install postgresql`) or set DATABASE_URL"
@@ -775,6 +824,7 @@ fn try_start_private_as(settings: &[(&str, &str)], role: Role) -> Result<TestSer
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
+        listen: at.map_or(Ipv4Addr::LOCALHOST, |(host, _)| host),
         ctl: Mutex::new(()),
     };
     // From here on `private` is destroyed on any early return or panic.
@@ -847,8 +897,12 @@ fn try_start_private_as(settings: &[(&str, &str)], role: Role) -> Result<TestSer
 
     let mut errors = Vec::new();
     let mut started = None;
-    for _ in 0..START_ATTEMPTS {
-        let port = free_port()?;
+    let attempts = if at.is_some() { 1 } else { START_ATTEMPTS };
+    for _ in 0..attempts {
+        let port = match at {
+            Some((_, port)) => port,
+            None => free_port()?,
+        };
         match p.start(port) {
             Ok(()) => {
                 started = Some(port);
@@ -869,7 +923,7 @@ fn try_start_private_as(settings: &[(&str, &str)], role: Role) -> Result<TestSer
 
     let private = guard.disarm();
     Ok(TestServer {
-        host: "127.0.0.1".into(),
+        host: private.listen.to_string(),
         port,
         user: "postgres".into(),
         password: None,
