@@ -641,10 +641,14 @@ fn the_decision_cut_in_flight(prefix: &str, hold: Withhold) -> bool {
         Db::on(shared, &format!("{prefix}_voter1")),
         Db::on(second, &format!("{prefix}_voter2")),
     ];
-    // Only the decider goes through the proxy. Its COMMIT is prepared on
-    // the connection's first use: stall at the execution that follows.
+    // Only the decider goes through the proxy. Its COMMIT is one simple
+    // query: stall there, before forwarding it or after.
     let proxy = dbs[0].proxy();
-    proxy.stall_on_next(&[b"COMMIT\0"], hold);
+    let commit: &[&[u8]] = &[b"Q\0\0\0\x0bCOMMIT\0"];
+    match hold {
+        Withhold::Request => proxy.stall_on(commit),
+        Withhold::Reply => proxy.stall_after(commit),
+    }
     let dsns = [
         in_place(0, &dbs[0].dsn_via(proxy.addr())),
         in_place(1, &dbs[1].dsn),
