@@ -111,8 +111,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 1. A listener of its own, listening to one channel.
     let mut listener = manager.listener()?;
-    // The default policy retries at once, then after 1 s growing ×1.7 up
-    // to 10 s, for ever; quicker here, so that the example is quick.
+    // The default policy retries at once, then after 1.7 s growing ×1.7 up
+    // to 10 s (each wait ±12 %), for ever; quicker here, so that the
+    // example is quick.
     listener.set_reconnect_policy(
         ReconnectPolicy::default()
             .initial_delay(Duration::from_millis(100))

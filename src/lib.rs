@@ -186,7 +186,8 @@
 //! What txpostgres gives a Twisted program, for threads:
 //!
 //! - [`Builder::reconnect`] with a [`ReconnectPolicy`] (exponential backoff
-//!   with jitter; txpostgres' defaults): when the connection dies and
+//!   with jitter; by default txpostgres' schedule: at once, then 1.7 s
+//!   growing ×1.7 up to 10 s, each wait ±12 %): when the connection dies and
 //!   cannot be reopened at once, one background thread reconnects while
 //!   every call fails at once with [`Error::ConnectionDead`] (no connect
 //!   timeout per call, nothing sent down a dead link); a round of attempts
@@ -253,10 +254,20 @@
 //!
 //! # Features
 //!
-//! - `tls` (default): TLS connections with rustls, for every `sslmode`
-//!   (`prefer`, `require`, `verify-ca`, `verify-full`, …), root and client
-//!   certificates. Without it, `sslmode=require` and stricter are refused at
-//!   connect time with a clear error rather than silently sent in clear.
+//! - `tls` (default): TLS connections with rustls and its aws-lc-rs
+//!   crypto provider, for every `sslmode` (`prefer`, `require`,
+//!   `verify-ca`, `verify-full`, …), root and client certificates.
+//!   Without it, `sslmode=require` and stricter are refused at connect
+//!   time with a clear error rather than silently sent in clear.
+//!
+//! # Not supported
+//!
+//! Connection settings that libpq has and pgtx cannot honour
+//! (`target_session_attrs` `primary`, `standby` and `prefer-standby`,
+//! `sslcrl`, `gssencmode=require`, …) are refused when connecting, with an
+//! error that names them, rather than ignored: see
+//! [`Settings`](Settings#not-supported). The API is blocking, made for
+//! threads; there is no `async` one.
 
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub, clippy::all)]

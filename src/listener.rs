@@ -116,8 +116,9 @@ impl fmt::Display for ObserverId {
 /// administrator's `pg_terminate_backend`, a network failure the socket
 /// reports) is noticed by the receiving methods, which deliver what was
 /// received before the break, then reconnect on the
-/// [`ReconnectPolicy`] (by default: at once, then after 1 s growing ×1.7
-/// up to 10 s, for ever; see [`set_reconnect_policy`](Self::set_reconnect_policy)),
+/// [`ReconnectPolicy`] (by default txpostgres' schedule: at once, then
+/// after 1.7 s growing ×1.7 up to 10 s, each wait ±12 %, for ever; see
+/// [`set_reconnect_policy`](Self::set_reconnect_policy)),
 /// re-issue every `LISTEN`, and only then deliver
 /// [`ListenEvent::Reconnected`], once per outage. If a round of attempts
 /// runs out ([`ReconnectPolicy::max_attempts`]), they return

@@ -185,11 +185,13 @@ impl Builder {
     /// closed it, a statement failed because it broke: I/O errors, SQLSTATE
     /// class 08, 57P01–57P03) makes the policy's first attempt itself, at
     /// once; if that fails, one background thread makes the next ones on
-    /// the policy's schedule (by default 1 s, then ×1.7 up to 10 s, for
-    /// ever) and hands the new connection to the next call. If a round of
-    /// attempts runs out ([`ReconnectPolicy::max_attempts`]), the next call
-    /// gets [`Error::ReconnectFailed`] (with the round's first and last
-    /// failure) and the call after it starts again. Errors that do not
+    /// the policy's schedule (by default txpostgres': 1.7 s, then ×1.7 up
+    /// to 10 s, each wait ±12 %, for ever; see
+    /// [the schedule](ReconnectPolicy#the-schedule)) and hands the new
+    /// connection to the next call. If a round of attempts runs out
+    /// ([`ReconnectPolicy::max_attempts`]), the next call gets
+    /// [`Error::ReconnectFailed`] (with the round's first and last failure)
+    /// and the call after it starts again. Errors that do not
     /// mean the connection is dead (a syntax error, a deadlock) never
     /// reconnect.
     ///

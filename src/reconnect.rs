@@ -3,7 +3,9 @@
 //! clock of its own, so that every rule is unit-tested without sleeping.
 //!
 //! The defaults are txpostgres' (`txpostgres.reconnection`): the first
-//! attempt at once, then 1 s growing by ×1.7 up to 10 s, for ever.
+//! attempt at once, then waits of 1.7, 2.89, 4.91, 8.35 s and 10 s from
+//! then on, each spread at random by up to ±12 %, for ever (the exact rule
+//! is on [`ReconnectPolicy`]).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -19,11 +21,33 @@ use crate::error::Error;
 ///
 /// | setting | default |
 /// |---|---|
-/// | [`initial_delay`](Self::initial_delay) | 1 s (after a first attempt made at once) |
-/// | [`max_delay`](Self::max_delay) | 10 s |
+/// | [`initial_delay`](Self::initial_delay) | 1.7 s (the first wait, after a first attempt made at once) |
 /// | [`factor`](Self::factor) | 1.7 |
-/// | [`jitter`](Self::jitter) | 0 (none) |
+/// | [`max_delay`](Self::max_delay) | 10 s |
+/// | [`jitter`](Self::jitter) | 0.12 (each wait ±12 %) |
 /// | [`max_attempts`](Self::max_attempts) | `None` (unlimited) |
+///
+/// # The schedule
+///
+/// The first attempt of an outage is made at once. The wait before
+/// attempt *n* + 1 (*n* = 1, 2, …) is the nominal wait
+/// `min(initial_delay × factor^(n-1), max_delay)`, multiplied by a number
+/// drawn uniformly from `[1 - jitter, 1 + jitter]` (a fresh draw for each
+/// wait; the draws do not accumulate), and capped at `max_delay` again.
+///
+/// With the defaults the nominal waits are 1.7, 2.89, 4.913, 8.3521 s,
+/// then 10 s for ever, so attempts come at about 0, 1.7, 4.6, 9.5, 17.9,
+/// 27.9, 37.9 s, …; with the jitter, the first wait is between 1.496 and
+/// 1.904 s, and a wait at the cap between 8.8 and 10 s.
+///
+/// This is txpostgres' `defaultReconnectionIterator`: an initial delay of
+/// 1 s multiplied by the factor 1.7 before each wait (so the first wait is
+/// 1.7 s), at most 10 s, no limit on attempts, and jitter on. Its jitter
+/// is Twisted's: a normal distribution with a standard deviation of
+/// 11.96 % of the wait, which feeds into the next wait; pgtx's is bounded
+/// (±12 %) around a schedule that does not drift, so the bounds above hold.
+/// The jitter keeps the many clients that one server restart cuts off from
+/// reconnecting in lockstep; `jitter(0.0)` makes the schedule exact.
 ///
 /// # Examples
 ///
@@ -31,11 +55,15 @@ use crate::error::Error;
 /// use std::time::Duration;
 /// use pgtx::ReconnectPolicy;
 ///
-/// let delays: Vec<Duration> = ReconnectPolicy::default().backoff().take(7).collect();
-/// assert_eq!(delays[0], Duration::ZERO); // the first attempt at once
-/// assert_eq!(delays[1], Duration::from_secs(1));
-/// assert_eq!(delays[2].as_millis(), 1700);
-/// assert_eq!(delays[6], Duration::from_secs(10)); // 8.35 s × 1.7, capped
+/// let exact: Vec<Duration> = ReconnectPolicy::default().jitter(0.0).backoff().take(7).collect();
+/// assert_eq!(exact[0], Duration::ZERO); // the first attempt at once
+/// assert_eq!(exact[1].as_millis(), 1700);
+/// assert_eq!(exact[2].as_millis(), 2890);
+/// assert_eq!(exact[6], Duration::from_secs(10)); // 8.3521 s × 1.7, capped
+///
+/// // The default spreads each wait by up to ±12 %.
+/// let first_wait = ReconnectPolicy::default().backoff().nth(1).unwrap();
+/// assert!(first_wait >= Duration::from_millis(1496) && first_wait <= Duration::from_millis(1904));
 ///
 /// let quick = ReconnectPolicy::default()
 ///     .initial_delay(Duration::from_millis(50))
@@ -55,30 +83,41 @@ pub struct ReconnectPolicy {
 }
 
 impl Default for ReconnectPolicy {
-    /// txpostgres' defaults: at once, then 1 s, ×1.7, at most 10 s,
-    /// unlimited attempts, no jitter.
+    /// txpostgres' defaults: at once, then 1.7 s growing ×1.7 up to 10 s,
+    /// each wait ±12 %, unlimited attempts (see
+    /// [the schedule](ReconnectPolicy#the-schedule)).
     fn default() -> Self {
         ReconnectPolicy {
-            initial: Duration::from_secs(1),
+            initial: Duration::from_millis(1700),
             max: Duration::from_secs(10),
             factor: 1.7,
-            jitter: 0.0,
+            jitter: 0.12,
             max_attempts: None,
         }
     }
 }
 
 impl ReconnectPolicy {
-    /// The wait before the second attempt (the first is made at once).
-    /// Default 1 s.
+    /// The wait before the second attempt (the first is made at once),
+    /// before jitter. Default 1.7 s (txpostgres' 1 s, already multiplied
+    /// by its factor). `Duration::ZERO` makes every wait zero: the
+    /// attempts follow one another without a pause.
     pub fn initial_delay(mut self, delay: Duration) -> Self {
         self.initial = delay;
         self
     }
 
     /// The longest wait between two attempts, jitter included. Default 10 s.
+    ///
+    /// `Duration::ZERO` means no maximum, as txpostgres' `maxDelay = 0`
+    /// does: the waits grow without bound (it is not a loop of attempts
+    /// without waits).
     pub fn max_delay(mut self, delay: Duration) -> Self {
-        self.max = delay;
+        self.max = if delay.is_zero() {
+            Duration::MAX
+        } else {
+            delay
+        };
         self
     }
 
@@ -95,9 +134,9 @@ impl ReconnectPolicy {
 
     /// Spreads each wait at random by up to this fraction either way
     /// (`0.1`: ±10 %), so that many clients cut off together do not all
-    /// come back at the same instant. Clamped to `0.0..=1.0`; default 0.
-    /// The first attempt stays immediate, and no wait exceeds
-    /// [`max_delay`](Self::max_delay).
+    /// come back at the same instant. Clamped to `0.0..=1.0`; default
+    /// 0.12; `0.0` for none. The first attempt stays immediate, and no wait
+    /// exceeds [`max_delay`](Self::max_delay).
     pub fn jitter(mut self, fraction: f64) -> Self {
         self.jitter = if fraction.is_nan() {
             0.0
@@ -355,15 +394,75 @@ mod tests {
         assert_eq!(slow.backoff().next(), Some(Duration::ZERO));
     }
 
+    /// txpostgres' `defaultReconnectionIterator` without its jitter: at
+    /// once, then 1 s × 1.7 = 1.7 s, × 1.7 each time, capped at 10 s.
+    const TXPOSTGRES: [f64; 8] = [0.0, 1.7, 2.89, 4.913, 8.3521, 10.0, 10.0, 10.0];
+
     #[test]
-    fn the_defaults_are_txpostgres_one_second_growing_by_1_7_up_to_ten() {
-        let delays: Vec<Duration> = ReconnectPolicy::default().backoff().take(8).collect();
-        let expected = [0.0, 1.0, 1.7, 2.89, 4.913, 8.3521, 10.0, 10.0];
-        for (got, want) in delays.iter().zip(expected) {
+    fn the_defaults_are_txpostgres_schedule_at_once_then_1_7_s_growing_by_1_7_up_to_ten() {
+        let delays: Vec<Duration> = ReconnectPolicy::default()
+            .jitter(0.0)
+            .backoff()
+            .take(8)
+            .collect();
+        for (got, want) in delays.iter().zip(TXPOSTGRES) {
             assert!(
                 (got.as_secs_f64() - want).abs() < 1e-6,
-                "{delays:?} vs {expected:?}"
+                "{delays:?} vs {TXPOSTGRES:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_default_jitters_each_wait_by_up_to_12_percent_never_above_ten_seconds() {
+        let mut spread = Vec::new();
+        for seed in 0..200 {
+            let delays: Vec<Duration> = Backoff::new(ReconnectPolicy::default(), seed)
+                .take(8)
+                .collect();
+            assert_eq!(delays[0], Duration::ZERO);
+            for (got, nominal) in delays.iter().zip(TXPOSTGRES).skip(1) {
+                let got = got.as_secs_f64();
+                assert!(
+                    got >= nominal * 0.88 - 1e-9 && got <= (nominal * 1.12).min(10.0) + 1e-9,
+                    "{got} for {nominal} with seed {seed}"
+                );
+                spread.push(got / nominal);
+            }
+        }
+        let (lo, hi) = spread
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        assert!(
+            lo < 0.9 && hi > 1.1,
+            "the default barely jitters: {lo}..{hi}"
+        );
+    }
+
+    #[test]
+    fn a_zero_max_delay_means_no_maximum_not_a_tight_loop() {
+        let delays: Vec<Duration> = ReconnectPolicy::default()
+            .jitter(0.0)
+            .max_delay(Duration::ZERO)
+            .backoff()
+            .take(10)
+            .collect();
+        assert_eq!(delays[0], Duration::ZERO);
+        for (n, got) in delays.iter().enumerate().skip(1) {
+            let want = 1.7_f64.powi(i32::try_from(n).unwrap());
+            assert!(
+                (got.as_secs_f64() - want).abs() < 1e-6,
+                "wait {n}: {got:?}, not {want} s: {delays:?}"
+            );
+        }
+        // With jitter too, and for a retry schedule.
+        for delay in ReconnectPolicy::default()
+            .max_delay(Duration::ZERO)
+            .backoff()
+            .skip(1)
+            .take(50)
+        {
+            assert!(delay >= secs(1.7 * 0.88 - 1e-9), "{delay:?}");
         }
     }
 
@@ -390,7 +489,8 @@ mod tests {
         // An initial delay above the maximum is capped too.
         let capped = ReconnectPolicy::default()
             .initial_delay(secs(60.0))
-            .max_delay(secs(1.0));
+            .max_delay(secs(1.0))
+            .jitter(0.0);
         assert_eq!(capped.backoff().nth(1), Some(secs(1.0)));
     }
 
@@ -460,7 +560,11 @@ mod tests {
         let Next::RetryAt(at) = outage.failed(start, first) else {
             panic!("gave up after one attempt of three");
         };
-        assert_eq!(at, start + secs(1.0));
+        let after = at - start;
+        assert!(
+            (secs(1.7 * 0.88)..=secs(1.7 * 1.12)).contains(&after),
+            "{after:?}"
+        );
         outage.attempting();
         assert!(matches!(
             outage.failed(at, Error::WouldBlock),

@@ -76,7 +76,8 @@ impl RetryPolicy {
         self
     }
 
-    /// The longest wait, jitter included. Default 1 s.
+    /// The longest wait, jitter included. Default 1 s. `Duration::ZERO`
+    /// means no maximum.
     pub fn max_delay(mut self, delay: Duration) -> Self {
         self.schedule = self.schedule.max_delay(delay);
         self
@@ -112,6 +113,22 @@ mod tests {
         assert_eq!(
             waits,
             [0, 10, 20, 40, 80].map(Duration::from_millis).to_vec()
+        );
+    }
+
+    #[test]
+    fn a_zero_max_delay_means_no_maximum() {
+        let waits: Vec<Duration> = RetryPolicy::default()
+            .jitter(0.0)
+            .max_attempts(10)
+            .max_delay(Duration::ZERO)
+            .waits()
+            .collect();
+        assert_eq!(
+            waits,
+            [0, 10, 20, 40, 80, 160, 320, 640, 1280, 2560]
+                .map(Duration::from_millis)
+                .to_vec()
         );
     }
 

@@ -31,13 +31,20 @@ const RETRY: Duration = Duration::from_millis(1);
 /// fails the benchmark instead of hanging it.
 const GIVE_UP: Duration = Duration::from_secs(60);
 
-/// The policies measured: the default, and one whose first wait is 100 ms.
+/// The policies measured: the default, and one whose first wait is 100 ms,
+/// both without jitter, so that when each attempt was due can be worked
+/// out from the schedule.
 pub fn policies() -> [(&'static str, ReconnectPolicy); 2] {
     [
-        ("default (1 s, ×1.7, ≤ 10 s)", ReconnectPolicy::default()),
         (
-            "initial_delay 100 ms (×1.7, ≤ 10 s)",
-            ReconnectPolicy::default().initial_delay(Duration::from_millis(100)),
+            "default without jitter (1.7 s, ×1.7, ≤ 10 s)",
+            ReconnectPolicy::default().jitter(0.0),
+        ),
+        (
+            "initial_delay 100 ms without jitter (×1.7, ≤ 10 s)",
+            ReconnectPolicy::default()
+                .initial_delay(Duration::from_millis(100))
+                .jitter(0.0),
         ),
     ]
 }

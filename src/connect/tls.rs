@@ -45,7 +45,9 @@ pub(crate) fn connector(plan: &Plan, env: &dyn Env) -> Result<MakeRustlsConnect,
             "sslcrl and sslcrldir are not supported by pgtx",
         ));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // aws-lc-rs: rustls' default provider. Its ring provider is deprecated
+    // (no post-quantum key exchange) as of rustls 0.23.48.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
 
     let root_file = file("sslrootcert", "root.crt").filter(|f| f.exists());
     let verifier: Arc<dyn ServerCertVerifier> = match root_file {

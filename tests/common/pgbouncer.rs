@@ -47,14 +47,14 @@ impl Bouncer {
     ///
     /// # Panics
     ///
-    /// If `pgbouncer` is not installed (`apt-get install pgbouncer`; the
-    /// CI script installs it), `server` is not on loopback, or PgBouncer
+    /// If `pgbouncer` is not installed (`bash scripts/test`, README's test
+    /// command, installs it), `server` is not on loopback, or PgBouncer
     /// does not start.
     pub fn start(server: &TestServer, pool_size: u32) -> Bouncer {
         let program = find_pgbouncer().unwrap_or_else(|| {
             panic!(
                 "pgbouncer not found in PATH, /usr/sbin or /usr/bin: install it \
-                 (apt-get install pgbouncer; .ci/run does)"
+                 (bash scripts/test, README's test command, does)"
             )
         });
         let upstream = server
