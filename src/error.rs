@@ -21,6 +21,29 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// connection has been released or is still held exactly as the method's
 /// `# Errors` section says, and no transaction is left open for another
 /// thread.
+///
+/// # Message and source
+///
+/// Each thing is said once, as Rust's convention asks: an error either
+/// words its cause in its own message or returns it from
+/// [`source`](std::error::Error::source), never both, so that printing the
+/// whole chain (each `source()` after the message, joined by `": "`, as
+/// `anyhow`'s `{:#}` does) repeats nothing.
+///
+/// - **The message is complete, and there is no source**, where the cause
+///   is the server's or the network's own report, which pgtx words itself:
+///   [`Error::Connect`] (libpq's lines), [`Error::Db`] (the server's
+///   message and SQLSTATE, or the client-side failure with its causes),
+///   [`Error::TransactionAborted`], [`Error::RetriesExhausted`],
+///   [`Error::Settings`], [`Error::ConnectionDead`]. The inner error is in
+///   the variant's field and behind [`Error::as_db_error`].
+/// - **The message says what happened to the transaction or the
+///   connection, and `source()` is the cause**, not repeated in the
+///   message: [`Error::ConnectionLost`], [`Error::CommitOutcomeUnknown`],
+///   [`Error::Cancelled`], [`Error::CancelFailed`], [`Error::Runtime`],
+///   [`Error::OnConnect`], [`Error::VoteFailed`], [`Error::InDoubt`],
+///   [`Error::NotifyFailed`], [`Error::ReconnectFailed`]. `to_string()`
+///   alone shows only the first part: print the chain to see why.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -34,9 +57,10 @@ pub enum Error {
     /// holder tries again.
     ///
     /// The message lists every attempt, one line each, in libpq's words
-    /// (see [`ConnectError`]); the source is the last attempt's error, and
+    /// (see [`ConnectError`]), each with its reason, so there is no source;
     /// [`Error::as_db_error`] finds the server's reason (such as 28P01 for
-    /// a wrong password).
+    /// a wrong password) and [`ConnectError::last_cause`] the last
+    /// attempt's error.
     #[error(transparent)]
     Connect(ConnectError),
 
@@ -55,13 +79,14 @@ pub enum Error {
     /// `commit` was called after a statement in the transaction had failed
     /// (or a statement after its `BEGIN` was refused). The server had
     /// aborted the transaction, so it was rolled back and nothing it did was
-    /// saved. Carries the first error the server reported.
+    /// saved. Carries the first error the server reported, which the
+    /// message shows (so it is not also the source).
     ///
     /// [`Savepoint::release`](crate::Savepoint::release) returns it too when
     /// a statement inside the savepoint had failed: then only the
     /// savepoint's work was rolled back, and the transaction goes on.
     #[error("the transaction was aborted by an earlier error and has been rolled back{}", first_error(.0))]
-    TransactionAborted(#[source] Option<Box<DbError>>),
+    TransactionAborted(Option<Box<DbError>>),
 
     /// SQL given to a [`Tx`](crate::Tx) or [`Savepoint`](crate::Savepoint)
     /// would end or restart the transaction behind pgtx's back (`COMMIT`,
@@ -169,8 +194,12 @@ pub enum Error {
     /// count). Inside a transaction a server error aborts it: only
     /// [`Tx::rollback`](crate::Tx::rollback) can follow, and
     /// [`Tx::commit`](crate::Tx::commit) reports [`Error::TransactionAborted`].
+    ///
+    /// The message is the server's (`ERROR: relation "t" does not exist
+    /// (SQLSTATE 42P01)`), or the client-side failure followed by its
+    /// causes; the `postgres::Error` is the field, not the source.
     #[error("{}", describe(.0))]
-    Db(#[source] postgres::Error),
+    Db(postgres::Error),
 
     /// A [`TwoPhase`](crate::TwoPhase) transaction failed before its
     /// decision, at the [`VoteStep`](crate::two_phase::VoteStep) `step`: a
@@ -202,7 +231,7 @@ pub enum Error {
     /// as the decision says; one whose prepared transaction someone else
     /// finished is in doubt too, with
     /// [`Error::PreparedTransactionGone`] as the `source`.
-    #[error("{}", describe_in_doubt(*.decided, .committed, .in_doubt, .unsent_notifications, .source))]
+    #[error("{}", describe_in_doubt(*.decided, .committed, .in_doubt, .unsent_notifications))]
     InDoubt {
         /// Whether the decision to commit is known to have been made.
         decided: bool,
@@ -244,7 +273,7 @@ pub enum Error {
 
     /// The transaction committed, but a `NOTIFY` meant to follow it could
     /// not be sent. The data is committed; only the notification is missing.
-    #[error("the transaction committed, but NOTIFY on channel {channel:?} failed: {source}")]
+    #[error("the transaction committed, but NOTIFY on channel {channel:?} failed")]
     NotifyFailed {
         /// The channel of the notification that was not sent.
         channel: String,
@@ -317,7 +346,7 @@ pub enum Error {
         down_for: Duration,
         /// Reconnection attempts made so far.
         attempts: u32,
-        /// What the last attempt failed with (as its error's message).
+        /// What the last attempt failed with (its error's message followed by its sources).
         last_failure: String,
     },
 
@@ -326,7 +355,7 @@ pub enum Error {
     /// closed, and nobody got it. The lock has been released; the next
     /// holder opens another connection and runs the hook again.
     /// The source is the hook's error.
-    #[error("the on_connect hook failed on a new connection: {0}")]
+    #[error("the on_connect hook failed on a new connection")]
     OnConnect(#[source] crate::hooks::HookError),
 
     /// Reconnecting gave up: every attempt the
@@ -334,13 +363,14 @@ pub enum Error {
     /// ([`max_attempts`](crate::ReconnectPolicy::max_attempts)) failed.
     /// Nothing is connected. Carries how many attempts were made, the
     /// round's first failure (`None` when there was only one attempt: it is
-    /// `last`) and its last, which is also the [`source`](std::error::Error::source).
+    /// `last`), which the message shows, and its last, which is the
+    /// [`source`](std::error::Error::source).
     ///
     /// A [`Listener`](crate::Listener) that returns it keeps its channels:
     /// its next call starts a new round of attempts, and
     /// [`ListenEvent::Reconnected`](crate::ListenEvent::Reconnected) still
     /// follows when the connection is back.
-    #[error("gave up reconnecting after {attempts} attempt{}: {last}{}", plural(*.attempts), first_failure(.first))]
+    #[error("gave up reconnecting after {attempts} attempt{}{}", plural(*.attempts), first_failure(.first))]
     ReconnectFailed {
         /// Attempts made in the round that gave up.
         attempts: u32,
@@ -358,7 +388,7 @@ fn plural(n: u32) -> &'static str {
 
 fn first_failure(first: &Option<Box<Error>>) -> String {
     match first {
-        Some(first) => format!(" (the first attempt failed with: {first})"),
+        Some(first) => format!(" (the first attempt failed with: {})", chain(&**first)),
         None => String::new(),
     }
 }
@@ -381,7 +411,7 @@ fn describe_vote(participant: &str, step: crate::two_phase::VoteStep, source: &E
         VoteStep::Prepare => format!("participant {participant} could not prepare"),
         VoteStep::DeciderCommit => format!("the decider {participant} could not commit"),
     };
-    format!("{failed}, so every participant was rolled back: {source}{hint}")
+    format!("{failed}, so every participant was rolled back{hint}")
 }
 
 fn describe_in_doubt(
@@ -389,7 +419,6 @@ fn describe_in_doubt(
     committed: &[String],
     in_doubt: &[String],
     unsent: &[(String, String)],
-    source: &Error,
 ) -> String {
     let notifications = match unsent.len() {
         0 => String::new(),
@@ -402,7 +431,7 @@ fn describe_in_doubt(
     };
     format!(
         "distributed transaction in doubt ({decision}): committed on [{}], not known to have \
-         committed on [{}]{notifications}; run pgtx::two_phase::Recovery to finish it: {source}",
+         committed on [{}]{notifications}; run pgtx::two_phase::Recovery to finish it",
         committed.join(", "),
         in_doubt.join(", ")
     )
@@ -434,7 +463,8 @@ fn first_error(first: &Option<Box<DbError>>) -> String {
 }
 
 /// `postgres::Error` shows only "db error" for a server error; say what
-/// the server said, with its SQLSTATE code.
+/// the server said, with its SQLSTATE code. Any other `postgres::Error`
+/// leaves its cause to `source()`: show it with its causes.
 pub(crate) fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!(
@@ -443,8 +473,21 @@ pub(crate) fn describe(e: &postgres::Error) -> String {
             db.message(),
             db.code().code()
         ),
-        None => e.to_string(),
+        None => chain(e),
     }
+}
+
+/// An error's message followed by each of its sources, joined by `": "`:
+/// everything it says, for a log line or a message that keeps it as text.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 impl From<SettingsError> for Error {
@@ -480,11 +523,12 @@ impl Error {
     /// A copy of a failure to connect, for an outage to report later (an
     /// error is not `Clone`). An outage begins only on [`Error::Connect`]
     /// (copied whole) or [`Error::OnConnect`], whose hook error is kept as
-    /// its message.
+    /// its text (with the hook error's own sources).
     pub(crate) fn retell(&self) -> Error {
         match self {
             Error::Connect(e) => Error::Connect(e.clone()),
-            other => Error::OnConnect(other.to_string().into()),
+            Error::OnConnect(hook) => Error::OnConnect(chain(&**hook).into()),
+            other => Error::OnConnect(chain(other).into()),
         }
     }
 
@@ -538,9 +582,9 @@ impl Error {
 ///
 /// # Source
 ///
-/// [`source`](std::error::Error::source) is the last attempt's error: a
-/// [`postgres::Error`] when the server (or TLS) turned the connection
-/// down, else the [`std::io::Error`] from the socket.
+/// None: every attempt's reason is in the message already (see
+/// [`Error`'s rule](Error#message-and-source)). The last attempt's error
+/// itself is [`last_cause`](ConnectError::last_cause).
 #[derive(Debug, Clone)]
 pub struct ConnectError {
     /// Never empty.
@@ -595,6 +639,19 @@ impl ConnectError {
     }
 }
 
+impl ConnectError {
+    /// The last attempt's error, whose words end the message: a
+    /// [`std::io::Error`] from the socket (refused, timed out, the name not
+    /// resolved), a [`postgres::Error`] when the server or TLS turned the
+    /// connection down, or an error of pgtx's own wording whose source is
+    /// one of those (TLS required but refused by the server). Downcast it to
+    /// tell.
+    pub fn last_cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        // `attempts` is never empty.
+        &*self.attempts[self.attempts.len() - 1].cause
+    }
+}
+
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (n, attempt) in self.attempts.iter().enumerate() {
@@ -607,12 +664,9 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-impl std::error::Error for ConnectError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        let last = self.attempts.last()?;
-        Some(&*last.cause)
-    }
-}
+/// No source: the message words every attempt's cause (see
+/// [`last_cause`](ConnectError::last_cause)).
+impl std::error::Error for ConnectError {}
 
 #[cfg(test)]
 mod tests {
@@ -627,7 +681,7 @@ mod tests {
     }
 
     #[test]
-    fn connect_error_lists_attempts_one_per_line_with_the_last_as_source() {
+    fn connect_error_lists_attempts_one_per_line_and_keeps_the_last_cause_out_of_the_chain() {
         let io = |text: &str| Box::new(std::io::Error::other(text.to_owned()));
         let e = Error::Connect(
             ConnectError::new(vec![
@@ -637,11 +691,105 @@ mod tests {
             .expect("two attempts"),
         );
         assert_eq!(e.to_string(), "first line\nsecond line");
-        let source = std::error::Error::source(&e).expect("a source");
-        assert_eq!(source.to_string(), "second");
+        assert!(std::error::Error::source(&e).is_none());
+        let Error::Connect(connect) = &e else {
+            unreachable!()
+        };
+        assert_eq!(connect.last_cause().to_string(), "second");
         assert!(e.as_db_error().is_none());
         assert!(e.is_transient());
         assert!(ConnectError::new(Vec::new()).is_none());
+    }
+
+    /// The chain (message, then each source), asserting that no part
+    /// repeats what came before it.
+    fn said_once(e: &Error) -> String {
+        let mut parts = vec![e.to_string()];
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            parts.push(s.to_string());
+            source = s.source();
+        }
+        for (n, part) in parts.iter().enumerate().skip(1) {
+            let before = parts[..n].join(": ");
+            assert!(!before.contains(part.as_str()), "{before:?} / {part:?}");
+        }
+        assert_eq!(parts.join(": "), chain(e));
+        parts.join(": ")
+    }
+
+    fn refused(line: &str) -> Error {
+        let cause = Box::new(std::io::Error::other("Connection refused"));
+        Error::Connect(ConnectError::new(vec![Attempt::new(line.into(), cause)]).expect("one"))
+    }
+
+    #[test]
+    fn errors_with_a_cause_say_it_once() {
+        let hook = || -> crate::hooks::HookError { "no table t".into() };
+        let cases = [
+            (
+                Error::OnConnect(hook()),
+                "the on_connect hook failed on a new connection: no table t",
+            ),
+            (
+                Error::OnConnect(hook()).retell(),
+                "the on_connect hook failed on a new connection: no table t",
+            ),
+            (
+                Error::NotifyFailed {
+                    channel: "jobs".into(),
+                    source: Box::new(Error::WouldBlock),
+                },
+                "the transaction committed, but NOTIFY on channel \"jobs\" failed: \
+                 the connection is held by another thread",
+            ),
+            (
+                Error::ReconnectFailed {
+                    attempts: 3,
+                    first: Some(Box::new(refused("first line"))),
+                    last: Box::new(refused("last line")),
+                },
+                "gave up reconnecting after 3 attempts \
+                 (the first attempt failed with: first line): last line",
+            ),
+            (
+                Error::ReconnectFailed {
+                    attempts: 2,
+                    first: Some(Box::new(Error::OnConnect(hook()))),
+                    last: Box::new(refused("last line")),
+                },
+                "gave up reconnecting after 2 attempts (the first attempt failed with: \
+                 the on_connect hook failed on a new connection: no table t): last line",
+            ),
+            (
+                Error::VoteFailed {
+                    participant: "host=a dbname=b".into(),
+                    step: crate::two_phase::VoteStep::Prepare,
+                    source: Box::new(Error::WouldBlock),
+                },
+                "participant host=a dbname=b could not prepare, so every participant was \
+                 rolled back: the connection is held by another thread",
+            ),
+            (
+                Error::InDoubt {
+                    decided: true,
+                    committed: vec!["a".into()],
+                    in_doubt: vec!["b".into()],
+                    unsent_notifications: vec![("jobs".into(), "1".into())],
+                    source: Box::new(Error::ConnectionLost(None)),
+                },
+                "distributed transaction in doubt (the decision was to commit): committed on \
+                 [a], not known to have committed on [b]; 1 notification(s) not sent; run \
+                 pgtx::two_phase::Recovery to finish it: the connection to the server was lost",
+            ),
+            (
+                Error::CancelFailed(Box::new(std::io::Error::other("unreachable"))),
+                "could not deliver the cancel request: unreachable",
+            ),
+        ];
+        for (e, expected) in cases {
+            assert_eq!(said_once(&e), expected, "{e:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! [`Guard`]: the exclusive hold on the shared connection.
 
 use std::fmt;
+use std::panic::Location;
 
 use postgres::types::ToSql;
 
@@ -71,7 +72,17 @@ impl<'m> Guard<'m> {
     ///
     /// [`Error::LeaseRevoked`](crate::Error::LeaseRevoked) if this guard lost
     /// the connection. The connection is released.
+    ///
+    /// # Where it was begun
+    ///
+    /// The caller's file, line and column are kept while the transaction is
+    /// open: if it is left unfinished (dropped, unwound by a panic,
+    /// forgotten), the fallback's log line says `begun at
+    /// src/orders.rs:42:17`. Without a logger (see the `log` crate) only
+    /// [`unfinished_transactions`](crate::ManagedConnection::unfinished_transactions)
+    /// shows that it happened, and not where.
     #[must_use = "a transaction must end with `commit()` or `rollback()`; dropping it rolls back"]
+    #[track_caller]
     pub fn begin(self) -> Result<Tx<'m, Open>> {
         self.begin_with(TxOptions::default())
     }
@@ -80,9 +91,21 @@ impl<'m> Guard<'m> {
     ///
     /// # Errors
     ///
-    /// As [`begin`](Self::begin).
+    /// As [`begin`](Self::begin), which also says what is kept of the
+    /// caller's location.
     #[must_use = "a transaction must end with `commit()` or `rollback()`; dropping it rolls back"]
+    #[track_caller]
     pub fn begin_with(self, options: TxOptions) -> Result<Tx<'m, Open>> {
+        self.begin_at(options, Location::caller())
+    }
+
+    /// [`begin_with`](Self::begin_with), the transaction begun at `at` (for
+    /// the report if it is left unfinished).
+    pub(crate) fn begin_at(
+        self,
+        options: TxOptions,
+        at: &'static Location<'static>,
+    ) -> Result<Tx<'m, Open>> {
         let Guard { held } = self;
         let shared = held.shared();
         let rolled_back =
@@ -90,6 +113,7 @@ impl<'m> Guard<'m> {
         if rolled_back {
             shared.report_unfinished(Cause::UserBlock);
         }
+        shared.begun_at(at);
         Ok(Tx::open(held))
     }
 

@@ -189,7 +189,10 @@ pub(crate) fn open_with_hook(
     if let Some(hook) = on_connect
         && let Err(e) = run_on_connect(hook, &mut driver)
     {
-        log::warn!("pgtx: closing a new connection: {e}");
+        log::warn!(
+            "pgtx: closing a new connection: {}",
+            crate::error::chain(&e)
+        );
         driver.close();
         return Err(e);
     }

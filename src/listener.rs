@@ -565,7 +565,7 @@ impl Listener {
             }
             Err(e) => {
                 let attempt = outage.attempts();
-                let failure = e.to_string();
+                let failure = crate::error::chain(&e);
                 let now = Instant::now();
                 match outage.failed(now, e) {
                     Next::RetryAt(at) => {

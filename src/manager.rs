@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use std::panic::Location;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,11 @@ pub const DEFAULT_ABANDON_AFTER: Duration = Duration::from_secs(30);
 ///
 /// Drop has no return path, so these are reported through the `log` crate
 /// (at `error` level) and counted in [`unfinished_transactions`](Self::unfinished_transactions).
+/// The log line names where the transaction was begun: the file, line and
+/// column of its [`Guard::begin`] (or `begin_with`) call, or of the
+/// [`transaction`](Self::transaction) call for a closure transaction.
+/// Without a logger only the counter shows it, which says that it happened
+/// but not where.
 /// A closure that returns `Err` gets its error back unchanged, with the
 /// transaction rolled back, just as psycopg2-managed-connection propagates
 /// the exception.
@@ -410,7 +416,8 @@ impl ManagedConnection {
     /// # Panics
     ///
     /// If `work` panics, the transaction is rolled back, the connection
-    /// released, the rollback reported as an unfinished transaction, and the
+    /// released, the rollback reported as an unfinished transaction (its log
+    /// line names this `transaction(...)` call's file and line), and the
     /// panic continues.
     ///
     /// # Examples
@@ -424,6 +431,7 @@ impl ManagedConnection {
     /// })?;
     /// # Ok::<(), pgtx::Error>(())
     /// ```
+    #[track_caller]
     pub fn transaction<T, E, F>(&self, work: F) -> Result<T, E>
     where
         F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
@@ -442,12 +450,13 @@ impl ManagedConnection {
     /// # Panics
     ///
     /// As [`transaction`](Self::transaction).
+    #[track_caller]
     pub fn transaction_with<T, E, F>(&self, options: TxOptions, work: F) -> Result<T, E>
     where
         F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
         E: From<Error>,
     {
-        scope::run(self.lock(), options, work)
+        scope::run(self.lock(), options, Location::caller(), work)
     }
 
     /// Runs `work` in a transaction as [`transaction`](Self::transaction)
@@ -496,6 +505,7 @@ impl ManagedConnection {
     /// })?;
     /// # Ok::<(), pgtx::Error>(())
     /// ```
+    #[track_caller]
     pub fn transaction_retrying<T, E, F>(&self, policy: &RetryPolicy, work: F) -> Result<T, E>
     where
         F: for<'s> FnMut(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
@@ -515,6 +525,7 @@ impl ManagedConnection {
     /// # Panics
     ///
     /// As [`transaction`](Self::transaction).
+    #[track_caller]
     pub fn transaction_retrying_with<T, E, F>(
         &self,
         options: TxOptions,
@@ -525,7 +536,7 @@ impl ManagedConnection {
         F: for<'s> FnMut(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
         E: From<Error>,
     {
-        scope::run_retrying(|| self.lock(), options, policy, work)
+        scope::run_retrying(|| self.lock(), options, Location::caller(), policy, work)
     }
 
     /// Takes the connection, waiting as long as it takes.
@@ -610,6 +621,9 @@ impl ManagedConnection {
     /// Also counted: a transaction block that SQL run through a [`Guard`]
     /// opened (a plain `BEGIN`) and left open, and a
     /// [`Savepoint`](crate::Savepoint) dropped or forgotten unfinished.
+    ///
+    /// The count does not say where those transactions were begun; the
+    /// log line of each does (see [What happens to unfinished transactions](Self#what-happens-to-unfinished-transactions)).
     pub fn unfinished_transactions(&self) -> u64 {
         self.shared.unfinished()
     }

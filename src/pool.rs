@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::panic::Location;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, Thread};
@@ -413,6 +414,7 @@ impl Pool {
     /// # Panics
     ///
     /// As [`ManagedConnection::transaction`].
+    #[track_caller]
     pub fn transaction<T, E, F>(&self, work: F) -> Result<T, E>
     where
         F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
@@ -431,12 +433,13 @@ impl Pool {
     /// # Panics
     ///
     /// As [`ManagedConnection::transaction`].
+    #[track_caller]
     pub fn transaction_with<T, E, F>(&self, options: TxOptions, work: F) -> Result<T, E>
     where
         F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
         E: From<Error>,
     {
-        scope::run(self.lock(), options, work)
+        scope::run(self.lock(), options, Location::caller(), work)
     }
 
     /// [`ManagedConnection::transaction_retrying`] on the pool: each run
@@ -449,6 +452,7 @@ impl Pool {
     /// # Panics
     ///
     /// As [`ManagedConnection::transaction`].
+    #[track_caller]
     pub fn transaction_retrying<T, E, F>(&self, policy: &RetryPolicy, work: F) -> Result<T, E>
     where
         F: for<'s> FnMut(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
@@ -467,6 +471,7 @@ impl Pool {
     /// # Panics
     ///
     /// As [`ManagedConnection::transaction`].
+    #[track_caller]
     pub fn transaction_retrying_with<T, E, F>(
         &self,
         options: TxOptions,
@@ -477,7 +482,7 @@ impl Pool {
         F: for<'s> FnMut(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
         E: From<Error>,
     {
-        scope::run_retrying(|| self.lock(), options, policy, work)
+        scope::run_retrying(|| self.lock(), options, Location::caller(), policy, work)
     }
 
     /// What the pool is doing now, and its counters.

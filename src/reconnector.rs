@@ -156,7 +156,7 @@ impl Reconnector {
     ) {
         let mut outage = Outage::new(since, &self.policy);
         outage.attempting();
-        let last_failure = error.to_string();
+        let last_failure = crate::error::chain(error);
         match outage.failed(Instant::now(), error.retell()) {
             Next::GiveUp(_) => return, // one attempt allowed: the caller has its error
             Next::RetryAt(_) => {}
@@ -238,7 +238,7 @@ impl Job {
                 }
                 Err(e) => {
                     let attempt = self.outage.attempts();
-                    let last_failure = e.to_string();
+                    let last_failure = crate::error::chain(&e);
                     let now = Instant::now();
                     match self.outage.failed(now, e) {
                         Next::RetryAt(at) => {

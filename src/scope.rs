@@ -2,6 +2,8 @@
 //! owns the lease while the closure runs and ends the transaction however
 //! the closure ends; and the retry loop of `transaction_retrying`.
 
+use std::panic::Location;
+
 use postgres::error::DbError;
 
 use crate::error::{Error, Result};
@@ -12,17 +14,19 @@ use crate::shared::Shared;
 use crate::state::{Done, Open};
 use crate::tx::Tx;
 
-/// Runs `work` in a transaction begun on `guard` with `options`.
+/// Runs `work` in a transaction begun on `guard` with `options`, at `at`
+/// (the `transaction(...)` call, for the report if it is left unfinished).
 pub(crate) fn run<'m, T, E, F>(
     guard: Result<Guard<'m>>,
     options: TxOptions,
+    at: &'static Location<'static>,
     work: F,
 ) -> Result<T, E>
 where
     F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
     E: From<Error>,
 {
-    run_once(guard, options, work).0
+    run_once(guard, options, at, work).0
 }
 
 /// Runs `work` in a transaction on a connection from `checkout`, again on
@@ -30,6 +34,7 @@ where
 pub(crate) fn run_retrying<'m, T, E, F>(
     checkout: impl Fn() -> Result<Guard<'m>>,
     options: TxOptions,
+    at: &'static Location<'static>,
     policy: &RetryPolicy,
     mut work: F,
 ) -> Result<T, E>
@@ -45,7 +50,7 @@ where
             std::thread::sleep(wait);
         }
         runs += 1;
-        let failure = match run_once(checkout(), options, &mut work) {
+        let failure = match run_once(checkout(), options, at, &mut work) {
             (Ok(value), _) => return Ok(value),
             (Err(_), Some(failure)) if retry::asks_for_retry(&failure) => failure,
             (Err(e), _) => return Err(e),
@@ -68,13 +73,14 @@ where
 fn run_once<'m, T, E, F>(
     guard: Result<Guard<'m>>,
     options: TxOptions,
+    at: &'static Location<'static>,
     work: F,
 ) -> (Result<T, E>, Option<Box<DbError>>)
 where
     F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
     E: From<Error>,
 {
-    let tx = match guard.and_then(|guard| guard.begin_with(options)) {
+    let tx = match guard.and_then(|guard| guard.begin_at(options, at)) {
         Ok(tx) => tx,
         Err(e) => return (Err(E::from(e)), None),
     };

@@ -6,9 +6,11 @@
 //! the public handles.
 
 use std::fmt;
+use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use postgres::error::DbError;
 
 use crate::cancel::CancelHandle;
@@ -24,6 +26,11 @@ pub(crate) struct Shared {
     lease: Lease,
     session: Session,
     unfinished: AtomicU64,
+    /// Where the holder's transaction was begun (its `begin()` or
+    /// `transaction(...)` call), for the report if it is left unfinished.
+    /// Kept here rather than in the `Tx`, which stays two pointers wide;
+    /// set by `begin`, cleared whenever the lease changes hands.
+    begun_at: Mutex<Option<&'static Location<'static>>>,
     /// Told after every release: a pool's waiters, when this connection
     /// is one of a pool's.
     on_release: Option<OnRelease>,
@@ -43,6 +50,7 @@ impl Shared {
             lease: Lease::new(abandon_after),
             session: Session::new(settings, connecting),
             unfinished: AtomicU64::new(0),
+            begun_at: Mutex::new(None),
             on_release,
         }
     }
@@ -82,6 +90,7 @@ impl Shared {
                 log::debug!("pgtx: took over an abandoned guard ({reason})");
             }
         }
+        *self.begun_at.lock() = None;
         Ok(grant.epoch)
     }
 
@@ -173,7 +182,13 @@ impl Shared {
         self.release(ticket.epoch());
     }
 
+    /// The holder's transaction was begun at `at`.
+    pub(crate) fn begun_at(&self, at: &'static Location<'static>) {
+        *self.begun_at.lock() = Some(at);
+    }
+
     fn release(&self, epoch: u64) {
+        *self.begun_at.lock() = None;
         if self.lease.release(epoch)
             && let Some(on_release) = &self.on_release
         {
@@ -229,10 +244,19 @@ impl Shared {
         session.close();
     }
 
+    /// Counts and logs a fallback. When a whole transaction begun by
+    /// `begin()` or `transaction(...)` was rolled back, the log line names
+    /// where it was begun (not for a savepoint, nor for a block that SQL
+    /// opened through a guard).
     pub(crate) fn report_unfinished(&self, cause: Cause) {
         self.unfinished.fetch_add(1, Ordering::Relaxed);
+        let begun_at = match (cause, *self.begun_at.lock()) {
+            (Cause::UserBlock | Cause::SavepointDropped { .. } | Cause::SavepointForgotten, _)
+            | (_, None) => String::new(),
+            (_, Some(at)) => format!("; begun at {at}"),
+        };
         log::error!(
-            "pgtx: {UNFINISHED_TRANSACTION} ({cause}; it has been rolled back) [{}]",
+            "pgtx: {UNFINISHED_TRANSACTION} ({cause}; it has been rolled back{begun_at}) [{}]",
             self.settings()
         );
     }

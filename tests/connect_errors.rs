@@ -5,7 +5,9 @@
 //!
 //! Each case is also put to psql (libpq) with the same settings: pgtx's
 //! message must be exactly what psql prints, without psql's `psql: error: `
-//! prefix and its indented hint lines.
+//! prefix and its indented hint lines. And it says each thing once: the
+//! whole chain (the message, then each `source()`) is that message alone,
+//! with nothing repeated (issue 18, item 6).
 
 mod common;
 
@@ -14,8 +16,9 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::server::{TestServer, error_chain};
-use pgtx::{Error, ManagedConnection, SqlState};
+use common::proxy::Proxy;
+use common::server::{TestServer, assert_says_each_thing_once, error_chain};
+use pgtx::{ConnectError, Error, ManagedConnection, SqlState};
 
 /// The role whose password is checked (`scram-sha-256` over TCP).
 const USER: &str = "alice";
@@ -79,6 +82,14 @@ fn refused(dsn: &str) -> Error {
     e
 }
 
+/// The attempts of a failed connection.
+fn attempts(e: &Error) -> &ConnectError {
+    match e {
+        Error::Connect(connect) => connect,
+        other => panic!("expected Error::Connect: {other:?}"),
+    }
+}
+
 /// What psql (libpq) prints when it cannot connect with `dsn`, without
 /// its `psql: error: ` prefix and its hint lines.
 fn libpq_says(dsn: &str) -> String {
@@ -103,10 +114,14 @@ fn libpq_says(dsn: &str) -> String {
         .to_owned()
 }
 
-/// The message says `expected`, word for word what libpq says.
+/// The message says `expected`, word for word what libpq says, and the
+/// whole chain says it once: the message has every reason in it, so there
+/// is no source to repeat one.
 fn says(e: &Error, dsn: &str, expected: &str) {
     let message = e.to_string();
     assert_eq!(message, expected, "{dsn}");
+    assert_eq!(assert_says_each_thing_once(e), expected, "{dsn}: the chain");
+    assert!(std::error::Error::source(e).is_none(), "{dsn}: {e:?}");
     assert_eq!(
         message,
         libpq_says(dsn),
@@ -125,8 +140,8 @@ fn a_closed_port_is_connection_refused_at_that_host_and_port() {
         &dsn,
         &format!("connection to server at \"127.0.0.1\", port {port} failed: Connection refused"),
     );
-    let source = std::error::Error::source(&e).expect("the attempt's error");
-    let io = source
+    let io = attempts(&e)
+        .last_cause()
         .downcast_ref::<std::io::Error>()
         .expect("an I/O error");
     assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
@@ -148,10 +163,10 @@ fn a_wrong_password_names_the_server_and_its_reason_but_not_the_password() {
         ),
     );
     assert_eq!(e.code(), Some(&SqlState::INVALID_PASSWORD));
-    let source = std::error::Error::source(&e).expect("the attempt's error");
+    let cause = attempts(&e).last_cause();
     assert!(
-        source.downcast_ref::<postgres::Error>().is_some(),
-        "{source:?}"
+        cause.downcast_ref::<postgres::Error>().is_some(),
+        "{cause:?}"
     );
     let everything = format!("{e} {e:?} {}", error_chain(&e));
     assert!(!everything.contains(WRONG), "{everything}");
@@ -191,11 +206,12 @@ fn tls_required_of_a_server_without_it_is_refused_in_libpq_words() {
              server does not support SSL, but SSL was required"
         ),
     );
-    // tokio-postgres's own error stays underneath.
-    assert!(
-        error_chain(&e).contains("server does not support TLS"),
-        "{}",
-        error_chain(&e)
+    // tokio-postgres's own error stays underneath the last attempt's cause.
+    let cause = error_chain(attempts(&e).last_cause());
+    assert_eq!(
+        cause,
+        "server does not support SSL, but SSL was required: \
+         error performing TLS handshake: server does not support TLS"
     );
 }
 
@@ -271,4 +287,86 @@ fn a_server_that_never_answers_times_out_and_the_next_host_is_tried() {
         ),
     );
     drop(silent);
+}
+
+#[test]
+fn a_database_that_does_not_exist_is_named_as_libpq_names_it() {
+    let port = server().port();
+    let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=pgtx_no_such_database");
+    let e = refused(&dsn);
+    says(
+        &e,
+        &dsn,
+        &format!(
+            "connection to server at \"127.0.0.1\", port {port} failed: \
+             FATAL:  database \"pgtx_no_such_database\" does not exist"
+        ),
+    );
+    assert_eq!(e.code(), Some(&SqlState::INVALID_CATALOG_NAME));
+}
+
+#[test]
+fn a_server_that_stalls_after_accepting_times_out_as_libpq_says() {
+    // The proxy accepts the connection but forwards nothing: the start-up
+    // packet never reaches the server, and no answer comes back.
+    let proxy = Proxy::start(std::net::SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        server().port(),
+    )));
+    proxy.stall();
+    let port = proxy.addr().port();
+    let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2");
+    let e = refused(&dsn);
+    says(
+        &e,
+        &dsn,
+        &format!("connection to server at \"127.0.0.1\", port {port} failed: timeout expired"),
+    );
+    assert!(e.is_transient());
+}
+
+/// A statement's error and the commit it aborts: the server's words and
+/// SQLSTATE in the message, once, with no source repeating them.
+#[test]
+fn a_statement_error_and_the_abort_it_causes_say_the_server_s_words_once() {
+    let manager = ManagedConnection::new(&server().dsn()).expect("settings");
+    let expected = "ERROR: relation \"pgtx_no_such_table\" does not exist (SQLSTATE 42P01)";
+
+    let e = manager
+        .lock()
+        .expect("lock")
+        .execute("SELECT * FROM pgtx_no_such_table", &[])
+        .expect_err("no such table");
+    assert!(matches!(e, Error::Db(_)), "{e:?}");
+    assert_eq!(e.to_string(), expected);
+    assert_eq!(assert_says_each_thing_once(&e), expected);
+    assert_eq!(e.code(), Some(&SqlState::UNDEFINED_TABLE));
+
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    let failed = tx
+        .execute("SELECT * FROM pgtx_no_such_table", &[])
+        .expect_err("no such table");
+    assert_eq!(assert_says_each_thing_once(&failed), expected);
+    let e = tx.commit().expect_err("the transaction was aborted");
+    assert!(matches!(e, Error::TransactionAborted(_)), "{e:?}");
+    let aborted = format!(
+        "the transaction was aborted by an earlier error and has been rolled back: {expected}"
+    );
+    assert_eq!(e.to_string(), aborted);
+    assert_eq!(assert_says_each_thing_once(&e), aborted);
+    assert_eq!(e.code(), Some(&SqlState::UNDEFINED_TABLE));
+
+    // A failure on this side keeps its cause in the message too.
+    let e = manager
+        .lock()
+        .expect("lock")
+        .query_one("SELECT $1::int4", &[&"not an int"])
+        .expect_err("a text parameter for an int4");
+    assert!(matches!(e, Error::Db(_)), "{e:?}");
+    let shown = assert_says_each_thing_once(&e);
+    assert_eq!(shown, e.to_string());
+    assert!(
+        shown.starts_with("error serializing parameter 0: ") && shown.contains("int4"),
+        "{shown}"
+    );
 }

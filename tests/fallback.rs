@@ -338,3 +338,87 @@ fn dropping_the_manager_rolls_back_a_forgotten_transaction_and_ends_the_session(
         "the session outlived the manager"
     );
 }
+
+/// The one report for `db` names `line` of this file as where its
+/// transaction was begun (issue 18, item 14).
+fn assert_reported_as_begun_at(db: &Db, line: u32) {
+    let lines = reports(db);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let at = format!("; begun at {}:{line}:", file!());
+    assert!(lines[0].contains(&at), "expected {at:?} in {lines:?}");
+}
+
+#[test]
+fn the_report_of_a_dropped_tx_names_the_begin_call() {
+    logger::capture();
+    let db = Db::new("begun_at_dropped");
+    let manager = db.manager();
+    let guard = manager.lock().expect("lock");
+    let begun = line!() + 1;
+    let mut tx = guard.begin().expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'dropped')", &[])
+        .expect("insert");
+    drop(tx);
+    assert!(db.item_ids().is_empty());
+    assert_reported_as_begun_at(&db, begun);
+}
+
+#[test]
+fn the_report_of_a_panicked_tx_names_the_begin_call() {
+    logger::capture();
+    let db = Db::new("begun_at_panicked");
+    let manager = db.manager();
+    let guard = manager.lock().expect("lock");
+    let begun = line!() + 1;
+    let tx = guard.begin_with(pgtx::TxOptions::new()).expect("begin");
+    let outcome = catch_unwind(AssertUnwindSafe(move || {
+        let mut tx = tx;
+        tx.execute("INSERT INTO items VALUES (1, 'panicked')", &[])
+            .expect("insert");
+        panic!("unwinds the open transaction");
+    }));
+    assert!(outcome.is_err());
+    assert!(db.item_ids().is_empty());
+    assert_reported_as_begun_at(&db, begun);
+}
+
+#[test]
+fn the_report_of_a_panicked_closure_names_the_transaction_call() {
+    logger::capture();
+    let db = Db::new("begun_at_closure");
+    let manager = db.manager();
+    let begun = line!() + 2;
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        manager.transaction(|mut tx| {
+            tx.execute("INSERT INTO items VALUES (1, 'panicked')", &[])?;
+            panic!("unwinds the closure");
+            #[allow(unreachable_code)]
+            tx.commit()
+        })
+    }));
+    assert!(outcome.is_err());
+    assert!(db.item_ids().is_empty());
+    assert_reported_as_begun_at(&db, begun);
+}
+
+#[test]
+fn the_report_of_a_forgotten_tx_taken_over_names_the_begin_call() {
+    logger::capture();
+    let db = Db::new("begun_at_forgotten");
+    let manager = db.manager();
+    let guard = manager.lock().expect("lock");
+    let begun = line!() + 1;
+    let mut tx = guard.begin().expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'forgotten')", &[])
+        .expect("insert");
+    std::mem::forget(tx);
+    // The next acquirer (this thread asking again) takes it over and reports.
+    drop(manager.lock().expect("taken over"));
+    assert!(db.item_ids().is_empty());
+    assert_reported_as_begun_at(&db, begun);
+    // The next holder's report is about its own transaction, not the old one.
+    drop(manager.lock().expect("lock").begin().expect("begin"));
+    let lines = reports(&db);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(!lines[1].contains(&format!(":{begun}:")), "{lines:?}");
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::eventually;
 use common::fixtures::Db;
-use common::server::TestServer;
+use common::server::{TestServer, assert_says_each_thing_once};
 use pgtx::{Error, ManagedConnection};
 
 fn show(manager: &ManagedConnection, setting: &str) -> String {
@@ -106,6 +106,13 @@ fn a_failing_hook_fails_the_attempt_closes_the_connection_and_is_retried() {
         other => panic!("expected OnConnect: {other:?}"),
     }
     assert!(err.to_string().contains("on_connect"), "{err}");
+    let chain = assert_says_each_thing_once(&err);
+    assert!(
+        chain.starts_with("the on_connect hook failed on a new connection: ERROR: ")
+            && chain.contains("no_such_table")
+            && chain.contains("(SQLSTATE 42P01)"),
+        "{chain}"
+    );
     assert!(
         eventually(Duration::from_secs(10), || sessions_named(
             &db,
@@ -138,7 +145,16 @@ fn a_hook_that_leaves_a_transaction_open_is_refused_and_nothing_it_did_is_kept()
         .expect("builder");
     let err = manager.transaction(|tx| tx.commit()).expect_err("refused");
     assert!(matches!(err, Error::OnConnect(_)), "{err:?}");
-    assert!(err.to_string().contains("transaction block"), "{err}");
+    // The message says what happened, the source why: each once.
+    assert_eq!(
+        err.to_string(),
+        "the on_connect hook failed on a new connection"
+    );
+    assert_eq!(
+        assert_says_each_thing_once(&err),
+        "the on_connect hook failed on a new connection: \
+         the on_connect hook left a transaction block open (it must end what it begins)"
+    );
     assert!(
         eventually(Duration::from_secs(10), || db.backends().is_empty()),
         "no session left behind"

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::server::{TestServer, error_chain};
+use common::server::{TestServer, assert_says_each_thing_once, error_chain};
 
 /// The server, its certificate files and a second, unrelated authority.
 struct Setup {
@@ -251,6 +251,8 @@ fn every_sslmode_against_a_tls_server() {
             error_chain(&e)
         );
         assert!(!s.psql_connects(&dsn), "psql connects with {dsn}");
+        // The whole chain says each thing once (issue 18, item 6).
+        assert_says_each_thing_once(&e);
         e
     };
 

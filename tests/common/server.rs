@@ -638,6 +638,38 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// An error's message, then each `source()`'s, in order.
+pub fn chain_parts(e: &dyn std::error::Error) -> Vec<String> {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts
+}
+
+/// Asserts that `e` says each thing once (Rust's convention: an error
+/// prints its source in its message or returns it from `source()`, not
+/// both): no part of its chain repeats what the parts before it said, a
+/// trailing parenthesised note such as std's " (os error 111)" aside.
+/// Returns the chain joined by ": ", as [`error_chain`] renders it.
+pub fn assert_says_each_thing_once(e: &dyn std::error::Error) -> String {
+    let parts = chain_parts(e);
+    for (n, part) in parts.iter().enumerate().skip(1) {
+        let before = parts[..n].join(": ");
+        let said = match part.rfind(" (") {
+            Some(at) if part.ends_with(')') => &part[..at],
+            _ => part.as_str(),
+        };
+        assert!(
+            !said.is_empty() && !before.contains(said),
+            "part {n} of the chain repeats what came before it:\n  before: {before:?}\n  part:   {part:?}"
+        );
+    }
+    parts.join(": ")
+}
+
 /// Quotes a value for a key=value connection string if needed.
 fn quote(v: &str) -> String {
     if !v.is_empty()
