@@ -373,9 +373,13 @@ impl Pool {
     /// # Errors
     ///
     /// As [`ManagedConnection::lock`]: [`Error::Connect`] if the connection
-    /// had to be opened and could not be (it is free again),
-    /// [`Error::ConnectionDead`] under a reconnection policy while the
-    /// server is down.
+    /// had to be opened and could not be (it is free again).
+    ///
+    /// Under a reconnection policy, a connection in an outage is passed
+    /// over and the checkout waits for the others (a connection found dead
+    /// and not replaceable starts its outage and is passed over too); only
+    /// when every connection is down does it fail, at once, with
+    /// [`Error::ConnectionDead`].
     pub fn lock(&self) -> Result<Guard<'_>> {
         self.checkout(None, true)
     }
@@ -567,11 +571,29 @@ impl Pool {
     }
 
     fn checkout(&self, deadline: Option<Instant>, wait: bool) -> Result<Guard<'_>> {
-        // Nobody waiting (long): take what is free, without joining the line.
+        loop {
+            let held = self.take(deadline, wait)?;
+            let shared = held.shared();
+            match ManagedConnection::ready(held) {
+                Ok(guard) => return Ok(guard),
+                // Its connection was found dead and could not be replaced:
+                // an outage has begun on it, which the reconnection policy
+                // rides out. The others may be about to come free.
+                Err(e) if shared.is_down() && !self.all_down() => {
+                    log::debug!("pgtx: a pool connection is down ({e}); waiting for another");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A free member's lease: without joining the line while nobody waits
+    /// (long), else in line.
+    fn take(&self, deadline: Option<Instant>, wait: bool) -> Result<Held<'_>> {
         if self.line.may_barge()
             && let Some(held) = self.free_member()?
         {
-            return ManagedConnection::ready(held);
+            return Ok(held);
         }
         if !wait {
             return Err(Error::WouldBlock);
@@ -579,7 +601,22 @@ impl Pool {
         let ticket = self.line.join();
         let taken = self.wait_in_line(ticket, deadline);
         self.line.leave(ticket);
-        ManagedConnection::ready(taken?)
+        taken
+    }
+
+    /// Whether every member is in an outage.
+    fn all_down(&self) -> bool {
+        self.members.iter().all(|m| m.shared().is_down())
+    }
+
+    /// `member`'s lease if it is free, `None` if it is held or in an
+    /// outage: a checkout waits for the others then. Only when every member
+    /// is down does it fail ([`Error::ConnectionDead`], at once).
+    fn try_member<'p>(&'p self, member: &'p ManagedConnection) -> Result<Option<Held<'p>>> {
+        match member.try_lease() {
+            Err(Error::ConnectionDead { .. }) if !self.all_down() => Ok(None),
+            other => other,
+        }
     }
 
     fn wait_in_line(&self, ticket: u64, deadline: Option<Instant>) -> Result<Held<'_>> {
@@ -621,7 +658,7 @@ impl Pool {
                 if released_on.load(Ordering::Relaxed) == cpu
                     && member.status() != TransactionStatus::Closed
                     && member.shared().holder().is_none()
-                    && let Some(held) = member.try_lease()?
+                    && let Some(held) = self.try_member(member)?
                 {
                     return Ok(Some(held));
                 }
@@ -637,13 +674,13 @@ impl Pool {
                     mine.push(member);
                     continue;
                 }
-                if let Some(held) = member.try_lease()? {
+                if let Some(held) = self.try_member(member)? {
                     return Ok(Some(held));
                 }
             }
         }
         match mine[..] {
-            [member] => member.try_lease(),
+            [member] => self.try_member(member),
             _ => Ok(None),
         }
     }

@@ -197,6 +197,12 @@ impl Shared {
     }
 
     /// Connections opened after one was lost.
+    /// Whether the connection is in an outage that a reconnection policy
+    /// is riding out: taking it now fails with [`Error::ConnectionDead`].
+    pub(crate) fn is_down(&self) -> bool {
+        self.session.refuse_while_down().is_err()
+    }
+
     pub(crate) fn replaced(&self) -> u64 {
         self.session.replaced()
     }

@@ -397,3 +397,131 @@ fn the_first_waiter_is_served_once_it_has_waited_fair_after_though_the_holder_ke
     assert!(waited >= fair_after / 2, "served after {waited:?}");
     assert!(waited < Duration::from_secs(10), "served after {waited:?}");
 }
+
+/// A reconnection schedule for tests: first attempt at once, then every 50 ms.
+fn quick() -> pgtx::ReconnectPolicy {
+    pgtx::ReconnectPolicy::default()
+        .initial_delay(Duration::from_millis(50))
+        .factor(1.0)
+        .max_delay(Duration::from_millis(50))
+        .jitter(0.0)
+}
+
+/// Refuses (`false`) or allows new sessions of `db` on the server, as an
+/// outage would; sessions already open go on.
+fn allow_connections(db: &Db, allow: bool) {
+    TestServer::shared()
+        .admin()
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
+            db.name
+        ))
+        .expect("alter database");
+}
+
+fn backend_pid(guard: &mut pgtx::Guard<'_>) -> i32 {
+    guard
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("pid")
+        .get(0)
+}
+
+#[test]
+fn a_checkout_waits_for_a_held_connection_while_another_is_in_an_outage() {
+    let db = Db::new("pool_outage_one");
+    let pool = ManagedConnection::builder(&db.dsn)
+        .reconnect(quick())
+        .pool(2)
+        .build()
+        .expect("build");
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (took, x_taken) = std::sync::mpsc::channel::<i32>();
+    let waited = std::thread::scope(|s| {
+        // X's holder lets go only once the checkout is seen waiting (or
+        // has failed: the channel's sender is dropped on every path).
+        let pool = &pool;
+        s.spawn(move || {
+            let mut x = pool.lock().expect("x");
+            let _ = took.send(backend_pid(&mut x));
+            let _ = released.recv();
+        });
+        let x_pid = x_taken.recv().expect("X's holder took it");
+        let mut y = pool.lock().expect("y");
+        let y_pid = backend_pid(&mut y);
+        drop(y);
+
+        allow_connections(&db, false);
+        TestServer::shared()
+            .admin()
+            .query_one("SELECT pg_terminate_backend($1)", &[&y_pid])
+            .expect("terminate y");
+        let checkout = s.spawn(|| {
+            let started = Instant::now();
+            let taken = pool
+                .lock_timeout(Duration::from_secs(30))
+                .map(|mut g| backend_pid(&mut g));
+            (taken, started.elapsed())
+        });
+        let waiting = eventually(Duration::from_secs(20), || {
+            pool.state().waiting == 1 || checkout.is_finished()
+        });
+        drop(release);
+        let (taken, took) = checkout.join().expect("checkout thread");
+        assert!(waiting, "the checkout never waited");
+        assert_eq!(taken.expect("X, once released"), x_pid);
+        took
+    });
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+
+    // The outage ends: both connections serve again.
+    allow_connections(&db, true);
+    assert_eq!(db.open_transactions(), 0);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let a = pool.lock_timeout(Duration::from_secs(5));
+            let b = pool.lock_timeout(Duration::from_secs(5));
+            a.is_ok() && b.is_ok()
+        }),
+        "the pool recovered both connections"
+    );
+}
+
+#[test]
+fn a_checkout_fails_at_once_only_when_every_connection_is_down() {
+    let db = Db::new("pool_outage_all");
+    let pool = ManagedConnection::builder(&db.dsn)
+        .reconnect(quick())
+        .pool(2)
+        .min_idle(2)
+        .build()
+        .expect("build");
+    allow_connections(&db, false);
+    assert_eq!(TestServer::shared().terminate_backends(&db.name), 2);
+
+    // The checkout that finds them dead starts both outages.
+    let first = pool
+        .lock_timeout(Duration::from_secs(30))
+        .map(drop)
+        .expect_err("no connection can be opened");
+    assert!(
+        matches!(first, Error::Connect(_) | Error::ConnectionDead { .. }),
+        "{first:?}"
+    );
+    let started = Instant::now();
+    let err = pool
+        .lock_timeout(Duration::from_secs(30))
+        .map(drop)
+        .expect_err("every connection is down");
+    assert!(matches!(err, Error::ConnectionDead { .. }), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    allow_connections(&db, true);
+    assert!(
+        eventually(Duration::from_secs(20), || pool.lock().is_ok()),
+        "the pool recovered"
+    );
+}
