@@ -42,8 +42,8 @@ fn total_quantity(manager: &ManagedConnection) -> pgtx::Result<i64> {
 }
 
 /// Whether another thread would find the connection taken right now.
-/// (Asked from another thread on purpose: the same thread asking again is
-/// how a forgotten guard is recognised, so it would take the connection over.)
+/// (Asked from another thread on purpose: the same thread asking again
+/// would be refused as re-entrant, whether the connection is taken or not.)
 fn taken(manager: &ManagedConnection) -> bool {
     std::thread::scope(|s| {
         s.spawn(|| matches!(manager.try_lock(), Err(pgtx::Error::WouldBlock)))

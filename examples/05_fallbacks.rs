@@ -71,6 +71,21 @@ fn record_quantity(
 }
 
 /// Shows the counter, the status, and what another connection sees committed.
+/// How long a hold may run nothing before it counts as forgotten.
+const ABANDON_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Asks for the connection on this thread until the hold it forgot is
+/// taken over: refused as re-entrant until that hold has run nothing for
+/// `ABANDON_AFTER`.
+fn take_over(manager: &ManagedConnection) -> Result<pgtx::Guard<'_>, pgtx::Error> {
+    loop {
+        match manager.lock() {
+            Err(pgtx::Error::Reentrant) => std::thread::sleep(ABANDON_AFTER / 10),
+            other => return other,
+        }
+    }
+}
+
 fn show(
     manager: &ManagedConnection,
     observer: &mut postgres::Client,
@@ -95,7 +110,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let server = server::TestServer::shared();
     println!("server: {}", server.describe());
-    let manager = ManagedConnection::new(&server.dsn())?;
+    // A short `abandon_after` (30 s by default), so that case 2 and 4 need
+    // not wait long for a forgotten hold to be taken over.
+    let manager = ManagedConnection::builder(&server.dsn())
+        .abandon_after(Some(ABANDON_AFTER))
+        .build()?;
     manager.lock()?.batch_execute(
         "DROP TABLE IF EXISTS pgtx_example_05;
          CREATE TABLE pgtx_example_05 (id serial PRIMARY KEY, note text NOT NULL);
@@ -121,14 +140,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::mem::forget(tx);
     println!("   forgotten; the transaction is still open on the server:");
     show(&manager, &mut observer)?;
-    // ...until the next acquirer. The same thread asking again proves the
-    // earlier holder is lost: it is rolled back, reported, and taken over.
-    let mut guard = manager.lock()?;
+    // ...until the next acquirer. The same thread asking again at once is
+    // refused: the earlier hold could still be alive (a helper called with
+    // a guard in scope).
+    match manager.lock() {
+        Err(e @ pgtx::Error::Reentrant) => println!("   lock() again at once: {e}"),
+        other => return Err(format!("expected Reentrant, got {other:?}").into()),
+    }
+    // Once it has run nothing for `abandon_after`, it counts as forgotten:
+    // rolled back, reported, and taken over.
+    let mut guard = take_over(&manager)?;
     let rows: i64 = guard
         .query_one("SELECT count(*) FROM pgtx_example_05", &[])?
         .get(0);
     drop(guard);
-    println!("   lock() again on the same thread took over; it sees {rows} row(s)");
+    println!(
+        "   after {ABANDON_AFTER:?} with nothing run, lock() took over; it sees {rows} row(s)"
+    );
     show(&manager, &mut observer)?;
 
     // Case 3: a panic while a transaction is open, on one of four threads.
@@ -170,10 +198,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     show(&manager, &mut observer)?;
 
     // Case 4: a holder that was taken over cannot do any more harm.
-    println!("\n4. a Tx taken over by a newer holder on the same thread");
+    println!("\n4. a Tx taken over by a newer holder once it looked forgotten");
     let mut stale = manager.lock()?.begin()?;
     insert(&mut stale, "case 4: inserted by the stale holder")?;
-    let newer = manager.lock()?; // the same thread asks again: `stale` counts as lost
+    let newer = take_over(&manager)?; // `stale` ran nothing for abandon_after: lost
     match insert(&mut stale, "case 4: after the takeover") {
         Err(e @ pgtx::Error::LeaseRevoked) => println!("   the stale Tx's next statement: {e}"),
         other => return Err(format!("expected LeaseRevoked, got {other:?}").into()),

@@ -103,13 +103,26 @@ pub enum Error {
     TransactionControl(String),
 
     /// The connection was asked for (`lock`, `try_lock`, `lock_timeout`,
-    /// `transaction`, `close`) by a thread that already holds it inside a
-    /// [`ManagedConnection::transaction`](crate::ManagedConnection::transaction)
-    /// scope. Waiting would deadlock, and the earlier hold is provably
-    /// alive, so it is refused at once; the transaction in progress is
-    /// untouched. Pass its `Tx` down instead.
+    /// `transaction`, `close`) by a thread that already holds it: a
+    /// [`Guard`](crate::Guard) or [`Tx`](crate::Tx) it has not released
+    /// (on a [`Pool`](crate::Pool): one of its connections, when none is
+    /// free). Waiting would deadlock, and the earlier hold may well be
+    /// alive (a helper called with a guard in scope), so the request is
+    /// refused at once; the earlier holder and its transaction are
+    /// untouched. Pass its `Tx` or `Guard` down instead, or release it
+    /// first.
+    ///
+    /// A hold that was really forgotten (`mem::forget`) is taken over
+    /// (its transaction rolled back and reported) once it has run nothing
+    /// for [`Builder::abandon_after`](crate::Builder::abandon_after), by
+    /// this thread or another, or at once by another thread after its own
+    /// thread exits. Inside a
+    /// [`transaction`](crate::ManagedConnection::transaction) closure the
+    /// hold is provably alive and is never taken over this way.
     #[error(
-        "this thread already holds the connection in a transaction scope; pass its Tx down instead of asking again"
+        "this thread already holds the connection (a Guard or Tx not released yet); pass it down or \
+         release it instead of asking again (a forgotten hold is taken over after abandon_after, \
+         or once its thread exits)"
     )]
     Reentrant,
 
@@ -119,10 +132,10 @@ pub enum Error {
     UnfinishedTransaction,
 
     /// This guard or transaction no longer holds the connection: another
-    /// acquirer found it abandoned (forgotten, left on an exited thread, idle
-    /// past [`Builder::abandon_after`](crate::Builder::abandon_after), or the
-    /// same thread acquired the connection again) and took it over, rolling
-    /// back whatever was open. Nothing it did after that point reached the server.
+    /// acquirer found it abandoned (left on an exited thread, or idle past
+    /// [`Builder::abandon_after`](crate::Builder::abandon_after): forgotten)
+    /// and took it over, rolling back whatever was open. Nothing it did
+    /// after that point reached the server.
     #[error(
         "the connection was taken over because this holder looked abandoned; its transaction was rolled back"
     )]
@@ -158,18 +171,20 @@ pub enum Error {
     /// which carries rows and row counts, not copy data.
     ///
     /// `FROM STDIN`: pgtx answered the server's request for data with
-    /// CopyFail, so nothing was copied, and a transaction it ran in is
-    /// aborted, as after any failed statement (its `commit` reports
-    /// [`Error::TransactionAborted`]). `TO STDOUT`: the server's data was
-    /// read and dropped; a transaction goes on. Either way the connection
-    /// is ready for the next statement.
+    /// CopyFail, so nothing was copied, nothing after it in the same text
+    /// ran, and a transaction it ran in is aborted, as after any failed
+    /// statement (its `commit` reports [`Error::TransactionAborted`]).
+    /// `TO STDOUT`: the `COPY` ran (with whatever it does, such as a
+    /// `DELETE … RETURNING` inside it, and with any statements after it in
+    /// the same text), and its output was read and dropped; a transaction
+    /// goes on. Either way the connection is ready for the next statement.
     #[error(
         "{} cannot run through a statement method (statement: {statement}){}",
         if *.from_stdin { "COPY FROM STDIN" } else { "COPY TO STDOUT" },
         if *.from_stdin {
             ": nothing was copied, and a transaction it ran in is aborted"
         } else {
-            ": its rows were dropped"
+            ": it ran (with any statements after it in the same text), and its output was dropped"
         }
     )]
     CopyRefused {

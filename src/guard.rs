@@ -131,7 +131,8 @@ impl<'m> Guard<'m> {
     /// connection broke, [`Error::LeaseRevoked`](crate::Error::LeaseRevoked)
     /// if this guard lost the connection,
     /// [`Error::CopyRefused`](crate::Error::CopyRefused) for a `COPY … FROM
-    /// STDIN` (nothing copied) or `COPY … TO STDOUT`. The guard still holds
+    /// STDIN` (nothing copied) or `COPY … TO STDOUT` (it ran, its output
+    /// dropped). The guard still holds
     /// it, ready for the next statement.
     pub fn execute<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<u64>
     where

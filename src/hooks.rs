@@ -71,7 +71,7 @@ impl NewConnection<'_> {
     /// [`Error::Db`] if the server refused a statement (those before it
     /// ran); [`Error::ConnectionLost`] if the connection broke.
     pub fn batch_execute(&mut self, sql: &str) -> Result<()> {
-        self.run(|driver| driver.run(|c| c.batch_execute(sql)))
+        self.run(Some(sql), |driver| driver.run(|c| c.batch_execute(sql)))
     }
 
     /// Runs one statement and returns the number of rows it affected.
@@ -85,9 +85,9 @@ impl NewConnection<'_> {
     {
         match query.sql() {
             Sql::Prepared(statement) => {
-                self.run(|driver| driver.run(|c| c.execute(statement, params)))
+                self.run(None, |driver| driver.run(|c| c.execute(statement, params)))
             }
-            Sql::Text(sql) => self.run(|driver| match driver.naming() {
+            Sql::Text(sql) => self.run(Some(sql), |driver| match driver.naming() {
                 Naming::Cached => driver.run(|c| c.execute(sql, params)),
                 Naming::Unnamed => unnamed(driver, sql, params, Driver::execute),
             }),
@@ -105,9 +105,9 @@ impl NewConnection<'_> {
     {
         match query.sql() {
             Sql::Prepared(statement) => {
-                self.run(|driver| driver.run(|c| c.query(statement, params)))
+                self.run(None, |driver| driver.run(|c| c.query(statement, params)))
             }
-            Sql::Text(sql) => self.run(|driver| match driver.naming() {
+            Sql::Text(sql) => self.run(Some(sql), |driver| match driver.naming() {
                 Naming::Cached => driver.run(|c| c.query(sql, params)),
                 Naming::Unnamed => unnamed(driver, sql, params, Driver::query),
             }),
@@ -125,10 +125,10 @@ impl NewConnection<'_> {
         Q: ?Sized + ToStatement,
     {
         match query.sql() {
-            Sql::Prepared(statement) => {
-                self.run(|driver| driver.run(|c| c.query_one(statement, params)))
-            }
-            Sql::Text(sql) => self.run(|driver| match driver.naming() {
+            Sql::Prepared(statement) => self.run(None, |driver| {
+                driver.run(|c| c.query_one(statement, params))
+            }),
+            Sql::Text(sql) => self.run(Some(sql), |driver| match driver.naming() {
                 Naming::Cached => driver.run(|c| c.query_one(sql, params)),
                 Naming::Unnamed => unnamed(driver, sql, params, Driver::query_one),
             }),
@@ -151,18 +151,24 @@ impl NewConnection<'_> {
         if let Some(command) = crate::control::shape_decided_at_run_time(sql) {
             return Err(Error::ShapeDecidedAtRunTime(command));
         }
-        self.run(|driver| driver.run(|c| c.prepare(sql)))
+        self.run(Some(sql), |driver| driver.run(|c| c.prepare(sql)))
     }
 
+    /// Runs one request; `sql` names it in a [`Error::CopyRefused`].
     fn run<T>(
         &mut self,
+        sql: Option<&str>,
         request: impl FnOnce(&mut Driver) -> Result<T, postgres::Error>,
     ) -> Result<T> {
-        match request(self.driver) {
-            Ok(value) => Ok(value),
+        self.driver.take_copy_refused();
+        let result = request(self.driver);
+        let copy = self.driver.take_copy_refused();
+        match result {
             Err(e) if self.driver.has_ended() => {
                 Err(Error::ConnectionLost(Some(self.driver.why_lost(e))))
             }
+            _ if let Some(copy) = copy => Err(crate::session::copy_refused(copy, sql)),
+            Ok(value) => Ok(value),
             Err(e) => Err(Error::Db(e)),
         }
     }

@@ -60,9 +60,6 @@ pub(crate) enum Wait {
 /// Why an acquirer decided the holder had abandoned the lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Abandoned {
-    /// The holding thread asked for the connection again, so it can't be
-    /// using its earlier guard or transaction any more (it forgot it).
-    SameThread,
     /// The holding thread has exited.
     ThreadExited,
     /// The holder ran nothing for longer than `abandon_after`.
@@ -72,7 +69,6 @@ pub(crate) enum Abandoned {
 impl fmt::Display for Abandoned {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Abandoned::SameThread => f.write_str("its thread acquired the connection again"),
             Abandoned::ThreadExited => f.write_str("its thread exited without releasing it"),
             Abandoned::Idle(idle) => write!(f, "it ran nothing for {idle:?}"),
         }
@@ -226,11 +222,22 @@ impl Lease {
                 Some(holder) if ticket.is_some() && holder.handed_to == ticket => {
                     Next::HandedOver(holder.epoch)
                 }
-                Some(holder) if holder.scoped && holder.who.thread == me.thread => {
-                    leave_queue(&mut state, ticket);
-                    return Err(Refused::Reentrant);
+                // Asking again on the holding thread: waiting would
+                // deadlock, and the earlier hold may well be alive (a
+                // helper called with a guard in scope), so it is refused,
+                // unless it ran nothing for `abandon_after` (it was
+                // forgotten). Inside a `transaction` scope it is provably
+                // alive: always refused.
+                Some(holder) if holder.who.thread == me.thread => {
+                    match self.idle_too_long(holder, grant_seen) {
+                        Some(idle) if !holder.scoped => Next::Take(Some(Abandoned::Idle(idle))),
+                        _ => {
+                            leave_queue(&mut state, ticket);
+                            return Err(Refused::Reentrant);
+                        }
+                    }
                 }
-                Some(holder) => match self.abandoned(holder, me, grant_seen) {
+                Some(holder) => match self.abandoned(holder, grant_seen) {
                     Some(reason) => Next::Take(Some(reason)),
                     None => Next::Wait,
                 },
@@ -417,15 +424,20 @@ impl Lease {
     fn abandoned(
         &self,
         holder: &Holder,
-        me: Identity,
         grant_seen: &mut Option<(u64, Instant)>,
     ) -> Option<Abandoned> {
-        if holder.who.thread == me.thread {
-            return Some(Abandoned::SameThread);
-        }
         if holder.who.has_exited() {
             return Some(Abandoned::ThreadExited);
         }
+        self.idle_too_long(holder, grant_seen).map(Abandoned::Idle)
+    }
+
+    /// How long `holder` has run nothing, if that is `abandon_after` or more.
+    fn idle_too_long(
+        &self,
+        holder: &Holder,
+        grant_seen: &mut Option<(u64, Instant)>,
+    ) -> Option<Duration> {
         let limit = self.abandon_after?;
         let idle = match self.activity.load(Ordering::Relaxed) {
             BUSY => return None,
@@ -438,7 +450,7 @@ impl Lease {
             },
             last => Duration::from_nanos(self.now().saturating_sub(last)),
         };
-        (idle >= limit).then_some(Abandoned::Idle(idle))
+        (idle >= limit).then_some(idle)
     }
 }
 
@@ -480,11 +492,35 @@ mod tests {
     }
 
     #[test]
-    fn the_same_thread_acquiring_again_takes_over() {
-        let lease = Lease::new(None);
+    fn the_same_thread_asking_again_is_refused_until_its_hold_ran_nothing_for_abandon_after() {
+        let never = Lease::new(None);
+        let held = never.acquire(Wait::Never).expect("free");
+        assert_eq!(never.acquire(Wait::Never).unwrap_err(), Refused::Reentrant);
+        assert_eq!(
+            never.acquire(Wait::Forever).unwrap_err(),
+            Refused::Reentrant,
+            "at once, not a deadlock"
+        );
+        assert_eq!(never.epoch(), held.epoch, "nothing was taken over");
+        assert!(never.release(held.epoch));
+
+        let limit = Duration::from_millis(50);
+        let lease = Lease::new(Some(limit));
         let first = lease.acquire(Wait::Never).expect("free");
-        let second = lease.acquire(Wait::Never).expect("taken over");
-        assert_eq!(second.took_over, Some(Abandoned::SameThread));
+        let asked = Instant::now();
+        let second = loop {
+            match lease.acquire(Wait::Never) {
+                Ok(grant) => break grant,
+                Err(refused) => assert_eq!(refused, Refused::Reentrant),
+            }
+            assert!(
+                asked.elapsed() < Duration::from_secs(10),
+                "never taken over"
+            );
+            thread::sleep(Duration::from_millis(5));
+        };
+        assert!(asked.elapsed() >= limit, "{:?}", asked.elapsed());
+        assert!(matches!(second.took_over, Some(Abandoned::Idle(idle)) if idle >= limit));
         assert!(
             !lease.release(first.epoch),
             "a revoked epoch releases nothing"

@@ -79,9 +79,10 @@
 //!   starts idle;
 //! - an unfinished [`Savepoint`] (dropped or forgotten) is rolled back,
 //!   only its own work, before its transaction goes on;
-//! - asking for the connection again from inside a
-//!   [`ManagedConnection::transaction`] closure is refused with
-//!   [`Error::Reentrant`] instead of deadlocking.
+//! - asking for the connection again on a thread that holds it (inside a
+//!   [`ManagedConnection::transaction`] closure, or with a guard not
+//!   released) is refused at once with [`Error::Reentrant`] instead of
+//!   deadlocking or taking the live hold over.
 //!
 //! The transaction status ([`ManagedConnection::status`]) is the server's
 //! own word, from its last answer, not pgtx's bookkeeping.

@@ -68,18 +68,19 @@ pub const DEFAULT_ABANDON_AFTER: Duration = Duration::from_secs(30);
 /// # Asking again on the same thread
 ///
 /// The lock is not re-entrant. Waiting for it on the thread that holds it
-/// would deadlock, so a thread that asks again gets one of two answers at
-/// once:
-///
-/// - inside a [`transaction`](Self::transaction) closure (on this manager),
-///   the earlier hold is provably alive: the request fails with
-///   [`Error::Reentrant`], and the transaction in progress is untouched;
-/// - otherwise the earlier [`Guard`] or [`Tx`] must have been forgotten
-///   (`mem::forget`): it is taken over (its transaction rolled back and
-///   reported), and fails with [`Error::LeaseRevoked`] if it is used again.
-///
-/// Either way, pass the `Tx` or the `Guard` down to code that needs the
+/// would deadlock, and the earlier [`Guard`] or [`Tx`] may well be alive (a
+/// helper called with a guard in scope), so a thread that asks again gets
+/// [`Error::Reentrant`] at once; the earlier holder and its transaction are
+/// untouched. Pass the `Tx` or the `Guard` down to code that needs the
 /// connection instead of asking the manager again.
+///
+/// A hold that was really forgotten (`mem::forget`) is taken over, its
+/// transaction rolled back and reported, once it has run nothing for
+/// [`Builder::abandon_after`] (by any thread, this one included), or at
+/// once by another thread after its own thread exited; the forgotten value
+/// fails with [`Error::LeaseRevoked`] if it is used again. Inside a
+/// [`transaction`](Self::transaction) closure the hold is provably alive
+/// and is never taken over for idleness by its own thread.
 pub struct ManagedConnection {
     shared: Shared,
 }
@@ -137,9 +138,14 @@ impl Builder {
     /// Default: [`DEFAULT_ABANDON_AFTER`] (30 s), far beyond any healthy
     /// gap between two statements. `None` never takes a live thread's lease
     /// (a forgotten guard then blocks [`lock`](ManagedConnection::lock) until
-    /// that thread exits or asks again; [`lock_timeout`](ManagedConnection::lock_timeout)
-    /// still returns). A thread that exited or that acquires again is
-    /// recognised at once whatever this is set to.
+    /// that thread exits; [`lock_timeout`](ManagedConnection::lock_timeout)
+    /// still returns, and the forgetting thread itself gets
+    /// [`Error::Reentrant`]). A holder whose thread exited is recognised at
+    /// once whatever this is set to.
+    ///
+    /// The holding thread asking again is refused with
+    /// [`Error::Reentrant`] until its hold has run nothing for this long;
+    /// then it takes the forgotten hold over itself.
     pub fn abandon_after(mut self, limit: Option<Duration>) -> Self {
         self.abandon_after = limit;
         self
@@ -409,8 +415,9 @@ impl ManagedConnection {
     ///   returned, never replaced by the rollback's.
     /// - [`Error`] (converted into `E`) if the connection can't be opened;
     ///   `work` has not run.
-    /// - [`Error::Reentrant`] if this thread is already inside a
-    ///   `transaction` closure of this manager; `work` has not run. A refused `BEGIN` is the first statement's
+    /// - [`Error::Reentrant`] if this thread already holds the connection
+    ///   (inside a `transaction` closure of this manager, or with a guard
+    ///   it has not released); `work` has not run. A refused `BEGIN` is the first statement's
     ///   error, which `work` sees (and usually returns).
     ///
     /// # Panics
@@ -553,8 +560,9 @@ impl ManagedConnection {
     ///
     /// - [`Error::Connect`] if the connection had to be opened and could not
     ///   be; the connection is released.
-    /// - [`Error::Reentrant`] if this thread holds the connection inside a
-    ///   [`transaction`](Self::transaction) closure.
+    /// - [`Error::Reentrant`] at once if this thread holds the connection
+    ///   already (see [Asking again on the same
+    ///   thread](Self#asking-again-on-the-same-thread)).
     pub fn lock(&self) -> Result<Guard<'_>> {
         self.acquire(Wait::Forever)
     }
@@ -606,8 +614,8 @@ impl ManagedConnection {
     ///
     /// # Errors
     ///
-    /// [`Error::Reentrant`] if this thread holds the connection inside a
-    /// [`transaction`](Self::transaction) closure: nothing was closed.
+    /// [`Error::Reentrant`] if this thread holds the connection: nothing
+    /// was closed.
     pub fn close(&self) -> Result<()> {
         let held = self.acquire_lease(Wait::Forever)?;
         self.shared.session(held.ticket.epoch())?.close();

@@ -380,6 +380,13 @@ impl Pool {
     /// and not replaceable starts its outage and is passed over too); only
     /// when every connection is down does it fail, at once, with
     /// [`Error::ConnectionDead`].
+    ///
+    /// [`Error::Reentrant`] at once if none is free and this thread holds
+    /// one of the pool's connections already (a [`Guard`] or [`Tx`] not
+    /// released yet): waiting could be waiting for itself. One it holds
+    /// but forgot (`mem::forget`) is taken over once it has run nothing
+    /// for [`abandon_after`](crate::Builder::abandon_after), or by another
+    /// thread once this one exits.
     pub fn lock(&self) -> Result<Guard<'_>> {
         self.checkout(None, true)
     }
@@ -552,12 +559,15 @@ impl Pool {
     ///
     /// [`TwoPhase`]: crate::TwoPhase
     pub(crate) fn lease_member(&self) -> Result<(&ManagedConnection, Held<'_>)> {
-        let held = match self.line.may_barge().then(|| self.free_member()) {
+        // A transaction joining several connections holds some already:
+        // it waits for the others (`TwoPhase::join_pool` refuses when it
+        // holds them all).
+        let held = match self.line.may_barge().then(|| self.free_member(false)) {
             Some(Ok(Some(held))) => held,
             Some(Err(e)) => return Err(e),
             _ => {
                 let ticket = self.line.join();
-                let taken = self.wait_in_line(ticket, None);
+                let taken = self.wait_in_line(ticket, None, false);
                 self.line.leave(ticket);
                 taken?
             }
@@ -591,7 +601,7 @@ impl Pool {
     /// (long), else in line.
     fn take(&self, deadline: Option<Instant>, wait: bool) -> Result<Held<'_>> {
         if self.line.may_barge()
-            && let Some(held) = self.free_member()?
+            && let Some(held) = self.free_member(true)?
         {
             return Ok(held);
         }
@@ -599,7 +609,7 @@ impl Pool {
             return Err(Error::WouldBlock);
         }
         let ticket = self.line.join();
-        let taken = self.wait_in_line(ticket, deadline);
+        let taken = self.wait_in_line(ticket, deadline, true);
         self.line.leave(ticket);
         taken
     }
@@ -619,10 +629,15 @@ impl Pool {
         }
     }
 
-    fn wait_in_line(&self, ticket: u64, deadline: Option<Instant>) -> Result<Held<'_>> {
+    fn wait_in_line(
+        &self,
+        ticket: u64,
+        deadline: Option<Instant>,
+        refuse_own: bool,
+    ) -> Result<Held<'_>> {
         loop {
             let first = self.line.is_first(ticket);
-            if first && let Some(held) = self.free_member()? {
+            if first && let Some(held) = self.free_member(refuse_own)? {
                 return Ok(held);
             }
             let now = Instant::now();
@@ -646,12 +661,13 @@ impl Pool {
 
     /// A free connection: first the one last released on this thread's
     /// CPU (see [`current_cpu`]), then open ones (opening one costs a
-    /// connect); else the one this thread holds outside a `transaction`
-    /// closure, taken for forgotten, if it holds just one (holding
-    /// several, it cannot be told which was forgotten: it waits, and
-    /// `abandon_after` settles it). A connection another thread holds is
-    /// tried too: its holder may have abandoned it (the lease decides).
-    fn free_member(&self) -> Result<Option<Held<'_>>> {
+    /// connect). A connection another thread holds is tried too: its
+    /// holder may have abandoned it (the lease decides). One this thread
+    /// holds is taken only if it ran nothing for `abandon_after` (it was
+    /// forgotten); otherwise, with none free, a thread that holds one
+    /// gets [`Error::Reentrant`] (`refuse_own`), or `None` (to wait for
+    /// the others).
+    fn free_member(&self, refuse_own: bool) -> Result<Option<Held<'_>>> {
         let cpu = current_cpu();
         if cpu != NO_CPU {
             for (member, released_on) in self.members.iter().zip(self.released_on.iter()) {
@@ -679,10 +695,17 @@ impl Pool {
                 }
             }
         }
-        match mine[..] {
-            [member] => self.try_member(member),
-            _ => Ok(None),
+        for member in &mine {
+            if let Some(held) = self.try_member(member)? {
+                return Ok(Some(held));
+            }
         }
+        if refuse_own && !mine.is_empty() {
+            // Waiting could be waiting for this thread itself; and its hold
+            // may well be alive (a helper asking with a guard in scope).
+            return Err(Error::Reentrant);
+        }
+        Ok(None)
     }
 }
 

@@ -36,7 +36,7 @@ const RECHECK_AFTER: Duration = Duration::from_millis(1);
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Sends {
     /// Bind and Execute (after a Parse, the first time a text is seen):
-    /// `BEGIN` rides in front of the Bind.
+    /// `BEGIN` rides in front of the first Parse or Bind.
     Bind,
     /// A simple Query: `BEGIN` goes first, on its own.
     Query,
@@ -275,6 +275,8 @@ impl Active<'_> {
             return Err(Error::ConnectionLost(None));
         };
         self.status.set(TransactionStatus::Active);
+        // Only this request's COPY counts (an on_connect hook's was its own).
+        driver.take_copy_refused();
         let serial = self.cancel.start(driver.cancel_target());
         let mut began = false;
         let result = match (&pending, sends) {
@@ -333,8 +335,10 @@ impl Active<'_> {
     /// a table's columns changed ("cached plan must not change result type")
     /// or the user deallocated it. Then the cache is emptied, and, outside a
     /// transaction, the statement is prepared again and retried once (the
-    /// server ran nothing). Inside a transaction the error has aborted it,
-    /// as any statement error does.
+    /// server ran nothing). As a transaction's first statement, its `BEGIN`
+    /// ran in the same Sync group and nothing else did: the block is rolled
+    /// back, begun again and the statement retried once. Later inside a
+    /// transaction the error has aborted it, as any statement error does.
     ///
     /// With [`Naming::Unnamed`], text runs on the unnamed statement (see
     /// [`Active::unnamed_statement`]).
@@ -362,13 +366,17 @@ impl Active<'_> {
         }
         let may_retry = !self.in_transaction();
         let first_of_transaction = self.slot.machine.pending_begin();
+        // Whether the last run failed because its cached statement was stale.
+        let stale = std::cell::Cell::new(false);
         let mut run = |driver: &mut Driver| {
             let statement = driver.prepare_cached(sql)?;
+            stale.set(false);
             match request(driver, Target::Prepared(&statement)) {
                 Err(e) if is_stale(&e) && !driver.has_ended() => {
                     log::debug!("pgtx: cached statement is stale ({e}); emptying the cache");
                     driver.forget_statements();
                     if !may_retry {
+                        stale.set(true);
                         return Err(e);
                     }
                     let statement = driver.prepare_cached(sql)?;
@@ -378,7 +386,7 @@ impl Active<'_> {
             }
         };
         match self.statement(Sends::Bind, Some(sql), &mut run) {
-            Err(Error::Db(e)) if is_stale(&e) => match first_of_transaction {
+            Err(Error::Db(e)) if stale.get() => match first_of_transaction {
                 // BEGIN went in the statement's Sync group, and the server
                 // skipped the rest of it at the stale statement: nothing of
                 // the transaction ran. Begin again, with the statement
@@ -804,7 +812,7 @@ fn refused(refusal: Refusal) -> Error {
 }
 
 /// The error for a `COPY` run through a statement method.
-fn copy_refused(copy: CopyRefused, sql: Option<&str>) -> Error {
+pub(crate) fn copy_refused(copy: CopyRefused, sql: Option<&str>) -> Error {
     const SHOWN: usize = 100;
     let statement = match sql {
         Some(sql) => match sql.char_indices().nth(SHOWN) {
@@ -847,13 +855,29 @@ fn may_be_stale_types(e: &postgres::Error, may_retry: bool) -> bool {
 
 /// Whether `e` says a prepared statement no longer fits the database (so it
 /// must be prepared again) rather than that the statement itself failed.
+///
+/// Only the server's refusal to bind a statement of tokio-postgres' own
+/// counts: it is gone ("prepared statement "s12" does not exist"; not a
+/// name of the user's that the statement's own SQL deallocated), or its
+/// plan no longer fits its tables (raised when binding, so with no
+/// PL/pgSQL context). Then nothing of the statement ran: the server
+/// skipped the rest of the Sync group at its Bind.
 fn is_stale(e: &postgres::Error) -> bool {
     let Some(db) = e.as_db_error() else {
         return false;
     };
-    *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME
-        || (*db.code() == SqlState::FEATURE_NOT_SUPPORTED
-            && db
-                .message()
-                .starts_with("cached plan must not change result type"))
+    if *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME {
+        // tokio-postgres names its statements `s` and a number (its
+        // `Statement::name` is not public).
+        let named = db
+            .message()
+            .strip_prefix("prepared statement \"s")
+            .and_then(|rest| rest.strip_suffix("\" does not exist"));
+        return named.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    }
+    *db.code() == SqlState::FEATURE_NOT_SUPPORTED
+        && db.where_().is_none()
+        && db
+            .message()
+            .starts_with("cached plan must not change result type")
 }

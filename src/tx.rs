@@ -104,7 +104,8 @@ impl<'m> Tx<'m, Open> {
     ///   sent, as it would run outside any transaction;
     /// - [`Error::CopyRefused`](crate::Error::CopyRefused) for a `COPY …
     ///   FROM STDIN` (nothing copied; the transaction is aborted, as by any
-    ///   failed statement) or `COPY … TO STDOUT` (the transaction goes on);
+    ///   failed statement) or `COPY … TO STDOUT` (it ran, its output was
+    ///   dropped; the transaction goes on);
     /// - [`Error::ConnectionLost`](crate::Error::ConnectionLost) if the
     ///   connection broke (the transaction is lost),
     ///   [`Error::LeaseRevoked`](crate::Error::LeaseRevoked) if this

@@ -59,7 +59,7 @@ pub(crate) enum ServerStatus {
 /// What became of a `BEGIN` armed with [`Tap::arm_begin`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BeginOutcome {
-    /// No Bind was written after arming: nothing was sent.
+    /// No Parse or Bind was written after arming: nothing was sent.
     NotSent,
     /// Sent, and the server has not answered it (the connection broke).
     Unanswered,
@@ -103,9 +103,9 @@ struct TapState {
     /// yet answered, oldest first: whether the group the server answers now
     /// is a simple Query or an extended one.
     unanswered: VecDeque<u8>,
-    /// Messages the tap itself sends (CopyFail, Sync), waiting for the
-    /// outgoing stream to reach a message boundary.
-    reply: Vec<u8>,
+    /// The server waits in copy-in mode for data that will not come: a
+    /// CopyFail is owed (see [`TapState::take_reply`]).
+    copy_fail_owed: bool,
     /// The server asked for, or started sending, COPY data since the last
     /// [`Tap::take_copy_refused`].
     copy_refused: Option<CopyRefused>,
@@ -319,33 +319,43 @@ impl TapState {
     ///
     /// Copy-in (`tag` `G`): the server waits for data and ignores Sync
     /// until it gets CopyDone or CopyFail, so the request would never be
-    /// answered. CopyFail makes it report an error; after an extended
-    /// query it then skips to the next Sync, and the one already sent was
-    /// ignored in copy mode, so a Sync follows (its ReadyForQuery answers
-    /// the group, which is why it is not counted as written). Copy-out
-    /// (`H`) ends by itself: the data is only noted, for a clear error.
+    /// answered: a CopyFail is owed. Copy-out (`H`) ends by itself: the
+    /// data is only noted, for a clear error.
     fn on_copy(&mut self, tag: u8) {
         if tag == b'H' {
             self.copy_refused = Some(CopyRefused::ToClient);
             return;
         }
         self.copy_refused = Some(CopyRefused::FromClient);
-        message(&mut self.reply, b'f', |body| {
+        self.copy_fail_owed = true;
+    }
+
+    /// The tap's own messages for a server in copy-in mode, once they can
+    /// go: the outgoing stream is at a message boundary (they must not
+    /// land inside one of `tokio-postgres`'s), and the Sync or Query that
+    /// ends the group in copy mode has been written (tokio-postgres'
+    /// write may have stopped between Execute and Sync).
+    ///
+    /// CopyFail makes the server report an error. After an extended query
+    /// it then skips to the next Sync; the group's own Sync was ignored in
+    /// copy mode, so a Sync follows, whose ReadyForQuery answers the group
+    /// (which is why it is not counted as written). After a simple Query
+    /// the server goes on by itself.
+    fn take_reply(&mut self) -> Option<Vec<u8>> {
+        if !self.copy_fail_owed || !self.outgoing.at_start() {
+            return None;
+        }
+        let terminator = *self.unanswered.front()?;
+        self.copy_fail_owed = false;
+        let mut reply = Vec::new();
+        message(&mut reply, b'f', |body| {
             body.extend_from_slice(COPY_FAIL_MESSAGE.as_bytes());
             body.push(0);
         });
-        if self.unanswered.front() != Some(&b'Q') {
-            message(&mut self.reply, b'S', |_| {});
+        if terminator == b'S' {
+            message(&mut reply, b'S', |_| {});
         }
-    }
-
-    /// The tap's own messages, once the outgoing stream is at a message
-    /// boundary (they must not land inside one of `tokio-postgres`'s).
-    fn take_reply(&mut self) -> Option<Vec<u8>> {
-        if self.reply.is_empty() || !self.outgoing.at_start() {
-            return None;
-        }
-        Some(std::mem::take(&mut self.reply))
+        Some(reply)
     }
 
     /// Follows `client_encoding`, which the server reports whenever it
@@ -590,7 +600,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Wire<S> {
             }
             let kept = state.read(&mut buf.filled_mut()[before..]);
             buf.set_filled(before + kept);
-            let replying = !state.reply.is_empty();
+            let replying = state.copy_fail_owed;
             drop(state);
             if replying {
                 this.send_reply(cx)?;
@@ -828,6 +838,7 @@ mod tests {
             let kept = read_in_chunks(&mut state, &answers, 2);
             assert_eq!(kept, answers, "tokio-postgres still sees it");
             assert_eq!(state.copy_refused, Some(CopyRefused::FromClient));
+            assert!(state.copy_fail_owed);
             assert_eq!(state.take_reply(), Some(reply));
             assert_eq!(state.take_reply(), None, "sent once");
             // The group's one ReadyForQuery settles it: the tap's Sync is not counted.
@@ -850,6 +861,35 @@ mod tests {
         assert_eq!(state.take_reply(), None, "not inside a Bind");
         state.wrote(&half[4..]);
         assert!(state.take_reply().is_some());
+    }
+
+    #[test]
+    fn the_taps_reply_waits_for_the_sync_of_the_group_in_copy_mode() {
+        // tokio-postgres' write stopped between Execute and Sync; the
+        // server ran Execute and entered copy mode.
+        let mut state = active();
+        state.wrote(&[msg(b'B', b"\0s1\0\0\0\0\0\0\0"), msg(b'E', b"\0\0\0\0\0")].concat());
+        read_in_chunks(&mut state, &msg(b'G', b"\0\0\0"), 10);
+        assert_eq!(
+            state.take_reply(),
+            None,
+            "the group's Sync is not written yet"
+        );
+        state.wrote(&msg(b'S', b""));
+        assert_eq!(
+            state.take_reply(),
+            Some([copy_fail(), msg(b'S', b"")].concat()),
+            "then CopyFail and a Sync of the tap's own"
+        );
+        read_in_chunks(
+            &mut state,
+            &[msg(b'E', b"SERROR\0\0"), msg(b'Z', b"I")].concat(),
+            3,
+        );
+        assert_eq!(
+            state.readies_read, state.syncs_written,
+            "one answer per counted Sync"
+        );
     }
 
     #[test]

@@ -164,3 +164,31 @@ fn a_long_copy_statement_is_named_by_its_beginning() {
     );
     assert!(statement.starts_with("COPY items FROM STDIN /* xxx"));
 }
+
+#[test]
+fn a_copy_in_an_on_connect_hook_is_its_own_error_not_the_next_statements() {
+    let db = Db::new("copy_in_hook");
+    let manager = ManagedConnection::builder(&db.dsn)
+        .on_connect(|conn| {
+            let copy = conn.batch_execute("COPY (SELECT 1) TO STDOUT");
+            assert!(
+                matches!(
+                    copy,
+                    Err(Error::CopyRefused {
+                        from_stdin: false,
+                        ..
+                    })
+                ),
+                "{copy:?}"
+            );
+            Ok(())
+        })
+        .build()
+        .expect("settings");
+    let mut guard = manager.lock().expect("the hook went on");
+    let one: i32 = guard
+        .query_one("SELECT 1", &[])
+        .expect("the first statement is not reported as a COPY")
+        .get(0);
+    assert_eq!(one, 1);
+}

@@ -158,20 +158,44 @@ fn a_panic_in_one_of_sixteen_threads_rolls_back_only_its_own_work() {
     assert_eq!(db.open_transactions(), 0);
 }
 
+/// How long a hold may run nothing before it counts as forgotten, here:
+/// short for the tests, long enough that no test's live hold is ever idle
+/// that long by accident.
+const ABANDON_AFTER: Duration = Duration::from_secs(1);
+
+/// A manager whose holds count as forgotten after [`ABANDON_AFTER`].
+fn quick_to_abandon(db: &Db) -> ManagedConnection {
+    ManagedConnection::builder(&db.dsn)
+        .abandon_after(Some(ABANDON_AFTER))
+        .build()
+        .expect("settings")
+}
+
 #[test]
-fn a_forgotten_tx_is_rolled_back_when_its_thread_asks_again() {
+fn a_forgotten_tx_is_refused_to_its_own_thread_then_taken_over_after_abandon_after() {
     logger::capture();
     let db = Db::new("forget_same_thread");
-    let manager = db.manager();
+    let manager = quick_to_abandon(&db);
     let mut tx = manager.lock().expect("lock").begin().expect("begin");
     tx.execute("INSERT INTO items VALUES (1, 'forgotten')", &[])
         .expect("insert");
     std::mem::forget(tx);
     assert_eq!(manager.status(), TransactionStatus::InTransaction);
 
-    let mut guard = manager
-        .lock()
-        .expect("the same thread takes the connection back");
+    // At once: the earlier hold may be alive, so it is neither waited for
+    // nor taken over.
+    let started = Instant::now();
+    assert!(matches!(manager.lock(), Err(Error::Reentrant)));
+    assert!(matches!(manager.try_lock(), Err(Error::Reentrant)));
+    assert_eq!(db.open_transactions(), 1, "the hold is untouched");
+    assert_eq!(manager.unfinished_transactions(), 0);
+
+    let mut guard = common::take_over(|| manager.lock());
+    assert!(
+        started.elapsed() >= ABANDON_AFTER / 2,
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(guard.status(), TransactionStatus::Idle, "not inherited");
     let seen: i64 = guard
         .query_one("SELECT count(*) FROM items", &[])
@@ -242,13 +266,13 @@ fn a_tx_forgotten_on_a_live_thread_is_taken_over_after_abandon_after() {
 #[test]
 fn a_revoked_tx_fails_safely_and_its_commit_saves_nothing() {
     let db = Db::new("revoked_tx");
-    let manager = db.manager();
+    let manager = quick_to_abandon(&db);
     let mut stale = manager.lock().expect("lock").begin().expect("begin");
     stale
         .execute("INSERT INTO items VALUES (1, 'stale')", &[])
         .expect("insert");
-    // Asking again on the same thread revokes the earlier holder.
-    let mut guard = manager.lock().expect("taken over");
+    // Idle past abandon_after, the earlier holder is taken over.
+    let mut guard = common::take_over(|| manager.lock());
     guard
         .execute("INSERT INTO items VALUES (2, 'new holder')", &[])
         .expect("autocommit");
@@ -286,8 +310,8 @@ fn a_forgotten_guard_without_abandon_after_times_out_instead_of_hanging() {
             assert!(started.elapsed() >= Duration::from_millis(200));
         });
     });
-    // No transaction was open, so nothing is reported when the thread asks again.
-    drop(manager.lock().expect("same thread takes it back"));
+    // Never taken over on a live thread: the thread itself is refused.
+    assert!(matches!(manager.lock(), Err(Error::Reentrant)));
     assert_eq!(manager.unfinished_transactions(), 0);
 }
 
@@ -405,15 +429,16 @@ fn the_report_of_a_panicked_closure_names_the_transaction_call() {
 fn the_report_of_a_forgotten_tx_taken_over_names_the_begin_call() {
     logger::capture();
     let db = Db::new("begun_at_forgotten");
-    let manager = db.manager();
+    let manager = quick_to_abandon(&db);
     let guard = manager.lock().expect("lock");
     let begun = line!() + 1;
     let mut tx = guard.begin().expect("begin");
     tx.execute("INSERT INTO items VALUES (1, 'forgotten')", &[])
         .expect("insert");
     std::mem::forget(tx);
-    // The next acquirer (this thread asking again) takes it over and reports.
-    drop(manager.lock().expect("taken over"));
+    // The next acquirer (this thread, once the hold looks forgotten) takes
+    // it over and reports.
+    drop(common::take_over(|| manager.lock()));
     assert!(db.item_ids().is_empty());
     assert_reported_as_begun_at(&db, begun);
     // The next holder's report is about its own transaction, not the old one.

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::fixtures::Db;
-use pgtx::{Error, TransactionStatus};
+use pgtx::{Error, ManagedConnection, TransactionStatus};
 
 #[test]
 fn sixteen_threads_hammering_a_counter_lose_no_increment() {
@@ -237,18 +237,36 @@ fn asking_again_inside_a_transaction_scope_is_refused_and_the_transaction_goes_o
 }
 
 #[test]
-fn outside_a_scope_asking_again_still_takes_over_a_forgotten_guard() {
+fn outside_a_scope_asking_again_is_refused_until_the_hold_looks_forgotten() {
     let db = Db::new("takeover_outside_scope");
-    let manager = db.manager();
-    let mut tx = manager.lock().expect("lock").begin().expect("begin");
-    tx.execute("INSERT INTO items VALUES (1, 'forgotten')", &[])
+    // Long enough that the guard below is never idle that long by accident.
+    let manager = ManagedConnection::builder(&db.dsn)
+        .abandon_after(Some(Duration::from_secs(1)))
+        .build()
+        .expect("settings");
+    let mut guard = manager.lock().expect("lock");
+    guard
+        .execute("INSERT INTO items VALUES (1, 'kept')", &[])
+        .expect("insert");
+    // A helper asking with the guard still in scope: refused at once, and
+    // the live guard goes on.
+    assert!(matches!(manager.lock(), Err(Error::Reentrant)));
+    assert!(matches!(
+        manager.lock_timeout(Duration::from_secs(5)),
+        Err(Error::Reentrant)
+    ));
+    guard
+        .execute("INSERT INTO items VALUES (2, 'still mine')", &[])
+        .expect("the guard still holds the connection");
+    let mut tx = guard.begin().expect("begin");
+    tx.execute("INSERT INTO items VALUES (3, 'forgotten')", &[])
         .expect("insert");
     std::mem::forget(tx);
-    let mut guard = manager.lock().expect("taken over, not refused");
+    let mut guard = common::take_over(|| manager.lock());
     guard
-        .execute("INSERT INTO items VALUES (2, 'next')", &[])
+        .execute("INSERT INTO items VALUES (4, 'next')", &[])
         .expect("insert");
     drop(guard);
-    assert_eq!(db.item_ids(), vec![2]);
+    assert_eq!(db.item_ids(), vec![1, 2, 4]);
     assert_eq!(manager.unfinished_transactions(), 1);
 }

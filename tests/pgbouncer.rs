@@ -299,7 +299,12 @@ fn with_the_statement_cache_named_statements_fail_through_a_transaction_pooler()
 fn no_transaction_leaks_from_one_client_to_another() {
     let db = Db::new("bouncer_leaks");
     let bouncer = Bouncer::start(db.server, POOL_SIZE);
-    let a = unnamed_manager(&bouncer, &db);
+    // A's forgotten hold (below) counts as forgotten after 100 ms.
+    let a = ManagedConnection::builder(&bouncer.dsn_for(&db.name))
+        .statement_cache(false)
+        .abandon_after(Some(std::time::Duration::from_millis(100)))
+        .build()
+        .expect("settings");
     let b = unnamed_manager(&bouncer, &db);
     let b_sees = |what: &str| -> Vec<i32> {
         let mut guard = b.lock().expect("lock b");
@@ -348,7 +353,7 @@ fn no_transaction_leaks_from_one_client_to_another() {
     std::mem::forget(tx);
     assert_eq!(b_sees("while a's forgotten transaction is open"), vec![2]);
     assert_eq!(db.open_transactions(), 1);
-    let mut guard = a.lock().expect("a again: takes the forgotten lease over");
+    let mut guard = common::take_over(|| a.lock());
     assert_eq!(a.unfinished_transactions(), 2);
     assert_eq!(db.open_transactions(), 0, "rolled back on takeover");
     let ids: Vec<i32> = guard

@@ -198,31 +198,51 @@ fn a_forgotten_transaction_on_a_pool_is_rolled_back_and_does_not_shrink_it() {
     assert_eq!(pool.state().unfinished, 1);
 
     // Forgotten on this thread while another thread holds the other
-    // connection: asking again takes the forgotten one over at once.
+    // connection: asking again is refused at once (the hold may be
+    // alive), and once it has run nothing for abandon_after it is taken
+    // over.
+    let abandoning = ManagedConnection::builder(&db.dsn)
+        .abandon_after(Some(Duration::from_secs(1)))
+        .pool(2)
+        .build()
+        .expect("build");
     let held = Barrier::new(2);
     // Dropped on a failed assertion too, so the holder never waits for ever.
     let (done, until_done) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
-        let (pool, held) = (&pool, &held);
+        let (pool, held) = (&abandoning, &held);
         s.spawn(move || {
-            let _other = pool.lock().expect("the other connection");
+            let mut other = pool.lock().expect("the other connection");
             held.wait();
-            let _ = until_done.recv_timeout(Duration::from_secs(60));
+            // A live holder: it keeps running statements, so it never
+            // looks abandoned.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while until_done.recv_timeout(Duration::from_millis(50)).is_err()
+                && Instant::now() < deadline
+            {
+                other.query_one("SELECT 1", &[]).expect("the live holder");
+            }
         });
         held.wait();
         let mut tx = pool.lock().expect("lock").begin().expect("begin");
         tx.execute("INSERT INTO items VALUES (2, 'forgotten too')", &[])
             .expect("insert");
         std::mem::forget(tx);
-        let mut again = pool.try_lock().expect("taken over, without waiting");
+        assert!(matches!(pool.try_lock(), Err(Error::Reentrant)));
+        assert!(matches!(
+            pool.lock_timeout(Duration::from_secs(30)),
+            Err(Error::Reentrant)
+        ));
+        let mut again = common::take_over(|| pool.try_lock());
         again
             .execute("INSERT INTO items VALUES (3, 'kept')", &[])
             .expect("insert");
         drop(again);
         drop(done);
     });
+    assert_eq!(abandoning.state().unfinished, 1);
     assert_eq!(db.item_ids(), [3]);
-    assert_eq!(pool.state().unfinished, 2);
+    assert_eq!(pool.state().unfinished, 1);
 }
 
 #[test]

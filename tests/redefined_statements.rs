@@ -202,3 +202,48 @@ fn statements_deallocated_inside_a_transaction_abort_only_that_transaction() {
     assert_eq!(db.item_ids(), [3, 100]);
     assert_eq!(db.open_transactions(), 0);
 }
+
+#[test]
+fn a_first_statement_whose_own_sql_deallocates_a_missing_name_runs_once() {
+    let db = Db::new("redefine_not_ours");
+    db.admin()
+        .batch_execute(
+            "CREATE SEQUENCE runs;
+             CREATE FUNCTION forget_missing() RETURNS int LANGUAGE plpgsql AS $$
+             BEGIN
+               PERFORM nextval('runs');
+               EXECUTE 'DEALLOCATE nosuch';
+               RETURN 1;
+             END $$;",
+        )
+        .expect("setup");
+    let manager = db.manager();
+    // Cached on an earlier run, so the transaction's first statement binds it.
+    let failed = manager
+        .lock()
+        .expect("lock")
+        .query_one("SELECT forget_missing()", &[])
+        .map(drop)
+        .expect_err("nosuch does not exist");
+    assert!(failed.to_string().contains("nosuch"), "{failed}");
+    let runs = |db: &Db| -> i64 {
+        db.admin()
+            .query_one("SELECT last_value FROM runs", &[])
+            .expect("read the sequence")
+            .get(0)
+    };
+    assert_eq!(runs(&db), 1);
+    let err = manager
+        .transaction(|mut tx| {
+            tx.query_one("SELECT forget_missing()", &[])?;
+            tx.commit()
+        })
+        .expect_err("its own SQL failed");
+    assert!(err.to_string().contains("nosuch"), "{err}");
+    assert_eq!(
+        runs(&db),
+        2,
+        "the statement's error was its own: it ran once, not again"
+    );
+    assert_eq!(db.open_transactions(), 0);
+}

@@ -15,7 +15,7 @@ fn reports(db: &Db) -> usize {
     logger::capture()
         .lines_containing(&db.name)
         .into_iter()
-        .filter(|l| l.contains(UNFINISHED_TRANSACTION) && l.contains("savepoint"))
+        .filter(|l| l.contains(UNFINISHED_TRANSACTION) && l.contains("only the savepoint"))
         .count()
 }
 

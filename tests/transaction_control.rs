@@ -118,13 +118,16 @@ fn begin_on_a_guard_with_a_user_block_open_rolls_the_block_back_first() {
 fn a_forgotten_guard_with_a_user_block_is_rolled_back_by_the_next_acquirer() {
     logger::capture();
     let db = Db::new("guard_block_forgotten");
-    let manager = db.manager();
+    let manager = pgtx::ManagedConnection::builder(&db.dsn)
+        .abandon_after(Some(std::time::Duration::from_millis(100)))
+        .build()
+        .expect("settings");
     let mut guard = manager.lock().expect("lock");
     guard
         .batch_execute("BEGIN; INSERT INTO items VALUES (1, 'forgotten')")
         .expect("user block");
     std::mem::forget(guard);
-    let mut guard = manager.lock().expect("taken over");
+    let mut guard = common::take_over(|| manager.lock());
     assert_eq!(guard.status(), TransactionStatus::Idle);
     guard
         .execute("INSERT INTO items VALUES (2, 'next')", &[])

@@ -66,3 +66,20 @@ where
         .spawn()
         .expect("start the test binary again")
 }
+
+/// Asks for a connection with `lock` on this thread until a hold this
+/// thread forgot is taken over: until it has run nothing for
+/// `abandon_after`, asking again is refused as re-entrant. Fails the test
+/// if it is not taken over within 20 s, or on any other error.
+pub fn take_over<G>(mut lock: impl FnMut() -> pgtx::Result<G>) -> G {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match lock() {
+            Ok(guard) => return guard,
+            Err(pgtx::Error::Reentrant) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("the forgotten hold was not taken over: {e:?}"),
+        }
+    }
+}
