@@ -128,6 +128,13 @@ pub enum Error {
 
     /// A transaction was released without `commit` or `rollback`; it has been
     /// rolled back. Its message is exactly [`UNFINISHED_TRANSACTION`].
+    ///
+    /// Returned by [`Guard::release`](crate::Guard::release) when SQL run
+    /// through the guard left a transaction block open. Where there is no
+    /// return path (a `Tx` dropped, unwound or forgotten, a guard dropped),
+    /// the same report goes to the `log` crate and the
+    /// [`unfinished_transactions`](crate::ManagedConnection::unfinished_transactions)
+    /// counter instead.
     #[error("{}", UNFINISHED_TRANSACTION)]
     UnfinishedTransaction,
 

@@ -223,6 +223,35 @@ impl<'m> Guard<'m> {
         self.conn().status()
     }
 
+    /// Releases the connection, as dropping the guard does, and says
+    /// whether it was left clean: the explicit form of the seed's context
+    /// exit, which raises "Did not commit or rollback open transaction
+    /// before releasing connection." when a transaction is still open.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::UnfinishedTransaction`](crate::Error::UnfinishedTransaction)
+    ///   if SQL run through this guard opened a transaction block (a plain
+    ///   `BEGIN`) and left it open: it has been rolled back (and, like
+    ///   every fallback rollback, logged and counted in
+    ///   [`unfinished_transactions`](crate::ManagedConnection::unfinished_transactions)),
+    ///   and the connection released idle.
+    /// - [`Error::LeaseRevoked`](crate::Error::LeaseRevoked) if this guard
+    ///   had lost the connection: its new holder has it, untouched.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # let manager = pgtx::ManagedConnection::new("host=localhost")?;
+    /// let mut guard = manager.lock()?;
+    /// guard.batch_execute("BEGIN; INSERT INTO log VALUES ('never committed')")?;
+    /// assert!(matches!(guard.release(), Err(pgtx::Error::UnfinishedTransaction)));
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn release(self) -> Result<()> {
+        self.held.release_reporting()
+    }
+
     /// Closes the connection and releases it; the next holder reconnects
     /// (the seed's `close=True`). A transaction block that SQL here left
     /// open ends with the session: the server rolls it back.

@@ -87,6 +87,12 @@ impl<'m> Held<'m> {
         held.ticket.epoch()
     }
 
+    /// Lets go on purpose (see [`Shared::finish_guard`]).
+    pub(crate) fn release_reporting(self) -> Result<()> {
+        let held = std::mem::ManuallyDrop::new(self);
+        held.shared.finish_guard(held.ticket)
+    }
+
     /// The connection as this holder uses it.
     pub(crate) fn conn(&self, within: Within) -> Conn<'m> {
         Conn {

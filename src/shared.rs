@@ -182,6 +182,29 @@ impl Shared {
         self.release(ticket.epoch());
     }
 
+    /// The end of a guard that lets go on purpose
+    /// ([`Guard::release`](crate::Guard::release)): as [`finish`](Self::finish),
+    /// and a transaction block its SQL left open, rolled back and reported
+    /// as always, is also returned as [`Error::UnfinishedTransaction`].
+    pub(crate) fn finish_guard(&self, ticket: Ticket) -> Result<()> {
+        let mut session = self.session.lock();
+        if self.lease.epoch() != ticket.epoch() {
+            return Err(Error::LeaseRevoked);
+        }
+        let unfinished = session.in_transaction();
+        if unfinished {
+            session.rollback();
+            self.report_unfinished(Cause::UserBlock);
+        }
+        drop(session);
+        self.release(ticket.epoch());
+        if unfinished {
+            Err(Error::UnfinishedTransaction)
+        } else {
+            Ok(())
+        }
+    }
+
     /// The holder's transaction was begun at `at`.
     pub(crate) fn begun_at(&self, at: &'static Location<'static>) {
         *self.begun_at.lock() = Some(at);

@@ -328,3 +328,64 @@ fn sql_text_in_a_tx_is_refused_while_client_encoding_is_not_utf8() {
     tx.commit().expect("commit");
     assert_eq!(db.item_ids(), vec![2]);
 }
+
+#[test]
+fn release_returns_unfinished_transaction_for_a_block_the_guards_sql_left_open() {
+    logger::capture();
+    let db = Db::new("guard_release_block");
+    let manager = db.manager();
+    let mut guard = manager.lock().expect("lock");
+    guard
+        .batch_execute("BEGIN; INSERT INTO items VALUES (1, 'left open')")
+        .expect("user block");
+    let err = guard.release().expect_err("a block was left open");
+    assert!(matches!(err, Error::UnfinishedTransaction), "{err:?}");
+    assert_eq!(err.to_string(), UNFINISHED_TRANSACTION);
+    assert!(db.item_ids().is_empty(), "rolled back");
+    assert_eq!(db.open_transactions(), 0);
+    assert_eq!(manager.unfinished_transactions(), 1);
+    assert_eq!(manager.status(), TransactionStatus::Idle);
+
+    // A clean guard releases with Ok, and the connection is free.
+    let mut guard = manager.lock().expect("released");
+    guard
+        .execute("INSERT INTO items VALUES (2, 'autocommit')", &[])
+        .expect("insert");
+    guard.release().expect("nothing left open");
+    thread::scope(|s| {
+        s.spawn(|| drop(manager.try_lock().expect("free")));
+    });
+    assert_eq!(db.item_ids(), [2]);
+    assert_eq!(manager.unfinished_transactions(), 1);
+}
+
+#[test]
+fn release_of_a_guard_that_was_taken_over_is_lease_revoked_and_frees_nothing() {
+    let db = Db::new("guard_release_revoked");
+    let manager = pgtx::ManagedConnection::builder(&db.dsn)
+        .abandon_after(Some(std::time::Duration::from_millis(100)))
+        .build()
+        .expect("settings");
+    let stale = manager.lock().expect("lock");
+    let (taken, holding) = std::sync::mpsc::channel();
+    let (done, until_done) = std::sync::mpsc::channel::<()>();
+    thread::scope(|s| {
+        let manager = &manager;
+        s.spawn(move || {
+            let _newer = manager.lock().expect("taken over after abandon_after");
+            let _ = taken.send(());
+            let _ = until_done.recv();
+        });
+        holding.recv().expect("the other thread took it over");
+        assert!(matches!(stale.release(), Err(Error::LeaseRevoked)));
+        s.spawn(|| {
+            assert!(
+                matches!(manager.try_lock(), Err(Error::WouldBlock)),
+                "the new holder still has it"
+            );
+        })
+        .join()
+        .expect("checker");
+        drop(done);
+    });
+}
