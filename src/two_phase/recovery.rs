@@ -298,14 +298,7 @@ impl Recovery {
                 continue;
             }
             let mut guard = server.manager.lock()?;
-            let exists: bool = guard
-                .query_one(
-                    "SELECT to_regclass('pgtx_two_phase_decisions') IS NOT NULL",
-                    &[],
-                )?
-                .try_get(0)
-                .map_err(Error::Db)?;
-            if !exists {
+            if !has_decisions(&mut guard)? {
                 continue;
             }
             let keys = guard
@@ -396,6 +389,18 @@ fn prepared(server: &Server) -> Result<Vec<(String, SystemTime, gid::Parsed)>> {
 }
 
 /// The decision as the decider's row says, without writing anything.
+/// Whether the database `guard` holds has the decision table (recovery
+/// never creates it just to read it).
+fn has_decisions(guard: &mut crate::Guard<'_>) -> Result<bool> {
+    guard
+        .query_one(
+            "SELECT to_regclass('pgtx_two_phase_decisions') IS NOT NULL",
+            &[],
+        )?
+        .try_get(0)
+        .map_err(Error::Db)
+}
+
 fn read_decision(servers: &[Server], key: &Key, decider: Decider) -> Result<Decision> {
     let candidates: Vec<&Server> = servers.iter().filter(|s| s.may_decide(decider)).collect();
     if candidates.is_empty() {
@@ -410,14 +415,7 @@ fn read_decision(servers: &[Server], key: &Key, decider: Decider) -> Result<Deci
     let mut decision = unproven.unwrap_or(Decision::Undecided);
     for server in candidates {
         let mut guard = server.manager.lock()?;
-        let exists: bool = guard
-            .query_one(
-                "SELECT to_regclass('pgtx_two_phase_decisions') IS NOT NULL",
-                &[],
-            )?
-            .try_get(0)
-            .map_err(Error::Db)?;
-        if !exists {
+        if !has_decisions(&mut guard)? {
             continue;
         }
         let row = guard.query_opt(
