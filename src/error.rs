@@ -12,6 +12,11 @@ use crate::config::SettingsError;
 pub const UNFINISHED_TRANSACTION: &str =
     "Did not commit or rollback open transaction before releasing connection.";
 
+/// What a hook ([`Builder::on_connect`](crate::Builder::on_connect),
+/// [`Builder::on_reconnect`](crate::Builder::on_reconnect)) may fail with:
+/// any error, boxed. A hook's failure is returned as [`Error::OnConnect`].
+pub type HookError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A `Result` whose error defaults to this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -224,7 +229,7 @@ pub enum Error {
     Db(postgres::Error),
 
     /// A [`TwoPhase`](crate::TwoPhase) transaction failed before its
-    /// decision, at the [`VoteStep`](crate::two_phase::VoteStep) `step`: a
+    /// decision, at the [`VoteStep`] `step`: a
     /// voter could not vote yes (its work had failed, its
     /// `PREPARE TRANSACTION` was refused: `max_prepared_transactions = 0`;
     /// `NOTIFY`, `LISTEN` or a temporary table used in it; or its
@@ -237,7 +242,7 @@ pub enum Error {
         /// The participant, as its settings show it (no password).
         participant: String,
         /// What it failed at (the message says it too).
-        step: crate::two_phase::VoteStep,
+        step: VoteStep,
         /// Why it failed.
         #[source]
         source: Box<Error>,
@@ -378,7 +383,7 @@ pub enum Error {
     /// holder opens another connection and runs the hook again.
     /// The source is the hook's error.
     #[error("the on_connect hook failed on a new connection")]
-    OnConnect(#[source] crate::hooks::HookError),
+    OnConnect(#[source] HookError),
 
     /// Reconnecting gave up: every attempt the
     /// [`ReconnectPolicy`](crate::ReconnectPolicy) allows for one round
@@ -404,6 +409,26 @@ pub enum Error {
     },
 }
 
+/// The step of a [`TwoPhase`](crate::TwoPhase) commit that failed before the decision
+/// ([`Error::VoteFailed`]): everything was rolled back either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VoteStep {
+    /// The decider could not record the decision row in its transaction:
+    /// its own work had failed, or the decision table
+    /// ([`DECISIONS_TABLE`](crate::two_phase::DECISIONS_TABLE)) could not
+    /// be created or written.
+    RecordDecision,
+    /// A voter's `PREPARE TRANSACTION`: its work had failed, the server
+    /// refused to prepare (`max_prepared_transactions = 0`; `NOTIFY`,
+    /// `LISTEN` or a temporary table used), or its connection broke.
+    Prepare,
+    /// The decider's own one-phase `COMMIT`, after every vote: refused (a
+    /// deferred constraint, a serialization failure), or its connection
+    /// was taken over as abandoned ([`Error::LeaseRevoked`]).
+    DeciderCommit,
+}
+
 fn plural(n: u32) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
@@ -415,8 +440,7 @@ fn first_failure(first: &Option<Box<Error>>) -> String {
     }
 }
 
-fn describe_vote(participant: &str, step: crate::two_phase::VoteStep, source: &Error) -> String {
-    use crate::two_phase::VoteStep;
+fn describe_vote(participant: &str, step: VoteStep, source: &Error) -> String {
     let hint = if source.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
         && source
             .as_db_error()
@@ -519,6 +543,23 @@ impl From<SettingsError> for Error {
 }
 
 impl Error {
+    /// The error for a `COPY` run through a statement method: `sql` (its
+    /// first 100 characters) or "a prepared statement".
+    pub(crate) fn copy_refused(from_stdin: bool, sql: Option<&str>) -> Error {
+        const SHOWN: usize = 100;
+        let statement = match sql {
+            Some(sql) => match sql.char_indices().nth(SHOWN) {
+                Some((cut, _)) => format!("{}…", &sql[..cut]),
+                None => sql.to_owned(),
+            },
+            None => "a prepared statement".to_owned(),
+        };
+        Error::CopyRefused {
+            statement,
+            from_stdin,
+        }
+    }
+
     /// The server's error, if the server reported one.
     pub fn as_db_error(&self) -> Option<&DbError> {
         match self {
@@ -747,7 +788,7 @@ mod tests {
 
     #[test]
     fn errors_with_a_cause_say_it_once() {
-        let hook = || -> crate::hooks::HookError { "no table t".into() };
+        let hook = || -> HookError { "no table t".into() };
         let cases = [
             (
                 Error::OnConnect(hook()),
@@ -786,7 +827,7 @@ mod tests {
             (
                 Error::VoteFailed {
                     participant: "host=a dbname=b".into(),
-                    step: crate::two_phase::VoteStep::Prepare,
+                    step: VoteStep::Prepare,
                     source: Box::new(Error::WouldBlock),
                 },
                 "participant host=a dbname=b could not prepare, so every participant was \

@@ -7,52 +7,12 @@ use postgres::types::ToSql;
 
 use crate::control;
 use crate::error::{Error, Result};
+use crate::lease::Ticket;
 use crate::session::{Active, Sends};
 use crate::shared::{Cause, Shared};
 use crate::statements::{Naming, Sql, ToStatement};
 use crate::status::TransactionStatus;
 use crate::{Row, Statement};
-
-/// The holder's epoch plus two flags, in one word so that a `Tx` stays two
-/// pointers wide.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Ticket(u64);
-
-impl Ticket {
-    const OPEN: u64 = 1 << 63;
-    const SCOPED: u64 = 1 << 62;
-    const EPOCH: u64 = !(Self::OPEN | Self::SCOPED);
-
-    pub(crate) fn new(epoch: u64) -> Ticket {
-        Ticket(epoch & Self::EPOCH)
-    }
-
-    pub(crate) fn epoch(self) -> u64 {
-        self.0 & Self::EPOCH
-    }
-
-    /// A transaction is open under this ticket: dropping it is a fallback case.
-    pub(crate) fn is_open(self) -> bool {
-        self.0 & Self::OPEN != 0
-    }
-
-    /// A `transaction` scope owns the lease, not this holder.
-    pub(crate) fn is_scoped(self) -> bool {
-        self.0 & Self::SCOPED != 0
-    }
-
-    pub(crate) fn opened(self) -> Ticket {
-        Ticket(self.0 | Self::OPEN)
-    }
-
-    pub(crate) fn finished(self) -> Ticket {
-        Ticket(self.0 & !Self::OPEN)
-    }
-
-    pub(crate) fn scoped(self) -> Ticket {
-        Ticket(self.0 | Self::SCOPED)
-    }
-}
 
 /// Holds the lease until dropped.
 ///
@@ -245,21 +205,5 @@ fn refuse_control(session: &Active<'_>, sql: &str) -> Result<()> {
     match control::find(sql) {
         Some(found) => Err(Error::TransactionControl(found.to_string())),
         None => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ticket_flags_do_not_touch_the_epoch() {
-        let t = Ticket::new(41);
-        assert!(!t.is_open() && !t.is_scoped());
-        let t = t.opened().scoped();
-        assert!(t.is_open() && t.is_scoped());
-        assert_eq!(t.epoch(), 41);
-        assert!(!t.finished().is_open());
-        assert_eq!(t.finished().epoch(), 41);
     }
 }

@@ -7,15 +7,11 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::driver::{Driver, Target};
-use crate::error::{Error, Result};
+use crate::error::{Error, HookError, Result};
 use crate::statements::{Naming, Params, Sql, ToStatement};
 use crate::types::ToSql;
 use crate::wire::ServerStatus;
 use crate::{Row, Statement};
-
-/// What a hook may fail with: any error, boxed. A hook's failure is
-/// returned as [`Error::OnConnect`].
-pub type HookError = Box<dyn std::error::Error + Send + Sync>;
 
 type HookFn = dyn Fn(&mut NewConnection<'_>) -> Result<(), HookError> + Send + Sync;
 
@@ -167,7 +163,10 @@ impl NewConnection<'_> {
             Err(e) if self.driver.has_ended() => {
                 Err(Error::ConnectionLost(Some(self.driver.why_lost(e))))
             }
-            _ if let Some(copy) = copy => Err(crate::session::copy_refused(copy, sql)),
+            _ if let Some(copy) = copy => Err(Error::copy_refused(
+                copy == crate::wire::CopyRefused::FromClient,
+                sql,
+            )),
             Ok(value) => Ok(value),
             Err(e) => Err(Error::Db(e)),
         }

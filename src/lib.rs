@@ -311,9 +311,10 @@ mod wire;
 
 pub use crate::cancel::CancelHandle;
 pub use crate::config::{Settings, SettingsError};
+pub use crate::error::HookError;
 pub use crate::error::{ConnectError, Error, Result, UNFINISHED_TRANSACTION};
 pub use crate::guard::Guard;
-pub use crate::hooks::{HookError, NewConnection};
+pub use crate::hooks::NewConnection;
 pub use crate::listener::{Events, ListenEvent, Listener, ObserverError, ObserverId};
 pub use crate::manager::{Builder, DEFAULT_ABANDON_AFTER, ManagedConnection};
 pub use crate::options::{IsolationLevel, TxOptions};

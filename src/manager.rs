@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use crate::cancel::CancelHandle;
 use crate::config::Settings;
-use crate::error::{Error, Result};
+use crate::error::{Error, HookError, Result};
 use crate::guard::Guard;
-use crate::held::{Held, Ticket};
-use crate::hooks::{Hook, HookError, NewConnection, OnConnect, OnReconnect};
-use crate::lease::Wait;
+use crate::held::Held;
+use crate::hooks::{Hook, NewConnection, OnConnect, OnReconnect};
+use crate::lease::{Ticket, Wait};
 use crate::listener::Listener;
 use crate::options::TxOptions;
 use crate::reconnect::ReconnectPolicy;

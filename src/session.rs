@@ -300,7 +300,9 @@ impl Active<'_> {
         let copy = driver.take_copy_refused();
         let result = match result {
             Err(e) if driver.has_ended() => Err(Error::ConnectionLost(Some(driver.why_lost(e)))),
-            _ if let Some(copy) = copy => Err(copy_refused(copy, sql)),
+            _ if let Some(copy) = copy => {
+                Err(Error::copy_refused(copy == CopyRefused::FromClient, sql))
+            }
             Err(e) if cancelled && e.code() == Some(&SqlState::QUERY_CANCELED) => {
                 Err(Error::Cancelled(e))
             }
@@ -808,22 +810,6 @@ fn refused(refusal: Refusal) -> Error {
             "the transaction was prepared for two-phase commit; nothing more can run in it"
                 .to_owned(),
         ),
-    }
-}
-
-/// The error for a `COPY` run through a statement method.
-pub(crate) fn copy_refused(copy: CopyRefused, sql: Option<&str>) -> Error {
-    const SHOWN: usize = 100;
-    let statement = match sql {
-        Some(sql) => match sql.char_indices().nth(SHOWN) {
-            Some((cut, _)) => format!("{}…", &sql[..cut]),
-            None => sql.to_owned(),
-        },
-        None => "a prepared statement".to_owned(),
-    };
-    Error::CopyRefused {
-        statement,
-        from_stdin: copy == CopyRefused::FromClient,
     }
 }
 

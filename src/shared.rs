@@ -16,9 +16,8 @@ use postgres::error::DbError;
 use crate::cancel::CancelHandle;
 use crate::config::Settings;
 use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
-use crate::held::Ticket;
 
-use crate::lease::{Abandoned, Lease, Refused, Wait};
+use crate::lease::{Abandoned, Lease, Refused, Ticket, Wait};
 use crate::session::{Active, Connecting, Session};
 use crate::status::TransactionStatus;
 

@@ -16,8 +16,9 @@ use parking_lot::Mutex;
 use postgres::error::SqlState;
 
 use crate::error::{Error, Result};
-use crate::held::{Conn, Held, Ticket, Within};
+use crate::held::{Conn, Held, Within};
 use crate::ident::check_notification;
+use crate::lease::Ticket;
 use crate::manager::ManagedConnection;
 use crate::pool::Pool;
 use crate::session::Vote;
@@ -26,6 +27,7 @@ use crate::state::Open;
 use crate::tx::Tx;
 
 pub use self::recovery::{Decision, PreparedTransaction, Purged, Recovered, Recovery};
+pub use crate::error::VoteStep;
 
 /// The table, in the deciding participant's database, whose row records
 /// the decision to commit (see [`TwoPhase`]).
@@ -163,25 +165,6 @@ pub struct TwoPhase<'m> {
 }
 
 static_assertions::assert_not_impl_any!(TwoPhase<'static>: Send, Sync);
-
-/// The step of a [`TwoPhase`] commit that failed before the decision
-/// ([`Error::VoteFailed`]): everything was rolled back either way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum VoteStep {
-    /// The decider could not record the decision row in its transaction:
-    /// its own work had failed, or [`DECISIONS_TABLE`] could not be
-    /// created or written.
-    RecordDecision,
-    /// A voter's `PREPARE TRANSACTION`: its work had failed, the server
-    /// refused to prepare (`max_prepared_transactions = 0`; `NOTIFY`,
-    /// `LISTEN` or a temporary table used), or its connection broke.
-    Prepare,
-    /// The decider's own one-phase `COMMIT`, after every vote: refused (a
-    /// deferred constraint, a serialization failure), or its connection
-    /// was taken over as abandoned ([`Error::LeaseRevoked`]).
-    DeciderCommit,
-}
 
 /// A participant of one [`TwoPhase`] transaction, as [`TwoPhase::join`]
 /// hands it out.

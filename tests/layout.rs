@@ -1,0 +1,256 @@
+//! The crate's internal imports have no cycle: every module reaches only
+//! modules that do not reach back (a parent declaring or re-exporting its
+//! children aside). Read from the source text, as `use crate::…`,
+//! `crate::…::` paths and `super::…` paths outside comments.
+//!
+//! Run alone with `cargo test --test layout`; a failure names the cycle.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Every `.rs` file under `src/`, with its module path (`two_phase::gid`;
+/// the crate root is the empty path).
+fn modules() -> BTreeMap<String, PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let entries = std::fs::read_dir(dir).expect("read src/");
+        for entry in entries {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    files
+        .into_iter()
+        .map(|file| {
+            let relative = file.strip_prefix(&src).expect("under src/");
+            let mut parts: Vec<String> = relative
+                .iter()
+                .map(|p| p.to_string_lossy().trim_end_matches(".rs").to_owned())
+                .collect();
+            if matches!(parts.last().map(String::as_str), Some("mod" | "lib")) {
+                parts.pop();
+            }
+            (parts.join("::"), file)
+        })
+        .collect()
+}
+
+/// The text of `file` without comments (doc links are not imports) and
+/// string literals.
+fn code(file: &Path) -> String {
+    // A quote as a char literal is not the start of a string.
+    let text = std::fs::read_to_string(file)
+        .expect("read a source file")
+        .replace("'\"'", "' '")
+        .replace("'\\\"'", "' '");
+    let mut out = String::with_capacity(text.len());
+    // Strings may go on over several lines.
+    let (mut in_string, mut escaped) = (false, false);
+    for line in text.lines() {
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (in_string, c) {
+                (true, '\\') if !escaped => escaped = true,
+                (true, '"') if !escaped => in_string = false,
+                (true, _) => escaped = false,
+                (false, '"') => in_string = true,
+                (false, '/') if chars.peek() == Some(&'/') => break,
+                (false, c) => out.push(c),
+            }
+        }
+        escaped = false;
+        out.push('\n');
+    }
+    out
+}
+
+/// The paths named after each `prefix` (`crate::`, `super::`) in `code`,
+/// use-tree groups (`crate::{a, b::{c, d}}`) spelled out.
+fn paths_after(code: &str, prefix: &str) -> Vec<String> {
+    fn tree(s: &[u8], at: &mut usize, base: &str, out: &mut Vec<String>) {
+        let skip_space = |at: &mut usize| {
+            while *at < s.len() && s[*at].is_ascii_whitespace() {
+                *at += 1;
+            }
+        };
+        skip_space(at);
+        if s.get(*at) == Some(&b'{') {
+            *at += 1;
+            loop {
+                skip_space(at);
+                match s.get(*at) {
+                    Some(b'}') | None => {
+                        *at += 1;
+                        return;
+                    }
+                    Some(b',') => *at += 1,
+                    _ => tree(s, at, base, out),
+                }
+            }
+        }
+        let start = *at;
+        while *at < s.len() && (s[*at].is_ascii_alphanumeric() || s[*at] == b'_') {
+            *at += 1;
+        }
+        let segment = String::from_utf8_lossy(&s[start..*at]).into_owned();
+        if segment.is_empty() {
+            *at += 1;
+            return;
+        }
+        let path = if base.is_empty() {
+            segment
+        } else {
+            format!("{base}::{segment}")
+        };
+        if s[*at..].starts_with(b"::") {
+            *at += 2;
+            tree(s, at, &path, out);
+        } else {
+            out.push(path);
+        }
+    }
+    let bytes = code.as_bytes();
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(found) = code[from..].find(prefix) {
+        let begin = from + found;
+        let boundary = begin == 0 || {
+            let before = bytes[begin - 1];
+            !(before.is_ascii_alphanumeric() || before == b'_' || before == b':')
+        };
+        let mut at = begin + prefix.len();
+        if boundary {
+            tree(bytes, &mut at, "", &mut out);
+        }
+        from = at.max(begin + prefix.len());
+    }
+    out
+}
+
+/// The longest module that `path` (relative to the crate root) names.
+fn resolve<'m>(path: &str, modules: &'m BTreeMap<String, PathBuf>) -> Option<&'m str> {
+    let mut candidate = path.to_owned();
+    loop {
+        if let Some((name, _)) = modules.get_key_value(&candidate) {
+            return Some(name);
+        }
+        let (parent, _) = candidate.rsplit_once("::")?;
+        candidate = parent.to_owned();
+    }
+}
+
+fn is_within(module: &str, ancestor: &str) -> bool {
+    ancestor.is_empty() || module == ancestor || module.starts_with(&format!("{ancestor}::"))
+}
+
+/// Module -> the modules it imports (not its own descendants).
+fn imports() -> BTreeMap<String, BTreeSet<String>> {
+    let modules = modules();
+    let mut graph = BTreeMap::new();
+    for (module, file) in &modules {
+        let code = code(file);
+        let parent = module.rsplit_once("::").map_or("", |(p, _)| p).to_owned();
+        let mut named: Vec<String> = paths_after(&code, "crate::");
+        named.extend(paths_after(&code, "super::").into_iter().map(|p| {
+            if parent.is_empty() {
+                p
+            } else {
+                format!("{parent}::{p}")
+            }
+        }));
+        let edges: BTreeSet<String> = named
+            .iter()
+            .filter_map(|p| resolve(p, &modules))
+            .filter(|target| !is_within(target, module))
+            .map(str::to_owned)
+            .collect();
+        graph.insert(module.clone(), edges);
+    }
+    graph
+}
+
+/// A cycle through the graph, if there is one.
+fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<String, u8>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        state.insert(node.to_owned(), 1);
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            match state.get(next.as_str()).copied().unwrap_or(0) {
+                1 => {
+                    let from = path.iter().position(|n| n == next).unwrap_or(0);
+                    let mut cycle = path[from..].to_vec();
+                    cycle.push(next.clone());
+                    return Some(cycle);
+                }
+                0 => {
+                    if let Some(cycle) = visit(next, graph, state, path) {
+                        return Some(cycle);
+                    }
+                }
+                _ => {}
+            }
+        }
+        path.pop();
+        state.insert(node.to_owned(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for node in graph.keys() {
+        if state.get(node.as_str()).copied().unwrap_or(0) == 0
+            && let Some(cycle) = visit(node, graph, &mut state, &mut Vec::new())
+        {
+            return Some(cycle);
+        }
+    }
+    None
+}
+
+#[test]
+fn the_crates_modules_import_each_other_without_a_cycle() {
+    let graph = imports();
+    assert!(graph.len() > 20, "read the modules: {:?}", graph.keys());
+    assert!(
+        graph["session"].contains("track"),
+        "imports are read: {:?}",
+        graph["session"]
+    );
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!("import cycle: {}", cycle.join(" -> "));
+    }
+}
+
+#[test]
+fn the_cycle_finder_finds_a_cycle_and_the_reader_spells_out_groups() {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    graph.insert("a".into(), ["b".into()].into());
+    graph.insert("b".into(), ["c".into()].into());
+    graph.insert("c".into(), ["a".into()].into());
+    assert_eq!(
+        find_cycle(&graph),
+        Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
+    graph.insert("c".into(), BTreeSet::new());
+    assert_eq!(find_cycle(&graph), None);
+
+    let code = "use crate::{error::{Error, Result}, wire::Tap};\nlet x = crate::lease::Ticket::new(1);\nnotcrate::x";
+    assert_eq!(
+        paths_after(code, "crate::"),
+        [
+            "error::Error",
+            "error::Result",
+            "wire::Tap",
+            "lease::Ticket::new"
+        ]
+    );
+}
