@@ -511,6 +511,19 @@ impl Driver {
         self.end_cause.take()
     }
 
+    /// A request's result as the caller reports it: a failure on a
+    /// connection that has ended is [`Error::ConnectionLost`] (with the
+    /// more telling of the two errors, see [`Driver::why_lost`]), any other
+    /// failure [`Error::Db`]. The one place that decides "lost or a
+    /// database error?".
+    pub(crate) fn outcome<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, Error> {
+        match result {
+            Ok(value) => Ok(value),
+            Err(e) if self.has_ended() => Err(Error::ConnectionLost(Some(self.why_lost(e)))),
+            Err(e) => Err(Error::Db(e)),
+        }
+    }
+
     /// Of a failed request's own error and the error the connection ended
     /// with, the one that says more: the server's reason (such as 57P01,
     /// "terminating connection due to administrator command") over a bare

@@ -159,16 +159,13 @@ impl NewConnection<'_> {
         self.driver.take_copy_refused();
         let result = request(self.driver);
         let copy = self.driver.take_copy_refused();
-        match result {
-            Err(e) if self.driver.has_ended() => {
-                Err(Error::ConnectionLost(Some(self.driver.why_lost(e))))
-            }
+        match self.driver.outcome(result) {
+            lost @ Err(Error::ConnectionLost(_)) => lost,
             _ if let Some(copy) = copy => Err(Error::copy_refused(
                 copy == crate::wire::CopyRefused::FromClient,
                 sql,
             )),
-            Ok(value) => Ok(value),
-            Err(e) => Err(Error::Db(e)),
+            other => other,
         }
     }
 }

@@ -428,14 +428,13 @@ impl Listener {
         let Link::Up(driver) = &mut self.link else {
             return Ok(());
         };
-        match driver.run(|c| c.batch_execute(sql)) {
-            Ok(()) => Ok(()),
-            Err(e) if driver.has_ended() => {
-                let cause = driver.why_lost(e);
-                self.lost(Some(&cause));
+        let result = driver.run(|c| c.batch_execute(sql));
+        match driver.outcome(result) {
+            Err(Error::ConnectionLost(cause)) => {
+                self.lost(cause.as_ref());
                 Ok(())
             }
-            Err(e) => Err(Error::Db(e)),
+            other => other,
         }
     }
 
@@ -448,15 +447,12 @@ impl Listener {
         let Link::Up(driver) = &mut self.link else {
             return Err(Error::ConnectionLost(None));
         };
-        match run(driver) {
-            Ok(value) => Ok(value),
-            Err(e) if driver.has_ended() => {
-                let cause = driver.why_lost(e);
-                self.lost(Some(&cause));
-                Err(Error::ConnectionLost(Some(cause)))
-            }
-            Err(e) => Err(Error::Db(e)),
+        let result = run(driver);
+        let result = driver.outcome(result);
+        if let Err(Error::ConnectionLost(cause)) = &result {
+            self.lost(cause.as_ref());
         }
+        result
     }
 
     /// Drops queued notifications that `unwanted` picks, wherever they wait.
@@ -620,11 +616,8 @@ fn open_listening(settings: &Settings, channels: &[String]) -> Result<Driver> {
         .iter()
         .map(|c| format!("LISTEN {};", quote_identifier(c)))
         .collect();
-    match driver.run(|c| c.batch_execute(&sql)) {
-        Ok(()) => Ok(driver),
-        Err(e) if driver.has_ended() => Err(Error::ConnectionLost(Some(driver.why_lost(e)))),
-        Err(e) => Err(Error::Db(e)),
-    }
+    let listened = driver.run(|c| c.batch_execute(&sql));
+    driver.outcome(listened).map(|()| driver)
 }
 
 fn sleep_until(deadline: Option<Instant>) {

@@ -298,15 +298,15 @@ impl Active<'_> {
         };
         let cancelled = self.cancel.finish(serial);
         let copy = driver.take_copy_refused();
-        let result = match result {
-            Err(e) if driver.has_ended() => Err(Error::ConnectionLost(Some(driver.why_lost(e)))),
+        let result = match driver.outcome(result) {
+            lost @ Err(Error::ConnectionLost(_)) => lost,
             _ if let Some(copy) = copy => {
                 Err(Error::copy_refused(copy == CopyRefused::FromClient, sql))
             }
-            Err(e) if cancelled && e.code() == Some(&SqlState::QUERY_CANCELED) => {
+            Err(Error::Db(e)) if cancelled && e.code() == Some(&SqlState::QUERY_CANCELED) => {
                 Err(Error::Cancelled(e))
             }
-            other => other.map_err(Error::Db),
+            other => other,
         };
         let reply = match &result {
             Err(Error::ConnectionLost(_)) => {
@@ -674,10 +674,8 @@ impl Active<'_> {
             "SELECT txid_current()::text; PREPARE TRANSACTION {}",
             quote_literal(gid)
         );
-        let result = match driver.run(|client| client.simple_query(&sql)) {
-            Err(e) if driver.has_ended() => Err(Error::ConnectionLost(Some(driver.why_lost(e)))),
-            other => other.map_err(Error::Db),
-        };
+        let result = driver.run(|client| client.simple_query(&sql));
+        let result = driver.outcome(result);
         let xid = result.as_ref().ok().and_then(|messages| {
             messages.iter().find_map(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse::<i64>().ok(),
@@ -721,14 +719,11 @@ impl Active<'_> {
         let verb = if commit { "COMMIT" } else { "ROLLBACK" };
         let sql = format!("{verb} PREPARED {}", quote_literal(gid));
         self.status.set(TransactionStatus::Active);
-        let result = match driver.run(|client| client.batch_execute(&sql)) {
-            Err(e) if driver.has_ended() => {
-                let cause = driver.why_lost(e);
-                self.lose_connection();
-                Err(Error::ConnectionLost(Some(cause)))
-            }
-            other => other.map_err(Error::Db),
-        };
+        let result = driver.run(|client| client.batch_execute(&sql));
+        let result = driver.outcome(result);
+        if matches!(result, Err(Error::ConnectionLost(_))) {
+            self.lose_connection();
+        }
         self.publish();
         result
     }

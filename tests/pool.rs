@@ -217,8 +217,10 @@ fn a_forgotten_transaction_on_a_pool_is_rolled_back_and_does_not_shrink_it() {
             // A live holder: it keeps running statements, so it never
             // looks abandoned.
             let deadline = Instant::now() + Duration::from_secs(60);
-            while until_done.recv_timeout(Duration::from_millis(50)).is_err()
-                && Instant::now() < deadline
+            while matches!(
+                until_done.recv_timeout(Duration::from_millis(50)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            ) && Instant::now() < deadline
             {
                 other.query_one("SELECT 1", &[]).expect("the live holder");
             }
