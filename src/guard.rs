@@ -11,7 +11,7 @@ use crate::options::TxOptions;
 use crate::shared::Cause;
 use crate::state::Open;
 use crate::statements::ToStatement;
-use crate::status::TransactionStatus;
+use crate::transaction_status::TransactionStatus;
 use crate::tx::Tx;
 use crate::{Row, Statement};
 

@@ -11,7 +11,7 @@ use crate::lease::Ticket;
 use crate::session::{Active, Sends};
 use crate::shared::{Cause, Shared};
 use crate::statements::{Naming, Sql, ToStatement};
-use crate::status::TransactionStatus;
+use crate::transaction_status::TransactionStatus;
 use crate::{Row, Statement};
 
 /// Holds the lease until dropped.

@@ -15,15 +15,15 @@ use crate::hooks::{Hook, NewConnection, OnConnect, OnReconnect};
 use crate::lease::{Ticket, Wait};
 use crate::listener::Listener;
 use crate::options::TxOptions;
+use crate::outage::BackgroundReconnect;
 use crate::reconnect::ReconnectPolicy;
-use crate::reconnector::Reconnector;
 use crate::retry::RetryPolicy;
 use crate::scope;
 use crate::session::Connecting;
 use crate::shared::{OnRelease, Shared};
 use crate::state::{Done, Open};
 use crate::statements::Naming;
-use crate::status::TransactionStatus;
+use crate::transaction_status::TransactionStatus;
 use crate::tx::Tx;
 
 /// How long a holder may run nothing, while others wait, before it counts as
@@ -344,7 +344,7 @@ impl Builder {
                 Connecting {
                     on_connect: self.on_connect,
                     on_reconnect: self.on_reconnect,
-                    reconnector: self.reconnect.map(Reconnector::new),
+                    background_reconnect: self.reconnect.map(BackgroundReconnect::new),
                     naming: if self.statement_cache {
                         Naming::Cached
                     } else {

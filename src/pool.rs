@@ -20,7 +20,7 @@ use crate::options::TxOptions;
 use crate::retry::RetryPolicy;
 use crate::scope;
 use crate::state::{Done, Open};
-use crate::status::TransactionStatus;
+use crate::transaction_status::TransactionStatus;
 use crate::tx::Tx;
 
 // The line keeps the single connection's polling (see lease.rs): the

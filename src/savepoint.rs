@@ -11,7 +11,7 @@ use crate::held::{Conn, Within};
 use crate::shared::Cause;
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
-use crate::status::TransactionStatus;
+use crate::transaction_status::TransactionStatus;
 use crate::{Row, Statement};
 
 /// A savepoint inside a transaction; `S` is its state, [`Open`] or [`Done`].

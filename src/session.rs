@@ -21,10 +21,10 @@ use crate::control;
 use crate::driver::{Driver, Target};
 use crate::error::{Error, Result};
 use crate::hooks::{OnConnect, OnReconnect, open_with_hook};
-use crate::reconnector::{Reconnector, Status, run_recovery_handlers};
+use crate::outage::{BackgroundReconnect, Status, run_recovery_handlers};
 use crate::statements::{Naming, Sql, ToStatement};
-use crate::status::{StatusCell, TransactionStatus};
 use crate::track::{CommitPlan, Machine, PreparePlan, Refusal, Reply, Track};
+use crate::transaction_status::{StatusCell, TransactionStatus};
 use crate::wire::{BeginOutcome, CopyRefused, ServerStatus};
 
 /// A connection that answered this recently is not checked again (when
@@ -62,7 +62,7 @@ struct Slot {
 pub(crate) struct Connecting {
     pub(crate) on_connect: Option<OnConnect>,
     pub(crate) on_reconnect: Vec<OnReconnect>,
-    pub(crate) reconnector: Option<Reconnector>,
+    pub(crate) background_reconnect: Option<BackgroundReconnect>,
     pub(crate) naming: Naming,
 }
 
@@ -121,16 +121,16 @@ impl Session {
     ///
     /// [`Error::ConnectionDead`] while the background thread reconnects.
     pub(crate) fn refuse_while_down(&self) -> Result<()> {
-        match &self.connecting.reconnector {
-            Some(reconnector) => reconnector.refuse_while_down(),
+        match &self.connecting.background_reconnect {
+            Some(background) => background.refuse_while_down(),
             None => Ok(()),
         }
     }
 
     /// The manager is going away: no more reconnecting.
     pub(crate) fn stop_reconnecting(&self) {
-        if let Some(reconnector) = &self.connecting.reconnector {
-            reconnector.shut_down();
+        if let Some(background) = &self.connecting.background_reconnect {
+            background.shut_down();
         }
     }
 
@@ -174,8 +174,8 @@ impl Active<'_> {
             self.lose_connection();
         }
         let connecting = self.connecting;
-        if let Some(reconnector) = &connecting.reconnector {
-            match reconnector.status() {
+        if let Some(background) = &connecting.background_reconnect {
+            match background.status() {
                 Ok(Status::Up) => {}
                 Ok(Status::Ready(driver)) => {
                     // The background thread reconnected (and ran the
@@ -204,10 +204,10 @@ impl Active<'_> {
             }
             Err(e) => {
                 self.status.set(TransactionStatus::Closed);
-                if let Some(reconnector) = &connecting.reconnector
+                if let Some(background) = &connecting.background_reconnect
                     && matches!(e, Error::Connect(_) | Error::OnConnect(_))
                 {
-                    reconnector.begin(
+                    background.begin(
                         since,
                         &e,
                         self.settings,

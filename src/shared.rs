@@ -19,7 +19,7 @@ use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
 
 use crate::lease::{Abandoned, Lease, Refused, Ticket, Wait};
 use crate::session::{Active, Connecting, Session};
-use crate::status::TransactionStatus;
+use crate::transaction_status::TransactionStatus;
 
 pub(crate) struct Shared {
     lease: Lease,

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 use postgres::error::DbError;
 
-use crate::status::TransactionStatus;
+use crate::transaction_status::TransactionStatus;
 use crate::wire::ServerStatus;
 
 /// The transaction on the connection, as pgtx sees it.

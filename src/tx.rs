@@ -10,7 +10,7 @@ use crate::savepoint::{self, Savepoint};
 use crate::shared::Shared;
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
-use crate::status::TransactionStatus;
+use crate::transaction_status::TransactionStatus;
 use crate::{Row, Statement};
 
 /// A transaction on the shared connection; `S` is its state, [`Open`] or

@@ -7,9 +7,12 @@
 //! - `socket.rs`: the endpoints of a server and their sockets;
 //! - `failure.rs`: what a failed attempt says, in libpq's words;
 //! - `stream.rs`: the connection half, its types erased, for the driver;
-//! - `tls.rs`: the rustls connector built from the `ssl*` settings.
+//! - `tls.rs`: the rustls connector built from the `ssl*` settings;
+//! - `cancel_request.rs`: a cancel request, sent on a socket of its own to
+//!   the endpoint the connection uses (`cancel.rs` at the crate root holds
+//!   the public `CancelHandle`).
 
-mod cancel;
+mod cancel_request;
 mod failure;
 mod open;
 mod socket;
@@ -27,8 +30,8 @@ use crate::config::{
 };
 use crate::error::{ConnectError, Error};
 
-pub(crate) use self::cancel::CancelTarget;
-use self::cancel::CancelTls;
+pub(crate) use self::cancel_request::CancelTarget;
+use self::cancel_request::CancelTls;
 pub(crate) use self::open::Opened;
 use self::socket::Endpoint;
 pub(crate) use self::stream::ConnectionStream;

@@ -1,7 +1,9 @@
-//! A manager's reconnection after its connection died: while the server is
+//! Riding out an outage of a manager's connection: while the server is
 //! down, callers fail at once with [`Error::ConnectionDead`] and one
 //! background thread reconnects on the [`ReconnectPolicy`]; recovery
-//! handlers run once per recovery.
+//! handlers run once per recovery. When to try (the pure bookkeeping of
+//! one outage, [`Outage`]) is `reconnect.rs`'s; this file does the I/O and
+//! owns the thread.
 //!
 //! The caller that finds the connection dead (or cannot open one) makes the
 //! policy's first attempt itself, at once; only when that fails does the
@@ -23,8 +25,9 @@ use crate::hooks::{NewConnection, OnConnect, OnReconnect, open_with_hook};
 use crate::reconnect::{Next, Outage, ReconnectPolicy};
 use crate::statements::Naming;
 
-/// The reconnection of one manager: its policy and the outage in progress.
-pub(crate) struct Reconnector {
+/// The background reconnection of one manager: its policy and the outage
+/// in progress.
+pub(crate) struct BackgroundReconnect {
     policy: ReconnectPolicy,
     watch: Arc<Watch>,
 }
@@ -81,9 +84,9 @@ pub(crate) enum Status {
     Ready(Box<Driver>),
 }
 
-impl Reconnector {
-    pub(crate) fn new(policy: ReconnectPolicy) -> Reconnector {
-        Reconnector {
+impl BackgroundReconnect {
+    pub(crate) fn new(policy: ReconnectPolicy) -> BackgroundReconnect {
+        BackgroundReconnect {
             policy,
             watch: Arc::new(Watch {
                 down: AtomicBool::new(false),
