@@ -8,7 +8,7 @@ use postgres::types::ToSql;
 use crate::control;
 use crate::error::{Error, Result};
 use crate::lease::Ticket;
-use crate::session::{Active, Sends};
+use crate::session::{LockedSession, RequestShape};
 use crate::shared::{Cause, Shared};
 use crate::statements::{Naming, Sql, ToStatement};
 use crate::transaction_status::TransactionStatus;
@@ -93,7 +93,7 @@ impl Conn<'_> {
     /// Runs one operation on the session.
     pub(crate) fn with_session<T>(
         &self,
-        op: impl FnOnce(&mut Active<'_>) -> Result<T>,
+        op: impl FnOnce(&mut LockedSession<'_>) -> Result<T>,
     ) -> Result<T> {
         let within = self.within;
         let shared = self.shared;
@@ -109,7 +109,7 @@ impl Conn<'_> {
 
     /// Refuses SQL that would end or restart the transaction (inside one),
     /// before anything is sent.
-    fn check<T: ?Sized + ToStatement>(&self, session: &Active<'_>, query: &T) -> Result<()> {
+    fn check<T: ?Sized + ToStatement>(&self, session: &LockedSession<'_>, query: &T) -> Result<()> {
         match (self.within, query.sql()) {
             (Within::Transaction { .. }, Sql::Text(sql)) => refuse_control(session, sql),
             _ => Ok(()),
@@ -163,7 +163,7 @@ impl Conn<'_> {
     pub(crate) fn batch_execute(&self, query: &str) -> Result<()> {
         self.with_session(|s| {
             self.check(s, query)?;
-            s.statement(Sends::Query, Some(query), |d| {
+            s.statement(RequestShape::Query, Some(query), |d| {
                 d.run(|c| c.batch_execute(query))
             })
         })
@@ -182,7 +182,9 @@ impl Conn<'_> {
             if let Some(command) = control::shape_decided_at_run_time(query) {
                 return Err(Error::ShapeDecidedAtRunTime(command));
             }
-            s.statement(Sends::Parse, Some(query), |d| d.run(|c| c.prepare(query)))
+            s.statement(RequestShape::Parse, Some(query), |d| {
+                d.run(|c| c.prepare(query))
+            })
         })
     }
 
@@ -191,7 +193,7 @@ impl Conn<'_> {
     }
 }
 
-fn refuse_control(session: &Active<'_>, sql: &str) -> Result<()> {
+fn refuse_control(session: &LockedSession<'_>, sql: &str) -> Result<()> {
     if !session.reads_utf8() {
         // In another encoding a byte pgtx reads as part of a character can
         // be a quote or a backslash to the server, so a COMMIT could hide

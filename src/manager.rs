@@ -19,7 +19,7 @@ use crate::outage::BackgroundReconnect;
 use crate::reconnect::ReconnectPolicy;
 use crate::retry::RetryPolicy;
 use crate::scope;
-use crate::session::Connecting;
+use crate::session::ConnectionSetup;
 use crate::shared::{OnRelease, Shared};
 use crate::state::{Done, Open};
 use crate::statements::Naming;
@@ -341,7 +341,7 @@ impl Builder {
             shared: Shared::new(
                 settings,
                 self.abandon_after,
-                Connecting {
+                ConnectionSetup {
                     on_connect: self.on_connect,
                     on_reconnect: self.on_reconnect,
                     background_reconnect: self.reconnect.map(BackgroundReconnect::new),

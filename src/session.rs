@@ -32,9 +32,10 @@ use crate::wire::{BeginOutcome, CopyRefused, ServerStatus};
 /// connections that died while idle, and costs a turn of the I/O driver.
 const RECHECK_AFTER: Duration = Duration::from_millis(1);
 
-/// What a request sends, which decides how a pending `BEGIN` goes out.
+/// The shape of a request, what it sends: which decides how a pending
+/// `BEGIN` goes out.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sends {
+pub(crate) enum RequestShape {
     /// Bind and Execute (after a Parse, the first time a text is seen):
     /// `BEGIN` rides in front of the first Parse or Bind.
     Bind,
@@ -44,7 +45,9 @@ pub(crate) enum Sends {
     Parse,
 }
 
-struct Slot {
+/// What the session's mutex guards: the connection, the state machine it
+/// drives, whether the last connection was lost, and the last failure.
+struct SessionState {
     driver: Option<Driver>,
     machine: Machine,
     /// The last connection was lost (not closed on purpose): the next one
@@ -59,7 +62,7 @@ struct Slot {
 /// How new connections are made: the hooks, the reconnection policy and
 /// how SQL text runs, as the [`Builder`](crate::Builder) was given them.
 #[derive(Default)]
-pub(crate) struct Connecting {
+pub(crate) struct ConnectionSetup {
     pub(crate) on_connect: Option<OnConnect>,
     pub(crate) on_reconnect: Vec<OnReconnect>,
     pub(crate) background_reconnect: Option<BackgroundReconnect>,
@@ -67,29 +70,29 @@ pub(crate) struct Connecting {
 }
 
 pub(crate) struct Session {
-    slot: Mutex<Slot>,
+    state: Mutex<SessionState>,
     status: StatusCell,
     /// Connections opened after one was lost.
     replaced: AtomicU64,
     cancel: Arc<CancelCell>,
     settings: Settings,
-    connecting: Connecting,
+    setup: ConnectionSetup,
 }
 
 /// The session, locked by the lease holder for one operation.
-pub(crate) struct Active<'a> {
-    slot: MutexGuard<'a, Slot>,
+pub(crate) struct LockedSession<'a> {
+    state: MutexGuard<'a, SessionState>,
     status: &'a StatusCell,
     replaced: &'a AtomicU64,
     cancel: &'a CancelCell,
     settings: &'a Settings,
-    connecting: &'a Connecting,
+    setup: &'a ConnectionSetup,
 }
 
 impl Session {
-    pub(crate) fn new(settings: Settings, connecting: Connecting) -> Self {
+    pub(crate) fn new(settings: Settings, setup: ConnectionSetup) -> Self {
         Session {
-            slot: Mutex::new(Slot {
+            state: Mutex::new(SessionState {
                 driver: None,
                 machine: Machine::new(),
                 lost: false,
@@ -99,18 +102,18 @@ impl Session {
             replaced: AtomicU64::new(0),
             cancel: Arc::default(),
             settings,
-            connecting,
+            setup,
         }
     }
 
-    pub(crate) fn lock(&self) -> Active<'_> {
-        Active {
-            slot: self.slot.lock(),
+    pub(crate) fn lock(&self) -> LockedSession<'_> {
+        LockedSession {
+            state: self.state.lock(),
             status: &self.status,
             replaced: &self.replaced,
             cancel: &self.cancel,
             settings: &self.settings,
-            connecting: &self.connecting,
+            setup: &self.setup,
         }
     }
 
@@ -121,7 +124,7 @@ impl Session {
     ///
     /// [`Error::ConnectionDead`] while the background thread reconnects.
     pub(crate) fn refuse_while_down(&self) -> Result<()> {
-        match &self.connecting.background_reconnect {
+        match &self.setup.background_reconnect {
             Some(background) => background.refuse_while_down(),
             None => Ok(()),
         }
@@ -129,7 +132,7 @@ impl Session {
 
     /// The manager is going away: no more reconnecting.
     pub(crate) fn stop_reconnecting(&self) {
-        if let Some(background) = &self.connecting.background_reconnect {
+        if let Some(background) = &self.setup.background_reconnect {
             background.shut_down();
         }
     }
@@ -153,14 +156,14 @@ impl Session {
     }
 }
 
-impl Active<'_> {
+impl LockedSession<'_> {
     /// Makes sure there is a live connection, opening one if there is none or
     /// if the server closed the old one while it sat idle.
     ///
     /// Must only be called when nothing of a transaction has reached the
     /// server (none is open, or one is pending).
     pub(crate) fn ensure_open(&mut self) -> Result<()> {
-        if let Some(driver) = self.slot.driver.as_mut() {
+        if let Some(driver) = self.state.driver.as_mut() {
             if driver.answered_within(RECHECK_AFTER) || driver.is_alive() {
                 return Ok(());
             }
@@ -173,8 +176,8 @@ impl Active<'_> {
             }
             self.lose_connection();
         }
-        let connecting = self.connecting;
-        if let Some(background) = &connecting.background_reconnect {
+        let setup = self.setup;
+        if let Some(background) = &setup.background_reconnect {
             match background.status() {
                 Ok(Status::Up) => {}
                 Ok(Status::Ready(driver)) => {
@@ -190,30 +193,26 @@ impl Active<'_> {
             }
         }
         let since = std::time::Instant::now();
-        match open_with_hook(
-            self.settings,
-            connecting.naming,
-            connecting.on_connect.as_ref(),
-        ) {
+        match open_with_hook(self.settings, setup.naming, setup.on_connect.as_ref()) {
             Ok(mut driver) => {
-                if self.slot.lost {
-                    run_recovery_handlers(&connecting.on_reconnect, &mut driver);
+                if self.state.lost {
+                    run_recovery_handlers(&setup.on_reconnect, &mut driver);
                 }
                 self.install(driver);
                 Ok(())
             }
             Err(e) => {
                 self.status.set(TransactionStatus::Closed);
-                if let Some(background) = &connecting.background_reconnect
+                if let Some(background) = &setup.background_reconnect
                     && matches!(e, Error::Connect(_) | Error::OnConnect(_))
                 {
                     background.begin(
                         since,
                         &e,
                         self.settings,
-                        connecting.naming,
-                        connecting.on_connect.as_ref(),
-                        &connecting.on_reconnect,
+                        setup.naming,
+                        setup.on_connect.as_ref(),
+                        &setup.on_reconnect,
                     );
                 }
                 Err(e)
@@ -222,56 +221,56 @@ impl Active<'_> {
     }
 
     fn install(&mut self, driver: Driver) {
-        if self.slot.lost {
+        if self.state.lost {
             self.replaced.fetch_add(1, Ordering::Relaxed);
         }
-        self.slot.driver = Some(driver);
-        self.slot.lost = false;
+        self.state.driver = Some(driver);
+        self.state.lost = false;
         self.publish();
     }
 
     /// The last error the server reported in the current (or last)
     /// transaction, taken.
     pub(crate) fn take_failure(&mut self) -> Option<Box<DbError>> {
-        self.slot.failure.take()
+        self.state.failure.take()
     }
 
     /// How SQL text runs on this session's connections.
     pub(crate) fn naming(&self) -> Naming {
-        self.connecting.naming
+        self.setup.naming
     }
 
     /// Whether a transaction block is (or was, before the connection broke)
     /// open, pgtx's or one that user SQL opened.
     pub(crate) fn in_transaction(&self) -> bool {
-        self.slot.machine.in_transaction()
+        self.state.machine.in_transaction()
     }
 
     /// Runs one statement, keeping the transaction status exact; a pending
-    /// `BEGIN` goes out with it (or before it, see [`Sends`]).
+    /// `BEGIN` goes out with it (or before it, see [`RequestShape`]).
     /// `sql`: the statement's text, for an error that names it (`None`
     /// for a prepared statement).
     pub(crate) fn statement<T>(
         &mut self,
-        sends: Sends,
+        shape: RequestShape,
         sql: Option<&str>,
         request: impl FnOnce(&mut Driver) -> Result<T, postgres::Error>,
     ) -> Result<T> {
         let server = self.server_status();
         let pending = self
-            .slot
+            .state
             .machine
-            .before_statement(sends != Sends::Parse, server)
+            .before_statement(shape != RequestShape::Parse, server)
             .map_err(refused)?;
         if pending.is_some() {
             // A connection that died while the transaction waited for its
             // first statement is replaced: nothing of it reached the server.
             self.ensure_open().inspect_err(|_| {
-                self.slot.machine.lose();
+                self.state.machine.lose();
                 self.publish();
             })?;
         }
-        let Some(driver) = self.slot.driver.as_mut() else {
+        let Some(driver) = self.state.driver.as_mut() else {
             return Err(Error::ConnectionLost(None));
         };
         self.status.set(TransactionStatus::Active);
@@ -279,8 +278,8 @@ impl Active<'_> {
         driver.take_copy_refused();
         let serial = self.cancel.start(driver.cancel_target());
         let mut began = false;
-        let result = match (&pending, sends) {
-            (Some(begin), Sends::Bind) => {
+        let result = match (&pending, shape) {
+            (Some(begin), RequestShape::Bind) => {
                 driver.arm_begin(begin);
                 let result = request(driver);
                 began = driver.begin_outcome() == BeginOutcome::Began;
@@ -319,11 +318,11 @@ impl Active<'_> {
                 error: other.as_ref().err().and_then(Error::as_db_error),
             },
         };
-        self.slot.machine.after_statement(reply);
+        self.state.machine.after_statement(reply);
         if let Some(e) = result.as_ref().err().and_then(Error::as_db_error)
-            && self.slot.machine.in_transaction()
+            && self.state.machine.in_transaction()
         {
-            self.slot.failure = Some(Box::new(e.clone()));
+            self.state.failure = Some(Box::new(e.clone()));
         }
         self.publish();
         result
@@ -343,7 +342,7 @@ impl Active<'_> {
     /// transaction the error has aborted it, as any statement error does.
     ///
     /// With [`Naming::Unnamed`], text runs on the unnamed statement (see
-    /// [`Active::unnamed_statement`]).
+    /// [`LockedSession::unnamed_statement`]).
     pub(crate) fn cached_statement<Q, T>(
         &mut self,
         query: &Q,
@@ -355,7 +354,7 @@ impl Active<'_> {
     {
         let sql = match query.sql() {
             Sql::Prepared(statement) => {
-                return self.statement(Sends::Bind, None, |driver| {
+                return self.statement(RequestShape::Bind, None, |driver| {
                     request(driver, Target::Prepared(statement))
                 });
             }
@@ -367,7 +366,7 @@ impl Active<'_> {
             return self.unnamed_statement(sql, params, request);
         }
         let may_retry = !self.in_transaction();
-        let first_of_transaction = self.slot.machine.pending_begin();
+        let first_of_transaction = self.state.machine.pending_begin();
         // Whether the last run failed because its cached statement was stale.
         let stale = std::cell::Cell::new(false);
         let mut run = |driver: &mut Driver| {
@@ -387,7 +386,7 @@ impl Active<'_> {
                 result => result,
             }
         };
-        match self.statement(Sends::Bind, Some(sql), &mut run) {
+        match self.statement(RequestShape::Bind, Some(sql), &mut run) {
             Err(Error::Db(e)) if stale.get() => match first_of_transaction {
                 // BEGIN went in the statement's Sync group, and the server
                 // skipped the rest of it at the stale statement: nothing of
@@ -397,7 +396,7 @@ impl Active<'_> {
                     log::debug!("pgtx: first statement was stale ({e}); beginning again");
                     self.rollback();
                     self.begin(begin);
-                    self.statement(Sends::Bind, Some(sql), &mut run)
+                    self.statement(RequestShape::Bind, Some(sql), &mut run)
                 }
                 None => Err(Error::Db(e)),
             },
@@ -419,7 +418,7 @@ impl Active<'_> {
         mut request: impl FnMut(&mut Driver, Target<'_>) -> Result<T, postgres::Error>,
     ) -> Result<T> {
         let may_retry = !self.in_transaction();
-        self.statement(Sends::Bind, Some(sql), |driver| {
+        self.statement(RequestShape::Bind, Some(sql), |driver| {
             if params == 0 {
                 return request(driver, Target::Unnamed(sql, &[]));
             }
@@ -448,8 +447,8 @@ impl Active<'_> {
         if rolled_back {
             self.rollback();
         }
-        self.slot.machine.begin(begin);
-        self.slot.failure = None;
+        self.state.machine.begin(begin);
+        self.state.failure = None;
         self.publish();
         rolled_back
     }
@@ -459,7 +458,7 @@ impl Active<'_> {
     /// On `Err` the transaction is over either way (rolled back, or of unknown
     /// outcome when the connection broke during `COMMIT`).
     pub(crate) fn commit(&mut self) -> Result<()> {
-        match self.slot.machine.commit() {
+        match self.state.machine.commit() {
             CommitPlan::Nothing => {
                 self.publish();
                 Ok(())
@@ -481,7 +480,7 @@ impl Active<'_> {
     }
 
     fn send_commit(&mut self) -> Result<()> {
-        let Some(driver) = self.slot.driver.as_mut() else {
+        let Some(driver) = self.state.driver.as_mut() else {
             self.publish();
             return Err(Error::ConnectionLost(None));
         };
@@ -503,7 +502,7 @@ impl Active<'_> {
 
     /// Follows what the server answered to `COMMIT`.
     fn committed(&mut self, sent: Result<(), postgres::Error>) -> Result<()> {
-        let Some(driver) = self.slot.driver.as_mut() else {
+        let Some(driver) = self.state.driver.as_mut() else {
             self.publish();
             return Err(Error::ConnectionLost(None));
         };
@@ -529,7 +528,7 @@ impl Active<'_> {
             Err(e) if e.as_db_error().is_some() && !driver.has_ended() => {
                 // The server refused to commit (a deferred constraint, a
                 // serialization failure): the transaction is rolled back.
-                self.slot.failure = e.as_db_error().map(|d| Box::new(d.clone()));
+                self.state.failure = e.as_db_error().map(|d| Box::new(d.clone()));
                 self.publish();
                 Err(Error::Db(e))
             }
@@ -547,11 +546,11 @@ impl Active<'_> {
     /// back, and no one can inherit it.
     pub(crate) fn rollback(&mut self) {
         let server = self.server_status();
-        if !self.slot.machine.rollback(server) {
+        if !self.state.machine.rollback(server) {
             self.publish();
             return;
         }
-        let Some(driver) = self.slot.driver.as_mut() else {
+        let Some(driver) = self.state.driver.as_mut() else {
             self.publish();
             return;
         };
@@ -567,7 +566,7 @@ impl Active<'_> {
 
     /// Rolls back whatever the server has open, whatever the machine thought.
     fn rollback_whatever_is_open(&mut self) {
-        self.slot.machine.track = Track::Open;
+        self.state.machine.track = Track::Open;
         self.rollback();
     }
 
@@ -575,7 +574,7 @@ impl Active<'_> {
     /// unnamed statement, never a named one that SQL could redefine, with
     /// a pending `BEGIN` in its Sync group.
     fn own_statement(&mut self, sql: &str) -> Result<()> {
-        self.statement(Sends::Bind, None, |d| {
+        self.statement(RequestShape::Bind, None, |d| {
             d.execute(Target::Unnamed(sql, &[]), &[])
         })
         .map(drop)
@@ -583,10 +582,10 @@ impl Active<'_> {
 
     /// Opens savepoint number `depth + 1` inside the transaction; returns its number.
     pub(crate) fn savepoint(&mut self) -> Result<u32> {
-        let depth = self.slot.machine.depth + 1;
+        let depth = self.state.machine.depth + 1;
         let sql = format!("SAVEPOINT {}", savepoint_name(depth));
         self.own_statement(&sql)?;
-        self.slot.machine.depth = depth;
+        self.state.machine.depth = depth;
         Ok(depth)
     }
 
@@ -595,14 +594,14 @@ impl Active<'_> {
     /// savepoint, rolls back to it instead and reports the first error,
     /// which leaves the transaction usable.
     pub(crate) fn release_savepoint(&mut self, depth: u32) -> Result<()> {
-        if let Track::Aborted(first) = &self.slot.machine.track {
+        if let Track::Aborted(first) = &self.state.machine.track {
             let first = first.clone();
             self.rollback_to_savepoint(depth)?;
             return Err(Error::TransactionAborted(first));
         }
         let sql = format!("RELEASE SAVEPOINT {}", savepoint_name(depth));
         let result = self.own_statement(&sql);
-        self.slot.machine.depth = depth.saturating_sub(1).min(self.slot.machine.depth);
+        self.state.machine.depth = depth.saturating_sub(1).min(self.state.machine.depth);
         result.map(drop)
     }
 
@@ -611,8 +610,10 @@ impl Active<'_> {
     pub(crate) fn rollback_to_savepoint(&mut self, depth: u32) -> Result<()> {
         let name = savepoint_name(depth);
         let sql = format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}");
-        let result = self.statement(Sends::Query, None, |d| d.run(|c| c.batch_execute(&sql)));
-        self.slot.machine.depth = depth.saturating_sub(1).min(self.slot.machine.depth);
+        let result = self.statement(RequestShape::Query, None, |d| {
+            d.run(|c| c.batch_execute(&sql))
+        });
+        self.state.machine.depth = depth.saturating_sub(1).min(self.state.machine.depth);
         result
     }
 
@@ -620,18 +621,18 @@ impl Active<'_> {
     /// is using an outer level again: they were forgotten (`mem::forget`).
     /// Rolls them back; returns whether there were any (the caller reports).
     pub(crate) fn restore_depth(&mut self, depth: u32) -> Result<bool> {
-        if self.slot.machine.depth <= depth || !self.in_transaction() {
+        if self.state.machine.depth <= depth || !self.in_transaction() {
             return Ok(false);
         }
         self.rollback_to_savepoint(depth + 1)?;
-        self.slot.machine.depth = depth;
+        self.state.machine.depth = depth;
         Ok(true)
     }
 
     /// Whether SQL text reaches the server as pgtx reads it: UTF8, unless
     /// user SQL changed `client_encoding` (a closed connection has not).
     pub(crate) fn reads_utf8(&self) -> bool {
-        self.slot.driver.as_ref().is_none_or(Driver::reads_utf8)
+        self.state.driver.as_ref().is_none_or(Driver::reads_utf8)
     }
 
     /// The vote of a two-phase commit: `PREPARE TRANSACTION gid`. Returns
@@ -644,7 +645,7 @@ impl Active<'_> {
     /// except after [`Error::ConnectionLost`], when the server may have
     /// prepared it (recovery, or `ROLLBACK PREPARED`, decides).
     pub(crate) fn prepare_transaction(&mut self, gid: &str) -> Result<Vote> {
-        match self.slot.machine.prepare() {
+        match self.state.machine.prepare() {
             PreparePlan::Nothing => {
                 self.publish();
                 return Ok(Vote::Nothing);
@@ -663,8 +664,8 @@ impl Active<'_> {
             }
             PreparePlan::Send => {}
         }
-        let Some(driver) = self.slot.driver.as_mut() else {
-            self.slot.machine.reset();
+        let Some(driver) = self.state.driver.as_mut() else {
+            self.state.machine.reset();
             self.publish();
             return Err(Error::ConnectionLost(None));
         };
@@ -693,8 +694,8 @@ impl Active<'_> {
                 error: other.as_ref().err().and_then(Error::as_db_error),
             },
         };
-        self.slot.machine.after_prepare(gid, reply);
-        if self.in_transaction() && !matches!(self.slot.machine.track, Track::Prepared(_)) {
+        self.state.machine.after_prepare(gid, reply);
+        if self.in_transaction() && !matches!(self.state.machine.track, Track::Prepared(_)) {
             // Refused and left failed: end the block.
             self.rollback();
         }
@@ -706,14 +707,14 @@ impl Active<'_> {
     /// Any session on the same database may send it, so a connection that
     /// broke is replaced first.
     pub(crate) fn finish_prepared(&mut self, gid: &str, commit: bool) -> Result<()> {
-        if matches!(self.slot.machine.track, Track::Prepared(_) | Track::Lost) {
-            self.slot.machine.reset();
+        if matches!(self.state.machine.track, Track::Prepared(_) | Track::Lost) {
+            self.state.machine.reset();
         }
         if self.in_transaction() {
             return Err(escaped());
         }
         self.ensure_open()?;
-        let Some(driver) = self.slot.driver.as_mut() else {
+        let Some(driver) = self.state.driver.as_mut() else {
             return Err(Error::ConnectionLost(None));
         };
         let verb = if commit { "COMMIT" } else { "ROLLBACK" };
@@ -730,17 +731,17 @@ impl Active<'_> {
 
     /// How many pgtx savepoints are open.
     pub(crate) fn savepoint_depth(&self) -> u32 {
-        self.slot.machine.depth
+        self.state.machine.depth
     }
 
     /// Closes the connection (if any). The next holder opens a new one.
     pub(crate) fn close(&mut self) {
-        if let Some(driver) = self.slot.driver.take() {
+        if let Some(driver) = self.state.driver.take() {
             driver.close();
         }
-        self.slot.lost = false;
+        self.state.lost = false;
         self.cancel.disconnected();
-        self.slot.machine.reset();
+        self.state.machine.reset();
         self.publish();
     }
 
@@ -748,28 +749,28 @@ impl Active<'_> {
     /// one opened ends an outage (recovery handlers, `replaced`), and
     /// cancel requests have nowhere to go.
     fn lose_connection(&mut self) {
-        self.slot.driver = None;
-        self.slot.lost = true;
+        self.state.driver = None;
+        self.state.lost = true;
         self.cancel.disconnected();
     }
 
     /// Drops a connection that cannot be trusted any more.
     fn discard(&mut self) {
         self.lose_connection();
-        self.slot.machine.reset();
+        self.state.machine.reset();
         self.publish();
     }
 
     fn server_status(&self) -> Option<ServerStatus> {
-        self.slot.driver.as_ref().and_then(Driver::server_status)
+        self.state.driver.as_ref().and_then(Driver::server_status)
     }
 
-    /// Mirrors the slot into the status everyone can read.
+    /// Mirrors the session's state into the status everyone can read.
     fn publish(&self) {
         let status = self
-            .slot
+            .state
             .machine
-            .status(self.slot.driver.is_some(), self.server_status());
+            .status(self.state.driver.is_some(), self.server_status());
         self.status.set(status);
     }
 }

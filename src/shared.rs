@@ -18,7 +18,7 @@ use crate::config::Settings;
 use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
 
 use crate::lease::{Abandoned, Lease, Refused, Ticket, Wait};
-use crate::session::{Active, Connecting, Session};
+use crate::session::{ConnectionSetup, LockedSession, Session};
 use crate::transaction_status::TransactionStatus;
 
 pub(crate) struct Shared {
@@ -42,12 +42,12 @@ impl Shared {
     pub(crate) fn new(
         settings: Settings,
         abandon_after: Option<Duration>,
-        connecting: Connecting,
+        setup: ConnectionSetup,
         on_release: Option<OnRelease>,
     ) -> Shared {
         Shared {
             lease: Lease::new(abandon_after),
-            session: Session::new(settings, connecting),
+            session: Session::new(settings, setup),
             unfinished: AtomicU64::new(0),
             begun_at: Mutex::new(None),
             on_release,
@@ -124,7 +124,7 @@ impl Shared {
     }
 
     /// Locks the session for one operation, if `epoch` still holds the lease.
-    pub(crate) fn session(&self, epoch: u64) -> Result<Active<'_>> {
+    pub(crate) fn session(&self, epoch: u64) -> Result<LockedSession<'_>> {
         let session = self.session.lock();
         if self.lease.epoch() != epoch {
             return Err(Error::LeaseRevoked);
@@ -137,7 +137,7 @@ impl Shared {
     pub(crate) fn with_session<T>(
         &self,
         epoch: u64,
-        op: impl FnOnce(&mut Active<'_>) -> Result<T>,
+        op: impl FnOnce(&mut LockedSession<'_>) -> Result<T>,
     ) -> Result<T> {
         let mut session = self.session(epoch)?;
         self.lease.mark_busy();
