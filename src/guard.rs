@@ -6,7 +6,7 @@ use std::panic::Location;
 use postgres::types::ToSql;
 
 use crate::error::Result;
-use crate::held::{Conn, Held, Within};
+use crate::held::{Conn, Held, StatementScope};
 use crate::options::TxOptions;
 use crate::shared::Cause;
 use crate::state::Open;
@@ -45,7 +45,7 @@ impl<'m> Guard<'m> {
     }
 
     fn conn(&self) -> Conn<'m> {
-        self.held.conn(Within::Autocommit)
+        self.held.conn(StatementScope::Autocommit)
     }
 
     /// Begins a transaction with PostgreSQL's default options.

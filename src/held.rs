@@ -54,11 +54,11 @@ impl<'m> Held<'m> {
     }
 
     /// The connection as this holder uses it.
-    pub(crate) fn conn(&self, within: Within) -> Conn<'m> {
+    pub(crate) fn conn(&self, scope: StatementScope) -> Conn<'m> {
         Conn {
             shared: self.shared,
             epoch: self.ticket.epoch(),
-            within,
+            scope,
         }
     }
 }
@@ -71,7 +71,7 @@ impl Drop for Held<'_> {
 
 /// Where a holder's statements run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Within {
+pub(crate) enum StatementScope {
     /// A `Guard`: each statement commits on its own.
     Autocommit,
     /// A `Tx` (`depth` 0) or the savepoint number `depth` inside it.
@@ -86,7 +86,7 @@ pub(crate) enum Within {
 pub(crate) struct Conn<'a> {
     pub(crate) shared: &'a Shared,
     pub(crate) epoch: u64,
-    pub(crate) within: Within,
+    pub(crate) scope: StatementScope,
 }
 
 impl Conn<'_> {
@@ -95,10 +95,10 @@ impl Conn<'_> {
         &self,
         op: impl FnOnce(&mut LockedSession<'_>) -> Result<T>,
     ) -> Result<T> {
-        let within = self.within;
+        let scope = self.scope;
         let shared = self.shared;
         shared.with_session(self.epoch, |session| {
-            if let Within::Transaction { depth } = within
+            if let StatementScope::Transaction { depth } = scope
                 && session.restore_depth(depth)?
             {
                 shared.report_unfinished(Cause::SavepointForgotten);
@@ -110,8 +110,8 @@ impl Conn<'_> {
     /// Refuses SQL that would end or restart the transaction (inside one),
     /// before anything is sent.
     fn check<T: ?Sized + ToStatement>(&self, session: &LockedSession<'_>, query: &T) -> Result<()> {
-        match (self.within, query.sql()) {
-            (Within::Transaction { .. }, Sql::Text(sql)) => refuse_control(session, sql),
+        match (self.scope, query.sql()) {
+            (StatementScope::Transaction { .. }, Sql::Text(sql)) => refuse_control(session, sql),
             _ => Ok(()),
         }
     }

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use postgres::types::ToSql;
 
 use crate::error::{Error, Result};
-use crate::held::{Conn, Within};
+use crate::held::{Conn, StatementScope};
 use crate::shared::Cause;
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
@@ -71,7 +71,7 @@ impl<'t> Savepoint<'t, Open> {
         Ok(Savepoint {
             level: Level {
                 conn: Conn {
-                    within: Within::Transaction { depth },
+                    scope: StatementScope::Transaction { depth },
                     ..parent
                 },
                 depth,

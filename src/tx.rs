@@ -5,7 +5,7 @@ use std::fmt;
 use postgres::types::ToSql;
 
 use crate::error::Result;
-use crate::held::{Conn, Held, Within};
+use crate::held::{Conn, Held, StatementScope};
 use crate::savepoint::{self, Savepoint};
 use crate::shared::Shared;
 use crate::state::{Done, Open, State};
@@ -78,7 +78,7 @@ impl<'m> Tx<'m, Open> {
     }
 
     fn conn(&self) -> Conn<'m> {
-        self.held.conn(Within::Transaction { depth: 0 })
+        self.held.conn(StatementScope::Transaction { depth: 0 })
     }
 
     /// Executes a statement inside this transaction and returns the number
@@ -263,7 +263,7 @@ impl<'m> Tx<'m, Open> {
     pub fn commit(self) -> Result<Tx<'m, Done>> {
         let Tx { mut held, .. } = self;
         let result = held
-            .conn(Within::Transaction { depth: 0 })
+            .conn(StatementScope::Transaction { depth: 0 })
             .with_session(|s| s.commit());
         held.ticket = held.ticket.finished();
         result.map(|()| Tx {
@@ -306,7 +306,7 @@ impl<'m> Tx<'m, Open> {
     pub fn rollback(self) -> Result<Tx<'m, Done>> {
         let Tx { mut held, .. } = self;
         let result = held
-            .conn(Within::Transaction { depth: 0 })
+            .conn(StatementScope::Transaction { depth: 0 })
             .with_session(|s| {
                 s.rollback();
                 Ok(())

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use postgres::error::SqlState;
 
 use crate::error::{Error, Result};
-use crate::held::{Conn, Held, Within};
+use crate::held::{Conn, Held, StatementScope};
 use crate::ident::check_notification;
 use crate::lease::Ticket;
 use crate::manager::ManagedConnection;
@@ -237,16 +237,16 @@ impl Participant<'_> {
         self.manager().shared()
     }
 
-    fn conn(&self, within: Within) -> Conn<'_> {
+    fn conn(&self, scope: StatementScope) -> Conn<'_> {
         Conn {
             shared: self.shared(),
             epoch: self.ticket.epoch(),
-            within,
+            scope,
         }
     }
 
     fn in_tx(&self) -> Conn<'_> {
-        self.conn(Within::Transaction { depth: 0 })
+        self.conn(StatementScope::Transaction { depth: 0 })
     }
 
     /// How errors and the commit order name it: its settings, as shown
@@ -621,10 +621,12 @@ impl<'m> TwoPhase<'m> {
                 source: Box::new(e),
             });
         }
-        let forget = self.participants[decider].conn(Within::Autocommit).execute(
-            "DELETE FROM pgtx_two_phase_decisions WHERE key = $1",
-            &[&key.as_str()],
-        );
+        let forget = self.participants[decider]
+            .conn(StatementScope::Autocommit)
+            .execute(
+                "DELETE FROM pgtx_two_phase_decisions WHERE key = $1",
+                &[&key.as_str()],
+            );
         if let Err(e) = forget {
             log::warn!(
                 "pgtx: committed everywhere, but the decision row {} stays: {e}",
@@ -729,7 +731,7 @@ impl<'m> TwoPhase<'m> {
         let status = match voted.xid {
             None => None,
             Some(xid) => self.participants[voted.voter]
-                .conn(Within::Autocommit)
+                .conn(StatementScope::Autocommit)
                 .query_one("SELECT txid_status($1)", &[&xid])?
                 .try_get::<_, Option<String>>(0)
                 .map_err(Error::Db)?,
@@ -751,7 +753,7 @@ impl<'m> TwoPhase<'m> {
                 continue;
             };
             let sent = self.participants[via]
-                .conn(Within::Autocommit)
+                .conn(StatementScope::Autocommit)
                 .execute("SELECT pg_notify($1, $2)", &[&n.channel, &n.payload]);
             if let Err(e) = sent {
                 first_error.get_or_insert(Error::NotifyFailed {
