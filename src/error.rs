@@ -587,7 +587,7 @@ impl Error {
     /// error is not `Clone`). An outage begins only on [`Error::Connect`]
     /// (copied whole) or [`Error::OnConnect`], whose hook error is kept as
     /// its text (with the hook error's own sources).
-    pub(crate) fn retell(&self) -> Error {
+    pub(crate) fn copy_for_outage(&self) -> Error {
         match self {
             Error::Connect(e) => Error::Connect(e.clone()),
             Error::OnConnect(hook) => Error::OnConnect(chain(&**hook).into()),
@@ -795,7 +795,7 @@ mod tests {
                 "the on_connect hook failed on a new connection: no table t",
             ),
             (
-                Error::OnConnect(hook()).retell(),
+                Error::OnConnect(hook()).copy_for_outage(),
                 "the on_connect hook failed on a new connection: no table t",
             ),
             (

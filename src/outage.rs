@@ -160,7 +160,7 @@ impl BackgroundReconnect {
         let mut outage = Outage::new(since, &self.policy);
         outage.attempting();
         let last_failure = crate::error::chain(error);
-        match outage.failed(Instant::now(), error.retell()) {
+        match outage.failed(Instant::now(), error.copy_for_outage()) {
             Next::GiveUp(_) => return, // one attempt allowed: the caller has its error
             Next::RetryAt(_) => {}
         }
