@@ -290,7 +290,7 @@ fn roll_back_unfinished(conn: Conn<'_>, depth: u32, cause: Option<Cause>) {
     let Ok(mut session) = conn.shared.session(conn.epoch) else {
         return;
     };
-    if session.savepoint_depth() < depth || !session.in_transaction() {
+    if !session.savepoint_is_open(depth) {
         return;
     }
     if let Err(e) = session.rollback_to_savepoint(depth) {

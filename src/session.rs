@@ -582,10 +582,10 @@ impl LockedSession<'_> {
 
     /// Opens savepoint number `depth + 1` inside the transaction; returns its number.
     pub(crate) fn savepoint(&mut self) -> Result<u32> {
-        let depth = self.state.machine.depth + 1;
+        let depth = self.state.machine.next_savepoint();
         let sql = format!("SAVEPOINT {}", savepoint_name(depth));
         self.own_statement(&sql)?;
-        self.state.machine.depth = depth;
+        self.state.machine.savepoint_opened(depth);
         Ok(depth)
     }
 
@@ -601,7 +601,7 @@ impl LockedSession<'_> {
         }
         let sql = format!("RELEASE SAVEPOINT {}", savepoint_name(depth));
         let result = self.own_statement(&sql);
-        self.state.machine.depth = depth.saturating_sub(1).min(self.state.machine.depth);
+        self.state.machine.savepoint_ended(depth);
         result.map(drop)
     }
 
@@ -613,7 +613,7 @@ impl LockedSession<'_> {
         let result = self.statement(RequestShape::Query, None, |d| {
             d.run(|c| c.batch_execute(&sql))
         });
-        self.state.machine.depth = depth.saturating_sub(1).min(self.state.machine.depth);
+        self.state.machine.savepoint_ended(depth);
         result
     }
 
@@ -621,11 +621,10 @@ impl LockedSession<'_> {
     /// is using an outer level again: they were forgotten (`mem::forget`).
     /// Rolls them back; returns whether there were any (the caller reports).
     pub(crate) fn restore_depth(&mut self, depth: u32) -> Result<bool> {
-        if self.state.machine.depth <= depth || !self.in_transaction() {
+        let Some(outermost) = self.state.machine.forgotten_savepoints(depth) else {
             return Ok(false);
-        }
-        self.rollback_to_savepoint(depth + 1)?;
-        self.state.machine.depth = depth;
+        };
+        self.rollback_to_savepoint(outermost)?;
         Ok(true)
     }
 
@@ -729,9 +728,10 @@ impl LockedSession<'_> {
         result
     }
 
-    /// How many pgtx savepoints are open.
-    pub(crate) fn savepoint_depth(&self) -> u32 {
-        self.state.machine.depth
+    /// Whether pgtx's savepoint number `depth` is still open (see
+    /// `Machine::savepoint_is_open`).
+    pub(crate) fn savepoint_is_open(&self, depth: u32) -> bool {
+        self.state.machine.savepoint_is_open(depth)
     }
 
     /// Closes the connection (if any). The next holder opens a new one.

@@ -112,7 +112,7 @@ pub(crate) enum PreparePlan {
 pub(crate) struct Machine {
     pub(crate) track: Track,
     /// How many pgtx savepoints are open (the innermost is number `depth`).
-    pub(crate) depth: u32,
+    depth: u32,
 }
 
 impl Machine {
@@ -285,6 +285,43 @@ impl Machine {
                 server != Some(ServerStatus::Idle)
             }
         }
+    }
+
+    /// The number the next savepoint gets: savepoints nest, so it is one
+    /// deeper than the innermost open one.
+    pub(crate) fn next_savepoint(&self) -> u32 {
+        self.depth + 1
+    }
+
+    /// The server opened savepoint `depth` (the number
+    /// [`next_savepoint`](Self::next_savepoint) gave): it is the innermost.
+    pub(crate) fn savepoint_opened(&mut self, depth: u32) {
+        debug_assert_eq!(depth, self.depth + 1);
+        self.depth = depth;
+    }
+
+    /// Savepoint `depth` was released or rolled back to, and so are the
+    /// ones inside it; whatever the server answered, its holder is done
+    /// with it. The depth never grows here: leaving the transaction may
+    /// have forgotten the savepoints already.
+    pub(crate) fn savepoint_ended(&mut self, depth: u32) {
+        self.depth = depth.saturating_sub(1).min(self.depth);
+    }
+
+    /// Whether savepoint `depth` is still open on the server: a savepoint
+    /// whose holder was left behind (dropped, forgotten, its lease taken)
+    /// is rolled back to only while it is.
+    pub(crate) fn savepoint_is_open(&self, depth: u32) -> bool {
+        self.depth >= depth && self.in_transaction()
+    }
+
+    /// The holder of savepoint level `depth` (0: the transaction itself) is
+    /// in use again: savepoints deeper than it that are still open were
+    /// forgotten (`mem::forget`). Returns the outermost of them, to roll
+    /// back to; none when there are none.
+    pub(crate) fn forgotten_savepoints(&self, depth: u32) -> Option<u32> {
+        let outermost = depth + 1;
+        self.savepoint_is_open(outermost).then_some(outermost)
     }
 
     /// The connection is gone or was closed on purpose: nothing is open.
@@ -543,5 +580,79 @@ mod tests {
         m.depth = 3;
         let _ = m.commit();
         assert_eq!(m.depth, 0);
+    }
+
+    /// Opens pgtx savepoints until `depth` of them are open.
+    fn with_savepoints(mut m: Machine, depth: u32) -> Machine {
+        while m.depth < depth {
+            let next = m.next_savepoint();
+            m.after_statement(answered(false, ServerStatus::InTransaction));
+            m.savepoint_opened(next);
+        }
+        m
+    }
+
+    #[test]
+    fn savepoints_nest_and_ending_one_ends_the_ones_inside_it() {
+        let mut m = open();
+        assert_eq!(m.depth, 0);
+        assert_eq!(m.next_savepoint(), 1);
+        m.savepoint_opened(1);
+        assert_eq!(m.next_savepoint(), 2);
+        let mut m = with_savepoints(m, 3);
+        assert_eq!(m.depth, 3);
+        assert!(m.savepoint_is_open(3));
+        // Ending number 2 (released, or rolled back to) ends number 3 too.
+        m.savepoint_ended(2);
+        assert_eq!(m.depth, 1);
+        assert!(m.savepoint_is_open(1));
+        assert!(!m.savepoint_is_open(2));
+        assert_eq!(m.next_savepoint(), 2);
+        m.savepoint_ended(1);
+        assert_eq!(m.depth, 0);
+        assert!(!m.savepoint_is_open(1));
+    }
+
+    #[test]
+    fn ending_a_savepoint_the_transaction_already_forgot_opens_nothing() {
+        let mut m = with_savepoints(open(), 2);
+        m.after_statement(Reply::Lost);
+        m.savepoint_ended(2);
+        assert_eq!(m.depth, 0, "the depth never grows when a savepoint ends");
+        assert!(!m.savepoint_is_open(1));
+    }
+
+    #[test]
+    fn an_aborted_transaction_keeps_its_savepoints_open_to_roll_back_to() {
+        let mut m = with_savepoints(open(), 2);
+        m.after_statement(answered(false, ServerStatus::Failed));
+        assert!(m.savepoint_is_open(2));
+        assert_eq!(m.forgotten_savepoints(1), Some(2));
+    }
+
+    #[test]
+    fn savepoints_deeper_than_the_level_in_use_were_forgotten() {
+        let m = with_savepoints(open(), 3);
+        assert_eq!(m.forgotten_savepoints(3), None, "the innermost is in use");
+        assert_eq!(m.forgotten_savepoints(4), None);
+        assert_eq!(
+            m.forgotten_savepoints(1),
+            Some(2),
+            "rolling back to the outermost forgotten one undoes the rest"
+        );
+        assert_eq!(m.forgotten_savepoints(0), Some(1));
+        assert_eq!(open().forgotten_savepoints(0), None);
+    }
+
+    #[test]
+    fn outside_a_transaction_no_savepoint_is_open_or_forgotten() {
+        let mut m = with_savepoints(open(), 2);
+        let _ = m.commit();
+        assert!(!m.savepoint_is_open(1));
+        assert_eq!(m.forgotten_savepoints(0), None);
+        let mut m = with_savepoints(open(), 2);
+        m.reset();
+        assert_eq!(m.forgotten_savepoints(0), None);
+        assert_eq!(Machine::new().forgotten_savepoints(0), None);
     }
 }
