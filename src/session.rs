@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::hooks::{OnConnect, OnReconnect, open_with_hook};
 use crate::outage::{BackgroundReconnect, Status, run_recovery_handlers};
 use crate::statements::{Naming, Sql, ToStatement};
-use crate::track::{CommitPlan, Machine, PreparePlan, Refusal, Reply, Track};
+use crate::track::{CommitPlan, Machine, PreparePlan, Refusal, ReleasePlan, Reply};
 use crate::transaction_status::{StatusCell, TransactionStatus};
 use crate::wire::{BeginOutcome, CopyRefused, ServerStatus};
 
@@ -440,8 +440,9 @@ impl LockedSession<'_> {
     }
 
     /// Begins a transaction: nothing is sent until its first statement
-    /// (see [`Track::Pending`]). Returns whether a transaction block that
-    /// user SQL had opened had to be rolled back first (the caller reports it).
+    /// (see `track.rs`'s `Track::Pending`). Returns whether a transaction
+    /// block that user SQL had opened had to be rolled back first (the
+    /// caller reports it).
     pub(crate) fn begin(&mut self, begin: Cow<'static, str>) -> bool {
         let rolled_back = self.in_transaction();
         if rolled_back {
@@ -546,7 +547,22 @@ impl LockedSession<'_> {
     /// back, and no one can inherit it.
     pub(crate) fn rollback(&mut self) {
         let server = self.server_status();
-        if !self.state.machine.rollback(server) {
+        let must_send = self.state.machine.rollback(server);
+        self.send_rollback(must_send);
+    }
+
+    /// Rolls back whatever the server has open, whatever the machine thought.
+    fn rollback_whatever_is_open(&mut self) {
+        let server = self.server_status();
+        let must_send = self.state.machine.force_rollback(server);
+        self.send_rollback(must_send);
+    }
+
+    /// Sends `ROLLBACK` if the machine said it `must_send` it; when it
+    /// cannot be sent, closes the connection, which makes the server roll
+    /// back.
+    fn send_rollback(&mut self, must_send: bool) {
+        if !must_send {
             self.publish();
             return;
         }
@@ -562,12 +578,6 @@ impl LockedSession<'_> {
             self.discard();
         }
         self.publish();
-    }
-
-    /// Rolls back whatever the server has open, whatever the machine thought.
-    fn rollback_whatever_is_open(&mut self) {
-        self.state.machine.track = Track::Open;
-        self.rollback();
     }
 
     /// Runs one of pgtx's own statements (`SAVEPOINT`, `RELEASE`) on the
@@ -594,8 +604,7 @@ impl LockedSession<'_> {
     /// savepoint, rolls back to it instead and reports the first error,
     /// which leaves the transaction usable.
     pub(crate) fn release_savepoint(&mut self, depth: u32) -> Result<()> {
-        if let Track::Aborted(first) = &self.state.machine.track {
-            let first = first.clone();
+        if let ReleasePlan::RollBack(first) = self.state.machine.release_savepoint() {
             self.rollback_to_savepoint(depth)?;
             return Err(Error::TransactionAborted(first));
         }
@@ -693,8 +702,7 @@ impl LockedSession<'_> {
                 error: other.as_ref().err().and_then(Error::as_db_error),
             },
         };
-        self.state.machine.after_prepare(gid, reply);
-        if self.in_transaction() && !matches!(self.state.machine.track, Track::Prepared(_)) {
+        if self.state.machine.after_prepare(gid, reply) {
             // Refused and left failed: end the block.
             self.rollback();
         }
@@ -706,10 +714,7 @@ impl LockedSession<'_> {
     /// Any session on the same database may send it, so a connection that
     /// broke is replaced first.
     pub(crate) fn finish_prepared(&mut self, gid: &str, commit: bool) -> Result<()> {
-        if matches!(self.state.machine.track, Track::Prepared(_) | Track::Lost) {
-            self.state.machine.reset();
-        }
-        if self.in_transaction() {
+        if !self.state.machine.finish_prepared() {
             return Err(escaped());
         }
         self.ensure_open()?;

@@ -17,7 +17,7 @@ use crate::wire::ServerStatus;
 
 /// The transaction on the connection, as pgtx sees it.
 #[derive(Debug)]
-pub(crate) enum Track {
+enum Track {
     /// No pgtx transaction, and the server is not in a transaction block.
     Idle,
     /// No pgtx transaction, but user SQL through a `Guard` opened a
@@ -92,6 +92,17 @@ pub(crate) enum CommitPlan {
     Escaped,
 }
 
+/// What releasing a savepoint has to do.
+#[derive(Debug)]
+pub(crate) enum ReleasePlan {
+    /// Send `RELEASE SAVEPOINT`.
+    Send,
+    /// The server aborted the transaction inside the savepoint: roll back
+    /// to it instead (which leaves the transaction usable), and report the
+    /// first error.
+    RollBack(Option<Box<DbError>>),
+}
+
 /// What `PREPARE TRANSACTION` has to do.
 #[derive(Debug)]
 pub(crate) enum PreparePlan {
@@ -110,7 +121,7 @@ pub(crate) enum PreparePlan {
 /// Savepoints opened by pgtx inside the current transaction.
 #[derive(Debug)]
 pub(crate) struct Machine {
-    pub(crate) track: Track,
+    track: Track,
     /// How many pgtx savepoints are open (the innermost is number `depth`).
     depth: u32,
 }
@@ -251,8 +262,9 @@ impl Machine {
     }
 
     /// After `PREPARE TRANSACTION`: prepared if the server says it left the
-    /// block without an error.
-    pub(crate) fn after_prepare(&mut self, gid: &str, reply: Reply<'_>) {
+    /// block without an error. Returns whether `ROLLBACK` must end the block
+    /// that a refused `PREPARE` left failed.
+    pub(crate) fn after_prepare(&mut self, gid: &str, reply: Reply<'_>) -> bool {
         self.track = match reply {
             Reply::Answered {
                 server: ServerStatus::Idle,
@@ -269,6 +281,29 @@ impl Machine {
             // Whether the server prepared it is unknown: recovery decides.
             Reply::Lost => Track::Idle,
         };
+        matches!(self.track, Track::Open)
+    }
+
+    /// Before `COMMIT PREPARED` or `ROLLBACK PREPARED`: a transaction
+    /// prepared (or lost) on this session has left it, and is forgotten;
+    /// the second phase names it by its gid, from any session. Returns
+    /// whether the session is free to send it: not while a transaction is
+    /// open on it, inside which the server refuses both.
+    pub(crate) fn finish_prepared(&mut self) -> bool {
+        if matches!(self.track, Track::Prepared(_) | Track::Lost) {
+            self.reset();
+        }
+        !self.in_transaction()
+    }
+
+    /// What releasing the innermost savepoint must do: inside an aborted
+    /// transaction `RELEASE` would fail, so the savepoint is rolled back
+    /// to instead.
+    pub(crate) fn release_savepoint(&self) -> ReleasePlan {
+        match &self.track {
+            Track::Aborted(first) => ReleasePlan::RollBack(first.clone()),
+            _ => ReleasePlan::Send,
+        }
     }
 
     /// Whether `ROLLBACK` must be sent to end what is open; the machine is
@@ -322,6 +357,14 @@ impl Machine {
     pub(crate) fn forgotten_savepoints(&self, depth: u32) -> Option<u32> {
         let outermost = depth + 1;
         self.savepoint_is_open(outermost).then_some(outermost)
+    }
+
+    /// Whether `ROLLBACK` must be sent to end what the server has open,
+    /// whatever the machine thought (the server answered `COMMIT` in a way
+    /// that did not end its block); the machine is idle afterwards.
+    pub(crate) fn force_rollback(&mut self, server: Option<ServerStatus>) -> bool {
+        self.reset();
+        server != Some(ServerStatus::Idle)
     }
 
     /// The connection is gone or was closed on purpose: nothing is open.
@@ -518,7 +561,10 @@ mod tests {
         let mut m = open();
         m.depth = 1;
         assert!(matches!(m.prepare(), PreparePlan::Send));
-        m.after_prepare("pgtx:g", answered(false, ServerStatus::Idle));
+        assert!(
+            !m.after_prepare("pgtx:g", answered(false, ServerStatus::Idle)),
+            "nothing to roll back"
+        );
         assert!(matches!(&m.track, Track::Prepared(g) if g == "pgtx:g"));
         assert_eq!(m.depth, 0);
         assert!(
@@ -566,7 +612,7 @@ mod tests {
         assert!(matches!(m.track, Track::Prepared(_)));
         let mut m = open();
         let _ = m.prepare();
-        m.after_prepare("g", Reply::Lost);
+        assert!(!m.after_prepare("g", Reply::Lost));
         assert!(!m.in_transaction(), "the session is gone; recovery decides");
     }
 
@@ -654,5 +700,70 @@ mod tests {
         m.reset();
         assert_eq!(m.forgotten_savepoints(0), None);
         assert_eq!(Machine::new().forgotten_savepoints(0), None);
+    }
+
+    #[test]
+    fn a_forced_rollback_follows_the_server_whatever_the_machine_thought() {
+        // COMMIT was answered, so the machine is idle; the server is not.
+        let mut m = with_savepoints(open(), 1);
+        assert!(matches!(m.commit(), CommitPlan::Send));
+        assert!(m.force_rollback(Some(ServerStatus::InTransaction)));
+        assert!(!m.in_transaction());
+        assert!(!m.savepoint_is_open(1));
+        let mut m = Machine::new();
+        assert!(m.force_rollback(Some(ServerStatus::Failed)));
+        assert!(
+            m.force_rollback(None),
+            "a status never read is not idle: ROLLBACK goes out"
+        );
+        assert!(!m.force_rollback(Some(ServerStatus::Idle)));
+        assert!(!m.in_transaction());
+    }
+
+    #[test]
+    fn a_savepoint_is_released_unless_the_transaction_aborted_inside_it() {
+        let mut m = with_savepoints(open(), 1);
+        assert!(matches!(m.release_savepoint(), ReleasePlan::Send));
+        m.after_statement(answered(false, ServerStatus::Failed));
+        assert!(matches!(m.release_savepoint(), ReleasePlan::RollBack(None)));
+        // ROLLBACK TO SAVEPOINT: healthy again.
+        m.after_statement(answered(false, ServerStatus::InTransaction));
+        m.savepoint_ended(1);
+        assert!(matches!(m.release_savepoint(), ReleasePlan::Send));
+    }
+
+    #[test]
+    fn a_refused_prepare_that_leaves_the_block_failed_must_be_rolled_back() {
+        let mut m = open();
+        let _ = m.prepare();
+        assert!(m.after_prepare("g", answered(false, ServerStatus::Failed)));
+        assert!(m.in_transaction());
+        assert!(m.rollback(Some(ServerStatus::Failed)));
+    }
+
+    #[test]
+    fn the_second_phase_forgets_a_prepared_or_lost_transaction_but_not_an_open_one() {
+        let mut m = open();
+        let _ = m.prepare();
+        let _ = m.after_prepare("g", answered(false, ServerStatus::Idle));
+        assert!(m.finish_prepared(), "prepared: it left the session");
+        assert!(!m.in_transaction());
+
+        let mut m = open();
+        m.after_statement(Reply::Lost);
+        assert!(m.finish_prepared(), "lost: the server rolled it back");
+        assert!(!m.in_transaction());
+
+        assert!(Machine::new().finish_prepared());
+
+        let mut m = open();
+        assert!(
+            !m.finish_prepared(),
+            "COMMIT PREPARED cannot run inside a block"
+        );
+        assert!(m.in_transaction(), "the open transaction is left alone");
+        let mut m = Machine::new();
+        m.after_statement(answered(false, ServerStatus::InTransaction));
+        assert!(!m.finish_prepared(), "nor inside a user's block");
     }
 }
