@@ -307,17 +307,7 @@ impl LockedSession<'_> {
             }
             other => other,
         };
-        let reply = match &result {
-            Err(Error::ConnectionLost(_)) => {
-                self.lose_connection();
-                Reply::Lost
-            }
-            other => Reply::Answered {
-                began,
-                server: driver.server_status().unwrap_or(ServerStatus::Idle),
-                error: other.as_ref().err().and_then(Error::as_db_error),
-            },
-        };
+        let reply = self.reply(&result, began);
         self.state.machine.after_statement(reply);
         if let Some(e) = result.as_ref().err().and_then(Error::as_db_error)
             && self.state.machine.in_transaction()
@@ -691,17 +681,7 @@ impl LockedSession<'_> {
                 _ => None,
             })
         });
-        let reply = match &result {
-            Err(Error::ConnectionLost(_)) => {
-                self.lose_connection();
-                Reply::Lost
-            }
-            other => Reply::Answered {
-                began: false,
-                server: driver.server_status().unwrap_or(ServerStatus::Idle),
-                error: other.as_ref().err().and_then(Error::as_db_error),
-            },
-        };
+        let reply = self.reply(&result, false);
         if self.state.machine.after_prepare(gid, reply) {
             // Refused and left failed: end the block.
             self.rollback();
@@ -737,6 +717,22 @@ impl LockedSession<'_> {
     /// `Machine::savepoint_is_open`).
     pub(crate) fn savepoint_is_open(&self, depth: u32) -> bool {
         self.state.machine.savepoint_is_open(depth)
+    }
+
+    /// What a request came back with, for the machine to follow: the
+    /// server's answer (its status, and its error if it refused), or a
+    /// broken connection, which is dropped here. `began`: a pending `BEGIN`
+    /// went out with the request and the server began the transaction.
+    fn reply<'r, T>(&mut self, result: &'r Result<T>, began: bool) -> Reply<'r> {
+        if let Err(Error::ConnectionLost(_)) = result {
+            self.lose_connection();
+            return Reply::Lost;
+        }
+        Reply::Answered {
+            began,
+            server: self.server_status().unwrap_or(ServerStatus::Idle),
+            error: result.as_ref().err().and_then(Error::as_db_error),
+        }
     }
 
     /// Closes the connection (if any). The next holder opens a new one.
