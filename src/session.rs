@@ -53,6 +53,9 @@ struct SessionState {
     /// The last connection was lost (not closed on purpose): the next one
     /// opened ends an outage, and the recovery handlers run on it.
     lost: bool,
+    /// The connection must be replaced as soon as no transaction is open
+    /// on it (tokio-postgres' own prepared statements are gone).
+    replace: bool,
     /// The last error the server reported in the current (or last)
     /// transaction, `COMMIT`'s included: what a retrying transaction looks
     /// at, whatever error type its closure returned.
@@ -96,6 +99,7 @@ impl Session {
                 driver: None,
                 machine: Machine::new(),
                 lost: false,
+                replace: false,
                 failure: None,
             }),
             status: StatusCell::new(),
@@ -163,6 +167,14 @@ impl LockedSession<'_> {
     /// Must only be called when nothing of a transaction has reached the
     /// server (none is open, or one is pending).
     pub(crate) fn ensure_open(&mut self) -> Result<()> {
+        if std::mem::take(&mut self.state.replace)
+            && let Some(driver) = self.state.driver.take()
+        {
+            // Nothing of a transaction is on it (see above): a pending
+            // BEGIN goes out on the new one.
+            driver.close();
+            self.cancel.disconnected();
+        }
         if let Some(driver) = self.state.driver.as_mut() {
             if driver.answered_within(RECHECK_AFTER) || driver.is_alive() {
                 return Ok(());
@@ -359,9 +371,21 @@ impl LockedSession<'_> {
         let first_of_transaction = self.state.machine.pending_begin();
         // Whether the last run failed because its cached statement was stale.
         let stale = std::cell::Cell::new(false);
+        // Whether tokio-postgres' own statements (those it looks types up
+        // with) are gone: `DISCARD ALL` or `DEALLOCATE ALL` ran. They cannot
+        // be prepared again on this connection; only a new one has them.
+        let internals_gone = std::cell::Cell::new(false);
         let mut run = |driver: &mut Driver| {
-            let statement = driver.prepare_cached(sql)?;
             stale.set(false);
+            let statement = match driver.prepare_cached(sql) {
+                // Preparing fresh text meets a missing statement only in
+                // tokio-postgres' type lookup.
+                Err(e) if is_stale(&e) && !driver.has_ended() => {
+                    internals_gone.set(true);
+                    return Err(e);
+                }
+                other => other?,
+            };
             match request(driver, Target::Prepared(&statement)) {
                 Err(e) if is_stale(&e) && !driver.has_ended() => {
                     log::debug!("pgtx: cached statement is stale ({e}); emptying the cache");
@@ -371,27 +395,52 @@ impl LockedSession<'_> {
                         return Err(e);
                     }
                     let statement = driver.prepare_cached(sql)?;
-                    request(driver, Target::Prepared(&statement))
+                    let again = request(driver, Target::Prepared(&statement));
+                    if again.as_ref().is_err_and(is_stale) {
+                        // Prepared just now, and gone at once: a statement
+                        // of tokio-postgres' own is.
+                        internals_gone.set(true);
+                    }
+                    again
                 }
                 result => result,
             }
         };
-        match self.statement(RequestShape::Bind, Some(sql), &mut run) {
-            Err(Error::Db(e)) if stale.get() => match first_of_transaction {
+        let mut outcome = self.statement(RequestShape::Bind, Some(sql), &mut run);
+        // At most twice more: once prepared anew, once on a new connection.
+        for _ in 0..2 {
+            let Err(Error::Db(e)) = &outcome else {
+                break;
+            };
+            if !stale.get() && !internals_gone.get() {
+                break;
+            }
+            if first_of_transaction.is_some() {
                 // BEGIN went in the statement's Sync group, and the server
                 // skipped the rest of it at the stale statement: nothing of
-                // the transaction ran. Begin again, with the statement
-                // prepared anew (its cache was emptied).
-                Some(begin) => {
-                    log::debug!("pgtx: first statement was stale ({e}); beginning again");
-                    self.rollback();
-                    self.begin(begin);
-                    self.statement(RequestShape::Bind, Some(sql), &mut run)
-                }
-                None => Err(Error::Db(e)),
-            },
-            result => result,
+                // the transaction ran. Begin again.
+                log::debug!("pgtx: first statement was stale ({e}); beginning again");
+                self.rollback();
+            } else if self.in_transaction() {
+                // The error aborted the transaction; the connection is
+                // replaced once it is over.
+                self.state.replace = internals_gone.get();
+                break;
+            }
+            if internals_gone.get() {
+                log::info!(
+                    "pgtx: the connection's own prepared statements are gone (DISCARD ALL or \
+                     DEALLOCATE ALL); replacing the connection"
+                );
+                self.replace_connection()?;
+                internals_gone.set(false);
+            }
+            if let Some(begin) = &first_of_transaction {
+                self.begin(begin.clone());
+            }
+            outcome = self.statement(RequestShape::Bind, Some(sql), &mut run);
         }
+        outcome
     }
 
     /// Runs SQL text on the unnamed statement, with `params` parameters:
@@ -741,9 +790,17 @@ impl LockedSession<'_> {
             driver.close();
         }
         self.state.lost = false;
+        self.state.replace = false;
         self.cancel.disconnected();
         self.state.machine.reset();
         self.publish();
+    }
+
+    /// Closes the connection and opens a new one at once (no transaction
+    /// is open): its `on_connect` hook runs, as on any new connection.
+    fn replace_connection(&mut self) -> Result<()> {
+        self.close();
+        self.ensure_open()
     }
 
     /// The connection broke (or cannot be trusted): it is dropped, the next

@@ -396,3 +396,90 @@ fn statements_whose_shape_is_decided_at_run_time_cannot_be_prepared() {
     assert_eq!(named, 0, "FETCH text is never prepared by name");
     tx.commit().expect("commit");
 }
+
+#[test]
+fn user_defined_types_are_still_looked_up_after_discard_all() {
+    let db = Db::new("cache_discard_types");
+    db.admin()
+        .batch_execute(
+            "CREATE TYPE mood AS ENUM ('happy', 'sad');
+             CREATE TYPE colour AS ENUM ('red', 'blue');
+             CREATE TYPE size AS ENUM ('small', 'large');",
+        )
+        .expect("types");
+    let manager = db.manager();
+    let mut guard = manager.lock().expect("lock");
+    // tokio-postgres looks a user-defined type up with statements of its
+    // own, prepared on first use.
+    let row = guard.query_one("SELECT 'happy'::mood", &[]).expect("mood");
+    assert_eq!(row.columns()[0].type_().name(), "mood");
+    for reset in [
+        "DISCARD ALL",
+        "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$",
+    ] {
+        guard.batch_execute(reset).expect(reset);
+        let (sql, name) = if reset.starts_with("DISCARD") {
+            ("SELECT 'red'::colour", "colour")
+        } else {
+            ("SELECT 'small'::size", "size")
+        };
+        let row = guard
+            .query_one(sql, &[])
+            .unwrap_or_else(|e| panic!("a new type after {reset}: {e}"));
+        assert_eq!(row.columns()[0].type_().name(), name, "after {reset}");
+    }
+    drop(guard);
+    manager
+        .transaction(|mut tx| {
+            let row = tx.query_one("SELECT 'blue'::colour, 'sad'::mood", &[])?;
+            assert_eq!(row.columns()[1].type_().name(), "mood");
+            tx.commit()
+        })
+        .expect("in a transaction too");
+}
+
+#[test]
+fn type_lookups_lost_inside_a_transaction_fail_it_and_the_next_one_gets_a_new_connection() {
+    let db = Db::new("cache_discard_types_tx");
+    db.admin()
+        .batch_execute(
+            "CREATE TYPE mood AS ENUM ('happy', 'sad');
+             CREATE TYPE colour AS ENUM ('red', 'blue');",
+        )
+        .expect("types");
+    let manager = db.manager();
+    let pid = |manager: &pgtx::ManagedConnection| -> i32 {
+        manager
+            .lock()
+            .expect("lock")
+            .query_one("SELECT pg_backend_pid()", &[])
+            .expect("pid")
+            .get(0)
+    };
+    let before = pid(&manager);
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    tx.query_one("SELECT 'happy'::mood", &[]).expect("mood");
+    tx.execute("INSERT INTO items VALUES (1, 'in the transaction')", &[])
+        .expect("insert");
+    tx.batch_execute("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$")
+        .expect("DEALLOCATE ALL where the tap cannot see it");
+    let lookup = tx.query_one("SELECT 'red'::colour", &[]).map(drop);
+    assert!(
+        lookup.is_err(),
+        "the lookup's statement is gone: {lookup:?}"
+    );
+    assert!(
+        matches!(tx.commit(), Err(Error::TransactionAborted(_))),
+        "the failed lookup aborted the transaction"
+    );
+    assert!(db.item_ids().is_empty(), "nothing committed");
+    let row = manager
+        .transaction(|mut tx| {
+            let row = tx.query_one("SELECT 'blue'::colour, 'sad'::mood", &[])?;
+            tx.commit_returning(row)
+        })
+        .expect("the next transaction runs on a new connection");
+    assert_eq!(row.columns()[0].type_().name(), "colour");
+    assert_ne!(pid(&manager), before, "the connection was replaced");
+    assert_eq!(db.open_transactions(), 0);
+}
