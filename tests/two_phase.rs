@@ -44,6 +44,17 @@ fn insert(dtx: &mut TwoPhase<'_>, id: pgtx::two_phase::ParticipantId, n: i32) ->
         .execute("INSERT INTO items VALUES ($1, 'two-phase')", &[&n])
 }
 
+/// A coordinator: joins each of `dsns` in order, inserts row 1 on each,
+/// commits.
+fn insert_one_everywhere_and_commit<S: AsRef<str>>(dsns: &[S]) -> pgtx::Result<()> {
+    let mut dtx = TwoPhase::new();
+    for dsn in dsns {
+        let id = dtx.join_dsn(dsn.as_ref())?;
+        insert(&mut dtx, id, 1)?;
+    }
+    dtx.commit()
+}
+
 #[test]
 fn a_commit_on_two_databases_is_seen_everywhere_and_leaves_nothing_prepared() {
     let (a, b) = (Db::new("tpc_commit_a"), Db::new("tpc_commit_b"));
@@ -909,14 +920,7 @@ fn recovery_given_only_a_voter_leaves_it_prepared_while_its_decider_on_another_h
         in_place(1, &voter.dsn_via(proxy.addr())),
     ];
     let (outcome, (reached, listed, run, voter_meanwhile)) = std::thread::scope(|s| {
-        let coordinator = s.spawn(|| {
-            let mut dtx = TwoPhase::new();
-            for dsn in &dsns {
-                let id = dtx.join_dsn(dsn)?;
-                insert(&mut dtx, id, 1)?;
-            }
-            dtx.commit()
-        });
+        let coordinator = s.spawn(|| insert_one_everywhere_and_commit(&dsns));
         let reached = eventually(Duration::from_secs(30), || {
             proxy.is_stalled() && prepared(&voter) == 1 && decider.item_ids() == [1]
         });
@@ -1011,14 +1015,7 @@ fn a_voter_rolled_back_behind_the_coordinator_s_back_after_the_decision_is_in_do
         in_place(1, &voter.dsn_via(proxy.addr())),
     ];
     let (outcome, reached, rolled_back) = std::thread::scope(|s| {
-        let coordinator = s.spawn(|| {
-            let mut dtx = TwoPhase::new();
-            for dsn in &dsns {
-                let id = dtx.join_dsn(dsn)?;
-                insert(&mut dtx, id, 1)?;
-            }
-            dtx.commit()
-        });
+        let coordinator = s.spawn(|| insert_one_everywhere_and_commit(&dsns));
         let reached = eventually(Duration::from_secs(30), || {
             proxy.is_stalled() && prepared(&voter) == 1 && decider.item_ids() == [1]
         });
@@ -1094,14 +1091,7 @@ fn a_commit_prepared_whose_answer_was_lost_is_proven_committed_on_the_retry() {
         in_place(1, &voter.dsn_via(proxy.addr())),
     ];
     let (outcome, reached) = std::thread::scope(|s| {
-        let coordinator = s.spawn(|| {
-            let mut dtx = TwoPhase::new();
-            for dsn in &dsns {
-                let id = dtx.join_dsn(dsn)?;
-                insert(&mut dtx, id, 1)?;
-            }
-            dtx.commit()
-        });
+        let coordinator = s.spawn(|| insert_one_everywhere_and_commit(&dsns));
         // The server committed it; the client has not heard.
         let reached = eventually(Duration::from_secs(30), || {
             proxy.is_stalled() && prepared(&voter) == 0 && voter.item_ids() == [1]
@@ -1276,14 +1266,7 @@ fn purge_keeps_a_decision_still_needed_and_removes_old_abort_rows() {
         in_place(1, &voter.dsn_via(proxy.addr())),
     ];
     let (outcome, reached, young, purged, left) = std::thread::scope(|s| {
-        let coordinator = s.spawn(|| {
-            let mut dtx = TwoPhase::new();
-            for dsn in &dsns {
-                let id = dtx.join_dsn(dsn)?;
-                insert(&mut dtx, id, 1)?;
-            }
-            dtx.commit()
-        });
+        let coordinator = s.spawn(|| insert_one_everywhere_and_commit(&dsns));
         let reached = eventually(Duration::from_secs(30), || {
             proxy.is_stalled() && prepared(&voter) == 1 && decider.item_ids() == [1]
         });
