@@ -1,679 +1,202 @@
-//! Sync over async: one `tokio-postgres` connection driven on a private
-//! current-thread runtime, the way the `postgres` crate drives its own.
-//!
-//! Owning the runtime (rather than using `postgres::Client`) lets the crate
-//! look at an idle connection without a round trip: the runtime's I/O driver
-//! is turned once, so a connection that the server closed while nobody was
-//! using it is noticed before it is handed to anybody.
+//! Sync over async: the blocking shell over one [`Connection`] of the
+//! async core, driven on a private current-thread runtime, the way the
+//! `postgres` crate drives its own. Every method hands its work to the
+//! core in one line; this file holds the only `block_on` of the shell.
 
-use std::collections::{HashMap, VecDeque};
-use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use postgres::error::SqlState;
-use postgres::types::{ToSql, Type};
+use postgres::types::Type;
 use tokio::runtime::Runtime;
-use tokio_postgres::{AsyncMessage, Client, Notification, Row, Statement};
+use tokio_postgres::{Client, Notification, Row, Statement};
 
 use crate::config::Settings;
-use crate::connect::{CancelTarget, ConnectionStream, Connector, Opened};
+use crate::conn::Connection;
+pub(crate) use crate::conn::Target;
+use crate::connect::CancelTarget;
 use crate::error::Error;
 use crate::statements::{Naming, Params};
-use crate::unnamed::{ParameterCount, describe, typed};
-use crate::wire::{BeginOutcome, CopyRefused, ServerStatus, Tap};
-
-/// What a statement method runs.
-#[derive(Clone, Copy)]
-pub(crate) enum Target<'a> {
-    /// A statement prepared on this connection, bound by its name.
-    Prepared(&'a Statement),
-    /// SQL text on the unnamed statement (Parse, Bind, Describe, Execute in
-    /// one Sync group), with its parameters' types (empty when it has none).
-    Unnamed(&'a str, &'a [Type]),
-}
+use crate::wire::{BeginOutcome, CopyRefused, ServerStatus};
 
 /// One open connection and the runtime that drives it.
 pub(crate) struct Driver {
     runtime: Runtime,
-    client: Client,
-    connection: ConnectionStream,
-    /// Slips `BEGIN` into the first statement's write; reads the server's
-    /// transaction status.
-    tap: Arc<Tap>,
-    notifications: VecDeque<Notification>,
-    /// The connection has ended; it must not be polled again.
-    ended: bool,
-    /// Why it ended, when the server or the socket said so.
-    end_cause: Option<postgres::Error>,
-    /// Statements prepared from SQL text on this connection.
-    statements: StatementCache<Statement>,
-    /// How SQL text runs on this connection.
-    naming: Naming,
-    /// With [`Naming::Unnamed`]: the parameter types of SQL text run on
-    /// this connection, so that text run again costs one round trip.
-    descriptions: StatementCache<Arc<[Type]>>,
-    /// When the server was last heard from (or the connection last found alive).
-    answered_at: Instant,
-    gate: Arc<Gate>,
-    /// Where this connection's cancel requests go.
-    cancel: Arc<CancelTarget>,
-}
-
-/// The waker given to the connection and the request while `run` polls
-/// them. A wake-up during that poll (the request handing its message to
-/// the connection, say) makes `run` poll again at once instead of going
-/// back to the runtime, which would first turn the I/O driver once more for
-/// nothing: a system call per request saved.
-#[derive(Default)]
-struct Gate {
-    waker: parking_lot::Mutex<Option<Waker>>,
-    polling: AtomicBool,
-    missed: AtomicBool,
-}
-
-impl Gate {
-    fn set_waker(&self, waker: &Waker) {
-        let mut slot = self.waker.lock();
-        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *slot = Some(waker.clone());
-        }
-    }
-
-    fn open_poll(&self) {
-        self.missed.store(false, Ordering::Relaxed);
-        self.polling.store(true, Ordering::SeqCst);
-    }
-
-    /// Ends a poll; whether something woke it meanwhile.
-    fn close_poll(&self) -> bool {
-        self.polling.store(false, Ordering::SeqCst);
-        self.missed.swap(false, Ordering::SeqCst)
-    }
-}
-
-impl Wake for Gate {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.polling.load(Ordering::SeqCst) {
-            self.missed.store(true, Ordering::SeqCst);
-        } else if let Some(waker) = self.waker.lock().as_ref() {
-            waker.wake_by_ref();
-        }
-    }
-}
-
-/// How many times a statement is described, outside a transaction block,
-/// when the name it is prepared under is taken (see [`Driver::describe`]).
-const DESCRIBE_TRIES: u32 = 3;
-
-/// How many prepared statements a connection keeps; the least recently
-/// used one is closed to make room.
-const STATEMENT_CACHE_SIZE: usize = 256;
-
-/// SQL text -> the statement prepared from it on this connection (or, with
-/// [`Naming::Unnamed`], its parameter types), so that text run again costs
-/// one round trip (Bind/Execute) instead of two (Parse/Describe first). It
-/// lives in the `Driver`, so a new connection starts empty.
-struct StatementCache<V> {
-    entries: HashMap<Box<str>, (V, u64)>,
-    clock: u64,
-}
-
-impl<V> Default for StatementCache<V> {
-    fn default() -> Self {
-        StatementCache {
-            entries: HashMap::new(),
-            clock: 0,
-        }
-    }
-}
-
-impl<V: Clone> StatementCache<V> {
-    fn get(&mut self, sql: &str) -> Option<V> {
-        self.clock += 1;
-        let clock = self.clock;
-        self.entries.get_mut(sql).map(|(statement, used)| {
-            *used = clock;
-            statement.clone()
-        })
-    }
-
-    fn insert(&mut self, sql: &str, statement: V) {
-        if self.entries.len() >= STATEMENT_CACHE_SIZE {
-            let oldest = self
-                .entries
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(sql, _)| sql.clone());
-            if let Some(oldest) = oldest {
-                // Dropping the statement makes tokio-postgres close it on the server.
-                self.entries.remove(&oldest);
-            }
-        }
-        self.clock += 1;
-        self.entries.insert(sql.into(), (statement, self.clock));
-    }
+    conn: Connection,
 }
 
 impl Driver {
-    /// Opens a new connection with `settings`, trying each server in turn
-    /// as libpq does, and drives it on a runtime of its own.
+    /// Opens a new connection with `settings` (see [`Connection::open`])
+    /// and drives it on a runtime of its own.
     ///
     /// # Errors
     ///
-    /// [`Error::Settings`] if the settings (with the environment and files
-    /// they point to) cannot be used, before anything is opened;
-    /// [`Error::Connect`] if no server accepted the connection;
-    /// [`Error::Runtime`] if the runtime could not be made.
+    /// As [`Connection::open`], and [`Error::Runtime`] if the runtime
+    /// could not be made.
     pub(crate) fn open(settings: &Settings, naming: Naming) -> Result<Driver, Error> {
-        let connector = Connector::new(settings)?;
-        Driver::connect(connector.connect(), naming)
-    }
-
-    /// Runs a connect future on a new runtime.
-    fn connect<F>(connect: F, naming: Naming) -> Result<Driver, Error>
-    where
-        F: Future<Output = Result<Opened, Error>>,
-    {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(Error::Runtime)?;
-        let Opened {
-            client,
-            connection,
-            tap,
-            cancel,
-        } = runtime.block_on(connect)?;
-        Ok(Driver {
-            runtime,
-            client,
-            connection,
-            tap,
-            notifications: VecDeque::new(),
-            ended: false,
-            end_cause: None,
-            statements: StatementCache::default(),
-            naming,
-            descriptions: StatementCache::default(),
-            answered_at: Instant::now(),
-            gate: Arc::default(),
-            cancel,
-        })
+        let conn = runtime.block_on(Connection::open(settings, naming))?;
+        Ok(Driver { runtime, conn })
     }
 
     /// How SQL text runs on this connection.
     pub(crate) fn naming(&self) -> Naming {
-        self.naming
+        self.conn.naming()
     }
 
-    /// The statement prepared from `sql` on this connection, preparing it
-    /// (one round trip) the first time.
+    /// See [`Connection::prepare_cached`].
     pub(crate) fn prepare_cached(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
-        debug_assert_eq!(self.naming, Naming::Cached, "nothing is named when unnamed");
-        if let Some(statement) = self.statements.get(sql) {
-            return Ok(statement);
-        }
-        let statement = self.run(|client| client.prepare(sql))?;
-        self.statements.insert(sql, statement.clone());
-        Ok(statement)
+        self.runtime.block_on(self.conn.prepare_cached(sql))
     }
 
-    /// The types of the parameters of `sql`, as the server reads them
-    /// (looked up once per connection, then remembered), leaving no
-    /// prepared statement behind on any server connection.
-    ///
-    /// tokio-postgres can only describe a statement by preparing it under
-    /// a name (which it closes when the statement is dropped, in a Sync
-    /// group of its own). Through a transaction pooler, outside a
-    /// transaction block, each Sync group may go to another server
-    /// connection: the name would stay behind on one, to collide with the
-    /// same name from another client later. So outside a block the
-    /// statement is described in one of its own, `BEGIN` sent with the
-    /// Parse and `ROLLBACK` after the Close, both on the one server
-    /// connection the block keeps. Inside a block, the Close goes out
-    /// before anything that could end it. Any `BEGIN` armed for the
-    /// caller's statement is held back meanwhile.
-    ///
-    /// The names are tokio-postgres' (`s` and a number counted per
-    /// process), so a pooled server connection may hold one that another
-    /// client left behind: in a block of its own, the description is then
-    /// made again, under the next name.
+    /// See [`Connection::describe`].
     pub(crate) fn describe(&mut self, sql: &str) -> Result<Arc<[Type]>, postgres::Error> {
-        if let Some(types) = self.descriptions.get(sql) {
-            return Ok(types);
-        }
-        let in_block = self.server_status() != Some(ServerStatus::Idle);
-        let tap = self.tap.clone();
-        let mut tries = if in_block { 1 } else { DESCRIBE_TRIES };
-        let types = loop {
-            tries -= 1;
-            match tap.hold_begin(|| self.run(|client| describe(client, sql, in_block))) {
-                Err(e) if tries > 0 && e.code() == Some(&SqlState::DUPLICATE_PSTATEMENT) => {
-                    log::debug!("pgtx: describing under a name left on the server ({e}); again");
-                }
-                result => break result?,
-            }
-        };
-        let types: Arc<[Type]> = types.into();
-        if types.iter().any(|t| Type::from_oid(t.oid()).is_none()) {
-            log::warn!(
-                "pgtx: a parameter of a user-defined type: tokio-postgres looks such types up \
-                 with named prepared statements, which a transaction pooler does not carry \
-                 between server connections (cast it from a built-in type: $1::text::mytype)"
-            );
-        }
-        self.descriptions.insert(sql, types.clone());
-        Ok(types)
+        self.runtime.block_on(self.conn.describe(sql))
     }
 
-    /// Whether the parameter types of `sql` are known on this connection.
+    /// See [`Connection::has_description`].
     pub(crate) fn has_description(&self, sql: &str) -> bool {
-        self.descriptions.entries.contains_key(sql)
+        self.conn.has_description(sql)
     }
 
-    /// Forgets the parameter types of `sql` (a column may have changed
-    /// type), so that they are looked up again.
+    /// See [`Connection::forget_description`].
     pub(crate) fn forget_description(&mut self, sql: &str) {
-        self.descriptions.entries.remove(sql);
+        self.conn.forget_description(sql);
     }
 
-    /// Runs `target` and returns the number of rows it affected.
+    /// See [`Connection::execute`].
     pub(crate) fn execute(
         &mut self,
         target: Target<'_>,
         params: Params<'_>,
     ) -> Result<u64, postgres::Error> {
-        match target {
-            Target::Prepared(statement) => self.run(|c| c.execute(statement, params)),
-            Target::Unnamed(sql, types) => match typed(params, types) {
-                Ok(typed) => self.run(|c| c.execute_typed(sql, &typed)),
-                Err(count) => self.refuse_parameters(&count),
-            },
-        }
+        self.runtime.block_on(self.conn.execute(target, params))
     }
 
-    /// Runs `target` and returns its rows.
+    /// See [`Connection::query`].
     pub(crate) fn query(
         &mut self,
         target: Target<'_>,
         params: Params<'_>,
     ) -> Result<Vec<Row>, postgres::Error> {
-        match target {
-            Target::Prepared(statement) => self.run(|c| c.query(statement, params)),
-            Target::Unnamed(sql, types) => match typed(params, types) {
-                Ok(typed) => self.run(|c| c.query_typed(sql, &typed)),
-                Err(count) => self.refuse_parameters(&count),
-            },
-        }
+        self.runtime.block_on(self.conn.query(target, params))
     }
 
-    /// Runs `target`, which must return exactly one row.
+    /// See [`Connection::query_one`].
     pub(crate) fn query_one(
         &mut self,
         target: Target<'_>,
         params: Params<'_>,
     ) -> Result<Row, postgres::Error> {
-        match target {
-            Target::Prepared(statement) => self.run(|c| c.query_one(statement, params)),
-            Target::Unnamed(sql, types) => match typed(params, types) {
-                Ok(typed) => self.run(|c| c.query_typed_one(sql, &typed)),
-                Err(count) => self.refuse_parameters(&count),
-            },
-        }
+        self.runtime.block_on(self.conn.query_one(target, params))
     }
 
-    /// Runs `target`, which must return at most one row.
+    /// See [`Connection::query_opt`].
     pub(crate) fn query_opt(
         &mut self,
         target: Target<'_>,
         params: Params<'_>,
     ) -> Result<Option<Row>, postgres::Error> {
-        match target {
-            Target::Prepared(statement) => self.run(|c| c.query_opt(statement, params)),
-            Target::Unnamed(sql, types) => match typed(params, types) {
-                Ok(typed) => self.run(|c| c.query_typed_opt(sql, &typed)),
-                Err(count) => self.refuse_parameters(&count),
-            },
-        }
+        self.runtime.block_on(self.conn.query_opt(target, params))
     }
 
-    /// The error for a wrong number of parameters, made before anything is
-    /// sent, as tokio-postgres makes it for a prepared statement.
-    fn refuse_parameters<T>(&mut self, count: &ParameterCount) -> Result<T, postgres::Error> {
-        // tokio-postgres' own error for this cannot be made from outside;
-        // a parameter that fails to encode yields one that says the same
-        // (the request fails while it is encoded, before it is sent).
-        let refused = [(count as &(dyn ToSql + Sync), Type::TEXT)];
-        match self.run(|c| c.execute_typed("", &refused)) {
-            Err(e) => Err(e),
-            // `ParameterCount::to_sql` always fails.
-            Ok(_) => unreachable!("a ParameterCount was encoded"),
-        }
-    }
-
-    /// Sends `begin` in front of the next statement, in the same write and
-    /// the same Sync group: if the server refuses `BEGIN`, it skips the
-    /// statement. Read the outcome with [`Driver::begin_outcome`].
+    /// See [`Connection::arm_begin`].
     pub(crate) fn arm_begin(&mut self, begin: &str) {
-        self.tap.arm_begin(begin);
+        self.conn.arm_begin(begin);
     }
 
-    /// The tag of the last CommandComplete the server sent: what it says
-    /// the last command did.
+    /// See [`Connection::last_command_tag`].
     pub(crate) fn last_command_tag(&self) -> String {
-        self.tap.last_command_tag()
+        self.conn.last_command_tag()
     }
 
-    /// Whether a `COPY` reached the server through the last request, and
-    /// which way (see `Tap::take_copy_refused`).
+    /// See [`Connection::take_copy_refused`].
     pub(crate) fn take_copy_refused(&mut self) -> Option<CopyRefused> {
-        self.tap.take_copy_refused()
+        self.conn.take_copy_refused()
     }
 
-    /// What became of the `BEGIN` armed last; disarms it if it was not sent.
+    /// See [`Connection::begin_outcome`].
     pub(crate) fn begin_outcome(&mut self) -> BeginOutcome {
-        self.tap.take_begin_outcome()
+        self.conn.begin_outcome()
     }
 
-    /// The transaction status the server reported with its last answer.
+    /// See [`Connection::server_status`].
     pub(crate) fn server_status(&self) -> Option<ServerStatus> {
-        self.tap.server_status()
+        self.conn.server_status()
     }
 
-    /// Whether the server reads SQL text as UTF8 (see `Tap::reads_utf8`).
+    /// See [`Connection::reads_utf8`].
     pub(crate) fn reads_utf8(&self) -> bool {
-        self.tap.reads_utf8()
+        self.conn.reads_utf8()
     }
 
-    /// Forgets every cached statement (after the server said one was stale
-    /// or gone: `DISCARD ALL` and `DEALLOCATE ALL` drop them all at once).
+    /// See [`Connection::forget_statements`].
     pub(crate) fn forget_statements(&mut self) {
-        self.statements.entries.clear();
+        self.conn.forget_statements();
     }
 
-    /// Runs one request to completion while driving the connection.
+    /// Runs one request to completion (see [`Connection::run`]).
     pub(crate) fn run<'a, T, F, Fut>(&'a mut self, request: F) -> Result<T, postgres::Error>
     where
         F: FnOnce(&'a Client) -> Fut,
         Fut: Future<Output = Result<T, postgres::Error>> + 'a,
     {
-        let Driver {
-            runtime,
-            client,
-            connection,
-            notifications,
-            ended,
-            end_cause,
-            gate,
-            tap,
-            ..
-        } = self;
-        let client: &'a Client = client;
-        let mut request = pin!(request(client));
-        let gate = &*gate;
-        let mut answer = None;
-        let result = runtime.block_on(poll_fn(|cx| {
-            gate.set_waker(cx.waker());
-            let gated = Waker::from(gate.clone());
-            let mut gated_cx = Context::from_waker(&gated);
-            loop {
-                gate.open_poll();
-                drive(connection, notifications, ended, end_cause, &mut gated_cx);
-                if answer.is_none()
-                    && let Poll::Ready(result) = request.as_mut().poll(&mut gated_cx)
-                {
-                    answer = Some(result);
-                }
-                let missed = gate.close_poll();
-                // A request can end before the server's ReadyForQuery is read
-                // (an error is sent, and flushed, ahead of it); wait for it,
-                // so that the server's transaction status is current.
-                if (*ended || tap.settled())
-                    && let Some(result) = answer.take()
-                {
-                    return Poll::Ready(result);
-                }
-                if !missed {
-                    return Poll::Pending;
-                }
-            }
-        }));
-        if !*ended {
-            self.answered_at = Instant::now();
-        }
-        if tap.take_statements_dropped() {
-            // DISCARD ALL or DEALLOCATE ran: what the cache holds is gone
-            // on the server. (`self` is borrowed for 'a: only the field.)
-            self.statements.entries.clear();
-        }
-        result
+        let Driver { runtime, conn } = self;
+        runtime.block_on(conn.run(request))
     }
 
-    /// Where this connection's cancel requests go.
+    /// See [`Connection::cancel_target`].
     pub(crate) fn cancel_target(&self) -> &Arc<CancelTarget> {
-        &self.cancel
+        self.conn.cancel_target()
     }
 
-    /// Whether the connection answered (or was found alive) within `span`.
+    /// See [`Connection::answered_within`].
     pub(crate) fn answered_within(&self, span: Duration) -> bool {
-        !self.has_ended() && self.answered_at.elapsed() < span
+        self.conn.answered_within(span)
     }
 
-    /// Whether the connection is still usable, without a round trip.
-    ///
-    /// Reads whatever the server sent while the connection sat idle: a
-    /// notification is kept, an error or end of stream marks it dead.
+    /// See [`Connection::is_alive`].
     pub(crate) fn is_alive(&mut self) -> bool {
-        if self.ended || self.client.is_closed() {
-            return false;
-        }
-        let Driver {
-            runtime,
-            connection,
-            notifications,
-            ended,
-            end_cause,
-            ..
-        } = self;
-        runtime.block_on(async {
-            // A current-thread runtime turns its I/O driver only while the future
-            // it runs is pending; yielding once makes it look at the socket, so
-            // the poll below sees what arrived since the last request.
-            tokio::task::yield_now().await;
-            poll_fn(|cx| {
-                drive(connection, notifications, ended, end_cause, cx);
-                Poll::Ready(())
-            })
-            .await;
-        });
-        let alive = !self.ended && !self.client.is_closed();
-        if alive {
-            self.answered_at = Instant::now();
-        }
-        alive
+        self.runtime.block_on(self.conn.is_alive())
     }
 
-    /// Whether the connection has ended (the server closed it, or the socket failed).
+    /// See [`Connection::has_ended`].
     pub(crate) fn has_ended(&self) -> bool {
-        self.ended || self.client.is_closed()
+        self.conn.has_ended()
     }
 
-    /// The error the connection ended with, if it said one.
+    /// See [`Connection::take_end_cause`].
     pub(crate) fn take_end_cause(&mut self) -> Option<postgres::Error> {
-        self.end_cause.take()
+        self.conn.take_end_cause()
     }
 
-    /// A request's result as the caller reports it: a failure on a
-    /// connection that has ended is [`Error::ConnectionLost`] (with the
-    /// more telling of the two errors, see [`Driver::why_lost`]), any other
-    /// failure [`Error::Db`]. The one place that decides "lost or a
-    /// database error?".
+    /// See [`Connection::outcome`].
     pub(crate) fn outcome<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, Error> {
-        match result {
-            Ok(value) => Ok(value),
-            Err(e) if self.has_ended() => Err(Error::ConnectionLost(Some(self.why_lost(e)))),
-            Err(e) => Err(Error::Db(e)),
-        }
+        self.conn.outcome(result)
     }
 
-    /// Of a failed request's own error and the error the connection ended
-    /// with, the one that says more: the server's reason (such as 57P01,
-    /// "terminating connection due to administrator command") over a bare
-    /// "connection closed".
+    /// See [`Connection::why_lost`].
     pub(crate) fn why_lost(&mut self, request_error: postgres::Error) -> postgres::Error {
-        match self.end_cause.take() {
-            Some(end) if request_error.as_db_error().is_none() => end,
-            _ => request_error,
-        }
+        self.conn.why_lost(request_error)
     }
 
-    /// Notifications received so far and not yet taken.
+    /// See [`Connection::notifications`].
     pub(crate) fn notifications(&mut self) -> &mut VecDeque<Notification> {
-        &mut self.notifications
+        self.conn.notifications()
     }
 
-    /// Waits until a notification is queued, the connection ends, or
-    /// `deadline` passes (`None`: no deadline); whether a notification is
-    /// queued.
-    ///
-    /// It does not spin: the runtime sleeps in its I/O driver until the
-    /// socket has something or the timer fires. Before waiting it turns the
-    /// I/O driver once, so a deadline already past still sees what arrived
-    /// since the last request.
+    /// See [`Connection::wait_notification`].
     pub(crate) fn wait_notification(&mut self, deadline: Option<Instant>) -> bool {
-        if !self.notifications.is_empty() {
-            return true;
-        }
-        if self.has_ended() {
-            return false;
-        }
-        let Driver {
-            runtime,
-            connection,
-            notifications,
-            ended,
-            end_cause,
-            ..
-        } = self;
-        runtime.block_on(async {
-            // As in `is_alive`: yielding makes the runtime look at the socket.
-            tokio::task::yield_now().await;
-            let arrival = poll_fn(|cx| {
-                drive(connection, notifications, ended, end_cause, cx);
-                if *ended || !notifications.is_empty() {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            });
-            match deadline {
-                // Timing out is the expected outcome of a quiet channel.
-                Some(deadline) => tokio::time::timeout_at(deadline.into(), arrival)
-                    .await
-                    .unwrap_or(()),
-                None => arrival.await,
-            }
-        });
-        let arrived = !self.notifications.is_empty();
-        if arrived {
-            self.answered_at = Instant::now();
-        }
-        arrived
+        self.runtime.block_on(self.conn.wait_notification(deadline))
     }
 
-    /// Closes the connection politely: the client is dropped, which makes the
-    /// connection send `Terminate`, and the socket is given a moment to flush.
+    /// See [`Connection::close`].
     pub(crate) fn close(self) {
-        let Driver {
-            runtime,
-            client,
-            mut connection,
-            tap: _,
-            mut notifications,
-            mut ended,
-            mut end_cause,
-            statements,
-            naming: _,
-            descriptions: _,
-            answered_at: _,
-            gate: _,
-            cancel: _,
-        } = self;
-        // No point closing statements one by one on a connection about to end.
-        drop(statements);
-        drop(client);
-        if !ended {
-            let flushed = runtime.block_on(async {
-                tokio::time::timeout(
-                    Duration::from_secs(1),
-                    poll_fn(|cx| {
-                        drive(
-                            &mut connection,
-                            &mut notifications,
-                            &mut ended,
-                            &mut end_cause,
-                            cx,
-                        );
-                        if ended {
-                            Poll::Ready(())
-                        } else {
-                            Poll::Pending
-                        }
-                    }),
-                )
-                .await
-            });
-            if flushed.is_err() {
-                log::debug!("pgtx: the server did not acknowledge the close within 1s");
-            }
-        }
-    }
-}
-
-/// Polls the connection until it has nothing more to do right now.
-///
-/// When the connection ends, it is dropped at once: that closes the
-/// response channels of requests still in flight, which then fail with
-/// "connection closed" instead of waiting forever for an answer.
-fn drive(
-    connection: &mut ConnectionStream,
-    notifications: &mut VecDeque<Notification>,
-    ended: &mut bool,
-    end_cause: &mut Option<postgres::Error>,
-    cx: &mut Context<'_>,
-) {
-    while !*ended {
-        match connection.poll_message(cx) {
-            Poll::Ready(Some(Ok(AsyncMessage::Notification(notification)))) => {
-                notifications.push_back(notification);
-            }
-            Poll::Ready(Some(Ok(AsyncMessage::Notice(notice)))) => {
-                log::info!(
-                    "pgtx: server notice: {}: {}",
-                    notice.severity(),
-                    notice.message()
-                );
-            }
-            Poll::Ready(Some(Ok(_))) => {}
-            Poll::Ready(Some(Err(e))) => {
-                log::debug!("pgtx: connection ended: {e}");
-                *end_cause = Some(e);
-                *ended = true;
-                *connection = ConnectionStream::ended();
-            }
-            Poll::Ready(None) => {
-                *ended = true;
-                *connection = ConnectionStream::ended();
-            }
-            Poll::Pending => break,
-        }
+        let Driver { runtime, conn } = self;
+        runtime.block_on(conn.close());
     }
 }

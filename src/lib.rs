@@ -280,6 +280,7 @@
 
 mod cancel;
 mod config;
+mod conn;
 mod connect;
 mod control;
 mod driver;
@@ -306,7 +307,6 @@ mod track;
 mod transaction_status;
 pub mod two_phase;
 mod tx;
-mod unnamed;
 mod wire;
 
 pub use crate::cancel::CancelHandle;

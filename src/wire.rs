@@ -200,15 +200,14 @@ impl Tap {
         std::mem::take(&mut self.0.lock().statements_dropped)
     }
 
-    /// Holds the armed `BEGIN` back (if any) while `during` runs requests
-    /// that must not carry it, then arms it again if it was not sent.
-    pub(crate) fn hold_begin<T>(&self, during: impl FnOnce() -> T) -> T {
-        let held = self.0.lock().armed.take();
-        let result = during();
-        if held.is_some() {
-            self.0.lock().armed = held;
+    /// Holds the armed `BEGIN` back (if any) until the returned hold is
+    /// dropped, for requests that must not carry it; it is armed again
+    /// then (also when the request's future is dropped unfinished).
+    pub(crate) fn hold_begin(&self) -> HeldBegin<'_> {
+        HeldBegin {
+            tap: self,
+            armed: self.0.lock().armed.take(),
         }
-        result
     }
 
     /// What became of the armed `BEGIN`; disarms it if it was not sent.
@@ -521,6 +520,20 @@ fn message(out: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
     // Our messages are a few dozen bytes; the length always fits.
     let length = u32::try_from(out.len() - length_at).unwrap_or(u32::MAX);
     out[length_at..length_at + 4].copy_from_slice(&length.to_be_bytes());
+}
+
+/// A `BEGIN` held back by [`Tap::hold_begin`]; armed again when dropped.
+pub(crate) struct HeldBegin<'t> {
+    tap: &'t Tap,
+    armed: Option<Vec<u8>>,
+}
+
+impl Drop for HeldBegin<'_> {
+    fn drop(&mut self) {
+        if let Some(armed) = self.armed.take() {
+            self.tap.0.lock().armed = Some(armed);
+        }
+    }
 }
 
 /// A stream with the tap on it. `tokio-postgres` reads and writes through it.
@@ -913,12 +926,13 @@ mod tests {
     fn a_held_begin_is_not_injected_and_is_armed_again_afterwards() {
         let tap = Tap::new();
         tap.arm_begin("BEGIN");
-        let during = tap.hold_begin(|| tap.0.lock().armed.is_some());
-        assert!(!during, "not armed while held");
+        let held = tap.hold_begin();
+        assert!(tap.0.lock().armed.is_none(), "not armed while held");
+        drop(held);
         assert!(tap.0.lock().armed.is_some(), "armed again");
         // Nothing armed: nothing comes back.
         let tap = Tap::new();
-        tap.hold_begin(|| ());
+        drop(tap.hold_begin());
         assert!(tap.0.lock().armed.is_none());
     }
 

@@ -1,0 +1,599 @@
+//! The async core: one `tokio-postgres` connection, polled together with
+//! each request on whatever task runs it. `Send`, no `block_on`, no lock
+//! held across an `.await`: the blocking shell (`driver.rs`) drives it on a
+//! runtime of its own, and an async front can drive it on the caller's.
+//!
+//! The connection is not spawned as a task of its own: `run` polls it with
+//! the request, so an answer is read on the thread that waits for it (no
+//! hand-over between threads), and a connection that sits idle can be
+//! looked at without a round trip (see [`Connection::is_alive`]).
+
+mod gate;
+mod statement_cache;
+pub(crate) mod unnamed;
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use postgres::error::SqlState;
+use postgres::types::{ToSql, Type};
+use tokio_postgres::{AsyncMessage, Client, Notification, Row, Statement};
+
+use self::gate::Gate;
+use self::statement_cache::StatementCache;
+use self::unnamed::{ParameterCount, describe, typed};
+use crate::config::Settings;
+use crate::connect::{CancelTarget, ConnectionStream, Connector, Opened};
+use crate::error::Error;
+use crate::statements::{Naming, Params};
+use crate::wire::{BeginOutcome, CopyRefused, ServerStatus, Tap};
+
+/// What a statement method runs.
+#[derive(Clone, Copy)]
+pub(crate) enum Target<'a> {
+    /// A statement prepared on this connection, bound by its name.
+    Prepared(&'a Statement),
+    /// SQL text on the unnamed statement (Parse, Bind, Describe, Execute in
+    /// one Sync group), with its parameters' types (empty when it has none).
+    Unnamed(&'a str, &'a [Type]),
+}
+
+/// One open connection: the client, the half that reads and writes the
+/// socket, the tap on the bytes, and what is cached per connection.
+pub(crate) struct Connection {
+    client: Client,
+    connection: ConnectionStream,
+    /// Slips `BEGIN` into the first statement's write; reads the server's
+    /// transaction status.
+    tap: Arc<Tap>,
+    notifications: VecDeque<Notification>,
+    /// The connection has ended; it must not be polled again.
+    ended: bool,
+    /// Why it ended, when the server or the socket said so.
+    end_cause: Option<postgres::Error>,
+    /// Statements prepared from SQL text on this connection.
+    statements: StatementCache<Statement>,
+    /// How SQL text runs on this connection.
+    naming: Naming,
+    /// With [`Naming::Unnamed`]: the parameter types of SQL text run on
+    /// this connection, so that text run again costs one round trip.
+    descriptions: StatementCache<Arc<[Type]>>,
+    /// When the server was last heard from (or the connection last found alive).
+    answered_at: Instant,
+    gate: Arc<Gate>,
+    /// Where this connection's cancel requests go.
+    cancel: Arc<CancelTarget>,
+}
+
+static_assertions::assert_impl_all!(Connection: Send);
+
+/// How many times a statement is described, outside a transaction block,
+/// when the name it is prepared under is taken (see [`Connection::describe`]).
+const DESCRIBE_TRIES: u32 = 3;
+
+impl Connection {
+    /// Opens a new connection with `settings`, trying each server in turn
+    /// as libpq does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Settings`] if the settings (with the environment and files
+    /// they point to) cannot be used, before anything is opened;
+    /// [`Error::Connect`] if no server accepted the connection.
+    pub(crate) async fn open(settings: &Settings, naming: Naming) -> Result<Connection, Error> {
+        let connector = Connector::new(settings)?;
+        let Opened {
+            client,
+            connection,
+            tap,
+            cancel,
+        } = connector.connect().await?;
+        Ok(Connection {
+            client,
+            connection,
+            tap,
+            notifications: VecDeque::new(),
+            ended: false,
+            end_cause: None,
+            statements: StatementCache::default(),
+            naming,
+            descriptions: StatementCache::default(),
+            answered_at: Instant::now(),
+            gate: Arc::default(),
+            cancel,
+        })
+    }
+
+    /// How SQL text runs on this connection.
+    pub(crate) fn naming(&self) -> Naming {
+        self.naming
+    }
+
+    /// The statement prepared from `sql` on this connection, preparing it
+    /// (one round trip) the first time.
+    pub(crate) async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        debug_assert_eq!(self.naming, Naming::Cached, "nothing is named when unnamed");
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement);
+        }
+        let statement = self.run(|client| client.prepare(sql)).await?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    /// The types of the parameters of `sql`, as the server reads them
+    /// (looked up once per connection, then remembered), leaving no
+    /// prepared statement behind on any server connection.
+    ///
+    /// tokio-postgres can only describe a statement by preparing it under
+    /// a name (which it closes when the statement is dropped, in a Sync
+    /// group of its own). Through a transaction pooler, outside a
+    /// transaction block, each Sync group may go to another server
+    /// connection: the name would stay behind on one, to collide with the
+    /// same name from another client later. So outside a block the
+    /// statement is described in one of its own, `BEGIN` sent with the
+    /// Parse and `ROLLBACK` after the Close, both on the one server
+    /// connection the block keeps. Inside a block, the Close goes out
+    /// before anything that could end it. Any `BEGIN` armed for the
+    /// caller's statement is held back meanwhile.
+    ///
+    /// The names are tokio-postgres' (`s` and a number counted per
+    /// process), so a pooled server connection may hold one that another
+    /// client left behind: in a block of its own, the description is then
+    /// made again, under the next name.
+    pub(crate) async fn describe(&mut self, sql: &str) -> Result<Arc<[Type]>, postgres::Error> {
+        if let Some(types) = self.descriptions.get(sql) {
+            return Ok(types);
+        }
+        let in_block = self.server_status() != Some(ServerStatus::Idle);
+        let tap = self.tap.clone();
+        let mut tries = if in_block { 1 } else { DESCRIBE_TRIES };
+        let types = loop {
+            tries -= 1;
+            let held = tap.hold_begin();
+            let described = self
+                .run(|client| describe(client, sql, in_block))
+                .await;
+            drop(held);
+            match described {
+                Err(e) if tries > 0 && e.code() == Some(&SqlState::DUPLICATE_PSTATEMENT) => {
+                    log::debug!("pgtx: describing under a name left on the server ({e}); again");
+                }
+                result => break result?,
+            }
+        };
+        let types: Arc<[Type]> = types.into();
+        if types.iter().any(|t| Type::from_oid(t.oid()).is_none()) {
+            log::warn!(
+                "pgtx: a parameter of a user-defined type: tokio-postgres looks such types up \
+                 with named prepared statements, which a transaction pooler does not carry \
+                 between server connections (cast it from a built-in type: $1::text::mytype)"
+            );
+        }
+        self.descriptions.insert(sql, types.clone());
+        Ok(types)
+    }
+
+    /// Whether the parameter types of `sql` are known on this connection.
+    pub(crate) fn has_description(&self, sql: &str) -> bool {
+        self.descriptions.contains(sql)
+    }
+
+    /// Forgets the parameter types of `sql` (a column may have changed
+    /// type), so that they are looked up again.
+    pub(crate) fn forget_description(&mut self, sql: &str) {
+        self.descriptions.remove(sql);
+    }
+
+    /// Runs `target` and returns the number of rows it affected.
+    pub(crate) async fn execute(
+        &mut self,
+        target: Target<'_>,
+        params: Params<'_>,
+    ) -> Result<u64, postgres::Error> {
+        match target {
+            Target::Prepared(statement) => self.run(|c| c.execute(statement, params)).await,
+            Target::Unnamed(sql, types) => match typed(params, types) {
+                Ok(typed) => self.run(|c| c.execute_typed(sql, &typed)).await,
+                Err(count) => self.refuse_parameters(&count).await,
+            },
+        }
+    }
+
+    /// Runs `target` and returns its rows.
+    pub(crate) async fn query(
+        &mut self,
+        target: Target<'_>,
+        params: Params<'_>,
+    ) -> Result<Vec<Row>, postgres::Error> {
+        match target {
+            Target::Prepared(statement) => self.run(|c| c.query(statement, params)).await,
+            Target::Unnamed(sql, types) => match typed(params, types) {
+                Ok(typed) => self.run(|c| c.query_typed(sql, &typed)).await,
+                Err(count) => self.refuse_parameters(&count).await,
+            },
+        }
+    }
+
+    /// Runs `target`, which must return exactly one row.
+    pub(crate) async fn query_one(
+        &mut self,
+        target: Target<'_>,
+        params: Params<'_>,
+    ) -> Result<Row, postgres::Error> {
+        match target {
+            Target::Prepared(statement) => self.run(|c| c.query_one(statement, params)).await,
+            Target::Unnamed(sql, types) => match typed(params, types) {
+                Ok(typed) => self.run(|c| c.query_typed_one(sql, &typed)).await,
+                Err(count) => self.refuse_parameters(&count).await,
+            },
+        }
+    }
+
+    /// Runs `target`, which must return at most one row.
+    pub(crate) async fn query_opt(
+        &mut self,
+        target: Target<'_>,
+        params: Params<'_>,
+    ) -> Result<Option<Row>, postgres::Error> {
+        match target {
+            Target::Prepared(statement) => self.run(|c| c.query_opt(statement, params)).await,
+            Target::Unnamed(sql, types) => match typed(params, types) {
+                Ok(typed) => self.run(|c| c.query_typed_opt(sql, &typed)).await,
+                Err(count) => self.refuse_parameters(&count).await,
+            },
+        }
+    }
+
+    /// The error for a wrong number of parameters, made before anything is
+    /// sent, as tokio-postgres makes it for a prepared statement.
+    async fn refuse_parameters<T>(&mut self, count: &ParameterCount) -> Result<T, postgres::Error> {
+        // tokio-postgres' own error for this cannot be made from outside;
+        // a parameter that fails to encode yields one that says the same
+        // (the request fails while it is encoded, before it is sent).
+        let refused = [(count as &(dyn ToSql + Sync), Type::TEXT)];
+        match self.run(|c| c.execute_typed("", &refused)).await {
+            Err(e) => Err(e),
+            // `ParameterCount::to_sql` always fails.
+            Ok(_) => unreachable!("a ParameterCount was encoded"),
+        }
+    }
+
+    /// Sends `begin` in front of the next statement, in the same write and
+    /// the same Sync group: if the server refuses `BEGIN`, it skips the
+    /// statement. Read the outcome with [`Connection::begin_outcome`].
+    pub(crate) fn arm_begin(&mut self, begin: &str) {
+        self.tap.arm_begin(begin);
+    }
+
+    /// The tag of the last CommandComplete the server sent: what it says
+    /// the last command did.
+    pub(crate) fn last_command_tag(&self) -> String {
+        self.tap.last_command_tag()
+    }
+
+    /// Whether a `COPY` reached the server through the last request, and
+    /// which way (see `Tap::take_copy_refused`).
+    pub(crate) fn take_copy_refused(&mut self) -> Option<CopyRefused> {
+        self.tap.take_copy_refused()
+    }
+
+    /// What became of the `BEGIN` armed last; disarms it if it was not sent.
+    pub(crate) fn begin_outcome(&mut self) -> BeginOutcome {
+        self.tap.take_begin_outcome()
+    }
+
+    /// The transaction status the server reported with its last answer.
+    pub(crate) fn server_status(&self) -> Option<ServerStatus> {
+        self.tap.server_status()
+    }
+
+    /// Whether the server reads SQL text as UTF8 (see `Tap::reads_utf8`).
+    pub(crate) fn reads_utf8(&self) -> bool {
+        self.tap.reads_utf8()
+    }
+
+    /// Forgets every cached statement (after the server said one was stale
+    /// or gone: `DISCARD ALL` and `DEALLOCATE ALL` drop them all at once).
+    pub(crate) fn forget_statements(&mut self) {
+        self.statements.clear();
+    }
+
+    /// Runs one request to completion while driving the connection.
+    pub(crate) async fn run<'a, T, F, Fut>(&'a mut self, request: F) -> Result<T, postgres::Error>
+    where
+        F: FnOnce(&'a Client) -> Fut,
+        Fut: Future<Output = Result<T, postgres::Error>> + 'a,
+    {
+        let Connection {
+            client,
+            connection,
+            notifications,
+            ended,
+            end_cause,
+            gate,
+            tap,
+            ..
+        } = self;
+        let client: &'a Client = client;
+        let mut request = pin!(request(client));
+        let gate = &*gate;
+        let mut answer = None;
+        let result = poll_fn(|cx| {
+            gate.set_waker(cx.waker());
+            let gated = Waker::from(gate.clone());
+            let mut gated_cx = Context::from_waker(&gated);
+            loop {
+                gate.open_poll();
+                drive(connection, notifications, ended, end_cause, &mut gated_cx);
+                if answer.is_none()
+                    && let Poll::Ready(result) = request.as_mut().poll(&mut gated_cx)
+                {
+                    answer = Some(result);
+                }
+                let missed = gate.close_poll();
+                // A request can end before the server's ReadyForQuery is read
+                // (an error is sent, and flushed, ahead of it); wait for it,
+                // so that the server's transaction status is current.
+                if (*ended || tap.settled())
+                    && let Some(result) = answer.take()
+                {
+                    return Poll::Ready(result);
+                }
+                if !missed {
+                    return Poll::Pending;
+                }
+            }
+        })
+        .await;
+        if !*ended {
+            self.answered_at = Instant::now();
+        }
+        if tap.take_statements_dropped() {
+            // DISCARD ALL or DEALLOCATE ran: what the cache holds is gone
+            // on the server. (`self` is borrowed for 'a: only the field.)
+            self.statements.clear();
+        }
+        result
+    }
+
+    /// Where this connection's cancel requests go.
+    pub(crate) fn cancel_target(&self) -> &Arc<CancelTarget> {
+        &self.cancel
+    }
+
+    /// Whether the connection answered (or was found alive) within `span`.
+    pub(crate) fn answered_within(&self, span: Duration) -> bool {
+        !self.has_ended() && self.answered_at.elapsed() < span
+    }
+
+    /// Whether the connection is still usable, without a round trip.
+    ///
+    /// Reads whatever the server sent while the connection sat idle: a
+    /// notification is kept, an error or end of stream marks it dead. On a
+    /// current-thread runtime, whose I/O driver turns only while the future
+    /// it runs is pending, yielding once first makes it look at the socket,
+    /// so the poll sees what arrived since the last request.
+    pub(crate) async fn is_alive(&mut self) -> bool {
+        if self.has_ended() {
+            return false;
+        }
+        tokio::task::yield_now().await;
+        let Connection {
+            connection,
+            notifications,
+            ended,
+            end_cause,
+            ..
+        } = self;
+        poll_fn(|cx| {
+            drive(connection, notifications, ended, end_cause, cx);
+            Poll::Ready(())
+        })
+        .await;
+        let alive = !self.has_ended();
+        if alive {
+            self.answered_at = Instant::now();
+        }
+        alive
+    }
+
+    /// Whether the connection has ended (the server closed it, or the socket failed).
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended || self.client.is_closed()
+    }
+
+    /// The error the connection ended with, if it said one.
+    pub(crate) fn take_end_cause(&mut self) -> Option<postgres::Error> {
+        self.end_cause.take()
+    }
+
+    /// A request's result as the caller reports it: a failure on a
+    /// connection that has ended is [`Error::ConnectionLost`] (with the
+    /// more telling of the two errors, see [`Connection::why_lost`]), any
+    /// other failure [`Error::Db`]. The one place that decides "lost or a
+    /// database error?".
+    pub(crate) fn outcome<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, Error> {
+        match result {
+            Ok(value) => Ok(value),
+            Err(e) if self.has_ended() => Err(Error::ConnectionLost(Some(self.why_lost(e)))),
+            Err(e) => Err(Error::Db(e)),
+        }
+    }
+
+    /// Of a failed request's own error and the error the connection ended
+    /// with, the one that says more: the server's reason (such as 57P01,
+    /// "terminating connection due to administrator command") over a bare
+    /// "connection closed".
+    pub(crate) fn why_lost(&mut self, request_error: postgres::Error) -> postgres::Error {
+        match self.end_cause.take() {
+            Some(end) if request_error.as_db_error().is_none() => end,
+            _ => request_error,
+        }
+    }
+
+    /// Notifications received so far and not yet taken.
+    pub(crate) fn notifications(&mut self) -> &mut VecDeque<Notification> {
+        &mut self.notifications
+    }
+
+    /// Waits until a notification is queued, the connection ends, or
+    /// `deadline` passes (`None`: no deadline); whether a notification is
+    /// queued.
+    ///
+    /// It does not spin: the runtime sleeps in its I/O driver until the
+    /// socket has something or the timer fires. Before waiting it yields
+    /// once (see [`Connection::is_alive`]), so a deadline already past
+    /// still sees what arrived since the last request.
+    pub(crate) async fn wait_notification(&mut self, deadline: Option<Instant>) -> bool {
+        if !self.notifications.is_empty() {
+            return true;
+        }
+        if self.has_ended() {
+            return false;
+        }
+        tokio::task::yield_now().await;
+        let Connection {
+            connection,
+            notifications,
+            ended,
+            end_cause,
+            ..
+        } = self;
+        let arrival = poll_fn(|cx| {
+            drive(connection, notifications, ended, end_cause, cx);
+            if *ended || !notifications.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        match deadline {
+            // Timing out is the expected outcome of a quiet channel.
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), arrival)
+                .await
+                .unwrap_or(()),
+            None => arrival.await,
+        }
+        let arrived = !self.notifications.is_empty();
+        if arrived {
+            self.answered_at = Instant::now();
+        }
+        arrived
+    }
+
+    /// Closes the connection politely: the client is dropped, which makes the
+    /// connection send `Terminate`, and the socket is given a moment to flush.
+    pub(crate) async fn close(self) {
+        let Connection {
+            client,
+            mut connection,
+            mut notifications,
+            mut ended,
+            mut end_cause,
+            statements,
+            ..
+        } = self;
+        // No point closing statements one by one on a connection about to end.
+        drop(statements);
+        drop(client);
+        if ended {
+            return;
+        }
+        let flushed = tokio::time::timeout(
+            Duration::from_secs(1),
+            poll_fn(|cx| {
+                drive(
+                    &mut connection,
+                    &mut notifications,
+                    &mut ended,
+                    &mut end_cause,
+                    cx,
+                );
+                if ended {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }),
+        )
+        .await;
+        if flushed.is_err() {
+            log::debug!("pgtx: the server did not acknowledge the close within 1s");
+        }
+    }
+}
+
+/// Polls the connection until it has nothing more to do right now.
+///
+/// When the connection ends, it is dropped at once: that closes the
+/// response channels of requests still in flight, which then fail with
+/// "connection closed" instead of waiting forever for an answer.
+fn drive(
+    connection: &mut ConnectionStream,
+    notifications: &mut VecDeque<Notification>,
+    ended: &mut bool,
+    end_cause: &mut Option<postgres::Error>,
+    cx: &mut Context<'_>,
+) {
+    while !*ended {
+        match connection.poll_message(cx) {
+            Poll::Ready(Some(Ok(AsyncMessage::Notification(notification)))) => {
+                notifications.push_back(notification);
+            }
+            Poll::Ready(Some(Ok(AsyncMessage::Notice(notice)))) => {
+                log::info!(
+                    "pgtx: server notice: {}: {}",
+                    notice.severity(),
+                    notice.message()
+                );
+            }
+            Poll::Ready(Some(Ok(_))) => {}
+            Poll::Ready(Some(Err(e))) => {
+                log::debug!("pgtx: connection ended: {e}");
+                *end_cause = Some(e);
+                *ended = true;
+                *connection = ConnectionStream::ended();
+            }
+            Poll::Ready(None) => {
+                *ended = true;
+                *connection = ConnectionStream::ended();
+            }
+            Poll::Pending => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The core's futures can move between a multi-threaded runtime's
+    /// workers (checked at compile time; the futures are never polled).
+    #[test]
+    fn the_core_s_futures_are_send() {
+        fn check(conn: &mut Connection, statement: &Statement) {
+            let one = 1_i32;
+            assert_send(&conn.execute(Target::Prepared(statement), &[&one]));
+        }
+        fn check_run(conn: &mut Connection) {
+            assert_send(&conn.run(|c| c.batch_execute("SELECT 1")));
+        }
+        fn check_others(conn: &mut Connection) {
+            assert_send(&conn.describe("SELECT $1::int4"));
+            assert_send(&conn.prepare_cached("SELECT 1"));
+            assert_send(&conn.is_alive());
+            assert_send(&conn.wait_notification(None));
+        }
+        fn check_open(settings: &Settings) {
+            assert_send(&Connection::open(settings, Naming::Cached));
+        }
+        let _ = (check, check_run, check_others, check_open);
+    }
+}
