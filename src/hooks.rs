@@ -5,7 +5,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::Settings;
 use crate::driver::{Driver, Target};
 use crate::error::{Error, HookError, Result};
 use crate::statements::{Naming, Params, Sql, ToStatement};
@@ -176,31 +175,6 @@ impl fmt::Debug for NewConnection<'_> {
     }
 }
 
-/// A new connection, set up by the `on_connect` hook if there is one
-/// (closed again if the hook fails).
-///
-/// # Errors
-///
-/// As `Driver::open`, and [`Error::OnConnect`] if the hook failed.
-pub(crate) fn open_with_hook(
-    settings: &Settings,
-    naming: Naming,
-    on_connect: Option<&OnConnect>,
-) -> Result<Driver> {
-    let mut driver = Driver::open(settings, naming)?;
-    if let Some(hook) = on_connect
-        && let Err(e) = run_on_connect(hook, &mut driver)
-    {
-        log::warn!(
-            "pgtx: closing a new connection: {}",
-            crate::error::chain(&e)
-        );
-        driver.close();
-        return Err(e);
-    }
-    Ok(driver)
-}
-
 /// Runs SQL text on the unnamed statement (see `Driver::describe`).
 fn unnamed<T>(
     driver: &mut Driver,
@@ -225,7 +199,7 @@ fn unnamed<T>(
 ///
 /// [`Error::OnConnect`] if the hook failed, or left a transaction block
 /// open; the caller must then not use the connection.
-fn run_on_connect(hook: &OnConnect, driver: &mut Driver) -> Result<()> {
+pub(crate) fn run_on_connect(hook: &OnConnect, driver: &mut Driver) -> Result<()> {
     let outcome = hook.call(&mut NewConnection::new(driver));
     if let Err(e) = outcome {
         return Err(Error::OnConnect(e));

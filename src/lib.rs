@@ -285,6 +285,7 @@ mod connect;
 mod control;
 mod driver;
 mod error;
+mod factory;
 mod guard;
 mod held;
 mod hooks;
@@ -307,6 +308,7 @@ mod track;
 mod transaction_status;
 pub mod two_phase;
 mod tx;
+mod user_code;
 mod wire;
 
 pub use crate::cancel::CancelHandle;

@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,9 +12,11 @@ use postgres::Notification;
 use crate::config::Settings;
 use crate::driver::Driver;
 use crate::error::{Error, Result, describe};
+use crate::factory::{ConnectionFactory, Occasion};
 use crate::ident::{check_notification, quote_identifier};
 use crate::reconnect::{Next, Outage, ReconnectPolicy};
 use crate::statements::Naming;
+use crate::user_code::catch_panic;
 
 /// What a [`Listener`] delivers.
 #[derive(Debug, Clone)]
@@ -151,7 +152,8 @@ impl fmt::Display for ObserverId {
 /// # Ok::<(), pgtx::Error>(())
 /// ```
 pub struct Listener {
-    settings: Settings,
+    /// Makes its connections: no hooks, prepared statements cached.
+    factory: ConnectionFactory,
     policy: ReconnectPolicy,
     link: Link,
     /// Every channel listened to, in the order first asked for: the
@@ -191,9 +193,10 @@ impl Listener {
 
     /// Connects with `settings`.
     pub(crate) fn open(settings: Settings) -> Result<Listener> {
-        let driver = Driver::open(&settings, Naming::Cached)?;
+        let factory = ConnectionFactory::new(settings, Naming::Cached);
+        let driver = factory.open(Occasion::Fresh)?;
         Ok(Listener {
-            settings,
+            factory,
             policy: ReconnectPolicy::default(),
             link: Link::Up(driver),
             channels: Vec::new(),
@@ -534,7 +537,7 @@ impl Listener {
     /// One reconnection attempt: connects and re-issues every `LISTEN`.
     fn reconnect(&mut self) -> Result<()> {
         let Listener {
-            settings,
+            factory,
             link,
             channels,
             ready,
@@ -544,7 +547,7 @@ impl Listener {
             return Ok(());
         };
         outage.attempting();
-        match open_listening(settings, channels) {
+        match open_listening(factory, channels) {
             Ok(driver) => {
                 log::info!(
                     "pgtx: the listener reconnected after {:?} and {} attempt(s); \
@@ -590,25 +593,20 @@ impl Listener {
                 ListenEvent::Notification(n) => format!("a notification on {:?}", n.channel()),
                 ListenEvent::Reconnected { .. } => "a reconnection".to_owned(),
             };
-            match catch_unwind(AssertUnwindSafe(|| observer(event))) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => log::error!("pgtx: listener observer {id} failed on {what}: {e}"),
-                Err(panic) => {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .copied()
-                        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                        .unwrap_or("(no message)");
-                    log::error!("pgtx: listener observer {id} panicked on {what}: {message}");
-                }
+            let outcome = catch_panic(
+                || format!("listener observer {id} panicked on {what}"),
+                || observer(event),
+            );
+            if let Some(Err(e)) = outcome {
+                log::error!("pgtx: listener observer {id} failed on {what}: {e}");
             }
         }
     }
 }
 
 /// A new connection listening to `channels`, all in one round trip.
-fn open_listening(settings: &Settings, channels: &[String]) -> Result<Driver> {
-    let mut driver = Driver::open(settings, Naming::Cached)?;
+fn open_listening(factory: &ConnectionFactory, channels: &[String]) -> Result<Driver> {
+    let mut driver = factory.open(Occasion::Fresh)?;
     if channels.is_empty() {
         return Ok(driver);
     }
@@ -644,7 +642,7 @@ impl fmt::Debug for Listener {
             Link::Closed => "closed",
         };
         f.debug_struct("Listener")
-            .field("settings", &self.settings)
+            .field("settings", self.factory.settings())
             .field("state", &state)
             .field("channels", &self.channels)
             .field("observers", &self.observers.len())

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::cancel::CancelHandle;
 use crate::config::Settings;
 use crate::error::{Error, HookError, Result};
+use crate::factory::ConnectionFactory;
 use crate::guard::Guard;
 use crate::held::Held;
 use crate::hooks::{Hook, NewConnection, OnConnect, OnReconnect};
@@ -337,19 +338,21 @@ impl Builder {
     /// [`Error::Settings`] if the connection string cannot be read.
     pub fn build(self) -> Result<ManagedConnection> {
         let settings = Settings::parse(&self.dsn)?;
+        let naming = if self.statement_cache {
+            Naming::Cached
+        } else {
+            Naming::Unnamed
+        };
         Ok(ManagedConnection {
             shared: Shared::new(
-                settings,
                 self.abandon_after,
                 ConnectionSetup {
-                    on_connect: self.on_connect,
-                    on_reconnect: self.on_reconnect,
+                    factory: Arc::new(
+                        ConnectionFactory::new(settings, naming)
+                            .with_on_connect(self.on_connect)
+                            .with_on_reconnect(self.on_reconnect),
+                    ),
                     background_reconnect: self.reconnect.map(BackgroundReconnect::new),
-                    naming: if self.statement_cache {
-                        Naming::Cached
-                    } else {
-                        Naming::Unnamed
-                    },
                 },
                 self.on_release,
             ),

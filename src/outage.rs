@@ -18,12 +18,11 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::config::Settings;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
-use crate::hooks::{NewConnection, OnConnect, OnReconnect, open_with_hook};
+use crate::factory::{ConnectionFactory, Occasion};
 use crate::reconnect::{Next, Outage, ReconnectPolicy};
-use crate::statements::Naming;
+use crate::user_code::catch_panic;
 
 /// The background reconnection of one manager: its policy and the outage
 /// in progress.
@@ -148,15 +147,7 @@ impl BackgroundReconnect {
     /// The caller's own attempt, at `since`, failed with `error`: the
     /// outage begins and the thread takes over the next attempts (unless
     /// the policy allows just the one).
-    pub(crate) fn begin(
-        &self,
-        since: Instant,
-        error: &Error,
-        settings: &Settings,
-        naming: Naming,
-        on_connect: Option<&OnConnect>,
-        on_reconnect: &[OnReconnect],
-    ) {
+    pub(crate) fn begin(&self, since: Instant, error: &Error, factory: &Arc<ConnectionFactory>) {
         let mut outage = Outage::new(since, &self.policy);
         outage.attempting();
         let last_failure = crate::error::chain(error);
@@ -176,10 +167,7 @@ impl BackgroundReconnect {
         );
         let job = Job {
             watch: self.watch.clone(),
-            settings: settings.clone(),
-            naming,
-            on_connect: on_connect.cloned(),
-            on_reconnect: on_reconnect.to_vec(),
+            factory: factory.clone(),
             outage,
         };
         let spawned = std::thread::Builder::new()
@@ -208,10 +196,7 @@ impl BackgroundReconnect {
 /// What the reconnection thread owns.
 struct Job {
     watch: Arc<Watch>,
-    settings: Settings,
-    naming: Naming,
-    on_connect: Option<OnConnect>,
-    on_reconnect: Vec<OnReconnect>,
+    factory: Arc<ConnectionFactory>,
     outage: Outage,
 }
 
@@ -222,14 +207,20 @@ impl Job {
                 return;
             }
             self.outage.attempting();
-            match open_with_hook(&self.settings, self.naming, self.on_connect.as_ref()) {
-                Ok(mut driver) => {
+            // A panicking hook must not end this thread: the manager would
+            // stay down for good.
+            let opened = catch_panic(
+                || "the on_connect hook panicked while reconnecting in the background".to_owned(),
+                || self.factory.open(Occasion::EndsOutage),
+            )
+            .unwrap_or_else(|| Err(Error::OnConnect("the on_connect hook panicked".into())));
+            match opened {
+                Ok(driver) => {
                     log::info!(
                         "pgtx: reconnected after {:?} and {} attempt(s)",
                         self.outage.since().elapsed(),
                         self.outage.attempts()
                     );
-                    run_recovery_handlers(&self.on_reconnect, &mut driver);
                     let mut phase = self.watch.phase.lock();
                     if self.watch.closed.load(Ordering::Acquire) {
                         drop(phase);
@@ -280,20 +271,5 @@ impl Job {
             self.watch.wake.wait_until(&mut phase, due);
         }
         false
-    }
-}
-
-/// Runs every recovery handler on the connection that ended an outage; a
-/// failure or a panic is logged and the others still run.
-pub(crate) fn run_recovery_handlers(handlers: &[OnReconnect], driver: &mut Driver) {
-    for (i, handler) in handlers.iter().enumerate() {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            handler.call(&mut NewConnection::new(driver))
-        }));
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::error!("pgtx: recovery handler #{i} failed: {e}"),
-            Err(_) => log::error!("pgtx: recovery handler #{i} panicked"),
-        }
     }
 }

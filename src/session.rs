@@ -20,8 +20,8 @@ use crate::config::Settings;
 use crate::control;
 use crate::driver::{Driver, Target};
 use crate::error::{Error, Result};
-use crate::hooks::{OnConnect, OnReconnect, open_with_hook};
-use crate::outage::{BackgroundReconnect, Status, run_recovery_handlers};
+use crate::factory::{ConnectionFactory, Occasion};
+use crate::outage::{BackgroundReconnect, Status};
 use crate::statements::{Naming, Sql, ToStatement};
 use crate::track::{CommitPlan, Machine, PreparePlan, Refusal, ReleasePlan, Reply};
 use crate::transaction_status::{StatusCell, TransactionStatus};
@@ -62,14 +62,10 @@ struct SessionState {
     failure: Option<Box<DbError>>,
 }
 
-/// How new connections are made: the hooks, the reconnection policy and
-/// how SQL text runs, as the [`Builder`](crate::Builder) was given them.
-#[derive(Default)]
+/// How new connections are made, and how an outage is ridden out.
 pub(crate) struct ConnectionSetup {
-    pub(crate) on_connect: Option<OnConnect>,
-    pub(crate) on_reconnect: Vec<OnReconnect>,
+    pub(crate) factory: Arc<ConnectionFactory>,
     pub(crate) background_reconnect: Option<BackgroundReconnect>,
-    pub(crate) naming: Naming,
 }
 
 pub(crate) struct Session {
@@ -78,7 +74,6 @@ pub(crate) struct Session {
     /// Connections opened after one was lost.
     replaced: AtomicU64,
     cancel: Arc<CancelCell>,
-    settings: Settings,
     setup: ConnectionSetup,
 }
 
@@ -88,12 +83,11 @@ pub(crate) struct LockedSession<'a> {
     status: &'a StatusCell,
     replaced: &'a AtomicU64,
     cancel: &'a CancelCell,
-    settings: &'a Settings,
     setup: &'a ConnectionSetup,
 }
 
 impl Session {
-    pub(crate) fn new(settings: Settings, setup: ConnectionSetup) -> Self {
+    pub(crate) fn new(setup: ConnectionSetup) -> Self {
         Session {
             state: Mutex::new(SessionState {
                 driver: None,
@@ -105,7 +99,6 @@ impl Session {
             status: StatusCell::new(),
             replaced: AtomicU64::new(0),
             cancel: Arc::default(),
-            settings,
             setup,
         }
     }
@@ -116,7 +109,6 @@ impl Session {
             status: &self.status,
             replaced: &self.replaced,
             cancel: &self.cancel,
-            settings: &self.settings,
             setup: &self.setup,
         }
     }
@@ -142,7 +134,7 @@ impl Session {
     }
 
     pub(crate) fn settings(&self) -> &Settings {
-        &self.settings
+        self.setup.factory.settings()
     }
 
     pub(crate) fn status(&self) -> TransactionStatus {
@@ -205,11 +197,13 @@ impl LockedSession<'_> {
             }
         }
         let since = std::time::Instant::now();
-        match open_with_hook(self.settings, setup.naming, setup.on_connect.as_ref()) {
-            Ok(mut driver) => {
-                if self.state.lost {
-                    run_recovery_handlers(&setup.on_reconnect, &mut driver);
-                }
+        let occasion = if self.state.lost {
+            Occasion::EndsOutage
+        } else {
+            Occasion::Fresh
+        };
+        match setup.factory.open(occasion) {
+            Ok(driver) => {
                 self.install(driver);
                 Ok(())
             }
@@ -218,14 +212,7 @@ impl LockedSession<'_> {
                 if let Some(background) = &setup.background_reconnect
                     && matches!(e, Error::Connect(_) | Error::OnConnect(_))
                 {
-                    background.begin(
-                        since,
-                        &e,
-                        self.settings,
-                        setup.naming,
-                        setup.on_connect.as_ref(),
-                        &setup.on_reconnect,
-                    );
+                    background.begin(since, &e, &setup.factory);
                 }
                 Err(e)
             }
@@ -249,7 +236,7 @@ impl LockedSession<'_> {
 
     /// How SQL text runs on this session's connections.
     pub(crate) fn naming(&self) -> Naming {
-        self.setup.naming
+        self.setup.factory.naming()
     }
 
     /// Whether a transaction block is (or was, before the connection broke)

@@ -40,14 +40,13 @@ pub(crate) type OnRelease = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 impl Shared {
     pub(crate) fn new(
-        settings: Settings,
         abandon_after: Option<Duration>,
         setup: ConnectionSetup,
         on_release: Option<OnRelease>,
     ) -> Shared {
         Shared {
             lease: Lease::new(abandon_after),
-            session: Session::new(settings, setup),
+            session: Session::new(setup),
             unfinished: AtomicU64::new(0),
             begun_at: Mutex::new(None),
             on_release,

@@ -246,3 +246,41 @@ fn dropping_the_manager_during_an_outage_stops_the_reconnection() {
     });
     assert!(!connected, "a reconnection thread outlived its manager");
 }
+
+#[test]
+fn an_on_connect_hook_that_panics_while_reconnecting_in_the_background_is_a_failed_attempt() {
+    let server = TestServer::start_private();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let manager = ManagedConnection::builder(&(server.dsn() + " connect_timeout=2"))
+        .on_connect(move |_conn| {
+            // The second connection is the background thread's first.
+            if counted.fetch_add(1, Ordering::SeqCst) == 1 {
+                panic!("hook bug on the second connection");
+            }
+            Ok(())
+        })
+        .reconnect(quick())
+        .build()
+        .expect("builder");
+    let log = common::logger::capture();
+    assert_eq!(one(&manager).expect("connect"), 1);
+    server.stop();
+    one(&manager).expect_err("first attempt, made by the call");
+    assert!(matches!(one(&manager), Err(Error::ConnectionDead { .. })));
+    server.start();
+    // The thread survived its hook's panic and tried again.
+    assert!(
+        eventually(Duration::from_secs(30), || one(&manager).is_ok()),
+        "the manager recovered"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert!(
+        !log.lines_containing(
+            "the on_connect hook panicked while reconnecting in the background: \
+             hook bug on the second connection"
+        )
+        .is_empty(),
+        "the panic is logged"
+    );
+}

@@ -155,9 +155,7 @@ impl Connection {
         let types = loop {
             tries -= 1;
             let held = tap.hold_begin();
-            let described = self
-                .run(|client| describe(client, sql, in_block))
-                .await;
+            let described = self.run(|client| describe(client, sql, in_block)).await;
             drop(held);
             match described {
                 Err(e) if tries > 0 && e.code() == Some(&SqlState::DUPLICATE_PSTATEMENT) => {
