@@ -1,46 +1,104 @@
-//! Sync over async: the blocking shell over one [`Connection`] of the
-//! async core, driven on a private current-thread runtime, the way the
-//! `postgres` crate drives its own. Every method hands its work to the
-//! core in one line; this file holds the only `block_on` of the shell.
+//! Sync over async: the blocking shell's runtime, and one [`Connection`]
+//! of the async core driven on it, the way the `postgres` crate drives its
+//! own. Every method hands its work to the core in one line; this file
+//! holds the only `block_on` of the crate.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use postgres::types::Type;
 use tokio::runtime::Runtime;
-use tokio_postgres::{Client, Notification, Row, Statement};
+use tokio_postgres::{Client, Notification, Row};
 
 use crate::config::Settings;
 use crate::conn::Connection;
 pub(crate) use crate::conn::Target;
-use crate::connect::CancelTarget;
 use crate::error::Error;
 use crate::statements::{Naming, Params};
-use crate::wire::{BeginOutcome, CopyRefused, ServerStatus};
+use crate::wire::{CopyRefused, ServerStatus};
+
+/// A current-thread runtime, shared by one session's connections (and the
+/// thread that reconnects it): a connection's socket belongs to the
+/// runtime it was opened on.
+#[derive(Clone)]
+pub(crate) struct Blocking(Arc<Runtime>);
+
+impl Blocking {
+    /// A new runtime (no threads: it runs on the thread that waits).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Runtime`] if the runtime could not be made.
+    pub(crate) fn new() -> Result<Blocking, Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        Ok(Blocking(Arc::new(runtime)))
+    }
+
+    /// Runs `work` to completion on this thread.
+    ///
+    /// # Panics
+    ///
+    /// Inside an async runtime's task, as any `block_on` does.
+    pub(crate) fn block_on<F: Future>(&self, work: F) -> F::Output {
+        self.0.block_on(work)
+    }
+
+    /// Runs `work`, which does no I/O unless there is a connection: polled
+    /// once first, so that work with nothing to send (dropping a manager
+    /// that never connected, say) needs no `block_on`, which would panic
+    /// inside an async runtime's task.
+    pub(crate) fn block_on_unless_done<F: Future>(&self, work: F) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        let polled = {
+            let _context = self.0.enter();
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            work.as_mut().poll(&mut cx)
+        };
+        match polled {
+            std::task::Poll::Ready(output) => output,
+            std::task::Poll::Pending => self.0.block_on(work),
+        }
+    }
+
+    /// Whether `self` and `other` are the same runtime.
+    pub(crate) fn is(&self, other: &Blocking) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
 
 /// One open connection and the runtime that drives it.
 pub(crate) struct Driver {
-    runtime: Runtime,
+    runtime: Blocking,
     conn: Connection,
 }
 
 impl Driver {
     /// Opens a new connection with `settings` (see [`Connection::open`])
-    /// and drives it on a runtime of its own.
+    /// on `runtime`.
     ///
     /// # Errors
     ///
-    /// As [`Connection::open`], and [`Error::Runtime`] if the runtime
-    /// could not be made.
-    pub(crate) fn open(settings: &Settings, naming: Naming) -> Result<Driver, Error> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(Error::Runtime)?;
+    /// As [`Connection::open`].
+    pub(crate) fn open(
+        runtime: &Blocking,
+        settings: &Settings,
+        naming: Naming,
+    ) -> Result<Driver, Error> {
         let conn = runtime.block_on(Connection::open(settings, naming))?;
-        Ok(Driver { runtime, conn })
+        Ok(Driver {
+            runtime: runtime.clone(),
+            conn,
+        })
+    }
+
+    /// The connection and the runtime it was opened on.
+    pub(crate) fn into_parts(self) -> (Blocking, Connection) {
+        (self.runtime, self.conn)
     }
 
     /// How SQL text runs on this connection.
@@ -48,24 +106,9 @@ impl Driver {
         self.conn.naming()
     }
 
-    /// See [`Connection::prepare_cached`].
-    pub(crate) fn prepare_cached(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
-        self.runtime.block_on(self.conn.prepare_cached(sql))
-    }
-
     /// See [`Connection::describe`].
     pub(crate) fn describe(&mut self, sql: &str) -> Result<Arc<[Type]>, postgres::Error> {
         self.runtime.block_on(self.conn.describe(sql))
-    }
-
-    /// See [`Connection::has_description`].
-    pub(crate) fn has_description(&self, sql: &str) -> bool {
-        self.conn.has_description(sql)
-    }
-
-    /// See [`Connection::forget_description`].
-    pub(crate) fn forget_description(&mut self, sql: &str) {
-        self.conn.forget_description(sql);
     }
 
     /// See [`Connection::execute`].
@@ -95,48 +138,14 @@ impl Driver {
         self.runtime.block_on(self.conn.query_one(target, params))
     }
 
-    /// See [`Connection::query_opt`].
-    pub(crate) fn query_opt(
-        &mut self,
-        target: Target<'_>,
-        params: Params<'_>,
-    ) -> Result<Option<Row>, postgres::Error> {
-        self.runtime.block_on(self.conn.query_opt(target, params))
-    }
-
-    /// See [`Connection::arm_begin`].
-    pub(crate) fn arm_begin(&mut self, begin: &str) {
-        self.conn.arm_begin(begin);
-    }
-
-    /// See [`Connection::last_command_tag`].
-    pub(crate) fn last_command_tag(&self) -> String {
-        self.conn.last_command_tag()
-    }
-
     /// See [`Connection::take_copy_refused`].
     pub(crate) fn take_copy_refused(&mut self) -> Option<CopyRefused> {
         self.conn.take_copy_refused()
     }
 
-    /// See [`Connection::begin_outcome`].
-    pub(crate) fn begin_outcome(&mut self) -> BeginOutcome {
-        self.conn.begin_outcome()
-    }
-
     /// See [`Connection::server_status`].
     pub(crate) fn server_status(&self) -> Option<ServerStatus> {
         self.conn.server_status()
-    }
-
-    /// See [`Connection::reads_utf8`].
-    pub(crate) fn reads_utf8(&self) -> bool {
-        self.conn.reads_utf8()
-    }
-
-    /// See [`Connection::forget_statements`].
-    pub(crate) fn forget_statements(&mut self) {
-        self.conn.forget_statements();
     }
 
     /// Runs one request to completion (see [`Connection::run`]).
@@ -147,21 +156,6 @@ impl Driver {
     {
         let Driver { runtime, conn } = self;
         runtime.block_on(conn.run(request))
-    }
-
-    /// See [`Connection::cancel_target`].
-    pub(crate) fn cancel_target(&self) -> &Arc<CancelTarget> {
-        self.conn.cancel_target()
-    }
-
-    /// See [`Connection::answered_within`].
-    pub(crate) fn answered_within(&self, span: Duration) -> bool {
-        self.conn.answered_within(span)
-    }
-
-    /// See [`Connection::is_alive`].
-    pub(crate) fn is_alive(&mut self) -> bool {
-        self.runtime.block_on(self.conn.is_alive())
     }
 
     /// See [`Connection::has_ended`].
@@ -177,11 +171,6 @@ impl Driver {
     /// See [`Connection::outcome`].
     pub(crate) fn outcome<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, Error> {
         self.conn.outcome(result)
-    }
-
-    /// See [`Connection::why_lost`].
-    pub(crate) fn why_lost(&mut self, request_error: postgres::Error) -> postgres::Error {
-        self.conn.why_lost(request_error)
     }
 
     /// See [`Connection::notifications`].

@@ -5,7 +5,7 @@
 //! after an outage, the recovery handlers.
 
 use crate::config::Settings;
-use crate::driver::Driver;
+use crate::driver::{Blocking, Driver};
 use crate::error::Result;
 use crate::hooks::{NewConnection, OnConnect, OnReconnect, run_on_connect};
 use crate::statements::Naming;
@@ -62,7 +62,7 @@ impl ConnectionFactory {
         self.naming
     }
 
-    /// A new connection, set up by the `on_connect` hook if there is one
+    /// A new connection, driven on `runtime`, set up by the `on_connect` hook if there is one
     /// (closed again if the hook fails), and by the recovery handlers when
     /// it ends an outage (whose failures are logged, not returned).
     ///
@@ -75,8 +75,8 @@ impl ConnectionFactory {
     ///
     /// When the `on_connect` hook panics (the caller decides whether to
     /// catch it); recovery handlers' panics are caught and logged.
-    pub(crate) fn open(&self, occasion: Occasion) -> Result<Driver> {
-        let mut driver = Driver::open(&self.settings, self.naming)?;
+    pub(crate) fn open(&self, runtime: &Blocking, occasion: Occasion) -> Result<Driver> {
+        let mut driver = Driver::open(runtime, &self.settings, self.naming)?;
         if let Some(hook) = &self.on_connect
             && let Err(e) = run_on_connect(hook, &mut driver)
         {

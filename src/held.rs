@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 
 use postgres::types::ToSql;
 
+use crate::conn::request::{Batch, Execute, Prepare, Query, QueryOne, QueryOpt};
 use crate::control;
 use crate::error::{Error, Result};
 use crate::lease::Ticket;
@@ -122,7 +123,7 @@ impl Conn<'_> {
     {
         self.with_session(|s| {
             self.check(s, query)?;
-            s.cached_statement(query, params.len(), |d, target| d.execute(target, params))
+            s.cached_statement(query, Execute, params)
         })
     }
 
@@ -132,7 +133,7 @@ impl Conn<'_> {
     {
         self.with_session(|s| {
             self.check(s, query)?;
-            s.cached_statement(query, params.len(), |d, target| d.query(target, params))
+            s.cached_statement(query, Query, params)
         })
     }
 
@@ -142,7 +143,7 @@ impl Conn<'_> {
     {
         self.with_session(|s| {
             self.check(s, query)?;
-            s.cached_statement(query, params.len(), |d, target| d.query_one(target, params))
+            s.cached_statement(query, QueryOne, params)
         })
     }
 
@@ -156,16 +157,14 @@ impl Conn<'_> {
     {
         self.with_session(|s| {
             self.check(s, query)?;
-            s.cached_statement(query, params.len(), |d, target| d.query_opt(target, params))
+            s.cached_statement(query, QueryOpt, params)
         })
     }
 
     pub(crate) fn batch_execute(&self, query: &str) -> Result<()> {
         self.with_session(|s| {
             self.check(s, query)?;
-            s.statement(RequestShape::Query, Some(query), |d| {
-                d.run(|c| c.batch_execute(query))
-            })
+            s.statement(RequestShape::Query, Some(query), &Batch(query))
         })
     }
 
@@ -182,9 +181,7 @@ impl Conn<'_> {
             if let Some(command) = control::shape_decided_at_run_time(query) {
                 return Err(Error::ShapeDecidedAtRunTime(command));
             }
-            s.statement(RequestShape::Parse, Some(query), |d| {
-                d.run(|c| c.prepare(query))
-            })
+            s.statement(RequestShape::Parse, Some(query), &Prepare(query))
         })
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use postgres::Notification;
 
 use crate::config::Settings;
-use crate::driver::Driver;
+use crate::driver::{Blocking, Driver};
 use crate::error::{Error, Result, describe};
 use crate::factory::{ConnectionFactory, Occasion};
 use crate::ident::{check_notification, quote_identifier};
@@ -154,6 +154,8 @@ impl fmt::Display for ObserverId {
 pub struct Listener {
     /// Makes its connections: no hooks, prepared statements cached.
     factory: ConnectionFactory,
+    /// Drives them.
+    runtime: Blocking,
     policy: ReconnectPolicy,
     link: Link,
     /// Every channel listened to, in the order first asked for: the
@@ -194,9 +196,11 @@ impl Listener {
     /// Connects with `settings`.
     pub(crate) fn open(settings: Settings) -> Result<Listener> {
         let factory = ConnectionFactory::new(settings, Naming::Cached);
-        let driver = factory.open(Occasion::Fresh)?;
+        let runtime = Blocking::new()?;
+        let driver = factory.open(&runtime, Occasion::Fresh)?;
         Ok(Listener {
             factory,
+            runtime,
             policy: ReconnectPolicy::default(),
             link: Link::Up(driver),
             channels: Vec::new(),
@@ -538,6 +542,7 @@ impl Listener {
     fn reconnect(&mut self) -> Result<()> {
         let Listener {
             factory,
+            runtime,
             link,
             channels,
             ready,
@@ -547,7 +552,7 @@ impl Listener {
             return Ok(());
         };
         outage.attempting();
-        match open_listening(factory, channels) {
+        match open_listening(factory, runtime, channels) {
             Ok(driver) => {
                 log::info!(
                     "pgtx: the listener reconnected after {:?} and {} attempt(s); \
@@ -605,8 +610,12 @@ impl Listener {
 }
 
 /// A new connection listening to `channels`, all in one round trip.
-fn open_listening(factory: &ConnectionFactory, channels: &[String]) -> Result<Driver> {
-    let mut driver = factory.open(Occasion::Fresh)?;
+fn open_listening(
+    factory: &ConnectionFactory,
+    runtime: &Blocking,
+    channels: &[String],
+) -> Result<Driver> {
+    let mut driver = factory.open(runtime, Occasion::Fresh)?;
     if channels.is_empty() {
         return Ok(driver);
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::cancel::CancelHandle;
 use crate::config::Settings;
+use crate::driver::Blocking;
 use crate::error::{Error, HookError, Result};
 use crate::factory::ConnectionFactory;
 use crate::guard::Guard;
@@ -335,7 +336,9 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// [`Error::Settings`] if the connection string cannot be read.
+    /// [`Error::Settings`] if the connection string cannot be read;
+    /// [`Error::Runtime`] if the runtime that will drive its connections
+    /// could not be made (the system refused its file descriptors).
     pub fn build(self) -> Result<ManagedConnection> {
         let settings = Settings::parse(&self.dsn)?;
         let naming = if self.statement_cache {
@@ -353,6 +356,7 @@ impl Builder {
                             .with_on_reconnect(self.on_reconnect),
                     ),
                     background_reconnect: self.reconnect.map(BackgroundReconnect::new),
+                    runtime: Blocking::new()?,
                 },
                 self.on_release,
             ),
@@ -365,7 +369,9 @@ impl ManagedConnection {
     ///
     /// # Errors
     ///
-    /// [`Error::Settings`], naming what is wrong, if `dsn` cannot be read.
+    /// [`Error::Settings`], naming what is wrong, if `dsn` cannot be read;
+    /// [`Error::Runtime`] if the runtime that will drive its connections
+    /// could not be made (the system refused its file descriptors).
     ///
     /// # Examples
     ///

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::driver::Driver;
+use crate::driver::{Blocking, Driver};
 use crate::error::{Error, Result};
 use crate::factory::{ConnectionFactory, Occasion};
 use crate::reconnect::{Next, Outage, ReconnectPolicy};
@@ -147,7 +147,13 @@ impl BackgroundReconnect {
     /// The caller's own attempt, at `since`, failed with `error`: the
     /// outage begins and the thread takes over the next attempts (unless
     /// the policy allows just the one).
-    pub(crate) fn begin(&self, since: Instant, error: &Error, factory: &Arc<ConnectionFactory>) {
+    pub(crate) fn begin(
+        &self,
+        since: Instant,
+        error: &Error,
+        factory: &Arc<ConnectionFactory>,
+        runtime: &Blocking,
+    ) {
         let mut outage = Outage::new(since, &self.policy);
         outage.attempting();
         let last_failure = crate::error::chain(error);
@@ -168,6 +174,7 @@ impl BackgroundReconnect {
         let job = Job {
             watch: self.watch.clone(),
             factory: factory.clone(),
+            runtime: runtime.clone(),
             outage,
         };
         let spawned = std::thread::Builder::new()
@@ -197,6 +204,8 @@ impl BackgroundReconnect {
 struct Job {
     watch: Arc<Watch>,
     factory: Arc<ConnectionFactory>,
+    /// The session's: the connection is handed over to be driven there.
+    runtime: Blocking,
     outage: Outage,
 }
 
@@ -211,7 +220,7 @@ impl Job {
             // stay down for good.
             let opened = catch_panic(
                 || "the on_connect hook panicked while reconnecting in the background".to_owned(),
-                || self.factory.open(Occasion::EndsOutage),
+                || self.factory.open(&self.runtime, Occasion::EndsOutage),
             )
             .unwrap_or_else(|| Err(Error::OnConnect("the on_connect hook panicked".into())));
             match opened {

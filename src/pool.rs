@@ -323,8 +323,10 @@ impl PoolBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Settings`] if the connection string cannot be read; any
-    /// error of opening the `min_idle` connections (then no pool is made).
+    /// [`Error::Settings`] if the connection string cannot be read;
+    /// [`Error::Runtime`] if the runtime that will drive each connection
+    /// could not be made (the system refused its file descriptors).
+    /// Any error of opening the `min_idle` connections (then no pool is made).
     pub fn build(self) -> Result<Pool> {
         let line = Arc::new(Line::new(self.fair_after));
         let released_on: Arc<[AtomicUsize]> =
@@ -358,7 +360,8 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// [`Error::Settings`] if `dsn` cannot be read.
+    /// [`Error::Settings`] if `dsn` cannot be read; [`Error::Runtime`] as
+    /// for [`PoolBuilder::build`].
     pub fn new(dsn: &str, size: usize) -> Result<Pool> {
         ManagedConnection::builder(dsn).pool(size).build()
     }

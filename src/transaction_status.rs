@@ -75,6 +75,13 @@ impl StatusCell {
     }
 }
 
+impl Default for StatusCell {
+    /// [`TransactionStatus::Closed`]: nothing is opened yet.
+    fn default() -> Self {
+        StatusCell::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

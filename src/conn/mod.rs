@@ -9,6 +9,9 @@
 //! looked at without a round trip (see [`Connection::is_alive`]).
 
 mod gate;
+pub(crate) mod request;
+pub(crate) mod session;
+mod sql_text;
 mod statement_cache;
 pub(crate) mod unnamed;
 

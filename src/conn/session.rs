@@ -1,0 +1,872 @@
+//! The session of the async core: the connection and what is known about
+//! its transaction. What is known is `track.rs`'s state machine (every
+//! decision a pure transition there); this file carries the decisions out
+//! on the connection.
+//!
+//! It never opens a connection itself: opening runs the user's hooks,
+//! which belong to a front (blocking hooks to the blocking shell). Where a
+//! connection is needed, the front makes sure of one before the call
+//! ([`SessionCore::needs_connection_for`], [`SessionCore::keep_if_alive`])
+//! or is asked for one ([`Step::Reconnect`]).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use postgres::error::{DbError, SqlState};
+
+use super::request::{Batch, Request, StatementKind};
+use super::sql_text::{CachedRun, UnnamedRun};
+use super::{Connection, Target};
+use crate::cancel::CancelCell;
+use crate::control;
+use crate::error::{Error, Result};
+use crate::statements::{Naming, Params, Sql, ToStatement};
+use crate::track::{CommitPlan, Machine, PreparePlan, Refusal, ReleasePlan, Reply};
+use crate::transaction_status::{StatusCell, TransactionStatus};
+use crate::wire::{BeginOutcome, CopyRefused, ServerStatus};
+
+/// A connection that answered this recently is not checked again (when
+/// taken, or before a transaction's first statement): the check is for
+/// connections that died while idle, and costs a turn of the I/O driver.
+const RECHECK_AFTER: Duration = Duration::from_millis(1);
+
+/// The shape of a request, what it sends: which decides how a pending
+/// `BEGIN` goes out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestShape {
+    /// Bind and Execute (after a Parse, the first time a text is seen):
+    /// `BEGIN` rides in front of the first Parse or Bind.
+    Bind,
+    /// A simple Query: `BEGIN` goes first, on its own.
+    Query,
+    /// Only Parse and Describe, which touch no data: no `BEGIN` needed yet.
+    Parse,
+}
+
+/// What the session shares with every thread or task, beside the core
+/// that only the lease holder touches: readable without the lease.
+#[derive(Default)]
+pub(crate) struct SessionShared {
+    /// The transaction status, mirrored for anyone to read.
+    pub(crate) status: StatusCell,
+    /// Connections opened after one was lost.
+    pub(crate) replaced: AtomicU64,
+    /// What cancel handles share with the statements they cancel.
+    pub(crate) cancel: Arc<CancelCell>,
+}
+
+/// The connection, the state machine it drives, whether the last
+/// connection was lost, and the last failure.
+pub(crate) struct SessionCore {
+    conn: Option<Connection>,
+    machine: Machine,
+    naming: Naming,
+    /// The last connection was lost (not closed on purpose): the next one
+    /// opened ends an outage, and the recovery handlers run on it.
+    lost: bool,
+    /// The connection must be replaced as soon as no transaction is open
+    /// on it (tokio-postgres' own prepared statements are gone).
+    replace: bool,
+    /// The last error the server reported in the current (or last)
+    /// transaction, `COMMIT`'s included: what a retrying transaction looks
+    /// at, whatever error type its closure returned.
+    failure: Option<Box<DbError>>,
+}
+
+static_assertions::assert_impl_all!(SessionCore: Send);
+
+/// What a statement that may need a new connection came to.
+pub(crate) enum Step<T> {
+    /// It ran (or failed for good).
+    Done(Result<T>),
+    /// The connection's own prepared statements are gone: the front opens
+    /// a new connection ([`SessionCore::install`]) and calls again with the
+    /// same [`Retries`].
+    Reconnect,
+}
+
+/// How many more times a cached statement may run after it met a stale
+/// statement (once prepared anew, once on a new connection), carried over
+/// a [`Step::Reconnect`].
+pub(crate) struct Retries {
+    left: u32,
+    /// Whether the statement may run again (none of a transaction ran).
+    may_retry: Option<bool>,
+}
+
+impl Retries {
+    pub(crate) fn new() -> Retries {
+        Retries {
+            left: 2,
+            may_retry: None,
+        }
+    }
+}
+
+impl SessionCore {
+    pub(crate) fn new(naming: Naming) -> SessionCore {
+        SessionCore {
+            conn: None,
+            machine: Machine::new(),
+            naming,
+            lost: false,
+            replace: false,
+            failure: None,
+        }
+    }
+
+    /// How SQL text runs on this session's connections.
+    pub(crate) fn naming(&self) -> Naming {
+        self.naming
+    }
+
+    /// Whether the last connection was lost, so that the next one ends an outage.
+    pub(crate) fn was_lost(&self) -> bool {
+        self.lost
+    }
+
+    /// Whether there is a connection (it may have died since).
+    pub(crate) fn has_connection(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// The connection, if it must be replaced now (see `replace`): taken
+    /// out for the front to close. Only when nothing of a transaction
+    /// reached the server.
+    pub(crate) fn take_if_replaced(&mut self, shared: &SessionShared) -> Option<Connection> {
+        if !std::mem::take(&mut self.replace) {
+            return None;
+        }
+        let conn = self.conn.take()?;
+        shared.cancel.disconnected();
+        Some(conn)
+    }
+
+    /// Whether the connection is alive, without a round trip (see
+    /// [`Connection::is_alive`]); a dead one is dropped, and the next one
+    /// opened ends an outage.
+    pub(crate) async fn keep_if_alive(&mut self, shared: &SessionShared) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        if conn.answered_within(RECHECK_AFTER) || conn.is_alive().await {
+            return true;
+        }
+        match conn.take_end_cause() {
+            Some(cause) => {
+                log::info!("pgtx: connection closed while idle ({cause}); reconnecting")
+            }
+            None => log::info!("pgtx: connection closed while idle; reconnecting"),
+        }
+        self.lose_connection(shared);
+        false
+    }
+
+    /// Takes a connection just opened (on the runtime that will drive it).
+    pub(crate) fn install(&mut self, shared: &SessionShared, conn: Connection) {
+        if self.lost {
+            shared.replaced.fetch_add(1, Ordering::Relaxed);
+        }
+        self.conn = Some(conn);
+        self.lost = false;
+        self.publish(shared);
+    }
+
+    /// No connection could be opened: the status says so.
+    pub(crate) fn open_failed(&mut self, shared: &SessionShared) {
+        shared.status.set(TransactionStatus::Closed);
+    }
+
+    /// No connection could be opened for a transaction's first statement:
+    /// nothing of it reached the server, and it is lost.
+    pub(crate) fn lose_pending(&mut self, shared: &SessionShared) {
+        self.machine.lose();
+        self.publish(shared);
+    }
+
+    /// The last error the server reported in the current (or last)
+    /// transaction, taken.
+    pub(crate) fn take_failure(&mut self) -> Option<Box<DbError>> {
+        self.failure.take()
+    }
+
+    /// Whether a transaction block is (or was, before the connection broke)
+    /// open, pgtx's or one that user SQL opened.
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.machine.in_transaction()
+    }
+
+    /// Whether a request of `shape` must first make sure of a live
+    /// connection: it carries a pending `BEGIN` (see `Track::Pending`), and
+    /// a connection that died while the transaction waited is replaced,
+    /// since nothing of it reached the server.
+    pub(crate) fn needs_connection_for(&self, shape: RequestShape) -> bool {
+        shape != RequestShape::Parse && self.machine.pending_begin().is_some()
+    }
+
+    /// Runs one request, keeping the transaction status exact; a pending
+    /// `BEGIN` goes out with it (or before it, see [`RequestShape`]).
+    /// `sql`: the statement's text, for an error that names it (`None`
+    /// for a prepared statement). The front made sure of a connection
+    /// first when [`needs_connection_for`](Self::needs_connection_for) said so.
+    pub(crate) async fn statement<R: Request>(
+        &mut self,
+        shared: &SessionShared,
+        shape: RequestShape,
+        sql: Option<&str>,
+        request: &R,
+    ) -> Result<R::Output> {
+        let server = self.server_status();
+        let pending = self
+            .machine
+            .before_statement(shape != RequestShape::Parse, server)
+            .map_err(refused)?;
+        let Some(conn) = self.conn.as_mut() else {
+            if pending.is_some() {
+                self.lose_pending(shared);
+            }
+            return Err(Error::ConnectionLost(None));
+        };
+        shared.status.set(TransactionStatus::Active);
+        // Only this request's COPY counts (an on_connect hook's was its own).
+        conn.take_copy_refused();
+        let serial = shared.cancel.start(conn.cancel_target());
+        let mut began = false;
+        let result = match (&pending, shape) {
+            (Some(begin), RequestShape::Bind) => {
+                conn.arm_begin(begin);
+                let result = request.send(conn).await;
+                began = conn.begin_outcome() == BeginOutcome::Began;
+                result
+            }
+            // A simple Query cannot share BEGIN's Sync group: BEGIN first, alone.
+            (Some(begin), _) => match Batch(begin).send(conn).await {
+                Ok(()) => {
+                    began = true;
+                    request.send(conn).await
+                }
+                Err(e) => Err(e),
+            },
+            (None, _) => request.send(conn).await,
+        };
+        let cancelled = shared.cancel.finish(serial);
+        let copy = conn.take_copy_refused();
+        let result = match conn.outcome(result) {
+            lost @ Err(Error::ConnectionLost(_)) => lost,
+            _ if let Some(copy) = copy => {
+                Err(Error::copy_refused(copy == CopyRefused::FromClient, sql))
+            }
+            Err(Error::Db(e)) if cancelled && e.code() == Some(&SqlState::QUERY_CANCELED) => {
+                Err(Error::Cancelled(e))
+            }
+            other => other,
+        };
+        let reply = self.reply(shared, &result, began);
+        self.machine.after_statement(reply);
+        if let Some(e) = result.as_ref().err().and_then(Error::as_db_error)
+            && self.machine.in_transaction()
+        {
+            self.failure = Some(Box::new(e.clone()));
+        }
+        self.publish(shared);
+        result
+    }
+
+    /// Runs one statement given as SQL text or a prepared statement, with
+    /// `params` parameters. Text is prepared once per connection (see
+    /// `Connection::prepare_cached`).
+    ///
+    /// A cached statement can go stale where freshly prepared text would not:
+    /// a table's columns changed ("cached plan must not change result type")
+    /// or the user deallocated it. Then the cache is emptied, and, outside a
+    /// transaction, the statement is prepared again and retried once (the
+    /// server ran nothing). As a transaction's first statement, its `BEGIN`
+    /// ran in the same Sync group and nothing else did: the block is rolled
+    /// back, begun again and the statement retried once. Later inside a
+    /// transaction the error has aborted it, as any statement error does.
+    /// When tokio-postgres' own statements are gone, a new connection is
+    /// needed: [`Step::Reconnect`] asks the front for one.
+    ///
+    /// With [`Naming::Unnamed`], text runs on the unnamed statement (see
+    /// [`SessionCore::unnamed_statement`]).
+    pub(crate) async fn cached_statement<Q, K>(
+        &mut self,
+        shared: &SessionShared,
+        query: &Q,
+        kind: K,
+        params: Params<'_>,
+        retries: &mut Retries,
+    ) -> Step<K::Output>
+    where
+        Q: ?Sized + ToStatement,
+        K: StatementKind,
+    {
+        let sql = match query.sql() {
+            Sql::Prepared(statement) => {
+                let bound = super::request::Bound {
+                    kind,
+                    target: Target::Prepared(statement),
+                    params,
+                };
+                return Step::Done(
+                    self.statement(shared, RequestShape::Bind, None, &bound)
+                        .await,
+                );
+            }
+            Sql::Text(sql) => sql,
+        };
+        if self.naming == Naming::Unnamed || control::shape_decided_at_run_time(sql).is_some() {
+            // A cached description of such text could decode a later
+            // shape's bytes as the old columns' types: describe it each time.
+            return Step::Done(self.unnamed_statement(shared, sql, kind, params).await);
+        }
+        let may_retry = *retries.may_retry.get_or_insert(!self.in_transaction());
+        let first_of_transaction = self.machine.pending_begin();
+        let run = CachedRun {
+            sql,
+            kind,
+            params,
+            may_retry,
+            stale: AtomicBool::new(false),
+            internals_gone: AtomicBool::new(false),
+        };
+        let mut outcome = self
+            .statement(shared, RequestShape::Bind, Some(sql), &run)
+            .await;
+        while retries.left > 0 {
+            let Err(Error::Db(e)) = &outcome else {
+                break;
+            };
+            let internals_gone = run.internals_gone.load(Ordering::Relaxed);
+            if !run.stale.load(Ordering::Relaxed) && !internals_gone {
+                break;
+            }
+            retries.left -= 1;
+            if first_of_transaction.is_some() {
+                // BEGIN went in the statement's Sync group, and the server
+                // skipped the rest of it at the stale statement: nothing of
+                // the transaction ran. Begin again.
+                log::debug!("pgtx: first statement was stale ({e}); beginning again");
+                self.rollback(shared).await;
+            } else if self.in_transaction() {
+                // The error aborted the transaction; the connection is
+                // replaced once it is over.
+                self.replace = internals_gone;
+                break;
+            }
+            if let Some(begin) = &first_of_transaction {
+                self.begin(shared, begin.clone()).await;
+            }
+            if internals_gone {
+                log::info!(
+                    "pgtx: the connection's own prepared statements are gone (DISCARD ALL or \
+                     DEALLOCATE ALL); replacing the connection"
+                );
+                // No transaction reached the server (see above): the front
+                // opens a new connection and calls again.
+                if let Some(conn) = self.conn.take() {
+                    conn.close().await;
+                }
+                self.lost = false;
+                self.replace = false;
+                shared.cancel.disconnected();
+                self.publish(shared);
+                return Step::Reconnect;
+            }
+            outcome = self
+                .statement(shared, RequestShape::Bind, Some(sql), &run)
+                .await;
+        }
+        Step::Done(outcome)
+    }
+
+    /// Runs SQL text on the unnamed statement, with `params` parameters:
+    /// their types are looked up once per connection
+    /// (`Connection::describe`; not at all when there are none).
+    ///
+    /// Remembered types can go stale (a column changed type). When the
+    /// error says they may have (see `sql_text::may_be_stale_types`), they are
+    /// looked up again, and if they changed the statement runs again, once.
+    async fn unnamed_statement<K: StatementKind>(
+        &mut self,
+        shared: &SessionShared,
+        sql: &str,
+        kind: K,
+        params: Params<'_>,
+    ) -> Result<K::Output> {
+        let run = UnnamedRun {
+            sql,
+            kind,
+            params,
+            may_retry: !self.in_transaction(),
+        };
+        self.statement(shared, RequestShape::Bind, Some(sql), &run)
+            .await
+    }
+
+    /// Begins a transaction: nothing is sent until its first statement
+    /// (see `track.rs`'s `Track::Pending`). Returns whether a transaction
+    /// block that user SQL had opened had to be rolled back first (the
+    /// caller reports it).
+    pub(crate) async fn begin(&mut self, shared: &SessionShared, begin: Cow<'static, str>) -> bool {
+        let rolled_back = self.in_transaction();
+        if rolled_back {
+            self.rollback(shared).await;
+        }
+        self.machine.begin(begin);
+        self.failure = None;
+        self.publish(shared);
+        rolled_back
+    }
+
+    /// Sends `COMMIT`, and says truthfully whether the server committed.
+    ///
+    /// On `Err` the transaction is over either way (rolled back, or of unknown
+    /// outcome when the connection broke during `COMMIT`).
+    pub(crate) async fn commit(&mut self, shared: &SessionShared) -> Result<()> {
+        match self.machine.commit() {
+            CommitPlan::Nothing => {
+                self.publish(shared);
+                Ok(())
+            }
+            CommitPlan::Lost => {
+                self.publish(shared);
+                Err(Error::ConnectionLost(None))
+            }
+            CommitPlan::Escaped => {
+                self.publish(shared);
+                Err(escaped())
+            }
+            CommitPlan::RollBack(first) => {
+                self.rollback(shared).await;
+                Err(Error::TransactionAborted(first))
+            }
+            CommitPlan::Send => self.send_commit(shared).await,
+        }
+    }
+
+    async fn send_commit(&mut self, shared: &SessionShared) -> Result<()> {
+        let Some(conn) = self.conn.as_mut() else {
+            self.publish(shared);
+            return Err(Error::ConnectionLost(None));
+        };
+        if !conn.answered_within(RECHECK_AFTER) && !conn.is_alive().await {
+            // The server closed the connection before COMMIT was written:
+            // it rolled back, and nothing is in doubt.
+            let cause = conn.take_end_cause();
+            self.discard(shared);
+            return Err(Error::ConnectionLost(cause));
+        }
+        shared.status.set(TransactionStatus::Active);
+        // As a simple Query, never a named statement: SQL can redefine a
+        // name behind the tap's back (see wire.rs), and a COMMIT that runs
+        // something else would be reported as done. Once it is written, a
+        // broken connection leaves its outcome unknown.
+        let sent = Batch("COMMIT").send(conn).await;
+        self.committed(shared, sent).await
+    }
+
+    /// Follows what the server answered to `COMMIT`.
+    async fn committed(
+        &mut self,
+        shared: &SessionShared,
+        sent: Result<(), postgres::Error>,
+    ) -> Result<()> {
+        let Some(conn) = self.conn.as_mut() else {
+            self.publish(shared);
+            return Err(Error::ConnectionLost(None));
+        };
+        match sent {
+            Ok(()) => {
+                // The server's word, not the request's success: `COMMIT` of
+                // a block the server had aborted answers `ROLLBACK`.
+                let tag = conn.last_command_tag();
+                let server = conn.server_status();
+                if tag == "COMMIT" && server == Some(ServerStatus::Idle) {
+                    self.publish(shared);
+                    return Ok(());
+                }
+                log::warn!(
+                    "pgtx: COMMIT was answered {tag:?} with the session {server:?}: not committed"
+                );
+                if server != Some(ServerStatus::Idle) {
+                    self.rollback_whatever_is_open(shared).await;
+                }
+                self.publish(shared);
+                Err(Error::TransactionAborted(None))
+            }
+            Err(e) if e.as_db_error().is_some() && !conn.has_ended() => {
+                // The server refused to commit (a deferred constraint, a
+                // serialization failure): the transaction is rolled back.
+                self.failure = e.as_db_error().map(|d| Box::new(d.clone()));
+                self.publish(shared);
+                Err(Error::Db(e))
+            }
+            Err(e) => {
+                let cause = conn.why_lost(e);
+                self.discard(shared);
+                shared.status.set(TransactionStatus::Unknown);
+                Err(Error::CommitOutcomeUnknown(Some(cause)))
+            }
+        }
+    }
+
+    /// Ends the transaction without saving it. Never fails: when `ROLLBACK`
+    /// cannot be sent, the connection is closed, which makes the server roll
+    /// back, and no one can inherit it.
+    pub(crate) async fn rollback(&mut self, shared: &SessionShared) {
+        let server = self.server_status();
+        let must_send = self.machine.rollback(server);
+        self.send_rollback(shared, must_send).await;
+    }
+
+    /// Rolls back whatever the server has open, whatever the machine thought.
+    async fn rollback_whatever_is_open(&mut self, shared: &SessionShared) {
+        let server = self.server_status();
+        let must_send = self.machine.force_rollback(server);
+        self.send_rollback(shared, must_send).await;
+    }
+
+    /// Sends `ROLLBACK` if the machine said it `must_send` it; when it
+    /// cannot be sent, closes the connection, which makes the server roll
+    /// back.
+    async fn send_rollback(&mut self, shared: &SessionShared, must_send: bool) {
+        if !must_send {
+            self.publish(shared);
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            self.publish(shared);
+            return;
+        };
+        shared.status.set(TransactionStatus::Active);
+        if let Err(e) = Batch("ROLLBACK").send(conn).await {
+            log::warn!(
+                "pgtx: ROLLBACK failed ({e}); closing the connection so the server rolls back"
+            );
+            self.discard(shared);
+        }
+        self.publish(shared);
+    }
+
+    /// Runs one of pgtx's own statements (`SAVEPOINT`, `RELEASE`) on the
+    /// unnamed statement, never a named one that SQL could redefine, with
+    /// a pending `BEGIN` in its Sync group.
+    async fn own_statement(&mut self, shared: &SessionShared, sql: &str) -> Result<()> {
+        let bound = super::request::Bound {
+            kind: super::request::Execute,
+            target: Target::Unnamed(sql, &[]),
+            params: &[],
+        };
+        self.statement(shared, RequestShape::Bind, None, &bound)
+            .await
+            .map(drop)
+    }
+
+    /// Opens savepoint number `depth + 1` inside the transaction; returns its number.
+    pub(crate) async fn savepoint(&mut self, shared: &SessionShared) -> Result<u32> {
+        let depth = self.machine.next_savepoint();
+        let sql = format!("SAVEPOINT {}", savepoint_name(depth));
+        self.own_statement(shared, &sql).await?;
+        self.machine.savepoint_opened(depth);
+        Ok(depth)
+    }
+
+    /// Releases savepoint `depth` (the innermost): its work joins the
+    /// transaction's. If the server aborted the transaction inside the
+    /// savepoint, rolls back to it instead and reports the first error,
+    /// which leaves the transaction usable.
+    pub(crate) async fn release_savepoint(
+        &mut self,
+        shared: &SessionShared,
+        depth: u32,
+    ) -> Result<()> {
+        if let ReleasePlan::RollBack(first) = self.machine.release_savepoint() {
+            self.rollback_to_savepoint(shared, depth).await?;
+            return Err(Error::TransactionAborted(first));
+        }
+        let sql = format!("RELEASE SAVEPOINT {}", savepoint_name(depth));
+        let result = self.own_statement(shared, &sql).await;
+        self.machine.savepoint_ended(depth);
+        result
+    }
+
+    /// Undoes savepoint `depth` and everything inside it, and removes it:
+    /// the transaction is healthy again even if a statement inside failed.
+    pub(crate) async fn rollback_to_savepoint(
+        &mut self,
+        shared: &SessionShared,
+        depth: u32,
+    ) -> Result<()> {
+        let name = savepoint_name(depth);
+        let sql = format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}");
+        let result = self
+            .statement(shared, RequestShape::Query, None, &Batch(&sql))
+            .await;
+        self.machine.savepoint_ended(depth);
+        result
+    }
+
+    /// Savepoints deeper than `depth` are still open although their holder
+    /// is using an outer level again: they were forgotten (`mem::forget`).
+    /// Rolls them back; returns whether there were any (the caller reports).
+    pub(crate) async fn restore_depth(
+        &mut self,
+        shared: &SessionShared,
+        depth: u32,
+    ) -> Result<bool> {
+        let Some(outermost) = self.machine.forgotten_savepoints(depth) else {
+            return Ok(false);
+        };
+        self.rollback_to_savepoint(shared, outermost).await?;
+        Ok(true)
+    }
+
+    /// Whether SQL text reaches the server as pgtx reads it: UTF8, unless
+    /// user SQL changed `client_encoding` (a closed connection has not).
+    pub(crate) fn reads_utf8(&self) -> bool {
+        self.conn.as_ref().is_none_or(Connection::reads_utf8)
+    }
+
+    /// The vote of a two-phase commit: `PREPARE TRANSACTION gid`. Returns
+    /// whether a transaction was prepared (one that sent nothing has
+    /// nothing to prepare, and nothing to commit later) and, if so, its
+    /// transaction id (`txid_current()`, asked in the same round trip),
+    /// by which the server can tell later whether it committed.
+    ///
+    /// On `Err` nothing is prepared under `gid` on this session's account,
+    /// except after [`Error::ConnectionLost`], when the server may have
+    /// prepared it (recovery, or `ROLLBACK PREPARED`, decides).
+    pub(crate) async fn prepare_transaction(
+        &mut self,
+        shared: &SessionShared,
+        gid: &str,
+    ) -> Result<Vote> {
+        match self.machine.prepare() {
+            PreparePlan::Nothing => {
+                self.publish(shared);
+                return Ok(Vote::Nothing);
+            }
+            PreparePlan::Lost => {
+                self.publish(shared);
+                return Err(Error::ConnectionLost(None));
+            }
+            PreparePlan::Escaped => {
+                self.publish(shared);
+                return Err(escaped());
+            }
+            PreparePlan::RollBack(first) => {
+                self.rollback(shared).await;
+                return Err(Error::TransactionAborted(first));
+            }
+            PreparePlan::Send => {}
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            self.machine.reset();
+            self.publish(shared);
+            return Err(Error::ConnectionLost(None));
+        };
+        shared.status.set(TransactionStatus::Active);
+        // One simple query: if the SELECT fails, PREPARE is not run.
+        let sql = format!(
+            "SELECT txid_current()::text; PREPARE TRANSACTION {}",
+            quote_literal(gid)
+        );
+        let result = conn.run(|client| client.simple_query(&sql)).await;
+        let result = conn.outcome(result);
+        let xid = result.as_ref().ok().and_then(|messages| {
+            messages.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse::<i64>().ok(),
+                _ => None,
+            })
+        });
+        let reply = self.reply(shared, &result, false);
+        if self.machine.after_prepare(gid, reply) {
+            // Refused and left failed: end the block.
+            self.rollback(shared).await;
+        }
+        self.publish(shared);
+        result.map(|_| Vote::Prepared { xid })
+    }
+
+    /// Whether the second phase may be sent on this session now (the
+    /// front then makes sure of a connection: any session on the same
+    /// database may send it, so a connection that broke is replaced).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TransactionControl`] when a transaction of this session's
+    /// own is under way.
+    pub(crate) fn start_finish_prepared(&mut self) -> Result<()> {
+        if self.machine.finish_prepared() {
+            Ok(())
+        } else {
+            Err(escaped())
+        }
+    }
+
+    /// `COMMIT PREPARED gid` (or `ROLLBACK PREPARED`): the second phase,
+    /// after [`start_finish_prepared`](Self::start_finish_prepared).
+    pub(crate) async fn finish_prepared(
+        &mut self,
+        shared: &SessionShared,
+        gid: &str,
+        commit: bool,
+    ) -> Result<()> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(Error::ConnectionLost(None));
+        };
+        let verb = if commit { "COMMIT" } else { "ROLLBACK" };
+        let sql = format!("{verb} PREPARED {}", quote_literal(gid));
+        shared.status.set(TransactionStatus::Active);
+        let result = Batch(&sql).send(conn).await;
+        let result = conn.outcome(result);
+        if matches!(result, Err(Error::ConnectionLost(_))) {
+            self.lose_connection(shared);
+        }
+        self.publish(shared);
+        result
+    }
+
+    /// Whether pgtx's savepoint number `depth` is still open (see
+    /// `Machine::savepoint_is_open`).
+    pub(crate) fn savepoint_is_open(&self, depth: u32) -> bool {
+        self.machine.savepoint_is_open(depth)
+    }
+
+    /// What a request came back with, for the machine to follow: the
+    /// server's answer (its status, and its error if it refused), or a
+    /// broken connection, which is dropped here. `began`: a pending `BEGIN`
+    /// went out with the request and the server began the transaction.
+    fn reply<'r, T>(
+        &mut self,
+        shared: &SessionShared,
+        result: &'r Result<T>,
+        began: bool,
+    ) -> Reply<'r> {
+        if let Err(Error::ConnectionLost(_)) = result {
+            self.lose_connection(shared);
+            return Reply::Lost;
+        }
+        Reply::Answered {
+            began,
+            server: self.server_status().unwrap_or(ServerStatus::Idle),
+            error: result.as_ref().err().and_then(Error::as_db_error),
+        }
+    }
+
+    /// Closes the connection (if any). The next holder opens a new one.
+    pub(crate) async fn close(&mut self, shared: &SessionShared) {
+        if let Some(conn) = self.conn.take() {
+            conn.close().await;
+        }
+        self.lost = false;
+        self.replace = false;
+        shared.cancel.disconnected();
+        self.machine.reset();
+        self.publish(shared);
+    }
+
+    /// The connection broke (or cannot be trusted): it is dropped, the next
+    /// one opened ends an outage (recovery handlers, `replaced`), and
+    /// cancel requests have nowhere to go.
+    fn lose_connection(&mut self, shared: &SessionShared) {
+        self.conn = None;
+        self.lost = true;
+        shared.cancel.disconnected();
+    }
+
+    /// Drops a connection that cannot be trusted any more.
+    fn discard(&mut self, shared: &SessionShared) {
+        self.lose_connection(shared);
+        self.machine.reset();
+        self.publish(shared);
+    }
+
+    fn server_status(&self) -> Option<ServerStatus> {
+        self.conn.as_ref().and_then(Connection::server_status)
+    }
+
+    /// Mirrors the session's state into the status everyone can read.
+    fn publish(&self, shared: &SessionShared) {
+        let status = self
+            .machine
+            .status(self.conn.is_some(), self.server_status());
+        shared.status.set(status);
+    }
+}
+
+/// What a participant's vote did ([`SessionCore::prepare_transaction`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Vote {
+    /// It sent nothing: nothing to prepare, nothing to commit later.
+    Nothing,
+    /// Prepared; `xid` is its transaction id (epoch included, as
+    /// `txid_current()` gives it) when the server's answer said it.
+    Prepared { xid: Option<i64> },
+}
+
+/// `text` as an SQL string literal (for the gids of two-phase commit,
+/// which `PREPARE TRANSACTION` takes as a literal, not a parameter).
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The name of pgtx's savepoint number `depth`, quoted. User SQL may make
+/// savepoints of its own; these names are pgtx's.
+fn savepoint_name(depth: u32) -> String {
+    format!("\"pgtx_savepoint_{depth}\"")
+}
+
+fn refused(refusal: Refusal) -> Error {
+    match refusal {
+        Refusal::Aborted(first) => Error::TransactionAborted(first),
+        Refusal::Escaped => escaped(),
+        Refusal::Lost => Error::ConnectionLost(None),
+        Refusal::Prepared => Error::TransactionControl(
+            "the transaction was prepared for two-phase commit; nothing more can run in it"
+                .to_owned(),
+        ),
+    }
+}
+
+fn escaped() -> Error {
+    Error::TransactionControl(
+        "a statement ended the transaction block on the server; nothing after it was sent"
+            .to_owned(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The session's futures can move between a multi-threaded runtime's
+    /// workers (checked at compile time; the futures are never polled).
+    #[test]
+    fn the_session_s_futures_are_send() {
+        fn check(core: &mut SessionCore, shared: &SessionShared, retries: &mut Retries) {
+            let one = 1_i32;
+            let params: Params<'_> = &[&one];
+            assert_send(&core.cached_statement(
+                shared,
+                "SELECT $1::int4",
+                super::super::request::Query,
+                params,
+                retries,
+            ));
+        }
+        fn check_others(core: &mut SessionCore, shared: &SessionShared) {
+            assert_send(&core.commit(shared));
+            assert_send(&core.rollback(shared));
+            assert_send(&core.savepoint(shared));
+            assert_send(&core.prepare_transaction(shared, "gid"));
+            assert_send(&core.close(shared));
+        }
+        let _ = (check, check_others);
+    }
+}
