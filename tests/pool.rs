@@ -429,18 +429,6 @@ fn quick() -> pgtx::ReconnectPolicy {
         .jitter(0.0)
 }
 
-/// Refuses (`false`) or allows new sessions of `db` on the server, as an
-/// outage would; sessions already open go on.
-fn allow_connections(db: &Db, allow: bool) {
-    TestServer::shared()
-        .admin()
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
-            db.name
-        ))
-        .expect("alter database");
-}
-
 fn backend_pid(guard: &mut pgtx::Guard<'_>) -> i32 {
     guard
         .query_one("SELECT pg_backend_pid()", &[])
@@ -472,7 +460,7 @@ fn a_checkout_waits_for_a_held_connection_while_another_is_in_an_outage() {
         let y_pid = backend_pid(&mut y);
         drop(y);
 
-        allow_connections(&db, false);
+        db.allow_connections(false);
         TestServer::shared()
             .admin()
             .query_one("SELECT pg_terminate_backend($1)", &[&y_pid])
@@ -496,7 +484,7 @@ fn a_checkout_waits_for_a_held_connection_while_another_is_in_an_outage() {
     assert!(waited < Duration::from_secs(30), "{waited:?}");
 
     // The outage ends: both connections serve again.
-    allow_connections(&db, true);
+    db.allow_connections(true);
     assert_eq!(db.open_transactions(), 0);
     assert!(
         eventually(Duration::from_secs(20), || {
@@ -517,7 +505,7 @@ fn a_checkout_fails_at_once_only_when_every_connection_is_down() {
         .min_idle(2)
         .build()
         .expect("build");
-    allow_connections(&db, false);
+    db.allow_connections(false);
     assert_eq!(TestServer::shared().terminate_backends(&db.name), 2);
 
     // The checkout that finds them dead starts both outages.
@@ -541,7 +529,7 @@ fn a_checkout_fails_at_once_only_when_every_connection_is_down() {
         started.elapsed()
     );
 
-    allow_connections(&db, true);
+    db.allow_connections(true);
     assert!(
         eventually(Duration::from_secs(20), || pool.lock().is_ok()),
         "the pool recovered"

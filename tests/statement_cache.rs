@@ -483,3 +483,48 @@ fn type_lookups_lost_inside_a_transaction_fail_it_and_the_next_one_gets_a_new_co
     assert_ne!(pid(&manager), before, "the connection was replaced");
     assert_eq!(db.open_transactions(), 0);
 }
+
+#[test]
+fn type_lookups_lost_before_a_first_statement_with_no_new_connection_to_be_had_lose_the_transaction()
+ {
+    let db = Db::new("cache_discard_types_down");
+    db.admin()
+        .batch_execute(
+            "CREATE TYPE mood AS ENUM ('happy', 'sad');
+             CREATE TYPE colour AS ENUM ('red', 'blue');",
+        )
+        .expect("types");
+    let manager = db.manager();
+    let mut guard = manager.lock().expect("lock");
+    guard.query_one("SELECT 'happy'::mood", &[]).expect("mood");
+    guard
+        .batch_execute("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$")
+        .expect("DEALLOCATE ALL where the tap cannot see it");
+    drop(guard);
+    // The connection goes on; a new one is refused.
+    db.allow_connections(false);
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    let first = tx.query_one("SELECT 'red'::colour", &[]).map(drop);
+    let later = tx
+        .execute(
+            "INSERT INTO items VALUES (1, 'must not run on its own')",
+            &[],
+        )
+        .map(drop);
+    let commit = tx.commit().map(drop);
+    db.allow_connections(true);
+    assert!(first.is_err(), "no connection for the lookup: {first:?}");
+    assert!(
+        matches!(later, Err(Error::ConnectionLost(_))),
+        "the transaction is lost, not carried on in autocommit: {later:?}"
+    );
+    assert!(commit.is_err(), "nothing to commit: {commit:?}");
+    assert!(db.item_ids().is_empty(), "nothing was committed");
+    manager
+        .transaction(|mut tx| {
+            tx.execute("INSERT INTO items VALUES (2, 'next')", &[])?;
+            tx.commit()
+        })
+        .expect("the next transaction reconnects");
+    assert_eq!(db.item_ids(), [2]);
+}

@@ -90,6 +90,18 @@ impl Db {
         )
     }
 
+    /// Refuses (`false`) or allows new sessions of this database on its
+    /// server, as an outage would; sessions already open go on.
+    pub fn allow_connections(&self, allow: bool) {
+        self.server
+            .admin()
+            .batch_execute(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
+                self.name
+            ))
+            .expect("alter database");
+    }
+
     /// A second, independent connection to the same database.
     pub fn admin(&self) -> postgres::Client {
         self.server.admin_on(&self.dsn)
