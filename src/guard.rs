@@ -6,9 +6,9 @@ use std::panic::Location;
 use postgres::types::ToSql;
 
 use crate::error::Result;
+use crate::fallback::Cause;
 use crate::held::{Conn, Held, StatementScope};
 use crate::options::TxOptions;
-use crate::shared::Cause;
 use crate::state::Open;
 use crate::statements::ToStatement;
 use crate::transaction_status::TransactionStatus;

@@ -9,12 +9,13 @@
 //! anything it tries afterwards fails with `Error::LeaseRevoked`.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::{self, Thread, ThreadId};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
+
+pub(crate) use crate::fallback::Abandoned;
 
 /// A waiter that has been first in line this long is handed the lease
 /// directly at the next release, so newcomers can't starve it. Before that,
@@ -55,24 +56,6 @@ pub(crate) enum Wait {
     Forever,
     Until(Instant),
     Never,
-}
-
-/// Why an acquirer decided the holder had abandoned the lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Abandoned {
-    /// The holding thread has exited.
-    ThreadExited,
-    /// The holder ran nothing for longer than `abandon_after`.
-    Idle(Duration),
-}
-
-impl fmt::Display for Abandoned {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Abandoned::ThreadExited => f.write_str("its thread exited without releasing it"),
-            Abandoned::Idle(idle) => write!(f, "it ran nothing for {idle:?}"),
-        }
-    }
 }
 
 /// The lease was granted.

@@ -286,6 +286,7 @@ mod control;
 mod driver;
 mod error;
 mod factory;
+mod fallback;
 mod guard;
 mod held;
 mod hooks;

@@ -7,8 +7,9 @@ use std::marker::PhantomData;
 use postgres::types::ToSql;
 
 use crate::error::{Error, Result};
+use crate::fallback::{HolderEnd, verdict};
 use crate::held::{Conn, StatementScope};
-use crate::shared::Cause;
+use crate::session::RollBackTarget;
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
 use crate::transaction_status::TransactionStatus;
@@ -278,26 +279,22 @@ impl Drop for Level<'_> {
         roll_back_unfinished(
             self.conn,
             self.depth,
-            Some(Cause::SavepointDropped { panicked }),
+            HolderEnd::SavepointDropped { panicked },
         );
     }
 }
 
-/// Rolls back to savepoint `depth` if it is still open; reports `cause` if
-/// given. A savepoint whose holder lost the lease was cleaned up by the
-/// new holder.
-fn roll_back_unfinished(conn: Conn<'_>, depth: u32, cause: Option<Cause>) {
+/// Rolls back to savepoint `depth` if it is still open when its hold
+/// ends as `end` says, and reports it as the fallback decides. A savepoint
+/// whose holder lost the lease was cleaned up by the new holder.
+fn roll_back_unfinished(conn: Conn<'_>, depth: u32, end: HolderEnd) {
     let Ok(mut session) = conn.shared.session(conn.epoch) else {
         return;
     };
-    if !session.savepoint_is_open(depth) {
-        return;
-    }
-    if let Err(e) = session.rollback_to_savepoint(depth) {
-        log::warn!("pgtx: could not roll back to an unfinished savepoint: {e}");
-    }
+    let end = verdict(end, session.savepoint_is_open(depth));
+    let report = session.fall_back(RollBackTarget::Savepoint(depth), end);
     drop(session);
-    if let Some(cause) = cause {
+    if let Some(cause) = report {
         conn.shared.report_unfinished(cause);
     }
 }
@@ -316,7 +313,7 @@ where
     };
     let outcome = work(savepoint);
     let exit = std::mem::ManuallyDrop::new(exit);
-    roll_back_unfinished(exit.conn, exit.depth, None);
+    roll_back_unfinished(exit.conn, exit.depth, HolderEnd::SavepointScopeEnded);
     outcome.map(Savepoint::into_value)
 }
 
@@ -332,7 +329,7 @@ impl Drop for ScopeExit<'_> {
         roll_back_unfinished(
             self.conn,
             self.depth,
-            Some(Cause::SavepointDropped { panicked: true }),
+            HolderEnd::SavepointDropped { panicked: true },
         );
     }
 }

@@ -20,11 +20,13 @@ use postgres::error::DbError;
 use crate::cancel::CancelCell;
 use crate::config::Settings;
 use crate::conn::request::{Request, StatementKind};
+pub(crate) use crate::conn::session::RollBackTarget;
 pub(crate) use crate::conn::session::{RequestShape, Vote};
 use crate::conn::session::{Retries, SessionCore, SessionShared, Step};
 use crate::driver::{Blocking, Driver};
 use crate::error::{Error, Result};
 use crate::factory::{ConnectionFactory, Occasion};
+use crate::fallback::{Cause, Verdict};
 use crate::outage::{BackgroundReconnect, Status};
 use crate::statements::{Naming, Params, ToStatement};
 use crate::transaction_status::TransactionStatus;
@@ -332,6 +334,20 @@ impl LockedSession<'_> {
     /// Whether pgtx's savepoint number `depth` is still open.
     pub(crate) fn savepoint_is_open(&self, depth: u32) -> bool {
         self.core.savepoint_is_open(depth)
+    }
+
+    /// Carries out what the fallback decided (see `fallback.rs`) at the end
+    /// of a hold: rolls `target` back if the verdict says so, at once (the
+    /// next holder starts idle). Returns the cause to report.
+    pub(crate) fn fall_back(&mut self, target: RollBackTarget, verdict: Verdict) -> Option<Cause> {
+        if !verdict.roll_back {
+            return None;
+        }
+        self.core.record_fallback(target, verdict.report);
+        let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);
+        setup
+            .runtime
+            .block_on_unless_done(core.settle_fallback(shared))
     }
 
     /// Closes the connection (if any). The next holder opens a new one.

@@ -5,7 +5,6 @@
 //! Holders (`Held`, `Savepoint`) call down into this; nothing here knows
 //! the public handles.
 
-use std::fmt;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,8 +16,9 @@ use crate::cancel::CancelHandle;
 use crate::config::Settings;
 use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
 
-use crate::lease::{Abandoned, Lease, Refused, Ticket, Wait};
-use crate::session::{ConnectionSetup, LockedSession, Session};
+use crate::fallback::{Cause, HolderEnd, verdict};
+use crate::lease::{Lease, Refused, Ticket, Wait};
+use crate::session::{ConnectionSetup, LockedSession, RollBackTarget, Session};
 use crate::transaction_status::TransactionStatus;
 
 pub(crate) struct Shared {
@@ -81,11 +81,10 @@ impl Shared {
         })?;
         if let Some(reason) = grant.took_over {
             let mut session = self.session.lock();
-            if session.in_transaction() {
-                session.rollback();
-                self.report_unfinished(Cause::Abandoned(reason));
-            } else {
-                log::debug!("pgtx: took over an abandoned guard ({reason})");
+            let end = verdict(HolderEnd::TakenOver(reason), session.in_transaction());
+            match session.fall_back(RollBackTarget::Transaction, end) {
+                Some(cause) => self.report_unfinished(cause),
+                None => log::debug!("pgtx: took over an abandoned guard ({reason})"),
             }
         }
         *self.begun_at.lock() = None;
@@ -165,18 +164,18 @@ impl Shared {
         if self.lease.epoch() != ticket.epoch() {
             return; // taken over; the new holder cleaned up
         }
-        if session.in_transaction() {
-            // A `Tx<Open>` being dropped, or a guard whose SQL left a
-            // transaction block open: the fallback.
-            session.rollback();
-            let cause = match (ticket.is_open(), std::thread::panicking()) {
-                (_, true) => Cause::Panic,
-                (true, false) => Cause::Dropped,
-                (false, false) => Cause::UserBlock,
-            };
+        // A `Tx<Open>` being dropped, or a guard whose SQL left a
+        // transaction block open: the fallback.
+        let end = HolderEnd::Dropped {
+            tx_open: ticket.is_open(),
+            panicking: std::thread::panicking(),
+        };
+        let end = verdict(end, session.in_transaction());
+        let report = session.fall_back(RollBackTarget::Transaction, end);
+        drop(session);
+        if let Some(cause) = report {
             self.report_unfinished(cause);
         }
-        drop(session);
         self.release(ticket.epoch());
     }
 
@@ -189,14 +188,14 @@ impl Shared {
         if self.lease.epoch() != ticket.epoch() {
             return Err(Error::LeaseRevoked);
         }
-        let unfinished = session.in_transaction();
-        if unfinished {
-            session.rollback();
-            self.report_unfinished(Cause::UserBlock);
-        }
+        let end = verdict(HolderEnd::Released, session.in_transaction());
+        let report = session.fall_back(RollBackTarget::Transaction, end);
         drop(session);
+        if let Some(cause) = report {
+            self.report_unfinished(cause);
+        }
         self.release(ticket.epoch());
-        if unfinished {
+        if end.error {
             Err(Error::UnfinishedTransaction)
         } else {
             Ok(())
@@ -248,13 +247,12 @@ impl Shared {
             return None;
         }
         let failure = session.take_failure();
-        if session.in_transaction() {
-            session.rollback();
-            if panicked {
-                self.report_unfinished(Cause::Panic);
-            }
-        }
+        let end = verdict(HolderEnd::ScopeEnded { panicked }, session.in_transaction());
+        let report = session.fall_back(RollBackTarget::Transaction, end);
         drop(session);
+        if let Some(cause) = report {
+            self.report_unfinished(cause);
+        }
         self.release(epoch);
         failure
     }
@@ -264,9 +262,9 @@ impl Shared {
     pub(crate) fn shut_down(&self) {
         self.session.stop_reconnecting();
         let mut session = self.session.lock();
-        if session.in_transaction() {
-            session.rollback();
-            self.report_unfinished(Cause::ManagerDropped);
+        let end = verdict(HolderEnd::ManagerDropped, session.in_transaction());
+        if let Some(cause) = session.fall_back(RollBackTarget::Transaction, end) {
+            self.report_unfinished(cause);
         }
         session.close();
     }
@@ -277,54 +275,13 @@ impl Shared {
     /// opened through a guard).
     pub(crate) fn report_unfinished(&self, cause: Cause) {
         self.unfinished.fetch_add(1, Ordering::Relaxed);
-        let begun_at = match (cause, *self.begun_at.lock()) {
-            (Cause::UserBlock | Cause::SavepointDropped { .. } | Cause::SavepointForgotten, _)
-            | (_, None) => String::new(),
-            (_, Some(at)) => format!("; begun at {at}"),
+        let begun_at = match *self.begun_at.lock() {
+            Some(at) if cause.is_a_begun_transaction() => format!("; begun at {at}"),
+            _ => String::new(),
         };
         log::error!(
             "pgtx: {UNFINISHED_TRANSACTION} ({cause}; it has been rolled back{begun_at}) [{}]",
             self.settings()
         );
-    }
-}
-
-/// Why the fallback rolled something back.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Cause {
-    Dropped,
-    Panic,
-    Abandoned(Abandoned),
-    ManagerDropped,
-    /// SQL run through a guard opened a transaction block and left it open.
-    UserBlock,
-    /// A savepoint was dropped (or unwound) before `release` or `rollback`.
-    SavepointDropped {
-        panicked: bool,
-    },
-    /// A savepoint was forgotten, and its transaction used again.
-    SavepointForgotten,
-}
-
-impl fmt::Display for Cause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Cause::Dropped => f.write_str("the transaction was dropped while open"),
-            Cause::Panic => f.write_str("a panic unwound the open transaction"),
-            Cause::Abandoned(reason) => write!(f, "its holder was abandoned: {reason}"),
-            Cause::ManagerDropped => f.write_str("the manager was dropped while it was open"),
-            Cause::UserBlock => f.write_str(
-                "SQL run through a guard left a transaction block open when the guard was released",
-            ),
-            Cause::SavepointDropped { panicked: false } => f.write_str(
-                "a savepoint was dropped before release() or rollback(); only the savepoint",
-            ),
-            Cause::SavepointDropped { panicked: true } => {
-                f.write_str("a panic unwound an open savepoint; only the savepoint")
-            }
-            Cause::SavepointForgotten => f.write_str(
-                "a savepoint was forgotten and its transaction used again; only the savepoint",
-            ),
-        }
     }
 }

@@ -22,6 +22,7 @@ use super::{Connection, Target};
 use crate::cancel::CancelCell;
 use crate::control;
 use crate::error::{Error, Result};
+use crate::fallback::Cause;
 use crate::statements::{Naming, Params, Sql, ToStatement};
 use crate::track::{CommitPlan, Machine, PreparePlan, Refusal, ReleasePlan, Reply};
 use crate::transaction_status::{StatusCell, TransactionStatus};
@@ -73,6 +74,18 @@ pub(crate) struct SessionCore {
     /// transaction, `COMMIT`'s included: what a retrying transaction looks
     /// at, whatever error type its closure returned.
     failure: Option<Box<DbError>>,
+    /// A rollback the fallback decided (see `fallback.rs`) that has not
+    /// been carried out yet, and the cause to report once it is.
+    fallback: Option<(RollBackTarget, Option<Cause>)>,
+}
+
+/// What a fallback rolls back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RollBackTarget {
+    /// The whole transaction (or a block user SQL opened).
+    Transaction,
+    /// Only savepoint number `depth`, and what is inside it.
+    Savepoint(u32),
 }
 
 static_assertions::assert_impl_all!(SessionCore: Send);
@@ -114,7 +127,37 @@ impl SessionCore {
             lost: false,
             replace: false,
             failure: None,
+            fallback: None,
         }
+    }
+
+    /// Records what the fallback decided when a hold ended unfinished
+    /// (no I/O: callable from `Drop` anywhere); [`settle_fallback`](Self::settle_fallback)
+    /// carries it out. A later decision replaces one not carried out yet
+    /// only when it rolls back more.
+    pub(crate) fn record_fallback(&mut self, target: RollBackTarget, report: Option<Cause>) {
+        if matches!(self.fallback, Some((RollBackTarget::Transaction, _)))
+            && target != RollBackTarget::Transaction
+        {
+            return;
+        }
+        self.fallback = Some((target, report));
+    }
+
+    /// Carries out the recorded fallback, if any: rolls back (a rollback
+    /// never fails: when it cannot be sent the connection is dropped, and
+    /// the server rolls back). Returns the cause to report.
+    pub(crate) async fn settle_fallback(&mut self, shared: &SessionShared) -> Option<Cause> {
+        let (target, report) = self.fallback.take()?;
+        match target {
+            RollBackTarget::Transaction => self.rollback(shared).await,
+            RollBackTarget::Savepoint(depth) => {
+                if let Err(e) = self.rollback_to_savepoint(shared, depth).await {
+                    log::warn!("pgtx: could not roll back to an unfinished savepoint: {e}");
+                }
+            }
+        }
+        report
     }
 
     /// How SQL text runs on this session's connections.
@@ -844,6 +887,54 @@ mod tests {
     use super::*;
 
     fn assert_send<T: Send>(_: &T) {}
+
+    /// Runs a future that does no I/O (no connection) to its end.
+    fn done<F: std::future::Future>(work: F) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match work.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(output) => output,
+            std::task::Poll::Pending => panic!("no connection, yet it waited"),
+        }
+    }
+
+    #[test]
+    fn a_recorded_fallback_is_carried_out_once_and_its_cause_returned() {
+        let (mut core, shared) = (SessionCore::new(Naming::Cached), SessionShared::default());
+        assert_eq!(
+            done(core.settle_fallback(&shared)),
+            None,
+            "nothing recorded"
+        );
+        core.record_fallback(RollBackTarget::Transaction, Some(Cause::Dropped));
+        assert_eq!(done(core.settle_fallback(&shared)), Some(Cause::Dropped));
+        assert_eq!(
+            done(core.settle_fallback(&shared)),
+            None,
+            "carried out once"
+        );
+    }
+
+    #[test]
+    fn a_savepoint_s_fallback_never_replaces_a_whole_transaction_s() {
+        let mut core = SessionCore::new(Naming::Cached);
+        core.record_fallback(RollBackTarget::Transaction, Some(Cause::Panic));
+        core.record_fallback(
+            RollBackTarget::Savepoint(2),
+            Some(Cause::SavepointDropped { panicked: true }),
+        );
+        assert_eq!(
+            core.fallback,
+            Some((RollBackTarget::Transaction, Some(Cause::Panic)))
+        );
+        let mut core = SessionCore::new(Naming::Cached);
+        core.record_fallback(RollBackTarget::Savepoint(1), None);
+        core.record_fallback(RollBackTarget::Transaction, Some(Cause::Dropped));
+        assert_eq!(
+            core.fallback,
+            Some((RollBackTarget::Transaction, Some(Cause::Dropped)))
+        );
+    }
 
     /// The session's futures can move between a multi-threaded runtime's
     /// workers (checked at compile time; the futures are never polled).
