@@ -123,7 +123,11 @@ impl LockedSession<'_> {
             // BEGIN goes out on the new one.
             runtime.block_on(replaced.close());
         }
-        if core.has_connection() && runtime.block_on(core.keep_if_alive(shared)) {
+        // The check turns the runtime's I/O driver (it must see a socket
+        // the server closed): not for a connection that just answered.
+        if core.answered_recently()
+            || (core.has_connection() && runtime.block_on(core.keep_if_alive(shared)))
+        {
             return Ok(());
         }
         if let Some(background) = &setup.background_reconnect {

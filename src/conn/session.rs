@@ -187,6 +187,14 @@ impl SessionCore {
         Some(conn)
     }
 
+    /// Whether the connection answered so recently that it needs no check
+    /// ([`keep_if_alive`](Self::keep_if_alive) would say yes at once).
+    pub(crate) fn answered_recently(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|conn| conn.answered_within(RECHECK_AFTER))
+    }
+
     /// Whether the connection is alive, without a round trip (see
     /// [`Connection::is_alive`]); a dead one is dropped, and the next one
     /// opened ends an outage.
