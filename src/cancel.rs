@@ -13,74 +13,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
-use crate::connect::CancelTarget;
+use crate::blocking::driver::block_on_alone;
+use crate::conn::cancel_serials::CancelCell;
 use crate::error::{Error, Result};
-
-/// The statement in flight on one managed connection, as far as cancel
-/// requests need to know.
-#[derive(Default)]
-pub(crate) struct CancelCell {
-    inflight: Mutex<Inflight>,
-}
-
-#[derive(Default)]
-struct Inflight {
-    /// The number of the last statement started.
-    serial: u64,
-    /// Whether statement `serial` is still running.
-    running: bool,
-    /// The statement a cancel was sent for (0: none).
-    cancelled: u64,
-    /// Where the running statement's connection takes cancel requests.
-    target: Option<Arc<CancelTarget>>,
-}
-
-impl CancelCell {
-    /// A statement is about to be sent on the connection `target` leads
-    /// to; returns its number. Waits while a cancel request is being sent.
-    pub(crate) fn start(&self, target: &Arc<CancelTarget>) -> u64 {
-        let mut inflight = self.inflight.lock();
-        inflight.serial += 1;
-        inflight.running = true;
-        if !inflight
-            .target
-            .as_ref()
-            .is_some_and(|known| Arc::ptr_eq(known, target))
-        {
-            inflight.target = Some(target.clone());
-        }
-        inflight.serial
-    }
-
-    /// Statement `serial` has its answer; whether a cancel was sent for it.
-    pub(crate) fn finish(&self, serial: u64) -> bool {
-        let mut inflight = self.inflight.lock();
-        inflight.running = false;
-        inflight.cancelled == serial
-    }
-
-    /// The connection is gone: its cancel target goes with it.
-    pub(crate) fn disconnected(&self) {
-        self.inflight.lock().target = None;
-    }
-
-    fn cancel(&self) -> Result<bool> {
-        // Held until the server has acted on the request: no statement
-        // starts (nor is seen to finish) meanwhile.
-        let mut inflight = self.inflight.lock();
-        if !inflight.running {
-            return Ok(false);
-        }
-        let Some(target) = inflight.target.clone() else {
-            return Ok(false);
-        };
-        inflight.cancelled = inflight.serial;
-        target.send().map_err(Error::CancelFailed)?;
-        Ok(true)
-    }
-}
 
 /// Cancels the statement running on a [`ManagedConnection`](crate::ManagedConnection)
 /// from any thread, while another thread waits for it.
@@ -149,20 +84,17 @@ impl CancelHandle {
     /// # Ok::<(), pgtx::Error>(())
     /// ```
     pub fn cancel(&self) -> Result<bool> {
-        self.cell.cancel()
+        self.cell.cancel(|target| {
+            block_on_alone(target.send()).and_then(|sent| sent.map_err(Error::CancelFailed))
+        })
     }
 }
 
 impl fmt::Debug for CancelHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // A cancel being sent holds the lock: say so rather than wait.
-        let state = match self.cell.inflight.try_lock() {
-            Some(inflight) if inflight.running => "running",
-            Some(_) => "idle",
-            None => "cancelling",
-        };
         f.debug_struct("CancelHandle")
-            .field("statement", &state)
+            .field("statement", &self.cell.describe())
             .finish_non_exhaustive()
     }
 }

@@ -5,13 +5,13 @@ use std::panic::Location;
 
 use postgres::types::ToSql;
 
+use crate::blocking::held::{Conn, Held, StatementScope};
 use crate::error::Result;
-use crate::fallback::Cause;
-use crate::held::{Conn, Held, StatementScope};
-use crate::options::TxOptions;
+use crate::machine::fallback::Cause;
+use crate::machine::options::TxOptions;
+use crate::machine::transaction_status::TransactionStatus;
 use crate::state::Open;
 use crate::statements::ToStatement;
-use crate::transaction_status::TransactionStatus;
 use crate::tx::Tx;
 use crate::{Row, Statement};
 

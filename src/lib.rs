@@ -278,55 +278,39 @@
 // than a guard that would have to be force-unlocked.
 #![forbid(unsafe_code)]
 
+mod blocking;
 mod cancel;
 mod config;
 mod conn;
 mod connect;
-mod control;
-mod driver;
 mod error;
-mod factory;
-mod fallback;
 mod guard;
-mod held;
-mod hooks;
-mod ident;
-mod lease;
 mod listener;
+mod machine;
 mod manager;
-mod options;
-mod outage;
 mod pool;
-mod reconnect;
-mod retry;
 mod savepoint;
 mod scope;
-mod session;
-mod shared;
 mod state;
 mod statements;
-mod track;
-mod transaction_status;
 pub mod two_phase;
 mod tx;
-mod user_code;
-mod wire;
 
+pub use crate::blocking::hooks::NewConnection;
 pub use crate::cancel::CancelHandle;
 pub use crate::config::{Settings, SettingsError};
 pub use crate::error::HookError;
 pub use crate::error::{ConnectError, Error, Result, UNFINISHED_TRANSACTION};
 pub use crate::guard::Guard;
-pub use crate::hooks::NewConnection;
 pub use crate::listener::{Events, ListenEvent, Listener, ObserverError, ObserverId};
+pub use crate::machine::options::{IsolationLevel, TxOptions};
+pub use crate::machine::reconnect::{Backoff, ReconnectPolicy};
+pub use crate::machine::retry::RetryPolicy;
+pub use crate::machine::transaction_status::TransactionStatus;
 pub use crate::manager::{Builder, DEFAULT_ABANDON_AFTER, ManagedConnection};
-pub use crate::options::{IsolationLevel, TxOptions};
 pub use crate::pool::{Pool, PoolBuilder, PoolState};
-pub use crate::reconnect::{Backoff, ReconnectPolicy};
-pub use crate::retry::RetryPolicy;
 pub use crate::savepoint::Savepoint;
 pub use crate::state::{Done, Open, State};
-pub use crate::transaction_status::TransactionStatus;
 pub use crate::two_phase::TwoPhase;
 pub use crate::tx::Tx;
 

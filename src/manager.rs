@@ -6,26 +6,26 @@ use std::panic::Location;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::blocking::driver::Blocking;
+use crate::blocking::factory::ConnectionFactory;
+use crate::blocking::held::Held;
+use crate::blocking::hooks::{Hook, NewConnection, OnConnect, OnReconnect};
+use crate::blocking::lease::{Ticket, Wait};
+use crate::blocking::outage::BackgroundReconnect;
+use crate::blocking::session::ConnectionSetup;
+use crate::blocking::shared::{OnRelease, Shared};
 use crate::cancel::CancelHandle;
 use crate::config::Settings;
-use crate::driver::Blocking;
 use crate::error::{Error, HookError, Result};
-use crate::factory::ConnectionFactory;
 use crate::guard::Guard;
-use crate::held::Held;
-use crate::hooks::{Hook, NewConnection, OnConnect, OnReconnect};
-use crate::lease::{Ticket, Wait};
 use crate::listener::Listener;
-use crate::options::TxOptions;
-use crate::outage::BackgroundReconnect;
-use crate::reconnect::ReconnectPolicy;
-use crate::retry::RetryPolicy;
+use crate::machine::options::TxOptions;
+use crate::machine::reconnect::ReconnectPolicy;
+use crate::machine::retry::RetryPolicy;
+use crate::machine::transaction_status::TransactionStatus;
 use crate::scope;
-use crate::session::ConnectionSetup;
-use crate::shared::{OnRelease, Shared};
 use crate::state::{Done, Open};
 use crate::statements::Naming;
-use crate::transaction_status::TransactionStatus;
 use crate::tx::Tx;
 
 /// How long a holder may run nothing, while others wait, before it counts as
@@ -672,7 +672,7 @@ impl ManagedConnection {
     /// # Ok::<(), pgtx::Error>(())
     /// ```
     pub fn cancel_handle(&self) -> CancelHandle {
-        self.shared.cancel_handle()
+        CancelHandle::new(self.shared.cancel_cell().clone())
     }
 
     pub(crate) fn shared(&self) -> &Shared {

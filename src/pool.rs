@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::blocking::held::Held;
 use crate::error::{Error, Result};
 use crate::guard::Guard;
-use crate::held::Held;
+use crate::machine::options::TxOptions;
+use crate::machine::retry::RetryPolicy;
+use crate::machine::transaction_status::TransactionStatus;
 use crate::manager::{Builder, ManagedConnection};
-use crate::options::TxOptions;
-use crate::retry::RetryPolicy;
 use crate::scope;
 use crate::state::{Done, Open};
-use crate::transaction_status::TransactionStatus;
 use crate::tx::Tx;
 
 // The line keeps the single connection's polling (see lease.rs): the
@@ -31,7 +31,7 @@ use crate::tx::Tx;
 // anyone (a thread switch per transaction costs more than the
 // transaction); after it, a release wakes the first waiter and nobody
 // goes ahead of it.
-use crate::lease::{ABANDON_POLL as FRONT_POLL, BEHIND_POLL};
+use crate::blocking::lease::{ABANDON_POLL as FRONT_POLL, BEHIND_POLL};
 
 /// A pool of `size` [`ManagedConnection`]s behind one lock-like API:
 /// [`lock`](Self::lock) hands out a [`Guard`] on whichever connection is
@@ -276,7 +276,7 @@ impl Builder {
 impl PoolBuilder {
     /// [`fair_after`](Self::fair_after)'s default: 1 ms, as a single
     /// [`ManagedConnection`]'s lock.
-    pub const DEFAULT_FAIR_AFTER: Duration = crate::lease::FAIR_HANDOFF_AFTER;
+    pub const DEFAULT_FAIR_AFTER: Duration = crate::blocking::lease::FAIR_HANDOFF_AFTER;
 
     /// Opens this many connections (at most the pool's size) when the pool
     /// is built, instead of on first use. Default 0.
@@ -334,7 +334,7 @@ impl PoolBuilder {
         let members = (0..self.size)
             .map(|index| {
                 let (line, released_on) = (line.clone(), released_on.clone());
-                let on_release: crate::shared::OnRelease = Arc::new(move || {
+                let on_release: crate::blocking::shared::OnRelease = Arc::new(move || {
                     released_on[index].store(current_cpu(), Ordering::Relaxed);
                     line.released();
                 });

@@ -6,13 +6,13 @@ use std::marker::PhantomData;
 
 use postgres::types::ToSql;
 
+use crate::blocking::held::{Conn, StatementScope};
+use crate::blocking::session::RollBackTarget;
 use crate::error::{Error, Result};
-use crate::fallback::{HolderEnd, verdict};
-use crate::held::{Conn, StatementScope};
-use crate::session::RollBackTarget;
+use crate::machine::fallback::{HolderEnd, verdict};
+use crate::machine::transaction_status::TransactionStatus;
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
-use crate::transaction_status::TransactionStatus;
 use crate::{Row, Statement};
 
 /// A savepoint inside a transaction; `S` is its state, [`Open`] or [`Done`].

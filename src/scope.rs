@@ -6,11 +6,11 @@ use std::panic::Location;
 
 use postgres::error::DbError;
 
+use crate::blocking::shared::Shared;
 use crate::error::{Error, Result};
 use crate::guard::Guard;
-use crate::options::TxOptions;
-use crate::retry::{self, RetryPolicy};
-use crate::shared::Shared;
+use crate::machine::options::TxOptions;
+use crate::machine::retry::{self, RetryPolicy};
 use crate::state::{Done, Open};
 use crate::tx::Tx;
 

@@ -4,13 +4,13 @@ use std::fmt;
 
 use postgres::types::ToSql;
 
+use crate::blocking::held::{Conn, Held, StatementScope};
+use crate::blocking::shared::Shared;
 use crate::error::Result;
-use crate::held::{Conn, Held, StatementScope};
+use crate::machine::transaction_status::TransactionStatus;
 use crate::savepoint::{self, Savepoint};
-use crate::shared::Shared;
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
-use crate::transaction_status::TransactionStatus;
 use crate::{Row, Statement};
 
 /// A transaction on the shared connection; `S` is its state, [`Open`] or

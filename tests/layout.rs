@@ -1,9 +1,11 @@
 //! The crate's internal imports have no cycle: every module reaches only
 //! modules that do not reach back (a parent declaring or re-exporting its
-//! children aside). Read from the source text, as `use crate::…`,
-//! `crate::…::` paths and `super::…` paths outside comments.
+//! children aside); and they run down the layers (see [`LAYERS`]). Read
+//! from the source text, as `use crate::…`, `crate::…::` paths and
+//! `super::…` paths outside comments.
 //!
-//! Run alone with `cargo test --test layout`; a failure names the cycle.
+//! Run alone with `cargo test --test layout`; a failure names the cycle,
+//! or the import that runs up.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -221,13 +223,88 @@ fn the_crates_modules_import_each_other_without_a_cycle() {
     let graph = imports();
     assert!(graph.len() > 20, "read the modules: {:?}", graph.keys());
     assert!(
-        graph["conn::session"].contains("track"),
+        graph["conn::session"].contains("machine::track"),
         "imports are read: {:?}",
         graph["conn::session"]
     );
     if let Some(cycle) = find_cycle(&graph) {
         panic!("import cycle: {}", cycle.join(" -> "));
     }
+}
+
+/// The layers, lowest first, by module path prefix: a module may import
+/// modules of its own layer and of the layers below. `error` stands aside
+/// (every layer reports errors, and the error type names what it carries);
+/// the crate root declares and re-exports everything.
+const LAYERS: [(&str, &[&str]); 6] = [
+    ("vocabulary", &["state", "statements"]),
+    ("pure decisions", &["machine"]),
+    ("settings", &["config"]),
+    ("connecting", &["connect"]),
+    ("async core", &["conn"]),
+    ("blocking shell", &["blocking"]),
+];
+
+/// The layer of `module`: its index in [`LAYERS`], or above them all (the
+/// public blocking handles).
+fn layer(module: &str) -> usize {
+    LAYERS
+        .iter()
+        .position(|(_, prefixes)| prefixes.iter().any(|p| is_within(module, p)))
+        .unwrap_or(LAYERS.len())
+}
+
+/// Every import that runs up a layer, as "a (layer) -> b (layer)".
+fn imports_running_up(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let name = |layer: usize| LAYERS.get(layer).map_or("public handles", |(n, _)| n);
+    let mut up = Vec::new();
+    for (from, targets) in graph {
+        if from.is_empty() || from == "error" {
+            continue;
+        }
+        for to in targets {
+            if to == "error" || layer(to) <= layer(from) {
+                continue;
+            }
+            up.push(format!(
+                "{from} ({}) -> {to} ({})",
+                name(layer(from)),
+                name(layer(to))
+            ));
+        }
+    }
+    up
+}
+
+#[test]
+fn imports_run_down_the_layers() {
+    let graph = imports();
+    assert_eq!(layer("conn::session"), 4);
+    assert_eq!(layer("machine"), 1);
+    assert_eq!(layer("manager"), LAYERS.len());
+    let up = imports_running_up(&graph);
+    assert!(up.is_empty(), "imports that run up:\n{}", up.join("\n"));
+}
+
+#[test]
+fn only_the_blocking_shell_blocks_and_only_its_runtime_module_makes_runtimes() {
+    let shell = LAYERS
+        .iter()
+        .position(|(name, _)| *name == "blocking shell")
+        .expect("a blocking shell layer");
+    let mut found = Vec::new();
+    for (module, file) in modules() {
+        let code = code(&file);
+        if layer(&module) < shell && code.contains("block_on") {
+            found.push(format!(
+                "{module} blocks (block_on) below the blocking shell"
+            ));
+        }
+        if module != "blocking::driver" && code.contains("tokio::runtime") {
+            found.push(format!("{module} makes or names a runtime"));
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
 #[test]

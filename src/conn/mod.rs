@@ -8,6 +8,7 @@
 //! hand-over between threads), and a connection that sits idle can be
 //! looked at without a round trip (see [`Connection::is_alive`]).
 
+pub(crate) mod cancel_serials;
 mod gate;
 pub(crate) mod request;
 pub(crate) mod session;
@@ -30,10 +31,11 @@ use self::gate::Gate;
 use self::statement_cache::StatementCache;
 use self::unnamed::{ParameterCount, describe, typed};
 use crate::config::Settings;
+use crate::connect::wire::{BeginOutcome, CopyRefused, Tap};
 use crate::connect::{CancelTarget, ConnectionStream, Connector, Opened};
 use crate::error::Error;
+use crate::machine::transaction_status::ServerStatus;
 use crate::statements::{Naming, Params};
-use crate::wire::{BeginOutcome, CopyRefused, ServerStatus, Tap};
 
 /// What a statement method runs.
 #[derive(Clone, Copy)]

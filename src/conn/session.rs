@@ -19,14 +19,15 @@ use postgres::error::{DbError, SqlState};
 use super::request::{Batch, Request, StatementKind};
 use super::sql_text::{CachedRun, UnnamedRun};
 use super::{Connection, Target};
-use crate::cancel::CancelCell;
-use crate::control;
+use crate::conn::cancel_serials::CancelCell;
+use crate::connect::wire::{BeginOutcome, CopyRefused};
 use crate::error::{Error, Result};
-use crate::fallback::Cause;
+use crate::machine::control;
+use crate::machine::fallback::Cause;
+use crate::machine::track::{CommitPlan, Machine, PreparePlan, Refusal, ReleasePlan, Reply};
+use crate::machine::transaction_status::ServerStatus;
+use crate::machine::transaction_status::{StatusCell, TransactionStatus};
 use crate::statements::{Naming, Params, Sql, ToStatement};
-use crate::track::{CommitPlan, Machine, PreparePlan, Refusal, ReleasePlan, Reply};
-use crate::transaction_status::{StatusCell, TransactionStatus};
-use crate::wire::{BeginOutcome, CopyRefused, ServerStatus};
 
 /// A connection that answered this recently is not checked again (when
 /// taken, or before a transaction's first statement): the check is for

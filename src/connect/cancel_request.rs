@@ -63,21 +63,16 @@ impl CancelTarget {
     ///
     /// The socket, TLS or the timeout failed: the server may not have
     /// received the request.
-    pub(crate) fn send(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+    pub(crate) async fn send(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let timeout = self
             .config
             .get_connect_timeout()
             .copied()
             .unwrap_or(DEFAULT_CANCEL_TIMEOUT);
-        runtime.block_on(async {
-            match tokio::time::timeout(timeout, self.deliver()).await {
-                Ok(sent) => sent,
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "timeout expired").into()),
-            }
-        })
+        match tokio::time::timeout(timeout, self.deliver()).await {
+            Ok(sent) => sent,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "timeout expired").into()),
+        }
     }
 
     async fn deliver(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

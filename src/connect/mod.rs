@@ -19,6 +19,7 @@ mod socket;
 mod stream;
 #[cfg(feature = "tls")]
 mod tls;
+pub(crate) mod wire;
 
 use std::time::Duration;
 

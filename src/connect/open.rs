@@ -18,7 +18,7 @@ use super::cancel_request::{CancelTarget, CancelTls};
 use super::socket::{self, Endpoint, Socket};
 use super::stream::{ConnectionStream, connection_stream};
 use super::{Cause, failure};
-use crate::wire::{Tap, Wire};
+use crate::connect::wire::{Tap, Wire};
 
 /// A connected client, its connection, the tap on it, and where to send
 /// its cancel requests.

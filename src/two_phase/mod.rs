@@ -15,14 +15,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use postgres::error::SqlState;
 
+use crate::blocking::held::{Conn, Held, StatementScope};
+use crate::blocking::lease::Ticket;
+use crate::blocking::session::Vote;
+use crate::blocking::shared::Shared;
 use crate::error::{Error, Result};
-use crate::held::{Conn, Held, StatementScope};
-use crate::ident::check_notification;
-use crate::lease::Ticket;
+use crate::machine::ident::check_notification;
 use crate::manager::ManagedConnection;
 use crate::pool::Pool;
-use crate::session::Vote;
-use crate::shared::Shared;
 use crate::state::Open;
 use crate::tx::Tx;
 

@@ -45,16 +45,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, TlsStream};
 
-/// The server's transaction status, from its last ReadyForQuery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ServerStatus {
-    /// Not in a transaction block.
-    Idle,
-    /// In a transaction block.
-    InTransaction,
-    /// In a failed transaction block (only `ROLLBACK` is accepted).
-    Failed,
-}
+use crate::machine::transaction_status::ServerStatus;
 
 /// What became of a `BEGIN` armed with [`Tap::arm_begin`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,9 +15,10 @@ use tokio_postgres::{Client, Notification, Row};
 use crate::config::Settings;
 use crate::conn::Connection;
 pub(crate) use crate::conn::Target;
+use crate::connect::wire::CopyRefused;
 use crate::error::Error;
+use crate::machine::transaction_status::ServerStatus;
 use crate::statements::{Naming, Params};
-use crate::wire::{CopyRefused, ServerStatus};
 
 /// A current-thread runtime, shared by one session's connections (and the
 /// thread that reconnects it): a connection's socket belongs to the
@@ -69,6 +70,17 @@ impl Blocking {
     pub(crate) fn is(&self, other: &Blocking) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
+}
+
+/// Runs `work` to completion on a runtime of its own, made for it (for
+/// work that belongs to no session: a cancel request, which goes out while
+/// the session's runtime is busy with the statement it cancels).
+///
+/// # Errors
+///
+/// [`Error::Runtime`] if the runtime could not be made.
+pub(crate) fn block_on_alone<F: Future>(work: F) -> Result<F::Output, Error> {
+    Ok(Blocking::new()?.block_on(work))
 }
 
 /// One open connection and the runtime that drives it.

@@ -12,8 +12,8 @@ use std::borrow::Cow;
 
 use postgres::error::DbError;
 
-use crate::transaction_status::TransactionStatus;
-use crate::wire::ServerStatus;
+use crate::machine::transaction_status::ServerStatus;
+use crate::machine::transaction_status::TransactionStatus;
 
 /// The transaction on the connection, as pgtx sees it.
 #[derive(Debug)]

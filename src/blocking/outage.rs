@@ -18,11 +18,11 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::driver::{Blocking, Driver};
+use crate::blocking::driver::{Blocking, Driver};
+use crate::blocking::factory::{ConnectionFactory, Occasion};
+use crate::blocking::user_code::catch_panic;
 use crate::error::{Error, Result};
-use crate::factory::{ConnectionFactory, Occasion};
-use crate::reconnect::{Next, Outage, ReconnectPolicy};
-use crate::user_code::catch_panic;
+use crate::machine::reconnect::{Next, Outage, ReconnectPolicy};
 
 /// The background reconnection of one manager: its policy and the outage
 /// in progress.

@@ -6,20 +6,21 @@
 //! the public handles.
 
 use std::panic::Location;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use postgres::error::DbError;
 
-use crate::cancel::CancelHandle;
 use crate::config::Settings;
+use crate::conn::cancel_serials::CancelCell;
 use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
 
-use crate::fallback::{Cause, HolderEnd, verdict};
-use crate::lease::{Lease, Refused, Ticket, Wait};
-use crate::session::{ConnectionSetup, LockedSession, RollBackTarget, Session};
-use crate::transaction_status::TransactionStatus;
+use crate::blocking::lease::{Lease, Refused, Ticket, Wait};
+use crate::blocking::session::{ConnectionSetup, LockedSession, RollBackTarget, Session};
+use crate::machine::fallback::{Cause, HolderEnd, verdict};
+use crate::machine::transaction_status::TransactionStatus;
 
 pub(crate) struct Shared {
     lease: Lease,
@@ -61,8 +62,9 @@ impl Shared {
         self.session.status()
     }
 
-    pub(crate) fn cancel_handle(&self) -> CancelHandle {
-        CancelHandle::new(self.session.cancel_cell().clone())
+    /// What cancel handles share with the statements they cancel.
+    pub(crate) fn cancel_cell(&self) -> &Arc<CancelCell> {
+        self.session.cancel_cell()
     }
 
     pub(crate) fn unfinished(&self) -> u64 {

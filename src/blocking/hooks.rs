@@ -5,11 +5,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::driver::{Driver, Target};
+use crate::blocking::driver::{Driver, Target};
 use crate::error::{Error, HookError, Result};
+use crate::machine::transaction_status::ServerStatus;
 use crate::statements::{Naming, Params, Sql, ToStatement};
 use crate::types::ToSql;
-use crate::wire::ServerStatus;
 use crate::{Row, Statement};
 
 type HookFn = dyn Fn(&mut NewConnection<'_>) -> Result<(), HookError> + Send + Sync;
@@ -143,7 +143,7 @@ impl NewConnection<'_> {
         if self.driver.naming() == Naming::Unnamed {
             return Err(Error::PreparedStatementsOff);
         }
-        if let Some(command) = crate::control::shape_decided_at_run_time(sql) {
+        if let Some(command) = crate::machine::control::shape_decided_at_run_time(sql) {
             return Err(Error::ShapeDecidedAtRunTime(command));
         }
         self.run(Some(sql), |driver| driver.run(|c| c.prepare(sql)))
@@ -161,7 +161,7 @@ impl NewConnection<'_> {
         match self.driver.outcome(result) {
             lost @ Err(Error::ConnectionLost(_)) => lost,
             _ if let Some(copy) = copy => Err(Error::copy_refused(
-                copy == crate::wire::CopyRefused::FromClient,
+                copy == crate::connect::wire::CopyRefused::FromClient,
                 sql,
             )),
             other => other,

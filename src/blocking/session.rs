@@ -17,19 +17,19 @@ use std::time::Instant;
 use parking_lot::{Mutex, MutexGuard};
 use postgres::error::DbError;
 
-use crate::cancel::CancelCell;
+use crate::blocking::driver::{Blocking, Driver};
+use crate::blocking::factory::{ConnectionFactory, Occasion};
+use crate::blocking::outage::{BackgroundReconnect, Status};
 use crate::config::Settings;
+use crate::conn::cancel_serials::CancelCell;
 use crate::conn::request::{Request, StatementKind};
 pub(crate) use crate::conn::session::RollBackTarget;
 pub(crate) use crate::conn::session::{RequestShape, Vote};
 use crate::conn::session::{Retries, SessionCore, SessionShared, Step};
-use crate::driver::{Blocking, Driver};
 use crate::error::{Error, Result};
-use crate::factory::{ConnectionFactory, Occasion};
-use crate::fallback::{Cause, Verdict};
-use crate::outage::{BackgroundReconnect, Status};
+use crate::machine::fallback::{Cause, Verdict};
+use crate::machine::transaction_status::TransactionStatus;
 use crate::statements::{Naming, Params, ToStatement};
-use crate::transaction_status::TransactionStatus;
 
 /// How new connections are made, the runtime they are driven on, and how
 /// an outage is ridden out.

@@ -4,12 +4,12 @@
 //! host in turn, as `connect/` orders them) → the `on_connect` hook →
 //! after an outage, the recovery handlers.
 
+use crate::blocking::driver::{Blocking, Driver};
+use crate::blocking::hooks::{NewConnection, OnConnect, OnReconnect, run_on_connect};
+use crate::blocking::user_code::catch_panic;
 use crate::config::Settings;
-use crate::driver::{Blocking, Driver};
 use crate::error::Result;
-use crate::hooks::{NewConnection, OnConnect, OnReconnect, run_on_connect};
 use crate::statements::Naming;
-use crate::user_code::catch_panic;
 
 /// How new connections are made: the settings, how SQL text runs on them,
 /// and the hooks, as the [`Builder`](crate::Builder) was given them.

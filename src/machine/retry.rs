@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use postgres::error::{DbError, SqlState};
 
-use crate::reconnect::{Backoff, ReconnectPolicy};
+use crate::machine::reconnect::{Backoff, ReconnectPolicy};
 
 /// How often, and how far apart, to run a transaction again after a
 /// serialization failure or a deadlock (see

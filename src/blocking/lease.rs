@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
-pub(crate) use crate::fallback::Abandoned;
+pub(crate) use crate::machine::fallback::Abandoned;
 
 /// A waiter that has been first in line this long is handed the lease
 /// directly at the next release, so newcomers can't starve it. Before that,

@@ -52,6 +52,17 @@ impl fmt::Display for TransactionStatus {
     }
 }
 
+/// The server's transaction status, from its last ReadyForQuery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ServerStatus {
+    /// Not in a transaction block.
+    Idle,
+    /// In a transaction block.
+    InTransaction,
+    /// In a failed transaction block (only `ROLLBACK` is accepted).
+    Failed,
+}
+
 /// A [`TransactionStatus`] that one thread writes while it holds the
 /// connection and any thread reads.
 #[derive(Debug)]

@@ -5,15 +5,15 @@ use std::marker::PhantomData;
 
 use postgres::types::ToSql;
 
+use crate::blocking::lease::Ticket;
+use crate::blocking::session::{LockedSession, RequestShape};
+use crate::blocking::shared::Shared;
 use crate::conn::request::{Batch, Execute, Prepare, Query, QueryOne, QueryOpt};
-use crate::control;
 use crate::error::{Error, Result};
-use crate::fallback::Cause;
-use crate::lease::Ticket;
-use crate::session::{LockedSession, RequestShape};
-use crate::shared::Shared;
+use crate::machine::control;
+use crate::machine::fallback::Cause;
+use crate::machine::transaction_status::TransactionStatus;
 use crate::statements::{Naming, Sql, ToStatement};
-use crate::transaction_status::TransactionStatus;
 use crate::{Row, Statement};
 
 /// Holds the lease until dropped.
