@@ -5,6 +5,7 @@
 
 mod conninfo;
 mod env;
+mod host_order;
 mod keywords;
 mod pgpass;
 mod resolve;
@@ -14,6 +15,7 @@ use std::fmt;
 
 use self::conninfo::Options;
 pub(crate) use self::env::{Env, ProcessEnv};
+pub(crate) use self::host_order::SessionAttrs;
 pub(crate) use self::keywords::parse_int;
 pub(crate) use self::resolve::{Host, Plan, SslMode, Target};
 
@@ -46,7 +48,9 @@ pub(crate) use self::resolve::{Host, Plan, SslMode, Target};
 /// database named after the user, `sslmode=prefer`. Several hosts
 /// (`host=a,b port=5432,5433`) are tried in turn, each with its own line of
 /// the password file (`PGPASSFILE`, `passfile=` or `~/.pgpass`, ignored
-/// with a warning if group or others may read it).
+/// with a warning if group or others may read it); with
+/// `load_balance_hosts=random` (libpq 16) in a random order, and each
+/// host's addresses too, so that new connections spread over the hosts.
 ///
 /// # TLS
 ///
@@ -182,12 +186,10 @@ fn unsupported(options: &Options) -> Result<(), SettingsError> {
     {
         return refuse("a client_encoding other than UTF8");
     }
-    match options.get("target_session_attrs") {
-        Some("primary" | "standby" | "prefer-standby") => {
-            refuse("target_session_attrs other than any, read-write and read-only")
-        }
-        _ => Ok(()),
+    if !SessionAttrs::parse(options.get("target_session_attrs")).is_supported() {
+        return refuse("target_session_attrs other than any, read-write and read-only");
     }
+    Ok(())
 }
 
 impl fmt::Display for Settings {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::SettingsError;
 use super::conninfo::Options;
 use super::env::Env;
+use super::host_order::{LoadBalance, SessionAttrs};
 use super::keywords::{self, KEYWORDS};
 use super::{pgpass, service};
 
@@ -26,6 +27,10 @@ pub(crate) struct Plan {
     pub(crate) sslmode: SslMode,
     /// The password file: `passfile` (or `PGPASSFILE`), else `~/.pgpass`.
     pub(crate) passfile: Option<PathBuf>,
+    /// The order the targets are tried in.
+    pub(crate) load_balance: LoadBalance,
+    /// Which sessions are kept.
+    pub(crate) session_attrs: SessionAttrs,
 }
 
 impl Plan {
@@ -140,6 +145,8 @@ pub(crate) fn resolve(explicit: &Options, env: &dyn Env) -> Result<Plan, Setting
         .filter(|f| !f.is_empty())
         .map(PathBuf::from)
         .or_else(|| env.home().map(|home| home.join(".pgpass")));
+    let load_balance = LoadBalance::parse(options.get("load_balance_hosts"));
+    let session_attrs = SessionAttrs::parse(options.get("target_session_attrs"));
     Ok(Plan {
         options,
         targets,
@@ -148,6 +155,8 @@ pub(crate) fn resolve(explicit: &Options, env: &dyn Env) -> Result<Plan, Setting
         connect_timeout,
         sslmode,
         passfile,
+        load_balance,
+        session_attrs,
     })
 }
 

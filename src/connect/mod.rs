@@ -24,7 +24,7 @@ pub(crate) mod wire;
 use std::time::Duration;
 
 use tokio_postgres::NoTls;
-use tokio_postgres::config::{ChannelBinding, TargetSessionAttrs};
+use tokio_postgres::config::ChannelBinding;
 
 use crate::config::{
     Env, Host, Plan, ProcessEnv, Settings, SettingsError, SslMode, Target, parse_int,
@@ -75,7 +75,8 @@ impl Connector {
     pub(crate) async fn connect(&self) -> Result<Opened, Error> {
         let Connector { plan, base, tls } = self;
         let mut failed = Vec::new();
-        for target in &plan.targets {
+        let order = plan.load_balance.order(plan.targets.len(), random_below);
+        for target in order.iter().map(|&i| &plan.targets[i]) {
             let mut config = base.clone();
             add_target(&mut config, target);
             if let Some(password) = plan.password(target) {
@@ -90,9 +91,15 @@ impl Connector {
                     continue;
                 }
             };
-            for endpoint in &endpoints {
+            let addresses = plan.load_balance.order(endpoints.len(), random_below);
+            for endpoint in addresses.iter().map(|&i| &endpoints[i]) {
                 let opened = open::with_timeout(
-                    attempt(&config, plan.sslmode, target, endpoint, tls),
+                    async {
+                        let mut opened =
+                            attempt(&config, plan.sslmode, target, endpoint, tls).await?;
+                        open::check_session_attrs(&mut opened, plan.session_attrs).await?;
+                        Ok(opened)
+                    },
                     plan.connect_timeout,
                 );
                 match opened.await {
@@ -110,6 +117,16 @@ impl Connector {
             None => Error::Settings(SettingsError::new("no host to connect to")),
         })
     }
+}
+
+/// A number in `0..n`, for `load_balance_hosts=random` (the standard
+/// library's randomly keyed hasher: new keys at every call).
+fn random_below(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    hasher.write_usize(n);
+    let n = u64::try_from(n.max(1)).unwrap_or(u64::MAX);
+    usize::try_from(hasher.finish() % n).unwrap_or(0)
 }
 
 /// The settings shared by every host.
@@ -156,11 +173,6 @@ fn base_config(plan: &Plan) -> Result<tokio_postgres::Config, SettingsError> {
     if let Some(n) = int("tcp_user_timeout")?.filter(|&n| n > 0) {
         config.tcp_user_timeout(Duration::from_millis(n.unsigned_abs()));
     }
-    config.target_session_attrs(match options.get("target_session_attrs") {
-        Some("read-write") => TargetSessionAttrs::ReadWrite,
-        Some("read-only") => TargetSessionAttrs::ReadOnly,
-        _ => TargetSessionAttrs::Any,
-    });
     config.channel_binding(match options.get("channel_binding") {
         Some("disable") => ChannelBinding::Disable,
         Some("require") => ChannelBinding::Require,

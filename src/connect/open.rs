@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio_postgres::config::{SslMode, TargetSessionAttrs};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::tls::TlsConnect;
 use tokio_postgres::{Client, Config, SimpleQueryMessage};
 
@@ -18,6 +18,7 @@ use super::cancel_request::{CancelTarget, CancelTls};
 use super::socket::{self, Endpoint, Socket};
 use super::stream::{ConnectionStream, connection_stream};
 use super::{Cause, failure};
+use crate::config::SessionAttrs;
 use crate::connect::wire::{Tap, Wire};
 
 /// A connected client, its connection, the tap on it, and where to send
@@ -68,8 +69,7 @@ where
     };
     // Start-up is over: both directions are at a message boundary.
     tap.activate();
-    let mut connection = connection_stream(connection);
-    check_session_attrs(config, &client, &mut connection).await?;
+    let connection = connection_stream(connection);
     let cancel = Arc::new(CancelTarget::new(
         client.cancel_token(),
         endpoint,
@@ -84,17 +84,19 @@ where
     })
 }
 
-/// libpq's `target_session_attrs=read-write` / `read-only`: asks the server
-/// whether it accepts writes (`connect_raw` leaves this to the caller).
-async fn check_session_attrs(
-    config: &Config,
-    client: &Client,
-    connection: &mut ConnectionStream,
+/// libpq's `target_session_attrs`: asks the server whether it accepts
+/// writes, when `attrs` needs to know (`connect_raw` leaves this to the
+/// caller); `host_order.rs` decides whether the session is kept.
+pub(super) async fn check_session_attrs(
+    opened: &mut Opened,
+    attrs: SessionAttrs,
 ) -> Result<(), Cause> {
-    let wanted = config.get_target_session_attrs();
-    if wanted == TargetSessionAttrs::Any {
+    if !attrs.needs_check() {
         return Ok(());
     }
+    let Opened {
+        client, connection, ..
+    } = opened;
     let mut query = pin!(client.simple_query("SHOW transaction_read_only"));
     let messages = poll_fn(|cx| {
         loop {
@@ -109,15 +111,18 @@ async fn check_session_attrs(
     })
     .await?;
     let read_only = messages.iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(row) => row.get(0),
+        SimpleQueryMessage::Row(row) => match row.get(0) {
+            Some("on") => Some(true),
+            Some("off") => Some(false),
+            _ => None,
+        },
         _ => None,
     });
-    let refusal = match (wanted, read_only) {
-        (TargetSessionAttrs::ReadWrite, Some("on")) => "session is read-only",
-        (TargetSessionAttrs::ReadOnly, Some("off")) => "session is not read-only",
-        _ => return Ok(()),
-    };
-    Err(io::Error::new(io::ErrorKind::PermissionDenied, refusal).into())
+    // An answer other than on or off keeps the session, as libpq does.
+    match read_only.and_then(|read_only| attrs.refusal(read_only)) {
+        Some(refusal) => Err(io::Error::new(io::ErrorKind::PermissionDenied, refusal).into()),
+        None => Ok(()),
+    }
 }
 
 /// libpq's `connect_timeout`: the whole attempt at one address (socket,
