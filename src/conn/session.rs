@@ -24,6 +24,7 @@ use crate::connect::wire::{BeginOutcome, CopyRefused};
 use crate::error::{Error, Result};
 use crate::machine::control;
 use crate::machine::fallback::Cause;
+use crate::machine::stale::{StalePlan, StaleRun, after_stale};
 use crate::machine::track::{CommitPlan, Machine, PreparePlan, Refusal, ReleasePlan, Reply};
 use crate::machine::transaction_status::ServerStatus;
 use crate::machine::transaction_status::{StatusCell, TransactionStatus};
@@ -387,37 +388,37 @@ impl SessionCore {
         let mut outcome = self
             .statement(shared, RequestShape::Bind, Some(sql), &run)
             .await;
-        while retries.left > 0 {
-            let Err(Error::Db(e)) = &outcome else {
-                break;
+        while let Err(Error::Db(e)) = &outcome {
+            let run_was = StaleRun {
+                stale: run.stale.load(Ordering::Relaxed),
+                internals_gone: run.internals_gone.load(Ordering::Relaxed),
+                first_of_transaction: first_of_transaction.is_some(),
+                in_transaction: self.in_transaction(),
             };
-            let internals_gone = run.internals_gone.load(Ordering::Relaxed);
-            if !run.stale.load(Ordering::Relaxed) && !internals_gone {
-                break;
-            }
+            let (begin_again, new_connection) = match after_stale(run_was, retries.left) {
+                StalePlan::Stop { replace_after } => {
+                    self.replace |= replace_after;
+                    break;
+                }
+                StalePlan::Again {
+                    begin_again,
+                    new_connection,
+                } => (begin_again, new_connection),
+            };
             retries.left -= 1;
-            if first_of_transaction.is_some() {
-                // BEGIN went in the statement's Sync group, and the server
-                // skipped the rest of it at the stale statement: nothing of
-                // the transaction ran. Begin again.
+            if let Some(begin) = first_of_transaction.as_ref().filter(|_| begin_again) {
                 log::debug!("pgtx: first statement was stale ({e}); beginning again");
                 self.rollback(shared).await;
-            } else if self.in_transaction() {
-                // The error aborted the transaction; the connection is
-                // replaced once it is over.
-                self.replace = internals_gone;
-                break;
-            }
-            if let Some(begin) = &first_of_transaction {
                 self.begin(shared, begin.clone()).await;
             }
-            if internals_gone {
+            if new_connection {
                 log::info!(
                     "pgtx: the connection's own prepared statements are gone (DISCARD ALL or \
                      DEALLOCATE ALL); replacing the connection"
                 );
-                // No transaction reached the server (see above): the front
-                // opens a new connection and calls again.
+                // Nothing of a transaction reached the server (see
+                // `after_stale`): the front opens a new connection and
+                // calls again.
                 if let Some(conn) = self.conn.take() {
                     conn.close().await;
                 }

@@ -10,5 +10,6 @@ pub(crate) mod ident;
 pub(crate) mod options;
 pub(crate) mod reconnect;
 pub(crate) mod retry;
+pub(crate) mod stale;
 pub(crate) mod track;
 pub(crate) mod transaction_status;
