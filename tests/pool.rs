@@ -463,7 +463,9 @@ fn a_checkout_waits_for_a_held_connection_while_another_is_in_an_outage() {
         db.allow_connections(false);
         TestServer::shared()
             .admin()
-            .query_one("SELECT pg_terminate_backend($1)", &[&y_pid])
+            // Waits until the backend is gone: its goodbye has reached
+            // Y's socket before the checkout looks at it.
+            .query_one("SELECT pg_terminate_backend($1, 5000)", &[&y_pid])
             .expect("terminate y");
         let checkout = s.spawn(|| {
             let started = Instant::now();

@@ -8,17 +8,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use postgres::types::Type;
 use tokio::runtime::Runtime;
-use tokio_postgres::{Client, Notification, Row};
+use tokio_postgres::{Client, Notification};
 
 use crate::config::Settings;
 use crate::conn::Connection;
-pub(crate) use crate::conn::Target;
+use crate::conn::request::{Request, StatementKind};
 use crate::connect::wire::CopyRefused;
 use crate::error::Error;
 use crate::machine::transaction_status::ServerStatus;
-use crate::statements::{Naming, Params};
+use crate::statements::{Naming, Params, ToStatement};
 
 /// A current-thread runtime, shared by one session's connections (and the
 /// thread that reconnects it): a connection's socket belongs to the
@@ -118,36 +117,28 @@ impl Driver {
         self.conn.naming()
     }
 
-    /// See [`Connection::describe`].
-    pub(crate) fn describe(&mut self, sql: &str) -> Result<Arc<[Type]>, postgres::Error> {
-        self.runtime.block_on(self.conn.describe(sql))
+    /// Sends `request` and reads its answer (see [`Request`]).
+    pub(crate) fn request<R: Request>(
+        &mut self,
+        request: &R,
+    ) -> Result<R::Output, postgres::Error> {
+        let Driver { runtime, conn } = self;
+        runtime.block_on(request.send(conn))
     }
 
-    /// See [`Connection::execute`].
-    pub(crate) fn execute(
+    /// See [`Connection::run_statement`].
+    pub(crate) fn run_statement<Q, K>(
         &mut self,
-        target: Target<'_>,
+        query: &Q,
+        kind: K,
         params: Params<'_>,
-    ) -> Result<u64, postgres::Error> {
-        self.runtime.block_on(self.conn.execute(target, params))
-    }
-
-    /// See [`Connection::query`].
-    pub(crate) fn query(
-        &mut self,
-        target: Target<'_>,
-        params: Params<'_>,
-    ) -> Result<Vec<Row>, postgres::Error> {
-        self.runtime.block_on(self.conn.query(target, params))
-    }
-
-    /// See [`Connection::query_one`].
-    pub(crate) fn query_one(
-        &mut self,
-        target: Target<'_>,
-        params: Params<'_>,
-    ) -> Result<Row, postgres::Error> {
-        self.runtime.block_on(self.conn.query_one(target, params))
+    ) -> Result<K::Output, postgres::Error>
+    where
+        Q: ?Sized + ToStatement,
+        K: StatementKind,
+    {
+        self.runtime
+            .block_on(self.conn.run_statement(query, kind, params))
     }
 
     /// See [`Connection::take_copy_refused`].

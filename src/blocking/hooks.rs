@@ -5,7 +5,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::blocking::driver::{Driver, Target};
+use crate::blocking::driver::Driver;
+use crate::conn::request::{Batch, Execute, Prepare, Query, QueryOne, StatementKind};
 use crate::error::{Error, HookError, Result};
 use crate::machine::transaction_status::ServerStatus;
 use crate::statements::{Naming, Params, Sql, ToStatement};
@@ -66,7 +67,7 @@ impl NewConnection<'_> {
     /// [`Error::Db`] if the server refused a statement (those before it
     /// ran); [`Error::ConnectionLost`] if the connection broke.
     pub fn batch_execute(&mut self, sql: &str) -> Result<()> {
-        self.run(Some(sql), |driver| driver.run(|c| c.batch_execute(sql)))
+        self.run(Some(sql), |driver| driver.request(&Batch(sql)))
     }
 
     /// Runs one statement and returns the number of rows it affected.
@@ -78,15 +79,7 @@ impl NewConnection<'_> {
     where
         Q: ?Sized + ToStatement,
     {
-        match query.sql() {
-            Sql::Prepared(statement) => {
-                self.run(None, |driver| driver.run(|c| c.execute(statement, params)))
-            }
-            Sql::Text(sql) => self.run(Some(sql), |driver| match driver.naming() {
-                Naming::Cached => driver.run(|c| c.execute(sql, params)),
-                Naming::Unnamed => unnamed(driver, sql, params, Driver::execute),
-            }),
-        }
+        self.statement(query, Execute, params)
     }
 
     /// Runs one statement and returns its rows.
@@ -98,15 +91,7 @@ impl NewConnection<'_> {
     where
         Q: ?Sized + ToStatement,
     {
-        match query.sql() {
-            Sql::Prepared(statement) => {
-                self.run(None, |driver| driver.run(|c| c.query(statement, params)))
-            }
-            Sql::Text(sql) => self.run(Some(sql), |driver| match driver.naming() {
-                Naming::Cached => driver.run(|c| c.query(sql, params)),
-                Naming::Unnamed => unnamed(driver, sql, params, Driver::query),
-            }),
-        }
+        self.statement(query, Query, params)
     }
 
     /// Runs one statement that returns exactly one row.
@@ -119,15 +104,7 @@ impl NewConnection<'_> {
     where
         Q: ?Sized + ToStatement,
     {
-        match query.sql() {
-            Sql::Prepared(statement) => self.run(None, |driver| {
-                driver.run(|c| c.query_one(statement, params))
-            }),
-            Sql::Text(sql) => self.run(Some(sql), |driver| match driver.naming() {
-                Naming::Cached => driver.run(|c| c.query_one(sql, params)),
-                Naming::Unnamed => unnamed(driver, sql, params, Driver::query_one),
-            }),
-        }
+        self.statement(query, QueryOne, params)
     }
 
     /// Prepares a statement on this connection (a [`Statement`] is only
@@ -146,7 +123,20 @@ impl NewConnection<'_> {
         if let Some(command) = crate::machine::control::shape_decided_at_run_time(sql) {
             return Err(Error::ShapeDecidedAtRunTime(command));
         }
-        self.run(Some(sql), |driver| driver.run(|c| c.prepare(sql)))
+        self.run(Some(sql), |driver| driver.request(&Prepare(sql)))
+    }
+
+    /// Runs `query` as a statement of `kind` (see `Connection::run_statement`).
+    fn statement<Q, K>(&mut self, query: &Q, kind: K, params: Params<'_>) -> Result<K::Output>
+    where
+        Q: ?Sized + ToStatement,
+        K: StatementKind,
+    {
+        let sql = match query.sql() {
+            Sql::Text(sql) => Some(sql),
+            Sql::Prepared(_) => None,
+        };
+        self.run(sql, |driver| driver.run_statement(query, kind, params))
     }
 
     /// Runs one request; `sql` names it in a [`Error::CopyRefused`].
@@ -173,24 +163,6 @@ impl fmt::Debug for NewConnection<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NewConnection").finish_non_exhaustive()
     }
-}
-
-/// Runs SQL text on the unnamed statement (see `Driver::describe`).
-fn unnamed<T>(
-    driver: &mut Driver,
-    sql: &str,
-    params: Params<'_>,
-    run: impl FnOnce(&mut Driver, Target<'_>, Params<'_>) -> Result<T, postgres::Error>,
-) -> Result<T, postgres::Error> {
-    let types = match params.len() {
-        0 => None,
-        _ => Some(driver.describe(sql)?),
-    };
-    run(
-        driver,
-        Target::Unnamed(sql, types.as_deref().unwrap_or_default()),
-        params,
-    )
 }
 
 /// Runs `hook` on the connection `driver` just opened.

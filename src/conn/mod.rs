@@ -28,14 +28,16 @@ use postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, Notification, Row, Statement};
 
 use self::gate::Gate;
+use self::request::StatementKind;
 use self::statement_cache::StatementCache;
 use self::unnamed::{ParameterCount, describe, typed};
 use crate::config::Settings;
 use crate::connect::wire::{BeginOutcome, CopyRefused, Tap};
 use crate::connect::{CancelTarget, ConnectionStream, Connector, Opened};
 use crate::error::Error;
+use crate::machine::control;
 use crate::machine::transaction_status::ServerStatus;
-use crate::statements::{Naming, Params};
+use crate::statements::{Naming, Params, Sql, ToStatement};
 
 /// What a statement method runs.
 #[derive(Clone, Copy)]
@@ -249,6 +251,42 @@ impl Connection {
                 Ok(typed) => self.run(|c| c.query_typed_opt(sql, &typed)).await,
                 Err(count) => self.refuse_parameters(&count).await,
             },
+        }
+    }
+
+    /// Runs `query` (SQL text or a prepared statement) as a statement of
+    /// `kind`, the way this connection runs text: prepared once and cached,
+    /// or on the unnamed statement (with [`Naming::Unnamed`], and for text
+    /// whose rows take their shape when it runs). No retry: that is the
+    /// session's (`SessionCore::cached_statement`); this serves hooks on a
+    /// connection no session holds yet.
+    pub(crate) async fn run_statement<Q, K>(
+        &mut self,
+        query: &Q,
+        kind: K,
+        params: Params<'_>,
+    ) -> Result<K::Output, postgres::Error>
+    where
+        Q: ?Sized + ToStatement,
+        K: StatementKind,
+    {
+        match query.sql() {
+            Sql::Prepared(statement) => kind.send(self, Target::Prepared(statement), params).await,
+            Sql::Text(sql)
+                if self.naming == Naming::Cached
+                    && control::shape_decided_at_run_time(sql).is_none() =>
+            {
+                let statement = self.prepare_cached(sql).await?;
+                kind.send(self, Target::Prepared(&statement), params).await
+            }
+            Sql::Text(sql) => {
+                let types = match params.len() {
+                    0 => None,
+                    _ => Some(self.describe(sql).await?),
+                };
+                let types = types.as_deref().unwrap_or_default();
+                kind.send(self, Target::Unnamed(sql, types), params).await
+            }
         }
     }
 
