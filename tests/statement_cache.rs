@@ -438,15 +438,22 @@ fn user_defined_types_are_still_looked_up_after_discard_all() {
         .expect("in a transaction too");
 }
 
-#[test]
-fn type_lookups_lost_inside_a_transaction_fail_it_and_the_next_one_gets_a_new_connection() {
-    let db = Db::new("cache_discard_types_tx");
+/// A database with two user-defined types, `mood` and `colour`: looking
+/// either up takes tokio-postgres' own type-lookup statements.
+fn with_two_types(name: &str) -> Db {
+    let db = Db::new(name);
     db.admin()
         .batch_execute(
             "CREATE TYPE mood AS ENUM ('happy', 'sad');
              CREATE TYPE colour AS ENUM ('red', 'blue');",
         )
         .expect("types");
+    db
+}
+
+#[test]
+fn type_lookups_lost_inside_a_transaction_fail_it_and_the_next_one_gets_a_new_connection() {
+    let db = with_two_types("cache_discard_types_tx");
     let manager = db.manager();
     let pid = |manager: &pgtx::ManagedConnection| -> i32 {
         manager
@@ -487,13 +494,7 @@ fn type_lookups_lost_inside_a_transaction_fail_it_and_the_next_one_gets_a_new_co
 #[test]
 fn type_lookups_lost_before_a_first_statement_with_no_new_connection_to_be_had_lose_the_transaction()
  {
-    let db = Db::new("cache_discard_types_down");
-    db.admin()
-        .batch_execute(
-            "CREATE TYPE mood AS ENUM ('happy', 'sad');
-             CREATE TYPE colour AS ENUM ('red', 'blue');",
-        )
-        .expect("types");
+    let db = with_two_types("cache_discard_types_down");
     let manager = db.manager();
     let mut guard = manager.lock().expect("lock");
     guard.query_one("SELECT 'happy'::mood", &[]).expect("mood");

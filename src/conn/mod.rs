@@ -1,6 +1,6 @@
 //! The async core: one `tokio-postgres` connection, polled together with
 //! each request on whatever task runs it. `Send`, no `block_on`, no lock
-//! held across an `.await`: the blocking shell (`driver.rs`) drives it on a
+//! held across an `.await`: the blocking shell (`blocking/driver.rs`) drives it on a
 //! runtime of its own, and an async front can drive it on the caller's.
 //!
 //! The connection is not spawned as a task of its own: `run` polls it with

@@ -25,9 +25,10 @@ use crate::error::{Error, Result};
 use crate::machine::control;
 use crate::machine::fallback::Cause;
 use crate::machine::stale::{StalePlan, StaleRun, after_stale};
-use crate::machine::track::{CommitPlan, Machine, PreparePlan, Refusal, ReleasePlan, Reply};
-use crate::machine::transaction_status::ServerStatus;
-use crate::machine::transaction_status::{StatusCell, TransactionStatus};
+use crate::machine::track::{
+    CommitAnswer, CommitPlan, Machine, PreparePlan, Refusal, ReleasePlan, Reply, commit_answer,
+};
+use crate::machine::transaction_status::{ServerStatus, StatusCell, TransactionStatus};
 use crate::statements::{Naming, Params, Sql, ToStatement};
 
 /// A connection that answered this recently is not checked again (when
@@ -537,14 +538,17 @@ impl SessionCore {
                 // a block the server had aborted answers `ROLLBACK`.
                 let tag = conn.last_command_tag();
                 let server = conn.server_status();
-                if tag == "COMMIT" && server == Some(ServerStatus::Idle) {
-                    self.publish(shared);
-                    return Ok(());
-                }
+                let block_left_open = match commit_answer(&tag, server) {
+                    CommitAnswer::Committed => {
+                        self.publish(shared);
+                        return Ok(());
+                    }
+                    CommitAnswer::NotCommitted { block_left_open } => block_left_open,
+                };
                 log::warn!(
                     "pgtx: COMMIT was answered {tag:?} with the session {server:?}: not committed"
                 );
-                if server != Some(ServerStatus::Idle) {
+                if block_left_open {
                     self.rollback_whatever_is_open(shared).await;
                 }
                 self.publish(shared);

@@ -1,16 +1,22 @@
 //! Connecting: from resolved [`Settings`] to an open connection, trying each
 //! server in turn as libpq does. What the settings mean is decided in
-//! `config/`; here they are turned into sockets, TLS and start-up.
+//! `config/` (the order of the servers and which sessions are kept, in
+//! `config/host_order.rs`); here they are turned into sockets, TLS and
+//! start-up.
 //!
-//! - `open.rs`: one attempt at one endpoint (socket, TLS, authentication,
-//!   `target_session_attrs`), with the tap of `wire.rs` on the stream;
+//! - `open.rs`: one attempt at one endpoint (socket, TLS, authentication),
+//!   with the tap of `wire.rs` on the stream, and the session check that
+//!   `target_session_attrs` asks for;
+//! - `wire.rs`: the tap (BEGIN slipped into the first statement's write,
+//!   the server's status and command tags read off the stream);
 //! - `socket.rs`: the endpoints of a server and their sockets;
 //! - `failure.rs`: what a failed attempt says, in libpq's words;
 //! - `stream.rs`: the connection half, its types erased, for the driver;
 //! - `tls.rs`: the rustls connector built from the `ssl*` settings;
 //! - `cancel_request.rs`: a cancel request, sent on a socket of its own to
-//!   the endpoint the connection uses (`cancel.rs` at the crate root holds
-//!   the public `CancelHandle`).
+//!   the endpoint the connection uses (`conn/cancel_serials.rs` numbers the
+//!   statements; `cancel.rs` at the crate root holds the public
+//!   `CancelHandle`).
 
 mod cancel_request;
 mod failure;

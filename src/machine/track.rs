@@ -92,6 +92,29 @@ pub(crate) enum CommitPlan {
     Escaped,
 }
 
+/// What the server's answer to `COMMIT` means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CommitAnswer {
+    /// Committed: the tag says `COMMIT` and no block is open any more.
+    Committed,
+    /// Not committed (a block the server had aborted answers `ROLLBACK`);
+    /// `block_left_open`: the server still has a block open, which must be
+    /// rolled back.
+    NotCommitted { block_left_open: bool },
+}
+
+/// What a `COMMIT` that the server answered without an error did, from
+/// the server's word (the command tag and the status it reported), not
+/// from the request's success.
+pub(crate) fn commit_answer(tag: &str, server: Option<ServerStatus>) -> CommitAnswer {
+    if tag == "COMMIT" && server == Some(ServerStatus::Idle) {
+        return CommitAnswer::Committed;
+    }
+    CommitAnswer::NotCommitted {
+        block_left_open: server != Some(ServerStatus::Idle),
+    }
+}
+
 /// What releasing a savepoint has to do.
 #[derive(Debug)]
 pub(crate) enum ReleasePlan {
@@ -765,5 +788,41 @@ mod tests {
         let mut m = Machine::new();
         m.after_statement(answered(false, ServerStatus::InTransaction));
         assert!(!m.finish_prepared(), "nor inside a user's block");
+    }
+
+    #[test]
+    fn only_a_commit_tag_with_no_block_left_is_a_commit() {
+        use super::{CommitAnswer, commit_answer};
+        assert_eq!(
+            commit_answer("COMMIT", Some(ServerStatus::Idle)),
+            CommitAnswer::Committed
+        );
+        // COMMIT of a block the server had aborted answers ROLLBACK.
+        assert_eq!(
+            commit_answer("ROLLBACK", Some(ServerStatus::Idle)),
+            CommitAnswer::NotCommitted {
+                block_left_open: false
+            }
+        );
+        // A redefined or injected statement that left a block open.
+        for server in [
+            Some(ServerStatus::InTransaction),
+            Some(ServerStatus::Failed),
+            None,
+        ] {
+            assert_eq!(
+                commit_answer("COMMIT", server),
+                CommitAnswer::NotCommitted {
+                    block_left_open: true
+                },
+                "{server:?}"
+            );
+        }
+        assert_eq!(
+            commit_answer("SELECT 1", Some(ServerStatus::InTransaction)),
+            CommitAnswer::NotCommitted {
+                block_left_open: true
+            }
+        );
     }
 }
