@@ -34,7 +34,11 @@ cp "$after" "$work/after"
 
 log=$work/log
 for round in $(seq 1 "$rounds"); do
-    for which in before after; do
+    # Each goes first in every other round: the slot a build runs in (the
+    # machine warming up, say) favours neither.
+    order="before after"
+    [ $((round % 2)) = 0 ] && order="after before"
+    for which in $order; do
         dir=$work/tree
         [ "$which" = after ] && dir=$here
         echo "=== round $round: $which" | tee -a "$log"
@@ -48,34 +52,40 @@ done
 python3 - "$log" "$base" "$(git -C "$here" rev-parse --short HEAD)" "$rounds" >"$here/benches/COMPARE.md" <<'PY'
 import re, statistics, sys
 log, base, head, rounds = sys.argv[1:5]
-data, which = {}, None
+# (case, build) -> one value per run; runs are numbered per build.
+data, which, run = {}, None, {}
 for line in open(log):
     m = re.match(r"=== round \d+: (\w+)", line)
     if m:
         which = m.group(1)
+        run[which] = run.get(which, -1) + 1
         continue
+    def keep(case, value):
+        data.setdefault((case, which), {})[run[which]] = value
     m = re.match(r".*notification latency.*recv` (\d+) µs, bare tokio-postgres `poll_message` (\d+)", line)
     if m:
-        data.setdefault(("notification latency p50, pgtx Listener (µs)", which), []).append(int(m.group(1)))
-        data.setdefault(("notification latency p50, bare tokio-postgres (µs)", which), []).append(int(m.group(2)))
+        keep("notification latency p50, pgtx Listener (µs)", int(m.group(1)))
+        keep("notification latency p50, bare tokio-postgres (µs)", int(m.group(2)))
         continue
     m = re.match(r"\s+round 1/1: (.+?)\s{2,}(\d+) tx/s", line)
     if m:
-        data.setdefault((m.group(1) + " (tx/s)", which), []).append(int(m.group(2)))
+        keep(m.group(1) + " (tx/s)", int(m.group(2)))
         continue
     m = re.match(r"\| lease acquire \+ release, no I/O \| (\d+) ns", line)
     if m:
-        data.setdefault(("lease acquire + release (ns)", which), []).append(int(m.group(1)))
-print(f"# Before and after, side by side\n")
+        keep("lease acquire + release (ns)", int(m.group(1)))
+print("# Before and after, side by side\n")
 print(f"`bash benches/compare.sh {base} {rounds}`: the throughput bench of {base} and of")
-print(f"the work tree at {head}, taking turns, {rounds} rounds; medians, every round in brackets.\n")
+print(f"the work tree at {head}, taking turns (each first in every other round), {rounds} rounds;")
+print("medians, every round in brackets. The peers (pgbench, r2d2_postgres) run the")
+print("same code in both columns: how far they move is the run-to-run noise.\n")
 print("| case | before | after | after / before |")
 print("| --- | --- | --- | --- |")
 for case in sorted({c for c, _ in data}):
     b, a = data.get((case, "before")), data.get((case, "after"))
     if not b or not a:
         continue
-    mb, ma = statistics.median(b), statistics.median(a)
-    print(f"| {case} | {mb:g} {b} | {ma:g} {a} | {ma / mb:.2f} |")
+    mb, ma = statistics.median(b.values()), statistics.median(a.values())
+    print(f"| {case} | {mb:g} {list(b.values())} | {ma:g} {list(a.values())} | {ma / mb:.2f} |")
 PY
 echo "wrote $here/benches/COMPARE.md"
