@@ -33,6 +33,10 @@ cp "$before" "$work/before"
 cp "$after" "$work/after"
 
 log=$work/log
+# `micro` writes the results files of the tree it runs in: keep the work
+# tree's (the full bench's) and put them back afterwards.
+cp "$here/benches/RESULTS.md" "$here/benches/throughput.svg" "$work/"
+trap 'cp "$work/RESULTS.md" "$work/throughput.svg" "$here/benches/" 2>/dev/null; git -C "$here" worktree remove --force "$work/tree" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 for round in $(seq 1 "$rounds"); do
     # Each goes first in every other round: the slot a build runs in (the
     # machine warming up, say) favours neither.
@@ -42,9 +46,6 @@ for round in $(seq 1 "$rounds"); do
         dir=$work/tree
         [ "$which" = after ] && dir=$here
         echo "=== round $round: $which" | tee -a "$log"
-        # `micro` writes the results files of the tree it runs in: the
-        # earlier commit's are thrown away with it; the work tree's are
-        # rewritten by the full bench.
         (cd "$dir" && "$work/$which" --bench) >>"$log" 2>&1
     done
 done
