@@ -3,7 +3,7 @@
 use std::fmt;
 use std::panic::Location;
 
-use postgres::types::ToSql;
+use postgres::types::{ToSql, Type};
 
 use crate::blocking::held::{Conn, Held, StatementScope};
 use crate::error::Result;
@@ -13,7 +13,7 @@ use crate::machine::transaction_status::TransactionStatus;
 use crate::state::Open;
 use crate::statements::ToStatement;
 use crate::tx::Tx;
-use crate::{Row, Statement};
+use crate::{Row, SimpleQueryMessage, Statement};
 
 /// Exclusive hold on a [`ManagedConnection`](crate::ManagedConnection)'s
 /// connection, with no transaction open.
@@ -176,6 +176,59 @@ impl<'m> Guard<'m> {
         T: ?Sized + ToStatement,
     {
         self.conn().query_opt(query, params)
+    }
+
+    /// Runs a query on its own (autocommit) with the parameter types
+    /// given, and returns its rows: one round trip, on the unnamed
+    /// statement, nothing prepared or cached (for a statement run once, a
+    /// type the server would infer otherwise, or a transaction pooler).
+    ///
+    /// ```no_run
+    /// # fn f(mut guard: pgtx::Guard<'_>) -> pgtx::Result<()> {
+    /// use pgtx::types::Type;
+    /// let rows = guard.query_typed("SELECT $1 + 1", &[(&41_i64, Type::INT8)])?;
+    /// assert_eq!(rows[0].get::<_, i64>(0), 42);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute); a value that does not encode as its
+    /// type is [`Error::Db`](crate::Error::Db) before anything is sent.
+    pub fn query_typed(
+        &mut self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>> {
+        self.conn().query_typed(query, params)
+    }
+
+    /// Executes a statement on its own (autocommit) with the parameter
+    /// types given (as [`query_typed`](Self::query_typed)), and returns the
+    /// number of rows it affected.
+    ///
+    /// # Errors
+    ///
+    /// As [`query_typed`](Self::query_typed).
+    pub fn execute_typed(
+        &mut self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<u64> {
+        self.conn().execute_typed(query, params)
+    }
+
+    /// Runs one or more statements separated by `;`, without parameters
+    /// (the simple query protocol), as one implicit transaction, and returns
+    /// what the server sent: each row with its columns as text, and each
+    /// statement's command tag (`SimpleQueryMessage::CommandComplete`, the
+    /// rows it touched).
+    ///
+    /// # Errors
+    ///
+    /// As [`batch_execute`](Self::batch_execute).
+    pub fn simple_query(&mut self, query: &str) -> Result<Vec<SimpleQueryMessage>> {
+        self.conn().simple_query(query)
     }
 
     /// Runs one or more statements separated by `;`, without parameters

@@ -317,7 +317,7 @@ pub use crate::tx::Tx;
 pub use crate::statements::ToStatement;
 pub use postgres::error::{DbError, SqlState};
 pub use postgres::types::{self, ToSql};
-pub use postgres::{Notification, Row, Statement};
+pub use postgres::{Notification, Row, SimpleQueryMessage, Statement};
 
 /// The README's examples, compiled by `cargo test` so they cannot rot.
 #[cfg(doctest)]

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use postgres::types::ToSql;
+use postgres::types::{ToSql, Type};
 
 use crate::blocking::held::{Conn, StatementScope};
 use crate::blocking::session::RollBackTarget;
@@ -13,7 +13,7 @@ use crate::machine::fallback::{HolderEnd, verdict};
 use crate::machine::transaction_status::TransactionStatus;
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
-use crate::{Row, Statement};
+use crate::{Row, SimpleQueryMessage, Statement};
 
 /// A savepoint inside a transaction; `S` is its state, [`Open`] or [`Done`].
 ///
@@ -137,6 +137,43 @@ impl<'t> Savepoint<'t, Open> {
         T: ?Sized + ToStatement,
     {
         self.conn().query_opt(query, params)
+    }
+
+    /// Runs a query inside this savepoint with the parameter types given.
+    ///
+    /// # Errors
+    ///
+    /// As [`Tx::query_typed`](crate::Tx::query_typed).
+    pub fn query_typed(
+        &mut self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>> {
+        self.conn().query_typed(query, params)
+    }
+
+    /// Executes a statement inside this savepoint with the parameter
+    /// types given.
+    ///
+    /// # Errors
+    ///
+    /// As [`Tx::execute_typed`](crate::Tx::execute_typed).
+    pub fn execute_typed(
+        &mut self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<u64> {
+        self.conn().execute_typed(query, params)
+    }
+
+    /// Runs statements with the simple query protocol inside this
+    /// savepoint, and returns what the server sent.
+    ///
+    /// # Errors
+    ///
+    /// As [`Tx::simple_query`](crate::Tx::simple_query).
+    pub fn simple_query(&mut self, query: &str) -> Result<Vec<SimpleQueryMessage>> {
+        self.conn().simple_query(query)
     }
 
     /// Runs one or more statements separated by `;`, without parameters,

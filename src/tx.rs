@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use postgres::types::ToSql;
+use postgres::types::{ToSql, Type};
 
 use crate::blocking::held::{Conn, Held, StatementScope};
 use crate::blocking::shared::Shared;
@@ -11,7 +11,7 @@ use crate::machine::transaction_status::TransactionStatus;
 use crate::savepoint::{self, Savepoint};
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
-use crate::{Row, Statement};
+use crate::{Row, SimpleQueryMessage, Statement};
 
 /// A transaction on the shared connection; `S` is its state, [`Open`] or
 /// [`Done`].
@@ -153,6 +153,59 @@ impl<'m> Tx<'m, Open> {
         T: ?Sized + ToStatement,
     {
         self.conn().query_opt(query, params)
+    }
+
+    /// Runs a query inside this transaction with the parameter types
+    /// given, and returns its rows: one round trip, on the unnamed
+    /// statement, nothing prepared or cached (for a statement run once, a
+    /// type the server would infer otherwise, or a transaction pooler).
+    ///
+    /// ```no_run
+    /// # fn f(mut tx: pgtx::Tx<'_, pgtx::Open>) -> pgtx::Result<()> {
+    /// use pgtx::types::Type;
+    /// let rows = tx.query_typed("SELECT $1 + 1", &[(&41_i64, Type::INT8)])?;
+    /// assert_eq!(rows[0].get::<_, i64>(0), 42);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute); a value that does not encode as its
+    /// type is [`Error::Db`](crate::Error::Db) before anything is sent.
+    pub fn query_typed(
+        &mut self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>> {
+        self.conn().query_typed(query, params)
+    }
+
+    /// Executes a statement inside this transaction with the parameter
+    /// types given (as [`query_typed`](Self::query_typed)), and returns the
+    /// number of rows it affected.
+    ///
+    /// # Errors
+    ///
+    /// As [`query_typed`](Self::query_typed).
+    pub fn execute_typed(
+        &mut self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<u64> {
+        self.conn().execute_typed(query, params)
+    }
+
+    /// Runs one or more statements separated by `;`, without parameters
+    /// (the simple query protocol), inside this transaction, and returns
+    /// what the server sent: each row with its columns as text, and each
+    /// statement's command tag (`SimpleQueryMessage::CommandComplete`, the
+    /// rows it touched).
+    ///
+    /// # Errors
+    ///
+    /// As [`batch_execute`](Self::batch_execute).
+    pub fn simple_query(&mut self, query: &str) -> Result<Vec<SimpleQueryMessage>> {
+        self.conn().simple_query(query)
     }
 
     /// Runs one or more statements separated by `;`, without parameters

@@ -21,6 +21,7 @@ use common::eventually;
 use common::fixtures::Db;
 use common::pgbouncer::Bouncer;
 use common::server::error_chain;
+use pgtx::types::Type;
 use pgtx::{Error, ManagedConnection, SqlState, TransactionStatus};
 
 /// Set in a child process: the DSN to work through.
@@ -413,4 +414,36 @@ fn a_cancel_handle_cancels_a_statement_through_pgbouncer() {
         .expect("the connection works afterwards")
         .get(0);
     assert_eq!(one, 1);
+}
+
+#[test]
+fn typed_statements_leave_nothing_named_on_the_pooler_s_server_connections() {
+    let db = Db::new("bouncer_typed");
+    let bouncer = Bouncer::start(db.server, POOL_SIZE);
+    let manager = unnamed_manager(&bouncer, &db);
+    for id in 1..=20_i32 {
+        manager
+            .transaction(|mut tx| {
+                tx.execute_typed(
+                    "INSERT INTO items VALUES ($1, $2)",
+                    &[(&id, Type::INT4), (&"typed", Type::TEXT)],
+                )?;
+                let seen = tx.query_typed(
+                    "SELECT count(*) FROM items WHERE id = $1",
+                    &[(&id, Type::INT4)],
+                )?;
+                assert_eq!(seen[0].get::<_, i64>(0), 1);
+                let tags = tx.simple_query("SELECT 1")?;
+                assert!(!tags.is_empty());
+                tx.commit()
+            })
+            .expect("a typed transaction through PgBouncer");
+    }
+    assert_eq!(db.item_ids(), (1..=20).collect::<Vec<_>>());
+    for (pid, prepared) in prepared_on_each_server(&bouncer, &db) {
+        assert_eq!(
+            prepared, 0,
+            "server connection {pid} holds a named statement"
+        );
+    }
 }

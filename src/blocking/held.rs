@@ -3,12 +3,16 @@
 
 use std::marker::PhantomData;
 
-use postgres::types::ToSql;
+use postgres::SimpleQueryMessage;
+use postgres::types::{ToSql, Type};
 
 use crate::blocking::lease::Ticket;
 use crate::blocking::session::{LockedSession, RequestShape};
 use crate::blocking::shared::Shared;
-use crate::conn::request::{Batch, Execute, Prepare, Query, QueryOne, QueryOpt};
+use crate::conn::Target;
+use crate::conn::request::{
+    Batch, Bound, Execute, Prepare, Query, QueryOne, QueryOpt, Simple, StatementKind,
+};
 use crate::error::{Error, Result};
 use crate::machine::control;
 use crate::machine::fallback::Cause;
@@ -159,6 +163,51 @@ impl Conn<'_> {
         self.with_session(|s| {
             self.check(s, query)?;
             s.cached_statement(query, QueryOpt, params)
+        })
+    }
+
+    pub(crate) fn query_typed(
+        &self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>> {
+        self.typed(query, Query, params)
+    }
+
+    pub(crate) fn execute_typed(
+        &self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<u64> {
+        self.typed(query, Execute, params)
+    }
+
+    /// Runs `query` on the unnamed statement with the parameter types
+    /// given (Parse, Bind, Describe, Execute in one round trip; nothing
+    /// named is left behind, so it suits transaction poolers too).
+    fn typed<K: StatementKind>(
+        &self,
+        query: &str,
+        kind: K,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<K::Output> {
+        let (values, types): (Vec<&(dyn ToSql + Sync)>, Vec<Type>) =
+            params.iter().map(|(v, t)| (*v, t.clone())).unzip();
+        self.with_session(|s| {
+            self.check(s, query)?;
+            let bound = Bound {
+                kind,
+                target: Target::Unnamed(query, &types),
+                params: &values,
+            };
+            s.statement(RequestShape::Bind, Some(query), &bound)
+        })
+    }
+
+    pub(crate) fn simple_query(&self, query: &str) -> Result<Vec<SimpleQueryMessage>> {
+        self.with_session(|s| {
+            self.check(s, query)?;
+            s.statement(RequestShape::Query, Some(query), &Simple(query))
         })
     }
 

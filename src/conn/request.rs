@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use tokio_postgres::{Row, Statement};
+use tokio_postgres::{Row, SimpleQueryMessage, Statement};
 
 use super::{Connection, Target};
 use crate::statements::Params;
@@ -116,6 +116,21 @@ impl Request for Batch<'_> {
         conn: &'c mut Connection,
     ) -> impl Future<Output = Result<(), postgres::Error>> + Send + 'c {
         conn.run(|c| c.batch_execute(self.0))
+    }
+}
+
+/// Statements separated by `;`, as one simple Query, with their rows (as
+/// text) and command tags.
+pub(crate) struct Simple<'a>(pub(crate) &'a str);
+
+impl Request for Simple<'_> {
+    type Output = Vec<SimpleQueryMessage>;
+
+    fn send<'c>(
+        &'c self,
+        conn: &'c mut Connection,
+    ) -> impl Future<Output = Result<Vec<SimpleQueryMessage>, postgres::Error>> + Send + 'c {
+        conn.run(|c| c.simple_query(self.0))
     }
 }
 
