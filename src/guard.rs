@@ -96,15 +96,16 @@ impl<'m> Guard<'m> {
     #[must_use = "a transaction must end with `commit()` or `rollback()`; dropping it rolls back"]
     #[track_caller]
     pub fn begin_with(self, options: TxOptions) -> Result<Tx<'m, Open>> {
-        self.begin_at(options, Location::caller())
+        self.begin_at(options, Location::caller(), 1)
     }
 
     /// [`begin_with`](Self::begin_with), the transaction begun at `at` (for
-    /// the report if it is left unfinished).
+    /// the report if it is left unfinished) as run `attempt` of its closure.
     pub(crate) fn begin_at(
         self,
         options: TxOptions,
         at: &'static Location<'static>,
+        attempt: u32,
     ) -> Result<Tx<'m, Open>> {
         let Guard { held } = self;
         let shared = held.shared();
@@ -113,7 +114,7 @@ impl<'m> Guard<'m> {
         if rolled_back {
             shared.report_unfinished(Cause::UserBlock);
         }
-        shared.begun_at(at);
+        shared.begun_at(at, attempt);
         Ok(Tx::open(held))
     }
 

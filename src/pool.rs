@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use crate::blocking::held::Held;
 use crate::error::{Error, Result};
 use crate::guard::Guard;
+use crate::listener::Listener;
 use crate::machine::options::TxOptions;
 use crate::machine::retry::RetryPolicy;
 use crate::machine::transaction_status::TransactionStatus;
@@ -497,6 +498,19 @@ impl Pool {
         E: From<Error>,
     {
         scope::run_retrying(|| self.lock(), options, Location::caller(), policy, work)
+    }
+
+    /// A [`Listener`] for LISTEN/NOTIFY with the pool's settings, on a
+    /// connection of its own (not one of the pool's): notifications arrive
+    /// whatever the pool's connections are doing, and waiting for them
+    /// takes none of them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Listener::connect`]: [`Error::Connect`] if no server accepted
+    /// the connection.
+    pub fn listener(&self) -> Result<Listener> {
+        self.members[0].listener()
     }
 
     /// What the pool is doing now, and its counters.

@@ -26,7 +26,7 @@ where
     F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
     E: From<Error>,
 {
-    run_once(guard, options, at, work).0
+    run_once(guard, options, at, 1, work).0
 }
 
 /// Runs `work` in a transaction on a connection from `checkout`, again on
@@ -50,7 +50,7 @@ where
             std::thread::sleep(wait);
         }
         runs += 1;
-        let failure = match run_once(checkout(), options, at, &mut work) {
+        let failure = match run_once(checkout(), options, at, runs, &mut work) {
             (Ok(value), _) => return Ok(value),
             (Err(_), Some(failure)) if retry::asks_for_retry(&failure) => failure,
             (Err(e), _) => return Err(e),
@@ -68,19 +68,20 @@ where
     }
 }
 
-/// One run of a `transaction` closure; its outcome, and the last error the
-/// server reported in its transaction.
+/// Run `attempt` of a `transaction` closure; its outcome, and the last
+/// error the server reported in its transaction.
 fn run_once<'m, T, E, F>(
     guard: Result<Guard<'m>>,
     options: TxOptions,
     at: &'static Location<'static>,
+    attempt: u32,
     work: F,
 ) -> (Result<T, E>, Option<Box<DbError>>)
 where
     F: for<'s> FnOnce(Tx<'s, Open>) -> Result<Tx<'s, Done<T>>, E>,
     E: From<Error>,
 {
-    let tx = match guard.and_then(|guard| guard.begin_at(options, at)) {
+    let tx = match guard.and_then(|guard| guard.begin_at(options, at, attempt)) {
         Ok(tx) => tx,
         Err(e) => return (Err(E::from(e)), None),
     };

@@ -371,6 +371,25 @@ impl<'m> Tx<'m, Open> {
         })
     }
 
+    /// Which run of its closure this transaction is: 1 for the first run,
+    /// 2 for the first retry of [`transaction_retrying`](crate::ManagedConnection::transaction_retrying)
+    /// after a serialization failure or deadlock, and so on; 1 for any
+    /// transaction begun otherwise. To know after the call how many runs
+    /// it took, hand it back from the closure (`tx.commit_returning(…)`).
+    ///
+    /// ```no_run
+    /// # let manager = pgtx::ManagedConnection::new("host=localhost user=postgres")?;
+    /// let runs = manager.transaction_retrying(&pgtx::RetryPolicy::default(), |mut tx| {
+    ///     tx.execute("UPDATE counter SET n = n + 1", &[])?;
+    ///     let runs = tx.attempt();
+    ///     tx.commit_returning(runs)
+    /// })?;
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn attempt(&self) -> u32 {
+        self.held.shared().attempt()
+    }
+
     /// The transaction status, as the server last reported it:
     /// [`TransactionStatus::InTransaction`], or
     /// [`TransactionStatus::InError`] once a statement has failed (and

@@ -686,6 +686,29 @@ fn a_managers_listener_has_a_connection_of_its_own() {
 }
 
 #[test]
+fn a_pools_listener_takes_none_of_the_pools_connections() {
+    let db = Db::new("listen_pool");
+    let pool = pgtx::Pool::new(&db.dsn, 1).expect("pool");
+    let mut listener = pool.listener().expect("listener");
+    listener.listen("pooled").expect("listen");
+    // The pool's one connection is held the whole time, and sends.
+    let mut guard = pool.lock().expect("lock");
+    let holder_pid: i32 = guard
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("pid")
+        .get(0);
+    guard
+        .execute("SELECT pg_notify('pooled', 'from the pool')", &[])
+        .expect("notify");
+    let n = next_notification(&mut listener);
+    assert_eq!(n.payload(), "from the pool");
+    assert_eq!(n.process_id(), holder_pid);
+    assert_ne!(listener.backend_pid().expect("pid"), holder_pid);
+    drop(guard);
+    assert_eq!(pool.state().idle, 1, "the listener is none of the pool's");
+}
+
+#[test]
 fn dropping_the_listener_ends_its_session() {
     let db = Db::new("listen_drop");
     let mut listener = listener_on(&db);

@@ -261,3 +261,37 @@ fn with_one_attempt_a_refusal_is_reported_as_exhausted_after_one_run() {
         "{outcome:?}"
     );
 }
+
+#[test]
+fn each_run_knows_which_run_it_is_and_can_hand_the_count_back() {
+    let db = Db::new("retry_attempt");
+    let manager = db.manager();
+    let mut seen = Vec::new();
+    let runs = manager
+        .transaction_retrying(&quick(), |mut tx| {
+            seen.push(tx.attempt());
+            if tx.attempt() < 3 {
+                tx.batch_execute(
+                    "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$",
+                )?;
+            }
+            tx.execute("INSERT INTO items VALUES (1, 'third run')", &[])?;
+            let runs = tx.attempt();
+            tx.commit_returning(runs)
+        })
+        .expect("the third run commits");
+    assert_eq!(seen, [1, 2, 3]);
+    assert_eq!(runs, 3);
+    assert_eq!(db.item_ids(), [1], "one run committed, once");
+    // Any other transaction is a first run, whatever came before.
+    let first = manager
+        .transaction(|tx| {
+            let attempt = tx.attempt();
+            tx.commit_returning(attempt)
+        })
+        .expect("transaction");
+    assert_eq!(first, 1);
+    let tx = manager.lock().expect("lock").begin().expect("begin");
+    assert_eq!(tx.attempt(), 1);
+    tx.rollback().expect("rollback");
+}

@@ -7,7 +7,7 @@
 
 use std::panic::Location;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -31,6 +31,9 @@ pub(crate) struct Shared {
     /// Kept here rather than in the `Tx`, which stays two pointers wide;
     /// set by `begin`, cleared whenever the lease changes hands.
     begun_at: Mutex<Option<&'static Location<'static>>>,
+    /// Which run of a `transaction_retrying` closure the holder's
+    /// transaction is (1 for any other transaction); set by `begin`.
+    attempt: AtomicU32,
     /// Told after every release: a pool's waiters, when this connection
     /// is one of a pool's.
     on_release: Option<OnRelease>,
@@ -50,6 +53,7 @@ impl Shared {
             session: Session::new(setup),
             unfinished: AtomicU64::new(0),
             begun_at: Mutex::new(None),
+            attempt: AtomicU32::new(1),
             on_release,
         }
     }
@@ -204,9 +208,16 @@ impl Shared {
         }
     }
 
-    /// The holder's transaction was begun at `at`.
-    pub(crate) fn begun_at(&self, at: &'static Location<'static>) {
+    /// The holder's transaction was begun at `at`, as run `attempt` of
+    /// its closure (1 unless `transaction_retrying` runs it again).
+    pub(crate) fn begun_at(&self, at: &'static Location<'static>, attempt: u32) {
         *self.begun_at.lock() = Some(at);
+        self.attempt.store(attempt, Ordering::Relaxed);
+    }
+
+    /// Which run of its closure the holder's transaction is.
+    pub(crate) fn attempt(&self) -> u32 {
+        self.attempt.load(Ordering::Relaxed)
     }
 
     fn release(&self, epoch: u64) {
