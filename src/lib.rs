@@ -295,6 +295,7 @@ mod state;
 mod statements;
 pub mod two_phase;
 mod tx;
+mod user_code;
 
 pub use crate::blocking::hooks::NewConnection;
 pub use crate::cancel::CancelHandle;

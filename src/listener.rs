@@ -11,12 +11,12 @@ use postgres::Notification;
 
 use crate::blocking::driver::{Blocking, Driver};
 use crate::blocking::factory::{ConnectionFactory, Occasion};
-use crate::blocking::user_code::catch_panic;
 use crate::config::Settings;
 use crate::error::{Error, Result, describe};
 use crate::machine::ident::{check_notification, quote_identifier};
 use crate::machine::reconnect::{Next, Outage, ReconnectPolicy};
 use crate::statements::Naming;
+use crate::user_code::catch_panic;
 
 /// What a [`Listener`] delivers.
 #[derive(Debug, Clone)]

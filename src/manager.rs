@@ -6,6 +6,7 @@ use std::panic::Location;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::DbError;
 use crate::blocking::driver::Blocking;
 use crate::blocking::factory::ConnectionFactory;
 use crate::blocking::held::Held;
@@ -16,6 +17,7 @@ use crate::blocking::session::ConnectionSetup;
 use crate::blocking::shared::{OnRelease, Shared};
 use crate::cancel::CancelHandle;
 use crate::config::Settings;
+use crate::conn::NoticeHandler;
 use crate::error::{Error, HookError, Result};
 use crate::guard::Guard;
 use crate::listener::Listener;
@@ -110,6 +112,7 @@ pub struct Builder {
     /// Set by a pool for its connections.
     on_release: Option<OnRelease>,
     statement_cache: bool,
+    on_notice: Option<NoticeHandler>,
 }
 
 impl fmt::Debug for Builder {
@@ -124,6 +127,7 @@ impl fmt::Debug for Builder {
         s.field("abandon_after", &self.abandon_after)
             .field("on_connect", &self.on_connect.as_ref().map(|_| "<hook>"))
             .field("on_reconnect", &self.on_reconnect.len())
+            .field("on_notice", &self.on_notice.as_ref().map(|_| "<handler>"))
             .field("reconnect", &self.reconnect)
             .field("statement_cache", &self.statement_cache)
             .finish()
@@ -185,6 +189,31 @@ impl Builder {
         F: Fn(&mut NewConnection<'_>) -> Result<(), HookError> + Send + Sync + 'static,
     {
         self.on_connect = Some(Hook::new(Arc::new(hook)));
+        self
+    }
+
+    /// Tells `handler` every notice the server sends on this manager's
+    /// connections (`RAISE NOTICE`, warnings, …), besides the log line
+    /// pgtx writes for each (`info` level). It runs on the thread that
+    /// waits for the statement that drew the notice, while that statement
+    /// runs: it must be quick, and must not use this manager (its
+    /// connection is busy). A panic in it is caught and logged; the
+    /// statement goes on. Setting it again replaces the previous handler;
+    /// listeners' connections do not have it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let manager = pgtx::ManagedConnection::builder("host=localhost user=postgres")
+    ///     .on_notice(|notice| eprintln!("{}: {}", notice.severity(), notice.message()))
+    ///     .build()?;
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn on_notice<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(&DbError) + Send + Sync + 'static,
+    {
+        self.on_notice = Some(Arc::new(handler));
         self
     }
 
@@ -353,7 +382,8 @@ impl Builder {
                     factory: Arc::new(
                         ConnectionFactory::new(settings, naming)
                             .with_on_connect(self.on_connect)
-                            .with_on_reconnect(self.on_reconnect),
+                            .with_on_reconnect(self.on_reconnect)
+                            .with_on_notice(self.on_notice),
                     ),
                     background_reconnect: self.reconnect.map(BackgroundReconnect::new),
                     runtime: Blocking::new()?,
@@ -394,6 +424,7 @@ impl ManagedConnection {
             reconnect: None,
             on_release: None,
             statement_cache: true,
+            on_notice: None,
         }
     }
 

@@ -12,8 +12,8 @@ use tokio::runtime::Runtime;
 use tokio_postgres::{Client, Notification};
 
 use crate::config::Settings;
-use crate::conn::Connection;
 use crate::conn::request::{Request, StatementKind};
+use crate::conn::{Connection, NoticeHandler};
 use crate::connect::wire::CopyRefused;
 use crate::error::Error;
 use crate::machine::transaction_status::ServerStatus;
@@ -99,8 +99,9 @@ impl Driver {
         runtime: &Blocking,
         settings: &Settings,
         naming: Naming,
+        on_notice: Option<NoticeHandler>,
     ) -> Result<Driver, Error> {
-        let conn = runtime.block_on(Connection::open(settings, naming))?;
+        let conn = runtime.block_on(Connection::open(settings, naming, on_notice))?;
         Ok(Driver {
             runtime: runtime.clone(),
             conn,

@@ -6,10 +6,11 @@
 
 use crate::blocking::driver::{Blocking, Driver};
 use crate::blocking::hooks::{NewConnection, OnConnect, OnReconnect, run_on_connect};
-use crate::blocking::user_code::catch_panic;
 use crate::config::Settings;
+use crate::conn::NoticeHandler;
 use crate::error::Result;
 use crate::statements::Naming;
+use crate::user_code::catch_panic;
 
 /// How new connections are made: the settings, how SQL text runs on them,
 /// and the hooks, as the [`Builder`](crate::Builder) was given them.
@@ -18,6 +19,7 @@ pub(crate) struct ConnectionFactory {
     naming: Naming,
     on_connect: Option<OnConnect>,
     on_reconnect: Vec<OnReconnect>,
+    on_notice: Option<NoticeHandler>,
 }
 
 /// Why a connection is opened.
@@ -38,6 +40,7 @@ impl ConnectionFactory {
             naming,
             on_connect: None,
             on_reconnect: Vec::new(),
+            on_notice: None,
         }
     }
 
@@ -50,6 +53,12 @@ impl ConnectionFactory {
     /// Runs `handlers` on every connection that ends an outage.
     pub(crate) fn with_on_reconnect(mut self, handlers: Vec<OnReconnect>) -> ConnectionFactory {
         self.on_reconnect = handlers;
+        self
+    }
+
+    /// Tells `handler` every notice the server sends on the connections.
+    pub(crate) fn with_on_notice(mut self, handler: Option<NoticeHandler>) -> ConnectionFactory {
+        self.on_notice = handler;
         self
     }
 
@@ -76,7 +85,8 @@ impl ConnectionFactory {
     /// When the `on_connect` hook panics (the caller decides whether to
     /// catch it); recovery handlers' panics are caught and logged.
     pub(crate) fn open(&self, runtime: &Blocking, occasion: Occasion) -> Result<Driver> {
-        let mut driver = Driver::open(runtime, &self.settings, self.naming)?;
+        let mut driver =
+            Driver::open(runtime, &self.settings, self.naming, self.on_notice.clone())?;
         if let Some(hook) = &self.on_connect
             && let Err(e) = run_on_connect(hook, &mut driver)
         {

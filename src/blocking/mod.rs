@@ -15,4 +15,3 @@ pub(crate) mod lease;
 pub(crate) mod outage;
 pub(crate) mod session;
 pub(crate) mod shared;
-pub(crate) mod user_code;

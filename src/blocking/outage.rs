@@ -20,9 +20,9 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::blocking::driver::{Blocking, Driver};
 use crate::blocking::factory::{ConnectionFactory, Occasion};
-use crate::blocking::user_code::catch_panic;
 use crate::error::{Error, Result};
 use crate::machine::reconnect::{Next, Outage, ReconnectPolicy};
+use crate::user_code::catch_panic;
 
 /// The background reconnection of one manager: its policy and the outage
 /// in progress.

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use postgres::error::SqlState;
+use postgres::error::{DbError, SqlState};
 use postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, Notification, Row, Statement};
 
@@ -38,6 +38,7 @@ use crate::error::Error;
 use crate::machine::control;
 use crate::machine::transaction_status::ServerStatus;
 use crate::statements::{Naming, Params, Sql, ToStatement};
+use crate::user_code::catch_panic;
 
 /// What a statement method runs.
 #[derive(Clone, Copy)]
@@ -48,6 +49,10 @@ pub(crate) enum Target<'a> {
     /// one Sync group), with its parameters' types (empty when it has none).
     Unnamed(&'a str, &'a [Type]),
 }
+
+/// What [`Builder::on_notice`](crate::Builder::on_notice) was given: told
+/// every notice the server sends on a connection.
+pub(crate) type NoticeHandler = Arc<dyn Fn(&DbError) + Send + Sync>;
 
 /// One open connection: the client, the half that reads and writes the
 /// socket, the tap on the bytes, and what is cached per connection.
@@ -74,6 +79,8 @@ pub(crate) struct Connection {
     gate: Arc<Gate>,
     /// Where this connection's cancel requests go.
     cancel: Arc<CancelTarget>,
+    /// Told every notice, besides the log line.
+    on_notice: Option<NoticeHandler>,
 }
 
 static_assertions::assert_impl_all!(Connection: Send);
@@ -91,7 +98,11 @@ impl Connection {
     /// [`Error::Settings`] if the settings (with the environment and files
     /// they point to) cannot be used, before anything is opened;
     /// [`Error::Connect`] if no server accepted the connection.
-    pub(crate) async fn open(settings: &Settings, naming: Naming) -> Result<Connection, Error> {
+    pub(crate) async fn open(
+        settings: &Settings,
+        naming: Naming,
+        on_notice: Option<NoticeHandler>,
+    ) -> Result<Connection, Error> {
         let connector = Connector::new(settings)?;
         let Opened {
             client,
@@ -112,6 +123,7 @@ impl Connection {
             answered_at: Instant::now(),
             gate: Arc::default(),
             cancel,
+            on_notice,
         })
     }
 
@@ -358,8 +370,10 @@ impl Connection {
             end_cause,
             gate,
             tap,
+            on_notice,
             ..
         } = self;
+        let on_notice = on_notice.as_ref();
         let client: &'a Client = client;
         let mut request = pin!(request(client));
         let gate = &*gate;
@@ -370,7 +384,13 @@ impl Connection {
             let mut gated_cx = Context::from_waker(&gated);
             loop {
                 gate.open_poll();
-                drive(connection, notifications, ended, end_cause, &mut gated_cx);
+                let polled = Polled {
+                    notifications,
+                    ended,
+                    end_cause,
+                    on_notice,
+                };
+                drive(connection, polled, &mut gated_cx);
                 if answer.is_none()
                     && let Poll::Ready(result) = request.as_mut().poll(&mut gated_cx)
                 {
@@ -429,10 +449,17 @@ impl Connection {
             notifications,
             ended,
             end_cause,
+            on_notice,
             ..
         } = self;
         poll_fn(|cx| {
-            drive(connection, notifications, ended, end_cause, cx);
+            let polled = Polled {
+                notifications,
+                ended,
+                end_cause,
+                on_notice: on_notice.as_ref(),
+            };
+            drive(connection, polled, cx);
             Poll::Ready(())
         })
         .await;
@@ -503,10 +530,17 @@ impl Connection {
             notifications,
             ended,
             end_cause,
+            on_notice,
             ..
         } = self;
         let arrival = poll_fn(|cx| {
-            drive(connection, notifications, ended, end_cause, cx);
+            let polled = Polled {
+                notifications: &mut *notifications,
+                ended: &mut *ended,
+                end_cause: &mut *end_cause,
+                on_notice: on_notice.as_ref(),
+            };
+            drive(connection, polled, cx);
             if *ended || !notifications.is_empty() {
                 Poll::Ready(())
             } else {
@@ -537,6 +571,7 @@ impl Connection {
             mut ended,
             mut end_cause,
             statements,
+            on_notice,
             ..
         } = self;
         // No point closing statements one by one on a connection about to end.
@@ -548,13 +583,13 @@ impl Connection {
         let flushed = tokio::time::timeout(
             Duration::from_secs(1),
             poll_fn(|cx| {
-                drive(
-                    &mut connection,
-                    &mut notifications,
-                    &mut ended,
-                    &mut end_cause,
-                    cx,
-                );
+                let polled = Polled {
+                    notifications: &mut notifications,
+                    ended: &mut ended,
+                    end_cause: &mut end_cause,
+                    on_notice: on_notice.as_ref(),
+                };
+                drive(&mut connection, polled, cx);
                 if ended {
                     Poll::Ready(())
                 } else {
@@ -569,18 +604,26 @@ impl Connection {
     }
 }
 
+/// What polling the connection fills in, besides the connection itself.
+struct Polled<'p> {
+    notifications: &'p mut VecDeque<Notification>,
+    ended: &'p mut bool,
+    end_cause: &'p mut Option<postgres::Error>,
+    on_notice: Option<&'p NoticeHandler>,
+}
+
 /// Polls the connection until it has nothing more to do right now.
 ///
 /// When the connection ends, it is dropped at once: that closes the
 /// response channels of requests still in flight, which then fail with
 /// "connection closed" instead of waiting forever for an answer.
-fn drive(
-    connection: &mut ConnectionStream,
-    notifications: &mut VecDeque<Notification>,
-    ended: &mut bool,
-    end_cause: &mut Option<postgres::Error>,
-    cx: &mut Context<'_>,
-) {
+fn drive(connection: &mut ConnectionStream, polled: Polled<'_>, cx: &mut Context<'_>) {
+    let Polled {
+        notifications,
+        ended,
+        end_cause,
+        on_notice,
+    } = polled;
     while !*ended {
         match connection.poll_message(cx) {
             Poll::Ready(Some(Ok(AsyncMessage::Notification(notification)))) => {
@@ -592,6 +635,12 @@ fn drive(
                     notice.severity(),
                     notice.message()
                 );
+                if let Some(handler) = on_notice {
+                    catch_panic(
+                        || "the on_notice handler panicked".to_owned(),
+                        || handler(&notice),
+                    );
+                }
             }
             Poll::Ready(Some(Ok(_))) => {}
             Poll::Ready(Some(Err(e))) => {
@@ -633,7 +682,7 @@ mod tests {
             assert_send(&conn.wait_notification(None));
         }
         fn check_open(settings: &Settings) {
-            assert_send(&Connection::open(settings, Naming::Cached));
+            assert_send(&Connection::open(settings, Naming::Cached, None));
         }
         let _ = (check, check_run, check_others, check_open);
     }
