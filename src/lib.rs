@@ -303,7 +303,9 @@ pub use crate::config::{Settings, SettingsError};
 pub use crate::error::HookError;
 pub use crate::error::{ConnectError, Error, Result, UNFINISHED_TRANSACTION};
 pub use crate::guard::Guard;
-pub use crate::listener::{Events, ListenEvent, Listener, ObserverError, ObserverId};
+pub use crate::listener::{
+    Events, ListenEvent, Listener, ListenerWaker, ObserverError, ObserverId,
+};
 pub use crate::machine::options::{IsolationLevel, TxOptions};
 pub use crate::machine::reconnect::{Backoff, ReconnectPolicy};
 pub use crate::machine::retry::RetryPolicy;

@@ -12,6 +12,7 @@ use postgres::Notification;
 use crate::blocking::driver::{Blocking, Driver};
 use crate::blocking::factory::{ConnectionFactory, Occasion};
 use crate::config::Settings;
+use crate::conn::interrupt::Interrupt;
 use crate::error::{Error, Result, describe};
 use crate::machine::ident::{check_notification, quote_identifier};
 use crate::machine::reconnect::{Next, Outage, ReconnectPolicy};
@@ -40,6 +41,13 @@ pub enum ListenEvent {
         /// Connection attempts it took, the successful one included.
         attempts: u32,
     },
+
+    /// Another thread called [`ListenerWaker::wake`]: nothing arrived.
+    /// Delivered once for any number of wakes since the last one
+    /// delivered, to the receiving method blocked then or to the next one;
+    /// observers are not told. Wake a listener to make the thread that
+    /// owns it look at something else (a shutdown flag, say) and drop it.
+    Woken,
 }
 
 impl ListenEvent {
@@ -47,7 +55,7 @@ impl ListenEvent {
     pub fn as_notification(&self) -> Option<&Notification> {
         match self {
             ListenEvent::Notification(n) => Some(n),
-            ListenEvent::Reconnected { .. } => None,
+            ListenEvent::Reconnected { .. } | ListenEvent::Woken => None,
         }
     }
 }
@@ -165,9 +173,33 @@ pub struct Listener {
     /// received before an outage, then its `Reconnected`.
     ready: VecDeque<ListenEvent>,
     observers: Vec<(ObserverId, Observer)>,
+    /// Raised by [`ListenerWaker::wake`].
+    interrupt: Arc<Interrupt>,
 }
 
 static_assertions::assert_impl_all!(Listener: Send);
+
+/// Wakes a [`Listener`] from another thread: its receiving method blocked
+/// now (or the next one called) returns [`ListenEvent::Woken`]. Made by
+/// [`Listener::waker`]; cheap to clone, `Send` and `Sync`, and it does not
+/// keep the listener alive.
+#[derive(Clone)]
+pub struct ListenerWaker(Arc<Interrupt>);
+
+static_assertions::assert_impl_all!(ListenerWaker: Send, Sync);
+
+impl ListenerWaker {
+    /// Wakes the listener (see [`ListenEvent::Woken`]).
+    pub fn wake(&self) {
+        self.0.raise();
+    }
+}
+
+impl fmt::Debug for ListenerWaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerWaker").finish_non_exhaustive()
+    }
+}
 static_assertions::assert_not_impl_any!(Listener: Clone);
 
 /// The connection, or the outage it is in.
@@ -206,7 +238,26 @@ impl Listener {
             channels: Vec::new(),
             ready: VecDeque::new(),
             observers: Vec::new(),
+            interrupt: Arc::default(),
         })
+    }
+
+    /// A handle that wakes this listener from another thread (see
+    /// [`ListenEvent::Woken`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # let mut listener = pgtx::Listener::connect("host=localhost user=postgres")?;
+    /// let waker = listener.waker();
+    /// std::thread::spawn(move || waker.wake());
+    /// // Returns `Woken` once the other thread has called `wake`, if no
+    /// // notification came first.
+    /// let event = listener.recv()?;
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn waker(&self) -> ListenerWaker {
+        ListenerWaker(self.interrupt.clone())
     }
 
     /// The policy used from the next outage on.
@@ -478,20 +529,34 @@ impl Listener {
                 self.observe(&event);
                 return Ok(Some(event));
             }
+            if self.interrupt.take() {
+                return Ok(Some(ListenEvent::Woken));
+            }
             match &mut self.link {
                 Link::Up(driver) if driver.has_ended() => self.lost(None),
                 Link::Up(driver) => {
-                    if !driver.wait_notification(deadline) && !driver.has_ended() {
+                    // Woken, the flag stays raised for the top of the
+                    // loop, which delivers it after anything queued.
+                    if !driver.wait_notification(deadline, &self.interrupt)
+                        && !driver.has_ended()
+                        && !self.interrupt.is_raised()
+                    {
                         return Ok(None);
                     }
                 }
                 Link::Down(outage) => {
                     let due = outage.next_attempt_at();
                     if deadline.is_some_and(|deadline| deadline < due) {
-                        sleep_until(deadline);
+                        self.runtime.block_on(self.interrupt.sleep_until(deadline));
+                        if self.interrupt.take() {
+                            return Ok(Some(ListenEvent::Woken));
+                        }
                         return Ok(None);
                     }
-                    sleep_until(Some(due));
+                    self.runtime.block_on(self.interrupt.sleep_until(Some(due)));
+                    if self.interrupt.take() {
+                        return Ok(Some(ListenEvent::Woken));
+                    }
                     self.reconnect()?;
                 }
                 Link::Closed => return Ok(None),
@@ -597,6 +662,8 @@ impl Listener {
             let what = match event {
                 ListenEvent::Notification(n) => format!("a notification on {:?}", n.channel()),
                 ListenEvent::Reconnected { .. } => "a reconnection".to_owned(),
+                // Not a server's event: not given to observers.
+                ListenEvent::Woken => return,
             };
             let outcome = catch_panic(
                 || format!("listener observer {id} panicked on {what}"),
@@ -625,12 +692,6 @@ fn open_listening(
         .collect();
     let listened = driver.run(|c| c.batch_execute(&sql));
     driver.outcome(listened).map(|()| driver)
-}
-
-fn sleep_until(deadline: Option<Instant>) {
-    if let Some(wait) = deadline.and_then(|d| d.checked_duration_since(Instant::now())) {
-        std::thread::sleep(wait);
-    }
 }
 
 impl Drop for Listener {

@@ -963,3 +963,106 @@ fn a_stopped_server_gives_reconnect_failed_then_the_next_recv_reconnects_when_it
     assert_eq!(next_pair(&mut listener), pair("stopped_late", "late"));
     assert_quiet(&mut listener);
 }
+
+#[test]
+fn a_recv_blocked_on_one_thread_is_woken_from_another_and_notifications_flow_on() {
+    let db = Db::new("listen_woken");
+    let mut listener = listener_on(&db);
+    listener.listen("woken_chan").expect("listen");
+    let waker = listener.waker();
+    let (blocked, is_blocked) = mpsc::channel();
+    let receiver = thread::spawn(move || {
+        let _ = blocked.send(());
+        // No deadline: only the wake can end this.
+        let event = listener.recv().expect("woken");
+        (listener, event)
+    });
+    is_blocked.recv().expect("the receiver started");
+    waker.wake();
+    let (mut listener, event) = receiver.join().expect("receiver thread");
+    assert!(matches!(event, ListenEvent::Woken), "{event:?}");
+    assert!(event.as_notification().is_none());
+    // Woken once: the next receive waits for what comes.
+    assert_quiet(&mut listener);
+    let mut sender = db.admin();
+    send(&mut sender, "woken_chan", "after the wake");
+    assert_eq!(
+        next_pair(&mut listener),
+        pair("woken_chan", "after the wake")
+    );
+}
+
+#[test]
+fn wakes_before_a_receive_are_one_woken_and_no_notification_is_lost() {
+    let db = Db::new("listen_woken_early");
+    let mut listener = listener_on(&db);
+    listener.listen("early_chan").expect("listen");
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    listener.add_observer(Arc::new(
+        move |_: &ListenEvent| -> Result<(), ObserverError> {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        },
+    ));
+    let mut sender = db.admin();
+    send(&mut sender, "early_chan", "first");
+    // Received (read off the socket) before the wakes.
+    assert!(listener.try_recv().expect("read").is_some());
+    send(&mut sender, "early_chan", "second");
+    let waker = listener.waker();
+    waker.wake();
+    waker.clone().wake();
+    let mut events = Vec::new();
+    while let Some(event) = listener.recv_timeout(QUIET).expect("events") {
+        events.push(event);
+    }
+    let woken = events
+        .iter()
+        .filter(|e| matches!(e, ListenEvent::Woken))
+        .count();
+    assert_eq!(woken, 1, "{events:?}");
+    let payloads: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e.as_notification().map(Notification::payload))
+        .collect();
+    assert_eq!(payloads, ["second"], "{events:?}");
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        2,
+        "observers saw the two notifications, not the wake"
+    );
+}
+
+#[test]
+fn a_listener_waiting_out_an_outage_is_woken_too() {
+    let server = TestServer::start_private();
+    let mut listener = Listener::connect(&server.dsn()).expect("connect");
+    // The next attempt would be a minute away.
+    listener.set_reconnect_policy(
+        ReconnectPolicy::default()
+            .initial_delay(Duration::from_secs(60))
+            .factor(1.0)
+            .jitter(0.0),
+    );
+    listener.listen("outage_chan").expect("listen");
+    server.stop();
+    // The break is found and the first attempt (at once) fails: the
+    // listener now waits for the next one.
+    assert!(
+        listener
+            .recv_timeout(Duration::from_millis(300))
+            .expect("no event yet")
+            .is_none()
+    );
+    let waker = listener.waker();
+    let started = Instant::now();
+    let receiver = thread::spawn(move || listener.recv());
+    waker.wake();
+    let event = receiver.join().expect("receiver thread").expect("woken");
+    assert!(matches!(event, ListenEvent::Woken), "{event:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "not the next attempt"
+    );
+}

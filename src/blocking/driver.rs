@@ -12,6 +12,7 @@ use tokio::runtime::Runtime;
 use tokio_postgres::{Client, Notification};
 
 use crate::config::Settings;
+use crate::conn::interrupt::Interrupt;
 use crate::conn::request::{Request, StatementKind};
 use crate::conn::{Connection, NoticeHandler};
 use crate::connect::wire::CopyRefused;
@@ -183,8 +184,13 @@ impl Driver {
     }
 
     /// See [`Connection::wait_notification`].
-    pub(crate) fn wait_notification(&mut self, deadline: Option<Instant>) -> bool {
-        self.runtime.block_on(self.conn.wait_notification(deadline))
+    pub(crate) fn wait_notification(
+        &mut self,
+        deadline: Option<Instant>,
+        interrupt: &Interrupt,
+    ) -> bool {
+        self.runtime
+            .block_on(self.conn.wait_notification(deadline, interrupt))
     }
 
     /// See [`Connection::close`].

@@ -10,6 +10,7 @@
 
 pub(crate) mod cancel_serials;
 mod gate;
+pub(crate) mod interrupt;
 pub(crate) mod request;
 pub(crate) mod session;
 mod sql_text;
@@ -28,6 +29,7 @@ use postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, Notification, Row, Statement};
 
 use self::gate::Gate;
+use self::interrupt::Interrupt;
 use self::request::StatementKind;
 use self::statement_cache::StatementCache;
 use self::unnamed::{ParameterCount, describe, typed};
@@ -509,15 +511,19 @@ impl Connection {
         &mut self.notifications
     }
 
-    /// Waits until a notification is queued, the connection ends, or
-    /// `deadline` passes (`None`: no deadline); whether a notification is
-    /// queued.
+    /// Waits until a notification is queued, the connection ends,
+    /// `deadline` passes (`None`: no deadline), or `interrupt` is raised;
+    /// whether a notification is queued.
     ///
     /// It does not spin: the runtime sleeps in its I/O driver until the
     /// socket has something or the timer fires. Before waiting it yields
     /// once (see [`Connection::is_alive`]), so a deadline already past
     /// still sees what arrived since the last request.
-    pub(crate) async fn wait_notification(&mut self, deadline: Option<Instant>) -> bool {
+    pub(crate) async fn wait_notification(
+        &mut self,
+        deadline: Option<Instant>,
+        interrupt: &Interrupt,
+    ) -> bool {
         if !self.notifications.is_empty() {
             return true;
         }
@@ -541,7 +547,7 @@ impl Connection {
                 on_notice: on_notice.as_ref(),
             };
             drive(connection, polled, cx);
-            if *ended || !notifications.is_empty() {
+            if *ended || !notifications.is_empty() || interrupt.poll_raised(cx).is_ready() {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -679,7 +685,7 @@ mod tests {
             assert_send(&conn.describe("SELECT $1::int4"));
             assert_send(&conn.prepare_cached("SELECT 1"));
             assert_send(&conn.is_alive());
-            assert_send(&conn.wait_notification(None));
+            assert_send(&conn.wait_notification(None, &Interrupt::default()));
         }
         fn check_open(settings: &Settings) {
             assert_send(&Connection::open(settings, Naming::Cached, None));
