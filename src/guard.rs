@@ -44,7 +44,7 @@ impl<'m> Guard<'m> {
         Guard { held }
     }
 
-    fn conn(&self) -> Conn<'m> {
+    pub(crate) fn conn(&self) -> Conn<'m> {
         self.held.conn(StatementScope::Autocommit)
     }
 

@@ -284,6 +284,7 @@ mod config;
 mod conn;
 mod connect;
 mod error;
+mod generic;
 mod guard;
 mod listener;
 mod machine;
@@ -302,6 +303,7 @@ pub use crate::cancel::CancelHandle;
 pub use crate::config::{Settings, SettingsError};
 pub use crate::error::HookError;
 pub use crate::error::{ConnectError, Error, Result, UNFINISHED_TRANSACTION};
+pub use crate::generic::{ConnectionSource, GenericClient};
 pub use crate::guard::Guard;
 pub use crate::listener::{
     Events, ListenEvent, Listener, ListenerWaker, ObserverError, ObserverId,

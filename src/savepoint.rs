@@ -85,7 +85,7 @@ impl<'t> Savepoint<'t, Open> {
         })
     }
 
-    fn conn(&self) -> Conn<'t> {
+    pub(crate) fn conn(&self) -> Conn<'t> {
         self.level.conn
     }
 

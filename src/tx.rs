@@ -77,7 +77,7 @@ impl<'m> Tx<'m, Open> {
         self.held.shared()
     }
 
-    fn conn(&self) -> Conn<'m> {
+    pub(crate) fn conn(&self) -> Conn<'m> {
         self.held.conn(StatementScope::Transaction { depth: 0 })
     }
 
