@@ -663,26 +663,35 @@ fn iter_waits_for_each_event_on_a_thread_of_its_own() {
     reader.join().expect("the reader ends after three");
 }
 
-#[test]
-fn a_managers_listener_has_a_connection_of_its_own() {
-    let db = Db::new("listen_manager");
-    let manager = db.manager();
-    let mut listener = manager.listener().expect("listener");
-    listener.listen("managed").expect("listen");
-    // The manager's connection is held the whole time, and sends.
-    let mut guard = manager.lock().expect("lock");
+/// `listener` (listening to `channel`) hears a notification sent through
+/// `source`'s connection, held the whole time: it has a connection of its
+/// own.
+fn hears_while_the_source_is_held(
+    source: &impl pgtx::ConnectionSource,
+    listener: &mut Listener,
+    channel: &str,
+) {
+    listener.listen(channel).expect("listen");
+    let mut guard = source.lock().expect("lock");
     let holder_pid: i32 = guard
         .query_one("SELECT pg_backend_pid()", &[])
         .expect("pid")
         .get(0);
     guard
-        .execute("SELECT pg_notify('managed', 'from the manager')", &[])
+        .execute("SELECT pg_notify($1, 'from the holder')", &[&channel])
         .expect("notify");
-    let n = next_notification(&mut listener);
-    assert_eq!(n.payload(), "from the manager");
+    let n = next_notification(listener);
+    assert_eq!(n.payload(), "from the holder");
     assert_eq!(n.process_id(), holder_pid);
     assert_ne!(listener.backend_pid().expect("pid"), holder_pid);
-    drop(guard);
+}
+
+#[test]
+fn a_managers_listener_has_a_connection_of_its_own() {
+    let db = Db::new("listen_manager");
+    let manager = db.manager();
+    let mut listener = manager.listener().expect("listener");
+    hears_while_the_source_is_held(&manager, &mut listener, "managed");
 }
 
 #[test]
@@ -690,21 +699,7 @@ fn a_pools_listener_takes_none_of_the_pools_connections() {
     let db = Db::new("listen_pool");
     let pool = pgtx::Pool::new(&db.dsn, 1).expect("pool");
     let mut listener = pool.listener().expect("listener");
-    listener.listen("pooled").expect("listen");
-    // The pool's one connection is held the whole time, and sends.
-    let mut guard = pool.lock().expect("lock");
-    let holder_pid: i32 = guard
-        .query_one("SELECT pg_backend_pid()", &[])
-        .expect("pid")
-        .get(0);
-    guard
-        .execute("SELECT pg_notify('pooled', 'from the pool')", &[])
-        .expect("notify");
-    let n = next_notification(&mut listener);
-    assert_eq!(n.payload(), "from the pool");
-    assert_eq!(n.process_id(), holder_pid);
-    assert_ne!(listener.backend_pid().expect("pid"), holder_pid);
-    drop(guard);
+    hears_while_the_source_is_held(&pool, &mut listener, "pooled");
     assert_eq!(pool.state().idle, 1, "the listener is none of the pool's");
 }
 
