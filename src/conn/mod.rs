@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use postgres::error::{DbError, SqlState};
 use postgres::types::{ToSql, Type};
-use tokio_postgres::{AsyncMessage, Client, Notification, Row, Statement};
+use tokio_postgres::{AsyncMessage, Client, Notification, Statement};
 
 use self::gate::Gate;
 use self::interrupt::Interrupt;
@@ -208,61 +208,18 @@ impl Connection {
         self.descriptions.remove(sql);
     }
 
-    /// Runs `target` and returns the number of rows it affected.
-    pub(crate) async fn execute(
+    /// Runs `target` as a statement of `kind`: a prepared statement by its
+    /// name, or text on the unnamed statement with its parameters' types.
+    pub(crate) async fn bind<K: StatementKind>(
         &mut self,
+        kind: K,
         target: Target<'_>,
         params: Params<'_>,
-    ) -> Result<u64, postgres::Error> {
+    ) -> Result<K::Output, postgres::Error> {
         match target {
-            Target::Prepared(statement) => self.run(|c| c.execute(statement, params)).await,
+            Target::Prepared(statement) => self.run(|c| kind.prepared(c, statement, params)).await,
             Target::Unnamed(sql, types) => match typed(params, types) {
-                Ok(typed) => self.run(|c| c.execute_typed(sql, &typed)).await,
-                Err(count) => self.refuse_parameters(&count).await,
-            },
-        }
-    }
-
-    /// Runs `target` and returns its rows.
-    pub(crate) async fn query(
-        &mut self,
-        target: Target<'_>,
-        params: Params<'_>,
-    ) -> Result<Vec<Row>, postgres::Error> {
-        match target {
-            Target::Prepared(statement) => self.run(|c| c.query(statement, params)).await,
-            Target::Unnamed(sql, types) => match typed(params, types) {
-                Ok(typed) => self.run(|c| c.query_typed(sql, &typed)).await,
-                Err(count) => self.refuse_parameters(&count).await,
-            },
-        }
-    }
-
-    /// Runs `target`, which must return exactly one row.
-    pub(crate) async fn query_one(
-        &mut self,
-        target: Target<'_>,
-        params: Params<'_>,
-    ) -> Result<Row, postgres::Error> {
-        match target {
-            Target::Prepared(statement) => self.run(|c| c.query_one(statement, params)).await,
-            Target::Unnamed(sql, types) => match typed(params, types) {
-                Ok(typed) => self.run(|c| c.query_typed_one(sql, &typed)).await,
-                Err(count) => self.refuse_parameters(&count).await,
-            },
-        }
-    }
-
-    /// Runs `target`, which must return at most one row.
-    pub(crate) async fn query_opt(
-        &mut self,
-        target: Target<'_>,
-        params: Params<'_>,
-    ) -> Result<Option<Row>, postgres::Error> {
-        match target {
-            Target::Prepared(statement) => self.run(|c| c.query_opt(statement, params)).await,
-            Target::Unnamed(sql, types) => match typed(params, types) {
-                Ok(typed) => self.run(|c| c.query_typed_opt(sql, &typed)).await,
+                Ok(typed) => self.run(|c| kind.typed(c, sql, &typed)).await,
                 Err(count) => self.refuse_parameters(&count).await,
             },
         }
@@ -676,7 +633,7 @@ mod tests {
     fn the_core_s_futures_are_send() {
         fn check(conn: &mut Connection, statement: &Statement) {
             let one = 1_i32;
-            assert_send(&conn.execute(Target::Prepared(statement), &[&one]));
+            assert_send(&conn.bind(request::Execute, Target::Prepared(statement), &[&one]));
         }
         fn check_run(conn: &mut Connection) {
             assert_send(&conn.run(|c| c.batch_execute("SELECT 1")));

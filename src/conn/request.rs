@@ -4,7 +4,8 @@
 
 use std::future::Future;
 
-use tokio_postgres::{Row, SimpleQueryMessage, Statement};
+use postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
 
 use super::{Connection, Target};
 use crate::statements::Params;
@@ -22,19 +23,39 @@ pub(crate) trait Request: Sync {
 }
 
 /// What a statement method does with a statement's answer: one of the
-/// four kinds a `postgres` user knows. The statement itself (prepared, or
-/// text on the unnamed statement) is the session's choice.
-pub(crate) trait StatementKind: Copy + Send + Sync {
+/// four kinds a `postgres` user knows, as the two tokio-postgres calls
+/// that make it (on a prepared statement, and on text with its parameter
+/// types). Which of the two runs is the session's choice; the choosing is
+/// written once, in `Connection::bind`.
+pub(crate) trait StatementKind: Copy + Send + Sync + 'static {
     /// What the statement method returns.
     type Output: Send;
 
-    /// Runs `target` with `params` on `conn`.
+    /// Runs `statement` with `params`.
+    fn prepared<'c>(
+        self,
+        client: &'c Client,
+        statement: &'c Statement,
+        params: Params<'c>,
+    ) -> impl Future<Output = Result<Self::Output, postgres::Error>> + Send + 'c;
+
+    /// Runs `sql` on the unnamed statement, each parameter with its type.
+    fn typed<'c>(
+        self,
+        client: &'c Client,
+        sql: &'c str,
+        params: &'c [(&'c (dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<Self::Output, postgres::Error>> + Send + 'c;
+
+    /// Runs `target` with `params` on `conn` (see `Connection::bind`).
     fn send<'c>(
         self,
         conn: &'c mut Connection,
         target: Target<'c>,
         params: Params<'c>,
-    ) -> impl Future<Output = Result<Self::Output, postgres::Error>> + Send + 'c;
+    ) -> impl Future<Output = Result<Self::Output, postgres::Error>> + Send + 'c {
+        conn.bind(self, target, params)
+    }
 }
 
 /// `execute`: the number of rows affected.
@@ -56,52 +77,88 @@ pub(crate) struct QueryOpt;
 impl StatementKind for Execute {
     type Output = u64;
 
-    fn send<'c>(
+    fn prepared<'c>(
         self,
-        conn: &'c mut Connection,
-        target: Target<'c>,
+        client: &'c Client,
+        statement: &'c Statement,
         params: Params<'c>,
     ) -> impl Future<Output = Result<u64, postgres::Error>> + Send + 'c {
-        conn.execute(target, params)
+        client.execute(statement, params)
+    }
+
+    fn typed<'c>(
+        self,
+        client: &'c Client,
+        sql: &'c str,
+        params: &'c [(&'c (dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<u64, postgres::Error>> + Send + 'c {
+        client.execute_typed(sql, params)
     }
 }
 
 impl StatementKind for Query {
     type Output = Vec<Row>;
 
-    fn send<'c>(
+    fn prepared<'c>(
         self,
-        conn: &'c mut Connection,
-        target: Target<'c>,
+        client: &'c Client,
+        statement: &'c Statement,
         params: Params<'c>,
     ) -> impl Future<Output = Result<Vec<Row>, postgres::Error>> + Send + 'c {
-        conn.query(target, params)
+        client.query(statement, params)
+    }
+
+    fn typed<'c>(
+        self,
+        client: &'c Client,
+        sql: &'c str,
+        params: &'c [(&'c (dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<Vec<Row>, postgres::Error>> + Send + 'c {
+        client.query_typed(sql, params)
     }
 }
 
 impl StatementKind for QueryOne {
     type Output = Row;
 
-    fn send<'c>(
+    fn prepared<'c>(
         self,
-        conn: &'c mut Connection,
-        target: Target<'c>,
+        client: &'c Client,
+        statement: &'c Statement,
         params: Params<'c>,
     ) -> impl Future<Output = Result<Row, postgres::Error>> + Send + 'c {
-        conn.query_one(target, params)
+        client.query_one(statement, params)
+    }
+
+    fn typed<'c>(
+        self,
+        client: &'c Client,
+        sql: &'c str,
+        params: &'c [(&'c (dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<Row, postgres::Error>> + Send + 'c {
+        client.query_typed_one(sql, params)
     }
 }
 
 impl StatementKind for QueryOpt {
     type Output = Option<Row>;
 
-    fn send<'c>(
+    fn prepared<'c>(
         self,
-        conn: &'c mut Connection,
-        target: Target<'c>,
+        client: &'c Client,
+        statement: &'c Statement,
         params: Params<'c>,
     ) -> impl Future<Output = Result<Option<Row>, postgres::Error>> + Send + 'c {
-        conn.query_opt(target, params)
+        client.query_opt(statement, params)
+    }
+
+    fn typed<'c>(
+        self,
+        client: &'c Client,
+        sql: &'c str,
+        params: &'c [(&'c (dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<Option<Row>, postgres::Error>> + Send + 'c {
+        client.query_typed_opt(sql, params)
     }
 }
 

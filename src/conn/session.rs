@@ -257,7 +257,7 @@ impl SessionCore {
     /// a connection that died while the transaction waited is replaced,
     /// since nothing of it reached the server.
     pub(crate) fn needs_connection_for(&self, shape: RequestShape) -> bool {
-        shape != RequestShape::Parse && self.machine.pending_begin().is_some()
+        shape != RequestShape::Parse && self.machine.is_pending()
     }
 
     /// Runs one request, keeping the transaction status exact; a pending

@@ -164,6 +164,12 @@ impl Machine {
         !matches!(self.track, Track::Idle)
     }
 
+    /// Whether a transaction has sent nothing yet (its `BEGIN` waits for
+    /// its first statement).
+    pub(crate) fn is_pending(&self) -> bool {
+        matches!(self.track, Track::Pending(_))
+    }
+
     /// The `BEGIN` of a transaction that has sent nothing yet: its first
     /// statement is about to.
     pub(crate) fn pending_begin(&self) -> Option<Cow<'static, str>> {
