@@ -403,22 +403,8 @@ impl Connection {
             return false;
         }
         tokio::task::yield_now().await;
-        let Connection {
-            connection,
-            notifications,
-            ended,
-            end_cause,
-            on_notice,
-            ..
-        } = self;
         poll_fn(|cx| {
-            let polled = Polled {
-                notifications,
-                ended,
-                end_cause,
-                on_notice: on_notice.as_ref(),
-            };
-            drive(connection, polled, cx);
+            self.drive_now(cx);
             Poll::Ready(())
         })
         .await;
@@ -427,6 +413,25 @@ impl Connection {
             self.answered_at = Instant::now();
         }
         alive
+    }
+
+    /// Reads and writes what the connection can now (see [`drive`]).
+    fn drive_now(&mut self, cx: &mut Context<'_>) {
+        let Connection {
+            connection,
+            notifications,
+            ended,
+            end_cause,
+            on_notice,
+            ..
+        } = self;
+        let polled = Polled {
+            notifications,
+            ended,
+            end_cause,
+            on_notice: on_notice.as_ref(),
+        };
+        drive(connection, polled, cx);
     }
 
     /// Whether the connection has ended (the server closed it, or the socket failed).
@@ -488,23 +493,10 @@ impl Connection {
             return false;
         }
         tokio::task::yield_now().await;
-        let Connection {
-            connection,
-            notifications,
-            ended,
-            end_cause,
-            on_notice,
-            ..
-        } = self;
         let arrival = poll_fn(|cx| {
-            let polled = Polled {
-                notifications: &mut *notifications,
-                ended: &mut *ended,
-                end_cause: &mut *end_cause,
-                on_notice: on_notice.as_ref(),
-            };
-            drive(connection, polled, cx);
-            if *ended || !notifications.is_empty() || interrupt.poll_raised(cx).is_ready() {
+            self.drive_now(cx);
+            if self.ended || !self.notifications.is_empty() || interrupt.poll_raised(cx).is_ready()
+            {
                 Poll::Ready(())
             } else {
                 Poll::Pending
