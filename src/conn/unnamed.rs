@@ -14,7 +14,7 @@ use crate::statements::Naming;
 use crate::statements::Params;
 
 /// The parameter types of `sql`, described on the server (see
-/// `Driver::describe`, which says why; `in_block`: a transaction block is
+/// `Connection::describe`, which says why; `in_block`: a transaction block is
 /// open).
 pub(crate) async fn describe(
     client: &Client,

@@ -5,7 +5,7 @@
 //! the server said (its transaction status from ReadyForQuery, read by the
 //! tap in `wire.rs`, and the request's error). The server's status is the
 //! truth: user SQL that opens, recovers or ends a transaction block moves the
-//! machine the same way pgtx's own statements do. `session.rs` drives it and
+//! machine the same way pgtx's own statements do. `conn/session.rs` drives it and
 //! does the talking.
 
 use std::borrow::Cow;
