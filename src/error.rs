@@ -131,6 +131,51 @@ pub enum Error {
     )]
     Reentrant,
 
+    /// A binary COPY reader or writer was made from a
+    /// [`CopyOutReader`](crate::CopyOutReader) or
+    /// [`CopyInWriter`](crate::CopyInWriter) that had already read or
+    /// written data: the binary format starts with a header that must be
+    /// the first thing read or written. Nothing was sent; the COPY goes on
+    /// as it was.
+    #[error(
+        "a binary COPY reader or writer needs a fresh CopyOutReader or CopyInWriter (nothing read \
+         or written yet)"
+    )]
+    CopyAlreadyUsed,
+
+    /// `copy_in` was given SQL text that is not a `COPY … FROM STDIN`, or
+    /// `copy_out` text that is not a `COPY … TO STDOUT` (another
+    /// statement, the other direction, a file or a program). Nothing was
+    /// sent.
+    #[error(
+        "{} runs {} only (statement: {statement}); nothing was sent",
+        if *.from_stdin { "copy_in()" } else { "copy_out()" },
+        if *.from_stdin { "COPY … FROM STDIN" } else { "COPY … TO STDOUT" }
+    )]
+    NotACopy {
+        /// The statement, cut to its first 100 characters.
+        statement: String,
+        /// Whether `copy_in` (`FROM STDIN`) was asked for.
+        from_stdin: bool,
+    },
+
+    /// A [`CopyInWriter`](crate::CopyInWriter) (or binary writer) was
+    /// used after its COPY ended: it failed (the error was returned then)
+    /// or its connection was lost. Nothing was sent.
+    #[error("the COPY has ended (it failed or was finished); nothing was sent")]
+    StreamEnded,
+
+    /// A binary COPY writer was given a row with `got` values for a COPY
+    /// of `expected` columns. Nothing of the row was sent; the COPY goes
+    /// on.
+    #[error("a binary COPY row needs {expected} values (one per type given), got {got}")]
+    WrongRowLength {
+        /// The number of column types the writer was made with.
+        expected: usize,
+        /// The number of values given.
+        got: usize,
+    },
+
     /// A transaction was released without `commit` or `rollback`; it has been
     /// rolled back. Its message is exactly [`UNFINISHED_TRANSACTION`].
     ///
@@ -180,7 +225,9 @@ pub enum Error {
 
     /// A `COPY … FROM STDIN` or `COPY … TO STDOUT` reached the server
     /// through a statement method (`execute`, `query`, `batch_execute`, …),
-    /// which carries rows and row counts, not copy data.
+    /// which carries rows and row counts, not copy data: COPY data goes
+    /// through `copy_in` and `copy_out` (on [`Guard`](crate::Guard),
+    /// [`Tx`](crate::Tx) and [`Savepoint`](crate::Savepoint)).
     ///
     /// `FROM STDIN`: pgtx answered the server's request for data with
     /// CopyFail, so nothing was copied, nothing after it in the same text
@@ -194,9 +241,11 @@ pub enum Error {
         "{} cannot run through a statement method (statement: {statement}){}",
         if *.from_stdin { "COPY FROM STDIN" } else { "COPY TO STDOUT" },
         if *.from_stdin {
-            ": nothing was copied, and a transaction it ran in is aborted"
+            ": nothing was copied, and a transaction it ran in is aborted; send COPY data with \
+             copy_in()"
         } else {
-            ": it ran (with any statements after it in the same text), and its output was dropped"
+            ": it ran (with any statements after it in the same text), and its output was dropped; \
+             read COPY data with copy_out()"
         }
     )]
     CopyRefused {
@@ -536,6 +585,18 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// A statement as an error shows it: its first 100 characters.
+fn shown_statement(sql: Option<&str>) -> String {
+    const SHOWN: usize = 100;
+    match sql {
+        Some(sql) => match sql.char_indices().nth(SHOWN) {
+            Some((cut, _)) => format!("{}…", &sql[..cut]),
+            None => sql.to_owned(),
+        },
+        None => "a prepared statement".to_owned(),
+    }
+}
+
 impl From<SettingsError> for Error {
     fn from(e: SettingsError) -> Self {
         Error::Settings(e)
@@ -546,16 +607,15 @@ impl Error {
     /// The error for a `COPY` run through a statement method: `sql` (its
     /// first 100 characters) or "a prepared statement".
     pub(crate) fn copy_refused(from_stdin: bool, sql: Option<&str>) -> Error {
-        const SHOWN: usize = 100;
-        let statement = match sql {
-            Some(sql) => match sql.char_indices().nth(SHOWN) {
-                Some((cut, _)) => format!("{}…", &sql[..cut]),
-                None => sql.to_owned(),
-            },
-            None => "a prepared statement".to_owned(),
-        };
         Error::CopyRefused {
-            statement,
+            statement: shown_statement(sql),
+            from_stdin,
+        }
+    }
+
+    pub(crate) fn not_a_copy(from_stdin: bool, sql: &str) -> Error {
+        Error::NotACopy {
+            statement: shown_statement(Some(sql)),
             from_stdin,
         }
     }

@@ -21,7 +21,7 @@ use crate::state::{Done, Open};
 use crate::statements::ToStatement;
 use crate::tx::Tx;
 use crate::types::{ToSql, Type};
-use crate::{Row, SimpleQueryMessage, Statement};
+use crate::{CopyInWriter, CopyOutReader, Row, RowIter, SimpleQueryMessage, Statement};
 
 /// Runs statements: implemented by [`Guard`] (each statement on its own),
 /// [`Tx<Open>`](Tx) and [`Savepoint<Open>`](Savepoint) (inside the
@@ -151,6 +151,48 @@ pub trait GenericClient: sealed::Sealed {
     /// As the handle's own method.
     fn prepare(&mut self, query: &str) -> Result<Statement> {
         self.statements().0.prepare(query)
+    }
+
+    /// See [`Tx::query_raw`].
+    ///
+    /// # Errors
+    ///
+    /// As the handle's own method.
+    fn query_raw<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<RowIter<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let conn = self.statements().0;
+        conn.query_raw(query, params)?;
+        Ok(RowIter::new(conn))
+    }
+
+    /// See [`Tx::copy_in`].
+    ///
+    /// # Errors
+    ///
+    /// As the handle's own method.
+    fn copy_in<T>(&mut self, query: &T) -> Result<CopyInWriter<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let conn = self.statements().0;
+        conn.copy(query, true)?;
+        Ok(CopyInWriter::new(conn))
+    }
+
+    /// See [`Tx::copy_out`].
+    ///
+    /// # Errors
+    ///
+    /// As the handle's own method.
+    fn copy_out<T>(&mut self, query: &T) -> Result<CopyOutReader<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let conn = self.statements().0;
+        conn.copy(query, false)?;
+        Ok(CopyOutReader::new(conn))
     }
 }
 

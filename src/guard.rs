@@ -13,7 +13,7 @@ use crate::machine::transaction_status::TransactionStatus;
 use crate::state::Open;
 use crate::statements::ToStatement;
 use crate::tx::Tx;
-use crate::{Row, SimpleQueryMessage, Statement};
+use crate::{CopyInWriter, CopyOutReader, Row, RowIter, SimpleQueryMessage, Statement};
 
 /// Exclusive hold on a [`ManagedConnection`](crate::ManagedConnection)'s
 /// connection, with no transaction open.
@@ -245,6 +245,57 @@ impl<'m> Guard<'m> {
     /// As [`execute`](Self::execute).
     pub fn batch_execute(&mut self, query: &str) -> Result<()> {
         self.conn().batch_execute(query)
+    }
+
+    /// Runs a query on its own (autocommit) and returns its rows as they arrive, with
+    /// bounded memory however many there are: see [`RowIter`] (which
+    /// borrows this handle until it is dropped).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute), for the start of the query; each
+    /// row's error comes from the iterator.
+    pub fn query_raw<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<RowIter<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let conn = self.conn();
+        conn.query_raw(query, params)?;
+        Ok(RowIter::new(conn))
+    }
+
+    /// Starts a `COPY … FROM STDIN` on its own (autocommit): write its data to the
+    /// [`CopyInWriter`] (or, for `FORMAT binary`, typed rows through a
+    /// [`BinaryCopyInWriter`](crate::binary_copy::BinaryCopyInWriter)) and
+    /// end it with `finish()`.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute): the server's error for a COPY it
+    /// refuses (a table that does not exist, a `COPY … TO STDOUT`).
+    pub fn copy_in<T>(&mut self, query: &T) -> Result<CopyInWriter<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let conn = self.conn();
+        conn.copy(query, true)?;
+        Ok(CopyInWriter::new(conn))
+    }
+
+    /// Starts a `COPY … TO STDOUT` on its own (autocommit): read its data from the
+    /// [`CopyOutReader`] (or, for `FORMAT binary`, typed rows through a
+    /// [`BinaryCopyOutIter`](crate::binary_copy::BinaryCopyOutIter)).
+    ///
+    /// # Errors
+    ///
+    /// As [`copy_in`](Self::copy_in).
+    pub fn copy_out<T>(&mut self, query: &T) -> Result<CopyOutReader<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let conn = self.conn();
+        conn.copy(query, false)?;
+        Ok(CopyOutReader::new(conn))
     }
 
     /// Prepares a statement for repeated use on this connection.

@@ -278,11 +278,13 @@
 // than a guard that would have to be force-unlocked.
 #![forbid(unsafe_code)]
 
+pub mod binary_copy;
 mod blocking;
 mod cancel;
 mod config;
 mod conn;
 mod connect;
+mod copy;
 mod error;
 mod generic;
 mod guard;
@@ -290,6 +292,7 @@ mod listener;
 mod machine;
 mod manager;
 mod pool;
+mod rows;
 mod savepoint;
 mod scope;
 mod state;
@@ -301,6 +304,7 @@ mod user_code;
 pub use crate::blocking::hooks::NewConnection;
 pub use crate::cancel::CancelHandle;
 pub use crate::config::{Settings, SettingsError};
+pub use crate::copy::{CopyInWriter, CopyOutReader};
 pub use crate::error::HookError;
 pub use crate::error::{ConnectError, Error, Result, UNFINISHED_TRANSACTION};
 pub use crate::generic::{ConnectionSource, GenericClient};
@@ -314,6 +318,7 @@ pub use crate::machine::retry::RetryPolicy;
 pub use crate::machine::transaction_status::TransactionStatus;
 pub use crate::manager::{Builder, DEFAULT_ABANDON_AFTER, ManagedConnection};
 pub use crate::pool::{Pool, PoolBuilder, PoolState};
+pub use crate::rows::RowIter;
 pub use crate::savepoint::Savepoint;
 pub use crate::state::{Done, Open, State};
 pub use crate::two_phase::TwoPhase;

@@ -11,7 +11,7 @@ use crate::machine::transaction_status::TransactionStatus;
 use crate::savepoint::{self, Savepoint};
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
-use crate::{Row, SimpleQueryMessage, Statement};
+use crate::{CopyInWriter, CopyOutReader, Row, RowIter, SimpleQueryMessage, Statement};
 
 /// A transaction on the shared connection; `S` is its state, [`Open`] or
 /// [`Done`].
@@ -217,6 +217,57 @@ impl<'m> Tx<'m, Open> {
     /// transaction control, none of it is sent.
     pub fn batch_execute(&mut self, query: &str) -> Result<()> {
         self.conn().batch_execute(query)
+    }
+
+    /// Runs a query inside this transaction and returns its rows as they arrive, with
+    /// bounded memory however many there are: see [`RowIter`] (which
+    /// borrows this handle until it is dropped).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute), for the start of the query; each
+    /// row's error comes from the iterator; inside the transaction, a failure aborts it, as any failed statement does.
+    pub fn query_raw<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<RowIter<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let conn = self.conn();
+        conn.query_raw(query, params)?;
+        Ok(RowIter::new(conn))
+    }
+
+    /// Starts a `COPY … FROM STDIN` inside this transaction: write its data to the
+    /// [`CopyInWriter`] (or, for `FORMAT binary`, typed rows through a
+    /// [`BinaryCopyInWriter`](crate::binary_copy::BinaryCopyInWriter)) and
+    /// end it with `finish()`.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute): the server's error for a COPY it
+    /// refuses (a table that does not exist, a `COPY … TO STDOUT`); inside the transaction, a failure aborts it, as any failed statement does.
+    pub fn copy_in<T>(&mut self, query: &T) -> Result<CopyInWriter<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let conn = self.conn();
+        conn.copy(query, true)?;
+        Ok(CopyInWriter::new(conn))
+    }
+
+    /// Starts a `COPY … TO STDOUT` inside this transaction: read its data from the
+    /// [`CopyOutReader`] (or, for `FORMAT binary`, typed rows through a
+    /// [`BinaryCopyOutIter`](crate::binary_copy::BinaryCopyOutIter)).
+    ///
+    /// # Errors
+    ///
+    /// As [`copy_in`](Self::copy_in).
+    pub fn copy_out<T>(&mut self, query: &T) -> Result<CopyOutReader<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let conn = self.conn();
+        conn.copy(query, false)?;
+        Ok(CopyOutReader::new(conn))
     }
 
     /// Prepares a statement for repeated use on this connection.

@@ -235,6 +235,55 @@ impl Conn<'_> {
         })
     }
 
+    /// Starts `query` and keeps its rows as a stream on the connection,
+    /// read with [`next_row`](LockedSession::next_row) through
+    /// [`with_stream`](Self::with_stream).
+    pub(crate) fn query_raw<T>(&self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<()>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.with_session(|s| {
+            self.check(s, query)?;
+            s.query_raw(query, params)
+        })
+    }
+
+    /// Starts `COPY … FROM STDIN` (`copy_in`) or `COPY … TO STDOUT` and
+    /// keeps its data as a stream on the connection.
+    pub(crate) fn copy<T>(&self, query: &T, copy_in: bool) -> Result<()>
+    where
+        T: ?Sized + ToStatement,
+    {
+        if let Sql::Text(sql) = query.sql()
+            && control::copy_direction(sql) != Some(copy_in)
+        {
+            return Err(Error::not_a_copy(copy_in, sql));
+        }
+        self.with_session(|s| {
+            self.check(s, query)?;
+            s.copy(query, copy_in)
+        })
+    }
+
+    /// Runs one step of the open stream (the one use of the session that
+    /// does not end it first).
+    pub(crate) fn with_stream<T>(
+        &self,
+        op: impl FnOnce(&mut LockedSession<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.shared.with_stream(self.epoch, op)
+    }
+
+    /// Ends the open stream, reporting an unfinished COPY FROM STDIN
+    /// (for a handle's `Drop`; nothing to do once the lease is gone: the
+    /// next holder ended it).
+    pub(crate) fn end_stream(&self) {
+        let ended = self.with_stream(|s| Ok(s.end_stream()));
+        if let Ok(Some(cause)) = ended {
+            self.shared.report_unfinished(cause);
+        }
+    }
+
     pub(crate) fn status(&self) -> TransactionStatus {
         self.shared.status()
     }

@@ -14,8 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 use postgres::error::DbError;
+use postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
+use tokio_postgres::binary_copy::BinaryCopyOutRow;
 
 use crate::blocking::driver::{Blocking, Driver};
 use crate::blocking::factory::{ConnectionFactory, Occasion};
@@ -26,6 +30,7 @@ use crate::conn::request::{Request, StatementKind};
 pub(crate) use crate::conn::session::RollBackTarget;
 pub(crate) use crate::conn::session::{RequestShape, Vote};
 use crate::conn::session::{Retries, SessionCore, SessionShared, Step};
+pub(crate) use crate::conn::streaming::Next;
 use crate::error::{Error, Result};
 use crate::machine::fallback::{Cause, Verdict};
 use crate::machine::transaction_status::TransactionStatus;
@@ -232,17 +237,23 @@ impl LockedSession<'_> {
         Q: ?Sized + ToStatement,
         K: StatementKind,
     {
+        self.retrying(|core, shared, retries, runtime| {
+            runtime.block_on(core.cached_statement(shared, query, kind, params, retries))
+        })
+    }
+
+    /// Runs `run` (a statement that may meet a stale statement, see
+    /// `SessionCore::cached_statement`) until it is done, opening a new
+    /// connection when the core asks for one.
+    fn retrying<T>(
+        &mut self,
+        mut run: impl FnMut(&mut SessionCore, &SessionShared, &mut Retries, &Blocking) -> Step<T>,
+    ) -> Result<T> {
         let mut retries = Retries::new();
         loop {
             self.ensure_for(RequestShape::Bind)?;
             let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);
-            let step = setup.runtime.block_on(core.cached_statement(
-                shared,
-                query,
-                kind,
-                params,
-                &mut retries,
-            ));
+            let step = run(core, shared, &mut retries, &setup.runtime);
             match step {
                 Step::Done(result) => return result,
                 Step::Reconnect => {
@@ -255,6 +266,79 @@ impl LockedSession<'_> {
                 }
             }
         }
+    }
+
+    /// Starts `query` and keeps its rows as a stream (see
+    /// `SessionCore::query_raw`).
+    pub(crate) fn query_raw<Q: ?Sized + ToStatement>(
+        &mut self,
+        query: &Q,
+        params: Params<'_>,
+    ) -> Result<()> {
+        self.retrying(|core, shared, retries, runtime| {
+            runtime.block_on(core.query_raw(shared, query, params, retries))
+        })
+    }
+
+    /// Starts a `COPY … FROM STDIN` (`copy_in`) or `COPY … TO STDOUT`
+    /// (see `SessionCore::copy`).
+    pub(crate) fn copy<Q: ?Sized + ToStatement>(&mut self, query: &Q, copy_in: bool) -> Result<()> {
+        self.retrying(|core, shared, retries, runtime| {
+            runtime.block_on(core.copy(shared, query, copy_in, retries))
+        })
+    }
+
+    /// Whether a stream is open (see `SessionCore::has_stream`).
+    pub(crate) fn has_stream(&self) -> bool {
+        self.core.has_stream()
+    }
+
+    /// Ends a stream its handle left open (see `SessionCore::end_stream`);
+    /// the cause to report, for an unfinished COPY FROM STDIN.
+    pub(crate) fn end_stream(&mut self) -> Option<Cause> {
+        let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);
+        setup.runtime.block_on_unless_done(core.end_stream(shared))
+    }
+
+    /// The next row of the open `query_raw`.
+    pub(crate) fn next_row(&mut self) -> Result<Next<Row>> {
+        let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);
+        setup.runtime.block_on(core.next_row(shared))
+    }
+
+    /// The next chunk of the open `COPY … TO STDOUT`.
+    pub(crate) fn next_copy_data(&mut self) -> Result<Next<Bytes>> {
+        let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);
+        setup.runtime.block_on(core.next_copy_data(shared))
+    }
+
+    /// The next row of the open binary `COPY … TO STDOUT`.
+    pub(crate) fn next_binary_row(&mut self) -> Result<Next<BinaryCopyOutRow>> {
+        let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);
+        setup.runtime.block_on(core.next_binary_row(shared))
+    }
+
+    /// Reads or writes the open COPY as binary rows of `types`.
+    pub(crate) fn type_copy(&mut self, copy_in: bool, types: &[Type]) -> Result<()> {
+        self.core.type_copy(copy_in, types)
+    }
+
+    /// Sends a chunk of the open `COPY … FROM STDIN`'s data.
+    pub(crate) fn send_copy_data(&mut self, data: Bytes) -> Result<()> {
+        let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);
+        setup.runtime.block_on(core.send_copy_data(shared, data))
+    }
+
+    /// Sends one row of the open binary `COPY … FROM STDIN`.
+    pub(crate) fn send_binary_row(&mut self, values: &[&(dyn ToSql + Sync)]) -> Result<()> {
+        let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);
+        setup.runtime.block_on(core.send_binary_row(shared, values))
+    }
+
+    /// Ends the open `COPY … FROM STDIN`: the rows copied.
+    pub(crate) fn finish_copy_in(&mut self) -> Result<u64> {
+        let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);
+        setup.runtime.block_on(core.finish_copy_in(shared))
     }
 
     /// Begins a transaction (see `SessionCore::begin`); whether a block

@@ -86,7 +86,7 @@ impl Shared {
             Refused::Reentrant => Error::Reentrant,
         })?;
         if let Some(reason) = grant.took_over {
-            let mut session = self.session.lock();
+            let mut session = self.lock_session();
             let end = verdict(HolderEnd::TakenOver(reason), session.in_transaction());
             match session.fall_back(RollBackTarget::Transaction, end) {
                 Some(cause) => self.report_unfinished(cause),
@@ -127,9 +127,39 @@ impl Shared {
         }
     }
 
+    /// Locks the session, first ending a stream (rows or COPY data) that
+    /// a dropped or forgotten handle left open: whatever uses the
+    /// connection next finds it ready for a statement.
+    fn lock_session(&self) -> LockedSession<'_> {
+        let mut session = self.session.lock();
+        if session.has_stream()
+            && let Some(cause) = session.end_stream()
+        {
+            self.report_unfinished(cause);
+        }
+        session
+    }
+
+    /// Runs one step of the stream (rows or COPY data) that the holder
+    /// `epoch` has open: the one operation that leaves it open.
+    pub(crate) fn with_stream<T>(
+        &self,
+        epoch: u64,
+        op: impl FnOnce(&mut LockedSession<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut session = self.session.lock();
+        if self.lease.epoch() != epoch {
+            return Err(Error::LeaseRevoked);
+        }
+        self.lease.mark_busy();
+        let result = op(&mut session);
+        self.lease.mark_idle();
+        result
+    }
+
     /// Locks the session for one operation, if `epoch` still holds the lease.
     pub(crate) fn session(&self, epoch: u64) -> Result<LockedSession<'_>> {
-        let session = self.session.lock();
+        let session = self.lock_session();
         if self.lease.epoch() != epoch {
             return Err(Error::LeaseRevoked);
         }
@@ -166,7 +196,7 @@ impl Shared {
             self.release(ticket.epoch());
             return;
         }
-        let mut session = self.session.lock();
+        let mut session = self.lock_session();
         if self.lease.epoch() != ticket.epoch() {
             return; // taken over; the new holder cleaned up
         }
@@ -190,7 +220,7 @@ impl Shared {
     /// and a transaction block its SQL left open, rolled back and reported
     /// as always, is also returned as [`Error::UnfinishedTransaction`].
     pub(crate) fn finish_guard(&self, ticket: Ticket) -> Result<()> {
-        let mut session = self.session.lock();
+        let mut session = self.lock_session();
         if self.lease.epoch() != ticket.epoch() {
             return Err(Error::LeaseRevoked);
         }
@@ -255,7 +285,7 @@ impl Shared {
     /// closure's own report), release. Returns the last error the server
     /// reported in the transaction.
     pub(crate) fn end_scope(&self, epoch: u64, panicked: bool) -> Option<Box<DbError>> {
-        let mut session = self.session.lock();
+        let mut session = self.lock_session();
         if self.lease.epoch() != epoch {
             return None;
         }
@@ -274,7 +304,7 @@ impl Shared {
     /// open, and close the connection politely.
     pub(crate) fn shut_down(&self) {
         self.session.stop_reconnecting();
-        let mut session = self.session.lock();
+        let mut session = self.lock_session();
         let end = verdict(HolderEnd::ManagerDropped, session.in_transaction());
         if let Some(cause) = session.fall_back(RollBackTarget::Transaction, end) {
             self.report_unfinished(cause);

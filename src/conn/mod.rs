@@ -15,6 +15,7 @@ pub(crate) mod request;
 pub(crate) mod session;
 mod sql_text;
 mod statement_cache;
+pub(crate) mod streaming;
 pub(crate) mod unnamed;
 
 use std::collections::VecDeque;
@@ -30,7 +31,7 @@ use tokio_postgres::{AsyncMessage, Client, Notification, Statement};
 
 use self::gate::Gate;
 use self::interrupt::Interrupt;
-use self::request::StatementKind;
+use self::request::{Opens, StatementKind};
 use self::statement_cache::StatementCache;
 use self::unnamed::{ParameterCount, describe, typed};
 use crate::config::Settings;
@@ -50,6 +51,16 @@ pub(crate) enum Target<'a> {
     /// SQL text on the unnamed statement (Parse, Bind, Describe, Execute in
     /// one Sync group), with its parameters' types (empty when it has none).
     Unnamed(&'a str, &'a [Type]),
+}
+
+/// Whether a request waits for the server's ReadyForQuery after its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Wait for it: the server's transaction status is then current.
+    Yes,
+    /// Return with the answer: the request opens a stream (rows or COPY
+    /// data) that later calls go on reading or writing (see `streaming.rs`).
+    No,
 }
 
 /// What [`Builder::on_notice`](crate::Builder::on_notice) was given: told
@@ -83,6 +94,8 @@ pub(crate) struct Connection {
     cancel: Arc<CancelTarget>,
     /// Told every notice, besides the log line.
     on_notice: Option<NoticeHandler>,
+    /// A statement read or written over many calls (see `streaming.rs`).
+    stream: Option<streaming::Streaming>,
 }
 
 static_assertions::assert_impl_all!(Connection: Send);
@@ -126,6 +139,7 @@ impl Connection {
             gate: Arc::default(),
             cancel,
             on_notice,
+            stream: None,
         })
     }
 
@@ -216,10 +230,19 @@ impl Connection {
         target: Target<'_>,
         params: Params<'_>,
     ) -> Result<K::Output, postgres::Error> {
+        let settle = match K::OPENS {
+            Opens::Nothing => Settle::Yes,
+            Opens::Rows | Opens::Copy => Settle::No,
+        };
+        let tap = self.tap.clone();
+        let _expected = (K::OPENS == Opens::Copy).then(|| tap.expect_copy());
         match target {
-            Target::Prepared(statement) => self.run(|c| kind.prepared(c, statement, params)).await,
+            Target::Prepared(statement) => {
+                self.run_until(|c| kind.prepared(c, statement, params), settle)
+                    .await
+            }
             Target::Unnamed(sql, types) => match typed(params, types) {
-                Ok(typed) => self.run(|c| kind.typed(c, sql, &typed)).await,
+                Ok(typed) => self.run_until(|c| kind.typed(c, sql, &typed), settle).await,
                 Err(count) => self.refuse_parameters(&count).await,
             },
         }
@@ -321,6 +344,20 @@ impl Connection {
         F: FnOnce(&'a Client) -> Fut,
         Fut: Future<Output = Result<T, postgres::Error>> + 'a,
     {
+        self.run_until(request, Settle::Yes).await
+    }
+
+    /// Runs one request while driving the connection, until it answers
+    /// and, with [`Settle::Yes`], until the server is ready for the next.
+    pub(crate) async fn run_until<'a, T, F, Fut>(
+        &'a mut self,
+        request: F,
+        settle: Settle,
+    ) -> Result<T, postgres::Error>
+    where
+        F: FnOnce(&'a Client) -> Fut,
+        Fut: Future<Output = Result<T, postgres::Error>> + 'a,
+    {
         let Connection {
             client,
             connection,
@@ -359,7 +396,10 @@ impl Connection {
                 // A request can end before the server's ReadyForQuery is read
                 // (an error is sent, and flushed, ahead of it); wait for it,
                 // so that the server's transaction status is current.
-                if (*ended || tap.settled())
+                // A stream that opened returns at once; one that failed
+                // to open waits like any request.
+                let opened = settle == Settle::No && matches!(answer, Some(Ok(_)));
+                if (*ended || opened || tap.settled())
                     && let Some(result) = answer.take()
                 {
                     return Poll::Ready(result);

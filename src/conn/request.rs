@@ -4,8 +4,11 @@
 
 use std::future::Future;
 
+use bytes::Bytes;
 use postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
+use tokio_postgres::{
+    Client, CopyInSink, CopyOutStream, Row, RowStream, SimpleQueryMessage, Statement,
+};
 
 use super::{Connection, Target};
 use crate::statements::Params;
@@ -14,6 +17,9 @@ use crate::statements::Params;
 pub(crate) trait Request: Sync {
     /// What the request yields.
     type Output: Send;
+
+    /// What the request leaves open on the connection when it succeeds.
+    const OPENS: Opens = Opens::Nothing;
 
     /// Sends it on `conn` and reads the answer.
     fn send<'c>(
@@ -30,6 +36,9 @@ pub(crate) trait Request: Sync {
 pub(crate) trait StatementKind: Copy + Send + Sync + 'static {
     /// What the statement method returns.
     type Output: Send;
+
+    /// What the statement leaves open on the connection when it succeeds.
+    const OPENS: Opens = Opens::Nothing;
 
     /// Runs `statement` with `params`.
     fn prepared<'c>(
@@ -56,6 +65,19 @@ pub(crate) trait StatementKind: Copy + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::Output, postgres::Error>> + Send + 'c {
         conn.bind(self, target, params)
     }
+}
+
+/// What a request leaves open on the connection when it succeeds: a
+/// stream the caller goes on reading or writing (see `streaming.rs`). The
+/// request then returns without waiting for the server's ReadyForQuery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Opens {
+    /// Nothing: the request is over when it returns.
+    Nothing,
+    /// Rows, read one by one.
+    Rows,
+    /// COPY data, read or written (the wire tap lets the copy mode be).
+    Copy,
 }
 
 /// `execute`: the number of rows affected.
@@ -162,6 +184,90 @@ impl StatementKind for QueryOpt {
     }
 }
 
+/// `query_raw`: the rows as a stream, read as the caller asks for them.
+#[derive(Clone, Copy)]
+pub(crate) struct QueryRaw;
+
+/// `copy_in`: a sink for `COPY … FROM STDIN` data.
+#[derive(Clone, Copy)]
+pub(crate) struct CopyIn;
+
+/// `copy_out`: a stream of `COPY … TO STDOUT` data.
+#[derive(Clone, Copy)]
+pub(crate) struct CopyOut;
+
+impl StatementKind for QueryRaw {
+    type Output = RowStream;
+    const OPENS: Opens = Opens::Rows;
+
+    fn prepared<'c>(
+        self,
+        client: &'c Client,
+        statement: &'c Statement,
+        params: Params<'c>,
+    ) -> impl Future<Output = Result<RowStream, postgres::Error>> + Send + 'c {
+        client.query_raw(statement, params.iter().copied())
+    }
+
+    fn typed<'c>(
+        self,
+        client: &'c Client,
+        sql: &'c str,
+        params: &'c [(&'c (dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<RowStream, postgres::Error>> + Send + 'c {
+        client.query_typed_raw(sql, params.iter().map(|(value, ty)| (*value, ty.clone())))
+    }
+}
+
+// COPY takes no parameters (the copy methods pass none), and tokio-postgres
+// runs it only as a prepared statement: text is prepared by tokio-postgres
+// under a name, run, and closed.
+impl StatementKind for CopyIn {
+    type Output = CopyInSink<Bytes>;
+    const OPENS: Opens = Opens::Copy;
+
+    fn prepared<'c>(
+        self,
+        client: &'c Client,
+        statement: &'c Statement,
+        _params: Params<'c>,
+    ) -> impl Future<Output = Result<CopyInSink<Bytes>, postgres::Error>> + Send + 'c {
+        client.copy_in(statement)
+    }
+
+    fn typed<'c>(
+        self,
+        client: &'c Client,
+        sql: &'c str,
+        _params: &'c [(&'c (dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<CopyInSink<Bytes>, postgres::Error>> + Send + 'c {
+        client.copy_in(sql)
+    }
+}
+
+impl StatementKind for CopyOut {
+    type Output = CopyOutStream;
+    const OPENS: Opens = Opens::Copy;
+
+    fn prepared<'c>(
+        self,
+        client: &'c Client,
+        statement: &'c Statement,
+        _params: Params<'c>,
+    ) -> impl Future<Output = Result<CopyOutStream, postgres::Error>> + Send + 'c {
+        client.copy_out(statement)
+    }
+
+    fn typed<'c>(
+        self,
+        client: &'c Client,
+        sql: &'c str,
+        _params: &'c [(&'c (dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<CopyOutStream, postgres::Error>> + Send + 'c {
+        client.copy_out(sql)
+    }
+}
+
 /// Statements separated by `;`, as one simple Query.
 pub(crate) struct Batch<'a>(pub(crate) &'a str);
 
@@ -214,6 +320,7 @@ pub(crate) struct Bound<'a, K> {
 
 impl<K: StatementKind> Request for Bound<'_, K> {
     type Output = K::Output;
+    const OPENS: Opens = K::OPENS;
 
     fn send<'c>(
         &'c self,

@@ -14,10 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use postgres::error::{DbError, SqlState};
+use postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
+use tokio_postgres::binary_copy::BinaryCopyOutRow;
 
-use super::request::{Batch, Request, StatementKind};
+use super::request::{Batch, CopyIn, CopyOut, Opens, QueryRaw, Request, StatementKind};
 use super::sql_text::{CachedRun, UnnamedRun};
+use super::streaming::{Next, Pinnable, Streaming, WrongStream};
 use super::{Connection, Target};
 use crate::conn::cancel_serials::CancelCell;
 use crate::connect::wire::{BeginOutcome, CopyRefused};
@@ -80,6 +85,21 @@ pub(crate) struct SessionCore {
     /// A rollback the fallback decided (see `fallback.rs`) that has not
     /// been carried out yet, and the cause to report once it is.
     fallback: Option<(RollBackTarget, Option<Cause>)>,
+    /// A statement whose rows or COPY data are still being read or
+    /// written (the connection holds the stream itself).
+    stream: Option<OpenStream>,
+}
+
+/// What the session knows of a statement that goes on over a stream's
+/// calls, to follow its end as any other statement's.
+struct OpenStream {
+    /// A pending `BEGIN` went out with it and began the transaction.
+    began: bool,
+    /// Its cancel serial: a cancel request meanwhile cancels it.
+    serial: u64,
+    sql: Option<Box<str>>,
+    /// A `COPY … FROM STDIN`: ending it unfinished fails the COPY.
+    copy_in: bool,
 }
 
 /// What a fallback rolls back.
@@ -131,6 +151,7 @@ impl SessionCore {
             replace: false,
             failure: None,
             fallback: None,
+            stream: None,
         }
     }
 
@@ -305,7 +326,35 @@ impl SessionCore {
             },
             (None, _) => request.send(conn).await,
         };
+        if R::OPENS != Opens::Nothing && result.is_ok() {
+            // The statement goes on over the stream's calls; what the
+            // server says at its end is followed then (`end_of_stream`).
+            self.stream = Some(OpenStream {
+                began,
+                serial,
+                sql: sql.map(Box::from),
+                copy_in: false,
+            });
+            return result.map_err(Error::Db);
+        }
+        self.after_request(shared, result, began, serial, sql)
+    }
+
+    /// Follows what the server said to a request (or to a stream, at its
+    /// end): its error, the transaction status, a COPY that a statement
+    /// method met, a cancel.
+    fn after_request<T>(
+        &mut self,
+        shared: &SessionShared,
+        result: std::result::Result<T, postgres::Error>,
+        began: bool,
+        serial: u64,
+        sql: Option<&str>,
+    ) -> Result<T> {
         let cancelled = shared.cancel.finish(serial);
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(Error::ConnectionLost(result.err()));
+        };
         let copy = conn.take_copy_refused();
         let result = match conn.outcome(result) {
             lost @ Err(Error::ConnectionLost(_)) => lost,
@@ -458,6 +507,222 @@ impl SessionCore {
         };
         self.statement(shared, RequestShape::Bind, Some(sql), &run)
             .await
+    }
+
+    /// Starts `query` (text or a prepared statement) with `params` and
+    /// keeps its rows as a stream, read with [`next_row`](Self::next_row)
+    /// (see [`cached_statement`](Self::cached_statement) for the rest).
+    pub(crate) async fn query_raw<Q: ?Sized + ToStatement>(
+        &mut self,
+        shared: &SessionShared,
+        query: &Q,
+        params: Params<'_>,
+        retries: &mut Retries,
+    ) -> Step<()> {
+        match self
+            .cached_statement(shared, query, QueryRaw, params, retries)
+            .await
+        {
+            Step::Done(Ok(rows)) => {
+                self.open_stream(Streaming::Rows(Pinnable::new(rows)));
+                Step::Done(Ok(()))
+            }
+            Step::Done(Err(e)) => Step::Done(Err(e)),
+            Step::Reconnect => Step::Reconnect,
+        }
+    }
+
+    /// Starts `COPY … FROM STDIN` (`copy_in`) or `COPY … TO STDOUT`, and
+    /// keeps its data as a stream (see `streaming.rs`).
+    pub(crate) async fn copy<Q: ?Sized + ToStatement>(
+        &mut self,
+        shared: &SessionShared,
+        query: &Q,
+        copy_in: bool,
+        retries: &mut Retries,
+    ) -> Step<()> {
+        let stream = if copy_in {
+            match self
+                .cached_statement(shared, query, CopyIn, &[], retries)
+                .await
+            {
+                Step::Done(Ok(sink)) => Step::Done(Ok(Streaming::CopyIn(Pinnable::new(sink)))),
+                Step::Done(Err(e)) => Step::Done(Err(e)),
+                Step::Reconnect => Step::Reconnect,
+            }
+        } else {
+            match self
+                .cached_statement(shared, query, CopyOut, &[], retries)
+                .await
+            {
+                Step::Done(Ok(data)) => Step::Done(Ok(Streaming::CopyOut(Pinnable::new(data)))),
+                Step::Done(Err(e)) => Step::Done(Err(e)),
+                Step::Reconnect => Step::Reconnect,
+            }
+        };
+        match stream {
+            Step::Done(Ok(stream)) => {
+                self.open_stream(stream);
+                Step::Done(Ok(()))
+            }
+            Step::Done(Err(e)) => Step::Done(Err(e)),
+            Step::Reconnect => Step::Reconnect,
+        }
+    }
+
+    fn open_stream(&mut self, stream: Streaming) {
+        let copy_in = matches!(stream, Streaming::CopyIn(_));
+        if let Some(open) = self.stream.as_mut() {
+            open.copy_in = copy_in;
+        }
+        match self.conn.as_mut() {
+            Some(conn) => conn.open_stream(stream),
+            None => self.stream = None,
+        }
+    }
+
+    /// Whether a stream is open: only its own calls may use the
+    /// connection until it ends ([`end_stream`](Self::end_stream)).
+    pub(crate) fn has_stream(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Ends a stream that its handle left open (dropped or forgotten, or
+    /// dropped with its future): a reader's rest is read and dropped, an
+    /// unfinished `COPY … FROM STDIN` fails, so nothing of it is stored
+    /// (inside a transaction, the transaction is then aborted, as after
+    /// any failed statement). Returns the cause to report for the COPY.
+    pub(crate) async fn end_stream(&mut self, shared: &SessionShared) -> Option<Cause> {
+        let open = self.stream.as_ref()?;
+        let copy_in = open.copy_in;
+        let ended = match self.conn.as_mut() {
+            Some(conn) => conn.end_stream().await,
+            None => Ok(()),
+        };
+        // The COPY's own error went with its sink; the server's status
+        // (a failed block) says the rest.
+        let _ = self.end_of_stream(shared, ended);
+        copy_in.then_some(Cause::CopyUnfinished)
+    }
+
+    /// Follows the end of the open stream as the end of its statement.
+    fn end_of_stream<T>(
+        &mut self,
+        shared: &SessionShared,
+        result: std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        match self.stream.take() {
+            Some(open) => {
+                self.after_request(shared, result, open.began, open.serial, open.sql.as_deref())
+            }
+            None => result.map_err(Error::Db),
+        }
+    }
+
+    /// What a stream's step came to, for the caller: at the end of the
+    /// stream (or on its error), the statement's end is followed.
+    fn stream_step<T>(
+        &mut self,
+        shared: &SessionShared,
+        step: std::result::Result<Next<T>, postgres::Error>,
+    ) -> Result<Next<T>> {
+        match step {
+            Ok(Next::Item(item)) => Ok(Next::Item(item)),
+            Ok(Next::End(affected)) => self.end_of_stream(shared, Ok(Next::End(affected))),
+            Err(e) => self.end_of_stream(shared, Err(e)),
+        }
+    }
+
+    /// The next row of the stream begun by [`query_raw`](Self::query_raw).
+    pub(crate) async fn next_row(&mut self, shared: &SessionShared) -> Result<Next<Row>> {
+        let step = match self.conn.as_mut() {
+            Some(conn) => conn.next_row().await,
+            None => Ok(Next::End(None)),
+        };
+        self.stream_step(shared, step)
+    }
+
+    /// The next chunk of `COPY … TO STDOUT` data.
+    pub(crate) async fn next_copy_data(&mut self, shared: &SessionShared) -> Result<Next<Bytes>> {
+        let step = match self.conn.as_mut() {
+            Some(conn) => conn.next_copy_data().await,
+            None => Ok(Next::End(None)),
+        };
+        self.stream_step(shared, step)
+    }
+
+    /// The next row of a binary `COPY … TO STDOUT`.
+    pub(crate) async fn next_binary_row(
+        &mut self,
+        shared: &SessionShared,
+    ) -> Result<Next<BinaryCopyOutRow>> {
+        let step = match self.conn.as_mut() {
+            Some(conn) => conn.next_binary_row().await,
+            None => Ok(Next::End(None)),
+        };
+        self.stream_step(shared, step)
+    }
+
+    /// Reads the open `COPY … TO STDOUT` (`copy_in`: `FROM STDIN`) as
+    /// binary rows of `types`.
+    pub(crate) fn type_copy(&mut self, copy_in: bool, types: &[Type]) -> Result<()> {
+        let typed = match self.conn.as_mut() {
+            Some(conn) if copy_in => conn.type_copy_in(types),
+            Some(conn) => conn.type_copy_out(types),
+            None => Ok(()),
+        };
+        typed.map_err(|WrongStream| Error::CopyAlreadyUsed)
+    }
+
+    /// Sends a chunk of `COPY … FROM STDIN` data; a failure ends the COPY.
+    pub(crate) async fn send_copy_data(
+        &mut self,
+        shared: &SessionShared,
+        data: Bytes,
+    ) -> Result<()> {
+        if self.stream.is_none() {
+            return Err(Error::StreamEnded);
+        }
+        let sent = match self.conn.as_mut() {
+            Some(conn) => conn.send_copy_data(data).await,
+            None => Ok(()),
+        };
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) => self.end_of_stream(shared, Err(e)),
+        }
+    }
+
+    /// Sends one row of a binary `COPY … FROM STDIN`; a failure ends the COPY.
+    pub(crate) async fn send_binary_row(
+        &mut self,
+        shared: &SessionShared,
+        values: &[&(dyn ToSql + Sync)],
+    ) -> Result<()> {
+        if self.stream.is_none() {
+            return Err(Error::StreamEnded);
+        }
+        let sent = match self.conn.as_mut() {
+            Some(conn) => conn.send_binary_row(values).await,
+            None => Ok(()),
+        };
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) => self.end_of_stream(shared, Err(e)),
+        }
+    }
+
+    /// Ends a `COPY … FROM STDIN`: the number of rows copied, or the
+    /// server's error (a bad row), the transaction then aborted.
+    pub(crate) async fn finish_copy_in(&mut self, shared: &SessionShared) -> Result<u64> {
+        if self.stream.is_none() {
+            return Err(Error::StreamEnded);
+        }
+        let finished = match self.conn.as_mut() {
+            Some(conn) => conn.finish_copy_in().await,
+            None => Ok(0),
+        };
+        self.end_of_stream(shared, finished)
     }
 
     /// Begins a transaction: nothing is sent until its first statement

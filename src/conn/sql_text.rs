@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use postgres::error::SqlState;
 
-use super::request::{Request, StatementKind};
+use super::request::{Opens, Request, StatementKind};
 use super::{Connection, Target};
 use crate::statements::Params;
 
@@ -29,6 +29,7 @@ pub(super) struct CachedRun<'a, K> {
 
 impl<K: StatementKind> Request for CachedRun<'_, K> {
     type Output = K::Output;
+    const OPENS: Opens = K::OPENS;
 
     async fn send(&self, conn: &mut Connection) -> Result<K::Output, postgres::Error> {
         self.stale.store(false, Ordering::Relaxed);
@@ -82,6 +83,7 @@ pub(super) struct UnnamedRun<'a, K> {
 
 impl<K: StatementKind> Request for UnnamedRun<'_, K> {
     type Output = K::Output;
+    const OPENS: Opens = K::OPENS;
 
     async fn send(&self, conn: &mut Connection) -> Result<K::Output, postgres::Error> {
         let (sql, params) = (self.sql, self.params);

@@ -100,6 +100,17 @@ struct TapState {
     /// The server asked for, or started sending, COPY data since the last
     /// [`Tap::take_copy_refused`].
     copy_refused: Option<CopyRefused>,
+    /// The request in flight is a COPY (see [`Tap::expect_copy`]): its
+    /// copy mode is let be.
+    copy_expected: bool,
+    /// A copy-in began before its group's Sync was written: that Sync,
+    /// which the server ignores in copy mode, is not counted.
+    ignore_next_sync: bool,
+    /// tokio-postgres wrote CopyDone or CopyFail: the next Sync ends a
+    /// copy-in (it is queued as `F` in `unanswered`).
+    copy_end_written: bool,
+    /// The server entered the copy-in mode that such a Sync ends.
+    copy_in_entered: bool,
     /// ReadyForQuery messages read.
     readies_read: u64,
     /// The incoming message being read is taken out.
@@ -128,6 +139,9 @@ struct Strip {
 
 /// The answers to Parse, Bind and Execute, in order.
 const PARSE_BIND_EXECUTE: &[u8] = b"12C";
+
+/// How a Sync that follows CopyDone or CopyFail is queued in `unanswered`.
+const COPY_END: u8 = b'F';
 
 /// The message tags `BEGIN`'s messages go in front of: the first Parse or
 /// Bind of the statement it travels with.
@@ -182,6 +196,14 @@ impl Tap {
     /// the last call, and which way.
     pub(crate) fn take_copy_refused(&self) -> Option<CopyRefused> {
         self.0.lock().copy_refused.take()
+    }
+
+    /// Lets the next copy mode the server enters be (a `COPY` run through
+    /// the copy methods, which send and read the data) until the returned
+    /// guard is dropped.
+    pub(crate) fn expect_copy(&self) -> ExpectedCopy<'_> {
+        self.0.lock().copy_expected = true;
+        ExpectedCopy { tap: self }
     }
 
     /// Whether the server dropped prepared statements (`DISCARD ALL`,
@@ -249,9 +271,18 @@ impl TapState {
     fn wrote(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let step = self.outgoing.advance(bytes);
+            if matches!(step.started, Some(b'c' | b'f')) {
+                self.copy_end_written = true;
+            }
             if let Some(tag @ (b'S' | b'Q')) = step.started {
+                if tag == b'S' && std::mem::take(&mut self.ignore_next_sync) {
+                    bytes = &bytes[step.consumed..];
+                    continue;
+                }
+                let ends_copy = tag == b'S' && std::mem::take(&mut self.copy_end_written);
                 self.syncs_written += 1;
-                self.unanswered.push_back(tag);
+                self.unanswered
+                    .push_back(if ends_copy { COPY_END } else { tag });
             }
             bytes = &bytes[step.consumed..];
         }
@@ -311,7 +342,26 @@ impl TapState {
     /// until it gets CopyDone or CopyFail, so the request would never be
     /// answered: a CopyFail is owed. Copy-out (`H`) ends by itself: the
     /// data is only noted, for a clear error.
+    ///
+    /// A copy the request expects (see [`Tap::expect_copy`]) goes on. In
+    /// copy-in mode after an extended query the server ignores the
+    /// group's Sync: one ReadyForQuery answers it and the Sync that follows
+    /// CopyDone or CopyFail, so it is taken as answered.
     fn on_copy(&mut self, tag: u8) {
+        if std::mem::take(&mut self.copy_expected) {
+            if tag == b'G' {
+                self.copy_in_entered = true;
+                match self.unanswered.front() {
+                    Some(b'S') => {
+                        self.unanswered.pop_front();
+                        self.readies_read += 1;
+                    }
+                    Some(_) => {}
+                    None => self.ignore_next_sync = true,
+                }
+            }
+            return;
+        }
         if tag == b'H' {
             self.copy_refused = Some(CopyRefused::ToClient);
             return;
@@ -363,7 +413,18 @@ impl TapState {
         let group = self.readies_read;
         if tag == b'Z' {
             self.readies_read += 1;
-            self.unanswered.pop_front();
+            if self.unanswered.pop_front() == Some(COPY_END)
+                && !std::mem::take(&mut self.copy_in_entered)
+            {
+                // tokio-postgres sends CopyFail and Sync when its COPY
+                // fails to start (the server refused the statement, or it
+                // was no COPY): the server, not in copy mode, ignores the
+                // CopyFail and answers the Sync, an answer that no request
+                // of tokio-postgres' waits for (its own ended with the
+                // ReadyForQuery before). Let through, it would end the
+                // connection ("unexpected message").
+                return true;
+            }
         }
         // Notices, notifications and parameter changes can come at any time.
         if matches!(tag, b'N' | b'A' | b'S') {
@@ -511,6 +572,17 @@ fn message(out: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
     // Our messages are a few dozen bytes; the length always fits.
     let length = u32::try_from(out.len() - length_at).unwrap_or(u32::MAX);
     out[length_at..length_at + 4].copy_from_slice(&length.to_be_bytes());
+}
+
+/// A copy expected by [`Tap::expect_copy`]; no longer expected once dropped.
+pub(crate) struct ExpectedCopy<'t> {
+    tap: &'t Tap,
+}
+
+impl Drop for ExpectedCopy<'_> {
+    fn drop(&mut self) {
+        self.tap.0.lock().copy_expected = false;
+    }
 }
 
 /// A `BEGIN` held back by [`Tap::hold_begin`]; armed again when dropped.
@@ -853,6 +925,149 @@ mod tests {
             );
             assert_eq!(state.readies_read, state.syncs_written);
         }
+    }
+
+    #[test]
+    fn an_expected_copy_in_is_let_be_and_settles_with_one_ready_for_query() {
+        // Bind, Execute, Sync (ignored in copy mode); data; CopyDone, Sync.
+        for sync_first in [true, false] {
+            let mut state = active();
+            state.copy_expected = true;
+            state.wrote(&[msg(b'B', b"\0s1\0\0\0\0\0\0\0"), msg(b'E', b"\0\0\0\0\0")].concat());
+            if sync_first {
+                state.wrote(&msg(b'S', b""));
+            }
+            read_in_chunks(
+                &mut state,
+                &[msg(b'2', b""), msg(b'G', b"\0\0\0")].concat(),
+                2,
+            );
+            if !sync_first {
+                // The write stopped before the group's Sync.
+                state.wrote(&msg(b'S', b""));
+            }
+            assert_eq!(state.copy_refused, None, "not refused");
+            assert!(!state.copy_fail_owed);
+            assert_eq!(state.take_reply(), None);
+            assert!(!state.copy_expected, "expected once");
+            state.wrote(&[msg(b'd', b"1\n"), msg(b'c', b""), msg(b'S', b"")].concat());
+            assert!(
+                state.readies_read < state.syncs_written,
+                "unsettled in copy mode"
+            );
+            read_in_chunks(
+                &mut state,
+                &[msg(b'C', b"COPY 1\0"), msg(b'Z', b"I")].concat(),
+                3,
+            );
+            assert_eq!(
+                state.readies_read, state.syncs_written,
+                "settled ({sync_first})"
+            );
+            assert!(state.unanswered.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_copy_the_server_never_began_has_the_ready_for_query_of_its_copy_fail_taken_out() {
+        // Bind, Execute, Sync; the server refuses the COPY (ErrorResponse,
+        // ReadyForQuery); tokio-postgres then drops its sink: CopyFail,
+        // Sync, written before or after the refusal is read.
+        for fail_first in [false, true] {
+            let mut state = active();
+            state.copy_expected = true;
+            state.wrote(
+                &[
+                    msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+                    msg(b'E', b"\0\0\0\0\0"),
+                    msg(b'S', b""),
+                ]
+                .concat(),
+            );
+            let fail = [msg(b'f', b"\0"), msg(b'S', b"")].concat();
+            if fail_first {
+                state.wrote(&fail);
+            }
+            let refused = [msg(b'E', b"SERROR\0\0"), msg(b'Z', b"I")].concat();
+            assert_eq!(
+                read_in_chunks(&mut state, &refused, 3),
+                refused,
+                "the refusal goes through"
+            );
+            if !fail_first {
+                state.wrote(&fail);
+            }
+            assert!(state.readies_read < state.syncs_written);
+            let stray = msg(b'Z', b"I");
+            assert!(
+                read_in_chunks(&mut state, &stray, 2).is_empty(),
+                "taken out ({fail_first})"
+            );
+            assert_eq!(state.readies_read, state.syncs_written, "settled");
+        }
+    }
+
+    #[test]
+    fn a_copy_in_failed_before_its_start_was_read_keeps_its_ready_for_query() {
+        // The sink is dropped (a future dropped) before the CopyInResponse
+        // is read: CopyFail and Sync follow the group at once.
+        let mut state = active();
+        state.copy_expected = true;
+        state.wrote(
+            &[
+                msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+                msg(b'E', b"\0\0\0\0\0"),
+                msg(b'S', b""),
+            ]
+            .concat(),
+        );
+        state.wrote(&[msg(b'f', b"\0"), msg(b'S', b"")].concat());
+        let answers = [
+            msg(b'2', b""),
+            msg(b'G', b"\0\0\0"),
+            msg(b'E', b"SERROR\0\0"),
+            msg(b'Z', b"I"),
+        ]
+        .concat();
+        assert_eq!(
+            read_in_chunks(&mut state, &answers, 3),
+            answers,
+            "all let through"
+        );
+        assert_eq!(state.readies_read, state.syncs_written, "settled");
+    }
+
+    #[test]
+    fn an_expected_copy_out_counts_its_sync() {
+        let mut state = active();
+        state.copy_expected = true;
+        state.wrote(
+            &[
+                msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+                msg(b'E', b"\0\0\0\0\0"),
+                msg(b'S', b""),
+            ]
+            .concat(),
+        );
+        read_in_chunks(
+            &mut state,
+            &[
+                msg(b'2', b""),
+                msg(b'H', b"\0\0\0"),
+                msg(b'd', b"1\n"),
+                msg(b'c', b""),
+            ]
+            .concat(),
+            4,
+        );
+        assert_eq!(state.copy_refused, None);
+        assert!(state.readies_read < state.syncs_written);
+        read_in_chunks(
+            &mut state,
+            &[msg(b'C', b"COPY 1\0"), msg(b'Z', b"I")].concat(),
+            4,
+        );
+        assert_eq!(state.readies_read, state.syncs_written);
     }
 
     #[test]

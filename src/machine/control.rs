@@ -51,6 +51,34 @@ pub(crate) fn shape_decided_at_run_time(sql: &str) -> Option<&'static str> {
         .find(|command| is_word(&toks, 0, command))
 }
 
+/// Which way the COPY of `sql` moves data through the connection:
+/// `Some(true)` for `COPY … FROM STDIN`, `Some(false)` for `COPY … TO
+/// STDOUT`, `None` when `sql` is no such COPY (another statement, or a
+/// COPY to or from a file or program). Read at the top level of the
+/// statement: a query in parentheses and a column list are skipped.
+pub(crate) fn copy_direction(sql: &str) -> Option<bool> {
+    let toks = lex(sql.as_bytes(), false);
+    if !is_word(&toks, 0, "COPY") {
+        return None;
+    }
+    let mut depth = 0usize;
+    for (k, tok) in toks.iter().enumerate().skip(1) {
+        match tok {
+            Tok::Open => depth += 1,
+            Tok::Close => depth = depth.saturating_sub(1),
+            Tok::Semi if depth == 0 => return None,
+            Tok::Word(_) if depth == 0 && is_word(&toks, k, "FROM") => {
+                return is_word(&toks, k + 1, "STDIN").then_some(true);
+            }
+            Tok::Word(_) if depth == 0 && is_word(&toks, k, "TO") => {
+                return is_word(&toks, k + 1, "STDOUT").then_some(false);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// A token; only the distinctions statement splitting and classification need survive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tok<'a> {
@@ -324,6 +352,32 @@ fn classify(t: &[Tok<'_>]) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_direction_of_a_copy_is_read_at_the_top_level_only() {
+        for (sql, expected) in [
+            ("COPY items FROM STDIN", Some(true)),
+            (
+                "copy items (id, note) from stdin with (format binary)",
+                Some(true),
+            ),
+            ("COPY \"from\" FROM STDIN", Some(true)),
+            ("COPY items TO STDOUT", Some(false)),
+            (
+                "COPY (SELECT 1 FROM t WHERE x = 'TO STDOUT') TO STDOUT (FORMAT csv)",
+                Some(false),
+            ),
+            ("COPY (SELECT a FROM b) TO STDOUT", Some(false)),
+            ("/* COPY */ COPY items FROM STDIN", Some(true)),
+            ("COPY items FROM '/tmp/file'", None),
+            ("COPY items TO PROGRAM 'cat'", None),
+            ("SELECT 1", None),
+            ("COPY items FROM STDIN; SELECT 1", Some(true)),
+            ("COPY items", None),
+        ] {
+            assert_eq!(copy_direction(sql), expected, "{sql}");
+        }
+    }
 
     fn cmd(sql: &str) -> Option<(&'static str, usize)> {
         find(sql).map(|c| (c.command, c.position))

@@ -43,6 +43,9 @@ pub(crate) enum Cause {
     },
     /// A savepoint was forgotten, and its transaction used again.
     SavepointForgotten,
+    /// A `COPY … FROM STDIN` writer was dropped or forgotten before
+    /// `finish()`: the COPY failed, and a transaction it ran in is aborted.
+    CopyUnfinished,
 }
 
 impl Cause {
@@ -51,7 +54,10 @@ impl Cause {
     pub(crate) fn is_a_begun_transaction(self) -> bool {
         !matches!(
             self,
-            Cause::UserBlock | Cause::SavepointDropped { .. } | Cause::SavepointForgotten
+            Cause::UserBlock
+                | Cause::SavepointDropped { .. }
+                | Cause::SavepointForgotten
+                | Cause::CopyUnfinished
         )
     }
 }
@@ -74,6 +80,11 @@ impl fmt::Display for Cause {
             }
             Cause::SavepointForgotten => f.write_str(
                 "a savepoint was forgotten and its transaction used again; only the savepoint",
+            ),
+            Cause::CopyUnfinished => f.write_str(
+                "a COPY FROM STDIN writer was dropped or forgotten before finish(), so the COPY \
+                 failed: none of its rows were stored, and a transaction it ran in is aborted; \
+                 the COPY",
             ),
         }
     }
