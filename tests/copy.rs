@@ -615,3 +615,58 @@ fn a_killed_backend_mid_copy_loses_the_connection_and_stores_nothing() {
         1
     );
 }
+
+#[test]
+fn without_a_statement_cache_a_guards_copy_runs_in_a_block_of_its_own_and_leaves_nothing_named() {
+    let db = Db::new("copy_unnamed_guard");
+    let manager: &'static ManagedConnection = Box::leak(Box::new(
+        ManagedConnection::builder(&db.dsn)
+            .statement_cache(false)
+            .build()
+            .expect("build"),
+    ));
+    within_a_minute(move || {
+        let mut guard = manager.lock().expect("lock");
+        let mut writer = guard
+            .copy_in("COPY items (id, note) FROM STDIN")
+            .expect("copy_in");
+        writer.write_all(b"1\tone\n2\ttwo\n").expect("write");
+        assert_eq!(writer.finish().expect("finish"), 2);
+        assert_eq!(guard.status(), TransactionStatus::Idle, "committed");
+
+        let mut writer = guard
+            .copy_in("COPY items (id, note) FROM STDIN")
+            .expect("copy_in");
+        writer.write_all(b"3\tthree\nbad\trow\n").expect("buffered");
+        let e = writer.finish().expect_err("a bad row");
+        assert_eq!(
+            e.code(),
+            Some(&pgtx::SqlState::INVALID_TEXT_REPRESENTATION),
+            "{e}"
+        );
+        assert_eq!(guard.status(), TransactionStatus::Idle, "rolled back");
+
+        let mut writer = guard
+            .copy_in("COPY items (id, note) FROM STDIN")
+            .expect("copy_in");
+        writer.write_all(b"4\tfour\n").expect("write");
+        writer.flush().expect("sent");
+        drop(writer);
+        assert_eq!(guard.status(), TransactionStatus::Idle, "rolled back");
+
+        let mut csv = String::new();
+        guard
+            .copy_out("COPY (SELECT id FROM items ORDER BY id) TO STDOUT (FORMAT csv)")
+            .expect("copy_out")
+            .read_to_string(&mut csv)
+            .expect("read");
+        assert_eq!(csv, "1\n2\n");
+        let named: i64 = guard
+            .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+            .expect("ask")
+            .get(0);
+        assert_eq!(named, 0, "tokio-postgres' COPY statements were closed");
+    });
+    assert_eq!(db.item_ids(), [1, 2]);
+    assert_eq!(db.open_transactions(), 0);
+}

@@ -447,3 +447,58 @@ fn typed_statements_leave_nothing_named_on_the_pooler_s_server_connections() {
         );
     }
 }
+
+#[test]
+fn copy_and_streamed_rows_work_through_pgbouncer_from_many_clients_at_once() {
+    use std::io::{Read, Write};
+    let db = Db::new("bouncer_copy");
+    let bouncer = Bouncer::start(db.server, POOL_SIZE);
+    const CLIENTS: i32 = 6;
+    const ROUNDS: i32 = 15;
+    thread::scope(|scope| {
+        for client in 0..CLIENTS {
+            let manager = unnamed_manager(&bouncer, &db);
+            scope.spawn(move || {
+                for round in 0..ROUNDS {
+                    let base = (client * ROUNDS + round) * 10;
+                    // Through a guard (each statement on its own), then a transaction.
+                    let mut guard = manager.lock().expect("lock");
+                    let mut writer = guard
+                        .copy_in("COPY items (id, note) FROM STDIN")
+                        .expect("copy_in through a guard");
+                    writeln!(writer, "{base}\tguard").expect("write");
+                    assert_eq!(writer.finish().expect("finish"), 1);
+                    let mut text = String::new();
+                    guard
+                        .copy_out(&*format!(
+                            "COPY (SELECT note FROM items WHERE id = {base}) TO STDOUT"
+                        ))
+                        .expect("copy_out through a guard")
+                        .read_to_string(&mut text)
+                        .expect("read");
+                    assert_eq!(text, "guard\n");
+                    let streamed = guard
+                        .query_raw("SELECT id FROM items WHERE id = $1", &[&base])
+                        .expect("query_raw")
+                        .count();
+                    assert_eq!(streamed, 1);
+                    let mut tx = guard.begin().expect("begin");
+                    let mut writer = tx
+                        .copy_in("COPY items (id, note) FROM STDIN")
+                        .expect("copy_in in a transaction");
+                    writeln!(writer, "{}\ttx", base + 1).expect("write");
+                    assert_eq!(writer.finish().expect("finish"), 1);
+                    tx.commit().expect("commit");
+                }
+            });
+        }
+    });
+    assert_eq!(db.item_ids().len(), (CLIENTS * ROUNDS * 2) as usize);
+    assert_eq!(db.open_transactions(), 0);
+    for (pid, prepared) in prepared_on_each_server(&bouncer, &db) {
+        assert_eq!(
+            prepared, 0,
+            "server connection {pid} holds a named statement"
+        );
+    }
+}

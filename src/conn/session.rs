@@ -100,6 +100,9 @@ struct OpenStream {
     sql: Option<Box<str>>,
     /// A `COPY … FROM STDIN`: ending it unfinished fails the COPY.
     copy_in: bool,
+    /// The COPY runs in a block of its own, ended at the stream's end
+    /// (see [`SessionCore::copy`]).
+    own_block: bool,
 }
 
 /// What a fallback rolls back.
@@ -334,6 +337,7 @@ impl SessionCore {
                 serial,
                 sql: sql.map(Box::from),
                 copy_in: false,
+                own_block: false,
             });
             return result.map_err(Error::Db);
         }
@@ -534,7 +538,66 @@ impl SessionCore {
 
     /// Starts `COPY … FROM STDIN` (`copy_in`) or `COPY … TO STDOUT`, and
     /// keeps its data as a stream (see `streaming.rs`).
+    ///
+    /// tokio-postgres runs COPY only as a statement prepared under a name
+    /// (a Sync group of its own, before the one that runs it). Through a
+    /// transaction pooler, outside a transaction block, each group may go
+    /// to another server connection, where the name does not exist. So
+    /// with [`Naming::Unnamed`] outside a block, the COPY runs in a block
+    /// of its own: `BEGIN` goes in front of the Parse, and at the end of
+    /// the COPY `COMMIT` (or `ROLLBACK`, when it failed) follows, as
+    /// autocommit would have done; the result the caller gets is
+    /// `COMMIT`'s when it fails (such as [`Error::CommitOutcomeUnknown`]).
     pub(crate) async fn copy<Q: ?Sized + ToStatement>(
+        &mut self,
+        shared: &SessionShared,
+        query: &Q,
+        copy_in: bool,
+        retries: &mut Retries,
+    ) -> Step<()> {
+        let own_block = self.naming == Naming::Unnamed && !self.in_transaction();
+        if own_block && let Some(conn) = self.conn.as_mut() {
+            conn.arm_begin("BEGIN");
+        }
+        let stream = self.start_copy(shared, query, copy_in, retries).await;
+        if own_block && let Some(conn) = self.conn.as_mut() {
+            // Disarms a BEGIN that did not go out.
+            conn.begin_outcome();
+        }
+        match stream {
+            Step::Done(Ok(())) => {
+                if let Some(open) = self.stream.as_mut() {
+                    open.own_block = own_block;
+                }
+                Step::Done(Ok(()))
+            }
+            Step::Done(Err(e)) => {
+                if own_block {
+                    // A failed COPY leaves nothing to commit: this rolls back.
+                    let _ = self.end_own_block(shared, false).await;
+                }
+                Step::Done(Err(e))
+            }
+            Step::Reconnect => Step::Reconnect,
+        }
+    }
+
+    /// Ends the block a COPY ran in (see [`copy`](Self::copy)): commits
+    /// it if the COPY succeeded (`ok`) and the server says the block is
+    /// fine, rolls it back otherwise.
+    async fn end_own_block(&mut self, shared: &SessionShared, ok: bool) -> Result<()> {
+        if !self.in_transaction() {
+            return Ok(());
+        }
+        if ok && self.server_status() == Some(ServerStatus::InTransaction) {
+            self.commit(shared).await
+        } else {
+            self.rollback(shared).await;
+            Ok(())
+        }
+    }
+
+    async fn start_copy<Q: ?Sized + ToStatement>(
         &mut self,
         shared: &SessionShared,
         query: &Q,
@@ -601,35 +664,39 @@ impl SessionCore {
         };
         // The COPY's own error went with its sink; the server's status
         // (a failed block) says the rest.
-        let _ = self.end_of_stream(shared, ended);
+        let _ = self.end_of_stream(shared, ended).await;
         copy_in.then_some(Cause::CopyUnfinished)
     }
 
     /// Follows the end of the open stream as the end of its statement.
-    fn end_of_stream<T>(
+    async fn end_of_stream<T>(
         &mut self,
         shared: &SessionShared,
         result: std::result::Result<T, postgres::Error>,
     ) -> Result<T> {
-        match self.stream.take() {
-            Some(open) => {
-                self.after_request(shared, result, open.began, open.serial, open.sql.as_deref())
-            }
-            None => result.map_err(Error::Db),
+        let Some(open) = self.stream.take() else {
+            return result.map_err(Error::Db);
+        };
+        let result =
+            self.after_request(shared, result, open.began, open.serial, open.sql.as_deref());
+        if open.own_block {
+            let ended = self.end_own_block(shared, result.is_ok()).await;
+            return result.and_then(|value| ended.map(|()| value));
         }
+        result
     }
 
     /// What a stream's step came to, for the caller: at the end of the
     /// stream (or on its error), the statement's end is followed.
-    fn stream_step<T>(
+    async fn stream_step<T>(
         &mut self,
         shared: &SessionShared,
         step: std::result::Result<Next<T>, postgres::Error>,
     ) -> Result<Next<T>> {
         match step {
             Ok(Next::Item(item)) => Ok(Next::Item(item)),
-            Ok(Next::End(affected)) => self.end_of_stream(shared, Ok(Next::End(affected))),
-            Err(e) => self.end_of_stream(shared, Err(e)),
+            Ok(Next::End(affected)) => self.end_of_stream(shared, Ok(Next::End(affected))).await,
+            Err(e) => self.end_of_stream(shared, Err(e)).await,
         }
     }
 
@@ -639,7 +706,7 @@ impl SessionCore {
             Some(conn) => conn.next_row().await,
             None => Ok(Next::End(None)),
         };
-        self.stream_step(shared, step)
+        self.stream_step(shared, step).await
     }
 
     /// The next chunk of `COPY … TO STDOUT` data.
@@ -648,7 +715,7 @@ impl SessionCore {
             Some(conn) => conn.next_copy_data().await,
             None => Ok(Next::End(None)),
         };
-        self.stream_step(shared, step)
+        self.stream_step(shared, step).await
     }
 
     /// The next row of a binary `COPY … TO STDOUT`.
@@ -660,7 +727,7 @@ impl SessionCore {
             Some(conn) => conn.next_binary_row().await,
             None => Ok(Next::End(None)),
         };
-        self.stream_step(shared, step)
+        self.stream_step(shared, step).await
     }
 
     /// Reads the open `COPY … TO STDOUT` (`copy_in`: `FROM STDIN`) as
@@ -689,7 +756,7 @@ impl SessionCore {
         };
         match sent {
             Ok(()) => Ok(()),
-            Err(e) => self.end_of_stream(shared, Err(e)),
+            Err(e) => self.end_of_stream(shared, Err(e)).await,
         }
     }
 
@@ -708,7 +775,7 @@ impl SessionCore {
         };
         match sent {
             Ok(()) => Ok(()),
-            Err(e) => self.end_of_stream(shared, Err(e)),
+            Err(e) => self.end_of_stream(shared, Err(e)).await,
         }
     }
 
@@ -722,7 +789,7 @@ impl SessionCore {
             Some(conn) => conn.finish_copy_in().await,
             None => Ok(0),
         };
-        self.end_of_stream(shared, finished)
+        self.end_of_stream(shared, finished).await
     }
 
     /// Begins a transaction: nothing is sent until its first statement
