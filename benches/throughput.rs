@@ -13,7 +13,7 @@
 //!    mutex_work pgbench tpc2 single2 tpc1 connect pgtx1_unnamed pgbouncer_pgtx
 //!    pgbouncer_pgbench micro notify_latency notify_throughput reconnect
 //!    pool1 pool2 pool4 pool8 pool_own1 … pool_own8 fair0_2 fair0_4 fair20_2 fair20_4
-//!    r2d2_1 … r2d2_8 pgbench_c1 … pgbench_c8;
+//!    r2d2_1 … r2d2_8 pgbench_c1 … pgbench_c8 bulk;
 //!    a run with PGTX_BENCH_ONLY writes no files unless `micro` is among them,
 //!    and prints the notification and reconnection sections it measured)
 //! PGTX_BENCH_ROUNDS=5 PGTX_BENCH_SECS=2 cargo bench --bench throughput   # other round counts/lengths
@@ -24,6 +24,10 @@
 //! cluster (or the one named by `DATABASE_URL` / `PG*` variables). Each case
 //! runs for several seconds, the cases take turns round after round (so a
 //! noisy neighbour hits them all alike), and the median round is reported.
+//!
+//! After the rounds come the bulk cases (`throughput/bulk.rs`: 1,000,000
+//! rows loaded with COPY and INSERT, and read with `query_raw`, beside the
+//! `postgres` crate; once per round each, about 10 s a round).
 //!
 //! After each round's transaction cases come its notification cases
 //! (`throughput/notify.rs`: 10,000 notifications timed one at a time per
@@ -36,6 +40,8 @@
 //! transaction` started for the run (skipped when `pgbouncer` is not
 //! installed).
 
+#[path = "throughput/bulk.rs"]
+mod bulk;
 #[path = "throughput/notify.rs"]
 mod notify;
 #[path = "../tests/common/pgbouncer.rs"]
@@ -199,6 +205,9 @@ fn median(samples: &[f64]) -> f64 {
 }
 
 fn main() -> Result<(), BoxError> {
+    if let Ok(key) = std::env::var(bulk::CHILD_READ) {
+        return bulk::child_read(&key);
+    }
     let plan = Plan::from_env().with_overrides();
     let server = TestServer::shared();
     let dsn = server.dsn();
@@ -489,6 +498,11 @@ fn main() -> Result<(), BoxError> {
             }
         }
     }
+    let bulk = if wanted("bulk") {
+        Some(bulk::Bulk::measure(&dsn, plan.rounds)?)
+    } else {
+        None
+    };
     // Last: it starts a cluster of its own and restarts it.
     let reconnect = if wanted("reconnect") {
         Some(reconnect_repetitions(&plan)?)
@@ -496,6 +510,7 @@ fn main() -> Result<(), BoxError> {
         None
     };
     let sections = Sections {
+        bulk: bulk.as_ref().map(bulk::Bulk::markdown),
         notify: notify.as_ref().map(notify::Notify::markdown),
         reconnect: reconnect.as_deref().map(reconnect::markdown),
     };
@@ -524,6 +539,7 @@ fn main() -> Result<(), BoxError> {
 /// The report's sections about notifications and reconnection, in
 /// Markdown, when they were measured.
 struct Sections {
+    bulk: Option<String>,
     notify: Option<String>,
     reconnect: Option<String>,
 }
@@ -531,6 +547,9 @@ struct Sections {
 impl Sections {
     fn markdown(&self) -> String {
         let mut m = String::new();
+        if let Some(bulk) = &self.bulk {
+            let _ = write!(m, "## COPY and streamed rows\n\n{bulk}\n");
+        }
         if let Some(notify) = &self.notify {
             let _ = write!(m, "## Notifications\n\n{notify}\n");
         }

@@ -2,14 +2,16 @@
 //! [`BinaryCopyOutIter`], as in the `postgres` crate, made from a fresh
 //! [`CopyInWriter`] or [`CopyOutReader`].
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 
 use crate::blocking::held::Conn;
-use crate::blocking::session::Next;
+use crate::blocking::session::Fetched;
 use crate::error::{Error, Result};
-use crate::types::{ToSql, Type};
+use crate::types::{IsNull, ToSql, Type};
 use crate::{CopyInWriter, CopyOutReader};
+use bytes::BufMut;
 
 pub use tokio_postgres::binary_copy::BinaryCopyOutRow;
 
@@ -39,13 +41,12 @@ pub use tokio_postgres::binary_copy::BinaryCopyOutRow;
 /// ```
 #[must_use = "a COPY must be ended with finish(); dropped, it fails and stores nothing"]
 pub struct BinaryCopyInWriter<'a> {
-    conn: Conn<'a>,
-    columns: usize,
-    over: bool,
-    _holder: PhantomData<(&'a mut (), *const ())>,
+    writer: CopyInWriter<'a>,
+    types: Vec<Type>,
 }
 
-static_assertions::assert_not_impl_any!(BinaryCopyInWriter<'static>: Send, Sync);
+/// The binary COPY format's signature, flags and header extension length.
+const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
 impl<'a> BinaryCopyInWriter<'a> {
     /// Writes rows of `types` to the COPY `writer` began (nothing may have
@@ -55,46 +56,61 @@ impl<'a> BinaryCopyInWriter<'a> {
     ///
     /// [`Error::CopyAlreadyUsed`] if data was written to `writer`
     /// already (the COPY then fails as a dropped writer does).
-    pub fn new(writer: CopyInWriter<'a>, types: &[Type]) -> Result<BinaryCopyInWriter<'a>> {
+    pub fn new(mut writer: CopyInWriter<'a>, types: &[Type]) -> Result<BinaryCopyInWriter<'a>> {
         if !writer.is_fresh() {
             return Err(Error::CopyAlreadyUsed);
         }
-        let conn = writer.into_conn();
-        let writer = BinaryCopyInWriter {
-            conn,
-            columns: types.len(),
-            over: false,
-            _holder: PhantomData,
-        };
-        conn.with_stream(|s| s.type_copy(true, types))?;
-        Ok(writer)
+        writer.encode(|buf| {
+            buf.put_slice(HEADER);
+            Ok(())
+        })?;
+        Ok(BinaryCopyInWriter {
+            writer,
+            types: types.to_vec(),
+        })
     }
 
-    /// Writes one row: one value per column type, in order (buffered: the
-    /// data leaves in chunks).
+    /// Writes one row: one value per column type, in order, each encoded
+    /// as its type (buffered: the data leaves in chunks of 64 KiB).
     ///
     /// # Errors
     ///
-    /// [`Error::WrongRowLength`] if `values` has not one value per type
-    /// (nothing of the row is sent; the COPY goes on); [`Error::Db`] if a
-    /// value cannot be encoded as its column's type, or the server failed
-    /// the COPY, and [`Error::ConnectionLost`]: the COPY is then over,
-    /// nothing of it stored.
+    /// [`Error::WrongRowLength`] if `values` has not one value per type,
+    /// and [`Error::CopyValue`] if a value cannot be encoded as its
+    /// column's type: nothing of the row is sent, and the COPY goes on.
+    /// [`Error::Db`] if the server failed the COPY, and
+    /// [`Error::ConnectionLost`]: the COPY is then over, nothing of it
+    /// stored.
     pub fn write(&mut self, values: &[&(dyn ToSql + Sync)]) -> Result<()> {
-        if self.over {
-            return Err(Error::StreamEnded);
-        }
-        if values.len() != self.columns {
+        if values.len() != self.types.len() {
             return Err(Error::WrongRowLength {
-                expected: self.columns,
+                expected: self.types.len(),
                 got: values.len(),
             });
         }
-        let written = self.conn.with_stream(|s| s.send_binary_row(values));
-        if written.is_err() {
-            self.over = true;
-        }
-        written
+        let types = &self.types;
+        self.writer.encode(|buf| {
+            // The count fits: the server takes at most 1664 columns.
+            buf.put_i16(i16::try_from(values.len()).unwrap_or(i16::MAX));
+            for (column, (value, ty)) in values.iter().zip(types).enumerate() {
+                let at = buf.len();
+                buf.put_i32(0);
+                let encoded = value
+                    .to_sql_checked(ty, buf)
+                    .map_err(|source| Error::CopyValue { column, source })?;
+                let len = match encoded {
+                    IsNull::Yes => -1,
+                    IsNull::No => {
+                        i32::try_from(buf.len() - at - 4).map_err(|_| Error::CopyValue {
+                            column,
+                            source: "a value of 2 GiB or more".into(),
+                        })?
+                    }
+                };
+                buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            }
+            Ok(())
+        })
     }
 
     /// Ends the COPY and returns the number of rows the server stored.
@@ -103,28 +119,20 @@ impl<'a> BinaryCopyInWriter<'a> {
     ///
     /// As [`CopyInWriter::finish`].
     pub fn finish(mut self) -> Result<u64> {
-        if self.over {
-            return Err(Error::StreamEnded);
-        }
-        self.over = true;
-        self.conn.with_stream(|s| s.finish_copy_in())
-    }
-}
-
-impl Drop for BinaryCopyInWriter<'_> {
-    fn drop(&mut self) {
-        if !self.over {
-            self.conn.end_stream();
-        }
+        self.writer.encode(|buf| {
+            buf.put_i16(-1);
+            Ok(())
+        })?;
+        self.writer.finish()
     }
 }
 
 impl fmt::Debug for BinaryCopyInWriter<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BinaryCopyInWriter")
-            .field("columns", &self.columns)
-            .field("over", &self.over)
-            .finish_non_exhaustive()
+            .field("types", &self.types)
+            .field("writer", &self.writer)
+            .finish()
     }
 }
 
@@ -155,6 +163,10 @@ impl fmt::Debug for BinaryCopyInWriter<'_> {
 #[must_use = "rows are read by iterating; dropped, the rest is read and thrown away"]
 pub struct BinaryCopyOutIter<'a> {
     conn: Conn<'a>,
+    /// Rows read from the server and not yet handed out.
+    rows: VecDeque<BinaryCopyOutRow>,
+    /// The COPY's error, handed out after the rows before it.
+    failure: Option<Error>,
     done: bool,
     _holder: PhantomData<(&'a mut (), *const ())>,
 }
@@ -176,10 +188,12 @@ impl<'a> BinaryCopyOutIter<'a> {
         let conn = reader.into_conn();
         let iter = BinaryCopyOutIter {
             conn,
+            rows: VecDeque::new(),
+            failure: None,
             done: false,
             _holder: PhantomData,
         };
-        conn.with_stream(|s| s.type_copy(false, types))?;
+        conn.with_stream(|s| s.type_copy_out(types))?;
         Ok(iter)
     }
 }
@@ -190,18 +204,26 @@ impl Iterator for BinaryCopyOutIter<'_> {
     /// The next row; an error (data not in the binary format, a type that
     /// does not match the data, the server's error) ends the iterator.
     fn next(&mut self) -> Option<Result<BinaryCopyOutRow>> {
-        if self.done {
-            return None;
-        }
-        match self.conn.with_stream(|s| s.next_binary_row()) {
-            Ok(Next::Item(row)) => Some(Ok(row)),
-            Ok(Next::End(_)) => {
-                self.done = true;
-                None
+        loop {
+            if let Some(row) = self.rows.pop_front() {
+                return Some(Ok(row));
             }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
+            if let Some(failure) = self.failure.take() {
+                return Some(Err(failure));
+            }
+            if self.done {
+                return None;
+            }
+            match self
+                .conn
+                .with_stream(|s| s.next_binary_rows(&mut self.rows))
+            {
+                Ok(Fetched::More) => {}
+                Ok(Fetched::End(_)) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    self.failure = Some(e);
+                }
             }
         }
     }

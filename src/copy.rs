@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::blocking::held::Conn;
-use crate::blocking::session::Next;
+use crate::blocking::session::Fetched;
 use crate::error::{Error, Result};
 
 /// How much data a writer gathers before it sends it (one CopyData
@@ -53,6 +53,8 @@ const CHUNK: usize = 64 * 1024;
 pub struct CopyInWriter<'a> {
     conn: Conn<'a>,
     buf: BytesMut,
+    /// Data was written (buffered or sent).
+    written: bool,
     /// Finished, or failed (the COPY is over either way).
     over: bool,
     /// Why the COPY failed, kept for `finish` (writes return it as an
@@ -69,6 +71,7 @@ impl<'a> CopyInWriter<'a> {
         CopyInWriter {
             conn,
             buf: BytesMut::new(),
+            written: false,
             over: false,
             failure: None,
             _holder: PhantomData,
@@ -120,6 +123,7 @@ impl<'a> CopyInWriter<'a> {
         if self.over {
             return Err(into_io(Error::StreamEnded));
         }
+        self.written |= !data.is_empty();
         let sent = if data.len() >= CHUNK {
             self.send_buffered()
                 .and_then(|()| self.send(Bytes::copy_from_slice(data)))
@@ -138,16 +142,34 @@ impl<'a> CopyInWriter<'a> {
         })
     }
 
-    /// Whether data was written (or buffered) yet.
-    pub(crate) fn is_fresh(&self) -> bool {
-        self.buf.is_empty() && !self.over && self.failure.is_none()
+    /// Appends what `encode` writes to the buffer (sent in chunks, as
+    /// `write` is); when `encode` fails, nothing of it stays.
+    pub(crate) fn encode(
+        &mut self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<()>,
+    ) -> Result<()> {
+        if let Some(failure) = self.failure.take() {
+            self.over = true;
+            return Err(failure);
+        }
+        if self.over {
+            return Err(Error::StreamEnded);
+        }
+        let before = self.buf.len();
+        if let Err(e) = encode(&mut self.buf) {
+            self.buf.truncate(before);
+            return Err(e);
+        }
+        self.written |= self.buf.len() > before;
+        if self.buf.len() >= CHUNK {
+            self.send_buffered()?;
+        }
+        Ok(())
     }
 
-    /// The connection the COPY runs on, handed to a binary writer: the
-    /// writer is spent (its `Drop` does nothing more).
-    pub(crate) fn into_conn(mut self) -> Conn<'a> {
-        self.over = true;
-        self.conn
+    /// Whether data was written (or buffered) yet.
+    pub(crate) fn is_fresh(&self) -> bool {
+        !self.written && !self.over && self.failure.is_none()
     }
 }
 
@@ -215,7 +237,8 @@ impl fmt::Debug for CopyInWriter<'_> {
 /// ```
 pub struct CopyOutReader<'a> {
     conn: Conn<'a>,
-    chunk: Bytes,
+    /// Data read from the server and not yet handed out.
+    chunk: BytesMut,
     done: bool,
     /// Borrows the holder exclusively, and is no more `Send` than it.
     _holder: PhantomData<(&'a mut (), *const ())>,
@@ -227,7 +250,7 @@ impl<'a> CopyOutReader<'a> {
     pub(crate) fn new(conn: Conn<'a>) -> CopyOutReader<'a> {
         CopyOutReader {
             conn,
-            chunk: Bytes::new(),
+            chunk: BytesMut::new(),
             done: false,
             _holder: PhantomData,
         }
@@ -259,9 +282,10 @@ impl Read for CopyOutReader<'_> {
 impl BufRead for CopyOutReader<'_> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.chunk.is_empty() && !self.done {
-            match self.conn.with_stream(|s| s.next_copy_data()) {
-                Ok(Next::Item(chunk)) => self.chunk = chunk,
-                Ok(Next::End(_)) => self.done = true,
+            // What has arrived, in one turn (the server sends a message per row).
+            match self.conn.with_stream(|s| s.next_copy_data(&mut self.chunk)) {
+                Ok(Fetched::More) => {}
+                Ok(Fetched::End(_)) => self.done = true,
                 Err(e) => {
                     self.done = true;
                     return Err(into_io(e));

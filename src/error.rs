@@ -176,6 +176,18 @@ pub enum Error {
         got: usize,
     },
 
+    /// A value given to a binary COPY writer cannot be encoded as its
+    /// column's type (the type the writer was made with for `column`,
+    /// counted from 0). Nothing of the row was sent; the COPY goes on.
+    #[error("value {column} of a binary COPY row cannot be written as its column's type")]
+    CopyValue {
+        /// The value's position in the row, from 0.
+        column: usize,
+        /// Why it cannot be encoded.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// A transaction was released without `commit` or `rollback`; it has been
     /// rolled back. Its message is exactly [`UNFINISHED_TRANSACTION`].
     ///

@@ -1,17 +1,19 @@
 //! Rows read one at a time: [`RowIter`], from `query_raw`.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 
 use crate::Row;
 use crate::blocking::held::Conn;
-use crate::blocking::session::Next;
-use crate::error::Result;
+use crate::blocking::session::Fetched;
+use crate::error::{Error, Result};
 
 /// The rows of a statement begun by `query_raw` (on [`Guard`](crate::Guard),
 /// [`Tx`](crate::Tx) or [`Savepoint`](crate::Savepoint)), read from the
 /// server as they are asked for: memory stays bounded however many rows
-/// there are (a few rows ahead are buffered).
+/// there are (the rows that have arrived are read together, at most 1024
+/// at a time).
 ///
 /// It borrows its holder: no other statement runs on the connection until
 /// it is done. Dropped before its end, the rest of the rows is read and
@@ -38,6 +40,11 @@ use crate::error::Result;
 #[must_use = "rows are read by iterating; dropped, the rest is read and thrown away"]
 pub struct RowIter<'a> {
     conn: Conn<'a>,
+    /// Rows read from the server and not yet handed out.
+    rows: VecDeque<Row>,
+    /// The statement's error, handed out after the rows before it.
+    failure: Option<Error>,
+    /// The statement ended (or failed): nothing more to read.
     done: bool,
     rows_affected: Option<u64>,
     /// Borrows the holder exclusively, and is no more `Send` than it.
@@ -50,6 +57,8 @@ impl<'a> RowIter<'a> {
     pub(crate) fn new(conn: Conn<'a>) -> RowIter<'a> {
         RowIter {
             conn,
+            rows: VecDeque::new(),
+            failure: None,
             done: false,
             rows_affected: None,
             _holder: PhantomData,
@@ -71,19 +80,27 @@ impl Iterator for RowIter<'_> {
     /// inside a transaction, the transaction is aborted, as by any failed
     /// statement).
     fn next(&mut self) -> Option<Result<Row>> {
-        if self.done {
-            return None;
-        }
-        match self.conn.with_stream(|s| s.next_row()) {
-            Ok(Next::Item(row)) => Some(Ok(row)),
-            Ok(Next::End(affected)) => {
-                self.done = true;
-                self.rows_affected = affected;
-                None
+        loop {
+            if let Some(row) = self.rows.pop_front() {
+                return Some(Ok(row));
             }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
+            if let Some(failure) = self.failure.take() {
+                return Some(Err(failure));
+            }
+            if self.done {
+                return None;
+            }
+            // What has arrived, in one turn (at least one row, or the end).
+            match self.conn.with_stream(|s| s.next_rows(&mut self.rows)) {
+                Ok(Fetched::More) => {}
+                Ok(Fetched::End(affected)) => {
+                    self.done = true;
+                    self.rows_affected = affected;
+                }
+                Err(e) => {
+                    self.done = true;
+                    self.failure = Some(e);
+                }
             }
         }
     }

@@ -524,6 +524,10 @@ fn binary_rows_go_in_and_come_out_typed() {
             ),
             "{e:?}"
         );
+        let e = writer
+            .write(&[&"not an int4", &"x"])
+            .expect_err("a text for an int4");
+        assert!(matches!(e, Error::CopyValue { column: 0, .. }), "{e:?}");
         assert_eq!(writer.finish().expect("finish"), 1000);
         tx.commit().expect("commit");
 

@@ -14,10 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use bytes::Bytes;
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, MutexGuard};
 use postgres::error::DbError;
-use postgres::types::{ToSql, Type};
+use postgres::types::Type;
 use tokio_postgres::Row;
 use tokio_postgres::binary_copy::BinaryCopyOutRow;
 
@@ -30,7 +32,7 @@ use crate::conn::request::{Request, StatementKind};
 pub(crate) use crate::conn::session::RollBackTarget;
 pub(crate) use crate::conn::session::{RequestShape, Vote};
 use crate::conn::session::{Retries, SessionCore, SessionShared, Step};
-pub(crate) use crate::conn::streaming::Next;
+pub(crate) use crate::conn::streaming::Fetched;
 use crate::error::{Error, Result};
 use crate::machine::fallback::{Cause, Verdict};
 use crate::machine::transaction_status::TransactionStatus;
@@ -300,39 +302,37 @@ impl LockedSession<'_> {
         setup.runtime.block_on_unless_done(core.end_stream(shared))
     }
 
-    /// The next row of the open `query_raw`.
-    pub(crate) fn next_row(&mut self) -> Result<Next<Row>> {
+    /// The rows of the open `query_raw` that have arrived, appended to `out`.
+    pub(crate) fn next_rows(&mut self, out: &mut VecDeque<Row>) -> Result<Fetched> {
         let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);
-        setup.runtime.block_on(core.next_row(shared))
+        setup.runtime.block_on(core.next_rows(shared, out))
     }
 
-    /// The next chunk of the open `COPY … TO STDOUT`.
-    pub(crate) fn next_copy_data(&mut self) -> Result<Next<Bytes>> {
+    /// The data of the open `COPY … TO STDOUT` that has arrived, appended to `out`.
+    pub(crate) fn next_copy_data(&mut self, out: &mut BytesMut) -> Result<Fetched> {
         let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);
-        setup.runtime.block_on(core.next_copy_data(shared))
+        setup.runtime.block_on(core.next_copy_data(shared, out))
     }
 
-    /// The next row of the open binary `COPY … TO STDOUT`.
-    pub(crate) fn next_binary_row(&mut self) -> Result<Next<BinaryCopyOutRow>> {
+    /// The rows of the open binary `COPY … TO STDOUT` that have arrived,
+    /// appended to `out`.
+    pub(crate) fn next_binary_rows(
+        &mut self,
+        out: &mut VecDeque<BinaryCopyOutRow>,
+    ) -> Result<Fetched> {
         let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);
-        setup.runtime.block_on(core.next_binary_row(shared))
+        setup.runtime.block_on(core.next_binary_rows(shared, out))
     }
 
-    /// Reads or writes the open COPY as binary rows of `types`.
-    pub(crate) fn type_copy(&mut self, copy_in: bool, types: &[Type]) -> Result<()> {
-        self.core.type_copy(copy_in, types)
+    /// Reads the open `COPY … TO STDOUT` as binary rows of `types`.
+    pub(crate) fn type_copy_out(&mut self, types: &[Type]) -> Result<()> {
+        self.core.type_copy_out(types)
     }
 
     /// Sends a chunk of the open `COPY … FROM STDIN`'s data.
     pub(crate) fn send_copy_data(&mut self, data: Bytes) -> Result<()> {
         let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);
         setup.runtime.block_on(core.send_copy_data(shared, data))
-    }
-
-    /// Sends one row of the open binary `COPY … FROM STDIN`.
-    pub(crate) fn send_binary_row(&mut self, values: &[&(dyn ToSql + Sync)]) -> Result<()> {
-        let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);
-        setup.runtime.block_on(core.send_binary_row(shared, values))
     }
 
     /// Ends the open `COPY … FROM STDIN`: the rows copied.

@@ -14,15 +14,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
 use postgres::error::{DbError, SqlState};
-use postgres::types::{ToSql, Type};
+use postgres::types::Type;
 use tokio_postgres::Row;
 use tokio_postgres::binary_copy::BinaryCopyOutRow;
 
 use super::request::{Batch, CopyIn, CopyOut, Opens, QueryRaw, Request, StatementKind};
 use super::sql_text::{CachedRun, UnnamedRun};
-use super::streaming::{Next, Pinnable, Streaming, WrongStream};
+use super::streaming::{Fetched, Pinnable, Streaming, WrongStream};
 use super::{Connection, Target};
 use crate::conn::cancel_serials::CancelCell;
 use crate::connect::wire::{BeginOutcome, CopyRefused};
@@ -686,55 +688,64 @@ impl SessionCore {
         result
     }
 
-    /// What a stream's step came to, for the caller: at the end of the
-    /// stream (or on its error), the statement's end is followed.
-    async fn stream_step<T>(
+    /// What a read of the stream came to, for the caller: at the end of
+    /// the stream (or on its error), the statement's end is followed.
+    async fn stream_read(
         &mut self,
         shared: &SessionShared,
-        step: std::result::Result<Next<T>, postgres::Error>,
-    ) -> Result<Next<T>> {
-        match step {
-            Ok(Next::Item(item)) => Ok(Next::Item(item)),
-            Ok(Next::End(affected)) => self.end_of_stream(shared, Ok(Next::End(affected))).await,
+        read: std::result::Result<Fetched, postgres::Error>,
+    ) -> Result<Fetched> {
+        match read {
+            Ok(Fetched::More) => Ok(Fetched::More),
+            Ok(end) => self.end_of_stream(shared, Ok(end)).await,
             Err(e) => self.end_of_stream(shared, Err(e)).await,
         }
     }
 
-    /// The next row of the stream begun by [`query_raw`](Self::query_raw).
-    pub(crate) async fn next_row(&mut self, shared: &SessionShared) -> Result<Next<Row>> {
-        let step = match self.conn.as_mut() {
-            Some(conn) => conn.next_row().await,
-            None => Ok(Next::End(None)),
-        };
-        self.stream_step(shared, step).await
-    }
-
-    /// The next chunk of `COPY … TO STDOUT` data.
-    pub(crate) async fn next_copy_data(&mut self, shared: &SessionShared) -> Result<Next<Bytes>> {
-        let step = match self.conn.as_mut() {
-            Some(conn) => conn.next_copy_data().await,
-            None => Ok(Next::End(None)),
-        };
-        self.stream_step(shared, step).await
-    }
-
-    /// The next row of a binary `COPY … TO STDOUT`.
-    pub(crate) async fn next_binary_row(
+    /// The rows of the stream begun by [`query_raw`](Self::query_raw)
+    /// that have arrived, appended to `out` (see `Connection::next_rows`).
+    pub(crate) async fn next_rows(
         &mut self,
         shared: &SessionShared,
-    ) -> Result<Next<BinaryCopyOutRow>> {
-        let step = match self.conn.as_mut() {
-            Some(conn) => conn.next_binary_row().await,
-            None => Ok(Next::End(None)),
+        out: &mut VecDeque<Row>,
+    ) -> Result<Fetched> {
+        let read = match self.conn.as_mut() {
+            Some(conn) => conn.next_rows(out).await,
+            None => Ok(Fetched::End(None)),
         };
-        self.stream_step(shared, step).await
+        self.stream_read(shared, read).await
     }
 
-    /// Reads the open `COPY … TO STDOUT` (`copy_in`: `FROM STDIN`) as
-    /// binary rows of `types`.
-    pub(crate) fn type_copy(&mut self, copy_in: bool, types: &[Type]) -> Result<()> {
+    /// The `COPY … TO STDOUT` data that has arrived, appended to `out`.
+    pub(crate) async fn next_copy_data(
+        &mut self,
+        shared: &SessionShared,
+        out: &mut BytesMut,
+    ) -> Result<Fetched> {
+        let read = match self.conn.as_mut() {
+            Some(conn) => conn.next_copy_data(out).await,
+            None => Ok(Fetched::End(None)),
+        };
+        self.stream_read(shared, read).await
+    }
+
+    /// The rows of a binary `COPY … TO STDOUT` that have arrived,
+    /// appended to `out`.
+    pub(crate) async fn next_binary_rows(
+        &mut self,
+        shared: &SessionShared,
+        out: &mut VecDeque<BinaryCopyOutRow>,
+    ) -> Result<Fetched> {
+        let read = match self.conn.as_mut() {
+            Some(conn) => conn.next_binary_rows(out).await,
+            None => Ok(Fetched::End(None)),
+        };
+        self.stream_read(shared, read).await
+    }
+
+    /// Reads the open `COPY … TO STDOUT` as binary rows of `types`.
+    pub(crate) fn type_copy_out(&mut self, types: &[Type]) -> Result<()> {
         let typed = match self.conn.as_mut() {
-            Some(conn) if copy_in => conn.type_copy_in(types),
             Some(conn) => conn.type_copy_out(types),
             None => Ok(()),
         };
@@ -752,25 +763,6 @@ impl SessionCore {
         }
         let sent = match self.conn.as_mut() {
             Some(conn) => conn.send_copy_data(data).await,
-            None => Ok(()),
-        };
-        match sent {
-            Ok(()) => Ok(()),
-            Err(e) => self.end_of_stream(shared, Err(e)).await,
-        }
-    }
-
-    /// Sends one row of a binary `COPY … FROM STDIN`; a failure ends the COPY.
-    pub(crate) async fn send_binary_row(
-        &mut self,
-        shared: &SessionShared,
-        values: &[&(dyn ToSql + Sync)],
-    ) -> Result<()> {
-        if self.stream.is_none() {
-            return Err(Error::StreamEnded);
-        }
-        let sent = match self.conn.as_mut() {
-            Some(conn) => conn.send_binary_row(values).await,
             None => Ok(()),
         };
         match sent {

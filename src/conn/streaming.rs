@@ -9,13 +9,15 @@
 //! the rest of the server's answer and drops it; ending a writer sends
 //! CopyFail, so that nothing of an unfinished COPY is stored.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::task::Poll;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, Stream};
-use postgres::types::{ToSql, Type};
-use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutRow, BinaryCopyOutStream};
+use postgres::types::Type;
+use tokio_postgres::binary_copy::{BinaryCopyOutRow, BinaryCopyOutStream};
 use tokio_postgres::{CopyInSink, CopyOutStream, Row, RowStream};
 
 use super::{Connection, Settle};
@@ -28,10 +30,9 @@ pub(crate) enum Streaming {
     CopyOut(Pinnable<CopyOutStream>),
     /// `COPY … TO STDOUT (FORMAT binary)`, read as typed rows.
     BinaryOut(Pin<Box<BinaryCopyOutStream>>),
-    /// `COPY … FROM STDIN` data, as the caller writes it.
+    /// `COPY … FROM STDIN` data, as the caller writes it (the binary
+    /// format's rows are encoded by the caller's writer).
     CopyIn(Pinnable<CopyInSink<Bytes>>),
-    /// `COPY … FROM STDIN (FORMAT binary)`, written as typed rows.
-    BinaryIn(Pin<Box<BinaryCopyInWriter>>),
 }
 
 /// A tokio-postgres stream that is moved into a typed (binary) reader or
@@ -70,13 +71,22 @@ impl<T> Pinnable<T> {
     }
 }
 
-/// What reading the next row came to.
-pub(crate) enum Next<T> {
-    Item(T),
+/// What a read of a stream came to (the items read are in the caller's
+/// buffer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fetched {
+    /// More may come.
+    More,
     /// The statement ended (and the server is ready for the next one);
     /// the rows it affected, when it says.
     End(Option<u64>),
 }
+
+/// At most this many rows are read in one turn of the runtime.
+const MAX_ROWS: usize = 1024;
+
+/// At most about this much COPY data is read in one turn of the runtime.
+const MAX_COPY_BYTES: usize = 64 * 1024;
 
 /// What the stream in use is not: the caller asked a reader for what only
 /// a writer does, or for a typed stream of one begun untyped.
@@ -99,69 +109,105 @@ impl Connection {
         self.run(|_| std::future::ready(Ok(()))).await
     }
 
-    /// The next row of a `query_raw`.
-    pub(crate) async fn next_row(&mut self) -> Result<Next<Row>, postgres::Error> {
+    /// The rows of a `query_raw` that have arrived (at least one, unless
+    /// the statement ended), up to [`MAX_ROWS`], appended to `out`. Reading
+    /// what is there in one turn costs one wait for the whole batch, not
+    /// one per row.
+    pub(crate) async fn next_rows(
+        &mut self,
+        out: &mut VecDeque<Row>,
+    ) -> Result<Fetched, postgres::Error> {
         let mut stream = self.stream.take();
-        let next = match stream.as_mut() {
+        let read = match stream.as_mut() {
             Some(Streaming::Rows(rows)) => match rows.pinned() {
-                Some(rows) => self.run_until(|_| next_item(rows), Settle::No).await,
-                None => Ok(None),
+                Some(rows) => {
+                    self.run_until(
+                        |_| fill(rows, |row| out.push_back(row), MAX_ROWS, |_| 1),
+                        Settle::No,
+                    )
+                    .await
+                }
+                None => Ok(true),
             },
-            _ => Ok(None),
+            _ => Ok(true),
         };
-        self.after_item(stream, next, |s| match s {
+        self.after_batch(stream, read, |s| match s {
             Some(Streaming::Rows(rows)) => rows.get().and_then(RowStream::rows_affected),
             _ => None,
         })
         .await
     }
 
-    /// The next chunk of `COPY … TO STDOUT` data.
-    pub(crate) async fn next_copy_data(&mut self) -> Result<Next<Bytes>, postgres::Error> {
+    /// The `COPY … TO STDOUT` data that has arrived (at least one message,
+    /// unless the COPY ended; up to about [`MAX_COPY_BYTES`]), appended to
+    /// `out`. The server sends a message per row.
+    pub(crate) async fn next_copy_data(
+        &mut self,
+        out: &mut BytesMut,
+    ) -> Result<Fetched, postgres::Error> {
         let mut stream = self.stream.take();
-        let next = match stream.as_mut() {
+        let read = match stream.as_mut() {
             Some(Streaming::CopyOut(data)) => match data.pinned() {
-                Some(data) => self.run_until(|_| next_item(data), Settle::No).await,
-                None => Ok(None),
+                Some(data) => {
+                    self.run_until(
+                        |_| {
+                            fill(
+                                data,
+                                |chunk: Bytes| out.extend_from_slice(&chunk),
+                                MAX_COPY_BYTES,
+                                Bytes::len,
+                            )
+                        },
+                        Settle::No,
+                    )
+                    .await
+                }
+                None => Ok(true),
             },
-            _ => Ok(None),
+            _ => Ok(true),
         };
-        self.after_item(stream, next, |_| None).await
+        self.after_batch(stream, read, |_| None).await
     }
 
-    /// The next row of a binary `COPY … TO STDOUT`.
-    pub(crate) async fn next_binary_row(
+    /// The rows of a binary `COPY … TO STDOUT` that have arrived (at least
+    /// one, unless the COPY ended), up to [`MAX_ROWS`], appended to `out`.
+    pub(crate) async fn next_binary_rows(
         &mut self,
-    ) -> Result<Next<BinaryCopyOutRow>, postgres::Error> {
+        out: &mut VecDeque<BinaryCopyOutRow>,
+    ) -> Result<Fetched, postgres::Error> {
         let mut stream = self.stream.take();
-        let next = match stream.as_mut() {
+        let read = match stream.as_mut() {
             Some(Streaming::BinaryOut(rows)) => {
                 let rows = rows.as_mut();
-                self.run_until(|_| next_item(rows), Settle::No).await
+                self.run_until(
+                    |_| fill(rows, |row| out.push_back(row), MAX_ROWS, |_| 1),
+                    Settle::No,
+                )
+                .await
             }
-            _ => Ok(None),
+            _ => Ok(true),
         };
-        self.after_item(stream, next, |_| None).await
+        self.after_batch(stream, read, |_| None).await
     }
 
-    /// Puts the stream back after an item was read; at its end (or on an
+    /// Puts the stream back after a batch was read; at its end (or on an
     /// error) waits for the server to be ready for the next statement.
-    async fn after_item<T>(
+    async fn after_batch(
         &mut self,
         stream: Option<Streaming>,
-        next: Result<Option<T>, postgres::Error>,
+        read: Result<bool, postgres::Error>,
         rows_affected: impl FnOnce(&Option<Streaming>) -> Option<u64>,
-    ) -> Result<Next<T>, postgres::Error> {
-        match next {
-            Ok(Some(item)) => {
+    ) -> Result<Fetched, postgres::Error> {
+        match read {
+            Ok(false) => {
                 self.stream = stream;
-                Ok(Next::Item(item))
+                Ok(Fetched::More)
             }
-            Ok(None) => {
+            Ok(true) => {
                 let affected = rows_affected(&stream);
                 drop(stream);
                 self.end_stream().await?;
-                Ok(Next::End(affected))
+                Ok(Fetched::End(affected))
             }
             Err(e) => {
                 drop(stream);
@@ -195,28 +241,6 @@ impl Connection {
         }
     }
 
-    /// Turns a `COPY … FROM STDIN` nothing was written to into a writer
-    /// of typed binary rows.
-    pub(crate) fn type_copy_in(&mut self, types: &[Type]) -> Result<(), WrongStream> {
-        match self.stream.take() {
-            Some(Streaming::CopyIn(sink)) => match sink.take_fresh() {
-                Ok(sink) => {
-                    let writer = BinaryCopyInWriter::new(sink, types);
-                    self.stream = Some(Streaming::BinaryIn(Box::pin(writer)));
-                    Ok(())
-                }
-                Err(used) => {
-                    self.stream = Some(Streaming::CopyIn(used));
-                    Err(WrongStream)
-                }
-            },
-            other => {
-                self.stream = other;
-                Err(WrongStream)
-            }
-        }
-    }
-
     /// Sends a chunk of `COPY … FROM STDIN` data.
     pub(crate) async fn send_copy_data(&mut self, data: Bytes) -> Result<(), postgres::Error> {
         let mut stream = self.stream.take();
@@ -225,23 +249,6 @@ impl Connection {
                 Some(mut sink) => self.run_until(|_| sink.send(data), Settle::No).await,
                 None => Ok(()),
             },
-            _ => Ok(()),
-        };
-        self.after_write(stream, sent).await
-    }
-
-    /// Sends one row of a binary `COPY … FROM STDIN` (buffered: the data
-    /// leaves in chunks).
-    pub(crate) async fn send_binary_row(
-        &mut self,
-        values: &[&(dyn ToSql + Sync)],
-    ) -> Result<(), postgres::Error> {
-        let mut stream = self.stream.take();
-        let sent = match stream.as_mut() {
-            Some(Streaming::BinaryIn(writer)) => {
-                let writer = writer.as_mut();
-                self.run_until(|_| writer.write(values), Settle::No).await
-            }
             _ => Ok(()),
         };
         self.after_write(stream, sent).await
@@ -275,10 +282,6 @@ impl Connection {
                 Some(sink) => self.run(|_| sink.finish()).await,
                 None => Ok(0),
             },
-            Some(Streaming::BinaryIn(mut writer)) => {
-                let writer = writer.as_mut();
-                self.run(|_| writer.finish()).await
-            }
             other => {
                 self.stream = other;
                 return Ok(0);
@@ -291,12 +294,33 @@ impl Connection {
     }
 }
 
-/// The next item of `stream`.
-async fn next_item<S, T>(mut stream: Pin<&mut S>) -> Result<Option<T>, postgres::Error>
+/// Reads what `stream` has now into `push` (waiting only for the first
+/// item), until `max` (as `size` counts it) is reached; whether the
+/// stream ended.
+async fn fill<S, T>(
+    mut stream: Pin<&mut S>,
+    mut push: impl FnMut(T),
+    max: usize,
+    size: impl Fn(&T) -> usize,
+) -> Result<bool, postgres::Error>
 where
     S: Stream<Item = Result<T, postgres::Error>> + ?Sized,
 {
-    poll_fn(|cx| stream.as_mut().poll_next(cx))
-        .await
-        .transpose()
+    let mut filled = 0;
+    poll_fn(|cx| {
+        while filled < max {
+            match stream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(item))) => {
+                    filled += size(&item).max(1);
+                    push(item);
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(true)),
+                Poll::Pending if filled == 0 => return Poll::Pending,
+                Poll::Pending => return Poll::Ready(Ok(false)),
+            }
+        }
+        Poll::Ready(Ok(false))
+    })
+    .await
 }
