@@ -188,6 +188,14 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// A [`Portal`](crate::Portal) was used outside the transaction it
+    /// was bound in: a portal ends with its transaction. Nothing was sent.
+    #[error(
+        "the portal was bound in another transaction (a portal ends with the transaction it was \
+         bound in); nothing was sent"
+    )]
+    PortalClosed,
+
     /// A transaction was released without `commit` or `rollback`; it has been
     /// rolled back. Its message is exactly [`UNFINISHED_TRANSACTION`].
     ///

@@ -13,7 +13,7 @@ use crate::machine::fallback::{HolderEnd, verdict};
 use crate::machine::transaction_status::TransactionStatus;
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
-use crate::{CopyInWriter, CopyOutReader, Row, RowIter, SimpleQueryMessage, Statement};
+use crate::{CopyInWriter, CopyOutReader, Portal, Row, RowIter, SimpleQueryMessage, Statement};
 
 /// A savepoint inside a transaction; `S` is its state, [`Open`] or [`Done`].
 ///
@@ -235,6 +235,29 @@ impl<'t> Savepoint<'t, Open> {
         let conn = self.conn();
         conn.copy(query, false)?;
         Ok(CopyOutReader::new(conn))
+    }
+
+    /// Binds `query` with `params` to a new [`Portal`] inside this savepoint, whose
+    /// rows [`query_portal`](Self::query_portal) fetches a batch at a
+    /// time (a cursor: `DECLARE … NO SCROLL CURSOR FOR query`).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute); the portal outlives the savepoint when it is released, and is closed when it is rolled back.
+    pub fn bind(&mut self, query: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Portal> {
+        self.conn().bind(query, params)
+    }
+
+    /// The next `max_rows` rows of `portal` (all that are left when
+    /// `max_rows` is 0 or less); an empty `Vec` once it has none left.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortalClosed`](crate::Error::PortalClosed) if `portal`
+    /// was bound in another transaction (nothing is sent); otherwise as
+    /// [`execute`](Self::execute).
+    pub fn query_portal(&mut self, portal: &Portal, max_rows: i32) -> Result<Vec<Row>> {
+        self.conn().query_portal(portal, max_rows)
     }
 
     /// Prepares a statement for repeated use on this connection.

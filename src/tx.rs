@@ -11,7 +11,7 @@ use crate::machine::transaction_status::TransactionStatus;
 use crate::savepoint::{self, Savepoint};
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
-use crate::{CopyInWriter, CopyOutReader, Row, RowIter, SimpleQueryMessage, Statement};
+use crate::{CopyInWriter, CopyOutReader, Portal, Row, RowIter, SimpleQueryMessage, Statement};
 
 /// A transaction on the shared connection; `S` is its state, [`Open`] or
 /// [`Done`].
@@ -268,6 +268,29 @@ impl<'m> Tx<'m, Open> {
         let conn = self.conn();
         conn.copy(query, false)?;
         Ok(CopyOutReader::new(conn))
+    }
+
+    /// Binds `query` with `params` to a new [`Portal`] inside this transaction, whose
+    /// rows [`query_portal`](Self::query_portal) fetches a batch at a
+    /// time (a cursor: `DECLARE … NO SCROLL CURSOR FOR query`).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
+    pub fn bind(&mut self, query: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Portal> {
+        self.conn().bind(query, params)
+    }
+
+    /// The next `max_rows` rows of `portal` (all that are left when
+    /// `max_rows` is 0 or less); an empty `Vec` once it has none left.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortalClosed`](crate::Error::PortalClosed) if `portal`
+    /// was bound in another transaction (nothing is sent); otherwise as
+    /// [`execute`](Self::execute).
+    pub fn query_portal(&mut self, portal: &Portal, max_rows: i32) -> Result<Vec<Row>> {
+        self.conn().query_portal(portal, max_rows)
     }
 
     /// Prepares a statement for repeated use on this connection.

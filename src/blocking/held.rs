@@ -18,7 +18,7 @@ use crate::machine::control;
 use crate::machine::fallback::Cause;
 use crate::machine::transaction_status::TransactionStatus;
 use crate::statements::{Naming, Sql, ToStatement};
-use crate::{Row, Statement};
+use crate::{Portal, Row, Statement};
 
 /// Holds the lease until dropped.
 ///
@@ -262,6 +262,37 @@ impl Conn<'_> {
         self.with_session(|s| {
             self.check(s, query)?;
             s.copy(query, copy_in)
+        })
+    }
+
+    /// Binds `query` with `params` to a new portal: a cursor, declared
+    /// inside the transaction (`DECLARE … NO SCROLL CURSOR FOR query`),
+    /// whose rows [`query_portal`](Self::query_portal) fetches.
+    pub(crate) fn bind(&self, query: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Portal> {
+        self.with_session(|s| {
+            self.check(s, query)?;
+            let (transaction, number) = s.next_portal();
+            let portal = Portal::new(transaction, number);
+            let declare = format!("DECLARE {} NO SCROLL CURSOR FOR {query}", portal.name());
+            s.cached_statement(declare.as_str(), Execute, params)?;
+            Ok(portal)
+        })
+    }
+
+    /// The next `max_rows` rows of `portal` (all that are left when
+    /// `max_rows` is 0 or less).
+    pub(crate) fn query_portal(&self, portal: &Portal, max_rows: i32) -> Result<Vec<Row>> {
+        self.with_session(|s| {
+            if s.transaction_number() != portal.transaction() || !s.in_transaction() {
+                return Err(Error::PortalClosed);
+            }
+            let count = if max_rows > 0 {
+                max_rows.to_string()
+            } else {
+                "ALL".to_owned()
+            };
+            let fetch = format!("FETCH FORWARD {count} FROM {}", portal.name());
+            s.cached_statement(fetch.as_str(), Query, &[])
         })
     }
 

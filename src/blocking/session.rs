@@ -290,6 +290,17 @@ impl LockedSession<'_> {
         })
     }
 
+    /// The transaction a portal bound now belongs to, and its number in
+    /// it (see `SessionCore::next_portal`).
+    pub(crate) fn next_portal(&mut self) -> (u64, u32) {
+        self.core.next_portal()
+    }
+
+    /// The number of the current transaction on this session.
+    pub(crate) fn transaction_number(&self) -> u64 {
+        self.core.transaction_number()
+    }
+
     /// Whether a stream is open (see `SessionCore::has_stream`).
     pub(crate) fn has_stream(&self) -> bool {
         self.core.has_stream()

@@ -90,6 +90,10 @@ pub(crate) struct SessionCore {
     /// A statement whose rows or COPY data are still being read or
     /// written (the connection holds the stream itself).
     stream: Option<OpenStream>,
+    /// Transactions begun on this session: which one a portal belongs to.
+    begun: u64,
+    /// Portals bound in the current transaction.
+    portals: u32,
 }
 
 /// What the session knows of a statement that goes on over a stream's
@@ -157,6 +161,8 @@ impl SessionCore {
             failure: None,
             fallback: None,
             stream: None,
+            begun: 0,
+            portals: 0,
         }
     }
 
@@ -795,8 +801,22 @@ impl SessionCore {
         }
         self.machine.begin(begin);
         self.failure = None;
+        self.begun += 1;
+        self.portals = 0;
         self.publish(shared);
         rolled_back
+    }
+
+    /// The transaction (its number on this session) a portal bound now
+    /// belongs to, and the portal's number in it.
+    pub(crate) fn next_portal(&mut self) -> (u64, u32) {
+        self.portals += 1;
+        (self.begun, self.portals)
+    }
+
+    /// The number of the current (or last) transaction on this session.
+    pub(crate) fn transaction_number(&self) -> u64 {
+        self.begun
     }
 
     /// Sends `COMMIT`, and says truthfully whether the server committed.
