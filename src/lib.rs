@@ -262,6 +262,9 @@
 //!   `verify-ca`, `verify-full`, …), root and client certificates.
 //!   Without it, `sslmode=require` and stricter are refused at connect
 //!   time with a clear error rather than silently sent in clear.
+//! - `testing`: the module `pgtx::testing`, a throwaway PostgreSQL server
+//!   for your own tests (the one pgtx's tests and examples run on), and
+//!   `testing::rolled_back`, a transaction that always rolls back.
 //!
 //! # Not supported
 //!
@@ -298,6 +301,8 @@ mod savepoint;
 mod scope;
 mod state;
 mod statements;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod two_phase;
 mod tx;
 mod user_code;
