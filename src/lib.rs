@@ -281,6 +281,8 @@
 // than a guard that would have to be force-unlocked.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "aio")]
+pub mod aio;
 pub mod binary_copy;
 mod blocking;
 mod cancel;

@@ -300,11 +300,43 @@ fn only_the_blocking_shell_blocks_and_only_its_runtime_module_makes_runtimes() {
                 "{module} blocks (block_on) below the blocking shell"
             ));
         }
-        if module != "blocking::driver" && code.contains("tokio::runtime") {
-            found.push(format!("{module} makes or names a runtime"));
+        // The blocking shell's one runtime module makes runtimes; the async
+        // front's session names the caller's runtime, to tidy on a task of
+        // it after a holder is dropped. Nothing else touches runtimes.
+        let names_runtime = code.contains("tokio::runtime");
+        let makes_runtime = code.contains("runtime::Builder") || code.contains("Runtime::new");
+        if module != "blocking::driver" && makes_runtime {
+            found.push(format!("{module} makes a runtime"));
+        }
+        if !["blocking::driver", "aio::session"].contains(&module.as_str()) && names_runtime {
+            found.push(format!("{module} names a runtime"));
         }
     }
     assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+#[test]
+fn the_two_fronts_stand_side_by_side_on_the_core() {
+    let graph = imports();
+    let mut crossing = Vec::new();
+    for (from, targets) in &graph {
+        for to in targets {
+            let (a, b) = (is_within(from, "aio"), is_within(to, "aio"));
+            let (c, d) = (is_within(from, "blocking"), is_within(to, "blocking"));
+            if (a && d) || (c && b) {
+                crossing.push(format!("{from} -> {to}"));
+            }
+        }
+    }
+    assert!(
+        graph.keys().any(|m| is_within(m, "aio")),
+        "the async front is among the modules read"
+    );
+    assert!(
+        crossing.is_empty(),
+        "one front imports the other:\n{}",
+        crossing.join("\n")
+    );
 }
 
 #[test]

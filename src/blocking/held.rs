@@ -117,7 +117,7 @@ impl Conn<'_> {
     /// before anything is sent.
     fn check<T: ?Sized + ToStatement>(&self, session: &LockedSession<'_>, query: &T) -> Result<()> {
         match (self.scope, query.sql()) {
-            (StatementScope::Transaction { .. }, Sql::Text(sql)) => refuse_control(session, sql),
+            (StatementScope::Transaction { .. }, Sql::Text(sql)) => session.refuse_control(sql),
             _ => Ok(()),
         }
     }
@@ -227,7 +227,7 @@ impl Conn<'_> {
             if s.naming() == Naming::Unnamed {
                 return Err(Error::PreparedStatementsOff);
             }
-            refuse_control(s, query)?;
+            s.refuse_control(query)?;
             if let Some(command) = control::shape_decided_at_run_time(query) {
                 return Err(Error::ShapeDecidedAtRunTime(command));
             }
@@ -317,22 +317,5 @@ impl Conn<'_> {
 
     pub(crate) fn status(&self) -> TransactionStatus {
         self.shared.status()
-    }
-}
-
-fn refuse_control(session: &LockedSession<'_>, sql: &str) -> Result<()> {
-    if !session.reads_utf8() {
-        // In another encoding a byte pgtx reads as part of a character can
-        // be a quote or a backslash to the server, so a COMMIT could hide
-        // where pgtx sees a string.
-        return Err(Error::TransactionControl(
-            "client_encoding is not UTF8, so pgtx cannot read this SQL for transaction control \
-             (RESET client_encoding through the guard first)"
-                .to_owned(),
-        ));
-    }
-    match control::find(sql) {
-        Some(found) => Err(Error::TransactionControl(found.to_string())),
-        None => Ok(()),
     }
 }

@@ -405,9 +405,9 @@ impl LockedSession<'_> {
             .block_on_unless_done(core.restore_depth(shared, depth))
     }
 
-    /// Whether SQL text reaches the server as pgtx reads it.
-    pub(crate) fn reads_utf8(&self) -> bool {
-        self.core.reads_utf8()
+    /// Refuses transaction control (see `SessionCore::refuse_control`).
+    pub(crate) fn refuse_control(&self, sql: &str) -> Result<()> {
+        self.core.refuse_control(sql)
     }
 
     /// The vote of a two-phase commit (see `SessionCore::prepare_transaction`).

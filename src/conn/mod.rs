@@ -96,6 +96,10 @@ pub(crate) struct Connection {
     on_notice: Option<NoticeHandler>,
     /// A statement read or written over many calls (see `streaming.rs`).
     stream: Option<streaming::Streaming>,
+    /// A request is being run: still set afterwards, the future that ran
+    /// it was dropped before its answer was read (see
+    /// [`Connection::was_interrupted`]).
+    in_flight: bool,
 }
 
 static_assertions::assert_impl_all!(Connection: Send);
@@ -140,6 +144,7 @@ impl Connection {
             cancel,
             on_notice,
             stream: None,
+            in_flight: false,
         })
     }
 
@@ -358,6 +363,7 @@ impl Connection {
         F: FnOnce(&'a Client) -> Fut,
         Fut: Future<Output = Result<T, postgres::Error>> + 'a,
     {
+        self.in_flight = true;
         let Connection {
             client,
             connection,
@@ -367,6 +373,7 @@ impl Connection {
             gate,
             tap,
             on_notice,
+            in_flight,
             ..
         } = self;
         let on_notice = on_notice.as_ref();
@@ -410,6 +417,7 @@ impl Connection {
             }
         })
         .await;
+        *in_flight = false;
         if !*ended {
             self.answered_at = Instant::now();
         }
@@ -419,6 +427,35 @@ impl Connection {
             self.statements.clear();
         }
         result
+    }
+
+    /// Whether the future of a request was dropped before the request's
+    /// answer was read (an async caller's timeout, a `select!` that chose
+    /// another branch, an aborted task): the request may still run on the
+    /// server, or not have been sent yet, and its answer is still to come.
+    /// Whatever uses the connection next must first cancel and drain it
+    /// (see `SessionCore::recover_interrupted`).
+    pub(crate) fn was_interrupted(&self) -> bool {
+        self.in_flight
+    }
+
+    /// Writes what tokio-postgres has queued, as far as the socket takes
+    /// it now, without waiting for any answer.
+    pub(crate) async fn flush_queued(&mut self) {
+        poll_fn(|cx| {
+            self.drive_now(cx);
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    /// Reads and drops every answer still to come, and the stream (if
+    /// any): an empty query is queued behind whatever was sent before it,
+    /// so its answer comes last. Clears [`was_interrupted`](Self::was_interrupted).
+    pub(crate) async fn drain(&mut self) -> Result<(), postgres::Error> {
+        self.stream = None;
+        // An armed BEGIN stays armed: a simple Query does not carry it.
+        self.run(|c| c.batch_execute("")).await
     }
 
     /// Where this connection's cancel requests go.

@@ -90,6 +90,9 @@ pub(crate) struct SessionCore {
     /// A statement whose rows or COPY data are still being read or
     /// written (the connection holds the stream itself).
     stream: Option<OpenStream>,
+    /// `COMMIT` is being sent: still set afterwards, its future was
+    /// dropped (see [`SessionCore::recover_interrupted`]).
+    committing: bool,
     /// Transactions begun on this session: which one a portal belongs to.
     begun: u64,
     /// Portals bound in the current transaction.
@@ -110,6 +113,20 @@ struct OpenStream {
     /// (see [`SessionCore::copy`]).
     own_block: bool,
 }
+
+/// What [`SessionCore::recover_interrupted`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Interruption {
+    /// The interrupted request was `COMMIT`: whether the server committed
+    /// (`None`: the connection was lost, nobody can tell).
+    pub(crate) commit: Option<Option<bool>>,
+    /// It was a `COPY … FROM STDIN` being written: it failed, storing nothing.
+    pub(crate) copy_in: bool,
+}
+
+/// How long an interrupted request's connection may take to answer
+/// before it is dropped instead (see [`SessionCore::recover_interrupted`]).
+pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// What a fallback rolls back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +178,7 @@ impl SessionCore {
             failure: None,
             fallback: None,
             stream: None,
+            committing: false,
             begun: 0,
             portals: 0,
         }
@@ -182,8 +200,12 @@ impl SessionCore {
     /// Carries out the recorded fallback, if any: rolls back (a rollback
     /// never fails: when it cannot be sent the connection is dropped, and
     /// the server rolls back). Returns the cause to report.
+    ///
+    /// The decision is kept until the rollback is done: a future dropped
+    /// meanwhile leaves it for the next use (which first recovers the
+    /// interrupted `ROLLBACK`, see [`recover_interrupted`](Self::recover_interrupted)).
     pub(crate) async fn settle_fallback(&mut self, shared: &SessionShared) -> Option<Cause> {
-        let (target, report) = self.fallback.take()?;
+        let (target, report) = self.fallback?;
         match target {
             RollBackTarget::Transaction => self.rollback(shared).await,
             RollBackTarget::Savepoint(depth) => {
@@ -192,7 +214,13 @@ impl SessionCore {
                 }
             }
         }
+        self.fallback = None;
         report
+    }
+
+    /// Whether a fallback was recorded and not carried out yet.
+    pub(crate) fn has_fallback(&self) -> bool {
+        self.fallback.is_some()
     }
 
     /// How SQL text runs on this session's connections.
@@ -862,8 +890,103 @@ impl SessionCore {
         // name behind the tap's back (see wire.rs), and a COMMIT that runs
         // something else would be reported as done. Once it is written, a
         // broken connection leaves its outcome unknown.
+        self.committing = true;
         let sent = Batch("COMMIT").send(conn).await;
+        self.committing = false;
         self.committed(shared, sent).await
+    }
+
+    /// Whether a request's future was dropped before its answer was read
+    /// (see [`recover_interrupted`](Self::recover_interrupted)).
+    pub(crate) fn was_interrupted(&self) -> bool {
+        self.conn.as_ref().is_some_and(Connection::was_interrupted)
+    }
+
+    /// Makes the connection usable again after a request's future was
+    /// dropped before its answer was read (an async caller's timeout, a
+    /// `select!` that chose another branch, an aborted task); `None` when
+    /// none was.
+    ///
+    /// 1. What tokio-postgres queued is written, then a cancel request
+    ///    goes out: the interrupted statement does not go on running (the
+    ///    server ignores a cancel that finds it idle, and the cancel is
+    ///    acted on before anything else is sent).
+    /// 2. The connection is drained: an empty query, queued behind
+    ///    everything before it, is answered last, within [`DRAIN_LIMIT`];
+    ///    a connection that does not answer by then is dropped (the
+    ///    server rolls back what it had open).
+    /// 3. The server's status and the last command's tag decide the rest:
+    ///    an interrupted `COMMIT` either committed (then nothing is left to
+    ///    roll back) or did not; a transaction whose statement was
+    ///    interrupted can only roll back from now on (its holder cannot
+    ///    know what ran); a stream is over.
+    pub(crate) async fn recover_interrupted(
+        &mut self,
+        shared: &SessionShared,
+    ) -> Option<Interruption> {
+        let conn = self.conn.as_mut().filter(|conn| conn.was_interrupted())?;
+        // Cleared only once the interrupted request's outcome is known: a
+        // recovery that is itself interrupted leaves it to the next.
+        let commit = self.committing;
+        conn.flush_queued().await;
+        if let Err(e) = conn.cancel_target().clone().send().await {
+            log::debug!("pgtx: cancel request for an interrupted statement failed: {e}");
+        }
+        let drained = tokio::time::timeout(DRAIN_LIMIT, conn.drain()).await;
+        // A BEGIN armed for the interrupted statement and never sent must
+        // not ride on someone else's next statement.
+        conn.begin_outcome();
+        let stream = self.stream.take();
+        let copy_in = stream.as_ref().is_some_and(|open| open.copy_in);
+        if let Some(open) = stream {
+            shared.cancel.finish(open.serial);
+        }
+        let drained = match drained {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                log::info!("pgtx: an interrupted request's connection failed while drained: {e}");
+                false
+            }
+            Err(_) => {
+                log::warn!(
+                    "pgtx: an interrupted request's connection did not answer within {DRAIN_LIMIT:?}; \
+                     closing it (the server rolls back what it had open)"
+                );
+                false
+            }
+        };
+        self.committing = false;
+        if !drained {
+            self.lose_connection(shared);
+            self.machine.lose();
+            self.fallback = None;
+            self.publish(shared);
+            return Some(Interruption {
+                commit: commit.then_some(None),
+                copy_in,
+            });
+        }
+        let server = self.server_status();
+        let committed = commit.then(|| {
+            let tag = self
+                .conn
+                .as_ref()
+                .map(Connection::last_command_tag)
+                .unwrap_or_default();
+            commit_answer(&tag, server) == CommitAnswer::Committed
+        });
+        if committed == Some(true) {
+            // Nothing is left to roll back.
+            self.machine.reset();
+            self.fallback = None;
+        } else {
+            self.machine.interrupted(server);
+        }
+        self.publish(shared);
+        Some(Interruption {
+            commit: committed.map(Some),
+            copy_in,
+        })
     }
 
     /// Follows what the server answered to `COMMIT`.
@@ -917,10 +1040,23 @@ impl SessionCore {
     /// Ends the transaction without saving it. Never fails: when `ROLLBACK`
     /// cannot be sent, the connection is closed, which makes the server roll
     /// back, and no one can inherit it.
+    ///
+    /// The server's word counts too: a block it reports open is rolled
+    /// back even when the machine thought none was (a future dropped
+    /// between a transition and its request leaves them apart).
     pub(crate) async fn rollback(&mut self, shared: &SessionShared) {
         let server = self.server_status();
-        let must_send = self.machine.rollback(server);
+        let must_send = self.machine.rollback(server) | self.server_in_block();
         self.send_rollback(shared, must_send).await;
+    }
+
+    /// Whether the server, by its last answer, has a transaction block
+    /// open (or failed) on the connection.
+    pub(crate) fn server_in_block(&self) -> bool {
+        matches!(
+            self.server_status(),
+            Some(ServerStatus::InTransaction | ServerStatus::Failed)
+        )
     }
 
     /// Rolls back whatever the server has open, whatever the machine thought.
@@ -1029,6 +1165,32 @@ impl SessionCore {
     /// user SQL changed `client_encoding` (a closed connection has not).
     pub(crate) fn reads_utf8(&self) -> bool {
         self.conn.as_ref().is_none_or(Connection::reads_utf8)
+    }
+
+    /// Refuses `sql` if it would end or restart a transaction (checked
+    /// before anything is sent, inside a transaction; `prepare` checks it
+    /// everywhere).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TransactionControl`], naming the statement; also when the
+    /// server no longer reads SQL as UTF8, since pgtx then cannot read it
+    /// as the server does.
+    pub(crate) fn refuse_control(&self, sql: &str) -> Result<()> {
+        if !self.reads_utf8() {
+            // In another encoding a byte pgtx reads as part of a character can
+            // be a quote or a backslash to the server, so a COMMIT could hide
+            // where pgtx sees a string.
+            return Err(Error::TransactionControl(
+                "client_encoding is not UTF8, so pgtx cannot read this SQL for transaction control \
+                 (RESET client_encoding through the guard first)"
+                    .to_owned(),
+            ));
+        }
+        match control::find(sql) {
+            Some(found) => Err(Error::TransactionControl(found.to_string())),
+            None => Ok(()),
+        }
     }
 
     /// The vote of a two-phase commit: `PREPARE TRANSACTION gid`. Returns

@@ -396,6 +396,32 @@ impl Machine {
         server != Some(ServerStatus::Idle)
     }
 
+    /// A request's future was dropped before its answer was read, and the
+    /// answer has since been read and dropped (see
+    /// `SessionCore::recover_interrupted`); `server` is the status the
+    /// server reported last. Whether the interrupted statement ran is
+    /// unknown to whoever wrote it, so a transaction goes on only aborted:
+    /// it can still be rolled back, never committed. A transaction whose
+    /// `BEGIN` is still pending with the server outside any block ran
+    /// nothing (`BEGIN` travels with its first statement), and stays
+    /// pending. Outside a transaction, the server's word is all there is.
+    pub(crate) fn interrupted(&mut self, server: Option<ServerStatus>) {
+        let idle = server == Some(ServerStatus::Idle);
+        self.track = match std::mem::replace(&mut self.track, Track::Idle) {
+            Track::Idle | Track::UserBlock if idle => Track::Idle,
+            Track::Idle | Track::UserBlock => Track::UserBlock,
+            Track::Pending(begin) if idle => Track::Pending(begin),
+            // The block ended under the transaction (nothing pgtx sent ends one).
+            Track::Pending(_) | Track::Open | Track::Aborted(_) if idle => Track::Escaped,
+            Track::Pending(_) | Track::Open => Track::Aborted(None),
+            Track::Aborted(first) => Track::Aborted(first),
+            other => other,
+        };
+        if !matches!(self.track, Track::Open | Track::Aborted(_)) {
+            self.depth = 0;
+        }
+    }
+
     /// The connection is gone or was closed on purpose: nothing is open.
     pub(crate) fn reset(&mut self) {
         self.track = Track::Idle;
@@ -457,6 +483,34 @@ mod tests {
         m.after_statement(answered(true, ServerStatus::InTransaction));
         assert!(matches!(m.track, Track::Open));
         m
+    }
+
+    #[test]
+    fn an_interrupted_statement_leaves_a_transaction_only_to_roll_back() {
+        for server in [ServerStatus::InTransaction, ServerStatus::Failed] {
+            let mut m = open();
+            m.interrupted(Some(server));
+            assert!(matches!(m.track, Track::Aborted(None)), "{server:?}");
+            assert!(matches!(m.commit(), CommitPlan::RollBack(None)));
+        }
+        // BEGIN travels with its statement: the server outside a block ran neither.
+        let mut m = Machine::new();
+        m.begin(Cow::Borrowed("BEGIN"));
+        m.interrupted(Some(ServerStatus::Idle));
+        assert!(m.is_pending());
+        // It did run once the server is in a block.
+        m.interrupted(Some(ServerStatus::InTransaction));
+        assert!(matches!(m.track, Track::Aborted(None)));
+        // A block that ended under it.
+        let mut m = open();
+        m.interrupted(Some(ServerStatus::Idle));
+        assert!(matches!(m.track, Track::Escaped));
+        // Outside a transaction, the server's word.
+        let mut m = Machine::new();
+        m.interrupted(Some(ServerStatus::InTransaction));
+        assert!(matches!(m.track, Track::UserBlock));
+        m.interrupted(Some(ServerStatus::Idle));
+        assert!(matches!(m.track, Track::Idle));
     }
 
     #[test]

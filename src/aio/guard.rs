@@ -1,0 +1,181 @@
+//! [`Guard`]: the async connection, held.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use postgres::types::ToSql;
+
+use crate::aio::held::{self, Scope};
+use crate::aio::lease::Lease;
+use crate::aio::tx::Tx;
+use crate::conn::request::{Execute, Query, QueryOne, QueryOpt};
+use crate::error::Result;
+use crate::machine::fallback::Cause;
+use crate::machine::options::TxOptions;
+use crate::machine::transaction_status::TransactionStatus;
+use crate::state::Open;
+use crate::statements::ToStatement;
+use crate::{Row, SimpleQueryMessage};
+
+/// The connection, held: from [`ManagedConnection::lock`](super::ManagedConnection::lock).
+///
+/// Statements on a guard commit on their own (autocommit);
+/// [`begin`](Self::begin) turns it into a [`Tx`]. Holding it holds the
+/// connection; it is `Send`, so it may be held across `.await` on a
+/// multi-threaded runtime.
+///
+/// Dropped with a transaction block open that its SQL began (a plain
+/// `BEGIN`), the block is rolled back (at once, on a task of the runtime)
+/// and reported as an unfinished transaction: the next holder always
+/// starts idle.
+#[clippy::has_significant_drop]
+#[must_use = "dropping the guard releases the connection"]
+pub struct Guard<'m> {
+    lease: Lease<'m>,
+    /// Invariant in `'m`, as [`Tx`]'s brand is.
+    _brand: PhantomData<fn(&'m ()) -> &'m ()>,
+}
+
+static_assertions::assert_impl_all!(Guard<'static>: Send);
+static_assertions::assert_eq_size!(Guard<'static>, [usize; 2]);
+
+impl<'m> Guard<'m> {
+    pub(crate) fn new(lease: Lease<'m>) -> Guard<'m> {
+        Guard {
+            lease,
+            _brand: PhantomData,
+        }
+    }
+
+    fn lease(&mut self) -> &mut Lease<'m> {
+        &mut self.lease
+    }
+
+    /// Begins a transaction with PostgreSQL's default options. Nothing is
+    /// sent yet: `BEGIN` goes out with the transaction's first statement,
+    /// in the same write and Sync group (two round trips for a
+    /// one-statement transaction).
+    ///
+    /// # Errors
+    ///
+    /// As [`begin_with`](Self::begin_with).
+    pub async fn begin(self) -> Result<Tx<'m, Open>> {
+        self.begin_with(TxOptions::default()).await
+    }
+
+    /// Begins a transaction with an isolation level, read-only or
+    /// deferrable mode.
+    ///
+    /// If SQL run through this guard had left a transaction block open (a
+    /// plain `BEGIN`), that block is rolled back and reported as an
+    /// unfinished transaction first.
+    ///
+    /// # Errors
+    ///
+    /// None so far; the `Result` leaves room for checks to come.
+    pub async fn begin_with(mut self, options: TxOptions) -> Result<Tx<'m, Open>> {
+        let lease = self.lease();
+        let (inner, core) = lease.parts();
+        inner.tidy(core).await;
+        if core.begin(&inner.shared, options.begin_sql()).await {
+            inner.report_unfinished(Cause::UserBlock);
+        }
+        Ok(Tx::open(self.lease))
+    }
+
+    /// Executes a statement on its own and returns the number of rows it
+    /// affected. `query` is SQL text or a prepared statement; text is
+    /// prepared once per connection and reused.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Db`](crate::Error::Db) if the statement fails;
+    /// [`Error::ConnectionLost`](crate::Error::ConnectionLost) if the
+    /// connection broke.
+    pub async fn execute<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<u64>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let (inner, core) = self.lease().parts();
+        held::statement(inner, core, Scope::Autocommit, query, Execute, params).await
+    }
+
+    /// Runs a query on its own and returns all its rows.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
+    pub async fn query<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let (inner, core) = self.lease().parts();
+        held::statement(inner, core, Scope::Autocommit, query, Query, params).await
+    }
+
+    /// Runs a query that returns exactly one row.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute), and an error if it returns no row or
+    /// more than one.
+    pub async fn query_one<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Row>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let (inner, core) = self.lease().parts();
+        held::statement(inner, core, Scope::Autocommit, query, QueryOne, params).await
+    }
+
+    /// Runs a query that returns at most one row.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute), and an error if it returns more than one row.
+    pub async fn query_opt<T>(
+        &mut self,
+        query: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let (inner, core) = self.lease().parts();
+        held::statement(inner, core, Scope::Autocommit, query, QueryOpt, params).await
+    }
+
+    /// Runs statements separated by `;` (the simple query protocol), as one
+    /// implicit transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
+    pub async fn batch_execute(&mut self, query: &str) -> Result<()> {
+        let (inner, core) = self.lease().parts();
+        held::batch_execute(inner, core, Scope::Autocommit, query).await
+    }
+
+    /// Runs statements separated by `;` and returns their rows, as text,
+    /// and command tags.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
+    pub async fn simple_query(&mut self, query: &str) -> Result<Vec<SimpleQueryMessage>> {
+        let (inner, core) = self.lease().parts();
+        held::simple_query(inner, core, Scope::Autocommit, query).await
+    }
+
+    /// The transaction status, as the server last reported it.
+    pub fn status(&self) -> TransactionStatus {
+        self.lease.inner().status()
+    }
+}
+
+impl fmt::Debug for Guard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("aio::Guard")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}

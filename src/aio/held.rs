@@ -1,0 +1,113 @@
+//! The statements an async holder runs: the one implementation behind the
+//! statement methods of [`Guard`](super::Guard) and [`Tx`](super::Tx).
+
+use postgres::SimpleQueryMessage;
+use postgres::types::ToSql;
+
+use crate::aio::session::Inner;
+use crate::conn::request::{Batch, Simple, StatementKind};
+use crate::conn::session::{RequestShape, Retries, SessionCore, Step};
+use crate::error::Result;
+use crate::statements::{Sql, ToStatement};
+
+/// Where a holder's statements run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// A guard: each statement commits on its own.
+    Autocommit,
+    /// A transaction: SQL that would end or restart it is refused.
+    Transaction,
+}
+
+/// Tidies what an earlier use left (an interrupted request first), and
+/// refuses transaction control inside a transaction.
+async fn prepare(
+    inner: &Inner,
+    core: &mut SessionCore,
+    scope: Scope,
+    sql: Option<&str>,
+) -> Result<()> {
+    inner.tidy(core).await;
+    match (scope, sql) {
+        (Scope::Transaction, Some(sql)) => core.refuse_control(sql),
+        _ => Ok(()),
+    }
+}
+
+/// Before a request of `shape`: a transaction's first statement gets a
+/// live connection (one that died while the transaction waited is
+/// replaced: nothing of it reached the server).
+async fn ensure_for(inner: &Inner, core: &mut SessionCore, shape: RequestShape) -> Result<()> {
+    if core.needs_connection_for(shape)
+        && let Err(e) = inner.ensure_open(core).await
+    {
+        core.lose_pending(&inner.shared);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Runs `query` (text or a prepared statement) as a statement of `kind`.
+pub(crate) async fn statement<Q, K>(
+    inner: &Inner,
+    core: &mut SessionCore,
+    scope: Scope,
+    query: &Q,
+    kind: K,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<K::Output>
+where
+    Q: ?Sized + ToStatement,
+    K: StatementKind,
+{
+    let sql = match query.sql() {
+        Sql::Text(sql) => Some(sql),
+        Sql::Prepared(_) => None,
+    };
+    prepare(inner, core, scope, sql).await?;
+    let mut retries = Retries::new();
+    loop {
+        ensure_for(inner, core, RequestShape::Bind).await?;
+        match core
+            .cached_statement(&inner.shared, query, kind, params, &mut retries)
+            .await
+        {
+            Step::Done(result) => return result,
+            Step::Reconnect => {
+                if let Err(e) = inner.ensure_open(core).await {
+                    if core.needs_connection_for(RequestShape::Bind) {
+                        core.lose_pending(&inner.shared);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Statements separated by `;`, as one simple Query.
+pub(crate) async fn batch_execute(
+    inner: &Inner,
+    core: &mut SessionCore,
+    scope: Scope,
+    sql: &str,
+) -> Result<()> {
+    prepare(inner, core, scope, Some(sql)).await?;
+    ensure_for(inner, core, RequestShape::Query).await?;
+    core.statement(&inner.shared, RequestShape::Query, Some(sql), &Batch(sql))
+        .await
+}
+
+/// Statements separated by `;`, as one simple Query, with their rows (as
+/// text) and command tags.
+pub(crate) async fn simple_query(
+    inner: &Inner,
+    core: &mut SessionCore,
+    scope: Scope,
+    sql: &str,
+) -> Result<Vec<SimpleQueryMessage>> {
+    prepare(inner, core, scope, Some(sql)).await?;
+    ensure_for(inner, core, RequestShape::Query).await?;
+    core.statement(&inner.shared, RequestShape::Query, Some(sql), &Simple(sql))
+        .await
+}

@@ -1,0 +1,76 @@
+//! The lease an async holder owns: the session locked, and the manager it
+//! belongs to (to tidy at once after a holder that let go with something
+//! left undone).
+
+use std::sync::Arc;
+
+use crate::aio::session::{Held, Holding, Inner};
+use crate::conn::session::{RollBackTarget, SessionCore};
+use crate::machine::fallback::{HolderEnd, verdict};
+
+/// The locked session and its manager: two pointers. Dropped, it records
+/// what the fallback decides for its holder and lets go.
+pub(crate) struct Lease<'m> {
+    held: Held<'m>,
+    inner: &'m Arc<Inner>,
+}
+
+static_assertions::assert_eq_size!(Lease<'static>, [usize; 2]);
+static_assertions::assert_impl_all!(Lease<'static>: Send);
+
+impl<'m> Lease<'m> {
+    pub(crate) fn new(held: Held<'m>, inner: &'m Arc<Inner>) -> Lease<'m> {
+        Lease { held, inner }
+    }
+
+    pub(crate) fn inner(&self) -> &'m Inner {
+        self.inner
+    }
+
+    /// The manager and the session, apart (a statement needs both).
+    pub(crate) fn parts(&mut self) -> (&'m Inner, &mut SessionCore) {
+        (self.inner, &mut self.held.core)
+    }
+
+    /// Marks the holder as a `transaction` scope's.
+    pub(crate) fn set_scoped(&mut self) {
+        self.held.scoped = true;
+    }
+
+    /// Says what holds the lease now.
+    pub(crate) fn set_holding(&mut self, holding: Holding) {
+        self.held.holding = holding;
+    }
+}
+
+impl Drop for Lease<'_> {
+    /// The end of a holder: records what the fallback decides for it and
+    /// lets go; what was left undone is tidied at once on a task (see
+    /// [`Inner::tidy_soon`]), or by the next use.
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        let slot = &mut *self.held;
+        let end = if slot.scoped {
+            HolderEnd::ScopeEnded {
+                panicked: panicking,
+            }
+        } else {
+            HolderEnd::Dropped {
+                tx_open: slot.holding == Holding::OpenTx,
+                panicking,
+            }
+        };
+        // The server's word too: a future dropped between a decision and
+        // its request can leave the machine idle and a block open.
+        let open = slot.core.in_transaction() || slot.core.server_in_block();
+        let decided = verdict(end, open);
+        if decided.roll_back {
+            slot.core
+                .record_fallback(RollBackTarget::Transaction, decided.report);
+        }
+        if Inner::needs_tidy(&slot.core) {
+            // The lock is let go after this returns; the task waits for it.
+            Inner::tidy_soon(self.inner);
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! [`ManagedConnection`] for async code: one connection shared by many
+//! tasks, handed out with `lock().await`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::DbError;
+use crate::aio::guard::Guard;
+use crate::aio::lease::Lease;
+use crate::aio::session::Inner;
+use crate::aio::tx::Tx;
+use crate::config::Settings;
+use crate::conn::NoticeHandler;
+use crate::error::{Error, Result};
+use crate::machine::options::TxOptions;
+use crate::machine::transaction_status::TransactionStatus;
+use crate::state::{Done, Open};
+use crate::statements::Naming;
+
+/// Settings for an async [`ManagedConnection`] other than the defaults.
+pub struct Builder {
+    dsn: String,
+    statement_cache: bool,
+    on_notice: Option<NoticeHandler>,
+}
+
+impl fmt::Debug for Builder {
+    /// Shows the connection string as [`Settings`] shows it: any password
+    /// removed (or the string withheld, if it cannot be read).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("aio::Builder");
+        match Settings::parse(&self.dsn) {
+            Ok(settings) => s.field("settings", &settings),
+            Err(_) => s.field("settings", &"<unreadable connection string, not shown>"),
+        };
+        s.field("statement_cache", &self.statement_cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    /// Whether SQL text is prepared once per connection and reused (the
+    /// default), or run on the unnamed statement each time (for a
+    /// transaction pooler such as PgBouncer), as the blocking
+    /// [`crate::Builder::statement_cache`].
+    pub fn statement_cache(mut self, on: bool) -> Self {
+        self.statement_cache = on;
+        self
+    }
+
+    /// Hands every notice the server sends on the connection to `handler`
+    /// (besides the log line), as the blocking
+    /// [`crate::Builder::on_notice`]. It runs on the task that reads the
+    /// connection: keep it short, and do not block in it.
+    pub fn on_notice<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(&DbError) + Send + Sync + 'static,
+    {
+        self.on_notice = Some(Arc::new(handler));
+        self
+    }
+
+    /// Parses the settings and builds the manager. Does not connect.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Settings`] if the connection string cannot be read.
+    pub fn build(self) -> Result<ManagedConnection> {
+        let settings = Settings::parse(&self.dsn)?;
+        let naming = if self.statement_cache {
+            Naming::Cached
+        } else {
+            Naming::Unnamed
+        };
+        Ok(ManagedConnection {
+            inner: Arc::new(Inner::new(settings, naming, self.on_notice)),
+        })
+    }
+}
+
+/// One PostgreSQL connection shared by many tasks: the async counterpart of
+/// the blocking [`crate::ManagedConnection`], with the same guarantees.
+///
+/// [`lock`](Self::lock) waits (without blocking the thread) for the
+/// connection and hands out a [`Guard`]; [`Guard::begin`] turns it into a
+/// [`Tx<Open>`](Tx), which [`Tx::commit`] or [`Tx::rollback`] turn into a
+/// [`Tx<Done>`](Tx). Waiters are served in the order they asked.
+///
+/// # Cancel safety
+///
+/// Every future of this API can be dropped at any `.await` (a timeout, a
+/// `select!` that chose another branch, an aborted task), and the next
+/// holder still starts on an idle connection:
+///
+/// - waiting for the lock: nothing was taken;
+/// - after the lock was taken, while the session is readied (see below):
+///   the lock is let go and the next holder readies it;
+/// - a statement, `SAVEPOINT`, `ROLLBACK`: the statement is cancelled on
+///   the server and its answer drained before the connection is used
+///   again; a transaction it was part of can only roll back;
+/// - `COMMIT`: drained the same way, and logged and counted
+///   ([`interrupted_commits`](Self::interrupted_commits)) with what the
+///   server did;
+/// - a `Tx<Open>` or a guard with a block open, dropped: rolled back at
+///   once on a task, and reported.
+///
+/// Nothing of an unfinished transaction is ever committed.
+pub struct ManagedConnection {
+    inner: Arc<Inner>,
+}
+
+static_assertions::assert_impl_all!(ManagedConnection: Send, Sync);
+
+impl ManagedConnection {
+    /// Reads the connection settings; does not connect.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Settings`], naming what is wrong, if `dsn` cannot be read.
+    pub fn new(dsn: &str) -> Result<ManagedConnection> {
+        Self::builder(dsn).build()
+    }
+
+    /// Starts a [`Builder`] for settings other than the defaults.
+    pub fn builder(dsn: &str) -> Builder {
+        Builder {
+            dsn: dsn.to_owned(),
+            statement_cache: true,
+            on_notice: None,
+        }
+    }
+
+    /// The connection settings (no password shown when printed).
+    pub fn settings(&self) -> &Settings {
+        self.inner.settings()
+    }
+
+    /// Waits for the connection and takes it: whatever an earlier holder
+    /// left undone is finished first (an interrupted request cancelled and
+    /// drained, a transaction rolled back), and a connection is opened if
+    /// there is none or the server closed it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] if the connection had to be opened and could not
+    /// be; the connection is released.
+    pub async fn lock(&self) -> Result<Guard<'_>> {
+        let held = self.inner.acquire().await?;
+        Ok(Guard::new(Lease::new(held, &self.inner)))
+    }
+
+    /// Takes the connection if nobody holds it; never waits for another
+    /// holder.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldBlock`] if another holder has it; otherwise as
+    /// [`lock`](Self::lock).
+    pub async fn try_lock(&self) -> Result<Guard<'_>> {
+        let held = self.inner.try_acquire().await?;
+        Ok(Guard::new(Lease::new(held, &self.inner)))
+    }
+
+    /// Takes the connection, waiting at most `timeout` in all (for the
+    /// holder before, and to ready the connection).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockTimeout`] if that took longer; otherwise as
+    /// [`lock`](Self::lock).
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<Guard<'_>> {
+        match tokio::time::timeout(timeout, self.lock()).await {
+            Ok(locked) => locked,
+            Err(_) => Err(Error::LockTimeout(timeout)),
+        }
+    }
+
+    /// Runs `work` in a transaction and returns what it hands back.
+    ///
+    /// `work` is an async closure that gets the [`Tx<Open>`](Tx) and must
+    /// return it finished: `tx.commit().await` or `tx.rollback().await`
+    /// (with [`Tx::commit_returning`] or [`Tx::returning`] to hand a value
+    /// back). Its lifetime brands it, so a `Tx` of another transaction, or
+    /// an unfinished one, does not compile, and the `Tx` cannot escape.
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: &pgtx::aio::ManagedConnection) -> pgtx::Result<()> {
+    /// let balance: i64 = manager
+    ///     .transaction(async |mut tx| {
+    ///         tx.execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1", &[]).await?;
+    ///         tx.execute("UPDATE accounts SET balance = balance + 10 WHERE id = 2", &[]).await?;
+    ///         let row = tx.query_one("SELECT balance FROM accounts WHERE id = 1", &[]).await?;
+    ///         tx.commit_returning(row.get(0)).await
+    ///     })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Any `Err` from `work`, unchanged, after the transaction was rolled
+    /// back (not reported as unfinished: the error is the report); or,
+    /// converted into `E`, the error of taking the connection (`work` has
+    /// not run).
+    ///
+    /// # Panics
+    ///
+    /// A panic in `work` is passed on; the transaction is rolled back (on
+    /// a task of the runtime) and reported.
+    pub async fn transaction<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: for<'t> AsyncFnOnce(Tx<'t, Open>) -> Result<Tx<'t, Done<T>>, E>,
+        E: From<Error>,
+    {
+        self.transaction_with(TxOptions::default(), work).await
+    }
+
+    /// [`transaction`](Self::transaction) with an isolation level,
+    /// read-only or deferrable mode.
+    ///
+    /// # Errors
+    ///
+    /// As [`transaction`](Self::transaction).
+    pub async fn transaction_with<T, E, F>(&self, options: TxOptions, work: F) -> Result<T, E>
+    where
+        F: for<'t> AsyncFnOnce(Tx<'t, Open>) -> Result<Tx<'t, Done<T>>, E>,
+        E: From<Error>,
+    {
+        let tx = self.lock().await?.begin_with(options).await?.into_scoped();
+        match work(tx).await {
+            Ok(done) => Ok(done.into_value()),
+            Err(e) => {
+                // The closure dropped its Tx: the rollback it recorded is
+                // done before the error is handed back.
+                self.inner.settle().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The transaction status, read without waiting for the holder: the
+    /// server's own word (the status of its last answer).
+    pub fn status(&self) -> TransactionStatus {
+        self.inner.status()
+    }
+
+    /// How many unfinished transactions (and unfinished COPYs) the
+    /// fallback rolled back and reported.
+    pub fn unfinished_transactions(&self) -> u64 {
+        self.inner.unfinished()
+    }
+
+    /// How many `COMMIT`s had their future dropped after they were sent
+    /// (each is logged with what the server did: committed or not).
+    pub fn interrupted_commits(&self) -> u64 {
+        self.inner.interrupted_commits()
+    }
+}
+
+impl fmt::Debug for ManagedConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("aio::ManagedConnection")
+            .field("settings", self.settings())
+            .field("status", &self.status())
+            .finish()
+    }
+}

@@ -1,0 +1,35 @@
+//! pgtx for async Rust (feature `aio`, on tokio): the same typestate
+//! transactions and guarantees as the blocking API, and one more: every
+//! future can be dropped at any `.await` without leaving a dirty
+//! connection to the next holder (see
+//! [`ManagedConnection`#cancel-safety](ManagedConnection#cancel-safety)).
+//!
+//! ```no_run
+//! # async fn demo() -> pgtx::Result<()> {
+//! let manager = pgtx::aio::ManagedConnection::new("host=localhost user=postgres")?;
+//! manager
+//!     .transaction(async |mut tx| {
+//!         tx.execute("INSERT INTO visits VALUES ($1)", &[&1_i64]).await?;
+//!         tx.commit().await
+//!     })
+//!     .await?;
+//! let mut guard = manager.lock().await?;
+//! let visits: i64 = guard.query_one("SELECT count(*) FROM visits", &[]).await?.get(0);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The core under both fronts is one: connections are read and written on
+//! the task that waits for the answer (no task is spawned per connection),
+//! with the same wire-level `BEGIN` in the first statement's Sync group.
+
+mod guard;
+mod held;
+mod lease;
+mod manager;
+mod session;
+mod tx;
+
+pub use self::guard::Guard;
+pub use self::manager::{Builder, ManagedConnection};
+pub use self::tx::Tx;

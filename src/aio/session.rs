@@ -1,0 +1,244 @@
+//! The shared connection as the async front holds it: the core's session
+//! behind a tokio mutex, whose guard is the lease (no thread identity: a
+//! holder moves between a runtime's workers with its task).
+//!
+//! A future can be dropped at any `.await` (a timeout, a `select!` that
+//! chose another branch, an aborted task), and `Drop` cannot wait. So
+//! nothing here relies on a future running to its end: every use of the
+//! session first tidies what an earlier one left (see [`Inner::tidy`]),
+//! and whatever is left unfinished leaves a marker in the core (an
+//! interrupted request, an open stream, a recorded fallback) that the
+//! next use acts on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::config::Settings;
+use crate::conn::session::{Interruption, RollBackTarget, SessionCore, SessionShared};
+use crate::conn::{Connection, NoticeHandler};
+use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
+use crate::machine::fallback::Cause;
+use crate::machine::transaction_status::TransactionStatus;
+use crate::statements::Naming;
+
+/// What the lock guards: the core's session, and whether its holder is
+/// a `transaction` scope (whose closure's `Err` is its own report, not
+/// an unfinished transaction's).
+pub(crate) struct Slot {
+    pub(crate) core: SessionCore,
+    pub(crate) scoped: bool,
+    /// What the holder is now: what the fallback decides when it is dropped.
+    pub(crate) holding: Holding,
+}
+
+/// What holds the lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Holding {
+    /// A guard (or nothing yet).
+    Guard,
+    /// A `Tx<Open>`.
+    OpenTx,
+    /// A finished `Tx`.
+    DoneTx,
+}
+
+/// What a manager's handles share.
+pub(crate) struct Inner {
+    slot: Mutex<Slot>,
+    pub(crate) shared: SessionShared,
+    settings: Settings,
+    naming: Naming,
+    on_notice: Option<NoticeHandler>,
+    /// Fallbacks carried out (rolled back and reported).
+    unfinished: AtomicU64,
+    /// `COMMIT`s whose future was dropped after they were sent.
+    interrupted_commits: AtomicU64,
+}
+
+static_assertions::assert_impl_all!(Inner: Send, Sync);
+
+/// The session held: proof of the lease.
+pub(crate) type Held<'m> = MutexGuard<'m, Slot>;
+
+impl Inner {
+    pub(crate) fn new(
+        settings: Settings,
+        naming: Naming,
+        on_notice: Option<NoticeHandler>,
+    ) -> Inner {
+        Inner {
+            slot: Mutex::new(Slot {
+                core: SessionCore::new(naming),
+                scoped: false,
+                holding: Holding::Guard,
+            }),
+            shared: SessionShared::default(),
+            settings,
+            naming,
+            on_notice,
+            unfinished: AtomicU64::new(0),
+            interrupted_commits: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub(crate) fn status(&self) -> TransactionStatus {
+        self.shared.status.get()
+    }
+
+    pub(crate) fn unfinished(&self) -> u64 {
+        self.unfinished.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn interrupted_commits(&self) -> u64 {
+        self.interrupted_commits.load(Ordering::Relaxed)
+    }
+
+    /// Takes the lease (waiting for it), then readies the session for the
+    /// new holder: tidied, no transaction open, a live connection.
+    /// Dropped while waiting, nothing happened; dropped later, the lease is
+    /// let go and what was being done is left for the next use.
+    pub(crate) async fn acquire(&self) -> Result<Held<'_>> {
+        let held = self.slot.lock().await;
+        self.ready(held).await
+    }
+
+    /// Takes the lease if nobody holds it.
+    pub(crate) async fn try_acquire(&self) -> Result<Held<'_>> {
+        let held = self.slot.try_lock().map_err(|_| Error::WouldBlock)?;
+        self.ready(held).await
+    }
+
+    /// Takes the lease and tidies, nothing more (for a `transaction`
+    /// scope whose closure dropped its `Tx`: the rollback it recorded is
+    /// carried out before the scope returns).
+    pub(crate) async fn settle(&self) {
+        let mut held = self.slot.lock().await;
+        held.scoped = false;
+        self.tidy(&mut held.core).await;
+    }
+
+    async fn ready<'m>(&'m self, mut held: Held<'m>) -> Result<Held<'m>> {
+        held.scoped = false;
+        held.holding = Holding::Guard;
+        let core = &mut held.core;
+        self.tidy(core).await;
+        if core.in_transaction() || core.server_in_block() {
+            // What an interrupted holder left open (a plain BEGIN through
+            // a guard; a transaction whose future was dropped between a
+            // decision and its request): the new holder starts idle.
+            core.record_fallback(RollBackTarget::Transaction, Some(Cause::UserBlock));
+            self.tidy(core).await;
+        }
+        self.ensure_open(core).await?;
+        Ok(held)
+    }
+
+    /// Carries out what an earlier use of the session left unfinished, in
+    /// order: an interrupted request is cancelled and drained, a stream a
+    /// handle left open is ended, a recorded fallback rolls back. Each
+    /// step's marker stays until it is done, so a `tidy` whose own future
+    /// is dropped leaves the rest to the next.
+    pub(crate) async fn tidy(&self, core: &mut SessionCore) {
+        if core.was_interrupted()
+            && let Some(interruption) = core.recover_interrupted(&self.shared).await
+        {
+            self.report_interruption(interruption);
+        }
+        if core.has_stream()
+            && let Some(cause) = core.end_stream(&self.shared).await
+        {
+            self.report_unfinished(cause);
+        }
+        if core.has_fallback()
+            && let Some(cause) = core.settle_fallback(&self.shared).await
+        {
+            self.report_unfinished(cause);
+        }
+    }
+
+    /// Whether [`tidy`](Self::tidy) has anything to do.
+    pub(crate) fn needs_tidy(core: &SessionCore) -> bool {
+        core.was_interrupted() || core.has_stream() || core.has_fallback()
+    }
+
+    /// Makes sure there is a live connection, opening one if there is none
+    /// or if the server closed the old one while it sat idle.
+    pub(crate) async fn ensure_open(&self, core: &mut SessionCore) -> Result<()> {
+        if let Some(replaced) = core.take_if_replaced(&self.shared) {
+            replaced.close().await;
+        }
+        if core.answered_recently()
+            || (core.has_connection() && core.keep_if_alive(&self.shared).await)
+        {
+            return Ok(());
+        }
+        match Connection::open(&self.settings, self.naming, self.on_notice.clone()).await {
+            Ok(conn) => {
+                core.install(&self.shared, conn);
+                Ok(())
+            }
+            Err(e) => {
+                core.open_failed(&self.shared);
+                Err(e)
+            }
+        }
+    }
+
+    /// After a holder let go with something left for [`tidy`](Self::tidy)
+    /// (recorded in its `Drop`, which cannot wait): tidies at once on a
+    /// task of the runtime the holder ran on, so that the transaction it
+    /// left does not stay open on the server until the next use. Without a
+    /// runtime, the next use tidies.
+    pub(crate) fn tidy_soon(inner: &Arc<Inner>) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let inner = Arc::clone(inner);
+            runtime.spawn(async move {
+                let mut held = inner.slot.lock().await;
+                inner.tidy(&mut held.core).await;
+            });
+        }
+    }
+
+    /// Counts and logs a fallback carried out.
+    pub(crate) fn report_unfinished(&self, cause: Cause) {
+        self.unfinished.fetch_add(1, Ordering::Relaxed);
+        log::error!(
+            "pgtx: {UNFINISHED_TRANSACTION} ({cause}; it has been rolled back) [{}]",
+            self.settings
+        );
+    }
+
+    /// Logs (and for a `COMMIT`, counts) a request whose future was dropped.
+    fn report_interruption(&self, interruption: Interruption) {
+        if interruption.copy_in {
+            self.report_unfinished(Cause::CopyUnfinished);
+        }
+        match interruption.commit {
+            Some(outcome) => {
+                self.interrupted_commits.fetch_add(1, Ordering::Relaxed);
+                let said = match outcome {
+                    Some(true) => "the server committed it",
+                    Some(false) => "the server did not commit it (rolled back)",
+                    None => "its outcome is unknown (the connection was lost)",
+                };
+                log::error!(
+                    "pgtx: a COMMIT's future was dropped before its answer was read, so its \
+                     caller was not told: {said} [{}]",
+                    self.settings
+                );
+            }
+            None => log::warn!(
+                "pgtx: a request's future was dropped before its answer was read: it was \
+                 cancelled and its answer drained; a transaction it was part of can only \
+                 roll back [{}]",
+                self.settings
+            ),
+        }
+    }
+}

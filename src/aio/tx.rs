@@ -1,0 +1,253 @@
+//! [`Tx`]: an async transaction whose state is part of its type.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use postgres::types::ToSql;
+
+use crate::aio::held::{self, Scope};
+use crate::aio::lease::Lease;
+use crate::aio::session::Holding;
+use crate::conn::request::{Execute, Query, QueryOne, QueryOpt};
+use crate::error::Result;
+use crate::machine::transaction_status::TransactionStatus;
+use crate::state::{Done, Open, State};
+use crate::statements::ToStatement;
+use crate::{Row, SimpleQueryMessage};
+
+/// An async transaction on the shared connection; `S` is its state,
+/// [`Open`] or [`Done`], as for the blocking [`crate::Tx`].
+///
+/// Statements exist only on `Tx<'_, Open>`; [`commit`](Tx::commit) and
+/// [`rollback`](Tx::rollback) consume it and give back a `Tx<'_, Done>`.
+/// It is `Send` (it may be held across `.await` on a multi-threaded
+/// runtime), not `Clone`, and two pointers wide.
+///
+/// # Dropped at any `.await`
+///
+/// A future of a `Tx` method can be dropped at any `.await` (a timeout, a
+/// `select!`, an aborted task), and the `Tx` itself can be dropped while
+/// open; `Drop` cannot wait, so:
+///
+/// - a `Tx<Open>` dropped is rolled back at once on a task of the runtime
+///   (or by the next use, outside one) and reported as an unfinished
+///   transaction; no one else is handed the connection before that;
+/// - a statement whose future was dropped is cancelled on the server (a
+///   cancel request) and its answer drained before the connection is used
+///   again; the transaction it was part of can then only roll back: its
+///   `commit` returns [`Error::TransactionAborted`](crate::Error::TransactionAborted),
+///   since whether the statement ran is unknown to its caller;
+/// - a `commit` whose future was dropped after `COMMIT` was sent is logged
+///   with what the server did (committed or not), and counted in
+///   [`ManagedConnection::interrupted_commits`](super::ManagedConnection::interrupted_commits).
+#[clippy::has_significant_drop]
+pub struct Tx<'m, S: State = Open> {
+    lease: Lease<'m>,
+    state: S,
+    /// Invariant in `'m`: the brand of a `transaction` closure's `Tx`.
+    _brand: PhantomData<fn(&'m ()) -> &'m ()>,
+}
+
+static_assertions::assert_impl_all!(Tx<'static, Open>: Send);
+static_assertions::assert_impl_all!(Tx<'static, Done>: Send);
+static_assertions::assert_not_impl_any!(Tx<'static, Open>: Clone, Copy);
+static_assertions::assert_eq_size!(Tx<'static, Open>, [usize; 2]);
+static_assertions::assert_eq_size!(Tx<'static, Done>, [usize; 2]);
+
+impl<S: State> Tx<'_, S> {
+    /// The transaction status, as the server last reported it.
+    pub fn status(&self) -> TransactionStatus {
+        self.lease.inner().status()
+    }
+}
+
+impl<'m> Tx<'m, Open> {
+    pub(crate) fn open(mut lease: Lease<'m>) -> Tx<'m, Open> {
+        lease.set_holding(Holding::OpenTx);
+        Tx {
+            lease,
+            state: Open(()),
+            _brand: PhantomData,
+        }
+    }
+
+    /// Marks it as a `transaction` scope's (see [`Lease::set_scoped`]).
+    pub(crate) fn into_scoped(mut self) -> Self {
+        self.lease.set_scoped();
+        self
+    }
+
+    /// Executes a statement inside this transaction and returns the number
+    /// of rows it affected.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Db`](crate::Error::Db) if the statement fails (the
+    /// transaction is then aborted: `commit` says so);
+    /// [`Error::TransactionControl`](crate::Error::TransactionControl) if
+    /// the SQL would end or restart the transaction (nothing sent);
+    /// [`Error::ConnectionLost`](crate::Error::ConnectionLost) if the
+    /// connection broke.
+    pub async fn execute<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<u64>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let (inner, core) = self.lease.parts();
+        held::statement(inner, core, Scope::Transaction, query, Execute, params).await
+    }
+
+    /// Runs a query inside this transaction and returns all its rows.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
+    pub async fn query<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let (inner, core) = self.lease.parts();
+        held::statement(inner, core, Scope::Transaction, query, Query, params).await
+    }
+
+    /// Runs a query inside this transaction that returns exactly one row.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute), and an error if it returns no row or
+    /// more than one.
+    pub async fn query_one<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Row>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let (inner, core) = self.lease.parts();
+        held::statement(inner, core, Scope::Transaction, query, QueryOne, params).await
+    }
+
+    /// Runs a query inside this transaction that returns at most one row.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute), and an error if it returns more than one row.
+    pub async fn query_opt<T>(
+        &mut self,
+        query: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let (inner, core) = self.lease.parts();
+        held::statement(inner, core, Scope::Transaction, query, QueryOpt, params).await
+    }
+
+    /// Runs statements separated by `;` (the simple query protocol) inside
+    /// this transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute): if any statement of the text is
+    /// transaction control, none of it is sent.
+    pub async fn batch_execute(&mut self, query: &str) -> Result<()> {
+        let (inner, core) = self.lease.parts();
+        held::batch_execute(inner, core, Scope::Transaction, query).await
+    }
+
+    /// Runs statements separated by `;` inside this transaction and
+    /// returns their rows, as text, and command tags.
+    ///
+    /// # Errors
+    ///
+    /// As [`batch_execute`](Self::batch_execute).
+    pub async fn simple_query(&mut self, query: &str) -> Result<Vec<SimpleQueryMessage>> {
+        let (inner, core) = self.lease.parts();
+        held::simple_query(inner, core, Scope::Transaction, query).await
+    }
+
+    /// Commits the transaction. Returns `Ok` only if the server committed.
+    ///
+    /// # Errors
+    ///
+    /// As the blocking [`crate::Tx::commit`]: the transaction is over
+    /// whatever the error ([`Error::TransactionAborted`](crate::Error::TransactionAborted)
+    /// after a failed or interrupted statement,
+    /// [`Error::CommitOutcomeUnknown`](crate::Error::CommitOutcomeUnknown)
+    /// if the connection broke while `COMMIT` was in flight, …).
+    pub async fn commit(mut self) -> Result<Tx<'m, Done>> {
+        let (inner, core) = self.lease.parts();
+        inner.tidy(core).await;
+        // Dropped from here on, `self` is dropped open: its rollback is
+        // recorded, and the interrupted COMMIT's outcome, learnt when the
+        // connection is drained, decides whether there is anything left
+        // to roll back.
+        let committed = core.commit(&inner.shared).await;
+        // Whatever the answer, the transaction is over.
+        self.lease.set_holding(Holding::DoneTx);
+        committed?;
+        Ok(Tx {
+            lease: self.lease,
+            state: Done(()),
+            _brand: PhantomData,
+        })
+    }
+
+    /// Commits, and attaches `value` for
+    /// [`ManagedConnection::transaction`](super::ManagedConnection::transaction)
+    /// to hand back.
+    ///
+    /// # Errors
+    ///
+    /// As [`commit`](Self::commit).
+    pub async fn commit_returning<T>(self, value: T) -> Result<Tx<'m, Done<T>>> {
+        Ok(self.commit().await?.returning(value))
+    }
+
+    /// Rolls the transaction back. If `ROLLBACK` cannot be sent, the
+    /// connection is closed instead, which makes the server roll back.
+    ///
+    /// # Errors
+    ///
+    /// None so far; the `Result` matches the blocking API.
+    pub async fn rollback(mut self) -> Result<Tx<'m, Done>> {
+        let (inner, core) = self.lease.parts();
+        inner.tidy(core).await;
+        core.rollback(&inner.shared).await;
+        self.lease.set_holding(Holding::DoneTx);
+        Ok(Tx {
+            lease: self.lease,
+            state: Done(()),
+            _brand: PhantomData,
+        })
+    }
+}
+
+impl<'m, T> Tx<'m, Done<T>> {
+    /// Attaches the value that
+    /// [`ManagedConnection::transaction`](super::ManagedConnection::transaction)
+    /// hands back.
+    pub fn returning<U>(self, value: U) -> Tx<'m, Done<U>> {
+        Tx {
+            lease: self.lease,
+            state: Done(value),
+            _brand: PhantomData,
+        }
+    }
+
+    /// The value attached with [`returning`](Self::returning).
+    pub fn value(&self) -> &T {
+        &self.state.0
+    }
+
+    /// The value attached with [`returning`](Self::returning); releases
+    /// the connection.
+    pub fn into_value(self) -> T {
+        self.state.0
+    }
+}
+
+impl<S: State> fmt::Debug for Tx<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("aio::Tx")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,391 @@
+//! The async front (`pgtx::aio`): the blocking API's guarantees on tokio,
+//! and cancel safety — a future dropped at any `.await` never hands the
+//! next holder a dirty connection, and nothing of an unfinished
+//! transaction is committed. Proven from the server's side
+//! (`pg_stat_activity`, rows counted from another connection).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::fixtures::Db;
+use pgtx::aio::ManagedConnection;
+use pgtx::{Error, TransactionStatus};
+
+/// Runs harness code that blocks (the `postgres` crate's own runtime, a
+/// second connection to look at the server) off the async runtime.
+fn outside<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn manager(db: &Db) -> ManagedConnection {
+    ManagedConnection::new(&db.dsn).expect("settings")
+}
+
+/// Waits (polling the server) until `cond` holds, at most 20 s.
+async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+/// Statements running now in `db`, other than the asking one.
+fn running(db: &Db, like: &str) -> i64 {
+    outside(|| {
+        db.admin()
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()
+                   AND state = 'active' AND query LIKE $1",
+                &[&like],
+            )
+            .expect("pg_stat_activity")
+            .get(0)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_commits_and_a_guard_runs_statements_on_their_own() {
+    let db = outside(|| Db::new("aio_basics"));
+    let manager = manager(&db);
+    let seen: i64 = manager
+        .transaction(async |mut tx| {
+            tx.execute("INSERT INTO items VALUES ($1, 'one')", &[&1_i32])
+                .await?;
+            tx.execute("INSERT INTO items VALUES ($1, 'two')", &[&2_i32])
+                .await?;
+            let seen: i64 = tx
+                .query_one("SELECT count(*) FROM items", &[])
+                .await?
+                .get(0);
+            tx.commit_returning(seen).await
+        })
+        .await
+        .expect("commit");
+    assert_eq!(seen, 2);
+    assert_eq!(outside(|| db.item_ids()), [1, 2]);
+    let mut guard = manager.lock().await.expect("lock");
+    guard
+        .execute("INSERT INTO items VALUES (3, 'autocommit')", &[])
+        .await
+        .expect("insert");
+    assert_eq!(guard.status(), TransactionStatus::Idle);
+    let notes = guard
+        .simple_query("SELECT note FROM items ORDER BY id")
+        .await
+        .expect("simple");
+    assert!(notes.len() >= 3);
+    let e = guard.begin().await.expect("begin");
+    let tx = e;
+    let mut tx = tx;
+    let e = tx.execute("COMMIT", &[]).await.expect_err("refused");
+    assert!(matches!(e, Error::TransactionControl(_)), "{e:?}");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(outside(|| db.item_ids()), [1, 2, 3]);
+    assert_eq!(outside(|| db.open_transactions()), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closure_that_fails_rolls_back_and_is_not_reported() {
+    let db = outside(|| Db::new("aio_closure_err"));
+    let manager = manager(&db);
+    let failed: Result<(), Error> = manager
+        .transaction(async |mut tx| {
+            tx.execute("INSERT INTO items VALUES (1, 'kept?')", &[])
+                .await?;
+            tx.execute("INSERT INTO items VALUES (1, 'duplicate')", &[])
+                .await?;
+            tx.commit().await
+        })
+        .await;
+    assert_eq!(
+        failed.expect_err("duplicate key").code(),
+        Some(&pgtx::SqlState::UNIQUE_VIOLATION)
+    );
+    assert!(outside(|| db.item_ids()).is_empty());
+    assert_eq!(outside(|| db.open_transactions()), 0);
+    assert_eq!(manager.status(), TransactionStatus::Idle);
+    assert_eq!(
+        manager.unfinished_transactions(),
+        0,
+        "the error is the report"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_transaction_is_rolled_back_at_once_and_reported() {
+    let db = outside(|| Db::new("aio_dropped"));
+    let manager = manager(&db);
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'dropped')", &[])
+        .await
+        .expect("insert");
+    assert_eq!(
+        outside(|| db.open_transactions()),
+        1,
+        "idle in transaction while held"
+    );
+    drop(tx);
+    // Nobody asks for the connection again: the rollback happens anyway.
+    assert!(
+        eventually(|| outside(|| db.open_transactions()) == 0).await,
+        "rolled back"
+    );
+    assert!(eventually(|| manager.unfinished_transactions() == 1).await);
+    assert!(outside(|| db.item_ids()).is_empty());
+    let mut guard = manager.lock().await.expect("lock");
+    assert_eq!(guard.status(), TransactionStatus::Idle);
+    guard.execute("SELECT 1", &[]).await.expect("usable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_whose_future_is_dropped_is_cancelled_and_its_transaction_can_only_roll_back() {
+    let db = outside(|| Db::new("aio_timeout_stmt"));
+    let manager = manager(&db);
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'before')", &[])
+        .await
+        .expect("insert");
+    let slept = tokio::time::timeout(
+        Duration::from_millis(200),
+        tx.execute("SELECT pg_sleep(30)", &[]),
+    )
+    .await;
+    assert!(slept.is_err(), "timed out");
+    assert_eq!(
+        running(&db, "SELECT pg_sleep(30)%"),
+        1,
+        "still running until the Tx is used"
+    );
+    let started = Instant::now();
+    let commit = tx.commit().await.map(drop);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cancelled, not waited for"
+    );
+    assert!(
+        matches!(commit, Err(Error::TransactionAborted(_))),
+        "{commit:?}"
+    );
+    assert_eq!(running(&db, "SELECT pg_sleep(30)%"), 0);
+    assert!(outside(|| db.item_ids()).is_empty(), "nothing committed");
+    assert_eq!(outside(|| db.open_transactions()), 0);
+
+    // Through a guard: the next statement waits for nothing.
+    let mut guard = manager.lock().await.expect("lock");
+    let slept = tokio::time::timeout(
+        Duration::from_millis(200),
+        guard.execute("SELECT pg_sleep(30)", &[]),
+    )
+    .await;
+    assert!(slept.is_err());
+    let started = Instant::now();
+    let one: i32 = guard
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("usable")
+        .get(0);
+    assert_eq!(one, 1);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(running(&db, "SELECT pg_sleep(30)%"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_dropped_mid_statement_leaves_the_next_holder_an_idle_connection() {
+    let db = outside(|| Db::new("aio_dropped_guard"));
+    let manager = Arc::new(manager(&db));
+    let task = {
+        let manager = Arc::clone(&manager);
+        tokio::spawn(async move {
+            let mut tx = manager
+                .lock()
+                .await
+                .expect("lock")
+                .begin()
+                .await
+                .expect("begin");
+            tx.execute("INSERT INTO items VALUES (1, 'never')", &[])
+                .await
+                .expect("insert");
+            tx.execute("SELECT pg_sleep(30)", &[]).await.map(drop)
+        })
+    };
+    assert!(eventually(|| running(&db, "SELECT pg_sleep(30)%") == 1).await);
+    task.abort();
+    let _ = task.await;
+    let mut guard = manager.lock().await.expect("lock");
+    assert_eq!(guard.status(), TransactionStatus::Idle);
+    assert!(
+        !in_block(&mut guard).await.expect("ask"),
+        "the server has no transaction block open"
+    );
+    drop(guard);
+    assert_eq!(running(&db, "SELECT pg_sleep(30)%"), 0, "cancelled");
+    assert!(outside(|| db.item_ids()).is_empty());
+    assert_eq!(outside(|| db.open_transactions()), 0);
+    assert_eq!(manager.unfinished_transactions(), 1, "reported");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_future_is_dropped_is_drained_and_counted() {
+    let db = outside(|| Db::new("aio_commit_dropped"));
+    outside(|| {
+        db.admin()
+            .batch_execute(
+                "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+                 CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON items
+                   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow();",
+            )
+            .expect("a slow commit")
+    });
+    let manager = manager(&db);
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'committed?')", &[])
+        .await
+        .expect("insert");
+    let commit = tokio::time::timeout(Duration::from_millis(200), tx.commit()).await;
+    assert!(commit.is_err(), "timed out during COMMIT");
+    let mut guard = manager.lock().await.expect("lock");
+    assert_eq!(guard.status(), TransactionStatus::Idle);
+    guard.execute("SELECT 1", &[]).await.expect("usable");
+    drop(guard);
+    assert_eq!(manager.interrupted_commits(), 1);
+    assert_eq!(outside(|| db.open_transactions()), 0);
+    // Cancelled in its trigger, the COMMIT did not commit; either way the
+    // server's word was read, and nothing is left open.
+    assert!(outside(|| db.item_ids()).len() <= 1);
+}
+
+/// Whether the server has a transaction block open on the guard's
+/// connection, by its own clock: in a block, `now()` is when the block
+/// began; outside one, a simple Query's implicit transaction begins with
+/// the statement. (Through the extended protocol the two differ anyway:
+/// the statement's time is its Execute's.)
+async fn in_block(guard: &mut pgtx::aio::Guard<'_>) -> pgtx::Result<bool> {
+    let rows = guard
+        .simple_query("SELECT now() <> statement_timestamp()")
+        .await?;
+    Ok(rows.iter().any(
+        |message| matches!(message, pgtx::SimpleQueryMessage::Row(row) if row.get(0) == Some("t")),
+    ))
+}
+
+/// A small deterministic generator (no dependency for one test).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_transactions_cut_short_at_random_leave_nothing_dirty_or_half_committed() {
+    const TASKS: u64 = 16;
+    const EACH: u64 = 100;
+    let db = outside(|| Db::new("aio_hostile"));
+    let manager = Arc::new(manager(&db));
+    let committed = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let dirty = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let (manager, committed, dirty) = (
+            Arc::clone(&manager),
+            Arc::clone(&committed),
+            Arc::clone(&dirty),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut random = XorShift(0x9E37_79B9_7F4A_7C15 ^ (task + 1));
+            for n in 0..EACH {
+                let id = i32::try_from(task * EACH + n).expect("small");
+                let deadline = Duration::from_micros(random.next() % 20_000);
+                let work = async {
+                    let mut guard = manager.lock().await?;
+                    // Every connection handed out is idle, by the server's word.
+                    if in_block(&mut guard).await? {
+                        dirty.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let mut tx = guard.begin().await?;
+                    tx.execute("INSERT INTO items VALUES ($1, 'hostile')", &[&id])
+                        .await?;
+                    if random.next().is_multiple_of(4) {
+                        tx.execute("SELECT pg_sleep(0.002)", &[]).await?;
+                    }
+                    tx.commit().await?;
+                    Ok::<_, Error>(())
+                };
+                if let Ok(Ok(())) = tokio::time::timeout(deadline, work).await {
+                    committed.lock().expect("set").insert(id);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    // Whatever the last holder left is tidied by the next use.
+    let mut guard = manager.lock().await.expect("lock");
+    guard.execute("SELECT 1", &[]).await.expect("usable");
+    drop(guard);
+    assert!(
+        eventually(|| outside(|| db.open_transactions()) == 0).await,
+        "no idle in transaction"
+    );
+    assert_eq!(
+        dirty.load(Ordering::Relaxed),
+        0,
+        "a dirty connection was handed out"
+    );
+    let present: BTreeSet<i32> = outside(|| db.item_ids()).into_iter().collect();
+    let committed = committed.lock().expect("set").clone();
+    assert!(
+        committed.is_subset(&present),
+        "a reported commit is missing"
+    );
+    let unreported = present.difference(&committed).count() as u64;
+    assert!(
+        unreported <= manager.interrupted_commits(),
+        "{unreported} rows committed without a report ({} interrupted COMMITs)",
+        manager.interrupted_commits()
+    );
+    assert!(
+        !committed.is_empty(),
+        "some transactions had time to commit"
+    );
+    println!(
+        "{} committed and reported, {unreported} committed by interrupted COMMITs, {} interrupted COMMITs, {} fallbacks",
+        committed.len(),
+        manager.interrupted_commits(),
+        manager.unfinished_transactions()
+    );
+}
