@@ -2,13 +2,10 @@
 //! [`BinaryCopyOutIter`], as in the `postgres` crate, made from a fresh
 //! [`CopyInWriter`] or [`CopyOutReader`].
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::marker::PhantomData;
 
-use crate::blocking::held::Conn;
-use crate::blocking::session::Fetched;
 use crate::error::{Error, Result};
+use crate::rows::Fetching;
 use crate::types::{IsNull, ToSql, Type};
 use crate::{CopyInWriter, CopyOutReader};
 use bytes::BufMut;
@@ -162,13 +159,7 @@ impl fmt::Debug for BinaryCopyInWriter<'_> {
 /// ```
 #[must_use = "rows are read by iterating; dropped, the rest is read and thrown away"]
 pub struct BinaryCopyOutIter<'a> {
-    conn: Conn<'a>,
-    /// Rows read from the server and not yet handed out.
-    rows: VecDeque<BinaryCopyOutRow>,
-    /// The COPY's error, handed out after the rows before it.
-    failure: Option<Error>,
-    done: bool,
-    _holder: PhantomData<(&'a mut (), *const ())>,
+    rows: Fetching<'a, BinaryCopyOutRow>,
 }
 
 static_assertions::assert_not_impl_any!(BinaryCopyOutIter<'static>: Send, Sync);
@@ -186,12 +177,9 @@ impl<'a> BinaryCopyOutIter<'a> {
             return Err(Error::CopyAlreadyUsed);
         }
         let conn = reader.into_conn();
+        // Dropped on an error, it ends the COPY as a dropped reader does.
         let iter = BinaryCopyOutIter {
-            conn,
-            rows: VecDeque::new(),
-            failure: None,
-            done: false,
-            _holder: PhantomData,
+            rows: Fetching::new(conn),
         };
         conn.with_stream(|s| s.type_copy_out(types))?;
         Ok(iter)
@@ -204,43 +192,14 @@ impl Iterator for BinaryCopyOutIter<'_> {
     /// The next row; an error (data not in the binary format, a type that
     /// does not match the data, the server's error) ends the iterator.
     fn next(&mut self) -> Option<Result<BinaryCopyOutRow>> {
-        loop {
-            if let Some(row) = self.rows.pop_front() {
-                return Some(Ok(row));
-            }
-            if let Some(failure) = self.failure.take() {
-                return Some(Err(failure));
-            }
-            if self.done {
-                return None;
-            }
-            match self
-                .conn
-                .with_stream(|s| s.next_binary_rows(&mut self.rows))
-            {
-                Ok(Fetched::More) => {}
-                Ok(Fetched::End(_)) => self.done = true,
-                Err(e) => {
-                    self.done = true;
-                    self.failure = Some(e);
-                }
-            }
-        }
-    }
-}
-
-impl Drop for BinaryCopyOutIter<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.conn.end_stream();
-        }
+        self.rows.next(|s, rows| s.next_binary_rows(rows))
     }
 }
 
 impl fmt::Debug for BinaryCopyOutIter<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BinaryCopyOutIter")
-            .field("done", &self.done)
+            .field("done", &self.rows.done())
             .finish_non_exhaustive()
     }
 }

@@ -370,11 +370,7 @@ impl Builder {
     /// could not be made (the system refused its file descriptors).
     pub fn build(self) -> Result<ManagedConnection> {
         let settings = Settings::parse(&self.dsn)?;
-        let naming = if self.statement_cache {
-            Naming::Cached
-        } else {
-            Naming::Unnamed
-        };
+        let naming = Naming::with_statement_cache(self.statement_cache);
         Ok(ManagedConnection {
             shared: Shared::new(
                 self.abandon_after,

@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 use crate::Row;
 use crate::blocking::held::Conn;
 use crate::blocking::session::Fetched;
+use crate::blocking::session::LockedSession;
 use crate::error::{Error, Result};
 
 /// The rows of a statement begun by `query_raw` (on [`Guard`](crate::Guard),
@@ -39,25 +40,28 @@ use crate::error::{Error, Result};
 /// ```
 #[must_use = "rows are read by iterating; dropped, the rest is read and thrown away"]
 pub struct RowIter<'a> {
+    rows: Fetching<'a, Row>,
+}
+
+/// What a reader of a stream keeps: the items read from the server and not
+/// yet handed out, read a batch at a time; the stream's error, handed out
+/// after the items before it; whether the stream ended. Shared by the
+/// readers of rows and of binary COPY rows.
+pub(crate) struct Fetching<'a, T> {
     conn: Conn<'a>,
-    /// Rows read from the server and not yet handed out.
-    rows: VecDeque<Row>,
-    /// The statement's error, handed out after the rows before it.
+    items: VecDeque<T>,
     failure: Option<Error>,
-    /// The statement ended (or failed): nothing more to read.
     done: bool,
     rows_affected: Option<u64>,
     /// Borrows the holder exclusively, and is no more `Send` than it.
     _holder: PhantomData<(&'a mut (), *const ())>,
 }
 
-static_assertions::assert_not_impl_any!(RowIter<'static>: Send, Sync);
-
-impl<'a> RowIter<'a> {
-    pub(crate) fn new(conn: Conn<'a>) -> RowIter<'a> {
-        RowIter {
+impl<'a, T> Fetching<'a, T> {
+    pub(crate) fn new(conn: Conn<'a>) -> Fetching<'a, T> {
+        Fetching {
             conn,
-            rows: VecDeque::new(),
+            items: VecDeque::new(),
             failure: None,
             done: false,
             rows_affected: None,
@@ -65,24 +69,15 @@ impl<'a> RowIter<'a> {
         }
     }
 
-    /// The number of rows the statement affected (for `INSERT … RETURNING`
-    /// and the like: the rows inserted), once every row has been read;
-    /// `None` before that.
-    pub fn rows_affected(&self) -> Option<u64> {
-        self.rows_affected
-    }
-}
-
-impl Iterator for RowIter<'_> {
-    type Item = Result<Row>;
-
-    /// The next row, or the statement's error (then the iterator ends:
-    /// inside a transaction, the transaction is aborted, as by any failed
-    /// statement).
-    fn next(&mut self) -> Option<Result<Row>> {
+    /// The next item, fetching what has arrived with `fetch` (one turn:
+    /// at least one item, or the end) when none is left.
+    pub(crate) fn next(
+        &mut self,
+        fetch: impl Fn(&mut LockedSession<'_>, &mut VecDeque<T>) -> Result<Fetched>,
+    ) -> Option<Result<T>> {
         loop {
-            if let Some(row) = self.rows.pop_front() {
-                return Some(Ok(row));
+            if let Some(item) = self.items.pop_front() {
+                return Some(Ok(item));
             }
             if let Some(failure) = self.failure.take() {
                 return Some(Err(failure));
@@ -90,8 +85,8 @@ impl Iterator for RowIter<'_> {
             if self.done {
                 return None;
             }
-            // What has arrived, in one turn (at least one row, or the end).
-            match self.conn.with_stream(|s| s.next_rows(&mut self.rows)) {
+            let items = &mut self.items;
+            match self.conn.with_stream(|s| fetch(s, items)) {
                 Ok(Fetched::More) => {}
                 Ok(Fetched::End(affected)) => {
                     self.done = true;
@@ -104,9 +99,14 @@ impl Iterator for RowIter<'_> {
             }
         }
     }
+
+    pub(crate) fn done(&self) -> bool {
+        self.done
+    }
 }
 
-impl Drop for RowIter<'_> {
+impl<T> Drop for Fetching<'_, T> {
+    /// A reader dropped before the end: the rest is read and dropped.
     fn drop(&mut self) {
         if !self.done {
             self.conn.end_stream();
@@ -114,11 +114,39 @@ impl Drop for RowIter<'_> {
     }
 }
 
+static_assertions::assert_not_impl_any!(RowIter<'static>: Send, Sync);
+
+impl<'a> RowIter<'a> {
+    pub(crate) fn new(conn: Conn<'a>) -> RowIter<'a> {
+        RowIter {
+            rows: Fetching::new(conn),
+        }
+    }
+
+    /// The number of rows the statement affected (for `INSERT … RETURNING`
+    /// and the like: the rows inserted), once every row has been read;
+    /// `None` before that.
+    pub fn rows_affected(&self) -> Option<u64> {
+        self.rows.rows_affected
+    }
+}
+
+impl Iterator for RowIter<'_> {
+    type Item = Result<Row>;
+
+    /// The next row, or the statement's error (then the iterator ends:
+    /// inside a transaction, the transaction is aborted, as by any failed
+    /// statement).
+    fn next(&mut self) -> Option<Result<Row>> {
+        self.rows.next(|s, rows| s.next_rows(rows))
+    }
+}
+
 impl fmt::Debug for RowIter<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RowIter")
-            .field("done", &self.done)
-            .field("rows_affected", &self.rows_affected)
+            .field("done", &self.rows.done)
+            .field("rows_affected", &self.rows.rows_affected)
             .finish_non_exhaustive()
     }
 }

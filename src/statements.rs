@@ -46,6 +46,13 @@ pub(crate) enum Naming {
     Unnamed,
 }
 
+impl Naming {
+    /// As the builders' `statement_cache(on)` says.
+    pub(crate) fn with_statement_cache(on: bool) -> Naming {
+        if on { Naming::Cached } else { Naming::Unnamed }
+    }
+}
+
 pub(crate) mod sealed {
     /// What the statement methods were given.
     #[doc(hidden)]

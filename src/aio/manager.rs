@@ -68,11 +68,7 @@ impl Builder {
     /// [`Error::Settings`] if the connection string cannot be read.
     pub fn build(self) -> Result<ManagedConnection> {
         let settings = Settings::parse(&self.dsn)?;
-        let naming = if self.statement_cache {
-            Naming::Cached
-        } else {
-            Naming::Unnamed
-        };
+        let naming = Naming::with_statement_cache(self.statement_cache);
         Ok(ManagedConnection {
             inner: Arc::new(Inner::new(settings, naming, self.on_notice)),
         })

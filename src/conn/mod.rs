@@ -429,6 +429,7 @@ impl Connection {
         result
     }
 
+    #[cfg(feature = "aio")]
     /// Whether the future of a request was dropped before the request's
     /// answer was read (an async caller's timeout, a `select!` that chose
     /// another branch, an aborted task): the request may still run on the
@@ -439,6 +440,7 @@ impl Connection {
         self.in_flight
     }
 
+    #[cfg(feature = "aio")]
     /// Writes what tokio-postgres has queued, as far as the socket takes
     /// it now, without waiting for any answer.
     pub(crate) async fn flush_queued(&mut self) {
@@ -449,6 +451,7 @@ impl Connection {
         .await;
     }
 
+    #[cfg(feature = "aio")]
     /// Reads and drops every answer still to come, and the stream (if
     /// any): an empty query is queued behind whatever was sent before it,
     /// so its answer comes last. Clears [`was_interrupted`](Self::was_interrupted).

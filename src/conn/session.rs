@@ -114,6 +114,7 @@ struct OpenStream {
     own_block: bool,
 }
 
+#[cfg(feature = "aio")]
 /// What [`SessionCore::recover_interrupted`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Interruption {
@@ -124,6 +125,7 @@ pub(crate) struct Interruption {
     pub(crate) copy_in: bool,
 }
 
+#[cfg(feature = "aio")]
 /// How long an interrupted request's connection may take to answer
 /// before it is dropped instead (see [`SessionCore::recover_interrupted`]).
 pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(10);
@@ -218,6 +220,7 @@ impl SessionCore {
         report
     }
 
+    #[cfg(feature = "aio")]
     /// Whether a fallback was recorded and not carried out yet.
     pub(crate) fn has_fallback(&self) -> bool {
         self.fallback.is_some()
@@ -896,12 +899,14 @@ impl SessionCore {
         self.committed(shared, sent).await
     }
 
+    #[cfg(feature = "aio")]
     /// Whether a request's future was dropped before its answer was read
     /// (see [`recover_interrupted`](Self::recover_interrupted)).
     pub(crate) fn was_interrupted(&self) -> bool {
         self.conn.as_ref().is_some_and(Connection::was_interrupted)
     }
 
+    #[cfg(feature = "aio")]
     /// Makes the connection usable again after a request's future was
     /// dropped before its answer was read (an async caller's timeout, a
     /// `select!` that chose another branch, an aborted task); `None` when

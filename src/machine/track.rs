@@ -396,6 +396,7 @@ impl Machine {
         server != Some(ServerStatus::Idle)
     }
 
+    #[cfg(feature = "aio")]
     /// A request's future was dropped before its answer was read, and the
     /// answer has since been read and dropped (see
     /// `SessionCore::recover_interrupted`); `server` is the status the

@@ -97,18 +97,19 @@ impl Private {
 
     /// Starts the cluster on `port` and waits until it accepts connections.
     pub(super) fn start(&self, port: u16) -> Result<(), String> {
-        let out = self.pg_ctl(&[
-            "start",
-            "-w",
-            "-t",
-            "60",
-            "-D",
-            &self.data.to_string_lossy(),
-            "-l",
-            &self.log.to_string_lossy(),
-            "-o",
-            &server_options(&self.dir, self.listen, port, &self.extra),
-        ])?;
+        self.pg_ctl_with_options("start", &[], port)
+    }
+
+    /// `pg_ctl <action> <extra> -w -t 60 -D … -l … -o <options>`: what
+    /// went wrong, with the end of the server's log, if it failed.
+    fn pg_ctl_with_options(&self, action: &str, extra: &[&str], port: u16) -> Result<(), String> {
+        let data = self.data.to_string_lossy();
+        let log = self.log.to_string_lossy();
+        let options = server_options(&self.dir, self.listen, port, &self.extra);
+        let mut args = vec![action];
+        args.extend_from_slice(extra);
+        args.extend(["-w", "-t", "60", "-D", &data, "-l", &log, "-o", &options]);
+        let out = self.pg_ctl(&args)?;
         if out.status.success() {
             Ok(())
         } else {
@@ -120,25 +121,8 @@ impl Private {
     /// without a clean shutdown (crash recovery runs).
     pub(super) fn restart_immediate(&self, port: u16) -> Result<(), String> {
         let _guard = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
-        let out = self.pg_ctl(&[
-            "restart",
-            "-m",
-            "immediate",
-            "-w",
-            "-t",
-            "60",
-            "-D",
-            &self.data.to_string_lossy(),
-            "-l",
-            &self.log.to_string_lossy(),
-            "-o",
-            &server_options(&self.dir, self.listen, port, &self.extra),
-        ])?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!("pg_ctl restart failed: {}", self.failure(&out)))
-        }
+        self.pg_ctl_with_options("restart", &["-m", "immediate"], port)
+            .map_err(|failure| format!("pg_ctl restart failed: {failure}"))
     }
 
     /// `pg_ctl stop -m fast`.

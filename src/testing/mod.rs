@@ -64,6 +64,7 @@ use std::time::{Duration, Instant};
 
 use self::cluster::{Private, Role, START_ATTEMPTS, free_port, next_id, try_start_private_as};
 use self::env::quote;
+use crate::error::chain as error_chain;
 use crate::{ConnectionSource, Error, Open, Tx};
 
 /// Why a test server could not be started or used: the failing step, with
@@ -573,17 +574,4 @@ where
     let outcome = work(&mut tx);
     tx.rollback()?;
     outcome
-}
-
-/// An error with its sources (`postgres::Error`'s own text is often just
-/// "db error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
