@@ -389,3 +389,135 @@ async fn thousands_of_transactions_cut_short_at_random_leave_nothing_dirty_or_ha
         manager.unfinished_transactions()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepoints_keep_or_undo_their_own_work_and_a_dropped_one_is_rolled_back() {
+    let db = outside(|| Db::new("aio_savepoints"));
+    let manager = manager(&db);
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'tx')", &[])
+        .await
+        .expect("insert");
+    let mut kept = tx.savepoint().await.expect("savepoint");
+    kept.execute("INSERT INTO items VALUES (2, 'released')", &[])
+        .await
+        .expect("insert");
+    let mut inner = kept.savepoint().await.expect("nested");
+    inner
+        .execute("INSERT INTO items VALUES (3, 'rolled back')", &[])
+        .await
+        .expect("insert");
+    inner.rollback().await.expect("rollback to savepoint");
+    kept.release().await.expect("release");
+    let mut failed = tx.savepoint().await.expect("savepoint");
+    assert!(
+        failed
+            .execute("INSERT INTO items VALUES (1, 'duplicate')", &[])
+            .await
+            .is_err()
+    );
+    failed.rollback().await.expect("recovers the transaction");
+    let mut dropped = tx.savepoint().await.expect("savepoint");
+    dropped
+        .execute("INSERT INTO items VALUES (4, 'dropped')", &[])
+        .await
+        .expect("insert");
+    drop(dropped);
+    // The next statement rolls back to it first.
+    let seen: i64 = tx
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(seen, 2);
+    let scoped: Result<(), Error> = tx
+        .savepoint_scope(async |mut sp| {
+            sp.execute("INSERT INTO items VALUES (5, 'scope')", &[])
+                .await?;
+            Err(Error::UnfinishedTransaction)
+        })
+        .await;
+    assert!(scoped.is_err());
+    let answer: i32 = tx
+        .savepoint_scope(async |mut sp| {
+            sp.execute("INSERT INTO items VALUES (6, 'scope kept')", &[])
+                .await?;
+            Ok::<_, Error>(sp.release().await?.returning(42))
+        })
+        .await
+        .expect("scope");
+    assert_eq!(answer, 42);
+    tx.commit().await.expect("commit");
+    assert_eq!(outside(|| db.item_ids()), [1, 2, 6]);
+    assert_eq!(
+        manager.unfinished_transactions(),
+        1,
+        "only the dropped savepoint"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serialization_failures_are_retried_and_every_transfer_commits_once() {
+    use pgtx::{IsolationLevel, RetryPolicy, TxOptions};
+    let db = outside(|| Db::new("aio_retry"));
+    outside(|| {
+        db.admin()
+            .batch_execute("INSERT INTO items VALUES (1, '0'), (2, '0')")
+            .expect("seed")
+    });
+    let serializable = TxOptions::default().isolation(IsolationLevel::Serializable);
+    let managers: Vec<_> = (0..4).map(|_| Arc::new(manager(&db))).collect();
+    let runs = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for manager in &managers {
+        let (manager, runs) = (Arc::clone(manager), Arc::clone(&runs));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let attempt = manager
+                    .transaction_retrying_with(
+                        serializable,
+                        &RetryPolicy::default(),
+                        async |mut tx| {
+                            let note: String = tx
+                                .query_one("SELECT note FROM items WHERE id = 1", &[])
+                                .await?
+                                .get(0);
+                            let n: i64 = note.parse().unwrap_or(0) + 1;
+                            tx.execute(
+                                "UPDATE items SET note = $1 WHERE id = 1",
+                                &[&n.to_string()],
+                            )
+                            .await?;
+                            let attempt = tx.attempt();
+                            tx.commit_returning(attempt).await
+                        },
+                    )
+                    .await
+                    .expect("committed, after retries if need be");
+                runs.fetch_add(u64::from(attempt), Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let note: String = outside(|| {
+        db.admin()
+            .query_one("SELECT note FROM items WHERE id = 1", &[])
+            .expect("read")
+            .get(0)
+    });
+    assert_eq!(note, "40", "every increment committed exactly once");
+    let runs = runs.load(Ordering::Relaxed);
+    assert!(
+        runs > 40,
+        "no run was refused and retried ({runs} runs): the test proved nothing"
+    );
+    assert_eq!(outside(|| db.open_transactions()), 0);
+}

@@ -8,6 +8,7 @@ use crate::aio::session::Inner;
 use crate::conn::request::{Batch, Simple, StatementKind};
 use crate::conn::session::{RequestShape, Retries, SessionCore, Step};
 use crate::error::Result;
+use crate::machine::fallback::Cause;
 use crate::statements::{Sql, ToStatement};
 
 /// Where a holder's statements run.
@@ -15,22 +16,30 @@ use crate::statements::{Sql, ToStatement};
 pub(crate) enum Scope {
     /// A guard: each statement commits on its own.
     Autocommit,
-    /// A transaction: SQL that would end or restart it is refused.
-    Transaction,
+    /// A transaction (`depth` 0) or the savepoint number `depth` inside
+    /// it: SQL that would end or restart it is refused.
+    Transaction { depth: u32 },
 }
 
-/// Tidies what an earlier use left (an interrupted request first), and
+/// Tidies what an earlier use left (an interrupted request first), rolls
+/// back savepoints deeper than the holder's that were forgotten, and
 /// refuses transaction control inside a transaction.
-async fn prepare(
+pub(crate) async fn prepare(
     inner: &Inner,
     core: &mut SessionCore,
     scope: Scope,
     sql: Option<&str>,
 ) -> Result<()> {
     inner.tidy(core).await;
-    match (scope, sql) {
-        (Scope::Transaction, Some(sql)) => core.refuse_control(sql),
-        _ => Ok(()),
+    let Scope::Transaction { depth } = scope else {
+        return Ok(());
+    };
+    if core.restore_depth(&inner.shared, depth).await? {
+        inner.report_unfinished(Cause::SavepointForgotten);
+    }
+    match sql {
+        Some(sql) => core.refuse_control(sql),
+        None => Ok(()),
     }
 }
 

@@ -37,6 +37,16 @@ impl<'m> Lease<'m> {
         self.held.scoped = true;
     }
 
+    /// Which run of its closure the holder's transaction is.
+    pub(crate) fn attempt(&self) -> u32 {
+        self.held.attempt
+    }
+
+    /// Sets which run of its closure the holder's transaction is.
+    pub(crate) fn set_attempt(&mut self, attempt: u32) {
+        self.held.attempt = attempt;
+    }
+
     /// Says what holds the lease now.
     pub(crate) fn set_holding(&mut self, holding: Holding) {
         self.held.holding = holding;

@@ -14,6 +14,7 @@ use crate::config::Settings;
 use crate::conn::NoticeHandler;
 use crate::error::{Error, Result};
 use crate::machine::options::TxOptions;
+use crate::machine::retry::{self, RetryPolicy};
 use crate::machine::transaction_status::TransactionStatus;
 use crate::state::{Done, Open};
 use crate::statements::Naming;
@@ -224,16 +225,102 @@ impl ManagedConnection {
         F: for<'t> AsyncFnOnce(Tx<'t, Open>) -> Result<Tx<'t, Done<T>>, E>,
         E: From<Error>,
     {
-        let tx = self.lock().await?.begin_with(options).await?.into_scoped();
-        match work(tx).await {
-            Ok(done) => Ok(done.into_value()),
-            Err(e) => {
-                // The closure dropped its Tx: the rollback it recorded is
-                // done before the error is handed back.
-                self.inner.settle().await;
-                Err(e)
+        self.run_once(options, 1, work).await.0
+    }
+
+    /// Runs `work` in a transaction, again on a serialization failure
+    /// (SQLSTATE 40001) or a deadlock (40P01), as `policy` allows: the
+    /// async counterpart of [`crate::ManagedConnection::transaction_retrying`],
+    /// waiting between runs without blocking the thread. The closure must
+    /// have no effects outside the transaction: it may run more than once.
+    /// A run is never retried after a `COMMIT` of unknown outcome.
+    ///
+    /// # Errors
+    ///
+    /// As [`transaction`](Self::transaction), and
+    /// [`Error::RetriesExhausted`] (with the last failure) when every run
+    /// `policy` allows was refused.
+    pub async fn transaction_retrying<T, E, F>(&self, policy: &RetryPolicy, work: F) -> Result<T, E>
+    where
+        F: for<'t> AsyncFnMut(Tx<'t, Open>) -> Result<Tx<'t, Done<T>>, E>,
+        E: From<Error>,
+    {
+        self.transaction_retrying_with(TxOptions::default(), policy, work)
+            .await
+    }
+
+    /// [`transaction_retrying`](Self::transaction_retrying) with an
+    /// isolation level, read-only or deferrable mode.
+    ///
+    /// # Errors
+    ///
+    /// As [`transaction_retrying`](Self::transaction_retrying).
+    pub async fn transaction_retrying_with<T, E, F>(
+        &self,
+        options: TxOptions,
+        policy: &RetryPolicy,
+        mut work: F,
+    ) -> Result<T, E>
+    where
+        F: for<'t> AsyncFnMut(Tx<'t, Open>) -> Result<Tx<'t, Done<T>>, E>,
+        E: From<Error>,
+    {
+        let mut waits = policy.waits();
+        let mut runs = 0;
+        loop {
+            // The first wait is zero; the schedule has one per run allowed.
+            if let Some(wait) = waits.next().filter(|wait| !wait.is_zero()) {
+                tokio::time::sleep(wait).await;
             }
+            runs += 1;
+            let failure = match self
+                .run_once(options, runs, async |tx| work(tx).await)
+                .await
+            {
+                (Ok(value), _) => return Ok(value),
+                (Err(_), Some(failure)) if retry::asks_for_retry(&failure) => failure,
+                (Err(e), _) => return Err(e),
+            };
+            if runs >= policy.attempts() {
+                return Err(E::from(Error::RetriesExhausted {
+                    attempts: runs,
+                    last: failure,
+                }));
+            }
+            log::debug!(
+                "pgtx: run {runs} of the transaction was refused ({}); running it again",
+                failure.message()
+            );
         }
+    }
+
+    /// Run `attempt` of a `transaction` closure: its outcome, and (when it
+    /// failed) the last error the server reported in its transaction.
+    async fn run_once<T, E, F>(
+        &self,
+        options: TxOptions,
+        attempt: u32,
+        work: F,
+    ) -> (Result<T, E>, Option<Box<DbError>>)
+    where
+        F: for<'t> AsyncFnOnce(Tx<'t, Open>) -> Result<Tx<'t, Done<T>>, E>,
+        E: From<Error>,
+    {
+        let tx = match self.begin_scoped(options, attempt).await {
+            Ok(tx) => tx,
+            Err(e) => return (Err(E::from(e)), None),
+        };
+        match work(tx).await {
+            Ok(done) => (Ok(done.into_value()), None),
+            // The closure dropped its Tx: the rollback it recorded is done
+            // before the error is handed back.
+            Err(e) => (Err(e), self.inner.settle().await),
+        }
+    }
+
+    async fn begin_scoped(&self, options: TxOptions, attempt: u32) -> Result<Tx<'_, Open>> {
+        let tx = self.lock().await?.begin_with(options).await?;
+        Ok(tx.into_scoped(attempt))
     }
 
     /// The transaction status, read without waiting for the holder: the

@@ -27,9 +27,11 @@ mod guard;
 mod held;
 mod lease;
 mod manager;
+mod savepoint;
 mod session;
 mod tx;
 
 pub use self::guard::Guard;
 pub use self::manager::{Builder, ManagedConnection};
+pub use self::savepoint::Savepoint;
 pub use self::tx::Tx;

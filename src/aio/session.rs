@@ -22,6 +22,7 @@ use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
 use crate::machine::fallback::Cause;
 use crate::machine::transaction_status::TransactionStatus;
 use crate::statements::Naming;
+use postgres::error::DbError;
 
 /// What the lock guards: the core's session, and whether its holder is
 /// a `transaction` scope (whose closure's `Err` is its own report, not
@@ -31,6 +32,9 @@ pub(crate) struct Slot {
     pub(crate) scoped: bool,
     /// What the holder is now: what the fallback decides when it is dropped.
     pub(crate) holding: Holding,
+    /// Which run of a `transaction_retrying` closure the holder's
+    /// transaction is (1 otherwise).
+    pub(crate) attempt: u32,
 }
 
 /// What holds the lease.
@@ -73,6 +77,7 @@ impl Inner {
                 core: SessionCore::new(naming),
                 scoped: false,
                 holding: Holding::Guard,
+                attempt: 1,
             }),
             shared: SessionShared::default(),
             settings,
@@ -117,15 +122,18 @@ impl Inner {
     /// Takes the lease and tidies, nothing more (for a `transaction`
     /// scope whose closure dropped its `Tx`: the rollback it recorded is
     /// carried out before the scope returns).
-    pub(crate) async fn settle(&self) {
+    /// Returns the last error the server reported in the transaction.
+    pub(crate) async fn settle(&self) -> Option<Box<DbError>> {
         let mut held = self.slot.lock().await;
         held.scoped = false;
         self.tidy(&mut held.core).await;
+        held.core.take_failure()
     }
 
     async fn ready<'m>(&'m self, mut held: Held<'m>) -> Result<Held<'m>> {
         held.scoped = false;
         held.holding = Holding::Guard;
+        held.attempt = 1;
         let core = &mut held.core;
         self.tidy(core).await;
         if core.in_transaction() || core.server_in_block() {

@@ -7,9 +7,10 @@ use postgres::types::ToSql;
 
 use crate::aio::held::{self, Scope};
 use crate::aio::lease::Lease;
+use crate::aio::savepoint::{self, Savepoint};
 use crate::aio::session::Holding;
 use crate::conn::request::{Execute, Query, QueryOne, QueryOpt};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::machine::transaction_status::TransactionStatus;
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
@@ -71,9 +72,11 @@ impl<'m> Tx<'m, Open> {
         }
     }
 
-    /// Marks it as a `transaction` scope's (see [`Lease::set_scoped`]).
-    pub(crate) fn into_scoped(mut self) -> Self {
+    /// Marks it as a `transaction` scope's, run `attempt` of its closure
+    /// (see [`Lease::set_scoped`]).
+    pub(crate) fn into_scoped(mut self, attempt: u32) -> Self {
         self.lease.set_scoped();
+        self.lease.set_attempt(attempt);
         self
     }
 
@@ -93,7 +96,15 @@ impl<'m> Tx<'m, Open> {
         T: ?Sized + ToStatement,
     {
         let (inner, core) = self.lease.parts();
-        held::statement(inner, core, Scope::Transaction, query, Execute, params).await
+        held::statement(
+            inner,
+            core,
+            Scope::Transaction { depth: 0 },
+            query,
+            Execute,
+            params,
+        )
+        .await
     }
 
     /// Runs a query inside this transaction and returns all its rows.
@@ -106,7 +117,15 @@ impl<'m> Tx<'m, Open> {
         T: ?Sized + ToStatement,
     {
         let (inner, core) = self.lease.parts();
-        held::statement(inner, core, Scope::Transaction, query, Query, params).await
+        held::statement(
+            inner,
+            core,
+            Scope::Transaction { depth: 0 },
+            query,
+            Query,
+            params,
+        )
+        .await
     }
 
     /// Runs a query inside this transaction that returns exactly one row.
@@ -120,7 +139,15 @@ impl<'m> Tx<'m, Open> {
         T: ?Sized + ToStatement,
     {
         let (inner, core) = self.lease.parts();
-        held::statement(inner, core, Scope::Transaction, query, QueryOne, params).await
+        held::statement(
+            inner,
+            core,
+            Scope::Transaction { depth: 0 },
+            query,
+            QueryOne,
+            params,
+        )
+        .await
     }
 
     /// Runs a query inside this transaction that returns at most one row.
@@ -137,7 +164,15 @@ impl<'m> Tx<'m, Open> {
         T: ?Sized + ToStatement,
     {
         let (inner, core) = self.lease.parts();
-        held::statement(inner, core, Scope::Transaction, query, QueryOpt, params).await
+        held::statement(
+            inner,
+            core,
+            Scope::Transaction { depth: 0 },
+            query,
+            QueryOpt,
+            params,
+        )
+        .await
     }
 
     /// Runs statements separated by `;` (the simple query protocol) inside
@@ -149,7 +184,7 @@ impl<'m> Tx<'m, Open> {
     /// transaction control, none of it is sent.
     pub async fn batch_execute(&mut self, query: &str) -> Result<()> {
         let (inner, core) = self.lease.parts();
-        held::batch_execute(inner, core, Scope::Transaction, query).await
+        held::batch_execute(inner, core, Scope::Transaction { depth: 0 }, query).await
     }
 
     /// Runs statements separated by `;` inside this transaction and
@@ -160,7 +195,43 @@ impl<'m> Tx<'m, Open> {
     /// As [`batch_execute`](Self::batch_execute).
     pub async fn simple_query(&mut self, query: &str) -> Result<Vec<SimpleQueryMessage>> {
         let (inner, core) = self.lease.parts();
-        held::simple_query(inner, core, Scope::Transaction, query).await
+        held::simple_query(inner, core, Scope::Transaction { depth: 0 }, query).await
+    }
+
+    /// Opens a savepoint: a transaction nested in this one, which can be
+    /// rolled back alone. It borrows this transaction until it is
+    /// released or rolled back.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute) (`SAVEPOINT` is a statement).
+    pub async fn savepoint(&mut self) -> Result<Savepoint<'_, Open>> {
+        let (inner, core) = self.lease.parts();
+        savepoint::open(inner, core, 0).await
+    }
+
+    /// Runs `work` in a savepoint and returns what it hands back: the
+    /// shape of [`transaction`](super::ManagedConnection::transaction), one
+    /// level down (`work` must release or roll back the savepoint it gets).
+    ///
+    /// # Errors
+    ///
+    /// Any `Err` from `work`, unchanged, after rolling back to the
+    /// savepoint (the transaction goes on); or, converted into `E`, the
+    /// error of opening the savepoint.
+    pub async fn savepoint_scope<T, E, F>(&mut self, work: F) -> Result<T, E>
+    where
+        F: for<'s> AsyncFnOnce(Savepoint<'s, Open>) -> Result<Savepoint<'s, Done<T>>, E>,
+        E: From<Error>,
+    {
+        let (inner, core) = self.lease.parts();
+        savepoint::scope(inner, core, 0, work).await
+    }
+
+    /// Which run of its closure this transaction is: 1, then 2 for the
+    /// first retry of [`transaction_retrying`](super::ManagedConnection::transaction_retrying), …
+    pub fn attempt(&self) -> u32 {
+        self.lease.attempt()
     }
 
     /// Commits the transaction. Returns `Ok` only if the server committed.
