@@ -13,7 +13,7 @@
 //!    mutex_work pgbench tpc2 single2 tpc1 connect pgtx1_unnamed pgbouncer_pgtx
 //!    pgbouncer_pgbench micro notify_latency notify_throughput reconnect
 //!    pool1 pool2 pool4 pool8 pool_own1 … pool_own8 fair0_2 fair0_4 fair20_2 fair20_4
-//!    r2d2_1 … r2d2_8 pgbench_c1 … pgbench_c8 bulk;
+//!    r2d2_1 … r2d2_8 pgbench_c1 … pgbench_c8 bulk aio1 tokio_postgres1;
 //!    a run with PGTX_BENCH_ONLY writes no files unless `micro` is among them,
 //!    and prints the notification and reconnection sections it measured)
 //! PGTX_BENCH_ROUNDS=5 PGTX_BENCH_SECS=2 cargo bench --bench throughput   # other round counts/lengths
@@ -40,6 +40,8 @@
 //! transaction` started for the run (skipped when `pgbouncer` is not
 //! installed).
 
+#[path = "throughput/aio.rs"]
+mod aio;
 #[path = "throughput/bulk.rs"]
 mod bulk;
 #[path = "throughput/notify.rs"]
@@ -242,6 +244,16 @@ fn main() -> Result<(), BoxError> {
         "pgtx8_work",
         format!("pgtx, {WORK_THREADS} threads, {WORK_US} µs of work between transactions"),
         move |plan| pgtx_threads(&manager, WORK_THREADS, WORK, plan.duration()),
+    ));
+    let aio = aio::PgtxAio::new(&dsn)?;
+    cases.push(Case::new("aio1", "pgtx::aio, 1 task", move |plan| {
+        aio.run(plan.duration())
+    }));
+    let mut tokio_postgres = aio::TokioPostgres::new(&dsn)?;
+    cases.push(Case::new(
+        "tokio_postgres1",
+        "tokio-postgres, 1 task, transaction() + prepared statement",
+        move |plan| tokio_postgres.run(plan.duration()),
     ));
     let client = Mutex::new(Client::connect(&dsn, NoTls)?);
     cases.push(Case::new(
@@ -1033,6 +1045,16 @@ impl Report {
                 "pgtx 1 thread / pgbench -M prepared (stretch)",
                 ratio(Some(pgtx1), pgbench),
                 1.15,
+                "×"
+            )
+        );
+        let _ = writeln!(
+            bars,
+            "{}",
+            bar(
+                "pgtx::aio 1 task / tokio-postgres 1 task (loopback)",
+                ratio(get("aio1"), get("tokio_postgres1")),
+                1.1,
                 "×"
             )
         );

@@ -521,3 +521,40 @@ async fn serialization_failures_are_retried_and_every_transfer_commits_once() {
     );
     assert_eq!(outside(|| db.open_transactions()), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_killed_while_idle_is_replaced_before_anyone_gets_it() {
+    let db = outside(|| Db::new("aio_reconnect"));
+    let manager = manager(&db);
+    let mut guard = manager.lock().await.expect("lock");
+    let first: i32 = guard
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    drop(guard);
+    assert_eq!(outside(|| db.server.terminate_backends(&db.name)), 1);
+    let mut guard = manager.lock().await.expect("a new connection");
+    let second: i32 = guard
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    assert_ne!(first, second);
+    drop(guard);
+    // In a transaction whose BEGIN waits for its first statement, too.
+    let tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    assert_eq!(outside(|| db.server.terminate_backends(&db.name)), 1);
+    let mut tx = tx;
+    tx.execute("INSERT INTO items VALUES (1, 'after a kill')", &[])
+        .await
+        .expect("sent on a new connection: nothing of it had reached the server");
+    tx.commit().await.expect("commit");
+    assert_eq!(outside(|| db.item_ids()), [1]);
+}

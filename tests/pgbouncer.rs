@@ -502,3 +502,64 @@ fn copy_and_streamed_rows_work_through_pgbouncer_from_many_clients_at_once() {
         );
     }
 }
+
+#[test]
+fn async_transactions_from_many_managers_commit_exactly_what_they_report_through_pgbouncer() {
+    const MANAGERS: usize = 6;
+    const EACH: u64 = 30;
+    let db = Db::new("bouncer_aio");
+    let bouncer = Bouncer::start(db.server, POOL_SIZE);
+    let dsn = bouncer.dsn_for(&db.name);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let (committed, backends) = runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..MANAGERS {
+            let manager = pgtx::aio::ManagedConnection::builder(&dsn)
+                .statement_cache(false)
+                .build()
+                .expect("settings");
+            tasks.push(tokio::spawn(async move {
+                let (mut committed, mut backends) = (0_u64, BTreeSet::new());
+                for n in 0..EACH {
+                    let pid: i32 = manager
+                        .transaction(async |mut tx| {
+                            tx.execute("UPDATE counter SET n = n + 1", &[]).await?;
+                            // Typed values through the unnamed statement.
+                            let pid: i32 = tx
+                                .query_one("SELECT pg_backend_pid() + $1 - $1", &[&(n as i32)])
+                                .await?
+                                .get(0);
+                            tx.commit_returning(pid).await
+                        })
+                        .await
+                        .expect("a transaction through PgBouncer");
+                    committed += 1;
+                    backends.insert(pid);
+                }
+                (committed, backends)
+            }));
+        }
+        let mut committed = 0;
+        let mut backends = BTreeSet::new();
+        for task in tasks {
+            let (c, b) = task.await.expect("task");
+            committed += c;
+            backends.extend(b);
+        }
+        (committed, backends)
+    });
+    assert_eq!(committed, MANAGERS as u64 * EACH);
+    assert_eq!(db.counter(), i64::try_from(committed).expect("fits"));
+    assert!(backends.len() <= POOL_SIZE as usize, "{backends:?}");
+    assert_eq!(db.open_transactions(), 0);
+    for (pid, prepared) in prepared_on_each_server(&bouncer, &db) {
+        assert_eq!(
+            prepared, 0,
+            "server backend {pid} holds prepared statements"
+        );
+    }
+}
