@@ -472,32 +472,32 @@ async fn serialization_failures_are_retried_and_every_transfer_commits_once() {
             .expect("seed")
     });
     let serializable = TxOptions::default().isolation(IsolationLevel::Serializable);
+    // Four writers on one row collide often: enough runs that none gives up.
+    let policy = Arc::new(
+        RetryPolicy::default()
+            .max_attempts(100)
+            .initial_delay(Duration::from_millis(1))
+            .max_delay(Duration::from_millis(20)),
+    );
     let managers: Vec<_> = (0..4).map(|_| Arc::new(manager(&db))).collect();
     let runs = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for manager in &managers {
-        let (manager, runs) = (Arc::clone(manager), Arc::clone(&runs));
+        let (manager, runs, policy) = (Arc::clone(manager), Arc::clone(&runs), Arc::clone(&policy));
         tasks.push(tokio::spawn(async move {
             for _ in 0..10 {
                 let attempt = manager
-                    .transaction_retrying_with(
-                        serializable,
-                        &RetryPolicy::default(),
-                        async |mut tx| {
-                            let note: String = tx
-                                .query_one("SELECT note FROM items WHERE id = 1", &[])
-                                .await?
-                                .get(0);
-                            let n: i64 = note.parse().unwrap_or(0) + 1;
-                            tx.execute(
-                                "UPDATE items SET note = $1 WHERE id = 1",
-                                &[&n.to_string()],
-                            )
+                    .transaction_retrying_with(serializable, &policy, async |mut tx| {
+                        let note: String = tx
+                            .query_one("SELECT note FROM items WHERE id = 1", &[])
+                            .await?
+                            .get(0);
+                        let n: i64 = note.parse().unwrap_or(0) + 1;
+                        tx.execute("UPDATE items SET note = $1 WHERE id = 1", &[&n.to_string()])
                             .await?;
-                            let attempt = tx.attempt();
-                            tx.commit_returning(attempt).await
-                        },
-                    )
+                        let attempt = tx.attempt();
+                        tx.commit_returning(attempt).await
+                    })
                     .await
                     .expect("committed, after retries if need be");
                 runs.fetch_add(u64::from(attempt), Ordering::Relaxed);
@@ -557,4 +557,82 @@ async fn a_connection_the_server_killed_while_idle_is_replaced_before_anyone_get
         .expect("sent on a new connection: nothing of it had reached the server");
     tx.commit().await.expect("commit");
     assert_eq!(outside(|| db.item_ids()), [1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_interrupted_after_the_server_ran_it_still_leaves_its_transaction_only_to_roll_back()
+ {
+    let db = outside(|| Db::new("aio_interrupted_ran"));
+    let manager = manager(&db);
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'first')", &[])
+        .await
+        .expect("insert");
+    // Polled once (the INSERT is written, and the server runs it at once),
+    // then dropped before its answer is read; on a busy machine the answer
+    // may come within that poll, so again with the next row until one is
+    // interrupted.
+    let mut interrupted = false;
+    for id in 2..100_i32 {
+        use std::future::Future;
+        let params: [&(dyn pgtx::ToSql + Sync); 1] = [&id];
+        let mut statement =
+            std::pin::pin!(tx.execute("INSERT INTO items VALUES ($1, 'interrupted?')", &params));
+        let polled =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(statement.as_mut().poll(cx))).await;
+        if polled.is_pending() {
+            interrupted = true;
+            break;
+        }
+    }
+    assert!(
+        interrupted,
+        "no statement's answer was still to come after one poll"
+    );
+    // A later statement that would succeed must not revive the transaction.
+    let after = tx
+        .execute("INSERT INTO items VALUES (3, 'after')", &[])
+        .await;
+    assert!(after.is_err(), "{after:?}");
+    let commit = tx.commit().await.map(drop);
+    assert!(
+        matches!(commit, Err(Error::TransactionAborted(_))),
+        "{commit:?}"
+    );
+    assert!(outside(|| db.item_ids()).is_empty(), "nothing committed");
+    assert_eq!(outside(|| db.open_transactions()), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_savepoint_is_rolled_back_before_commit() {
+    let db = outside(|| Db::new("aio_forgotten_savepoint"));
+    let manager = manager(&db);
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'kept')", &[])
+        .await
+        .expect("insert");
+    let mut sp = tx.savepoint().await.expect("savepoint");
+    sp.execute("INSERT INTO items VALUES (2, 'forgotten')", &[])
+        .await
+        .expect("insert");
+    std::mem::forget(sp);
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        outside(|| db.item_ids()),
+        [1],
+        "the forgotten savepoint's work is gone"
+    );
+    assert_eq!(manager.unfinished_transactions(), 1);
 }

@@ -7,7 +7,7 @@ use postgres::types::ToSql;
 use crate::aio::session::Inner;
 use crate::conn::request::{Batch, Simple, StatementKind};
 use crate::conn::session::{RequestShape, Retries, SessionCore, Step};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::machine::fallback::Cause;
 use crate::statements::{Sql, ToStatement};
 
@@ -34,6 +34,12 @@ pub(crate) async fn prepare(
     let Scope::Transaction { depth } = scope else {
         return Ok(());
     };
+    if !core.in_transaction() {
+        // A `Tx` whose session no longer knows its transaction (a future
+        // dropped between a decision and its request left it behind):
+        // nothing more of it may run, or it would run on its own.
+        return Err(Error::TransactionAborted(None));
+    }
     if core.restore_depth(&inner.shared, depth).await? {
         inner.report_unfinished(Cause::SavepointForgotten);
     }

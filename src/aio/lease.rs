@@ -32,9 +32,10 @@ impl<'m> Lease<'m> {
         (self.inner, &mut self.held.core)
     }
 
-    /// Marks the holder as a `transaction` scope's.
-    pub(crate) fn set_scoped(&mut self) {
+    /// Marks the holder as the `transaction` scope `scope`'s.
+    pub(crate) fn set_scoped(&mut self, scope: u64) {
         self.held.scoped = true;
+        self.held.scope = scope;
     }
 
     /// Which run of its closure the holder's transaction is.
@@ -74,6 +75,13 @@ impl Drop for Lease<'_> {
         // its request can leave the machine idle and a block open.
         let open = slot.core.in_transaction() || slot.core.server_in_block();
         let decided = verdict(end, open);
+        if slot.scoped {
+            // Taken while the lease is still held (see `Slot::scope_failure`).
+            slot.scope_failure = slot
+                .core
+                .take_failure()
+                .map(|failure| (slot.scope, failure));
+        }
         if decided.roll_back {
             slot.core
                 .record_fallback(RollBackTarget::Transaction, decided.report);

@@ -306,7 +306,8 @@ impl ManagedConnection {
         F: for<'t> AsyncFnOnce(Tx<'t, Open>) -> Result<Tx<'t, Done<T>>, E>,
         E: From<Error>,
     {
-        let tx = match self.begin_scoped(options, attempt).await {
+        let scope = self.inner.next_scope();
+        let tx = match self.begin_scoped(options, scope, attempt).await {
             Ok(tx) => tx,
             Err(e) => return (Err(E::from(e)), None),
         };
@@ -314,13 +315,18 @@ impl ManagedConnection {
             Ok(done) => (Ok(done.into_value()), None),
             // The closure dropped its Tx: the rollback it recorded is done
             // before the error is handed back.
-            Err(e) => (Err(e), self.inner.settle().await),
+            Err(e) => (Err(e), self.inner.settle(scope).await),
         }
     }
 
-    async fn begin_scoped(&self, options: TxOptions, attempt: u32) -> Result<Tx<'_, Open>> {
+    async fn begin_scoped(
+        &self,
+        options: TxOptions,
+        scope: u64,
+        attempt: u32,
+    ) -> Result<Tx<'_, Open>> {
         let tx = self.lock().await?.begin_with(options).await?;
-        Ok(tx.into_scoped(attempt))
+        Ok(tx.into_scoped(scope, attempt))
     }
 
     /// The transaction status, read without waiting for the holder: the

@@ -35,6 +35,13 @@ pub(crate) struct Slot {
     /// Which run of a `transaction_retrying` closure the holder's
     /// transaction is (1 otherwise).
     pub(crate) attempt: u32,
+    /// The `transaction` scope holding the lease (0: none).
+    pub(crate) scope: u64,
+    /// The last error the server reported in a scope's transaction, taken
+    /// when its `Tx` let go (while the lease was still held: once it is
+    /// released another holder's transaction may begin), for the scope
+    /// that ended: what `transaction_retrying` decides on.
+    pub(crate) scope_failure: Option<(u64, Box<DbError>)>,
 }
 
 /// What holds the lease.
@@ -59,6 +66,8 @@ pub(crate) struct Inner {
     unfinished: AtomicU64,
     /// `COMMIT`s whose future was dropped after they were sent.
     interrupted_commits: AtomicU64,
+    /// `transaction` scopes begun (their ids).
+    scopes: AtomicU64,
 }
 
 static_assertions::assert_impl_all!(Inner: Send, Sync);
@@ -78,7 +87,10 @@ impl Inner {
                 scoped: false,
                 holding: Holding::Guard,
                 attempt: 1,
+                scope: 0,
+                scope_failure: None,
             }),
+            scopes: AtomicU64::new(0),
             shared: SessionShared::default(),
             settings,
             naming,
@@ -122,29 +134,46 @@ impl Inner {
     /// Takes the lease and tidies, nothing more (for a `transaction`
     /// scope whose closure dropped its `Tx`: the rollback it recorded is
     /// carried out before the scope returns).
-    /// Returns the last error the server reported in the transaction.
-    pub(crate) async fn settle(&self) -> Option<Box<DbError>> {
+    /// Returns the last error the server reported in scope `scope`'s
+    /// transaction (taken when its `Tx` let go).
+    pub(crate) async fn settle(&self, scope: u64) -> Option<Box<DbError>> {
         let mut held = self.slot.lock().await;
-        held.scoped = false;
         self.tidy(&mut held.core).await;
-        held.core.take_failure()
+        match held.scope_failure.take() {
+            Some((ended, failure)) if ended == scope => Some(failure),
+            other => {
+                held.scope_failure = other;
+                None
+            }
+        }
+    }
+
+    /// A new `transaction` scope's id.
+    pub(crate) fn next_scope(&self) -> u64 {
+        self.scopes.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     async fn ready<'m>(&'m self, mut held: Held<'m>) -> Result<Held<'m>> {
         held.scoped = false;
         held.holding = Holding::Guard;
         held.attempt = 1;
+        held.scope = 0;
         let core = &mut held.core;
         self.tidy(core).await;
+        self.abandon_leftovers(core).await;
+        self.ensure_open(core).await?;
+        Ok(held)
+    }
+
+    /// With no holder: rolls back (and reports) a transaction block that
+    /// is still open — what an interrupted holder left (a plain BEGIN
+    /// through a guard whose answer came after it let go; a transaction
+    /// whose future was dropped between a decision and its request).
+    async fn abandon_leftovers(&self, core: &mut SessionCore) {
         if core.in_transaction() || core.server_in_block() {
-            // What an interrupted holder left open (a plain BEGIN through
-            // a guard; a transaction whose future was dropped between a
-            // decision and its request): the new holder starts idle.
             core.record_fallback(RollBackTarget::Transaction, Some(Cause::UserBlock));
             self.tidy(core).await;
         }
-        self.ensure_open(core).await?;
-        Ok(held)
     }
 
     /// Carries out what an earlier use of the session left unfinished, in
@@ -208,7 +237,10 @@ impl Inner {
             let inner = Arc::clone(inner);
             runtime.spawn(async move {
                 let mut held = inner.slot.lock().await;
+                // Nobody holds the session: whatever is open once the
+                // interrupted request is drained was left behind.
                 inner.tidy(&mut held.core).await;
+                inner.abandon_leftovers(&mut held.core).await;
             });
         }
     }

@@ -74,8 +74,8 @@ impl<'m> Tx<'m, Open> {
 
     /// Marks it as a `transaction` scope's, run `attempt` of its closure
     /// (see [`Lease::set_scoped`]).
-    pub(crate) fn into_scoped(mut self, attempt: u32) -> Self {
-        self.lease.set_scoped();
+    pub(crate) fn into_scoped(mut self, scope: u64, attempt: u32) -> Self {
+        self.lease.set_scoped(scope);
         self.lease.set_attempt(attempt);
         self
     }
@@ -245,7 +245,8 @@ impl<'m> Tx<'m, Open> {
     /// if the connection broke while `COMMIT` was in flight, …).
     pub async fn commit(mut self) -> Result<Tx<'m, Done>> {
         let (inner, core) = self.lease.parts();
-        inner.tidy(core).await;
+        // Forgotten savepoints are rolled back (and reported) first.
+        held::prepare(inner, core, Scope::Transaction { depth: 0 }, None).await?;
         // Dropped from here on, `self` is dropped open: its rollback is
         // recorded, and the interrupted COMMIT's outcome, learnt when the
         // connection is drained, decides whether there is anything left
@@ -280,7 +281,9 @@ impl<'m> Tx<'m, Open> {
     /// None so far; the `Result` matches the blocking API.
     pub async fn rollback(mut self) -> Result<Tx<'m, Done>> {
         let (inner, core) = self.lease.parts();
-        inner.tidy(core).await;
+        if let Err(e) = held::prepare(inner, core, Scope::Transaction { depth: 0 }, None).await {
+            log::debug!("pgtx: before ROLLBACK: {e}");
+        }
         core.rollback(&inner.shared).await;
         self.lease.set_holding(Holding::DoneTx);
         Ok(Tx {

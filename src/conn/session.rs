@@ -125,9 +125,16 @@ pub(crate) struct Interruption {
     pub(crate) copy_in: bool,
 }
 
+/// What makes the server abort a transaction whose statement was
+/// interrupted: an error that says so.
 #[cfg(feature = "aio")]
+const INTERRUPTED_STATEMENT: &str = "DO $pgtx$ BEGIN RAISE EXCEPTION USING \
+     MESSAGE = 'pgtx: a statement of this transaction was interrupted (its future was dropped), \
+     so the transaction can only roll back', ERRCODE = '25P02'; END $pgtx$";
+
 /// How long an interrupted request's connection may take to answer
 /// before it is dropped instead (see [`SessionCore::recover_interrupted`]).
+#[cfg(feature = "aio")]
 pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// What a fallback rolls back.
@@ -980,12 +987,35 @@ impl SessionCore {
                 .unwrap_or_default();
             commit_answer(&tag, server) == CommitAnswer::Committed
         });
+        if commit {
+            // Whatever it came to, no run of the transaction is retried
+            // after it (see `transaction_retrying`).
+            self.failure = None;
+        }
         if committed == Some(true) {
             // Nothing is left to roll back.
             self.machine.reset();
             self.fallback = None;
         } else {
             self.machine.interrupted(server);
+            if self.machine.is_aborted() && server == Some(ServerStatus::InTransaction) {
+                // The server would go on with the transaction: make it
+                // refuse to, so that it can only roll back (a later
+                // statement that succeeds must not revive it), and so that
+                // a savepoint enclosing the interrupted statement can still
+                // be rolled back to.
+                let refused = self
+                    .statement(
+                        shared,
+                        RequestShape::Query,
+                        None,
+                        &Batch(INTERRUPTED_STATEMENT),
+                    )
+                    .await;
+                if let Err(e) = refused {
+                    log::debug!("pgtx: the interrupted transaction is now aborted: {e}");
+                }
+            }
         }
         self.publish(shared);
         Some(Interruption {
@@ -1012,6 +1042,8 @@ impl SessionCore {
                 let server = conn.server_status();
                 let block_left_open = match commit_answer(&tag, server) {
                     CommitAnswer::Committed => {
+                        // A run that committed is never run again.
+                        self.failure = None;
                         self.publish(shared);
                         return Ok(());
                     }
@@ -1037,6 +1069,8 @@ impl SessionCore {
                 let cause = conn.why_lost(e);
                 self.discard(shared);
                 shared.status.set(TransactionStatus::Unknown);
+                // Never run again: it may have committed.
+                self.failure = None;
                 Err(Error::CommitOutcomeUnknown(Some(cause)))
             }
         }

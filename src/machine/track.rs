@@ -423,6 +423,12 @@ impl Machine {
         }
     }
 
+    /// Whether the transaction is aborted (only a rollback ends it).
+    #[cfg(feature = "aio")]
+    pub(crate) fn is_aborted(&self) -> bool {
+        matches!(self.track, Track::Aborted(_))
+    }
+
     /// The connection is gone or was closed on purpose: nothing is open.
     pub(crate) fn reset(&mut self) {
         self.track = Track::Idle;
