@@ -11,6 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::blocking::held::Conn;
 use crate::blocking::session::Fetched;
 use crate::error::{Error, Result};
+use crate::statements::ToStatement;
 
 /// How much data a writer gathers before it sends it (one CopyData
 /// message, one turn of the runtime).
@@ -67,15 +68,20 @@ pub struct CopyInWriter<'a> {
 static_assertions::assert_not_impl_any!(CopyInWriter<'static>: Send, Sync);
 
 impl<'a> CopyInWriter<'a> {
-    pub(crate) fn new(conn: Conn<'a>) -> CopyInWriter<'a> {
-        CopyInWriter {
+    /// Starts the `COPY … FROM STDIN` `query` on `conn`.
+    pub(crate) fn start<T: ?Sized + ToStatement>(
+        conn: Conn<'a>,
+        query: &T,
+    ) -> Result<CopyInWriter<'a>> {
+        conn.copy(query, true)?;
+        Ok(CopyInWriter {
             conn,
             buf: BytesMut::new(),
             written: false,
             over: false,
             failure: None,
             _holder: PhantomData,
-        }
+        })
     }
 
     /// Ends the COPY: sends what is buffered and CopyDone, and returns the
@@ -247,13 +253,18 @@ pub struct CopyOutReader<'a> {
 static_assertions::assert_not_impl_any!(CopyOutReader<'static>: Send, Sync);
 
 impl<'a> CopyOutReader<'a> {
-    pub(crate) fn new(conn: Conn<'a>) -> CopyOutReader<'a> {
-        CopyOutReader {
+    /// Starts the `COPY … TO STDOUT` `query` on `conn`.
+    pub(crate) fn start<T: ?Sized + ToStatement>(
+        conn: Conn<'a>,
+        query: &T,
+    ) -> Result<CopyOutReader<'a>> {
+        conn.copy(query, false)?;
+        Ok(CopyOutReader {
             conn,
             chunk: BytesMut::new(),
             done: false,
             _holder: PhantomData,
-        }
+        })
     }
 
     /// Whether nothing was read yet.

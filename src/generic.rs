@@ -162,9 +162,7 @@ pub trait GenericClient: sealed::Sealed {
     where
         T: ?Sized + ToStatement,
     {
-        let conn = self.statements().0;
-        conn.query_raw(query, params)?;
-        Ok(RowIter::new(conn))
+        RowIter::start(self.statements().0, query, params)
     }
 
     /// See [`Tx::copy_in`].
@@ -176,9 +174,7 @@ pub trait GenericClient: sealed::Sealed {
     where
         T: ?Sized + ToStatement,
     {
-        let conn = self.statements().0;
-        conn.copy(query, true)?;
-        Ok(CopyInWriter::new(conn))
+        CopyInWriter::start(self.statements().0, query)
     }
 
     /// See [`Tx::copy_out`].
@@ -190,9 +186,7 @@ pub trait GenericClient: sealed::Sealed {
     where
         T: ?Sized + ToStatement,
     {
-        let conn = self.statements().0;
-        conn.copy(query, false)?;
-        Ok(CopyOutReader::new(conn))
+        CopyOutReader::start(self.statements().0, query)
     }
 }
 

@@ -259,9 +259,7 @@ impl<'m> Guard<'m> {
     where
         T: ?Sized + ToStatement,
     {
-        let conn = self.conn();
-        conn.query_raw(query, params)?;
-        Ok(RowIter::new(conn))
+        RowIter::start(self.conn(), query, params)
     }
 
     /// Starts a `COPY … FROM STDIN` on its own (autocommit): write its data to the
@@ -277,9 +275,7 @@ impl<'m> Guard<'m> {
     where
         T: ?Sized + ToStatement,
     {
-        let conn = self.conn();
-        conn.copy(query, true)?;
-        Ok(CopyInWriter::new(conn))
+        CopyInWriter::start(self.conn(), query)
     }
 
     /// Starts a `COPY … TO STDOUT` on its own (autocommit): read its data from the
@@ -293,9 +289,7 @@ impl<'m> Guard<'m> {
     where
         T: ?Sized + ToStatement,
     {
-        let conn = self.conn();
-        conn.copy(query, false)?;
-        Ok(CopyOutReader::new(conn))
+        CopyOutReader::start(self.conn(), query)
     }
 
     /// Prepares a statement for repeated use on this connection.

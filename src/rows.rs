@@ -9,6 +9,8 @@ use crate::blocking::held::Conn;
 use crate::blocking::session::Fetched;
 use crate::blocking::session::LockedSession;
 use crate::error::{Error, Result};
+use crate::statements::ToStatement;
+use crate::types::ToSql;
 
 /// The rows of a statement begun by `query_raw` (on [`Guard`](crate::Guard),
 /// [`Tx`](crate::Tx) or [`Savepoint`](crate::Savepoint)), read from the
@@ -117,10 +119,19 @@ impl<T> Drop for Fetching<'_, T> {
 static_assertions::assert_not_impl_any!(RowIter<'static>: Send, Sync);
 
 impl<'a> RowIter<'a> {
-    pub(crate) fn new(conn: Conn<'a>) -> RowIter<'a> {
-        RowIter {
+    /// Starts `query` on `conn` and reads its rows as they arrive.
+    pub(crate) fn start<T>(
+        conn: Conn<'a>,
+        query: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<RowIter<'a>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        conn.query_raw(query, params)?;
+        Ok(RowIter {
             rows: Fetching::new(conn),
-        }
+        })
     }
 
     /// The number of rows the statement affected (for `INSERT … RETURNING`

@@ -198,9 +198,7 @@ impl<'t> Savepoint<'t, Open> {
     where
         T: ?Sized + ToStatement,
     {
-        let conn = self.conn();
-        conn.query_raw(query, params)?;
-        Ok(RowIter::new(conn))
+        RowIter::start(self.conn(), query, params)
     }
 
     /// Starts a `COPY … FROM STDIN` inside this savepoint: write its data to the
@@ -216,9 +214,7 @@ impl<'t> Savepoint<'t, Open> {
     where
         T: ?Sized + ToStatement,
     {
-        let conn = self.conn();
-        conn.copy(query, true)?;
-        Ok(CopyInWriter::new(conn))
+        CopyInWriter::start(self.conn(), query)
     }
 
     /// Starts a `COPY … TO STDOUT` inside this savepoint: read its data from the
@@ -232,9 +228,7 @@ impl<'t> Savepoint<'t, Open> {
     where
         T: ?Sized + ToStatement,
     {
-        let conn = self.conn();
-        conn.copy(query, false)?;
-        Ok(CopyOutReader::new(conn))
+        CopyOutReader::start(self.conn(), query)
     }
 
     /// Binds `query` with `params` to a new [`Portal`] inside this savepoint, whose

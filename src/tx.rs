@@ -231,9 +231,7 @@ impl<'m> Tx<'m, Open> {
     where
         T: ?Sized + ToStatement,
     {
-        let conn = self.conn();
-        conn.query_raw(query, params)?;
-        Ok(RowIter::new(conn))
+        RowIter::start(self.conn(), query, params)
     }
 
     /// Starts a `COPY … FROM STDIN` inside this transaction: write its data to the
@@ -249,9 +247,7 @@ impl<'m> Tx<'m, Open> {
     where
         T: ?Sized + ToStatement,
     {
-        let conn = self.conn();
-        conn.copy(query, true)?;
-        Ok(CopyInWriter::new(conn))
+        CopyInWriter::start(self.conn(), query)
     }
 
     /// Starts a `COPY … TO STDOUT` inside this transaction: read its data from the
@@ -265,9 +261,7 @@ impl<'m> Tx<'m, Open> {
     where
         T: ?Sized + ToStatement,
     {
-        let conn = self.conn();
-        conn.copy(query, false)?;
-        Ok(CopyOutReader::new(conn))
+        CopyOutReader::start(self.conn(), query)
     }
 
     /// Binds `query` with `params` to a new [`Portal`] inside this transaction, whose
