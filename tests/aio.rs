@@ -639,3 +639,45 @@ async fn a_forgotten_savepoint_is_rolled_back_before_commit() {
     );
     assert_eq!(manager.unfinished_transactions(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_description_interrupted_in_its_own_block_does_not_swallow_the_guards_next_statements() {
+    let db = outside(|| Db::new("aio_interrupted_describe"));
+    // Without a statement cache, new SQL text outside a transaction is
+    // described in a block of its own (BEGIN, Parse, ROLLBACK).
+    let manager = ManagedConnection::builder(&db.dsn)
+        .statement_cache(false)
+        .build()
+        .expect("settings");
+    let mut guard = manager.lock().await.expect("lock");
+    guard.execute("SELECT 1", &[]).await.expect("connected");
+    // Polled once (BEGIN and the description are written), then dropped
+    // before the answers are read; new text each time, so that every
+    // statement is described, until one is left waiting.
+    let mut interrupted = false;
+    for n in 0..100_i32 {
+        use std::future::Future;
+        let sql = format!("SELECT $1::int4 + {n}");
+        let params: [&(dyn pgtx::ToSql + Sync); 1] = [&n];
+        let mut statement = std::pin::pin!(guard.execute(sql.as_str(), &params));
+        let polled =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(statement.as_mut().poll(cx))).await;
+        if polled.is_pending() {
+            interrupted = true;
+            break;
+        }
+    }
+    assert!(interrupted, "no description was still to come after one poll");
+    // The guard's next statements run on their own, as a guard's do: kept
+    // once they answered, whatever becomes of the guard.
+    let inserted = guard
+        .execute("INSERT INTO items VALUES (1, 'kept')", &[])
+        .await
+        .expect("insert");
+    assert_eq!(inserted, 1);
+    assert!(!in_block(&mut guard).await.expect("status"), "no block left open");
+    drop(guard);
+    assert_eq!(outside(|| db.item_ids()), [1], "the insert reported Ok is kept");
+    assert_eq!(manager.unfinished_transactions(), 0);
+    assert_eq!(outside(|| db.open_transactions()), 0);
+}

@@ -100,6 +100,12 @@ pub(crate) struct Connection {
     /// it was dropped before its answer was read (see
     /// [`Connection::was_interrupted`]).
     in_flight: bool,
+    /// A statement is being described in a transaction block of its own
+    /// (see [`Connection::describe`]): still set afterwards, the future was
+    /// dropped before its `ROLLBACK` was answered, and the block may still
+    /// be open (see [`Connection::drain`]).
+    #[cfg_attr(not(feature = "aio"), allow(dead_code))]
+    describing_in_block: bool,
 }
 
 static_assertions::assert_impl_all!(Connection: Send);
@@ -145,6 +151,7 @@ impl Connection {
             on_notice,
             stream: None,
             in_flight: false,
+            describing_in_block: false,
         })
     }
 
@@ -195,7 +202,9 @@ impl Connection {
         let types = loop {
             tries -= 1;
             let held = tap.hold_begin();
+            self.describing_in_block = !in_block;
             let described = self.run(|client| describe(client, sql, in_block)).await;
+            self.describing_in_block = false;
             drop(held);
             match described {
                 Err(e) if tries > 0 && e.code() == Some(&SqlState::DUPLICATE_PSTATEMENT) => {
@@ -455,10 +464,22 @@ impl Connection {
     /// Reads and drops every answer still to come, and the stream (if
     /// any): an empty query is queued behind whatever was sent before it,
     /// so its answer comes last. Clears [`was_interrupted`](Self::was_interrupted).
+    ///
+    /// A description interrupted in its own transaction block (see
+    /// [`describe`](Self::describe)) may have left that block open: it is
+    /// rolled back, so that the caller's next statements do not run in a
+    /// block nobody asked for (and are not lost with it).
     pub(crate) async fn drain(&mut self) -> Result<(), postgres::Error> {
         self.stream = None;
         // An armed BEGIN stays armed: a simple Query does not carry it.
-        self.run(|c| c.batch_execute("")).await
+        self.run(|c| c.batch_execute("")).await?;
+        if self.describing_in_block {
+            if self.server_status() != Some(ServerStatus::Idle) {
+                self.run(|c| c.batch_execute("ROLLBACK")).await?;
+            }
+            self.describing_in_block = false;
+        }
+        Ok(())
     }
 
     /// Where this connection's cancel requests go.
