@@ -667,7 +667,10 @@ async fn a_description_interrupted_in_its_own_block_does_not_swallow_the_guards_
             break;
         }
     }
-    assert!(interrupted, "no description was still to come after one poll");
+    assert!(
+        interrupted,
+        "no description was still to come after one poll"
+    );
     // The guard's next statements run on their own, as a guard's do: kept
     // once they answered, whatever becomes of the guard.
     let inserted = guard
@@ -675,9 +678,57 @@ async fn a_description_interrupted_in_its_own_block_does_not_swallow_the_guards_
         .await
         .expect("insert");
     assert_eq!(inserted, 1);
-    assert!(!in_block(&mut guard).await.expect("status"), "no block left open");
+    assert!(
+        !in_block(&mut guard).await.expect("status"),
+        "no block left open"
+    );
     drop(guard);
-    assert_eq!(outside(|| db.item_ids()), [1], "the insert reported Ok is kept");
+    assert_eq!(
+        outside(|| db.item_ids()),
+        [1],
+        "the insert reported Ok is kept"
+    );
     assert_eq!(manager.unfinished_transactions(), 0);
     assert_eq!(outside(|| db.open_transactions()), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_request_cut_off_mid_write_is_still_cancelled_and_the_connection_kept() {
+    let db = outside(|| Db::new("aio_large_interrupted"));
+    let manager = manager(&db);
+    let mut guard = manager.lock().await.expect("lock");
+    let pid: i32 = guard
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    // 64 MiB does not fit in the socket's buffers: one poll leaves most of
+    // the request to be written. A cancel sent then would find the server
+    // still reading it and be ignored; the sleep would then outlast the
+    // drain's limit (10 s) and the connection be dropped.
+    // Prepared first, so that the next run's first write is the request.
+    let sql = "SELECT length($1::text), pg_sleep($2)";
+    guard
+        .execute(sql, &[&"", &0.0_f64])
+        .await
+        .expect("prepared");
+    let big = "x".repeat(64 << 20);
+    {
+        use std::future::Future;
+        let params: [&(dyn pgtx::ToSql + Sync); 2] = [&big, &60.0_f64];
+        let mut statement = std::pin::pin!(guard.execute(sql, &params));
+        let polled =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(statement.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "a 64 MiB request answered in one poll");
+    }
+    let after: i32 = guard
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("the next statement runs")
+        .get(0);
+    assert_eq!(
+        after, pid,
+        "the connection was kept: the sleep was cancelled"
+    );
+    assert_eq!(running(&db, "%pg_sleep($2)%"), 0, "nothing left running");
 }

@@ -114,6 +114,16 @@ static_assertions::assert_impl_all!(Connection: Send);
 /// when the name it is prepared under is taken (see [`Connection::describe`]).
 const DESCRIBE_TRIES: u32 = 3;
 
+/// How soon a cancel for an interrupted request goes out again while its
+/// answer has not come (see [`Connection::cancel_and_drain`]); the wait
+/// doubles each time, up to [`CANCEL_AGAIN_MAX`].
+#[cfg(feature = "aio")]
+const CANCEL_AGAIN_FIRST: Duration = Duration::from_millis(50);
+
+/// The longest wait between cancels for an interrupted request.
+#[cfg(feature = "aio")]
+const CANCEL_AGAIN_MAX: Duration = Duration::from_secs(1);
+
 impl Connection {
     /// Opens a new connection with `settings`, trying each server in turn
     /// as libpq does.
@@ -450,29 +460,61 @@ impl Connection {
     }
 
     #[cfg(feature = "aio")]
-    /// Writes what tokio-postgres has queued, as far as the socket takes
-    /// it now, without waiting for any answer.
+    /// Writes what tokio-postgres has queued, waiting until the socket
+    /// took all of it (or the connection ended), without waiting for any
+    /// answer.
     pub(crate) async fn flush_queued(&mut self) {
         poll_fn(|cx| {
             self.drive_now(cx);
-            Poll::Ready(())
+            if self.has_ended() || self.tap.flushed() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
         })
         .await;
     }
 
     #[cfg(feature = "aio")]
-    /// Reads and drops every answer still to come, and the stream (if
-    /// any): an empty query is queued behind whatever was sent before it,
-    /// so its answer comes last. Clears [`was_interrupted`](Self::was_interrupted).
+    /// Cancels what an interrupted request left running, and reads and
+    /// drops every answer still to come and the stream (if any): an empty
+    /// query is queued behind whatever was sent before it, so its answer
+    /// comes last. Clears [`was_interrupted`](Self::was_interrupted).
+    ///
+    /// The cancel goes out again, less and less often, while the answer
+    /// has not come: a server still reading the request when a cancel
+    /// arrives ignores it. Each is sent before anything else is (only the
+    /// empty query follows the interrupted request until it is answered),
+    /// and waited for, so none can hit a later statement.
     ///
     /// A description interrupted in its own transaction block (see
     /// [`describe`](Self::describe)) may have left that block open: it is
     /// rolled back, so that the caller's next statements do not run in a
     /// block nobody asked for (and are not lost with it).
-    pub(crate) async fn drain(&mut self) -> Result<(), postgres::Error> {
+    pub(crate) async fn cancel_and_drain(&mut self) -> Result<(), postgres::Error> {
         self.stream = None;
-        // An armed BEGIN stays armed: a simple Query does not carry it.
-        self.run(|c| c.batch_execute("")).await?;
+        let target = Arc::clone(&self.cancel);
+        {
+            // An armed BEGIN stays armed: a simple Query does not carry it.
+            let mut answered = pin!(self.run(|c| c.batch_execute("")));
+            let mut wait = Duration::ZERO;
+            loop {
+                match tokio::time::timeout(wait, answered.as_mut()).await {
+                    // A cancel that came as the empty query ran refuses it:
+                    // answered all the same, and the last answer.
+                    Ok(Err(e)) if e.as_db_error().is_none() => return Err(e),
+                    Ok(_) => break,
+                    Err(_) => {
+                        if let Err(e) = target.send().await {
+                            log::debug!(
+                                "pgtx: cancel request for an interrupted statement failed: {e}"
+                            );
+                        }
+                        wait = (wait * 2).clamp(CANCEL_AGAIN_FIRST, CANCEL_AGAIN_MAX);
+                    }
+                }
+            }
+        }
         if self.describing_in_block {
             if self.server_status() != Some(ServerStatus::Idle) {
                 self.run(|c| c.batch_execute("ROLLBACK")).await?;

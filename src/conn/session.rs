@@ -919,14 +919,16 @@ impl SessionCore {
     /// `select!` that chose another branch, an aborted task); `None` when
     /// none was.
     ///
-    /// 1. What tokio-postgres queued is written, then a cancel request
-    ///    goes out: the interrupted statement does not go on running (the
-    ///    server ignores a cancel that finds it idle, and the cancel is
-    ///    acted on before anything else is sent).
-    /// 2. The connection is drained: an empty query, queued behind
-    ///    everything before it, is answered last, within [`DRAIN_LIMIT`];
-    ///    a connection that does not answer by then is dropped (the
-    ///    server rolls back what it had open).
+    /// 1. What tokio-postgres queued is written, all of it, within
+    ///    [`DRAIN_LIMIT`] (a server still reading a request ignores a
+    ///    cancel).
+    /// 2. A cancel request goes out, so that the interrupted statement
+    ///    does not go on running, and the connection is drained: an empty
+    ///    query, queued behind everything before it, is answered last,
+    ///    within [`DRAIN_LIMIT`], the cancel sent again meanwhile (see
+    ///    `Connection::cancel_and_drain`); a connection that does not
+    ///    answer by then is dropped (the server rolls back what it had
+    ///    open).
     /// 3. The server's status and the last command's tag decide the rest:
     ///    an interrupted `COMMIT` either committed (then nothing is left to
     ///    roll back) or did not; a transaction whose statement was
@@ -940,11 +942,12 @@ impl SessionCore {
         // Cleared only once the interrupted request's outcome is known: a
         // recovery that is itself interrupted leaves it to the next.
         let commit = self.committing;
-        conn.flush_queued().await;
-        if let Err(e) = conn.cancel_target().clone().send().await {
-            log::debug!("pgtx: cancel request for an interrupted statement failed: {e}");
-        }
-        let drained = tokio::time::timeout(DRAIN_LIMIT, conn.drain()).await;
+        let written = tokio::time::timeout(DRAIN_LIMIT, conn.flush_queued()).await;
+        let drained = match written {
+            Ok(()) => tokio::time::timeout(DRAIN_LIMIT, conn.cancel_and_drain()).await,
+            // The server does not read what it is sent: as good as gone.
+            Err(elapsed) => Err(elapsed),
+        };
         // A BEGIN armed for the interrupted statement and never sent must
         // not ride on someone else's next statement.
         conn.begin_outcome();

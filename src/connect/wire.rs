@@ -116,6 +116,9 @@ struct TapState {
     /// The incoming message being read is taken out.
     dropping: bool,
     status: Option<ServerStatus>,
+    /// Bytes were written since the last flush that completed: part of
+    /// a request may still wait in a buffer for the socket to take it.
+    unflushed: bool,
 }
 
 /// A `COPY` that reached the server through a statement method (which
@@ -237,6 +240,13 @@ impl Tap {
     pub(crate) fn settled(&self) -> bool {
         let state = self.0.lock();
         state.readies_read >= state.syncs_written
+    }
+
+    #[cfg(feature = "aio")]
+    /// Whether everything written (once active) has been flushed to the
+    /// socket: no part of a request waits in a buffer.
+    pub(crate) fn flushed(&self) -> bool {
+        !self.0.lock().unflushed
     }
 
     /// The transaction status the server last reported, once active.
@@ -703,6 +713,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
             drop(state);
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         }
+        state.unflushed = true;
         let found = match state.armed {
             Some(_) => state.injection_point(buf),
             None => None,
@@ -748,7 +759,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_pending(cx))?;
-        Pin::new(&mut this.inner).poll_flush(cx)
+        ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        this.tap.0.lock().unflushed = false;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
