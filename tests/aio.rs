@@ -153,6 +153,46 @@ async fn a_dropped_transaction_is_rolled_back_at_once_and_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_scope_dropped_mid_closure_is_rolled_back_and_reported_once() {
+    let db = outside(|| Db::new("aio_scope_dropped"));
+    let manager = manager(&db);
+    let (inserted_tx, inserted) = tokio::sync::oneshot::channel();
+    let scope = manager.transaction(async |mut tx| {
+        tx.execute("INSERT INTO items VALUES (1, 'abandoned')", &[])
+            .await?;
+        let _ = inserted_tx.send(());
+        // A request that takes too long: the caller's timeout drops the
+        // whole scope here.
+        std::future::pending::<()>().await;
+        tx.commit().await
+    });
+    tokio::select! {
+        _ = scope => panic!("the scope cannot finish"),
+        _ = inserted => {}
+    }
+    assert!(
+        eventually(|| outside(|| db.open_transactions()) == 0).await,
+        "rolled back without anyone asking for the connection"
+    );
+    assert!(eventually(|| manager.unfinished_transactions() == 1).await);
+    assert!(outside(|| db.item_ids()).is_empty());
+    // A scope whose closure returned its error after dropping its Tx is
+    // not counted: its error is its report.
+    let failed: Result<(), Error> = manager
+        .transaction(async |tx| {
+            drop(tx);
+            Err(Error::WouldBlock)
+        })
+        .await;
+    assert!(matches!(failed, Err(Error::WouldBlock)), "{failed:?}");
+    assert_eq!(
+        manager.unfinished_transactions(),
+        1,
+        "reported once, and only the dropped scope"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_whose_future_is_dropped_is_cancelled_and_its_transaction_can_only_roll_back() {
     let db = outside(|| Db::new("aio_timeout_stmt"));
     let manager = manager(&db);

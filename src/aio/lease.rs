@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
+use crate::aio::scope_watch::ScopeMarks;
 use crate::aio::session::{Held, Holding, Inner};
 use crate::conn::session::{RollBackTarget, SessionCore};
-use crate::machine::fallback::{HolderEnd, verdict};
+use crate::machine::fallback::{Cause, HolderEnd, verdict};
 
 /// The locked session and its manager: two pointers. Dropped, it records
 /// what the fallback decides for its holder and lets go.
@@ -32,10 +33,12 @@ impl<'m> Lease<'m> {
         (self.inner, &mut self.held.core)
     }
 
-    /// Marks the holder as the `transaction` scope `scope`'s.
-    pub(crate) fn set_scoped(&mut self, scope: u64) {
+    /// Marks the holder as the `transaction` scope `scope`'s, watched
+    /// through `marks`.
+    pub(crate) fn set_scoped(&mut self, scope: u64, marks: ScopeMarks) {
         self.held.scoped = true;
         self.held.scope = scope;
+        self.held.scope_marks = Some(marks);
     }
 
     /// Which run of its closure the holder's transaction is.
@@ -82,9 +85,20 @@ impl Drop for Lease<'_> {
                 .take_failure()
                 .map(|failure| (slot.scope, failure));
         }
+        let mut report = decided.report;
+        if decided.roll_back
+            && report.is_none()
+            && slot
+                .scope_marks
+                .take()
+                .is_some_and(|marks| marks.rolled_back())
+        {
+            // The scope's future was dropped before its closure returned.
+            report = Some(Cause::ScopeDropped);
+        }
         if decided.roll_back {
             slot.core
-                .record_fallback(RollBackTarget::Transaction, decided.report);
+                .record_fallback(RollBackTarget::Transaction, report);
         }
         if Inner::needs_tidy(&slot.core) {
             // The lock is let go after this returns; the task waits for it.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::DbError;
 use crate::aio::guard::Guard;
 use crate::aio::lease::Lease;
+use crate::aio::scope_watch::ScopeWatch;
 use crate::aio::session::Inner;
 use crate::aio::tx::Tx;
 use crate::config::Settings;
@@ -307,11 +308,18 @@ impl ManagedConnection {
         E: From<Error>,
     {
         let scope = self.inner.next_scope();
-        let tx = match self.begin_scoped(options, scope, attempt).await {
+        // Dropped before the closure returns, the scope was abandoned.
+        let mut watch = ScopeWatch::new(&self.inner);
+        let tx = match self.begin_scoped(options, scope, attempt, &watch).await {
             Ok(tx) => tx,
-            Err(e) => return (Err(E::from(e)), None),
+            Err(e) => {
+                watch.returned();
+                return (Err(E::from(e)), None);
+            }
         };
-        match work(tx).await {
+        let returned = work(tx).await;
+        watch.returned();
+        match returned {
             Ok(done) => (Ok(done.into_value()), None),
             // The closure dropped its Tx: the rollback it recorded is done
             // before the error is handed back.
@@ -324,9 +332,10 @@ impl ManagedConnection {
         options: TxOptions,
         scope: u64,
         attempt: u32,
+        watch: &ScopeWatch<'_>,
     ) -> Result<Tx<'_, Open>> {
         let tx = self.lock().await?.begin_with(options).await?;
-        Ok(tx.into_scoped(scope, attempt))
+        Ok(tx.into_scoped(scope, attempt, watch.marks()))
     }
 
     /// The transaction status, read without waiting for the holder: the

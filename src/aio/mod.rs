@@ -28,6 +28,7 @@ mod held;
 mod lease;
 mod manager;
 mod savepoint;
+mod scope_watch;
 mod session;
 mod tx;
 

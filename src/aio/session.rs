@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Mutex, MutexGuard};
 
+use crate::aio::scope_watch::ScopeMarks;
+
 use crate::config::Settings;
 use crate::conn::session::{Interruption, RollBackTarget, SessionCore, SessionShared};
 use crate::conn::{Connection, NoticeHandler};
@@ -42,6 +44,9 @@ pub(crate) struct Slot {
     /// released another holder's transaction may begin), for the scope
     /// that ended: what `transaction_retrying` decides on.
     pub(crate) scope_failure: Option<(u64, Box<DbError>)>,
+    /// What the scope holding the lease shares with its watch (see
+    /// `scope_watch.rs`).
+    pub(crate) scope_marks: Option<ScopeMarks>,
 }
 
 /// What holds the lease.
@@ -89,6 +94,7 @@ impl Inner {
                 attempt: 1,
                 scope: 0,
                 scope_failure: None,
+                scope_marks: None,
             }),
             scopes: AtomicU64::new(0),
             shared: SessionShared::default(),
@@ -158,6 +164,7 @@ impl Inner {
         held.holding = Holding::Guard;
         held.attempt = 1;
         held.scope = 0;
+        held.scope_marks = None;
         let core = &mut held.core;
         self.tidy(core).await;
         self.abandon_leftovers(core).await;

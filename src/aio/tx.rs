@@ -8,6 +8,7 @@ use postgres::types::ToSql;
 use crate::aio::held::{self, Scope};
 use crate::aio::lease::Lease;
 use crate::aio::savepoint::{self, Savepoint};
+use crate::aio::scope_watch::ScopeMarks;
 use crate::aio::session::Holding;
 use crate::conn::request::{Execute, Query, QueryOne, QueryOpt};
 use crate::error::{Error, Result};
@@ -74,8 +75,8 @@ impl<'m> Tx<'m, Open> {
 
     /// Marks it as a `transaction` scope's, run `attempt` of its closure
     /// (see [`Lease::set_scoped`]).
-    pub(crate) fn into_scoped(mut self, scope: u64, attempt: u32) -> Self {
-        self.lease.set_scoped(scope);
+    pub(crate) fn into_scoped(mut self, scope: u64, attempt: u32, marks: ScopeMarks) -> Self {
+        self.lease.set_scoped(scope, marks);
         self.lease.set_attempt(attempt);
         self
     }

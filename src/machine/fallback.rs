@@ -46,6 +46,9 @@ pub(crate) enum Cause {
     /// A `COPY … FROM STDIN` writer was dropped or forgotten before
     /// `finish()`: the COPY failed, and a transaction it ran in is aborted.
     CopyUnfinished,
+    /// The future of an async `transaction(…)` was dropped before its
+    /// closure finished (a timeout, a `select!`, an aborted task).
+    ScopeDropped,
 }
 
 impl Cause {
@@ -85,6 +88,9 @@ impl fmt::Display for Cause {
                 "a COPY FROM STDIN writer was dropped or forgotten before finish(), so the COPY \
                  failed: none of its rows were stored, and a transaction it ran in is aborted; \
                  the COPY",
+            ),
+            Cause::ScopeDropped => f.write_str(
+                "the future of transaction(...) was dropped before its closure finished",
             ),
         }
     }

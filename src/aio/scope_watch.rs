@@ -1,0 +1,91 @@
+//! Telling a `transaction(…)` scope whose future was dropped mid-closure
+//! (reported, as a dropped `Tx` is) from one whose closure returned an
+//! error after dropping its `Tx` (its error is its report).
+//!
+//! The two facts come from two destructors that run in an order nobody
+//! promises: the scope's `Tx` letting go with its transaction open, and
+//! the scope's own future being dropped before its closure returned.
+//! Each sets its bit; whichever comes second reports.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::aio::session::Inner;
+use crate::machine::fallback::Cause;
+
+/// The scope's `Tx` let go while its transaction was open (rolled back).
+const ROLLED_BACK: u8 = 1;
+/// The scope's future was dropped before its closure returned.
+const ABANDONED: u8 = 2;
+
+/// What a scope and its `Tx` share.
+#[derive(Clone, Default)]
+pub(crate) struct ScopeMarks(Arc<AtomicU8>);
+
+impl ScopeMarks {
+    /// Sets `mark`; whether both are now set (and the caller reports).
+    fn set(&self, mark: u8) -> bool {
+        let before = self.0.fetch_or(mark, Ordering::AcqRel);
+        before | mark == ROLLED_BACK | ABANDONED && before & mark == 0
+    }
+
+    /// The scope's `Tx` let go with its transaction open: whether the
+    /// scope was already abandoned (then report).
+    pub(crate) fn rolled_back(&self) -> bool {
+        self.set(ROLLED_BACK)
+    }
+}
+
+/// Held by a scope while its closure runs: dropped before
+/// [`returned`](Self::returned), the scope was abandoned.
+pub(crate) struct ScopeWatch<'m> {
+    inner: &'m Inner,
+    marks: ScopeMarks,
+    returned: bool,
+}
+
+impl<'m> ScopeWatch<'m> {
+    pub(crate) fn new(inner: &'m Inner) -> ScopeWatch<'m> {
+        ScopeWatch {
+            inner,
+            marks: ScopeMarks::default(),
+            returned: false,
+        }
+    }
+
+    /// The marks the scope's `Tx` sets.
+    pub(crate) fn marks(&self) -> ScopeMarks {
+        self.marks.clone()
+    }
+
+    /// The closure returned (with a value or an error).
+    pub(crate) fn returned(&mut self) {
+        self.returned = true;
+    }
+}
+
+impl Drop for ScopeWatch<'_> {
+    fn drop(&mut self) {
+        if !self.returned && self.marks.set(ABANDONED) {
+            self.inner.report_unfinished(Cause::ScopeDropped);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whichever_mark_comes_second_reports_once() {
+        let marks = ScopeMarks::default();
+        assert!(!marks.rolled_back(), "alone: not yet");
+        assert!(marks.set(ABANDONED), "second: reports");
+        assert!(!marks.set(ABANDONED), "again: no second report");
+
+        let marks = ScopeMarks::default();
+        assert!(!marks.set(ABANDONED));
+        assert!(marks.rolled_back(), "the other order reports too");
+        assert!(!marks.rolled_back());
+    }
+}
