@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::blocking::driver::block_on_alone;
-use crate::conn::cancel_serials::CancelCell;
+use crate::conn::cancel_serials::{BeginCancel, CancelCell};
 use crate::error::{Error, Result};
 
 /// Cancels the statement running on a [`ManagedConnection`](crate::ManagedConnection)
@@ -84,15 +84,22 @@ impl CancelHandle {
     /// # Ok::<(), pgtx::Error>(())
     /// ```
     pub fn cancel(&self) -> Result<bool> {
-        self.cell.cancel(|target| {
-            block_on_alone(target.send()).and_then(|sent| sent.map_err(Error::CancelFailed))
-        })
+        match self.cell.begin_cancel() {
+            BeginCancel::Idle => Ok(false),
+            BeginCancel::Underway => {
+                block_on_alone(self.cell.until_sent())?;
+                Ok(true)
+            }
+            BeginCancel::Send(sending) => {
+                block_on_alone(sending.target().send())?.map_err(Error::CancelFailed)?;
+                Ok(true)
+            }
+        }
     }
 }
 
 impl fmt::Debug for CancelHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // A cancel being sent holds the lock: say so rather than wait.
         f.debug_struct("CancelHandle")
             .field("statement", &self.cell.describe())
             .finish_non_exhaustive()

@@ -772,3 +772,102 @@ async fn a_large_request_cut_off_mid_write_is_still_cancelled_and_the_connection
     );
     assert_eq!(running(&db, "%pg_sleep($2)%"), 0, "nothing left running");
 }
+
+/// Waits until `sql` runs on the server (at most 20 s).
+async fn until_running(db: &Db, sql: &str) {
+    assert!(eventually(|| running(db, sql) > 0).await, "{sql} never ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_handle_cancels_the_running_statement_and_only_when_one_runs() {
+    let db = outside(|| Db::new("aio_cancel"));
+    let manager = manager(&db);
+    let cancel = manager.cancel_handle();
+    assert!(
+        !cancel.cancel().await.expect("nothing to send"),
+        "idle: nothing sent"
+    );
+
+    let sql = "SELECT pg_sleep(30)";
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'cancelled with its tx')", &[])
+        .await
+        .expect("insert");
+    let (outcome, delivered) = tokio::join!(tx.execute(sql, &[]), async {
+        until_running(&db, sql).await;
+        cancel.cancel().await
+    });
+    let err = outcome.expect_err("cancelled");
+    assert!(matches!(err, Error::Cancelled(_)), "{err:?}");
+    assert!(delivered.expect("delivered"), "a statement was running");
+    let commit = tx.commit().await.map(drop);
+    assert!(
+        matches!(commit, Err(Error::TransactionAborted(_))),
+        "{commit:?}"
+    );
+    assert!(outside(|| db.item_ids()).is_empty());
+    let mut guard = manager.lock().await.expect("lock");
+    let one: i32 = guard
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("after")
+        .get(0);
+    assert_eq!(one, 1);
+    assert!(
+        !cancel.cancel().await.expect("idle"),
+        "not remembered for later"
+    );
+}
+
+/// The cancel request (held at a proxy) reaches the server only after the
+/// statement it was for has ended, and the `cancel` future was dropped
+/// long before: the next statement still waits for the request to arrive,
+/// so it is not the one the request hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_whose_future_is_dropped_still_arrives_before_the_next_statement_starts() {
+    use std::future::Future;
+    let db = outside(|| Db::new("aio_cancel_dropped"));
+    let proxy = outside(|| db.proxy());
+    let manager = ManagedConnection::new(&db.dsn_via(proxy.addr())).expect("settings");
+    let cancel = manager.cancel_handle();
+    // A CancelRequest: length 16, code 80877102.
+    proxy.hold_on(&[&[0, 0, 0, 16, 0x04, 0xD2, 0x16, 0x2E]]);
+    let first = "SELECT pg_sleep(0.3)";
+    let next = "SELECT pg_sleep(0.31)";
+    let mut guard = manager.lock().await.expect("lock");
+    let worker = async {
+        let first_outcome = guard.execute(first, &[]).await.map(drop);
+        let next_outcome = guard.execute(next, &[]).await.map(drop);
+        (first_outcome, next_outcome)
+    };
+    let canceller = async {
+        until_running(&db, first).await;
+        {
+            let mut cancelling = std::pin::pin!(cancel.cancel());
+            let polled =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(cancelling.as_mut().poll(cx)))
+                    .await;
+            assert!(polled.is_pending(), "the request is held at the proxy");
+        }
+        let held = eventually(|| proxy.is_holding()).await;
+        let first_ended = eventually(|| running(&db, first) == 0).await;
+        // Time for a next statement that did not wait to reach the server.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let next_waited = running(&db, next) == 0;
+        proxy.release();
+        (held, first_ended, next_waited)
+    };
+    let ((first_outcome, next_outcome), (held, first_ended, next_waited)) =
+        tokio::join!(worker, canceller);
+    assert!(held, "the cancel request never reached the proxy");
+    assert!(first_ended, "the first statement never ended");
+    assert!(next_waited, "nothing is sent while a cancel is on its way");
+    first_outcome.expect("the first statement had ended before the cancel arrived");
+    next_outcome.expect("the next statement is never the one cancelled");
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::DbError;
+use crate::aio::cancel::CancelHandle;
 use crate::aio::guard::Guard;
 use crate::aio::lease::Lease;
 use crate::aio::scope_watch::ScopeWatch;
@@ -354,6 +355,24 @@ impl ManagedConnection {
     /// (each is logged with what the server did: committed or not).
     pub fn interrupted_commits(&self) -> u64 {
         self.inner.interrupted_commits()
+    }
+
+    /// A handle that cancels the statement running on this manager's
+    /// connection, from any task (see [`CancelHandle`] for what it
+    /// cancels and what it never does).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> pgtx::Result<()> {
+    /// let manager = pgtx::aio::ManagedConnection::new("host=localhost user=postgres")?;
+    /// let cancel = manager.cancel_handle();
+    /// assert!(!cancel.cancel().await?, "nothing is running: nothing is sent");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle::new(Arc::clone(&self.inner.shared.cancel))
     }
 }
 

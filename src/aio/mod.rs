@@ -23,6 +23,7 @@
 //! the task that waits for the answer (no task is spawned per connection),
 //! with the same wire-level `BEGIN` in the first statement's Sync group.
 
+mod cancel;
 mod guard;
 mod held;
 mod lease;
@@ -32,6 +33,7 @@ mod scope_watch;
 mod session;
 mod tx;
 
+pub use self::cancel::CancelHandle;
 pub use self::guard::Guard;
 pub use self::manager::{Builder, ManagedConnection};
 pub use self::savepoint::Savepoint;

@@ -1,10 +1,15 @@
 //! Numbering the statements sent on one connection, so that a cancel
 //! names the statement running when it was asked for, and only that one
 //! (see the public `CancelHandle` for the rules it keeps).
+//!
+//! No lock is held while a cancel request is on its way (an async task
+//! must not block its worker for a network round trip): the cell marks
+//! one as sending, and statements wait to start until it has arrived.
 
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::connect::CancelTarget;
 
@@ -13,6 +18,9 @@ use crate::connect::CancelTarget;
 #[derive(Default)]
 pub(crate) struct CancelCell {
     inflight: Mutex<Inflight>,
+    /// Told when a cancel request has arrived (or failed): statements
+    /// waiting to start go on.
+    arrived: Notify,
 }
 
 #[derive(Default)]
@@ -23,25 +31,69 @@ struct Inflight {
     running: bool,
     /// The statement a cancel was sent for (0: none).
     cancelled: u64,
+    /// A cancel request is on its way: no statement starts meanwhile.
+    sending: bool,
     /// Where the running statement's connection takes cancel requests.
     target: Option<Arc<CancelTarget>>,
+}
+
+/// A cancel request being sent: while it lives, no statement starts on
+/// the connection. Dropped (whether the request arrived or not), it lets
+/// them.
+pub(crate) struct Sending {
+    cell: Arc<CancelCell>,
+    target: Arc<CancelTarget>,
+}
+
+impl Sending {
+    /// Where the request goes.
+    pub(crate) fn target(&self) -> &CancelTarget {
+        &self.target
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.cell.inflight.lock().sending = false;
+        self.cell.arrived.notify_waiters();
+    }
 }
 
 impl CancelCell {
     /// A statement is about to be sent on the connection `target` leads
     /// to; returns its number. Waits while a cancel request is being sent.
-    pub(crate) fn start(&self, target: &Arc<CancelTarget>) -> u64 {
-        let mut inflight = self.inflight.lock();
-        inflight.serial += 1;
-        inflight.running = true;
-        if !inflight
-            .target
-            .as_ref()
-            .is_some_and(|known| Arc::ptr_eq(known, target))
-        {
-            inflight.target = Some(target.clone());
+    pub(crate) async fn start(&self, target: &Arc<CancelTarget>) -> u64 {
+        loop {
+            // Made before looking, so that an arrival in between wakes it.
+            let arrived = self.arrived.notified();
+            {
+                let mut inflight = self.inflight.lock();
+                if !inflight.sending {
+                    inflight.serial += 1;
+                    inflight.running = true;
+                    if !inflight
+                        .target
+                        .as_ref()
+                        .is_some_and(|known| Arc::ptr_eq(known, target))
+                    {
+                        inflight.target = Some(target.clone());
+                    }
+                    return inflight.serial;
+                }
+            }
+            arrived.await;
         }
-        inflight.serial
+    }
+
+    /// Waits until no cancel request is on its way.
+    pub(crate) async fn until_sent(&self) {
+        loop {
+            let arrived = self.arrived.notified();
+            if !self.inflight.lock().sending {
+                return;
+            }
+            arrived.await;
+        }
     }
 
     /// Statement `serial` has its answer; whether a cancel was sent for it.
@@ -51,14 +103,16 @@ impl CancelCell {
         inflight.cancelled == serial
     }
 
-    /// What the connection is doing as far as cancelling goes, without
-    /// waiting: "running", "idle", or "cancelling" (a cancel request is
-    /// being sent, which holds the lock).
+    /// What the connection is doing as far as cancelling goes: "running",
+    /// "idle", or "cancelling" (a cancel request is being sent).
     pub(crate) fn describe(&self) -> &'static str {
-        match self.inflight.try_lock() {
-            Some(inflight) if inflight.running => "running",
-            Some(_) => "idle",
-            None => "cancelling",
+        let inflight = self.inflight.lock();
+        if inflight.sending {
+            "cancelling"
+        } else if inflight.running {
+            "running"
+        } else {
+            "idle"
         }
     }
 
@@ -67,29 +121,34 @@ impl CancelCell {
         self.inflight.lock().target = None;
     }
 
-    /// Cancels the statement running now, if any, with `send` (which
-    /// delivers the cancel request to `target` and waits until the server
-    /// acted on it); whether one was running and `send` succeeded. No
-    /// statement starts, nor is seen to finish, while `send` runs.
-    ///
-    /// # Errors
-    ///
-    /// What `send` returned: the statement runs on.
-    pub(crate) fn cancel<E>(
-        &self,
-        send: impl FnOnce(&CancelTarget) -> Result<(), E>,
-    ) -> Result<bool, E> {
-        // Held until the server has acted on the request: no statement
-        // starts (nor is seen to finish) meanwhile.
+    /// Starts cancelling the statement running now. With
+    /// [`BeginCancel::Send`], the caller sends the request to
+    /// [`Sending::target`] and waits until the server acted on it; no
+    /// statement starts until that [`Sending`] is dropped.
+    pub(crate) fn begin_cancel(self: &Arc<Self>) -> BeginCancel {
         let mut inflight = self.inflight.lock();
-        if !inflight.running {
-            return Ok(false);
+        if inflight.sending {
+            return BeginCancel::Underway;
         }
-        let Some(target) = inflight.target.clone() else {
-            return Ok(false);
+        let target = match &inflight.target {
+            Some(target) if inflight.running => Arc::clone(target),
+            _ => return BeginCancel::Idle,
         };
         inflight.cancelled = inflight.serial;
-        send(&target)?;
-        Ok(true)
+        inflight.sending = true;
+        BeginCancel::Send(Sending {
+            cell: Arc::clone(self),
+            target,
+        })
     }
+}
+
+/// What [`CancelCell::begin_cancel`] found.
+pub(crate) enum BeginCancel {
+    /// No statement is running: nothing to cancel.
+    Idle,
+    /// A cancel request for the running statement is on its way already.
+    Underway,
+    /// The running statement is to be cancelled: send the request.
+    Send(Sending),
 }

@@ -356,7 +356,7 @@ impl SessionCore {
         shared.status.set(TransactionStatus::Active);
         // Only this request's COPY counts (an on_connect hook's was its own).
         conn.take_copy_refused();
-        let serial = shared.cancel.start(conn.cancel_target());
+        let serial = shared.cancel.start(conn.cancel_target()).await;
         let mut began = false;
         let result = match (&pending, shape) {
             (Some(begin), RequestShape::Bind) => {

@@ -48,6 +48,7 @@ pub(crate) enum Cause {
     CopyUnfinished,
     /// The future of an async `transaction(…)` was dropped before its
     /// closure finished (a timeout, a `select!`, an aborted task).
+    #[cfg_attr(not(feature = "aio"), allow(dead_code))]
     ScopeDropped,
 }
 
