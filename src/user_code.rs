@@ -22,6 +22,31 @@ pub(crate) fn catch_panic<T>(what: impl FnOnce() -> String, code: impl FnOnce() 
     }
 }
 
+#[cfg(feature = "aio")]
+/// [`catch_panic`] for a future: polls `code` to its end; after a panic in
+/// any poll, logs `"pgtx: {what}: {message}"` and returns `None` (the
+/// future is dropped).
+pub(crate) async fn catch_panic_async<F: std::future::Future>(
+    what: impl FnOnce() -> String,
+    code: F,
+) -> Option<F::Output> {
+    use std::task::Poll;
+    let mut code = std::pin::pin!(code);
+    let mut what = Some(what);
+    std::future::poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| code.as_mut().poll(cx))) {
+            Ok(Poll::Ready(value)) => Poll::Ready(Some(value)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => {
+                let what = what.take().map_or_else(String::new, |what| what());
+                log::error!("pgtx: {what}: {}", panic_message(&*panic));
+                Poll::Ready(None)
+            }
+        },
+    )
+    .await
+}
+
 /// What a panic said, when it said it with a string.
 pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
     panic

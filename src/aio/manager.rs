@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::DbError;
 use crate::aio::cancel::CancelHandle;
+use crate::aio::factory::{BoxFuture, Factory, Hook, NewConnection};
 use crate::aio::guard::Guard;
 use crate::aio::lease::Lease;
 use crate::aio::scope_watch::ScopeWatch;
@@ -14,8 +15,9 @@ use crate::aio::session::Inner;
 use crate::aio::tx::Tx;
 use crate::config::Settings;
 use crate::conn::NoticeHandler;
-use crate::error::{Error, Result};
+use crate::error::{Error, HookError, Result};
 use crate::machine::options::TxOptions;
+use crate::machine::reconnect::ReconnectPolicy;
 use crate::machine::retry::{self, RetryPolicy};
 use crate::machine::transaction_status::TransactionStatus;
 use crate::state::{Done, Open};
@@ -26,6 +28,9 @@ pub struct Builder {
     dsn: String,
     statement_cache: bool,
     on_notice: Option<NoticeHandler>,
+    on_connect: Option<Hook>,
+    on_reconnect: Vec<Hook>,
+    reconnect: Option<ReconnectPolicy>,
 }
 
 impl fmt::Debug for Builder {
@@ -38,6 +43,9 @@ impl fmt::Debug for Builder {
             Err(_) => s.field("settings", &"<unreadable connection string, not shown>"),
         };
         s.field("statement_cache", &self.statement_cache)
+            .field("on_connect", &self.on_connect.is_some())
+            .field("on_reconnect", &self.on_reconnect.len())
+            .field("reconnect", &self.reconnect)
             .finish_non_exhaustive()
     }
 }
@@ -64,16 +72,106 @@ impl Builder {
         self
     }
 
+    /// Runs `hook` on every new connection (the first, and each one opened
+    /// after a connection was lost or closed) before anyone gets it: `SET`
+    /// session settings, `PREPARE` statements, check the server version.
+    /// Its statements run in autocommit mode on a [`NewConnection`]. The
+    /// hook returns a boxed future (`Box::pin(async move { … })`), as
+    /// sqlx's `after_connect` does.
+    ///
+    /// If the hook returns an error, or leaves a transaction block open,
+    /// that connection is closed unused and the call that needed it
+    /// ([`lock`](ManagedConnection::lock),
+    /// [`transaction`](ManagedConnection::transaction), …) fails with
+    /// [`Error::OnConnect`] carrying the hook's error; the next call opens
+    /// a new connection and runs the hook again. A hook that panics
+    /// panics the call that needed the connection (the connection is
+    /// closed); a call whose future is dropped while the hook runs drops
+    /// the new connection with it (nobody ever gets it half set up).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let manager = pgtx::aio::ManagedConnection::builder("host=localhost user=postgres")
+    ///     .on_connect(|conn| {
+    ///         Box::pin(async move {
+    ///             conn.batch_execute("SET search_path = app, public").await?;
+    ///             Ok(())
+    ///         })
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn on_connect<F>(mut self, hook: F) -> Self
+    where
+        F: for<'c> Fn(&'c mut NewConnection) -> BoxFuture<'c, Result<(), HookError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.on_connect = Some(Hook::new(hook));
+        self
+    }
+
+    /// Adds a recovery handler: it runs once on the first connection
+    /// opened after one was lost (whether by a call or by the background
+    /// task of [`reconnect`](Self::reconnect)), after the
+    /// [`on_connect`](Self::on_connect) hook, before anyone gets the
+    /// connection, as the blocking [`crate::Builder::on_reconnect`].
+    /// Handlers run in the order added; one that fails or panics is
+    /// logged (`error` level) and the others, and the recovery, go on.
+    pub fn on_reconnect<F>(mut self, handler: F) -> Self
+    where
+        F: for<'c> Fn(&'c mut NewConnection) -> BoxFuture<'c, Result<(), HookError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.on_reconnect.push(Hook::new(handler));
+        self
+    }
+
+    /// Rides out an outage instead of making every call wait for a
+    /// connect timeout, as the blocking [`crate::Builder::reconnect`]:
+    /// the call that finds the connection gone makes the policy's first
+    /// attempt itself; if that fails, one task on the runtime makes the
+    /// next ones on the policy's schedule and hands the new connection to
+    /// the next call, while every call meanwhile fails at once with
+    /// [`Error::ConnectionDead`]. If a round of attempts runs out
+    /// ([`ReconnectPolicy::max_attempts`]), the next call gets
+    /// [`Error::ReconnectFailed`] and the call after it starts again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pgtx::ReconnectPolicy;
+    ///
+    /// let manager = pgtx::aio::ManagedConnection::builder("host=localhost user=postgres connect_timeout=2")
+    ///     .reconnect(ReconnectPolicy::default().max_delay(Duration::from_secs(5)))
+    ///     .build()?;
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
     /// Parses the settings and builds the manager. Does not connect.
     ///
     /// # Errors
     ///
     /// [`Error::Settings`] if the connection string cannot be read.
     pub fn build(self) -> Result<ManagedConnection> {
-        let settings = Settings::parse(&self.dsn)?;
-        let naming = Naming::with_statement_cache(self.statement_cache);
+        let factory = Factory {
+            settings: Settings::parse(&self.dsn)?,
+            naming: Naming::with_statement_cache(self.statement_cache),
+            on_connect: self.on_connect,
+            on_reconnect: self.on_reconnect,
+            on_notice: self.on_notice,
+        };
         Ok(ManagedConnection {
-            inner: Arc::new(Inner::new(settings, naming, self.on_notice)),
+            inner: Arc::new(Inner::new(factory, self.reconnect)),
         })
     }
 }
@@ -127,6 +225,9 @@ impl ManagedConnection {
             dsn: dsn.to_owned(),
             statement_cache: true,
             on_notice: None,
+            on_connect: None,
+            on_reconnect: Vec::new(),
+            reconnect: None,
         }
     }
 

@@ -24,16 +24,19 @@
 //! with the same wire-level `BEGIN` in the first statement's Sync group.
 
 mod cancel;
+mod factory;
 mod guard;
 mod held;
 mod lease;
 mod manager;
+mod outage;
 mod savepoint;
 mod scope_watch;
 mod session;
 mod tx;
 
 pub use self::cancel::CancelHandle;
+pub use self::factory::{BoxFuture, NewConnection};
 pub use self::guard::Guard;
 pub use self::manager::{Builder, ManagedConnection};
 pub use self::savepoint::Savepoint;

@@ -12,18 +12,20 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::aio::scope_watch::ScopeMarks;
 
+use crate::aio::factory::{Factory, Occasion};
+use crate::aio::outage::{BackgroundReconnect, Status};
 use crate::config::Settings;
 use crate::conn::session::{Interruption, RollBackTarget, SessionCore, SessionShared};
-use crate::conn::{Connection, NoticeHandler};
 use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
 use crate::machine::fallback::Cause;
+use crate::machine::reconnect::ReconnectPolicy;
 use crate::machine::transaction_status::TransactionStatus;
-use crate::statements::Naming;
 use postgres::error::DbError;
 
 /// What the lock guards: the core's session, and whether its holder is
@@ -64,9 +66,9 @@ pub(crate) enum Holding {
 pub(crate) struct Inner {
     slot: Mutex<Slot>,
     pub(crate) shared: SessionShared,
-    settings: Settings,
-    naming: Naming,
-    on_notice: Option<NoticeHandler>,
+    factory: Arc<Factory>,
+    /// With a reconnection policy: the outage being ridden out.
+    reconnect: Option<BackgroundReconnect>,
     /// Fallbacks carried out (rolled back and reported).
     unfinished: AtomicU64,
     /// `COMMIT`s whose future was dropped after they were sent.
@@ -81,14 +83,10 @@ static_assertions::assert_impl_all!(Inner: Send, Sync);
 pub(crate) type Held<'m> = MutexGuard<'m, Slot>;
 
 impl Inner {
-    pub(crate) fn new(
-        settings: Settings,
-        naming: Naming,
-        on_notice: Option<NoticeHandler>,
-    ) -> Inner {
+    pub(crate) fn new(factory: Factory, reconnect: Option<ReconnectPolicy>) -> Inner {
         Inner {
             slot: Mutex::new(Slot {
-                core: SessionCore::new(naming),
+                core: SessionCore::new(factory.naming),
                 scoped: false,
                 holding: Holding::Guard,
                 attempt: 1,
@@ -98,16 +96,28 @@ impl Inner {
             }),
             scopes: AtomicU64::new(0),
             shared: SessionShared::default(),
-            settings,
-            naming,
-            on_notice,
+            factory: Arc::new(factory),
+            reconnect: reconnect.map(BackgroundReconnect::new),
             unfinished: AtomicU64::new(0),
             interrupted_commits: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn settings(&self) -> &Settings {
-        &self.settings
+        &self.factory.settings
+    }
+
+    /// Fails at once while the connection is down and being reconnected
+    /// in the background (one atomic load when it is not).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConnectionDead`] while the background task reconnects.
+    pub(crate) fn refuse_while_down(&self) -> Result<()> {
+        match &self.reconnect {
+            Some(background) => background.refuse_while_down(),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn status(&self) -> TransactionStatus {
@@ -127,12 +137,15 @@ impl Inner {
     /// Dropped while waiting, nothing happened; dropped later, the lease is
     /// let go and what was being done is left for the next use.
     pub(crate) async fn acquire(&self) -> Result<Held<'_>> {
+        // While the server is known to be down, fail before waiting for anyone.
+        self.refuse_while_down()?;
         let held = self.slot.lock().await;
         self.ready(held).await
     }
 
     /// Takes the lease if nobody holds it.
     pub(crate) async fn try_acquire(&self) -> Result<Held<'_>> {
+        self.refuse_while_down()?;
         let held = self.slot.try_lock().map_err(|_| Error::WouldBlock)?;
         self.ready(held).await
     }
@@ -212,7 +225,9 @@ impl Inner {
     }
 
     /// Makes sure there is a live connection, opening one if there is none
-    /// or if the server closed the old one while it sat idle.
+    /// or if the server closed the old one while it sat idle (under a
+    /// reconnection policy, taking the one the background task made, or
+    /// failing fast while it is at work).
     pub(crate) async fn ensure_open(&self, core: &mut SessionCore) -> Result<()> {
         if let Some(replaced) = core.take_if_replaced(&self.shared) {
             replaced.close().await;
@@ -222,13 +237,37 @@ impl Inner {
         {
             return Ok(());
         }
-        match Connection::open(&self.settings, self.naming, self.on_notice.clone()).await {
+        if let Some(background) = &self.reconnect {
+            match background.status() {
+                Ok(Status::Up) => {}
+                Ok(Status::Ready(conn)) => {
+                    core.install(&self.shared, *conn);
+                    return Ok(());
+                }
+                Err(e) => {
+                    core.open_failed(&self.shared);
+                    return Err(e);
+                }
+            }
+        }
+        let since = Instant::now();
+        let occasion = if core.was_lost() {
+            Occasion::EndsOutage
+        } else {
+            Occasion::Fresh
+        };
+        match self.factory.open(occasion).await {
             Ok(conn) => {
                 core.install(&self.shared, conn);
                 Ok(())
             }
             Err(e) => {
                 core.open_failed(&self.shared);
+                if let Some(background) = &self.reconnect
+                    && matches!(e, Error::Connect(_) | Error::OnConnect(_))
+                {
+                    background.begin(since, &e, &self.factory);
+                }
                 Err(e)
             }
         }
@@ -257,7 +296,7 @@ impl Inner {
         self.unfinished.fetch_add(1, Ordering::Relaxed);
         log::error!(
             "pgtx: {UNFINISHED_TRANSACTION} ({cause}; it has been rolled back) [{}]",
-            self.settings
+            self.settings()
         );
     }
 
@@ -277,15 +316,24 @@ impl Inner {
                 log::error!(
                     "pgtx: a COMMIT's future was dropped before its answer was read, so its \
                      caller was not told: {said} [{}]",
-                    self.settings
+                    self.settings()
                 );
             }
             None => log::warn!(
                 "pgtx: a request's future was dropped before its answer was read: it was \
                  cancelled and its answer drained; a transaction it was part of can only \
                  roll back [{}]",
-                self.settings
+                self.settings()
             ),
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// The manager is gone: a background reconnection stops.
+    fn drop(&mut self) {
+        if let Some(background) = &self.reconnect {
+            background.shut_down();
         }
     }
 }
