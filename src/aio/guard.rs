@@ -7,6 +7,7 @@ use postgres::types::ToSql;
 
 use crate::aio::held::{self, Scope};
 use crate::aio::lease::Lease;
+use crate::aio::session::Inner;
 use crate::aio::tx::Tx;
 use crate::conn::request::{Execute, Query, QueryOne, QueryOpt};
 use crate::error::Result;
@@ -45,6 +46,11 @@ impl<'m> Guard<'m> {
             lease,
             _brand: PhantomData,
         }
+    }
+
+    /// The manager the guard's connection belongs to.
+    pub(crate) fn inner(&self) -> &'m Inner {
+        self.lease.inner()
     }
 
     fn lease(&mut self) -> &mut Lease<'m> {

@@ -2,6 +2,7 @@
 //! tasks, handed out with `lock().await`.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use crate::aio::cancel::CancelHandle;
 use crate::aio::factory::{BoxFuture, Factory, Hook, NewConnection};
 use crate::aio::guard::Guard;
 use crate::aio::lease::Lease;
-use crate::aio::scope_watch::ScopeWatch;
+use crate::aio::scope::{self, Source};
 use crate::aio::session::Inner;
 use crate::aio::tx::Tx;
 use crate::config::Settings;
@@ -18,7 +19,7 @@ use crate::conn::NoticeHandler;
 use crate::error::{Error, HookError, Result};
 use crate::machine::options::TxOptions;
 use crate::machine::reconnect::ReconnectPolicy;
-use crate::machine::retry::{self, RetryPolicy};
+use crate::machine::retry::RetryPolicy;
 use crate::machine::transaction_status::TransactionStatus;
 use crate::state::{Done, Open};
 use crate::statements::Naming;
@@ -328,7 +329,7 @@ impl ManagedConnection {
         F: for<'t> AsyncFnOnce(Tx<'t, Open>) -> Result<Tx<'t, Done<T>>, E>,
         E: From<Error>,
     {
-        self.run_once(options, 1, work).await.0
+        scope::run(self, options, work).await
     }
 
     /// Runs `work` in a transaction, again on a serialization failure
@@ -362,82 +363,13 @@ impl ManagedConnection {
         &self,
         options: TxOptions,
         policy: &RetryPolicy,
-        mut work: F,
+        work: F,
     ) -> Result<T, E>
     where
         F: for<'t> AsyncFnMut(Tx<'t, Open>) -> Result<Tx<'t, Done<T>>, E>,
         E: From<Error>,
     {
-        let mut waits = policy.waits();
-        let mut runs = 0;
-        loop {
-            // The first wait is zero; the schedule has one per run allowed.
-            if let Some(wait) = waits.next().filter(|wait| !wait.is_zero()) {
-                tokio::time::sleep(wait).await;
-            }
-            runs += 1;
-            let failure = match self
-                .run_once(options, runs, async |tx| work(tx).await)
-                .await
-            {
-                (Ok(value), _) => return Ok(value),
-                (Err(_), Some(failure)) if retry::asks_for_retry(&failure) => failure,
-                (Err(e), _) => return Err(e),
-            };
-            if runs >= policy.attempts() {
-                return Err(E::from(Error::RetriesExhausted {
-                    attempts: runs,
-                    last: failure,
-                }));
-            }
-            log::debug!(
-                "pgtx: run {runs} of the transaction was refused ({}); running it again",
-                failure.message()
-            );
-        }
-    }
-
-    /// Run `attempt` of a `transaction` closure: its outcome, and (when it
-    /// failed) the last error the server reported in its transaction.
-    async fn run_once<T, E, F>(
-        &self,
-        options: TxOptions,
-        attempt: u32,
-        work: F,
-    ) -> (Result<T, E>, Option<Box<DbError>>)
-    where
-        F: for<'t> AsyncFnOnce(Tx<'t, Open>) -> Result<Tx<'t, Done<T>>, E>,
-        E: From<Error>,
-    {
-        let scope = self.inner.next_scope();
-        // Dropped before the closure returns, the scope was abandoned.
-        let mut watch = ScopeWatch::new(&self.inner);
-        let tx = match self.begin_scoped(options, scope, attempt, &watch).await {
-            Ok(tx) => tx,
-            Err(e) => {
-                watch.returned();
-                return (Err(E::from(e)), None);
-            }
-        };
-        let returned = work(tx).await;
-        watch.returned();
-        match returned {
-            Ok(done) => (Ok(done.into_value()), None),
-            // The closure dropped its Tx: the rollback it recorded is done
-            // before the error is handed back.
-            Err(e) => (Err(e), self.inner.settle(scope).await),
-        }
-    }
-
-    async fn begin_scoped(
-        &self,
-        options: TxOptions,
-        scope: u64,
-        attempt: u32,
-        watch: &ScopeWatch<'_>,
-    ) -> Result<Tx<'_, Open>> {
-        let tx = self.lock().await?.begin_with(options).await?;
-        Ok(tx.into_scoped(scope, attempt, watch.marks()))
+        scope::run_retrying(self, options, policy, work).await
     }
 
     /// The transaction status, read without waiting for the holder: the
@@ -474,6 +406,12 @@ impl ManagedConnection {
     /// ```
     pub fn cancel_handle(&self) -> CancelHandle {
         CancelHandle::new(Arc::clone(&self.inner.shared.cancel))
+    }
+}
+
+impl Source for ManagedConnection {
+    fn lock_for_scope(&self) -> impl Future<Output = Result<Guard<'_>>> + Send {
+        self.lock()
     }
 }
 

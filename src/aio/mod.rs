@@ -31,6 +31,7 @@ mod lease;
 mod manager;
 mod outage;
 mod savepoint;
+mod scope;
 mod scope_watch;
 mod session;
 mod tx;

@@ -73,8 +73,6 @@ pub(crate) struct Inner {
     unfinished: AtomicU64,
     /// `COMMIT`s whose future was dropped after they were sent.
     interrupted_commits: AtomicU64,
-    /// `transaction` scopes begun (their ids).
-    scopes: AtomicU64,
 }
 
 static_assertions::assert_impl_all!(Inner: Send, Sync);
@@ -94,7 +92,6 @@ impl Inner {
                 scope_failure: None,
                 scope_marks: None,
             }),
-            scopes: AtomicU64::new(0),
             shared: SessionShared::default(),
             factory: Arc::new(factory),
             reconnect: reconnect.map(BackgroundReconnect::new),
@@ -165,11 +162,6 @@ impl Inner {
                 None
             }
         }
-    }
-
-    /// A new `transaction` scope's id.
-    pub(crate) fn next_scope(&self) -> u64 {
-        self.scopes.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     async fn ready<'m>(&'m self, mut held: Held<'m>) -> Result<Held<'m>> {
