@@ -13,7 +13,19 @@ use crate::machine::fallback::{Cause, HolderEnd, verdict};
 /// what the fallback decides for its holder and lets go.
 pub(crate) struct Lease<'m> {
     held: Held<'m>,
-    inner: &'m Arc<Inner>,
+    /// Declared after `held`, so dropped after it: the session is unlocked
+    /// when the manager is told (see [`Released`]).
+    inner: Released<'m>,
+}
+
+/// The manager a lease belongs to; dropped, it tells the manager the
+/// lease was let go (a pool hands the connection on).
+struct Released<'m>(&'m Arc<Inner>);
+
+impl Drop for Released<'_> {
+    fn drop(&mut self) {
+        self.0.released();
+    }
 }
 
 static_assertions::assert_eq_size!(Lease<'static>, [usize; 2]);
@@ -21,16 +33,19 @@ static_assertions::assert_impl_all!(Lease<'static>: Send);
 
 impl<'m> Lease<'m> {
     pub(crate) fn new(held: Held<'m>, inner: &'m Arc<Inner>) -> Lease<'m> {
-        Lease { held, inner }
+        Lease {
+            held,
+            inner: Released(inner),
+        }
     }
 
     pub(crate) fn inner(&self) -> &'m Inner {
-        self.inner
+        self.inner.0
     }
 
     /// The manager and the session, apart (a statement needs both).
     pub(crate) fn parts(&mut self) -> (&'m Inner, &mut SessionCore) {
-        (self.inner, &mut self.held.core)
+        (self.inner.0, &mut self.held.core)
     }
 
     /// Marks the holder as the `transaction` scope `scope`'s, watched
@@ -102,7 +117,7 @@ impl Drop for Lease<'_> {
         }
         if Inner::needs_tidy(&slot.core) {
             // The lock is let go after this returns; the task waits for it.
-            Inner::tidy_soon(self.inner);
+            Inner::tidy_soon(self.inner.0);
         }
     }
 }

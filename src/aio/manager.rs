@@ -11,6 +11,7 @@ use crate::aio::cancel::CancelHandle;
 use crate::aio::factory::{BoxFuture, Factory, Hook, NewConnection};
 use crate::aio::guard::Guard;
 use crate::aio::lease::Lease;
+use crate::aio::pool::PoolBuilder;
 use crate::aio::scope::{self, Source};
 use crate::aio::session::Inner;
 use crate::aio::tx::Tx;
@@ -164,15 +165,36 @@ impl Builder {
     ///
     /// [`Error::Settings`] if the connection string cannot be read.
     pub fn build(self) -> Result<ManagedConnection> {
+        self.build_one()
+    }
+
+    /// A pool of `size` connections with these settings (see [`Pool`](super::Pool)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = pgtx::aio::ManagedConnection::builder("host=localhost user=postgres")
+    ///     .statement_cache(false)
+    ///     .pool(8)
+    ///     .build()?;
+    /// assert_eq!(pool.size(), 8);
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn pool(self, size: usize) -> PoolBuilder {
+        PoolBuilder::new(self, size)
+    }
+
+    /// A manager with these settings (the builder stays, to make more).
+    pub(crate) fn build_one(&self) -> Result<ManagedConnection> {
         let factory = Factory {
             settings: Settings::parse(&self.dsn)?,
             naming: Naming::with_statement_cache(self.statement_cache),
-            on_connect: self.on_connect,
-            on_reconnect: self.on_reconnect,
-            on_notice: self.on_notice,
+            on_connect: self.on_connect.clone(),
+            on_reconnect: self.on_reconnect.clone(),
+            on_notice: self.on_notice.clone(),
         };
         Ok(ManagedConnection {
-            inner: Arc::new(Inner::new(factory, self.reconnect)),
+            inner: Arc::new(Inner::new(factory, self.reconnect.clone())),
         })
     }
 }
@@ -230,6 +252,12 @@ impl ManagedConnection {
             on_reconnect: Vec::new(),
             reconnect: None,
         }
+    }
+
+    /// What the manager's handles share (a pool's members are told when
+    /// they are let go through it).
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     /// The connection settings (no password shown when printed).

@@ -10,8 +10,8 @@
 //! interrupted request, an open stream, a recorded fallback) that the
 //! next use acts on.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::{Mutex, MutexGuard};
@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     unfinished: AtomicU64,
     /// `COMMIT`s whose future was dropped after they were sent.
     interrupted_commits: AtomicU64,
+    /// Told each time a holder lets go (a pool's member hands itself on).
+    on_release: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 static_assertions::assert_impl_all!(Inner: Send, Sync);
@@ -97,6 +99,7 @@ impl Inner {
             reconnect: reconnect.map(BackgroundReconnect::new),
             unfinished: AtomicU64::new(0),
             interrupted_commits: AtomicU64::new(0),
+            on_release: OnceLock::new(),
         }
     }
 
@@ -119,6 +122,26 @@ impl Inner {
 
     pub(crate) fn status(&self) -> TransactionStatus {
         self.shared.status.get()
+    }
+
+    /// Calls `hook` each time a holder lets go, once the session is
+    /// unlocked (set once, by the pool the manager belongs to).
+    pub(crate) fn on_release(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        if self.on_release.set(hook).is_err() {
+            log::error!("pgtx: a manager was put in two pools");
+        }
+    }
+
+    /// A holder let go (see [`on_release`](Self::on_release)).
+    pub(crate) fn released(&self) {
+        if let Some(hook) = self.on_release.get() {
+            hook();
+        }
+    }
+
+    /// Connections opened after one was lost.
+    pub(crate) fn replaced(&self) -> u64 {
+        self.shared.replaced.load(Ordering::Relaxed)
     }
 
     pub(crate) fn unfinished(&self) -> u64 {
