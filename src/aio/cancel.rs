@@ -6,6 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::aio::runtime;
 use crate::conn::cancel_serials::{BeginCancel, CancelCell, Sending};
 use crate::error::{Error, Result};
 
@@ -102,12 +103,9 @@ async fn deliver(sending: Sending) -> Result<()> {
         drop(sending);
         sent
     };
-    let sent = match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => runtime
-            .spawn(send)
-            .await
-            .map_err(|e| Error::CancelFailed(Box::new(e)))?,
-        Err(_) => send.await,
+    let sent = match runtime::spawn(send) {
+        Ok(task) => task.await.map_err(|e| Error::CancelFailed(Box::new(e)))?,
+        Err(send) => send.await,
     };
     sent.map_err(Error::CancelFailed)
 }

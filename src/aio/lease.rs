@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::aio::scope_watch::ScopeMarks;
+use crate::aio::scope_marks::ScopeMarks;
 use crate::aio::session::{Held, Holding, Inner};
 use crate::conn::session::{RollBackTarget, SessionCore};
 use crate::machine::fallback::{Cause, HolderEnd, verdict};

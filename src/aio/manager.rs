@@ -11,7 +11,6 @@ use crate::aio::cancel::CancelHandle;
 use crate::aio::factory::{BoxFuture, Factory, Hook, NewConnection};
 use crate::aio::guard::Guard;
 use crate::aio::lease::Lease;
-use crate::aio::pool::PoolBuilder;
 use crate::aio::scope::{self, Source};
 use crate::aio::session::Inner;
 use crate::aio::tx::Tx;
@@ -166,22 +165,6 @@ impl Builder {
     /// [`Error::Settings`] if the connection string cannot be read.
     pub fn build(self) -> Result<ManagedConnection> {
         self.build_one()
-    }
-
-    /// A pool of `size` connections with these settings (see [`Pool`](super::Pool)).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let pool = pgtx::aio::ManagedConnection::builder("host=localhost user=postgres")
-    ///     .statement_cache(false)
-    ///     .pool(8)
-    ///     .build()?;
-    /// assert_eq!(pool.size(), 8);
-    /// # Ok::<(), pgtx::Error>(())
-    /// ```
-    pub fn pool(self, size: usize) -> PoolBuilder {
-        PoolBuilder::new(self, size)
     }
 
     /// A manager with these settings (the builder stays, to make more).

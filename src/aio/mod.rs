@@ -31,9 +31,10 @@ mod lease;
 mod manager;
 mod outage;
 mod pool;
+mod runtime;
 mod savepoint;
 mod scope;
-mod scope_watch;
+mod scope_marks;
 mod session;
 mod tx;
 

@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::aio::factory::{Factory, Occasion};
+use crate::aio::runtime;
 use crate::conn::Connection;
 use crate::error::{Error, Result};
 use crate::machine::reconnect::{Next, Outage, ReconnectPolicy};
@@ -140,31 +141,32 @@ impl BackgroundReconnect {
     /// next attempts (unless the policy allows just the one, or there is
     /// no runtime to spawn it on: then callers go on trying themselves).
     pub(crate) fn begin(&self, since: Instant, error: &Error, factory: &Arc<Factory>) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let mut outage = Outage::new(since, &self.policy);
         outage.attempting();
         let last_failure = crate::error::chain(error);
         if let Next::GiveUp(_) = outage.failed(Instant::now(), error.copy_for_outage()) {
             return; // one attempt allowed: the caller has its error
         }
-        *self.watch.phase.lock() = Phase::Down {
-            since,
-            attempts: outage.attempts(),
-            last_failure,
-        };
-        self.watch.down.store(true, Ordering::Release);
-        log::warn!(
-            "pgtx: the connection is down ({error}); reconnecting in the background, \
-             calls fail with ConnectionDead meanwhile"
-        );
         let job = Job {
             watch: self.watch.clone(),
             factory: factory.clone(),
             outage,
         };
-        runtime.spawn(job.run());
+        *self.watch.phase.lock() = Phase::Down {
+            since,
+            attempts: job.outage.attempts(),
+            last_failure,
+        };
+        if runtime::spawn(job.run()).is_err() {
+            // No runtime: callers go on connecting for themselves.
+            *self.watch.phase.lock() = Phase::Up;
+            return;
+        }
+        self.watch.down.store(true, Ordering::Release);
+        log::warn!(
+            "pgtx: the connection is down ({error}); reconnecting in the background, \
+             calls fail with ConnectionDead meanwhile"
+        );
     }
 
     /// The manager is going away: the task stops, and a connection it

@@ -140,6 +140,24 @@ impl Drop for Waiting<'_> {
     }
 }
 
+impl Builder {
+    /// A pool of `size` connections with these settings (see [`Pool`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = pgtx::aio::ManagedConnection::builder("host=localhost user=postgres")
+    ///     .statement_cache(false)
+    ///     .pool(8)
+    ///     .build()?;
+    /// assert_eq!(pool.size(), 8);
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn pool(self, size: usize) -> PoolBuilder {
+        PoolBuilder::new(self, size)
+    }
+}
+
 /// Settings for a [`Pool`], from [`Builder::pool`].
 #[must_use = "a pool builder does nothing until `build` is called"]
 pub struct PoolBuilder {

@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::DbError;
 use crate::aio::guard::Guard;
-use crate::aio::scope_watch::ScopeWatch;
+use crate::aio::scope_marks::ScopeMarks;
+use crate::aio::session::Inner;
 use crate::aio::tx::Tx;
 use crate::error::{Error, Result};
+use crate::machine::fallback::Cause;
 use crate::machine::options::TxOptions;
 use crate::machine::retry::{self, RetryPolicy};
 use crate::state::{Done, Open};
@@ -110,5 +112,42 @@ where
         // The closure dropped its Tx: the rollback it recorded is done
         // before the error is handed back.
         Err(e) => (Err(e), inner.settle(scope).await),
+    }
+}
+
+/// Held by a scope while its closure runs: dropped before
+/// [`returned`](Self::returned), the scope was abandoned (reported when
+/// its `Tx` let go with the transaction open; see `scope_marks.rs`).
+struct ScopeWatch<'m> {
+    inner: &'m Inner,
+    marks: ScopeMarks,
+    returned: bool,
+}
+
+impl<'m> ScopeWatch<'m> {
+    fn new(inner: &'m Inner) -> ScopeWatch<'m> {
+        ScopeWatch {
+            inner,
+            marks: ScopeMarks::default(),
+            returned: false,
+        }
+    }
+
+    /// The marks the scope's `Tx` sets.
+    fn marks(&self) -> ScopeMarks {
+        self.marks.clone()
+    }
+
+    /// The closure returned (with a value or an error).
+    fn returned(&mut self) {
+        self.returned = true;
+    }
+}
+
+impl Drop for ScopeWatch<'_> {
+    fn drop(&mut self) {
+        if !self.returned && self.marks.abandoned() {
+            self.inner.report_unfinished(Cause::ScopeDropped);
+        }
     }
 }

@@ -16,10 +16,11 @@ use std::time::Instant;
 
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::aio::scope_watch::ScopeMarks;
+use crate::aio::scope_marks::ScopeMarks;
 
 use crate::aio::factory::{Factory, Occasion};
 use crate::aio::outage::{BackgroundReconnect, Status};
+use crate::aio::runtime;
 use crate::config::Settings;
 use crate::conn::session::{Interruption, RollBackTarget, SessionCore, SessionShared};
 use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
@@ -47,7 +48,7 @@ pub(crate) struct Slot {
     /// that ended: what `transaction_retrying` decides on.
     pub(crate) scope_failure: Option<(u64, Box<DbError>)>,
     /// What the scope holding the lease shares with its watch (see
-    /// `scope_watch.rs`).
+    /// `scope_marks.rs`).
     pub(crate) scope_marks: Option<ScopeMarks>,
 }
 
@@ -294,16 +295,15 @@ impl Inner {
     /// left does not stay open on the server until the next use. Without a
     /// runtime, the next use tidies.
     pub(crate) fn tidy_soon(inner: &Arc<Inner>) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let inner = Arc::clone(inner);
-            runtime.spawn(async move {
-                let mut held = inner.slot.lock().await;
-                // Nobody holds the session: whatever is open once the
-                // interrupted request is drained was left behind.
-                inner.tidy(&mut held.core).await;
-                inner.abandon_leftovers(&mut held.core).await;
-            });
-        }
+        let inner = Arc::clone(inner);
+        // Without a runtime, the next use tidies.
+        let _no_runtime = runtime::spawn(async move {
+            let mut held = inner.slot.lock().await;
+            // Nobody holds the session: whatever is open once the
+            // interrupted request is drained was left behind.
+            inner.tidy(&mut held.core).await;
+            inner.abandon_leftovers(&mut held.core).await;
+        });
     }
 
     /// Counts and logs a fallback carried out.

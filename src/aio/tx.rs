@@ -8,7 +8,7 @@ use postgres::types::ToSql;
 use crate::aio::held::{self, Scope};
 use crate::aio::lease::Lease;
 use crate::aio::savepoint::{self, Savepoint};
-use crate::aio::scope_watch::ScopeMarks;
+use crate::aio::scope_marks::ScopeMarks;
 use crate::aio::session::Holding;
 use crate::conn::request::{Execute, Query, QueryOne, QueryOpt};
 use crate::error::{Error, Result};

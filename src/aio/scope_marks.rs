@@ -10,9 +10,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::aio::session::Inner;
-use crate::machine::fallback::Cause;
-
 /// The scope's `Tx` let go while its transaction was open (rolled back).
 const ROLLED_BACK: u8 = 1;
 /// The scope's future was dropped before its closure returned.
@@ -34,41 +31,12 @@ impl ScopeMarks {
     pub(crate) fn rolled_back(&self) -> bool {
         self.set(ROLLED_BACK)
     }
-}
 
-/// Held by a scope while its closure runs: dropped before
-/// [`returned`](Self::returned), the scope was abandoned.
-pub(crate) struct ScopeWatch<'m> {
-    inner: &'m Inner,
-    marks: ScopeMarks,
-    returned: bool,
-}
-
-impl<'m> ScopeWatch<'m> {
-    pub(crate) fn new(inner: &'m Inner) -> ScopeWatch<'m> {
-        ScopeWatch {
-            inner,
-            marks: ScopeMarks::default(),
-            returned: false,
-        }
-    }
-
-    /// The marks the scope's `Tx` sets.
-    pub(crate) fn marks(&self) -> ScopeMarks {
-        self.marks.clone()
-    }
-
-    /// The closure returned (with a value or an error).
-    pub(crate) fn returned(&mut self) {
-        self.returned = true;
-    }
-}
-
-impl Drop for ScopeWatch<'_> {
-    fn drop(&mut self) {
-        if !self.returned && self.marks.set(ABANDONED) {
-            self.inner.report_unfinished(Cause::ScopeDropped);
-        }
+    /// The scope's future was dropped before its closure returned:
+    /// whether its `Tx` already let go with the transaction open (then
+    /// report).
+    pub(crate) fn abandoned(&self) -> bool {
+        self.set(ABANDONED)
     }
 }
 
@@ -80,11 +48,11 @@ mod tests {
     fn whichever_mark_comes_second_reports_once() {
         let marks = ScopeMarks::default();
         assert!(!marks.rolled_back(), "alone: not yet");
-        assert!(marks.set(ABANDONED), "second: reports");
-        assert!(!marks.set(ABANDONED), "again: no second report");
+        assert!(marks.abandoned(), "second: reports");
+        assert!(!marks.abandoned(), "again: no second report");
 
         let marks = ScopeMarks::default();
-        assert!(!marks.set(ABANDONED));
+        assert!(!marks.abandoned());
         assert!(marks.rolled_back(), "the other order reports too");
         assert!(!marks.rolled_back());
     }
