@@ -871,3 +871,57 @@ async fn a_cancel_whose_future_is_dropped_still_arrives_before_the_next_statemen
     first_outcome.expect("the first statement had ended before the cancel arrived");
     next_outcome.expect("the next statement is never the one cancelled");
 }
+
+/// tokio's cooperative scheduling makes every socket poll return Pending
+/// once a task has spent its budget, and outside a worker (in
+/// `Runtime::block_on`, where `#[tokio::main]` runs `main`) wakes it at
+/// once: a request reading a large answer in one poll must yield then, not
+/// go round for ever. (This test's body runs in `block_on`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_result_is_read_without_spinning_on_a_spent_budget() {
+    // A spinning read never yields, so no timer of this runtime can end
+    // the test: a thread of its own does.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                if done.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("a large result was still being read after 120 s: spinning");
+            std::process::exit(101);
+        })
+    };
+    let db = outside(|| Db::new("aio_large_result"));
+    let manager = manager(&db);
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    tx.execute("SELECT 1", &[]).await.expect("begun");
+    let mut read = 0;
+    {
+        let mut rows = tx
+            .query_raw("SELECT n FROM generate_series(1, 200000) AS n", &[])
+            .await
+            .expect("started");
+        while rows.try_next().await.expect("row").is_some() {
+            read += 1;
+        }
+    }
+    let all = tx
+        .query("SELECT n FROM generate_series(1, 200000) AS n", &[])
+        .await
+        .expect("rows");
+    tx.commit().await.expect("commit");
+    done.store(true, Ordering::SeqCst);
+    watchdog.join().expect("watchdog");
+    assert_eq!((read, all.len()), (200_000, 200_000));
+}

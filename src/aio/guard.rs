@@ -7,6 +7,7 @@ use postgres::types::ToSql;
 
 use crate::aio::held::{self, Scope};
 use crate::aio::lease::Lease;
+use crate::aio::rows::RowStream;
 use crate::aio::session::Inner;
 use crate::aio::tx::Tx;
 use crate::conn::request::{Execute, Query, QueryOne, QueryOpt};
@@ -170,6 +171,27 @@ impl<'m> Guard<'m> {
     pub async fn simple_query(&mut self, query: &str) -> Result<Vec<SimpleQueryMessage>> {
         let (inner, core) = self.lease().parts();
         held::simple_query(inner, core, Scope::Autocommit, query).await
+    }
+
+    /// Runs a query on its own and returns its rows as they arrive, with
+    /// bounded memory however many there are: see [`RowStream`] (which
+    /// borrows this guard until it is dropped).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute), for the start of the query; each
+    /// row's error comes from the stream.
+    pub async fn query_raw<T>(
+        &mut self,
+        query: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<RowStream<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let (inner, core) = self.lease().parts();
+        held::query_raw(inner, core, Scope::Autocommit, query, params).await?;
+        Ok(RowStream::new(inner, core))
     }
 
     /// The transaction status, as the server last reported it.

@@ -83,20 +83,61 @@ where
     let mut retries = Retries::new();
     loop {
         ensure_for(inner, core, RequestShape::Bind).await?;
-        match core
+        let step = core
             .cached_statement(&inner.shared, query, kind, params, &mut retries)
-            .await
-        {
-            Step::Done(result) => return result,
-            Step::Reconnect => {
-                if let Err(e) = inner.ensure_open(core).await {
-                    if core.needs_connection_for(RequestShape::Bind) {
-                        core.lose_pending(&inner.shared);
-                    }
-                    return Err(e);
-                }
-            }
+            .await;
+        if let Some(result) = after_step(inner, core, step).await {
+            return result;
         }
+    }
+}
+
+/// Starts `query` and keeps its rows as a stream on the connection, read
+/// with the core's `next_rows` (see [`RowStream`](super::RowStream)).
+pub(crate) async fn query_raw<Q>(
+    inner: &Inner,
+    core: &mut SessionCore,
+    scope: Scope,
+    query: &Q,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<()>
+where
+    Q: ?Sized + ToStatement,
+{
+    let sql = match query.sql() {
+        Sql::Text(sql) => Some(sql),
+        Sql::Prepared(_) => None,
+    };
+    prepare(inner, core, scope, sql).await?;
+    let mut retries = Retries::new();
+    loop {
+        ensure_for(inner, core, RequestShape::Bind).await?;
+        let step = core
+            .query_raw(&inner.shared, query, params, &mut retries)
+            .await;
+        if let Some(result) = after_step(inner, core, step).await {
+            return result;
+        }
+    }
+}
+
+/// After a request that may have found its connection gone before
+/// anything of it was sent (`Step::Reconnect`): `None` once a new one is
+/// open, to run the request again. (A loop over an async closure would
+/// cost the futures their `Send`: its higher-ranked borrows are beyond
+/// what the compiler proves `Send` today.)
+async fn after_step<T>(inner: &Inner, core: &mut SessionCore, step: Step<T>) -> Option<Result<T>> {
+    match step {
+        Step::Done(result) => Some(result),
+        Step::Reconnect => match inner.ensure_open(core).await {
+            Ok(()) => None,
+            Err(e) => {
+                if core.needs_connection_for(RequestShape::Bind) {
+                    core.lose_pending(&inner.shared);
+                }
+                Some(Err(e))
+            }
+        },
     }
 }
 

@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use postgres::types::ToSql;
 
 use crate::aio::held::{self, Scope};
+use crate::aio::rows::RowStream;
 use crate::aio::session::Inner;
 use crate::conn::request::{Execute, Query, QueryOne, QueryOpt};
 use crate::conn::session::{RollBackTarget, SessionCore};
@@ -214,6 +215,28 @@ impl<'t> Savepoint<'t, Open> {
     pub async fn simple_query(&mut self, query: &str) -> Result<Vec<SimpleQueryMessage>> {
         let (inner, depth) = (self.level.inner, self.level.depth);
         held::simple_query(inner, self.core(), Scope::Transaction { depth }, query).await
+    }
+
+    /// Runs a query inside this savepoint and returns its rows as they
+    /// arrive, with bounded memory however many there are: see
+    /// [`RowStream`] (which borrows this savepoint until it is dropped).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute), for the start of the query; each
+    /// row's error comes from the stream.
+    pub async fn query_raw<T>(
+        &mut self,
+        query: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<RowStream<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let (inner, depth) = (self.level.inner, self.level.depth);
+        let core = self.core();
+        held::query_raw(inner, core, Scope::Transaction { depth }, query, params).await?;
+        Ok(RowStream::new(inner, core))
     }
 
     /// Opens a savepoint inside this one.

@@ -7,6 +7,7 @@ use postgres::types::ToSql;
 
 use crate::aio::held::{self, Scope};
 use crate::aio::lease::Lease;
+use crate::aio::rows::RowStream;
 use crate::aio::savepoint::{self, Savepoint};
 use crate::aio::scope_marks::ScopeMarks;
 use crate::aio::session::Holding;
@@ -197,6 +198,28 @@ impl<'m> Tx<'m, Open> {
     pub async fn simple_query(&mut self, query: &str) -> Result<Vec<SimpleQueryMessage>> {
         let (inner, core) = self.lease.parts();
         held::simple_query(inner, core, Scope::Transaction { depth: 0 }, query).await
+    }
+
+    /// Runs a query inside this transaction and returns its rows as they
+    /// arrive, with bounded memory however many there are: see
+    /// [`RowStream`] (which borrows this transaction until it is dropped).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute), for the start of the query; each
+    /// row's error comes from the stream; a failure aborts the
+    /// transaction, as any failed statement does.
+    pub async fn query_raw<T>(
+        &mut self,
+        query: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<RowStream<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let (inner, core) = self.lease.parts();
+        held::query_raw(inner, core, Scope::Transaction { depth: 0 }, query, params).await?;
+        Ok(RowStream::new(inner, core))
     }
 
     /// Opens a savepoint: a transaction nested in this one, which can be

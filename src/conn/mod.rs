@@ -114,6 +114,11 @@ static_assertions::assert_impl_all!(Connection: Send);
 /// when the name it is prepared under is taken (see [`Connection::describe`]).
 const DESCRIBE_TRIES: u32 = 3;
 
+/// How many times in a row one poll of a request goes round again because
+/// it was woken while polled, before it yields to the runtime instead (see
+/// `Connection::run_until`).
+const MISSED_ROUNDS: u32 = 32;
+
 /// How soon a cancel for an interrupted request goes out again while its
 /// answer has not come (see [`Connection::cancel_and_drain`]); the wait
 /// doubles each time, up to [`CANCEL_AGAIN_MAX`].
@@ -404,6 +409,7 @@ impl Connection {
             gate.set_waker(cx.waker());
             let gated = Waker::from(gate.clone());
             let mut gated_cx = Context::from_waker(&gated);
+            let mut rounds = 0;
             loop {
                 gate.open_poll();
                 let polled = Polled {
@@ -431,6 +437,15 @@ impl Connection {
                     return Poll::Ready(result);
                 }
                 if !missed {
+                    return Poll::Pending;
+                }
+                rounds += 1;
+                if rounds == MISSED_ROUNDS {
+                    // Woken in every round: the task's budget of I/O may
+                    // be spent (tokio's cooperative scheduling makes every
+                    // socket poll return Pending and wake at once until
+                    // the task yields). Yield, asking to be polled again.
+                    cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
             }
