@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 
 use postgres::types::ToSql;
 
+use crate::aio::copy::{CopyInWriter, CopyOutReader};
 use crate::aio::held::{self, Scope};
 use crate::aio::lease::Lease;
 use crate::aio::rows::RowStream;
@@ -192,6 +193,39 @@ impl<'m> Guard<'m> {
         let (inner, core) = self.lease().parts();
         held::query_raw(inner, core, Scope::Autocommit, query, params).await?;
         Ok(RowStream::new(inner, core))
+    }
+
+    /// Starts a `COPY … FROM STDIN` on its own (autocommit): write its data to
+    /// the [`CopyInWriter`] and end it with
+    /// [`finish`](CopyInWriter::finish).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute): the server's error for a COPY it
+    /// refuses (a table that does not exist); [`Error::NotACopy`](crate::Error::NotACopy)
+    /// for SQL that is not a `COPY … FROM STDIN`.
+    pub async fn copy_in<T>(&mut self, query: &T) -> Result<CopyInWriter<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let (inner, core) = self.lease().parts();
+        held::copy(inner, core, Scope::Autocommit, query, true).await?;
+        Ok(CopyInWriter::new(inner, core))
+    }
+
+    /// Starts a `COPY … TO STDOUT` on its own (autocommit): read its data from
+    /// the [`CopyOutReader`].
+    ///
+    /// # Errors
+    ///
+    /// As [`copy_in`](Self::copy_in), for a `COPY … TO STDOUT`.
+    pub async fn copy_out<T>(&mut self, query: &T) -> Result<CopyOutReader<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let (inner, core) = self.lease().parts();
+        held::copy(inner, core, Scope::Autocommit, query, false).await?;
+        Ok(CopyOutReader::new(inner, core))
     }
 
     /// The transaction status, as the server last reported it.

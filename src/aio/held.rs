@@ -8,6 +8,7 @@ use crate::aio::session::Inner;
 use crate::conn::request::{Batch, Simple, StatementKind};
 use crate::conn::session::{RequestShape, Retries, SessionCore, Step};
 use crate::error::{Error, Result};
+use crate::machine::control;
 use crate::machine::fallback::Cause;
 use crate::statements::{Sql, ToStatement};
 
@@ -115,6 +116,38 @@ where
         let step = core
             .query_raw(&inner.shared, query, params, &mut retries)
             .await;
+        if let Some(result) = after_step(inner, core, step).await {
+            return result;
+        }
+    }
+}
+
+/// Starts `COPY … FROM STDIN` (`copy_in`) or `COPY … TO STDOUT` and keeps
+/// its data as a stream on the connection (see `SessionCore::copy`).
+pub(crate) async fn copy<Q>(
+    inner: &Inner,
+    core: &mut SessionCore,
+    scope: Scope,
+    query: &Q,
+    copy_in: bool,
+) -> Result<()>
+where
+    Q: ?Sized + ToStatement,
+{
+    let sql = match query.sql() {
+        Sql::Text(sql) => Some(sql),
+        Sql::Prepared(_) => None,
+    };
+    if let Some(sql) = sql
+        && control::copy_direction(sql) != Some(copy_in)
+    {
+        return Err(Error::not_a_copy(copy_in, sql));
+    }
+    prepare(inner, core, scope, sql).await?;
+    let mut retries = Retries::new();
+    loop {
+        ensure_for(inner, core, RequestShape::Bind).await?;
+        let step = core.copy(&inner.shared, query, copy_in, &mut retries).await;
         if let Some(result) = after_step(inner, core, step).await {
             return result;
         }

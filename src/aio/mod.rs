@@ -24,8 +24,10 @@
 //! with the same wire-level `BEGIN` in the first statement's Sync group.
 
 mod cancel;
+mod copy;
 mod factory;
 mod guard;
+mod handoff;
 mod held;
 mod lease;
 mod manager;
@@ -40,6 +42,7 @@ mod session;
 mod tx;
 
 pub use self::cancel::CancelHandle;
+pub use self::copy::{CopyInWriter, CopyOutReader};
 pub use self::factory::{BoxFuture, NewConnection};
 pub use self::guard::Guard;
 pub use self::manager::{Builder, ManagedConnection};

@@ -10,7 +10,7 @@ use std::task::{Context, Poll, ready};
 use futures_util::Stream;
 
 use crate::Row;
-use crate::aio::factory::BoxFuture;
+use crate::aio::handoff::Handoff;
 use crate::aio::session::Inner;
 use crate::conn::session::SessionCore;
 use crate::conn::streaming::Fetched;
@@ -57,10 +57,7 @@ use crate::error::{Error, Result};
 /// ```
 #[must_use = "rows are read from the stream; dropped, the rest is read and thrown away"]
 pub struct RowStream<'h> {
-    /// What the stream reads with; away while a fetch has it.
-    reading: Option<Reading<'h>>,
-    /// A fetch under way: it owns `reading` until it hands it back.
-    fetching: Option<BoxFuture<'h, (Reading<'h>, Result<Fetched>)>>,
+    reading: Handoff<'h, Reading<'h>, Result<Fetched>>,
     rows_affected: Option<u64>,
 }
 
@@ -79,14 +76,13 @@ impl<'h> RowStream<'h> {
     /// The stream of the query the core has just started.
     pub(crate) fn new(inner: &'h Inner, core: &'h mut SessionCore) -> RowStream<'h> {
         RowStream {
-            reading: Some(Reading {
+            reading: Handoff::new(Reading {
                 inner,
                 core,
                 rows: VecDeque::new(),
                 failure: None,
                 done: false,
             }),
-            fetching: None,
             rows_affected: None,
         }
     }
@@ -118,44 +114,39 @@ impl Stream for RowStream<'_> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Row>>> {
         let this = self.get_mut();
         loop {
-            if let Some(fetching) = this.fetching.as_mut() {
-                let (mut reading, fetched) = ready!(fetching.as_mut().poll(cx));
-                this.fetching = None;
-                match fetched {
-                    Ok(Fetched::More) => {}
-                    Ok(Fetched::End(affected)) => {
-                        reading.done = true;
-                        this.rows_affected = affected;
-                    }
-                    Err(e) => {
-                        reading.done = true;
-                        reading.failure = Some(e);
-                    }
-                }
-                this.reading = Some(reading);
-            }
-            let Some(mut reading) = this.reading.take() else {
+            let fetched = ready!(this.reading.poll_busy(cx));
+            let Some(reading) = this.reading.idle() else {
                 return Poll::Ready(None);
             };
+            match fetched {
+                None | Some(Ok(Fetched::More)) => {}
+                Some(Ok(Fetched::End(affected))) => {
+                    reading.done = true;
+                    this.rows_affected = affected;
+                }
+                Some(Err(e)) => {
+                    reading.done = true;
+                    reading.failure = Some(e);
+                }
+            }
             if let Some(row) = reading.rows.pop_front() {
-                this.reading = Some(reading);
                 return Poll::Ready(Some(Ok(row)));
             }
             if let Some(failure) = reading.failure.take() {
-                this.reading = Some(reading);
                 return Poll::Ready(Some(Err(failure)));
             }
             if reading.done {
-                this.reading = Some(reading);
                 return Poll::Ready(None);
             }
-            this.fetching = Some(Box::pin(async move {
-                let Reading {
-                    inner, core, rows, ..
-                } = &mut reading;
-                let fetched = core.next_rows(&inner.shared, rows).await;
-                (reading, fetched)
-            }));
+            this.reading.start(|mut reading| {
+                Box::pin(async move {
+                    let Reading {
+                        inner, core, rows, ..
+                    } = &mut reading;
+                    let fetched = core.next_rows(&inner.shared, rows).await;
+                    (reading, fetched)
+                })
+            });
         }
     }
 }
@@ -163,7 +154,7 @@ impl Stream for RowStream<'_> {
 impl fmt::Debug for RowStream<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("aio::RowStream")
-            .field("fetching", &self.fetching.is_some())
+            .field("fetching", &self.reading.is_busy())
             .field("rows_affected", &self.rows_affected)
             .finish_non_exhaustive()
     }

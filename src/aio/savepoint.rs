@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 
 use postgres::types::ToSql;
 
+use crate::aio::copy::{CopyInWriter, CopyOutReader};
 use crate::aio::held::{self, Scope};
 use crate::aio::rows::RowStream;
 use crate::aio::session::Inner;
@@ -237,6 +238,41 @@ impl<'t> Savepoint<'t, Open> {
         let core = self.core();
         held::query_raw(inner, core, Scope::Transaction { depth }, query, params).await?;
         Ok(RowStream::new(inner, core))
+    }
+
+    /// Starts a `COPY … FROM STDIN` inside this savepoint: write its data to
+    /// the [`CopyInWriter`] and end it with
+    /// [`finish`](CopyInWriter::finish).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute): the server's error for a COPY it
+    /// refuses (a table that does not exist); [`Error::NotACopy`](crate::Error::NotACopy)
+    /// for SQL that is not a `COPY … FROM STDIN`; a failure aborts the transaction, as any failed statement does.
+    pub async fn copy_in<T>(&mut self, query: &T) -> Result<CopyInWriter<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let (inner, depth) = (self.level.inner, self.level.depth);
+        let core = self.core();
+        held::copy(inner, core, Scope::Transaction { depth }, query, true).await?;
+        Ok(CopyInWriter::new(inner, core))
+    }
+
+    /// Starts a `COPY … TO STDOUT` inside this savepoint: read its data from
+    /// the [`CopyOutReader`].
+    ///
+    /// # Errors
+    ///
+    /// As [`copy_in`](Self::copy_in), for a `COPY … TO STDOUT`.
+    pub async fn copy_out<T>(&mut self, query: &T) -> Result<CopyOutReader<'_>>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let (inner, depth) = (self.level.inner, self.level.depth);
+        let core = self.core();
+        held::copy(inner, core, Scope::Transaction { depth }, query, false).await?;
+        Ok(CopyOutReader::new(inner, core))
     }
 
     /// Opens a savepoint inside this one.
