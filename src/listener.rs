@@ -63,7 +63,7 @@ impl ListenEvent {
 /// What an observer may fail with; the failure is logged, not propagated.
 pub type ObserverError = Box<dyn std::error::Error + Send + Sync>;
 
-type Observer = Arc<dyn Fn(&ListenEvent) -> Result<(), ObserverError> + Send + Sync>;
+pub(crate) type Observer = Arc<dyn Fn(&ListenEvent) -> Result<(), ObserverError> + Send + Sync>;
 
 /// Names an observer added with [`Listener::add_observer`], to remove it.
 ///
@@ -72,7 +72,7 @@ type Observer = Arc<dyn Fn(&ListenEvent) -> Result<(), ObserverError> + Send + S
 pub struct ObserverId(u64);
 
 impl ObserverId {
-    fn next() -> ObserverId {
+    pub(crate) fn next() -> ObserverId {
         // Per process rather than per listener, so that removing another
         // listener's id is the no-op it looks like.
         static NEXT: AtomicU64 = AtomicU64::new(0);

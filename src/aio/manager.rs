@@ -11,6 +11,7 @@ use crate::aio::cancel::CancelHandle;
 use crate::aio::factory::{BoxFuture, Factory, Hook, NewConnection};
 use crate::aio::guard::Guard;
 use crate::aio::lease::Lease;
+use crate::aio::listener::Listener;
 use crate::aio::scope::{self, Source};
 use crate::aio::session::Inner;
 use crate::aio::tx::Tx;
@@ -417,6 +418,16 @@ impl ManagedConnection {
     /// ```
     pub fn cancel_handle(&self) -> CancelHandle {
         CancelHandle::new(Arc::clone(&self.inner.shared.cancel))
+    }
+
+    /// A [`Listener`] on a connection of its own, with this manager's
+    /// settings (its hooks do not run there).
+    ///
+    /// # Errors
+    ///
+    /// As [`Listener::connect`].
+    pub async fn listener(&self) -> Result<Listener> {
+        Listener::open(self.settings().clone()).await
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::aio::guard::Guard;
+use crate::aio::listener::Listener;
 use crate::aio::manager::{Builder, ManagedConnection};
 use crate::aio::scope::{self, Source};
 use crate::aio::tx::Tx;
@@ -393,6 +394,18 @@ impl Pool {
                 .map(ManagedConnection::unfinished_transactions)
                 .sum(),
             statuses,
+        }
+    }
+
+    /// A [`Listener`] on a connection of its own, with the pool's settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`Listener::connect`].
+    pub async fn listener(&self) -> Result<Listener> {
+        match self.members.first() {
+            Some(member) => member.listener().await,
+            None => Err(Error::ConnectionLost(None)),
         }
     }
 

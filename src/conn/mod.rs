@@ -464,6 +464,20 @@ impl Connection {
     }
 
     #[cfg(feature = "aio")]
+    /// Ready once a notification is queued or the connection has ended
+    /// (reading what arrived); meanwhile `cx`'s task is woken by the socket.
+    pub(crate) fn poll_arrival(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.notifications.is_empty() && !self.has_ended() {
+            self.drive_now(cx);
+        }
+        if self.notifications.is_empty() && !self.has_ended() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+
+    #[cfg(feature = "aio")]
     /// Whether the future of a request was dropped before the request's
     /// answer was read (an async caller's timeout, a `select!` that chose
     /// another branch, an aborted task): the request may still run on the
