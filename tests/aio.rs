@@ -925,3 +925,96 @@ async fn a_large_result_is_read_without_spinning_on_a_spent_budget() {
     watchdog.join().expect("watchdog");
     assert_eq!((read, all.len()), (200_000, 200_000));
 }
+
+/// A deferred constraint trigger that makes every COMMIT of an insert into
+/// `items` take `seconds`.
+fn slow_commits(db: &Db, seconds: f64) {
+    outside(|| {
+        db.admin()
+            .batch_execute(&format!(
+                "CREATE FUNCTION slow_check() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$;
+                 CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON items
+                   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_check();"
+            ))
+            .expect("trigger")
+    });
+}
+
+/// A cancel asked for while a statement ran, which reaches the server (held
+/// at a proxy) only after that statement ended: the COMMIT that follows
+/// waits for it, so it never lands on COMMIT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_still_on_its_way_never_lands_on_the_commit_that_follows() {
+    let db = outside(|| Db::new("aio_cancel_commit"));
+    slow_commits(&db, 0.5);
+    let proxy = outside(|| db.proxy());
+    let manager = ManagedConnection::new(&db.dsn_via(proxy.addr())).expect("settings");
+    let cancel = manager.cancel_handle();
+    // A CancelRequest: length 16, code 80877102.
+    proxy.hold_on(&[&[0, 0, 0, 16, 0x04, 0xD2, 0x16, 0x2E]]);
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'kept')", &[])
+        .await
+        .expect("insert");
+    let sql = "SELECT pg_sleep(0.3)";
+    let worker = async {
+        tx.execute(sql, &[])
+            .await
+            .expect("ended before the cancel arrived");
+        tx.commit().await.map(drop)
+    };
+    let canceller = async {
+        until_running(&db, sql).await;
+        cancel.cancel().await
+    };
+    let releaser = async {
+        assert!(
+            eventually(|| proxy.is_holding()).await,
+            "the cancel reached the proxy"
+        );
+        assert!(
+            eventually(|| running(&db, sql) == 0).await,
+            "the statement ended"
+        );
+        // Time for a COMMIT that did not wait to reach its slow trigger.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        proxy.release();
+    };
+    let (committed, delivered, ()) = tokio::join!(worker, canceller, releaser);
+    assert!(
+        delivered.expect("delivered"),
+        "the statement was running when asked"
+    );
+    committed.expect("COMMIT is never the statement a cancel lands on");
+    assert_eq!(outside(|| db.item_ids()), [1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_dropped_during_its_commit_is_reported_as_an_interrupted_commit_not_a_rollback() {
+    let db = outside(|| Db::new("aio_scope_commit_dropped"));
+    slow_commits(&db, 0.3);
+    let manager = manager(&db);
+    let scope = manager.transaction(async |mut tx| {
+        tx.execute("INSERT INTO items VALUES (1, 'committed?')", &[])
+            .await?;
+        tx.commit().await
+    });
+    let cut = tokio::time::timeout(Duration::from_millis(150), scope).await;
+    assert!(cut.is_err(), "dropped during its slow COMMIT");
+    assert!(eventually(|| manager.interrupted_commits() == 1).await);
+    let committed = outside(|| db.item_ids());
+    assert!(committed.len() <= 1);
+    assert_eq!(
+        manager.unfinished_transactions(),
+        0,
+        "an interrupted COMMIT is reported with what the server did, not as rolled back"
+    );
+    assert_eq!(outside(|| db.open_transactions()), 0);
+}

@@ -44,7 +44,7 @@ struct Session<'h> {
 /// # Examples
 ///
 /// ```no_run
-/// # async fn demo(manager: &pgtx::aio::ManagedConnection) -> pgtx::Result<()> {
+/// # async fn demo(manager: &pgtx::aio::ManagedConnection) -> Result<(), Box<dyn std::error::Error>> {
 /// use tokio::io::AsyncWriteExt;
 ///
 /// let mut tx = manager.lock().await?.begin().await?;
@@ -191,7 +191,7 @@ impl fmt::Debug for CopyInWriter<'_> {
 /// # Examples
 ///
 /// ```no_run
-/// # async fn demo(manager: &pgtx::aio::ManagedConnection) -> pgtx::Result<()> {
+/// # async fn demo(manager: &pgtx::aio::ManagedConnection) -> Result<(), Box<dyn std::error::Error>> {
 /// use tokio::io::AsyncReadExt;
 ///
 /// let mut guard = manager.lock().await?;

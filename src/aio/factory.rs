@@ -213,6 +213,16 @@ impl Factory {
                     log::error!("pgtx: recovery handler #{i} failed: {e}");
                 }
             }
+            if new
+                .conn
+                .server_status()
+                .is_some_and(|s| s != ServerStatus::Idle)
+            {
+                log::error!(
+                    "pgtx: a recovery handler left a transaction block open; rolling it back"
+                );
+                new.batch_execute("ROLLBACK").await?;
+            }
         }
         Ok(new.conn)
     }

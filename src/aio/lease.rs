@@ -48,11 +48,10 @@ impl<'m> Lease<'m> {
         (self.inner.0, &mut self.held.core)
     }
 
-    /// Marks the holder as the `transaction` scope `scope`'s, watched
-    /// through `marks`.
-    pub(crate) fn set_scoped(&mut self, scope: u64, marks: ScopeMarks) {
+    /// Marks the holder as a `transaction` scope's, which it shares
+    /// `marks` with.
+    pub(crate) fn set_scoped(&mut self, marks: ScopeMarks) {
         self.held.scoped = true;
-        self.held.scope = scope;
         self.held.scope_marks = Some(marks);
     }
 
@@ -93,23 +92,21 @@ impl Drop for Lease<'_> {
         // its request can leave the machine idle and a block open.
         let open = slot.core.in_transaction() || slot.core.server_in_block();
         let decided = verdict(end, open);
-        if slot.scoped {
-            // Taken while the lease is still held (see `Slot::scope_failure`).
-            slot.scope_failure = slot
-                .core
-                .take_failure()
-                .map(|failure| (slot.scope, failure));
-        }
         let mut report = decided.report;
-        if decided.roll_back
-            && report.is_none()
-            && slot
-                .scope_marks
-                .take()
-                .is_some_and(|marks| marks.rolled_back())
-        {
-            // The scope's future was dropped before its closure returned.
-            report = Some(Cause::ScopeDropped);
+        if let Some(marks) = slot.scope_marks.take() {
+            // Taken while the lease is still held: once it is let go,
+            // another holder's transaction may begin.
+            marks.keep_failure(slot.core.take_failure());
+            // An interrupted COMMIT is reported with what the server did
+            // (see `interrupted_commits`), not as rolled back.
+            if decided.roll_back
+                && report.is_none()
+                && !slot.core.is_committing()
+                && marks.rolled_back()
+            {
+                // The scope's future was dropped before its closure returned.
+                report = Some(Cause::ScopeDropped);
+            }
         }
         if decided.roll_back {
             slot.core

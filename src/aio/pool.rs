@@ -282,16 +282,16 @@ impl Pool {
         Ok(guard)
     }
 
-    /// The first free member, taken. A permit stands for one (a member is
-    /// marked free before its permit is given back), so the first look
-    /// finds it.
+    /// The first free member (one that is up, if any is), taken. A permit
+    /// stands for one (a member is marked free before its permit is given
+    /// back), so the first look finds it.
     async fn claim(&self) -> Claim<'_> {
         loop {
-            let free = self.line.taken.iter().position(|taken| {
-                taken
-                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            });
+            // A member riding out an outage would fail at once
+            // (`ConnectionDead`): another free one is taken first.
+            let free = self
+                .claim_where(|member| member.inner().refuse_while_down().is_ok())
+                .or_else(|| self.claim_where(|_| true));
             if let Some(index) = free {
                 return Claim {
                     line: &self.line,
@@ -301,6 +301,21 @@ impl Pool {
             }
             tokio::task::yield_now().await;
         }
+    }
+
+    /// Takes the first free member that `wanted`.
+    fn claim_where(&self, wanted: impl Fn(&ManagedConnection) -> bool) -> Option<usize> {
+        self.line
+            .taken
+            .iter()
+            .zip(self.members.iter())
+            .position(|(taken, member)| {
+                !taken.load(Ordering::Acquire)
+                    && wanted(member)
+                    && taken
+                        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+            })
     }
 
     /// Runs `work` in a transaction on a free connection, as

@@ -3,7 +3,6 @@
 //! hands out the guard ([`Source`]).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::DbError;
 use crate::aio::guard::Guard;
@@ -21,10 +20,6 @@ pub(crate) trait Source: Sync {
     /// Waits for a guard, as the public `lock` does.
     fn lock_for_scope(&self) -> impl Future<Output = Result<Guard<'_>>> + Send;
 }
-
-/// Scope ids, unique in the process: a scope's recorded failure is found
-/// by its id on whichever connection it ran.
-static SCOPES: AtomicU64 = AtomicU64::new(0);
 
 /// Runs `work` once in a transaction from `source` (see the public
 /// `transaction_with`).
@@ -90,7 +85,6 @@ where
     F: for<'t> AsyncFnOnce(Tx<'t, Open>) -> Result<Tx<'t, Done<T>>, E>,
     E: From<Error>,
 {
-    let scope = SCOPES.fetch_add(1, Ordering::Relaxed) + 1;
     let guard = match source.lock_for_scope().await {
         Ok(guard) => guard,
         Err(e) => return (Err(E::from(e)), None),
@@ -99,7 +93,7 @@ where
     // Dropped before the closure returns, the scope was abandoned.
     let mut watch = ScopeWatch::new(inner);
     let tx = match guard.begin_with(options).await {
-        Ok(tx) => tx.into_scoped(scope, attempt, watch.marks()),
+        Ok(tx) => tx.into_scoped(attempt, watch.marks()),
         Err(e) => {
             watch.returned();
             return (Err(E::from(e)), None);
@@ -111,7 +105,10 @@ where
         Ok(done) => (Ok(done.into_value()), None),
         // The closure dropped its Tx: the rollback it recorded is done
         // before the error is handed back.
-        Err(e) => (Err(e), inner.settle(scope).await),
+        Err(e) => {
+            inner.settle().await;
+            (Err(e), watch.marks.take_failure())
+        }
     }
 }
 

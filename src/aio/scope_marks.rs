@@ -10,20 +10,42 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use parking_lot::Mutex;
+use postgres::error::DbError;
+
 /// The scope's `Tx` let go while its transaction was open (rolled back).
 const ROLLED_BACK: u8 = 1;
 /// The scope's future was dropped before its closure returned.
 const ABANDONED: u8 = 2;
 
-/// What a scope and its `Tx` share.
+/// What a scope and its `Tx` share: the two marks, and the last error the
+/// server reported in the scope's transaction (what `transaction_retrying`
+/// decides on), handed over when the `Tx` lets go — while its lease is
+/// still held, before another holder's transaction can begin.
 #[derive(Clone, Default)]
-pub(crate) struct ScopeMarks(Arc<AtomicU8>);
+pub(crate) struct ScopeMarks(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    marks: AtomicU8,
+    failure: Mutex<Option<Box<DbError>>>,
+}
 
 impl ScopeMarks {
     /// Sets `mark`; whether both are now set (and the caller reports).
     fn set(&self, mark: u8) -> bool {
-        let before = self.0.fetch_or(mark, Ordering::AcqRel);
+        let before = self.0.marks.fetch_or(mark, Ordering::AcqRel);
         before | mark == ROLLED_BACK | ABANDONED && before & mark == 0
+    }
+
+    /// Keeps the last error of the scope's transaction.
+    pub(crate) fn keep_failure(&self, failure: Option<Box<DbError>>) {
+        *self.0.failure.lock() = failure;
+    }
+
+    /// The last error of the scope's transaction, taken.
+    pub(crate) fn take_failure(&self) -> Option<Box<DbError>> {
+        self.0.failure.lock().take()
     }
 
     /// The scope's `Tx` let go with its transaction open: whether the

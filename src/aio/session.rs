@@ -10,7 +10,7 @@
 //! interrupted request, an open stream, a recorded fallback) that the
 //! next use acts on.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -27,7 +27,6 @@ use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
 use crate::machine::fallback::Cause;
 use crate::machine::reconnect::ReconnectPolicy;
 use crate::machine::transaction_status::TransactionStatus;
-use postgres::error::DbError;
 
 /// What the lock guards: the core's session, and whether its holder is
 /// a `transaction` scope (whose closure's `Err` is its own report, not
@@ -40,15 +39,8 @@ pub(crate) struct Slot {
     /// Which run of a `transaction_retrying` closure the holder's
     /// transaction is (1 otherwise).
     pub(crate) attempt: u32,
-    /// The `transaction` scope holding the lease (0: none).
-    pub(crate) scope: u64,
-    /// The last error the server reported in a scope's transaction, taken
-    /// when its `Tx` let go (while the lease was still held: once it is
-    /// released another holder's transaction may begin), for the scope
-    /// that ended: what `transaction_retrying` decides on.
-    pub(crate) scope_failure: Option<(u64, Box<DbError>)>,
-    /// What the scope holding the lease shares with its watch (see
-    /// `scope_marks.rs`).
+    /// What the `transaction` scope holding the lease shares with it
+    /// (see `scope_marks.rs`).
     pub(crate) scope_marks: Option<ScopeMarks>,
 }
 
@@ -76,6 +68,8 @@ pub(crate) struct Inner {
     interrupted_commits: AtomicU64,
     /// Told each time a holder lets go (a pool's member hands itself on).
     on_release: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Tidying tasks spawned and not yet done (see [`Inner::tidy_soon`]).
+    tidying: AtomicUsize,
 }
 
 static_assertions::assert_impl_all!(Inner: Send, Sync);
@@ -91,8 +85,6 @@ impl Inner {
                 scoped: false,
                 holding: Holding::Guard,
                 attempt: 1,
-                scope: 0,
-                scope_failure: None,
                 scope_marks: None,
             }),
             shared: SessionShared::default(),
@@ -101,6 +93,7 @@ impl Inner {
             unfinished: AtomicU64::new(0),
             interrupted_commits: AtomicU64::new(0),
             on_release: OnceLock::new(),
+            tidying: AtomicUsize::new(0),
         }
     }
 
@@ -171,20 +164,18 @@ impl Inner {
         self.ready(held).await
     }
 
-    /// Takes the lease and tidies, nothing more (for a `transaction`
-    /// scope whose closure dropped its `Tx`: the rollback it recorded is
-    /// carried out before the scope returns).
-    /// Returns the last error the server reported in scope `scope`'s
-    /// transaction (taken when its `Tx` let go).
-    pub(crate) async fn settle(&self, scope: u64) -> Option<Box<DbError>> {
-        let mut held = self.slot.lock().await;
-        self.tidy(&mut held.core).await;
-        match held.scope_failure.take() {
-            Some((ended, failure)) if ended == scope => Some(failure),
-            other => {
-                held.scope_failure = other;
-                None
-            }
+    /// For a `transaction` scope whose closure dropped its `Tx`: waits
+    /// until the rollback it recorded is carried out — by this call if the
+    /// session is free, by the tidying task if it is at work; if another
+    /// holder has the session, readying it for them carried it out.
+    pub(crate) async fn settle(&self) {
+        let held = match self.slot.try_lock() {
+            Ok(held) => Some(held),
+            Err(_) if self.tidying.load(Ordering::Acquire) > 0 => Some(self.slot.lock().await),
+            Err(_) => None,
+        };
+        if let Some(mut held) = held {
+            self.tidy(&mut held.core).await;
         }
     }
 
@@ -192,7 +183,6 @@ impl Inner {
         held.scoped = false;
         held.holding = Holding::Guard;
         held.attempt = 1;
-        held.scope = 0;
         held.scope_marks = None;
         let core = &mut held.core;
         self.tidy(core).await;
@@ -295,9 +285,10 @@ impl Inner {
     /// left does not stay open on the server until the next use. Without a
     /// runtime, the next use tidies.
     pub(crate) fn tidy_soon(inner: &Arc<Inner>) {
-        let inner = Arc::clone(inner);
+        let tidying = Tidying::new(Arc::clone(inner));
         // Without a runtime, the next use tidies.
         let _no_runtime = runtime::spawn(async move {
+            let inner = &tidying.0;
             let mut held = inner.slot.lock().await;
             // Nobody holds the session: whatever is open once the
             // interrupted request is drained was left behind.
@@ -350,5 +341,22 @@ impl Drop for Inner {
         if let Some(background) = &self.reconnect {
             background.shut_down();
         }
+    }
+}
+
+/// A tidying task under way, counted while it lives (also when the
+/// runtime drops it unfinished).
+struct Tidying(Arc<Inner>);
+
+impl Tidying {
+    fn new(inner: Arc<Inner>) -> Tidying {
+        inner.tidying.fetch_add(1, Ordering::AcqRel);
+        Tidying(inner)
+    }
+}
+
+impl Drop for Tidying {
+    fn drop(&mut self) {
+        self.0.tidying.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -77,8 +77,8 @@ impl<'m> Tx<'m, Open> {
 
     /// Marks it as a `transaction` scope's, run `attempt` of its closure
     /// (see [`Lease::set_scoped`]).
-    pub(crate) fn into_scoped(mut self, scope: u64, attempt: u32, marks: ScopeMarks) -> Self {
-        self.lease.set_scoped(scope, marks);
+    pub(crate) fn into_scoped(mut self, attempt: u32, marks: ScopeMarks) -> Self {
+        self.lease.set_scoped(marks);
         self.lease.set_attempt(attempt);
         self
     }

@@ -103,6 +103,12 @@ impl CancelCell {
         inflight.cancelled == serial
     }
 
+    #[cfg(feature = "aio")]
+    /// Nothing runs any more (an interrupted request was drained).
+    pub(crate) fn idle(&self) {
+        self.inflight.lock().running = false;
+    }
+
     /// What the connection is doing as far as cancelling goes: "running",
     /// "idle", or "cancelling" (a cancel request is being sent).
     pub(crate) fn describe(&self) -> &'static str {

@@ -110,6 +110,30 @@ pub(crate) struct Connection {
 
 static_assertions::assert_impl_all!(Connection: Send);
 
+#[cfg(feature = "aio")]
+/// Why an interrupted request's connection could not be made usable again
+/// (see [`Connection::cancel_and_drain`]): it must be closed.
+#[derive(Debug)]
+pub(crate) enum Undrained {
+    /// The connection failed while drained.
+    Failed(postgres::Error),
+    /// A cancel request was sent whose arrival was never confirmed: it
+    /// could land on any later statement.
+    CancelUnconfirmed,
+}
+
+#[cfg(feature = "aio")]
+impl std::fmt::Display for Undrained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Undrained::Failed(e) => write!(f, "{e}"),
+            Undrained::CancelUnconfirmed => {
+                f.write_str("a cancel request whose arrival was never confirmed may still land")
+            }
+        }
+    }
+}
+
 /// How many times a statement is described, outside a transaction block,
 /// when the name it is prepared under is taken (see [`Connection::describe`]).
 const DESCRIBE_TRIES: u32 = 3;
@@ -520,9 +544,14 @@ impl Connection {
     /// [`describe`](Self::describe)) may have left that block open: it is
     /// rolled back, so that the caller's next statements do not run in a
     /// block nobody asked for (and are not lost with it).
-    pub(crate) async fn cancel_and_drain(&mut self) -> Result<(), postgres::Error> {
+    pub(crate) async fn cancel_and_drain(&mut self) -> Result<(), Undrained> {
         self.stream = None;
         let target = Arc::clone(&self.cancel);
+        if target.unconfirmed() {
+            // An earlier drain's cancel (its future dropped mid-send) may
+            // still arrive: no statement may run here again.
+            return Err(Undrained::CancelUnconfirmed);
+        }
         {
             // An armed BEGIN stays armed: a simple Query does not carry it.
             let mut answered = pin!(self.run(|c| c.batch_execute("")));
@@ -531,7 +560,7 @@ impl Connection {
                 match tokio::time::timeout(wait, answered.as_mut()).await {
                     // A cancel that came as the empty query ran refuses it:
                     // answered all the same, and the last answer.
-                    Ok(Err(e)) if e.as_db_error().is_none() => return Err(e),
+                    Ok(Err(e)) if e.as_db_error().is_none() => return Err(Undrained::Failed(e)),
                     Ok(_) => break,
                     Err(_) => {
                         if let Err(e) = target.send().await {
@@ -544,9 +573,15 @@ impl Connection {
                 }
             }
         }
+        if target.unconfirmed() {
+            // A cancel that failed may still arrive.
+            return Err(Undrained::CancelUnconfirmed);
+        }
         if self.describing_in_block {
             if self.server_status() != Some(ServerStatus::Idle) {
-                self.run(|c| c.batch_execute("ROLLBACK")).await?;
+                self.run(|c| c.batch_execute("ROLLBACK"))
+                    .await
+                    .map_err(Undrained::Failed)?;
             }
             self.describing_in_block = false;
         }

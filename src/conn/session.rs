@@ -353,10 +353,10 @@ impl SessionCore {
             }
             return Err(Error::ConnectionLost(None));
         };
+        let serial = shared.cancel.start(conn.cancel_target()).await;
         shared.status.set(TransactionStatus::Active);
         // Only this request's COPY counts (an on_connect hook's was its own).
         conn.take_copy_refused();
-        let serial = shared.cancel.start(conn.cancel_target()).await;
         let mut began = false;
         let result = match (&pending, shape) {
             (Some(begin), RequestShape::Bind) => {
@@ -895,6 +895,9 @@ impl SessionCore {
             self.discard(shared);
             return Err(Error::ConnectionLost(cause));
         }
+        // A cancel request on its way (for the statement before) must not
+        // land on COMMIT: COMMIT is never cancelled.
+        shared.cancel.until_sent().await;
         shared.status.set(TransactionStatus::Active);
         // As a simple Query, never a named statement: SQL can redefine a
         // name behind the tap's back (see wire.rs), and a COMMIT that runs
@@ -911,6 +914,13 @@ impl SessionCore {
     /// (see [`recover_interrupted`](Self::recover_interrupted)).
     pub(crate) fn was_interrupted(&self) -> bool {
         self.conn.as_ref().is_some_and(Connection::was_interrupted)
+    }
+
+    #[cfg(feature = "aio")]
+    /// Whether a `COMMIT` is being sent (its future, dropped now, leaves
+    /// its outcome to the recovery, which reports what the server did).
+    pub(crate) fn is_committing(&self) -> bool {
+        self.committing
     }
 
     #[cfg(feature = "aio")]
@@ -953,9 +963,9 @@ impl SessionCore {
         conn.begin_outcome();
         let stream = self.stream.take();
         let copy_in = stream.as_ref().is_some_and(|open| open.copy_in);
-        if let Some(open) = stream {
-            shared.cancel.finish(open.serial);
-        }
+        // Whatever was running has its answer now (or is gone): a cancel
+        // handle has nothing to cancel.
+        shared.cancel.idle();
         let drained = match drained {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
@@ -1120,6 +1130,7 @@ impl SessionCore {
             self.publish(shared);
             return;
         };
+        shared.cancel.until_sent().await;
         shared.status.set(TransactionStatus::Active);
         if let Err(e) = Batch("ROLLBACK").send(conn).await {
             log::warn!(
@@ -1273,6 +1284,7 @@ impl SessionCore {
             self.publish(shared);
             return Err(Error::ConnectionLost(None));
         };
+        shared.cancel.until_sent().await;
         shared.status.set(TransactionStatus::Active);
         // One simple query: if the SELECT fails, PREPARE is not run.
         let sql = format!(
@@ -1325,6 +1337,7 @@ impl SessionCore {
         };
         let verb = if commit { "COMMIT" } else { "ROLLBACK" };
         let sql = format!("{verb} PREPARED {}", quote_literal(gid));
+        shared.cancel.until_sent().await;
         shared.status.set(TransactionStatus::Active);
         let result = Batch(&sql).send(conn).await;
         let result = conn.outcome(result);

@@ -11,6 +11,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -29,6 +30,10 @@ pub(crate) struct CancelTarget {
     /// The connection's socket settings (never shown: it holds the password).
     config: Config,
     tls: CancelTls,
+    /// A request was begun and its arrival never confirmed (its future
+    /// dropped, or it failed after it may have been written): it may
+    /// still reach the server, and hit whatever runs then.
+    unconfirmed: AtomicBool,
 }
 
 /// The TLS the connection negotiated with, to negotiate it again.
@@ -53,6 +58,7 @@ impl CancelTarget {
             endpoint: endpoint.clone(),
             config: config.clone(),
             tls,
+            unconfirmed: AtomicBool::new(false),
         }
     }
 
@@ -69,10 +75,23 @@ impl CancelTarget {
             .get_connect_timeout()
             .copied()
             .unwrap_or(DEFAULT_CANCEL_TIMEOUT);
-        match tokio::time::timeout(timeout, self.deliver()).await {
+        self.unconfirmed.store(true, Ordering::SeqCst);
+        let sent = match tokio::time::timeout(timeout, self.deliver()).await {
             Ok(sent) => sent,
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "timeout expired").into()),
+        };
+        if sent.is_ok() {
+            self.unconfirmed.store(false, Ordering::SeqCst);
         }
+        sent
+    }
+
+    #[cfg(feature = "aio")]
+    /// Whether a request was begun whose arrival was never confirmed (see
+    /// [`send`](Self::send)): the connection it targets cannot be trusted
+    /// not to see it land on a later statement.
+    pub(crate) fn unconfirmed(&self) -> bool {
+        self.unconfirmed.load(Ordering::SeqCst)
     }
 
     async fn deliver(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
