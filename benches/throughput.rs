@@ -13,7 +13,9 @@
 //!    mutex_work pgbench tpc2 single2 tpc1 connect pgtx1_unnamed pgbouncer_pgtx
 //!    pgbouncer_pgbench micro notify_latency notify_throughput reconnect
 //!    pool1 pool2 pool4 pool8 pool_own1 … pool_own8 fair0_2 fair0_4 fair20_2 fair20_4
-//!    r2d2_1 … r2d2_8 pgbench_c1 … pgbench_c8 bulk aio1 tokio_postgres1;
+//!    r2d2_1 … r2d2_8 pgbench_c1 … pgbench_c8 bulk aio1 tokio_postgres1
+//!    deadpool1 pgtx1_1ms aio1_1ms tokio_postgres1_1ms deadpool1_1ms
+//!    pgbench_1ms aio_pool4 aio_pool8 deadpool_pool4 deadpool_pool8 hostile;
 //!    a run with PGTX_BENCH_ONLY writes no files unless `micro` is among them,
 //!    and prints the notification and reconnection sections it measured)
 //! PGTX_BENCH_ROUNDS=5 PGTX_BENCH_SECS=2 cargo bench --bench throughput   # other round counts/lengths
@@ -44,6 +46,8 @@
 mod aio;
 #[path = "throughput/bulk.rs"]
 mod bulk;
+#[path = "throughput/latency.rs"]
+mod latency;
 #[path = "throughput/notify.rs"]
 mod notify;
 #[path = "../tests/common/pgbouncer.rs"]
@@ -255,6 +259,81 @@ fn main() -> Result<(), BoxError> {
         "tokio-postgres, 1 task, transaction() + prepared statement",
         move |plan| tokio_postgres.run(plan.duration()),
     ));
+    let deadpool = aio::Deadpool::new(&dsn)?;
+    cases.push(Case::new(
+        "deadpool1",
+        "deadpool-postgres, 1 task, transaction() + prepare_cached",
+        move |plan| deadpool.run(plan.duration()),
+    ));
+    // The same transactions through a proxy adding 1 ms of round trip (the
+    // usual same-region network), one proxy for every client compared.
+    let proxy = latency::LatencyProxy::start(
+        server
+            .loopback_addr()
+            .ok_or("the bench server listens on loopback")?,
+        Duration::from_micros(500),
+    )?;
+    let far = server.dsn_via(proxy.addr());
+    let manager = ManagedConnection::new(&far)?;
+    cases.push(Case::new(
+        "pgtx1_1ms",
+        "pgtx, 1 thread, through 1 ms of round trip",
+        move |plan| pgtx_threads(&manager, 1, Duration::ZERO, plan.duration()),
+    ));
+    let aio_far = aio::PgtxAio::new(&far)?;
+    cases.push(Case::new(
+        "aio1_1ms",
+        "pgtx::aio, 1 task, through 1 ms of round trip",
+        move |plan| aio_far.run(plan.duration()),
+    ));
+    let mut tokio_postgres_far = aio::TokioPostgres::new(&far)?;
+    cases.push(Case::new(
+        "tokio_postgres1_1ms",
+        "tokio-postgres, 1 task, through 1 ms of round trip",
+        move |plan| tokio_postgres_far.run(plan.duration()),
+    ));
+    let deadpool_far = aio::Deadpool::new(&far)?;
+    cases.push(Case::new(
+        "deadpool1_1ms",
+        "deadpool-postgres, 1 task, through 1 ms of round trip",
+        move |plan| deadpool_far.run(plan.duration()),
+    ));
+    if let Some(pgbench) = server.bin("pgbench") {
+        let script = plan.out_dir_script()?;
+        let args = vec![
+            "-h".into(),
+            proxy.addr().ip().to_string(),
+            "-p".into(),
+            proxy.addr().port().to_string(),
+            "-U".into(),
+            server.user().into(),
+            server.dbname().into(),
+        ];
+        cases.push(Case::new(
+            "pgbench_1ms",
+            "pgbench -n -c 1 -M prepared, through 1 ms of round trip",
+            move |plan| run_pgbench(&pgbench, &script, "prepared", &args, plan.secs, 1),
+        ));
+    }
+    // 64 tasks on async pools of 4 and 8.
+    for size in [4, 8] {
+        let pool = aio::PgtxAioPool::new(&dsn, size, AIO_TASKS)?;
+        cases.push(Case::new(
+            if size == 4 { "aio_pool4" } else { "aio_pool8" },
+            format!("pgtx::aio Pool of {size}, {AIO_TASKS} tasks"),
+            move |plan| pool.run(plan.duration()),
+        ));
+        let pool = aio::DeadpoolPool::new(&dsn, size, AIO_TASKS)?;
+        cases.push(Case::new(
+            if size == 4 {
+                "deadpool_pool4"
+            } else {
+                "deadpool_pool8"
+            },
+            format!("deadpool-postgres pool of {size}, {AIO_TASKS} tasks"),
+            move |plan| pool.run(plan.duration()),
+        ));
+    }
     let client = Mutex::new(Client::connect(&dsn, NoTls)?);
     cases.push(Case::new(
         "mutex_str",
@@ -515,6 +594,11 @@ fn main() -> Result<(), BoxError> {
     } else {
         None
     };
+    let hostile = if wanted("hostile") {
+        Some(hostile_counts(&dsn, &plan)?)
+    } else {
+        None
+    };
     // Last: it starts a cluster of its own and restarts it.
     let reconnect = if wanted("reconnect") {
         Some(reconnect_repetitions(&plan)?)
@@ -525,6 +609,7 @@ fn main() -> Result<(), BoxError> {
         bulk: bulk.as_ref().map(bulk::Bulk::markdown),
         notify: notify.as_ref().map(notify::Notify::markdown),
         reconnect: reconnect.as_deref().map(reconnect::markdown),
+        hostile,
     };
 
     let Some(micro) = micro else {
@@ -552,6 +637,7 @@ fn main() -> Result<(), BoxError> {
 /// Markdown, when they were measured.
 struct Sections {
     bulk: Option<String>,
+    hostile: Option<String>,
     notify: Option<String>,
     reconnect: Option<String>,
 }
@@ -567,6 +653,12 @@ impl Sections {
         }
         if let Some(reconnect) = &self.reconnect {
             let _ = write!(m, "## Reconnection\n\n{reconnect}\n");
+        }
+        if let Some(hostile) = &self.hostile {
+            let _ = write!(
+                m,
+                "## Cancel safety under a hostile workload\n\n{hostile}\n"
+            );
         }
         m
     }
@@ -655,6 +747,43 @@ fn wait_quantiles(w: &Waits) -> String {
 }
 
 /// Pool sizes of the pool cases, and their thread count.
+/// Tasks on the async pools.
+const AIO_TASKS: usize = 64;
+
+/// The hostile workload (issue 20) on pgtx::aio's pool and
+/// deadpool-postgres' pool, 4 connections each: 16 tasks, each
+/// transaction under a random 0–5 ms deadline that drops it wherever it
+/// is; every checkout asks the server whether a transaction block is
+/// already open on the connection it got.
+fn hostile_counts(dsn: &str, plan: &Plan) -> Result<String, BoxError> {
+    let each = if plan.quick { 100 } else { 400 };
+    let pgtx = aio::hostile_pgtx(dsn, 4, each)?;
+    let deadpool = aio::hostile_deadpool(dsn, 4, each)?;
+    eprintln!("hostile workload: pgtx {pgtx:?}, deadpool-postgres {deadpool:?}");
+    let mut m = String::new();
+    let _ = writeln!(
+        m,
+        "16 tasks × {each} transactions on a pool of 4, each under a random 0–5 ms \
+         deadline (`tokio::time::timeout`) that drops it wherever it is — waiting for \
+         a connection, in BEGIN, a statement, a 2 ms sleep, or COMMIT. Each checkout \
+         first asks the server whether a transaction block is already open on the \
+         connection it was handed (`SELECT now() <> statement_timestamp()`).\n"
+    );
+    let _ = writeln!(
+        m,
+        "| pool | transactions tried | handed out inside an open block | refused with 25P02 (aborted by an earlier holder) |"
+    );
+    let _ = writeln!(m, "|---|---:|---:|---:|");
+    for (name, seen) in [("pgtx::aio Pool", pgtx), ("deadpool-postgres", deadpool)] {
+        let _ = writeln!(
+            m,
+            "| {name} | {} | {} | {} |",
+            seen.runs, seen.dirty, seen.aborted
+        );
+    }
+    Ok(m)
+}
+
 const POOL_SIZES: [usize; 4] = [1, 2, 4, 8];
 const POOL_THREADS: usize = 16;
 /// Pool sizes also run with `fair_after` at 0 (strictly first come, first
@@ -1058,6 +1187,50 @@ impl Report {
                 "×"
             )
         );
+        for (name, ours, theirs, need) in [
+            (
+                "pgtx::aio 1 task / deadpool-postgres 1 task (loopback)",
+                "aio1",
+                "deadpool1",
+                1.1,
+            ),
+            (
+                "pgtx::aio 1 task / tokio-postgres 1 task (1 ms round trip)",
+                "aio1_1ms",
+                "tokio_postgres1_1ms",
+                1.3,
+            ),
+            (
+                "pgtx::aio 1 task / deadpool-postgres 1 task (1 ms round trip)",
+                "aio1_1ms",
+                "deadpool1_1ms",
+                1.3,
+            ),
+            (
+                "pgtx 1 thread / pgbench -M prepared (1 ms round trip)",
+                "pgtx1_1ms",
+                "pgbench_1ms",
+                1.4,
+            ),
+            (
+                "pgtx::aio Pool of 4 / deadpool-postgres, 64 tasks",
+                "aio_pool4",
+                "deadpool_pool4",
+                0.95,
+            ),
+            (
+                "pgtx::aio Pool of 8 / deadpool-postgres, 64 tasks",
+                "aio_pool8",
+                "deadpool_pool8",
+                0.95,
+            ),
+        ] {
+            let _ = writeln!(
+                bars,
+                "{}",
+                bar(name, ratio(get(ours), get(theirs)), need, "×")
+            );
+        }
         let _ = writeln!(
             bars,
             "{}",
