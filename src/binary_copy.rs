@@ -43,7 +43,45 @@ pub struct BinaryCopyInWriter<'a> {
 }
 
 /// The binary COPY format's signature, flags and header extension length.
-const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+pub(crate) const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// Appends one row of `values`, of `types`, in COPY's binary format; on
+/// an error what was appended is for the caller to cut off.
+///
+/// # Errors
+///
+/// [`Error::WrongRowLength`] if there are not as many values as types;
+/// [`Error::CopyValue`] if a value does not encode as its column's type.
+pub(crate) fn encode_row(
+    buf: &mut bytes::BytesMut,
+    values: &[&(dyn ToSql + Sync)],
+    types: &[Type],
+) -> Result<()> {
+    if values.len() != types.len() {
+        return Err(Error::WrongRowLength {
+            expected: types.len(),
+            got: values.len(),
+        });
+    }
+    // The count fits: the server takes at most 1664 columns.
+    buf.put_i16(i16::try_from(values.len()).unwrap_or(i16::MAX));
+    for (column, (value, ty)) in values.iter().zip(types).enumerate() {
+        let at = buf.len();
+        buf.put_i32(0);
+        let encoded = value
+            .to_sql_checked(ty, buf)
+            .map_err(|source| Error::CopyValue { column, source })?;
+        let len = match encoded {
+            IsNull::Yes => -1,
+            IsNull::No => i32::try_from(buf.len() - at - 4).map_err(|_| Error::CopyValue {
+                column,
+                source: "a value of 2 GiB or more".into(),
+            })?,
+        };
+        buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(())
+}
 
 impl<'a> BinaryCopyInWriter<'a> {
     /// Writes rows of `types` to the COPY `writer` began (nothing may have
@@ -79,35 +117,8 @@ impl<'a> BinaryCopyInWriter<'a> {
     /// [`Error::ConnectionLost`]: the COPY is then over, nothing of it
     /// stored.
     pub fn write(&mut self, values: &[&(dyn ToSql + Sync)]) -> Result<()> {
-        if values.len() != self.types.len() {
-            return Err(Error::WrongRowLength {
-                expected: self.types.len(),
-                got: values.len(),
-            });
-        }
         let types = &self.types;
-        self.writer.encode(|buf| {
-            // The count fits: the server takes at most 1664 columns.
-            buf.put_i16(i16::try_from(values.len()).unwrap_or(i16::MAX));
-            for (column, (value, ty)) in values.iter().zip(types).enumerate() {
-                let at = buf.len();
-                buf.put_i32(0);
-                let encoded = value
-                    .to_sql_checked(ty, buf)
-                    .map_err(|source| Error::CopyValue { column, source })?;
-                let len = match encoded {
-                    IsNull::Yes => -1,
-                    IsNull::No => {
-                        i32::try_from(buf.len() - at - 4).map_err(|_| Error::CopyValue {
-                            column,
-                            source: "a value of 2 GiB or more".into(),
-                        })?
-                    }
-                };
-                buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-            }
-            Ok(())
-        })
+        self.writer.encode(|buf| encode_row(buf, values, types))
     }
 
     /// Ends the COPY and returns the number of rows the server stored.

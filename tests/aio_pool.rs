@@ -246,3 +246,58 @@ async fn futures_dropped_anywhere_never_keep_a_connection_nor_hand_on_a_dirty_on
         committed.len()
     );
 }
+
+/// Many tasks running transactions back to back on a runtime of its own,
+/// for a few seconds: every task finishes. (A wake from another worker
+/// that came as a request's poll ended was lost once, and with it the
+/// task: three connections stood Active for ever, the server idle.)
+#[test]
+fn sixty_four_tasks_for_three_seconds_never_stall() {
+    let db = Db::new("aio_pool_stall");
+    let pool = Arc::new(pool(&db, 4));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let runner = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            let total = runtime.block_on(async {
+                let started = std::time::Instant::now();
+                let mut handles = Vec::new();
+                for task in 0..64_i32 {
+                    let pool = pool.clone();
+                    handles.push(tokio::spawn(async move {
+                        let mut done = 0_u64;
+                        let mut v = task;
+                        while started.elapsed() < Duration::from_secs(3) {
+                            v = v.wrapping_add(1);
+                            pool.transaction(async |mut tx| {
+                                let row = tx.query_one("SELECT $1::int4", &[&v]).await?;
+                                assert_eq!(row.get::<_, i32>(0), v);
+                                tx.commit().await
+                            })
+                            .await
+                            .expect("committed");
+                            done += 1;
+                        }
+                        done
+                    }));
+                }
+                let mut total = 0;
+                for handle in handles {
+                    total += handle.await.expect("no task panicked");
+                }
+                total
+            });
+            let _ = done_tx.send(total);
+        })
+    };
+    let total = done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("tasks stalled: {:?}", pool.state()));
+    runner.join().expect("runner");
+    assert!(total > 64, "{total} transactions");
+    assert_eq!(pool.state().in_use, 0);
+}

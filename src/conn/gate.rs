@@ -46,7 +46,14 @@ impl Wake for Gate {
     fn wake_by_ref(self: &Arc<Self>) {
         if self.polling.load(Ordering::SeqCst) {
             self.missed.store(true, Ordering::SeqCst);
-        } else if let Some(waker) = self.waker.lock().as_ref() {
+            // The poll may have closed between the look and the mark (a
+            // wake from another thread): then nobody reads the mark, and
+            // the task itself must be woken.
+            if self.polling.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+        if let Some(waker) = self.waker.lock().as_ref() {
             waker.wake_by_ref();
         }
     }
