@@ -153,3 +153,79 @@ async fn a_bad_row_fails_finish_with_the_servers_error_and_nothing_is_stored() {
     assert_eq!(outside(|| db.item_ids()), [7, 8, 9]);
     assert_eq!(manager.unfinished_transactions(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_rows_go_in_and_come_out_through_binary_copy() {
+    use futures_util::TryStreamExt;
+    use pgtx::aio::{BinaryCopyInWriter, BinaryCopyOutStream};
+    use pgtx::types::Type;
+
+    let db = outside(|| Db::new("aio_copy_binary"));
+    let manager = manager(&db);
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    let writer = tx
+        .copy_in("COPY items (id, note) FROM STDIN (FORMAT binary)")
+        .await
+        .expect("started");
+    let mut rows = BinaryCopyInWriter::new(writer, &[Type::INT4, Type::TEXT]).expect("fresh");
+    let wrong = rows.write(&[&1_i32]).await;
+    assert!(
+        matches!(
+            wrong,
+            Err(Error::WrongRowLength {
+                expected: 2,
+                got: 1
+            })
+        ),
+        "{wrong:?}"
+    );
+    for id in 1..=5000_i32 {
+        let note = format!("note {id}");
+        rows.write(&[&id, &note]).await.expect("row");
+    }
+    rows.write(&[&5001_i32, &None::<String>])
+        .await
+        .expect("a NULL");
+    assert_eq!(rows.finish().await.expect("finished"), 5001);
+    tx.commit().await.expect("commit");
+    assert_eq!(outside(|| db.item_ids()).len(), 5001);
+
+    let mut guard = manager.lock().await.expect("lock");
+    let reader = guard
+        .copy_out("COPY (SELECT id, note FROM items ORDER BY id) TO STDOUT (FORMAT binary)")
+        .await
+        .expect("started");
+    let stream = BinaryCopyOutStream::new(reader, &[Type::INT4, Type::TEXT]).expect("fresh");
+    let read: Vec<(i32, Option<String>)> = stream
+        .map_ok(|row| (row.get::<i32>(0), row.get::<Option<String>>(1)))
+        .try_collect()
+        .await
+        .expect("rows");
+    assert_eq!(read.len(), 5001);
+    assert_eq!(read[0], (1, Some("note 1".to_owned())));
+    assert_eq!(read[5000], (5001, None));
+
+    // A writer something was written to cannot turn binary.
+    let mut writer = guard
+        .copy_in("COPY items (id, note) FROM STDIN (FORMAT binary)")
+        .await
+        .expect("started");
+    writer.write_all(b"PGCOPY").await.expect("buffered");
+    let refused = BinaryCopyInWriter::new(writer, &[Type::INT4, Type::TEXT]).map(drop);
+    assert!(
+        matches!(refused, Err(Error::CopyAlreadyUsed)),
+        "{refused:?}"
+    );
+    let n: i64 = guard
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .expect("the guard goes on; the refused COPY stored nothing")
+        .get(0);
+    assert_eq!(n, 5001);
+}

@@ -222,3 +222,40 @@ async fn a_query_failing_mid_stream_hands_its_rows_then_the_error_and_aborts_the
     );
     assert!(outside(|| db.item_ids()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_statements_take_their_parameter_types_and_refuse_transaction_control() {
+    use pgtx::types::Type;
+    let db = outside(|| Db::new("aio_typed"));
+    let manager = manager(&db);
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    let inserted = tx
+        .execute_typed(
+            "INSERT INTO items VALUES ($1, $2)",
+            &[(&7_i32, Type::INT4), (&"seven", Type::TEXT)],
+        )
+        .await
+        .expect("insert");
+    assert_eq!(inserted, 1);
+    let rows = tx
+        .query_typed(
+            "SELECT $1 || note FROM items WHERE id = $2",
+            &[(&"#", Type::TEXT), (&7_i32, Type::INT4)],
+        )
+        .await
+        .expect("rows");
+    assert_eq!(rows[0].get::<_, String>(0), "#seven");
+    let refused = tx.query_typed("COMMIT", &[]).await.map(drop);
+    assert!(
+        matches!(refused, Err(Error::TransactionControl(_))),
+        "{refused:?}"
+    );
+    tx.commit().await.expect("commit");
+    assert_eq!(outside(|| db.item_ids()), [7]);
+}

@@ -61,6 +61,8 @@ pub struct CopyInWriter<'h> {
     buf: BytesMut,
     /// A send failed: the COPY is over, `finish` returns this.
     failure: Option<Error>,
+    /// Data was written (or buffered).
+    written: bool,
 }
 
 static_assertions::assert_impl_all!(CopyInWriter<'static>: Send, Unpin);
@@ -71,6 +73,43 @@ impl<'h> CopyInWriter<'h> {
             session: Handoff::new(Session { inner, core }),
             buf: BytesMut::new(),
             failure: None,
+            written: false,
+        }
+    }
+
+    /// Whether nothing was written yet.
+    pub(crate) fn is_fresh(&self) -> bool {
+        !self.written && self.failure.is_none() && !self.session.is_busy()
+    }
+
+    /// Appends what `encode` writes to the buffer (sent in chunks, as
+    /// `write` is); when `encode` fails, nothing of it stays.
+    pub(crate) fn encode(
+        &mut self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<()>,
+    ) -> Result<()> {
+        let before = self.buf.len();
+        if let Err(e) = encode(&mut self.buf) {
+            self.buf.truncate(before);
+            return Err(e);
+        }
+        self.written |= self.buf.len() > before;
+        Ok(())
+    }
+
+    /// Sends what is buffered once it fills a chunk.
+    ///
+    /// # Errors
+    ///
+    /// A failed send (the COPY is then over).
+    pub(crate) async fn send_if_full(&mut self) -> Result<()> {
+        if self.buf.len() < CHUNK && !self.session.is_busy() {
+            return Ok(());
+        }
+        poll_fn(|cx| self.poll_send_all(cx)).await;
+        match self.failure.take() {
+            Some(failure) => Err(failure),
+            None => Ok(()),
         }
     }
 
@@ -147,6 +186,7 @@ impl AsyncWrite for CopyInWriter<'_> {
             this.told_failure()?;
             if this.buf.len() < CHUNK {
                 this.buf.extend_from_slice(data);
+                this.written |= !data.is_empty();
                 return Poll::Ready(Ok(data.len()));
             }
             this.start_send();
@@ -207,6 +247,8 @@ pub struct CopyOutReader<'h> {
     /// Data fetched and not yet read.
     chunk: Bytes,
     done: bool,
+    /// Nothing was read yet.
+    fresh: bool,
 }
 
 static_assertions::assert_impl_all!(CopyOutReader<'static>: Send, Unpin);
@@ -217,7 +259,18 @@ impl<'h> CopyOutReader<'h> {
             session: Handoff::new((Session { inner, core }, BytesMut::new())),
             chunk: Bytes::new(),
             done: false,
+            fresh: true,
         }
+    }
+
+    /// The handle's session, for a binary reader, if nothing was read yet.
+    pub(crate) fn into_fresh_session(self) -> Option<(&'h Inner, &'h mut SessionCore)> {
+        if !self.fresh {
+            return None;
+        }
+        self.session
+            .into_idle()
+            .map(|(Session { inner, core }, _)| (inner, core))
     }
 }
 
@@ -251,6 +304,7 @@ impl AsyncRead for CopyOutReader<'_> {
             if this.done || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
+            this.fresh = false;
             this.session.start(|(mut session, mut out)| {
                 Box::pin(async move {
                     let Session { inner, core } = &mut session;

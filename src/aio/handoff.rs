@@ -29,6 +29,11 @@ impl<'h, S, T> Handoff<'h, S, T> {
         self.idle.as_mut()
     }
 
+    /// The state, when no future has it (the handoff is spent).
+    pub(crate) fn into_idle(self) -> Option<S> {
+        self.idle
+    }
+
     /// Whether a future has the state.
     pub(crate) fn is_busy(&self) -> bool {
         self.busy.is_some()

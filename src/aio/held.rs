@@ -2,10 +2,11 @@
 //! statement methods of [`Guard`](super::Guard) and [`Tx`](super::Tx).
 
 use postgres::SimpleQueryMessage;
-use postgres::types::ToSql;
+use postgres::types::{ToSql, Type};
 
 use crate::aio::session::Inner;
-use crate::conn::request::{Batch, Simple, StatementKind};
+use crate::conn::Target;
+use crate::conn::request::{Batch, Bound, Simple, StatementKind};
 use crate::conn::session::{RequestShape, Retries, SessionCore, Step};
 use crate::error::{Error, Result};
 use crate::machine::control;
@@ -120,6 +121,30 @@ where
             return result;
         }
     }
+}
+
+/// Runs `query` on the unnamed statement with the parameter types given
+/// (Parse, Bind, Describe, Execute in one round trip; nothing named is
+/// left behind, so it suits transaction poolers too).
+pub(crate) async fn typed<K: StatementKind>(
+    inner: &Inner,
+    core: &mut SessionCore,
+    scope: Scope,
+    query: &str,
+    kind: K,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<K::Output> {
+    let (values, types): (Vec<&(dyn ToSql + Sync)>, Vec<Type>) =
+        params.iter().map(|(v, t)| (*v, t.clone())).unzip();
+    prepare(inner, core, scope, Some(query)).await?;
+    ensure_for(inner, core, RequestShape::Bind).await?;
+    let bound = Bound {
+        kind,
+        target: Target::Unnamed(query, &types),
+        params: &values,
+    };
+    core.statement(&inner.shared, RequestShape::Bind, Some(query), &bound)
+        .await
 }
 
 /// Starts `COPY … FROM STDIN` (`copy_in`) or `COPY … TO STDOUT` and keeps

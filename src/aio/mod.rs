@@ -23,6 +23,7 @@
 //! the task that waits for the answer (no task is spawned per connection),
 //! with the same wire-level `BEGIN` in the first statement's Sync group.
 
+mod binary_copy;
 mod cancel;
 mod copy;
 mod factory;
@@ -42,6 +43,7 @@ mod scope_marks;
 mod session;
 mod tx;
 
+pub use self::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
 pub use self::cancel::CancelHandle;
 pub use self::copy::{CopyInWriter, CopyOutReader};
 pub use self::factory::{BoxFuture, NewConnection};

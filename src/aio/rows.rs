@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -12,7 +12,8 @@ use futures_util::Stream;
 use crate::Row;
 use crate::aio::handoff::Handoff;
 use crate::aio::session::Inner;
-use crate::conn::session::SessionCore;
+use crate::binary_copy::BinaryCopyOutRow;
+use crate::conn::session::{SessionCore, SessionShared};
 use crate::conn::streaming::Fetched;
 use crate::error::{Error, Result};
 
@@ -57,33 +58,16 @@ use crate::error::{Error, Result};
 /// ```
 #[must_use = "rows are read from the stream; dropped, the rest is read and thrown away"]
 pub struct RowStream<'h> {
-    reading: Handoff<'h, Reading<'h>, Result<Fetched>>,
-    rows_affected: Option<u64>,
+    rows: Fetching<'h, Row>,
 }
 
 static_assertions::assert_impl_all!(RowStream<'static>: Send, Unpin);
-
-/// The handle's session, and the rows fetched and not yet handed out.
-struct Reading<'h> {
-    inner: &'h Inner,
-    core: &'h mut SessionCore,
-    rows: VecDeque<Row>,
-    failure: Option<Error>,
-    done: bool,
-}
 
 impl<'h> RowStream<'h> {
     /// The stream of the query the core has just started.
     pub(crate) fn new(inner: &'h Inner, core: &'h mut SessionCore) -> RowStream<'h> {
         RowStream {
-            reading: Handoff::new(Reading {
-                inner,
-                core,
-                rows: VecDeque::new(),
-                failure: None,
-                done: false,
-            }),
-            rows_affected: None,
+            rows: Fetching::new(inner, core),
         }
     }
 
@@ -95,16 +79,14 @@ impl<'h> RowStream<'h> {
     /// a transaction, the transaction is aborted), or
     /// [`Error::ConnectionLost`]. After an error the stream ends.
     pub async fn try_next(&mut self) -> Result<Option<Row>> {
-        poll_fn(|cx| Pin::new(&mut *self).poll_next(cx))
-            .await
-            .transpose()
+        poll_fn(|cx| self.rows.poll_item(cx)).await.transpose()
     }
 
     /// How many rows the statement affected or returned, once its last
     /// row has been read (`None` before then, or if the server did not
     /// say).
     pub fn rows_affected(&self) -> Option<u64> {
-        self.rows_affected
+        self.rows.rows_affected
     }
 }
 
@@ -112,25 +94,96 @@ impl Stream for RowStream<'_> {
     type Item = Result<Row>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Row>>> {
-        let this = self.get_mut();
+        self.get_mut().rows.poll_item(cx)
+    }
+}
+
+/// What a stream of items fetches a batch of at a time from the core.
+pub(crate) trait Fetch: Sized + Send + 'static {
+    /// Appends the items that have arrived (at least one, unless the
+    /// stream ended) to `out`.
+    fn fetch<'a>(
+        core: &'a mut SessionCore,
+        shared: &'a SessionShared,
+        out: &'a mut VecDeque<Self>,
+    ) -> impl Future<Output = Result<Fetched>> + Send + 'a;
+}
+
+impl Fetch for Row {
+    fn fetch<'a>(
+        core: &'a mut SessionCore,
+        shared: &'a SessionShared,
+        out: &'a mut VecDeque<Row>,
+    ) -> impl Future<Output = Result<Fetched>> + Send + 'a {
+        core.next_rows(shared, out)
+    }
+}
+
+impl Fetch for BinaryCopyOutRow {
+    fn fetch<'a>(
+        core: &'a mut SessionCore,
+        shared: &'a SessionShared,
+        out: &'a mut VecDeque<BinaryCopyOutRow>,
+    ) -> impl Future<Output = Result<Fetched>> + Send + 'a {
+        core.next_binary_rows(shared, out)
+    }
+}
+
+/// Items read from an open stream a batch at a time, handed out one by
+/// one: the one implementation behind [`RowStream`] and the async binary
+/// COPY reader.
+pub(crate) struct Fetching<'h, T> {
+    reading: Handoff<'h, Reading<'h, T>, Result<Fetched>>,
+    rows_affected: Option<u64>,
+}
+
+/// The handle's session, and the items fetched and not yet handed out.
+struct Reading<'h, T> {
+    inner: &'h Inner,
+    core: &'h mut SessionCore,
+    items: VecDeque<T>,
+    failure: Option<Error>,
+    done: bool,
+}
+
+impl<'h, T: Fetch> Fetching<'h, T> {
+    pub(crate) fn new(inner: &'h Inner, core: &'h mut SessionCore) -> Fetching<'h, T> {
+        Fetching {
+            reading: Handoff::new(Reading {
+                inner,
+                core,
+                items: VecDeque::new(),
+                failure: None,
+                done: false,
+            }),
+            rows_affected: None,
+        }
+    }
+
+    pub(crate) fn is_busy(&self) -> bool {
+        self.reading.is_busy()
+    }
+
+    /// The next item, fetching a batch when none is left.
+    pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
         loop {
-            let fetched = ready!(this.reading.poll_busy(cx));
-            let Some(reading) = this.reading.idle() else {
+            let fetched = ready!(self.reading.poll_busy(cx));
+            let Some(reading) = self.reading.idle() else {
                 return Poll::Ready(None);
             };
             match fetched {
                 None | Some(Ok(Fetched::More)) => {}
                 Some(Ok(Fetched::End(affected))) => {
                     reading.done = true;
-                    this.rows_affected = affected;
+                    self.rows_affected = affected;
                 }
                 Some(Err(e)) => {
                     reading.done = true;
                     reading.failure = Some(e);
                 }
             }
-            if let Some(row) = reading.rows.pop_front() {
-                return Poll::Ready(Some(Ok(row)));
+            if let Some(item) = reading.items.pop_front() {
+                return Poll::Ready(Some(Ok(item)));
             }
             if let Some(failure) = reading.failure.take() {
                 return Poll::Ready(Some(Err(failure)));
@@ -138,12 +191,12 @@ impl Stream for RowStream<'_> {
             if reading.done {
                 return Poll::Ready(None);
             }
-            this.reading.start(|mut reading| {
+            self.reading.start(|mut reading| {
                 Box::pin(async move {
                     let Reading {
-                        inner, core, rows, ..
+                        inner, core, items, ..
                     } = &mut reading;
-                    let fetched = core.next_rows(&inner.shared, rows).await;
+                    let fetched = T::fetch(core, &inner.shared, items).await;
                     (reading, fetched)
                 })
             });
@@ -154,8 +207,8 @@ impl Stream for RowStream<'_> {
 impl fmt::Debug for RowStream<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("aio::RowStream")
-            .field("fetching", &self.reading.is_busy())
-            .field("rows_affected", &self.rows_affected)
+            .field("fetching", &self.rows.is_busy())
+            .field("rows_affected", &self.rows.rows_affected)
             .finish_non_exhaustive()
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use postgres::types::ToSql;
+use postgres::types::{ToSql, Type};
 
 use crate::aio::copy::{CopyInWriter, CopyOutReader};
 use crate::aio::held::{self, Scope};
@@ -199,6 +199,54 @@ impl<'m> Tx<'m, Open> {
     pub async fn simple_query(&mut self, query: &str) -> Result<Vec<SimpleQueryMessage>> {
         let (inner, core) = self.lease.parts();
         held::simple_query(inner, core, Scope::Transaction { depth: 0 }, query).await
+    }
+
+    /// Runs a query inside this transaction with the parameter types given, and
+    /// returns its rows: one round trip, nothing prepared under a name
+    /// (as the `postgres` crate's `query_typed`).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
+    pub async fn query_typed(
+        &mut self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>> {
+        let (inner, core) = self.lease.parts();
+        held::typed(
+            inner,
+            core,
+            Scope::Transaction { depth: 0 },
+            query,
+            Query,
+            params,
+        )
+        .await
+    }
+
+    /// Executes a statement inside this transaction with the parameter types given
+    /// (as [`query_typed`](Self::query_typed)), and returns the number of
+    /// rows it affected.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
+    pub async fn execute_typed(
+        &mut self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<u64> {
+        let (inner, core) = self.lease.parts();
+        held::typed(
+            inner,
+            core,
+            Scope::Transaction { depth: 0 },
+            query,
+            Execute,
+            params,
+        )
+        .await
     }
 
     /// Runs a query inside this transaction and returns its rows as they
