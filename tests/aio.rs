@@ -11,46 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::aio::{XorShift, eventually, in_block, manager, outside, running, until_running};
 use common::fixtures::Db;
 use pgtx::aio::ManagedConnection;
 use pgtx::{Error, TransactionStatus};
-
-/// Runs harness code that blocks (the `postgres` crate's own runtime, a
-/// second connection to look at the server) off the async runtime.
-fn outside<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
-fn manager(db: &Db) -> ManagedConnection {
-    ManagedConnection::new(&db.dsn).expect("settings")
-}
-
-/// Waits (polling the server) until `cond` holds, at most 20 s.
-async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    cond()
-}
-
-/// Statements running now in `db`, other than the asking one.
-fn running(db: &Db, like: &str) -> i64 {
-    outside(|| {
-        db.admin()
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()
-                   AND state = 'active' AND query LIKE $1",
-                &[&like],
-            )
-            .expect("pg_stat_activity")
-            .get(0)
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_commits_and_a_guard_runs_statements_on_their_own() {
@@ -324,32 +288,6 @@ async fn a_commit_whose_future_is_dropped_is_drained_and_counted() {
         outside(|| db.item_ids()).is_empty(),
         "the interrupted COMMIT was cancelled in its trigger"
     );
-}
-
-/// Whether the server has a transaction block open on the guard's
-/// connection, by its own clock: in a block, `now()` is when the block
-/// began; outside one, a simple Query's implicit transaction begins with
-/// the statement. (Through the extended protocol the two differ anyway:
-/// the statement's time is its Execute's.)
-async fn in_block(guard: &mut pgtx::aio::Guard<'_>) -> pgtx::Result<bool> {
-    let rows = guard
-        .simple_query("SELECT now() <> statement_timestamp()")
-        .await?;
-    Ok(rows.iter().any(
-        |message| matches!(message, pgtx::SimpleQueryMessage::Row(row) if row.get(0) == Some("t")),
-    ))
-}
-
-/// A small deterministic generator (no dependency for one test).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -771,11 +709,6 @@ async fn a_large_request_cut_off_mid_write_is_still_cancelled_and_the_connection
         "the connection was kept: the sleep was cancelled"
     );
     assert_eq!(running(&db, "%pg_sleep($2)%"), 0, "nothing left running");
-}
-
-/// Waits until `sql` runs on the server (at most 20 s).
-async fn until_running(db: &Db, sql: &str) {
-    assert!(eventually(|| running(db, sql) > 0).await, "{sql} never ran");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

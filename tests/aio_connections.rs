@@ -10,15 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::aio::outside;
 use common::fixtures::Db;
 use common::server::TestServer;
 use pgtx::aio::ManagedConnection;
 use pgtx::{Error, ReconnectPolicy};
-
-/// Runs harness code that blocks off the async runtime.
-fn outside<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 /// Waits until `cond` holds, at most `timeout`.
 async fn eventually<F: std::future::Future<Output = bool>>(

@@ -5,19 +5,10 @@
 
 mod common;
 
+use common::aio::{manager, outside};
 use common::fixtures::Db;
 use pgtx::Error;
-use pgtx::aio::ManagedConnection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Runs harness code that blocks off the async runtime.
-fn outside<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
-fn manager(db: &Db) -> ManagedConnection {
-    ManagedConnection::new(&db.dsn).expect("settings")
-}
 
 fn lines(from: i32, to: i32) -> String {
     (from..=to).map(|id| format!("{id}\titem {id}\n")).collect()

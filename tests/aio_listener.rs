@@ -9,15 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::aio::outside;
 use common::fixtures::Db;
 use futures_util::StreamExt;
 use pgtx::aio::Listener;
 use pgtx::{ListenEvent, ReconnectPolicy};
-
-/// Runs harness code that blocks off the async runtime.
-fn outside<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 fn notify(db: &Db, channel: &str, payload: &str) {
     outside(|| {

@@ -11,44 +11,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::aio::{XorShift, in_block, outside};
 use common::fixtures::Db;
 use common::server::TestServer;
 use pgtx::aio::{ManagedConnection, Pool};
 use pgtx::{Error, TransactionStatus};
-
-/// Runs harness code that blocks off the async runtime.
-fn outside<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 fn pool(db: &Db, size: usize) -> Pool {
     ManagedConnection::builder(&db.dsn)
         .pool(size)
         .build()
         .expect("settings")
-}
-
-/// Whether the server has a transaction block open on the guard's
-/// connection, by its own clock (see tests/aio.rs).
-async fn in_block(guard: &mut pgtx::aio::Guard<'_>) -> pgtx::Result<bool> {
-    let rows = guard
-        .simple_query("SELECT now() <> statement_timestamp()")
-        .await?;
-    Ok(rows.iter().any(
-        |message| matches!(message, pgtx::SimpleQueryMessage::Row(row) if row.get(0) == Some("t")),
-    ))
-}
-
-/// A small deterministic generator.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,19 +7,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::aio::{manager, outside};
 use common::fixtures::Db;
 use futures_util::TryStreamExt;
 use pgtx::Error;
-use pgtx::aio::ManagedConnection;
-
-/// Runs harness code that blocks off the async runtime.
-fn outside<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
-fn manager(db: &Db) -> ManagedConnection {
-    ManagedConnection::new(&db.dsn).expect("settings")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_stream_in_a_transaction_that_then_commits() {

@@ -4,6 +4,7 @@
 //! Use with `mod common;` and `common::server::TestServer::shared()`.
 #![allow(dead_code)]
 
+pub mod aio;
 pub mod fixtures;
 pub mod logger;
 pub mod pgbouncer;
