@@ -250,3 +250,47 @@ async fn typed_statements_take_their_parameter_types_and_refuse_transaction_cont
     tx.commit().await.expect("commit");
     assert_eq!(outside(|| db.item_ids()), [7]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_hands_its_rows_a_batch_at_a_time_and_closes_with_its_transaction() {
+    let db = outside(|| Db::new("aio_portal"));
+    let manager = manager(&db);
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    // In the select list: generate_series in FROM would be computed whole first.
+    let portal = tx
+        .bind("SELECT generate_series(1, $1::int4)", &[&10_i32])
+        .await
+        .expect("bound");
+    let mut seen = Vec::new();
+    loop {
+        let batch = tx.query_portal(&portal, 3).await.expect("batch");
+        if batch.is_empty() {
+            break;
+        }
+        assert!(batch.len() <= 3);
+        seen.extend(batch.iter().map(|row| row.get::<_, i32>(0)));
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+    let refused = tx.bind("COMMIT", &[]).await.map(drop);
+    assert!(
+        matches!(refused, Err(Error::TransactionControl(_))),
+        "{refused:?}"
+    );
+    tx.commit().await.expect("commit");
+    let mut next = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    let closed = next.query_portal(&portal, 1).await.map(drop);
+    assert!(matches!(closed, Err(Error::PortalClosed)), "{closed:?}");
+    next.rollback().await.expect("rollback");
+}

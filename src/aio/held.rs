@@ -6,12 +6,13 @@ use postgres::types::{ToSql, Type};
 
 use crate::aio::session::Inner;
 use crate::conn::Target;
-use crate::conn::request::{Batch, Bound, Simple, StatementKind};
+use crate::conn::request::{Batch, Bound, Execute, Query, Simple, StatementKind};
 use crate::conn::session::{RequestShape, Retries, SessionCore, Step};
 use crate::error::{Error, Result};
 use crate::machine::control;
 use crate::machine::fallback::Cause;
 use crate::statements::{Sql, ToStatement};
+use crate::{Portal, Row};
 
 /// Where a holder's statements run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +122,46 @@ where
             return result;
         }
     }
+}
+
+/// Binds `query` with `params` to a new portal: a cursor, declared inside
+/// the transaction (`DECLARE … NO SCROLL CURSOR FOR query`), whose rows
+/// [`query_portal`] fetches.
+pub(crate) async fn bind(
+    inner: &Inner,
+    core: &mut SessionCore,
+    scope: Scope,
+    query: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Portal> {
+    prepare(inner, core, scope, Some(query)).await?;
+    let (transaction, number) = core.next_portal();
+    let portal = Portal::new(transaction, number);
+    let declare = format!("DECLARE {} NO SCROLL CURSOR FOR {query}", portal.name());
+    statement(inner, core, scope, declare.as_str(), Execute, params).await?;
+    Ok(portal)
+}
+
+/// The next `max_rows` rows of `portal` (all that are left when
+/// `max_rows` is 0 or less).
+pub(crate) async fn query_portal(
+    inner: &Inner,
+    core: &mut SessionCore,
+    scope: Scope,
+    portal: &Portal,
+    max_rows: i32,
+) -> Result<Vec<Row>> {
+    inner.tidy(core).await;
+    if core.transaction_number() != portal.transaction() || !core.in_transaction() {
+        return Err(Error::PortalClosed);
+    }
+    let count = if max_rows > 0 {
+        max_rows.to_string()
+    } else {
+        "ALL".to_owned()
+    };
+    let fetch = format!("FETCH FORWARD {count} FROM {}", portal.name());
+    statement(inner, core, scope, fetch.as_str(), Query, &[]).await
 }
 
 /// Runs `query` on the unnamed statement with the parameter types given

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::machine::fallback::{HolderEnd, verdict};
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
-use crate::{Row, SimpleQueryMessage};
+use crate::{Portal, Row, SimpleQueryMessage};
 
 /// A savepoint inside an async transaction; `S` is its state, [`Open`] or
 /// [`Done`], as for the blocking [`crate::Savepoint`].
@@ -266,6 +266,33 @@ impl<'t> Savepoint<'t, Open> {
             params,
         )
         .await
+    }
+
+    /// Binds `query` with `params` to a new [`Portal`] inside this
+    /// savepoint, whose rows [`query_portal`](Self::query_portal) fetches a
+    /// batch at a time (a cursor: `DECLARE … NO SCROLL CURSOR FOR query`).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
+    pub async fn bind(&mut self, query: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Portal> {
+        let (inner, depth) = (self.level.inner, self.level.depth);
+        let core = self.core();
+        held::bind(inner, core, Scope::Transaction { depth }, query, params).await
+    }
+
+    /// The next `max_rows` rows of `portal` (all that are left when
+    /// `max_rows` is 0 or less); an empty `Vec` once it has none left.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortalClosed`](crate::Error::PortalClosed) if `portal`
+    /// was bound in another transaction (nothing is sent); otherwise as
+    /// [`execute`](Self::execute).
+    pub async fn query_portal(&mut self, portal: &Portal, max_rows: i32) -> Result<Vec<Row>> {
+        let (inner, depth) = (self.level.inner, self.level.depth);
+        let core = self.core();
+        held::query_portal(inner, core, Scope::Transaction { depth }, portal, max_rows).await
     }
 
     /// Runs a query inside this savepoint and returns its rows as they

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::machine::transaction_status::TransactionStatus;
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
-use crate::{Row, SimpleQueryMessage};
+use crate::{Portal, Row, SimpleQueryMessage};
 
 /// An async transaction on the shared connection; `S` is its state,
 /// [`Open`] or [`Done`], as for the blocking [`crate::Tx`].
@@ -245,6 +245,38 @@ impl<'m> Tx<'m, Open> {
             query,
             Execute,
             params,
+        )
+        .await
+    }
+
+    /// Binds `query` with `params` to a new [`Portal`] inside this
+    /// transaction, whose rows [`query_portal`](Self::query_portal) fetches a
+    /// batch at a time (a cursor: `DECLARE … NO SCROLL CURSOR FOR query`).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
+    pub async fn bind(&mut self, query: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Portal> {
+        let (inner, core) = self.lease.parts();
+        held::bind(inner, core, Scope::Transaction { depth: 0 }, query, params).await
+    }
+
+    /// The next `max_rows` rows of `portal` (all that are left when
+    /// `max_rows` is 0 or less); an empty `Vec` once it has none left.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PortalClosed`](crate::Error::PortalClosed) if `portal`
+    /// was bound in another transaction (nothing is sent); otherwise as
+    /// [`execute`](Self::execute).
+    pub async fn query_portal(&mut self, portal: &Portal, max_rows: i32) -> Result<Vec<Row>> {
+        let (inner, core) = self.lease.parts();
+        held::query_portal(
+            inner,
+            core,
+            Scope::Transaction { depth: 0 },
+            portal,
+            max_rows,
         )
         .await
     }
