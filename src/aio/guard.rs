@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use postgres::types::{ToSql, Type};
 
 use crate::aio::copy::{CopyInWriter, CopyOutReader};
+use crate::aio::generic::Held;
 use crate::aio::held::{self, Scope};
 use crate::aio::lease::Lease;
 use crate::aio::rows::RowStream;
@@ -18,7 +19,7 @@ use crate::machine::options::TxOptions;
 use crate::machine::transaction_status::TransactionStatus;
 use crate::state::Open;
 use crate::statements::ToStatement;
-use crate::{Row, SimpleQueryMessage};
+use crate::{Row, SimpleQueryMessage, Statement};
 
 /// The connection, held: from [`ManagedConnection::lock`](super::ManagedConnection::lock).
 ///
@@ -57,6 +58,13 @@ impl<'m> Guard<'m> {
 
     fn lease(&mut self) -> &mut Lease<'m> {
         &mut self.lease
+    }
+
+    /// Its session, with the scope its statements run in (for the
+    /// generic handle traits).
+    pub(crate) fn held_parts(&mut self) -> Held<'_> {
+        let (inner, core) = self.lease().parts();
+        Held::new(inner, core, Scope::Autocommit)
     }
 
     /// Begins a transaction with PostgreSQL's default options. Nothing is
@@ -204,6 +212,31 @@ impl<'m> Guard<'m> {
     ) -> Result<u64> {
         let (inner, core) = self.lease().parts();
         held::typed(inner, core, Scope::Autocommit, query, Execute, params).await
+    }
+
+    /// Prepares a statement for repeated use on this connection: pass the
+    /// [`Statement`] to the statement methods instead of the SQL text.
+    ///
+    /// A prepared statement belongs to the connection it was prepared on;
+    /// after a reconnect, using it fails with a server error, so prepare
+    /// again in each new holder.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TransactionControl`](crate::Error::TransactionControl) if
+    /// `query` is `BEGIN`, `COMMIT` or the like (a prepared statement could
+    /// later run inside a transaction, where it would end it);
+    /// [`Error::PreparedStatementsOff`](crate::Error::PreparedStatementsOff)
+    /// on a manager built with
+    /// [`statement_cache(false)`](super::Builder::statement_cache);
+    /// [`Error::ShapeDecidedAtRunTime`](crate::Error::ShapeDecidedAtRunTime)
+    /// for `FETCH`, `EXECUTE` and `CALL`, whose rows a prepared description
+    /// could decode wrongly (pass their text to the statement methods, which
+    /// describe it each time): all before anything is sent; otherwise as
+    /// [`execute`](Self::execute).
+    pub async fn prepare(&mut self, query: &str) -> Result<Statement> {
+        let (inner, core) = self.lease().parts();
+        held::prepare_statement(inner, core, Scope::Autocommit, query).await
     }
 
     /// Runs a query on its own and returns its rows as they arrive, with

@@ -6,13 +6,13 @@ use postgres::types::{ToSql, Type};
 
 use crate::aio::session::Inner;
 use crate::conn::Target;
-use crate::conn::request::{Batch, Bound, Execute, Query, Simple, StatementKind};
+use crate::conn::request::{Batch, Bound, Execute, Prepare, Query, Simple, StatementKind};
 use crate::conn::session::{RequestShape, Retries, SessionCore, Step};
 use crate::error::{Error, Result};
 use crate::machine::control;
 use crate::machine::fallback::Cause;
-use crate::statements::{Sql, ToStatement};
-use crate::{Portal, Row};
+use crate::statements::{Naming, Sql, ToStatement};
+use crate::{Portal, Row, Statement};
 
 /// Where a holder's statements run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +122,35 @@ where
             return result;
         }
     }
+}
+
+/// Prepares `query` as a named statement on the connection, for
+/// repeated use: refused before anything is sent when names are off
+/// (`statement_cache(false)`), for transaction control (it could later run
+/// inside a transaction) and for statements whose rows a prepared
+/// description could decode wrongly.
+pub(crate) async fn prepare_statement(
+    inner: &Inner,
+    core: &mut SessionCore,
+    scope: Scope,
+    query: &str,
+) -> Result<Statement> {
+    if core.naming() == Naming::Unnamed {
+        return Err(Error::PreparedStatementsOff);
+    }
+    prepare(inner, core, scope, None).await?;
+    core.refuse_control(query)?;
+    if let Some(command) = control::shape_decided_at_run_time(query) {
+        return Err(Error::ShapeDecidedAtRunTime(command));
+    }
+    ensure_for(inner, core, RequestShape::Parse).await?;
+    core.statement(
+        &inner.shared,
+        RequestShape::Parse,
+        Some(query),
+        &Prepare(query),
+    )
+    .await
 }
 
 /// Binds `query` with `params` to a new portal: a cursor, declared inside

@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use postgres::types::{ToSql, Type};
 
 use crate::aio::copy::{CopyInWriter, CopyOutReader};
+use crate::aio::generic::Held;
 use crate::aio::held::{self, Scope};
 use crate::aio::rows::RowStream;
 use crate::aio::session::Inner;
@@ -15,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::machine::fallback::{HolderEnd, verdict};
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
-use crate::{Portal, Row, SimpleQueryMessage};
+use crate::{Portal, Row, SimpleQueryMessage, Statement};
 
 /// A savepoint inside an async transaction; `S` is its state, [`Open`] or
 /// [`Done`], as for the blocking [`crate::Savepoint`].
@@ -106,6 +107,13 @@ impl<'t, S: State> Savepoint<'t, S> {
 }
 
 impl<'t> Savepoint<'t, Open> {
+    /// Its session, with the scope its statements run in (for the
+    /// generic handle traits).
+    pub(crate) fn held_parts(&mut self) -> Held<'_> {
+        let (inner, depth) = (self.level.inner, self.level.depth);
+        Held::new(inner, self.core(), Scope::Transaction { depth })
+    }
+
     /// Executes a statement inside this savepoint and returns the number
     /// of rows it affected.
     ///
@@ -293,6 +301,17 @@ impl<'t> Savepoint<'t, Open> {
         let (inner, depth) = (self.level.inner, self.level.depth);
         let core = self.core();
         held::query_portal(inner, core, Scope::Transaction { depth }, portal, max_rows).await
+    }
+
+    /// Prepares a statement for repeated use on this connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`Guard::prepare`](super::Guard::prepare) (the transaction is as
+    /// it was when nothing was sent), and as [`execute`](Self::execute).
+    pub async fn prepare(&mut self, query: &str) -> Result<Statement> {
+        let (inner, depth) = (self.level.inner, self.level.depth);
+        held::prepare_statement(inner, self.core(), Scope::Transaction { depth }, query).await
     }
 
     /// Runs a query inside this savepoint and returns its rows as they

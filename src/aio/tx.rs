@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use postgres::types::{ToSql, Type};
 
 use crate::aio::copy::{CopyInWriter, CopyOutReader};
+use crate::aio::generic::Held;
 use crate::aio::held::{self, Scope};
 use crate::aio::lease::Lease;
 use crate::aio::rows::RowStream;
@@ -17,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::machine::transaction_status::TransactionStatus;
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
-use crate::{Portal, Row, SimpleQueryMessage};
+use crate::{Portal, Row, SimpleQueryMessage, Statement};
 
 /// An async transaction on the shared connection; `S` is its state,
 /// [`Open`] or [`Done`], as for the blocking [`crate::Tx`].
@@ -66,6 +67,13 @@ impl<S: State> Tx<'_, S> {
 }
 
 impl<'m> Tx<'m, Open> {
+    /// Its session, with the scope its statements run in (for the
+    /// generic handle traits).
+    pub(crate) fn held_parts(&mut self) -> Held<'_> {
+        let (inner, core) = self.lease.parts();
+        Held::new(inner, core, Scope::Transaction { depth: 0 })
+    }
+
     pub(crate) fn open(mut lease: Lease<'m>) -> Tx<'m, Open> {
         lease.set_holding(Holding::OpenTx);
         Tx {
@@ -279,6 +287,17 @@ impl<'m> Tx<'m, Open> {
             max_rows,
         )
         .await
+    }
+
+    /// Prepares a statement for repeated use on this connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`Guard::prepare`](super::Guard::prepare) (the transaction is as
+    /// it was when nothing was sent), and as [`execute`](Self::execute).
+    pub async fn prepare(&mut self, query: &str) -> Result<Statement> {
+        let (inner, core) = self.lease.parts();
+        held::prepare_statement(inner, core, Scope::Transaction { depth: 0 }, query).await
     }
 
     /// Runs a query inside this transaction and returns its rows as they
