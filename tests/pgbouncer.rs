@@ -563,3 +563,86 @@ fn async_transactions_from_many_managers_commit_exactly_what_they_report_through
         );
     }
 }
+
+#[test]
+fn async_copy_and_streamed_rows_work_through_pgbouncer_from_many_managers_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MANAGERS: i32 = 4;
+    const ROUNDS: i32 = 10;
+    let db = Db::new("bouncer_aio_copy");
+    let bouncer = Bouncer::start(db.server, POOL_SIZE);
+    let dsn = bouncer.dsn_for(&db.name);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for client in 0..MANAGERS {
+            let manager = pgtx::aio::ManagedConnection::builder(&dsn)
+                .statement_cache(false)
+                .build()
+                .expect("settings");
+            tasks.push(tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    let base = (client * ROUNDS + round) * 10;
+                    // Through a guard (each statement on its own), then a transaction.
+                    let mut guard = manager.lock().await.expect("lock");
+                    let mut writer = guard
+                        .copy_in("COPY items (id, note) FROM STDIN")
+                        .await
+                        .expect("copy_in through a guard");
+                    writer
+                        .write_all(format!("{base}\tguard\n").as_bytes())
+                        .await
+                        .expect("write");
+                    assert_eq!(writer.finish().await.expect("finish"), 1);
+                    let mut text = String::new();
+                    guard
+                        .copy_out(&*format!(
+                            "COPY (SELECT note FROM items WHERE id = {base}) TO STDOUT"
+                        ))
+                        .await
+                        .expect("copy_out through a guard")
+                        .read_to_string(&mut text)
+                        .await
+                        .expect("read");
+                    assert_eq!(text, "guard\n");
+                    let mut rows = guard
+                        .query_raw("SELECT id FROM items WHERE id = $1", &[&base])
+                        .await
+                        .expect("query_raw");
+                    let mut streamed = 0;
+                    while rows.try_next().await.expect("a row").is_some() {
+                        streamed += 1;
+                    }
+                    drop(rows);
+                    assert_eq!(streamed, 1);
+                    let mut tx = guard.begin().await.expect("begin");
+                    let mut writer = tx
+                        .copy_in("COPY items (id, note) FROM STDIN")
+                        .await
+                        .expect("copy_in in a transaction");
+                    writer
+                        .write_all(format!("{}\ttx\n", base + 1).as_bytes())
+                        .await
+                        .expect("write");
+                    assert_eq!(writer.finish().await.expect("finish"), 1);
+                    tx.commit().await.expect("commit");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+    });
+    assert_eq!(db.item_ids().len(), (MANAGERS * ROUNDS * 2) as usize);
+    assert_eq!(db.open_transactions(), 0);
+    for (pid, prepared) in prepared_on_each_server(&bouncer, &db) {
+        assert_eq!(
+            prepared, 0,
+            "server connection {pid} holds a named statement"
+        );
+    }
+}
