@@ -14,8 +14,9 @@
 //!    pgbouncer_pgbench micro notify_latency notify_throughput reconnect
 //!    pool1 pool2 pool4 pool8 pool_own1 … pool_own8 fair0_2 fair0_4 fair20_2 fair20_4
 //!    r2d2_1 … r2d2_8 pgbench_c1 … pgbench_c8 bulk aio1 tokio_postgres1
-//!    deadpool1 pgtx1_1ms aio1_1ms tokio_postgres1_1ms deadpool1_1ms
-//!    pgbench_1ms aio_pool4 aio_pool8 deadpool_pool4 deadpool_pool8 hostile;
+//!    deadpool1 sqlx1 pgtx1_1ms aio1_1ms tokio_postgres1_1ms deadpool1_1ms sqlx1_1ms
+//!    pgbench_1ms aio_pool4 aio_pool8 deadpool_pool4 deadpool_pool8 sqlx_pool4
+//!    sqlx_pool8 hostile;
 //!    a run with PGTX_BENCH_ONLY writes no files unless `micro` is among them,
 //!    and prints the notification and reconnection sections it measured)
 //! PGTX_BENCH_ROUNDS=5 PGTX_BENCH_SECS=2 cargo bench --bench throughput   # other round counts/lengths
@@ -56,6 +57,8 @@ mod pgbouncer;
 mod reconnect;
 #[path = "../tests/common/server.rs"]
 mod server;
+#[path = "throughput/sqlx_peer.rs"]
+mod sqlx_peer;
 #[path = "throughput/waits.rs"]
 mod waits;
 
@@ -265,6 +268,12 @@ fn main() -> Result<(), BoxError> {
         "deadpool-postgres, 1 task, transaction() + prepare_cached",
         move |plan| deadpool.run(plan.duration()),
     ));
+    let sqlx = sqlx_peer::Sqlx::new(&dsn)?;
+    cases.push(Case::new(
+        "sqlx1",
+        "sqlx, 1 task, Pool::begin() + query_scalar (cached)",
+        move |plan| sqlx.run(plan.duration()),
+    ));
     // The same transactions through a proxy adding 1 ms of round trip (the
     // usual same-region network), one proxy for every client compared.
     let proxy = latency::LatencyProxy::start(
@@ -297,6 +306,12 @@ fn main() -> Result<(), BoxError> {
         "deadpool1_1ms",
         "deadpool-postgres, 1 task, through 1 ms of round trip",
         move |plan| deadpool_far.run(plan.duration()),
+    ));
+    let sqlx_far = sqlx_peer::Sqlx::new(&far)?;
+    cases.push(Case::new(
+        "sqlx1_1ms",
+        "sqlx, 1 task, through 1 ms of round trip",
+        move |plan| sqlx_far.run(plan.duration()),
     ));
     if let Some(pgbench) = server.bin("pgbench") {
         let script = plan.out_dir_script()?;
@@ -331,6 +346,16 @@ fn main() -> Result<(), BoxError> {
                 "deadpool_pool8"
             },
             format!("deadpool-postgres pool of {size}, {AIO_TASKS} tasks"),
+            move |plan| pool.run(plan.duration()),
+        ));
+        let pool = sqlx_peer::SqlxPool::new(&dsn, size as u32, AIO_TASKS)?;
+        cases.push(Case::new(
+            if size == 4 {
+                "sqlx_pool4"
+            } else {
+                "sqlx_pool8"
+            },
+            format!("sqlx PgPool of {size}, {AIO_TASKS} tasks"),
             move |plan| pool.run(plan.duration()),
         ));
     }
@@ -759,7 +784,8 @@ fn hostile_counts(dsn: &str, plan: &Plan) -> Result<String, BoxError> {
     let each = if plan.quick { 100 } else { 400 };
     let pgtx = aio::hostile_pgtx(dsn, 4, each)?;
     let deadpool = aio::hostile_deadpool(dsn, 4, each)?;
-    eprintln!("hostile workload: pgtx {pgtx:?}, deadpool-postgres {deadpool:?}");
+    let sqlx = sqlx_peer::hostile_sqlx(dsn, 4, each)?;
+    eprintln!("hostile workload: pgtx {pgtx:?}, deadpool-postgres {deadpool:?}, sqlx {sqlx:?}");
     let mut m = String::new();
     let _ = writeln!(
         m,
@@ -774,7 +800,11 @@ fn hostile_counts(dsn: &str, plan: &Plan) -> Result<String, BoxError> {
         "| pool | transactions tried | handed out inside an open block | refused with 25P02 (aborted by an earlier holder) |"
     );
     let _ = writeln!(m, "|---|---:|---:|---:|");
-    for (name, seen) in [("pgtx::aio Pool", pgtx), ("deadpool-postgres", deadpool)] {
+    for (name, seen) in [
+        ("pgtx::aio Pool", pgtx),
+        ("deadpool-postgres", deadpool),
+        ("sqlx PgPool", sqlx),
+    ] {
         let _ = writeln!(
             m,
             "| {name} | {} | {} | {} |",
@@ -1195,6 +1225,12 @@ impl Report {
                 1.1,
             ),
             (
+                "pgtx::aio 1 task / sqlx 1 task (loopback)",
+                "aio1",
+                "sqlx1",
+                1.1,
+            ),
+            (
                 "pgtx::aio 1 task / tokio-postgres 1 task (1 ms round trip)",
                 "aio1_1ms",
                 "tokio_postgres1_1ms",
@@ -1204,6 +1240,12 @@ impl Report {
                 "pgtx::aio 1 task / deadpool-postgres 1 task (1 ms round trip)",
                 "aio1_1ms",
                 "deadpool1_1ms",
+                1.3,
+            ),
+            (
+                "pgtx::aio 1 task / sqlx 1 task (1 ms round trip)",
+                "aio1_1ms",
+                "sqlx1_1ms",
                 1.3,
             ),
             (
@@ -1222,6 +1264,18 @@ impl Report {
                 "pgtx::aio Pool of 8 / deadpool-postgres, 64 tasks",
                 "aio_pool8",
                 "deadpool_pool8",
+                0.95,
+            ),
+            (
+                "pgtx::aio Pool of 4 / sqlx PgPool, 64 tasks",
+                "aio_pool4",
+                "sqlx_pool4",
+                0.95,
+            ),
+            (
+                "pgtx::aio Pool of 8 / sqlx PgPool, 64 tasks",
+                "aio_pool8",
+                "sqlx_pool8",
                 0.95,
             ),
         ] {

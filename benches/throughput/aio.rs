@@ -271,13 +271,13 @@ fn in_block(messages: &[tokio_postgres::SimpleQueryMessage]) -> bool {
     )
 }
 
-const IN_BLOCK: &str = "SELECT now() <> statement_timestamp()";
+pub const IN_BLOCK: &str = "SELECT now() <> statement_timestamp()";
 
 /// A small deterministic generator.
-struct XorShift(u64);
+pub struct XorShift(pub u64);
 
 impl XorShift {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
