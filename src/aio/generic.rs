@@ -17,15 +17,13 @@ use postgres::types::{ToSql, Type};
 
 use super::copy::{CopyInWriter, CopyOutReader};
 use super::guard::Guard;
-use super::held::{self, Scope};
+use super::held::{self, Parts};
 use super::manager::ManagedConnection;
 use super::pool::Pool;
 use super::rows::RowStream;
 use super::savepoint::Savepoint;
-use super::session::Inner;
 use super::tx::Tx;
 use crate::conn::request::{Execute, Query, QueryOne, QueryOpt};
-use crate::conn::session::SessionCore;
 use crate::error::{Error, Result};
 use crate::machine::options::TxOptions;
 use crate::machine::retry::RetryPolicy;
@@ -466,44 +464,30 @@ impl ConnectionSource for Pool {
     }
 }
 
-/// A handle's session and the scope its statements run in, apart.
-#[doc(hidden)]
-pub struct Held<'a> {
-    inner: &'a Inner,
-    core: &'a mut SessionCore,
-    scope: Scope,
-}
-
-impl<'a> Held<'a> {
-    pub(crate) fn new(inner: &'a Inner, core: &'a mut SessionCore, scope: Scope) -> Self {
-        Held { inner, core, scope }
-    }
-}
-
 pub(crate) mod sealed {
-    use super::{Guard, Held, ManagedConnection, Open, Pool, Savepoint, Tx};
+    use super::{Guard, ManagedConnection, Open, Parts, Pool, Savepoint, Tx};
 
     /// Keeps [`GenericClient`](super::GenericClient) implemented by this
     /// crate only, and gives its provided methods the handle's session.
     pub trait Sealed {
         #[doc(hidden)]
-        fn held(&mut self) -> Held<'_>;
+        fn held(&mut self) -> Parts<'_>;
     }
 
     impl Sealed for Guard<'_> {
-        fn held(&mut self) -> Held<'_> {
+        fn held(&mut self) -> Parts<'_> {
             self.held_parts()
         }
     }
 
     impl Sealed for Tx<'_, Open> {
-        fn held(&mut self) -> Held<'_> {
+        fn held(&mut self) -> Parts<'_> {
             self.held_parts()
         }
     }
 
     impl Sealed for Savepoint<'_, Open> {
-        fn held(&mut self) -> Held<'_> {
+        fn held(&mut self) -> Parts<'_> {
             self.held_parts()
         }
     }

@@ -2,12 +2,12 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use postgres::types::{ToSql, Type};
 
 use crate::aio::copy::{CopyInWriter, CopyOutReader};
-use crate::aio::generic::Held;
-use crate::aio::held::{self, Scope};
+use crate::aio::held::{self, Parts, Scope};
 use crate::aio::lease::Lease;
 use crate::aio::rows::RowStream;
 use crate::aio::session::Inner;
@@ -52,7 +52,7 @@ impl<'m> Guard<'m> {
     }
 
     /// The manager the guard's connection belongs to.
-    pub(crate) fn inner(&self) -> &'m Inner {
+    pub(crate) fn inner(&self) -> &'m Arc<Inner> {
         self.lease.inner()
     }
 
@@ -62,9 +62,9 @@ impl<'m> Guard<'m> {
 
     /// Its session, with the scope its statements run in (for the
     /// generic handle traits).
-    pub(crate) fn held_parts(&mut self) -> Held<'_> {
+    pub(crate) fn held_parts(&mut self) -> Parts<'_> {
         let (inner, core) = self.lease().parts();
-        Held::new(inner, core, Scope::Autocommit)
+        Parts::new(inner, core, Scope::Autocommit)
     }
 
     /// Begins a transaction with PostgreSQL's default options. Nothing is

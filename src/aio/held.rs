@@ -24,6 +24,21 @@ pub(crate) enum Scope {
     Transaction { depth: u32 },
 }
 
+/// A handle's session and the scope its statements run in, apart (what
+/// the generic handle traits' methods run on).
+#[doc(hidden)]
+pub struct Parts<'a> {
+    pub(crate) inner: &'a Inner,
+    pub(crate) core: &'a mut SessionCore,
+    pub(crate) scope: Scope,
+}
+
+impl<'a> Parts<'a> {
+    pub(crate) fn new(inner: &'a Inner, core: &'a mut SessionCore, scope: Scope) -> Self {
+        Parts { inner, core, scope }
+    }
+}
+
 /// Tidies what an earlier use left (an interrupted request first), rolls
 /// back savepoints deeper than the holder's that were forgotten, and
 /// refuses transaction control inside a transaction.
@@ -33,6 +48,9 @@ pub(crate) async fn prepare(
     scope: Scope,
     sql: Option<&str>,
 ) -> Result<()> {
+    // A holder taken over as abandoned (see `Inner`) runs nothing more.
+    inner.check_current(core)?;
+    inner.shared.cancel.touch();
     inner.tidy(core).await;
     let Scope::Transaction { depth } = scope else {
         return Ok(());

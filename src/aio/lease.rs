@@ -1,4 +1,4 @@
-//! The lease an async holder owns: the session locked, and the manager it
+//! The lease an async holder owns: the session held, and the manager it
 //! belongs to (to tidy at once after a holder that let go with something
 //! left undone).
 
@@ -9,43 +9,29 @@ use crate::aio::session::{Held, Holding, Inner};
 use crate::conn::session::{RollBackTarget, SessionCore};
 use crate::machine::fallback::{Cause, HolderEnd, verdict};
 
-/// The locked session and its manager: two pointers. Dropped, it records
-/// what the fallback decides for its holder and lets go.
+/// The session held and its manager: two pointers. Dropped, it records
+/// what the fallback decides for its holder and lets go (the session put
+/// back, the manager told: see [`Held`]).
 pub(crate) struct Lease<'m> {
     held: Held<'m>,
-    /// Declared after `held`, so dropped after it: the session is unlocked
-    /// when the manager is told (see [`Released`]).
-    inner: Released<'m>,
-}
-
-/// The manager a lease belongs to; dropped, it tells the manager the
-/// lease was let go (a pool hands the connection on).
-struct Released<'m>(&'m Arc<Inner>);
-
-impl Drop for Released<'_> {
-    fn drop(&mut self) {
-        self.0.released();
-    }
 }
 
 static_assertions::assert_eq_size!(Lease<'static>, [usize; 2]);
 static_assertions::assert_impl_all!(Lease<'static>: Send);
 
 impl<'m> Lease<'m> {
-    pub(crate) fn new(held: Held<'m>, inner: &'m Arc<Inner>) -> Lease<'m> {
-        Lease {
-            held,
-            inner: Released(inner),
-        }
+    pub(crate) fn new(held: Held<'m>) -> Lease<'m> {
+        Lease { held }
     }
 
-    pub(crate) fn inner(&self) -> &'m Inner {
-        self.inner.0
+    pub(crate) fn inner(&self) -> &'m Arc<Inner> {
+        self.held.inner()
     }
 
     /// The manager and the session, apart (a statement needs both).
     pub(crate) fn parts(&mut self) -> (&'m Inner, &mut SessionCore) {
-        (self.inner.0, &mut self.held.core)
+        let inner: &'m Inner = self.held.inner();
+        (inner, &mut self.held.core)
     }
 
     /// Marks the holder as a `transaction` scope's, which it shares
@@ -113,8 +99,13 @@ impl Drop for Lease<'_> {
                 .record_fallback(RollBackTarget::Transaction, report);
         }
         if Inner::needs_tidy(&slot.core) {
-            // The lock is let go after this returns; the task waits for it.
-            Inner::tidy_soon(self.inner.0);
+            // The lease is let go below; the task waits for it.
+            Inner::tidy_soon(self.held.inner());
+        }
+        // Only a holder's lease tells the manager (a pool hands the
+        // connection on); one taken over is the new holder's to tell.
+        if self.held.let_go() {
+            self.held.inner().released();
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::machine::options::TxOptions;
 use crate::machine::reconnect::ReconnectPolicy;
 use crate::machine::retry::RetryPolicy;
 use crate::machine::transaction_status::TransactionStatus;
+use crate::manager::DEFAULT_ABANDON_AFTER;
 use crate::state::{Done, Open};
 use crate::statements::Naming;
 
@@ -33,6 +34,7 @@ pub struct Builder {
     on_connect: Option<Hook>,
     on_reconnect: Vec<Hook>,
     reconnect: Option<ReconnectPolicy>,
+    abandon_after: Option<Duration>,
 }
 
 impl fmt::Debug for Builder {
@@ -48,6 +50,7 @@ impl fmt::Debug for Builder {
             .field("on_connect", &self.on_connect.is_some())
             .field("on_reconnect", &self.on_reconnect.len())
             .field("reconnect", &self.reconnect)
+            .field("abandon_after", &self.abandon_after)
             .finish_non_exhaustive()
     }
 }
@@ -133,6 +136,24 @@ impl Builder {
         self
     }
 
+    /// How long a holder (a [`Guard`], a [`Tx`]) may run nothing while
+    /// other tasks wait, before a waiter takes the connection over: the
+    /// holder is taken for lost (`mem::forget`, or kept alive and
+    /// forgotten about), its connection is shut down from outside so that
+    /// the server rolls back whatever it left open (reported as an
+    /// unfinished transaction when a transaction was open), and the
+    /// waiter gets a new connection. The old holder, if it is used again,
+    /// fails with [`Error::LeaseRevoked`]. A holder whose statement is
+    /// running is never taken over, however long it runs. `None`: never
+    /// (a forgotten holder then keeps the connection for good).
+    ///
+    /// Default: [`DEFAULT_ABANDON_AFTER`] (30 s), as for the blocking
+    /// [`crate::Builder::abandon_after`].
+    pub fn abandon_after(mut self, limit: Option<Duration>) -> Self {
+        self.abandon_after = limit;
+        self
+    }
+
     /// Rides out an outage instead of making every call wait for a
     /// connect timeout, as the blocking [`crate::Builder::reconnect`]:
     /// the call that finds the connection gone makes the policy's first
@@ -178,7 +199,11 @@ impl Builder {
             on_notice: self.on_notice.clone(),
         };
         Ok(ManagedConnection {
-            inner: Arc::new(Inner::new(factory, self.reconnect.clone())),
+            inner: Arc::new(Inner::new(
+                factory,
+                self.reconnect.clone(),
+                self.abandon_after,
+            )),
         })
     }
 }
@@ -210,6 +235,17 @@ impl Builder {
 ///   once on a task, and reported.
 ///
 /// Nothing of an unfinished transaction is ever committed.
+///
+/// A `Tx` or a guard lost with `mem::forget` (or kept and forgotten about)
+/// never lets go by itself. Once it has run nothing for
+/// [`Builder::abandon_after`] (30 s by default) while another task waits,
+/// that task takes the connection over: the old connection is shut down
+/// from outside, so the server rolls back whatever was open on it
+/// (reported as [`Error::UnfinishedTransaction`] would be: a log line at
+/// error level and [`unfinished_transactions`](Self::unfinished_transactions)),
+/// and the waiter gets a new one. The old holder fails with
+/// [`Error::LeaseRevoked`] if it is used again. A holder whose statement
+/// is running is never taken over.
 pub struct ManagedConnection {
     inner: Arc<Inner>,
 }
@@ -235,12 +271,13 @@ impl ManagedConnection {
             on_connect: None,
             on_reconnect: Vec::new(),
             reconnect: None,
+            abandon_after: Some(DEFAULT_ABANDON_AFTER),
         }
     }
 
     /// What the manager's handles share (a pool's members are told when
     /// they are let go through it).
-    pub(crate) fn inner(&self) -> &Inner {
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.inner
     }
 
@@ -260,7 +297,7 @@ impl ManagedConnection {
     /// be; the connection is released.
     pub async fn lock(&self) -> Result<Guard<'_>> {
         let held = self.inner.acquire().await?;
-        Ok(Guard::new(Lease::new(held, &self.inner)))
+        Ok(Guard::new(Lease::new(held)))
     }
 
     /// Takes the connection if nobody holds it; never waits for another
@@ -272,7 +309,7 @@ impl ManagedConnection {
     /// [`lock`](Self::lock).
     pub async fn try_lock(&self) -> Result<Guard<'_>> {
         let held = self.inner.try_acquire().await?;
-        Ok(Guard::new(Lease::new(held, &self.inner)))
+        Ok(Guard::new(Lease::new(held)))
     }
 
     /// Takes the connection, waiting at most `timeout` in all (for the

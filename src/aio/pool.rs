@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::aio::guard::Guard;
+use crate::aio::lease::Lease;
 use crate::aio::listener::Listener;
 use crate::aio::manager::{Builder, ManagedConnection};
 use crate::aio::scope::{self, Source};
@@ -235,12 +236,48 @@ impl Pool {
     /// ([`Error::ConnectionDead`]); the connection goes back to the pool.
     pub async fn lock(&self) -> Result<Guard<'_>> {
         let waiting = Waiting::new(&self.line.waiting);
-        // The semaphore is never closed: a permit always comes.
-        if let Ok(permit) = self.line.free.acquire().await {
-            permit.forget();
+        loop {
+            let check_in = self
+                .members
+                .iter()
+                .filter_map(|member| member.inner().abandon_check_in())
+                .min();
+            let acquired = match check_in {
+                None => Some(self.line.free.acquire().await),
+                Some(wait) => tokio::time::timeout(wait, self.line.free.acquire())
+                    .await
+                    .ok(),
+            };
+            match acquired {
+                Some(Ok(permit)) => {
+                    permit.forget();
+                    break;
+                }
+                // Never closed.
+                Some(Err(_closed)) => {}
+                None => {
+                    if let Some(taken) = self.take_over_abandoned().await {
+                        return taken;
+                    }
+                }
+            }
         }
         drop(waiting);
         self.take_claimed().await
+    }
+
+    /// A member whose holder has run nothing for `abandon_after`, taken
+    /// over (see [`Builder::abandon_after`]): the holder's claim on it is
+    /// the caller's now.
+    async fn take_over_abandoned(&self) -> Option<Result<Guard<'_>>> {
+        for member in &self.members {
+            let inner = member.inner();
+            if let Some(held) = inner.take_over_if_abandoned() {
+                let readied = inner.ready(held).await;
+                return Some(readied.map(|held| Guard::new(Lease::new(held))));
+            }
+        }
+        None
     }
 
     /// Takes a connection if one is free now, without waiting for one to
@@ -251,12 +288,15 @@ impl Pool {
     /// [`Error::WouldBlock`] if every connection is held; otherwise as
     /// [`lock`](Self::lock).
     pub async fn try_lock(&self) -> Result<Guard<'_>> {
-        let permit = self
-            .line
-            .free
-            .try_acquire()
-            .map_err(|_| Error::WouldBlock)?;
-        permit.forget();
+        match self.line.free.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(_) => {
+                return match self.take_over_abandoned().await {
+                    Some(taken) => taken,
+                    None => Err(Error::WouldBlock),
+                };
+            }
+        }
         self.take_claimed().await
     }
 

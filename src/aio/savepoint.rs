@@ -6,8 +6,7 @@ use std::marker::PhantomData;
 use postgres::types::{ToSql, Type};
 
 use crate::aio::copy::{CopyInWriter, CopyOutReader};
-use crate::aio::generic::Held;
-use crate::aio::held::{self, Scope};
+use crate::aio::held::{self, Parts, Scope};
 use crate::aio::rows::RowStream;
 use crate::aio::session::Inner;
 use crate::conn::request::{Execute, Query, QueryOne, QueryOpt};
@@ -109,9 +108,9 @@ impl<'t, S: State> Savepoint<'t, S> {
 impl<'t> Savepoint<'t, Open> {
     /// Its session, with the scope its statements run in (for the
     /// generic handle traits).
-    pub(crate) fn held_parts(&mut self) -> Held<'_> {
+    pub(crate) fn held_parts(&mut self) -> Parts<'_> {
         let (inner, depth) = (self.level.inner, self.level.depth);
-        Held::new(inner, self.core(), Scope::Transaction { depth })
+        Parts::new(inner, self.core(), Scope::Transaction { depth })
     }
 
     /// Executes a statement inside this savepoint and returns the number

@@ -1,6 +1,7 @@
-//! The shared connection as the async front holds it: the core's session
-//! behind a tokio mutex, whose guard is the lease (no thread identity: a
-//! holder moves between a runtime's workers with its task).
+//! The shared connection as the async front holds it: the core's session,
+//! taken out by the holder of a one-permit lease and put back when it lets
+//! go (no thread identity: a holder moves between a runtime's workers with
+//! its task), and taken over from a holder that looks abandoned.
 //!
 //! A future can be dropped at any `.await` (a timeout, a `select!` that
 //! chose another branch, an aborted task), and `Drop` cannot wait. So
@@ -10,11 +11,13 @@
 //! interrupted request, an open stream, a recorded fallback) that the
 //! next use acts on.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, MutexGuard};
+use parking_lot::Mutex;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::aio::scope_marks::ScopeMarks;
 
@@ -24,7 +27,7 @@ use crate::aio::runtime;
 use crate::config::Settings;
 use crate::conn::session::{Interruption, RollBackTarget, SessionCore, SessionShared};
 use crate::error::{Error, Result, UNFINISHED_TRANSACTION};
-use crate::machine::fallback::Cause;
+use crate::machine::fallback::{Abandoned, Cause};
 use crate::machine::reconnect::ReconnectPolicy;
 use crate::machine::transaction_status::TransactionStatus;
 
@@ -55,9 +58,39 @@ pub(crate) enum Holding {
     DoneTx,
 }
 
+impl Slot {
+    fn new(core: SessionCore) -> Slot {
+        Slot {
+            core,
+            scoped: false,
+            holding: Holding::Guard,
+            attempt: 1,
+            scope_marks: None,
+        }
+    }
+}
+
 /// What a manager's handles share.
+///
+/// The lease is a permit of `gate` (one, first come first served); its
+/// holder takes the session out of `slot` and puts it back when it lets
+/// go. A holder lost with `mem::forget` never puts it back: after
+/// `abandon_after` with nothing run, a waiter takes the lease over with a
+/// new session of the next generation, and shuts the old connection down
+/// from outside (the server rolls back what was open on it). The old
+/// session, if its holder was alive after all, is refused from then on
+/// ([`Error::LeaseRevoked`]) and let go when its holder lets go.
 pub(crate) struct Inner {
-    slot: Mutex<Slot>,
+    /// The session, while nobody holds it.
+    slot: Mutex<Option<Box<Slot>>>,
+    /// The lease: one permit, taken by the holder and added back when it
+    /// puts the session back.
+    gate: Semaphore,
+    /// The current session's generation (see [`SessionCore::generation`]).
+    generation: AtomicU64,
+    /// How long a holder may run nothing, while others wait, before it is
+    /// taken over; `None`: never.
+    abandon_after: Option<Duration>,
     pub(crate) shared: SessionShared,
     factory: Arc<Factory>,
     /// With a reconnection policy: the outage being ridden out.
@@ -74,19 +107,76 @@ pub(crate) struct Inner {
 
 static_assertions::assert_impl_all!(Inner: Send, Sync);
 
-/// The session held: proof of the lease.
-pub(crate) type Held<'m> = MutexGuard<'m, Slot>;
+/// The session held: proof of the lease. Dropped, it puts the session
+/// back for the next holder (or, if it was taken over meanwhile, lets it
+/// go) and tells the manager.
+pub(crate) struct Held<'m> {
+    /// `None` only while it is dropped.
+    slot: Option<Box<Slot>>,
+    inner: &'m Arc<Inner>,
+}
+
+static_assertions::assert_eq_size!(Held<'static>, [usize; 2]);
+
+impl<'m> Held<'m> {
+    /// The manager whose session this is.
+    pub(crate) fn inner(&self) -> &'m Arc<Inner> {
+        self.inner
+    }
+}
+
+impl Deref for Held<'_> {
+    type Target = Slot;
+
+    fn deref(&self) -> &Slot {
+        match &self.slot {
+            Some(slot) => slot,
+            None => unreachable!("a held session is there until it is dropped"),
+        }
+    }
+}
+
+impl DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut Slot {
+        match &mut self.slot {
+            Some(slot) => slot,
+            None => unreachable!("a held session is there until it is dropped"),
+        }
+    }
+}
+
+impl Held<'_> {
+    /// Puts the session back (see [`Inner::put_back`]), once; whether it
+    /// was still the current one (not taken over).
+    pub(crate) fn let_go(&mut self) -> bool {
+        match self.slot.take() {
+            Some(slot) => self.inner.put_back(slot),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.let_go();
+    }
+}
+
+/// The least time a waiter waits before it looks again whether the holder
+/// is abandoned.
+const RECHECK_AT_LEAST: Duration = Duration::from_millis(10);
 
 impl Inner {
-    pub(crate) fn new(factory: Factory, reconnect: Option<ReconnectPolicy>) -> Inner {
+    pub(crate) fn new(
+        factory: Factory,
+        reconnect: Option<ReconnectPolicy>,
+        abandon_after: Option<Duration>,
+    ) -> Inner {
         Inner {
-            slot: Mutex::new(Slot {
-                core: SessionCore::new(factory.naming),
-                scoped: false,
-                holding: Holding::Guard,
-                attempt: 1,
-                scope_marks: None,
-            }),
+            slot: Mutex::new(Some(Box::new(Slot::new(SessionCore::new(factory.naming))))),
+            gate: Semaphore::new(1),
+            generation: AtomicU64::new(0),
+            abandon_after,
             shared: SessionShared::default(),
             factory: Arc::new(factory),
             reconnect: reconnect.map(BackgroundReconnect::new),
@@ -150,28 +240,164 @@ impl Inner {
     /// new holder: tidied, no transaction open, a live connection.
     /// Dropped while waiting, nothing happened; dropped later, the lease is
     /// let go and what was being done is left for the next use.
-    pub(crate) async fn acquire(&self) -> Result<Held<'_>> {
+    pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Held<'_>> {
         // While the server is known to be down, fail before waiting for anyone.
         self.refuse_while_down()?;
-        let held = self.slot.lock().await;
+        let held = match self.gate.try_acquire() {
+            Ok(permit) => self.take(permit),
+            Err(_) => self.wait_for_lease().await,
+        };
         self.ready(held).await
     }
 
-    /// Takes the lease if nobody holds it.
-    pub(crate) async fn try_acquire(&self) -> Result<Held<'_>> {
+    /// Takes the lease if nobody holds it (or its holder is abandoned).
+    pub(crate) async fn try_acquire(self: &Arc<Self>) -> Result<Held<'_>> {
         self.refuse_while_down()?;
-        let held = self.slot.try_lock().map_err(|_| Error::WouldBlock)?;
+        let held = match self.gate.try_acquire() {
+            Ok(permit) => self.take(permit),
+            Err(_) => self.take_over_if_abandoned().ok_or(Error::WouldBlock)?,
+        };
         self.ready(held).await
+    }
+
+    /// Waits for the lease (first come, first served), taking it over
+    /// from a holder that has run nothing for `abandon_after`.
+    pub(crate) async fn wait_for_lease(self: &Arc<Self>) -> Held<'_> {
+        loop {
+            let Some(limit) = self.abandon_after else {
+                if let Ok(permit) = self.gate.acquire().await {
+                    return self.take(permit);
+                }
+                // Never closed; if it were, the lease would be gone for good.
+                continue;
+            };
+            let wait = self.until_abandoned(limit);
+            match tokio::time::timeout(wait, self.gate.acquire()).await {
+                Ok(Ok(permit)) => return self.take(permit),
+                Ok(Err(_closed)) => continue,
+                Err(_waited) => {
+                    if let Some(held) = self.take_over_if_abandoned() {
+                        return held;
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long a waiter waits before it looks again whether the holder is
+    /// abandoned (`limit`: `abandon_after`).
+    fn until_abandoned(&self, limit: Duration) -> Duration {
+        let unused = self.shared.cancel.unused_for().unwrap_or_default();
+        limit.saturating_sub(unused).max(RECHECK_AT_LEAST)
+    }
+
+    /// For a pool's waiter: how long until this member's holder may count
+    /// as abandoned; `None` if it never does.
+    pub(crate) fn abandon_check_in(&self) -> Option<Duration> {
+        self.abandon_after.map(|limit| self.until_abandoned(limit))
+    }
+
+    /// With the lease's permit: the session, taken out.
+    fn take(self: &Arc<Self>, permit: SemaphorePermit<'_>) -> Held<'_> {
+        permit.forget();
+        let slot = self.slot.lock().take().unwrap_or_else(|| {
+            // A permit stands for the session put back: this cannot be.
+            log::error!(
+                "pgtx: the lease was free but its session was not there; a new one is made"
+            );
+            self.new_slot(self.generation.load(Ordering::Acquire))
+        });
+        Held {
+            slot: Some(slot),
+            inner: self,
+        }
+    }
+
+    fn new_slot(&self, generation: u64) -> Box<Slot> {
+        Box::new(Slot::new(SessionCore::of_generation(
+            self.factory.naming,
+            generation,
+        )))
+    }
+
+    /// A holder let go of `slot`: back for the next holder (`true`), or, if
+    /// it was taken over meanwhile (its connection already shut down), let
+    /// go (`false`).
+    fn put_back(&self, slot: Box<Slot>) -> bool {
+        let mut stored = self.slot.lock();
+        if slot.core.generation() != self.generation.load(Ordering::Acquire) {
+            drop(stored);
+            drop(slot);
+            return false;
+        }
+        *stored = Some(slot);
+        drop(stored);
+        self.gate.add_permits(1);
+        true
+    }
+
+    /// Takes the lease over if its holder has run nothing for
+    /// `abandon_after` (and nothing runs now): a new session, the old
+    /// connection shut down from outside so that the server rolls back
+    /// what the holder left open, reported as an unfinished transaction.
+    pub(crate) fn take_over_if_abandoned(self: &Arc<Self>) -> Option<Held<'_>> {
+        let limit = self.abandon_after?;
+        // Under the slot's lock, so that a holder putting the session back
+        // either does so first (then the lease is free: no takeover) or
+        // finds it taken over (then its session is let go).
+        let stored = self.slot.lock();
+        if stored.is_some() {
+            return None;
+        }
+        let unused = self.shared.cancel.unused_for()?;
+        if unused < limit {
+            return None;
+        }
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        drop(stored);
+        let status = self.shared.status.get();
+        self.shared.sever();
+        self.shared.cancel.disconnected();
+        self.shared.status.set(TransactionStatus::Closed);
+        self.shared.cancel.touch();
+        if matches!(
+            status,
+            TransactionStatus::InTransaction | TransactionStatus::InError
+        ) {
+            self.report_unfinished(Cause::Abandoned(Abandoned::Idle(unused)));
+        } else {
+            log::warn!(
+                "pgtx: a holder that ran nothing for {unused:?} while others waited was taken                  over (no transaction was open) [{}]",
+                self.settings()
+            );
+        }
+        Some(Held {
+            slot: Some(self.new_slot(generation)),
+            inner: self,
+        })
+    }
+
+    /// Refuses a session that was taken over (see [`Inner`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseRevoked`] if `core` is not the current session.
+    pub(crate) fn check_current(&self, core: &SessionCore) -> Result<()> {
+        if core.generation() == self.generation.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Error::LeaseRevoked)
+        }
     }
 
     /// For a `transaction` scope whose closure dropped its `Tx`: waits
     /// until the rollback it recorded is carried out — by this call if the
     /// session is free, by the tidying task if it is at work; if another
     /// holder has the session, readying it for them carried it out.
-    pub(crate) async fn settle(&self) {
-        let held = match self.slot.try_lock() {
-            Ok(held) => Some(held),
-            Err(_) if self.tidying.load(Ordering::Acquire) > 0 => Some(self.slot.lock().await),
+    pub(crate) async fn settle(self: &Arc<Self>) {
+        let held = match self.gate.try_acquire() {
+            Ok(permit) => Some(self.take(permit)),
+            Err(_) if self.tidying.load(Ordering::Acquire) > 0 => Some(self.wait_for_lease().await),
             Err(_) => None,
         };
         if let Some(mut held) = held {
@@ -179,7 +405,8 @@ impl Inner {
         }
     }
 
-    async fn ready<'m>(&'m self, mut held: Held<'m>) -> Result<Held<'m>> {
+    pub(crate) async fn ready<'m>(&'m self, mut held: Held<'m>) -> Result<Held<'m>> {
+        self.shared.cancel.touch();
         held.scoped = false;
         held.holding = Holding::Guard;
         held.attempt = 1;
@@ -235,6 +462,8 @@ impl Inner {
     /// reconnection policy, taking the one the background task made, or
     /// failing fast while it is at work).
     pub(crate) async fn ensure_open(&self, core: &mut SessionCore) -> Result<()> {
+        // A session taken over never opens another connection.
+        self.check_current(core)?;
         if let Some(replaced) = core.take_if_replaced(&self.shared) {
             replaced.close().await;
         }
@@ -289,7 +518,7 @@ impl Inner {
         // Without a runtime, the next use tidies.
         let _no_runtime = runtime::spawn(async move {
             let inner = &tidying.0;
-            let mut held = inner.slot.lock().await;
+            let mut held = inner.wait_for_lease().await;
             // Nobody holds the session: whatever is open once the
             // interrupted request is drained was left behind.
             inner.tidy(&mut held.core).await;

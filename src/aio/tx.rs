@@ -6,8 +6,7 @@ use std::marker::PhantomData;
 use postgres::types::{ToSql, Type};
 
 use crate::aio::copy::{CopyInWriter, CopyOutReader};
-use crate::aio::generic::Held;
-use crate::aio::held::{self, Scope};
+use crate::aio::held::{self, Parts, Scope};
 use crate::aio::lease::Lease;
 use crate::aio::rows::RowStream;
 use crate::aio::savepoint::{self, Savepoint};
@@ -69,9 +68,9 @@ impl<S: State> Tx<'_, S> {
 impl<'m> Tx<'m, Open> {
     /// Its session, with the scope its statements run in (for the
     /// generic handle traits).
-    pub(crate) fn held_parts(&mut self) -> Held<'_> {
+    pub(crate) fn held_parts(&mut self) -> Parts<'_> {
         let (inner, core) = self.lease.parts();
-        Held::new(inner, core, Scope::Transaction { depth: 0 })
+        Parts::new(inner, core, Scope::Transaction { depth: 0 })
     }
 
     pub(crate) fn open(mut lease: Lease<'m>) -> Tx<'m, Open> {

@@ -6,7 +6,9 @@
 //! must not block its worker for a network round trip): the cell marks
 //! one as sending, and statements wait to start until it has arrived.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -21,6 +23,20 @@ pub(crate) struct CancelCell {
     /// Told when a cancel request has arrived (or failed): statements
     /// waiting to start go on.
     arrived: Notify,
+    /// When a statement last started or got its answer, or a holder last
+    /// took the session (ms since [`clock_base`]): how long the holder
+    /// has done nothing, for the async front's takeover of an abandoned one.
+    touched: AtomicU64,
+}
+
+/// The start of the clock [`CancelCell`] reads activity on.
+fn clock_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(clock_base().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Default)]
@@ -69,6 +85,7 @@ impl CancelCell {
             {
                 let mut inflight = self.inflight.lock();
                 if !inflight.sending {
+                    self.touch();
                     inflight.serial += 1;
                     inflight.running = true;
                     if !inflight
@@ -98,6 +115,7 @@ impl CancelCell {
 
     /// Statement `serial` has its answer; whether a cancel was sent for it.
     pub(crate) fn finish(&self, serial: u64) -> bool {
+        self.touch();
         let mut inflight = self.inflight.lock();
         inflight.running = false;
         inflight.cancelled == serial
@@ -107,6 +125,26 @@ impl CancelCell {
     /// Nothing runs any more (an interrupted request was drained).
     pub(crate) fn idle(&self) {
         self.inflight.lock().running = false;
+    }
+
+    /// Marks the session as used now.
+    pub(crate) fn touch(&self) {
+        self.touched.store(now_ms(), Ordering::Relaxed);
+    }
+
+    #[cfg(feature = "aio")]
+    /// How long the session has been unused: no statement running (nor a
+    /// cancel request on its way) and none started or answered since;
+    /// `None` while one is.
+    pub(crate) fn unused_for(&self) -> Option<std::time::Duration> {
+        let inflight = self.inflight.lock();
+        if inflight.running || inflight.sending {
+            return None;
+        }
+        let since = self.touched.load(Ordering::Relaxed);
+        Some(std::time::Duration::from_millis(
+            now_ms().saturating_sub(since),
+        ))
     }
 
     /// What the connection is doing as far as cancelling goes: "running",

@@ -36,7 +36,7 @@ use self::statement_cache::StatementCache;
 use self::unnamed::{ParameterCount, describe, typed};
 use crate::config::Settings;
 use crate::connect::wire::{BeginOutcome, CopyRefused, Tap};
-use crate::connect::{CancelTarget, ConnectionStream, Connector, Opened};
+use crate::connect::{CancelTarget, ClosesWith, ConnectionStream, Connector, Opened, Severer};
 use crate::error::Error;
 use crate::machine::control;
 use crate::machine::transaction_status::ServerStatus;
@@ -106,6 +106,9 @@ pub(crate) struct Connection {
     /// be open (see [`Connection::drain`]).
     #[cfg_attr(not(feature = "aio"), allow(dead_code))]
     describing_in_block: bool,
+    /// Shuts the socket down from outside (see `connect/sever.rs`); its
+    /// second handle on the socket closes with this connection.
+    severer: ClosesWith,
 }
 
 static_assertions::assert_impl_all!(Connection: Send);
@@ -173,6 +176,7 @@ impl Connection {
             connection,
             tap,
             cancel,
+            severer,
         } = connector.connect().await?;
         Ok(Connection {
             client,
@@ -191,6 +195,7 @@ impl Connection {
             stream: None,
             in_flight: false,
             describing_in_block: false,
+            severer: ClosesWith(severer),
         })
     }
 
@@ -589,6 +594,11 @@ impl Connection {
     }
 
     /// Where this connection's cancel requests go.
+    /// What shuts this connection's socket down from outside.
+    pub(crate) fn severer(&self) -> &Arc<Severer> {
+        &self.severer.0
+    }
+
     pub(crate) fn cancel_target(&self) -> &Arc<CancelTarget> {
         &self.cancel
     }

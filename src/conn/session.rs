@@ -27,6 +27,7 @@ use super::sql_text::{CachedRun, UnnamedRun};
 use super::streaming::{Fetched, Pinnable, Streaming, WrongStream};
 use super::{Connection, Target};
 use crate::conn::cancel_serials::CancelCell;
+use crate::connect::Severer;
 use crate::connect::wire::{BeginOutcome, CopyRefused};
 use crate::error::{Error, Result};
 use crate::machine::control;
@@ -66,6 +67,21 @@ pub(crate) struct SessionShared {
     pub(crate) replaced: AtomicU64,
     /// What cancel handles share with the statements they cancel.
     pub(crate) cancel: Arc<CancelCell>,
+    /// Shuts the current connection's socket down from outside (the
+    /// async front's takeover of an abandoned holder).
+    severer: parking_lot::Mutex<Option<Arc<Severer>>>,
+}
+
+impl SessionShared {
+    /// Shuts the current connection down from outside, whoever holds it:
+    /// its holder's next read or write fails, and the server rolls back
+    /// what was open on it.
+    #[cfg(feature = "aio")]
+    pub(crate) fn sever(&self) {
+        if let Some(severer) = self.severer.lock().take() {
+            severer.sever();
+        }
+    }
 }
 
 /// The connection, the state machine it drives, whether the last
@@ -97,6 +113,11 @@ pub(crate) struct SessionCore {
     begun: u64,
     /// Portals bound in the current transaction.
     portals: u32,
+    /// Which of its manager's sessions this is: the async front makes a
+    /// new one when it takes an abandoned holder's over, and the old one
+    /// is then refused.
+    #[cfg_attr(not(feature = "aio"), allow(dead_code))]
+    generation: u64,
 }
 
 /// What the session knows of a statement that goes on over a stream's
@@ -190,7 +211,23 @@ impl SessionCore {
             committing: false,
             begun: 0,
             portals: 0,
+            generation: 0,
         }
+    }
+
+    #[cfg(feature = "aio")]
+    /// A new session of generation `generation` (see `generation`).
+    pub(crate) fn of_generation(naming: Naming, generation: u64) -> SessionCore {
+        SessionCore {
+            generation,
+            ..SessionCore::new(naming)
+        }
+    }
+
+    #[cfg(feature = "aio")]
+    /// Which of its manager's sessions this is.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Records what the fallback decided when a hold ended unfinished
@@ -293,6 +330,7 @@ impl SessionCore {
         if self.lost {
             shared.replaced.fetch_add(1, Ordering::Relaxed);
         }
+        *shared.severer.lock() = Some(Arc::clone(conn.severer()));
         self.conn = Some(conn);
         self.lost = false;
         self.publish(shared);

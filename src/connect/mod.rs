@@ -21,6 +21,7 @@
 mod cancel_request;
 mod failure;
 mod open;
+mod sever;
 mod socket;
 mod stream;
 #[cfg(feature = "tls")]
@@ -40,6 +41,7 @@ use crate::error::{ConnectError, Error};
 pub(crate) use self::cancel_request::CancelTarget;
 use self::cancel_request::CancelTls;
 pub(crate) use self::open::Opened;
+pub(crate) use self::sever::{ClosesWith, Severer};
 use self::socket::Endpoint;
 pub(crate) use self::stream::ConnectionStream;
 

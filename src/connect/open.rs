@@ -15,6 +15,7 @@ use tokio_postgres::tls::TlsConnect;
 use tokio_postgres::{Client, Config, SimpleQueryMessage};
 
 use super::cancel_request::{CancelTarget, CancelTls};
+use super::sever::Severer;
 use super::socket::{self, Endpoint, Socket};
 use super::stream::{ConnectionStream, connection_stream};
 use super::{Cause, failure};
@@ -28,6 +29,8 @@ pub(crate) struct Opened {
     pub(crate) connection: ConnectionStream,
     pub(crate) tap: Arc<Tap>,
     pub(crate) cancel: Arc<CancelTarget>,
+    /// Shuts the socket down from outside the connection.
+    pub(crate) severer: Arc<Severer>,
 }
 
 /// Opens the socket, then lets `tokio-postgres` negotiate TLS (through
@@ -44,6 +47,7 @@ where
     T::Future: Send + 'static,
 {
     let socket = socket::socket(config, endpoint).await?;
+    let severer = Arc::new(Severer::new(&socket));
     let tap = Tap::new();
     let handshake = Arc::new(AtomicBool::new(false));
     let over = TapOverTls {
@@ -81,6 +85,7 @@ where
         connection,
         tap,
         cancel,
+        severer,
     })
 }
 

@@ -1,0 +1,221 @@
+//! What the compiler cannot see on the async front: a `Tx` or a guard lost
+//! with `mem::forget` (or kept alive and forgotten about) would hold its
+//! connection for good. After `abandon_after` with nothing run while
+//! others wait, a waiter takes the connection over: the old connection is
+//! shut down from outside, so the server rolls back what was open on it,
+//! it is reported as an unfinished transaction, and the old holder is
+//! refused from then on. A holder whose statement is running is never
+//! taken over. Proven from the server's side.
+
+mod common;
+
+use std::mem;
+use std::time::{Duration, Instant};
+
+use common::aio::{eventually, outside};
+use common::fixtures::Db;
+use pgtx::Error;
+use pgtx::aio::ManagedConnection;
+
+const ABANDON_AFTER: Duration = Duration::from_millis(300);
+
+fn manager(db: &Db) -> ManagedConnection {
+    ManagedConnection::builder(&db.dsn)
+        .abandon_after(Some(ABANDON_AFTER))
+        .build()
+        .expect("settings")
+}
+
+/// Whether backend `pid` is still connected.
+fn connected(db: &Db, pid: i32) -> bool {
+    outside(|| db.backends()).contains(&pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_tx_is_taken_over_after_abandon_after_and_nothing_of_it_is_committed() {
+    let db = outside(|| Db::new("aio_forgotten_tx"));
+    let manager = manager(&db);
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'forgotten')", &[])
+        .await
+        .expect("insert");
+    let old_pid: i32 = tx
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    mem::forget(tx);
+    assert_eq!(
+        outside(|| db.open_transactions()),
+        1,
+        "left open on the server"
+    );
+
+    let started = Instant::now();
+    let mut guard = tokio::time::timeout(Duration::from_secs(20), manager.lock())
+        .await
+        .expect("the next lock() is not hung")
+        .expect("lock");
+    assert!(
+        started.elapsed() >= ABANDON_AFTER - Duration::from_millis(50),
+        "taken over only once abandoned: after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(manager.unfinished_transactions(), 1, "reported");
+    assert!(
+        eventually(|| !connected(&db, old_pid)).await,
+        "the forgotten holder's backend ended"
+    );
+    assert!(outside(|| db.item_ids()).is_empty(), "nothing committed");
+    assert_eq!(outside(|| db.open_transactions()), 0);
+
+    // The new holder has a clean connection of its own.
+    let pid: i32 = guard
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    assert_ne!(pid, old_pid);
+    guard
+        .execute("INSERT INTO items VALUES (2, 'after')", &[])
+        .await
+        .expect("insert");
+    drop(guard);
+    assert_eq!(outside(|| db.item_ids()), [2]);
+    // And the manager goes on handing it out.
+    let mut again = manager.try_lock().await.expect("free again");
+    again.execute("SELECT 1", &[]).await.expect("runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_taken_over_while_alive_is_refused_and_commits_nothing() {
+    let db = outside(|| Db::new("aio_revoked_tx"));
+    let manager = manager(&db);
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'idle too long')", &[])
+        .await
+        .expect("insert");
+
+    // Another task waits, the holder runs nothing: the waiter takes over.
+    let mut guard = tokio::time::timeout(Duration::from_secs(20), manager.lock())
+        .await
+        .expect("not hung")
+        .expect("lock");
+    guard
+        .execute("INSERT INTO items VALUES (2, 'the new holder')", &[])
+        .await
+        .expect("insert");
+
+    let refused = tx
+        .execute("INSERT INTO items VALUES (3, 'late')", &[])
+        .await;
+    assert!(matches!(refused, Err(Error::LeaseRevoked)), "{refused:?}");
+    let commit = tx.commit().await.map(drop);
+    assert!(matches!(commit, Err(Error::LeaseRevoked)), "{commit:?}");
+    assert_eq!(
+        outside(|| db.item_ids()),
+        [2],
+        "nothing of the old holder's transaction is committed"
+    );
+    drop(guard);
+    assert_eq!(outside(|| db.open_transactions()), 0);
+    // One connection left: the old one was let go, not kept.
+    assert!(eventually(|| outside(|| db.backends()).len() == 1).await);
+    let mut next = manager.try_lock().await.expect("free");
+    next.execute("SELECT 1", &[]).await.expect("runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_statement_runs_past_abandon_after_is_not_taken_over() {
+    let db = outside(|| Db::new("aio_busy_holder"));
+    let manager = std::sync::Arc::new(manager(&db));
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin");
+    let waiter = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let mut guard = manager.lock().await?;
+            guard.query_one("SELECT count(*) FROM items", &[]).await
+        })
+    };
+    tx.execute("SELECT pg_sleep(1)", &[])
+        .await
+        .expect("runs to its end, three times abandon_after");
+    tx.execute("INSERT INTO items VALUES (1, 'kept')", &[])
+        .await
+        .expect("insert");
+    tx.commit().await.expect("commit");
+    let counted: i64 = waiter.await.expect("task").expect("waiter").get(0);
+    assert_eq!(counted, 1, "the waiter ran after the commit");
+    assert_eq!(manager.unfinished_transactions(), 0);
+    assert_eq!(outside(|| db.item_ids()), [1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_pool_guard_is_taken_over_and_the_pool_keeps_its_size() {
+    let db = outside(|| Db::new("aio_forgotten_pool"));
+    let pool = ManagedConnection::builder(&db.dsn)
+        .abandon_after(Some(ABANDON_AFTER))
+        .pool(1)
+        .build()
+        .expect("settings");
+    let mut guard = pool.lock().await.expect("lock");
+    guard
+        .batch_execute("BEGIN; INSERT INTO items VALUES (1, 'forgotten block')")
+        .await
+        .expect("a block opened by hand");
+    mem::forget(guard);
+
+    let mut taken = tokio::time::timeout(Duration::from_secs(20), pool.lock())
+        .await
+        .expect("not hung")
+        .expect("lock");
+    taken
+        .execute("INSERT INTO items VALUES (2, 'after')", &[])
+        .await
+        .expect("insert");
+    assert!(
+        matches!(pool.try_lock().await, Err(Error::WouldBlock)),
+        "one connection, held"
+    );
+    drop(taken);
+    assert!(eventually(|| outside(|| db.open_transactions()) == 0).await);
+    assert_eq!(
+        outside(|| db.item_ids()),
+        [2],
+        "the forgotten block rolled back"
+    );
+    for _ in 0..3 {
+        let mut guard = pool.try_lock().await.expect("back in the pool");
+        guard.execute("SELECT 1", &[]).await.expect("runs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_abandon_after_a_forgotten_guard_keeps_the_connection_and_waiters_time_out() {
+    let db = outside(|| Db::new("aio_never_abandon"));
+    let manager = ManagedConnection::builder(&db.dsn)
+        .abandon_after(None)
+        .build()
+        .expect("settings");
+    mem::forget(manager.lock().await.expect("lock"));
+    let waited = manager.lock_timeout(Duration::from_millis(500)).await;
+    assert!(matches!(waited, Err(Error::LockTimeout(_))), "{waited:?}");
+}
