@@ -53,6 +53,21 @@ impl Portal {
         self.transaction
     }
 
+    /// The statement that declares it for `query`.
+    pub(crate) fn declare_sql(&self, query: &str) -> String {
+        format!("DECLARE {} NO SCROLL CURSOR FOR {query}", self.name)
+    }
+
+    /// The statement that fetches its next `max_rows` rows (all that are
+    /// left when `max_rows` is 0 or less).
+    pub(crate) fn fetch_sql(&self, max_rows: i32) -> String {
+        if max_rows > 0 {
+            format!("FETCH FORWARD {max_rows} FROM {}", self.name)
+        } else {
+            format!("FETCH FORWARD ALL FROM {}", self.name)
+        }
+    }
+
     /// The name of the cursor on the server (`pgtx_portal_1`, …): SQL can
     /// use it too (`MOVE`, `FETCH BACKWARD` is refused: the cursor is
     /// `NO SCROLL`).

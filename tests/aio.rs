@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::aio::{XorShift, eventually, in_block, manager, outside, running, until_running};
+use common::aio::{
+    XorShift, begun, eventually, in_block, manager, outside, running, until_running,
+};
 use common::fixtures::Db;
 use pgtx::aio::ManagedConnection;
 use pgtx::{Error, TransactionStatus};
@@ -88,13 +90,7 @@ async fn a_closure_that_fails_rolls_back_and_is_not_reported() {
 async fn a_dropped_transaction_is_rolled_back_at_once_and_reported() {
     let db = outside(|| Db::new("aio_dropped"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute("INSERT INTO items VALUES (1, 'dropped')", &[])
         .await
         .expect("insert");
@@ -160,13 +156,7 @@ async fn a_transaction_scope_dropped_mid_closure_is_rolled_back_and_reported_onc
 async fn a_statement_whose_future_is_dropped_is_cancelled_and_its_transaction_can_only_roll_back() {
     let db = outside(|| Db::new("aio_timeout_stmt"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute("INSERT INTO items VALUES (1, 'before')", &[])
         .await
         .expect("insert");
@@ -221,13 +211,7 @@ async fn a_guard_dropped_mid_statement_leaves_the_next_holder_an_idle_connection
     let task = {
         let manager = Arc::clone(&manager);
         tokio::spawn(async move {
-            let mut tx = manager
-                .lock()
-                .await
-                .expect("lock")
-                .begin()
-                .await
-                .expect("begin");
+            let mut tx = begun(&*manager).await;
             tx.execute("INSERT INTO items VALUES (1, 'never')", &[])
                 .await
                 .expect("insert");
@@ -264,13 +248,7 @@ async fn a_commit_whose_future_is_dropped_is_drained_and_counted() {
             .expect("a slow commit")
     });
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute("INSERT INTO items VALUES (1, 'committed?')", &[])
         .await
         .expect("insert");
@@ -381,13 +359,7 @@ async fn thousands_of_transactions_cut_short_at_random_leave_nothing_dirty_or_ha
 async fn savepoints_keep_or_undo_their_own_work_and_a_dropped_one_is_rolled_back() {
     let db = outside(|| Db::new("aio_savepoints"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute("INSERT INTO items VALUES (1, 'tx')", &[])
         .await
         .expect("insert");
@@ -530,13 +502,7 @@ async fn a_connection_the_server_killed_while_idle_is_replaced_before_anyone_get
     assert_ne!(first, second);
     drop(guard);
     // In a transaction whose BEGIN waits for its first statement, too.
-    let tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let tx = begun(&manager).await;
     assert_eq!(outside(|| db.server.terminate_backends(&db.name)), 1);
     let mut tx = tx;
     tx.execute("INSERT INTO items VALUES (1, 'after a kill')", &[])
@@ -551,13 +517,7 @@ async fn a_statement_interrupted_after_the_server_ran_it_still_leaves_its_transa
  {
     let db = outside(|| Db::new("aio_interrupted_ran"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute("INSERT INTO items VALUES (1, 'first')", &[])
         .await
         .expect("insert");
@@ -600,13 +560,7 @@ async fn a_statement_interrupted_after_the_server_ran_it_still_leaves_its_transa
 async fn a_forgotten_savepoint_is_rolled_back_before_commit() {
     let db = outside(|| Db::new("aio_forgotten_savepoint"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute("INSERT INTO items VALUES (1, 'kept')", &[])
         .await
         .expect("insert");
@@ -728,13 +682,7 @@ async fn a_cancel_handle_cancels_the_running_statement_and_only_when_one_runs() 
     );
 
     let sql = "SELECT pg_sleep(30)";
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute("INSERT INTO items VALUES (1, 'cancelled with its tx')", &[])
         .await
         .expect("insert");
@@ -837,13 +785,7 @@ async fn a_large_result_is_read_without_spinning_on_a_spent_budget() {
     };
     let db = outside(|| Db::new("aio_large_result"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute("SELECT 1", &[]).await.expect("begun");
     let mut read = 0;
     {
@@ -892,13 +834,7 @@ async fn a_cancel_still_on_its_way_never_lands_on_the_commit_that_follows() {
     let cancel = manager.cancel_handle();
     // A CancelRequest: length 16, code 80877102.
     proxy.hold_on(&[&[0, 0, 0, 16, 0x04, 0xD2, 0x16, 0x2E]]);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute("INSERT INTO items VALUES (1, 'kept')", &[])
         .await
         .expect("insert");

@@ -12,7 +12,7 @@ mod common;
 use std::mem;
 use std::time::{Duration, Instant};
 
-use common::aio::{eventually, outside};
+use common::aio::{begun, eventually, outside};
 use common::fixtures::Db;
 use pgtx::Error;
 use pgtx::aio::ManagedConnection;
@@ -35,13 +35,7 @@ fn connected(db: &Db, pid: i32) -> bool {
 async fn a_forgotten_tx_is_taken_over_after_abandon_after_and_nothing_of_it_is_committed() {
     let db = outside(|| Db::new("aio_forgotten_tx"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute("INSERT INTO items VALUES (1, 'forgotten')", &[])
         .await
         .expect("insert");
@@ -50,6 +44,7 @@ async fn a_forgotten_tx_is_taken_over_after_abandon_after_and_nothing_of_it_is_c
         .await
         .expect("pid")
         .get(0);
+    let last_used = Instant::now();
     mem::forget(tx);
     assert_eq!(
         outside(|| db.open_transactions()),
@@ -57,15 +52,15 @@ async fn a_forgotten_tx_is_taken_over_after_abandon_after_and_nothing_of_it_is_c
         "left open on the server"
     );
 
-    let started = Instant::now();
     let mut guard = tokio::time::timeout(Duration::from_secs(20), manager.lock())
         .await
         .expect("the next lock() is not hung")
         .expect("lock");
+    // The session's clock counts whole milliseconds.
     assert!(
-        started.elapsed() >= ABANDON_AFTER - Duration::from_millis(50),
-        "taken over only once abandoned: after {:?}",
-        started.elapsed()
+        last_used.elapsed() >= ABANDON_AFTER - Duration::from_millis(5),
+        "taken over only once abandoned: {:?} after its last statement",
+        last_used.elapsed()
     );
     assert_eq!(manager.unfinished_transactions(), 1, "reported");
     assert!(
@@ -97,13 +92,7 @@ async fn a_forgotten_tx_is_taken_over_after_abandon_after_and_nothing_of_it_is_c
 async fn a_holder_taken_over_while_alive_is_refused_and_commits_nothing() {
     let db = outside(|| Db::new("aio_revoked_tx"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute("INSERT INTO items VALUES (1, 'idle too long')", &[])
         .await
         .expect("insert");
@@ -141,13 +130,7 @@ async fn a_holder_taken_over_while_alive_is_refused_and_commits_nothing() {
 async fn a_holder_whose_statement_runs_past_abandon_after_is_not_taken_over() {
     let db = outside(|| Db::new("aio_busy_holder"));
     let manager = std::sync::Arc::new(manager(&db));
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&*manager).await;
     let waiter = {
         let manager = manager.clone();
         tokio::spawn(async move {
@@ -218,4 +201,40 @@ async fn without_abandon_after_a_forgotten_guard_keeps_the_connection_and_waiter
     mem::forget(manager.lock().await.expect("lock"));
     let waited = manager.lock_timeout(Duration::from_millis(500)).await;
     assert!(matches!(waited, Err(Error::LockTimeout(_))), "{waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_runs_past_abandon_after_is_not_taken_over() {
+    let db = outside(|| Db::new("aio_slow_commit"));
+    outside(|| {
+        db.admin()
+            .batch_execute(
+                "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
+                     $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+                 CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON items
+                     DEFERRABLE INITIALLY DEFERRED
+                     FOR EACH ROW EXECUTE FUNCTION slow_commit();",
+            )
+            .expect("a trigger that makes COMMIT take a second")
+    });
+    let manager = std::sync::Arc::new(manager(&db));
+    let mut tx = begun(&*manager).await;
+    tx.execute("INSERT INTO items VALUES (1, 'slow to commit')", &[])
+        .await
+        .expect("insert");
+    let waiter = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let mut guard = manager.lock().await?;
+            guard.query_one("SELECT count(*) FROM items", &[]).await
+        })
+    };
+    tx.commit()
+        .await
+        .expect("a COMMIT three times abandon_after long runs to its end");
+    let counted: i64 = waiter.await.expect("task").expect("waiter").get(0);
+    assert_eq!(counted, 1, "the waiter ran after the commit");
+    assert_eq!(manager.unfinished_transactions(), 0);
+    assert_eq!(manager.interrupted_commits(), 0);
+    assert_eq!(outside(|| db.item_ids()), [1]);
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::aio::{manager, outside};
+use common::aio::{begun, manager, outside};
 use common::fixtures::Db;
 use pgtx::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,13 +18,7 @@ fn lines(from: i32, to: i32) -> String {
 async fn rows_copied_in_a_transaction_are_stored_once_it_commits_and_read_back_out() {
     let db = outside(|| Db::new("aio_copy_roundtrip"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     let mut writer = tx
         .copy_in("COPY items (id, note) FROM STDIN")
         .await
@@ -60,13 +54,7 @@ async fn rows_copied_in_a_transaction_are_stored_once_it_commits_and_read_back_o
 async fn a_writer_dropped_before_finish_stores_nothing_aborts_its_transaction_and_is_reported() {
     let db = outside(|| Db::new("aio_copy_dropped"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute("INSERT INTO items VALUES (100, 'before')", &[])
         .await
         .expect("insert");
@@ -153,13 +141,7 @@ async fn typed_rows_go_in_and_come_out_through_binary_copy() {
 
     let db = outside(|| Db::new("aio_copy_binary"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     let writer = tx
         .copy_in("COPY items (id, note) FROM STDIN (FORMAT binary)")
         .await

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::aio::{manager, outside};
+use common::aio::{begun, manager, outside};
 use common::fixtures::Db;
 use pgtx::Error;
 use pgtx::aio::{ConnectionSource, GenericClient, Pool};
@@ -154,13 +154,7 @@ async fn inside_a_transaction_the_trait_refuses_transaction_control_as_the_handl
     async fn prepare_end(db: &mut impl GenericClient) -> pgtx::Result<pgtx::Statement> {
         db.prepare("COMMIT").await
     }
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute(
         "INSERT INTO items VALUES (1, 'not committed by the trait')",
         &[],

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::aio::{XorShift, in_block, outside};
+use common::aio::{XorShift, begun, in_block, outside};
 use common::fixtures::Db;
 use common::server::TestServer;
 use pgtx::aio::{ManagedConnection, Pool};
@@ -82,13 +82,7 @@ async fn try_lock_and_lock_timeout_give_up_while_every_connection_is_held() {
 async fn a_dropped_transaction_is_rolled_back_and_its_connection_handed_on_idle() {
     let db = outside(|| Db::new("aio_pool_dropped"));
     let pool = pool(&db, 1);
-    let mut tx = pool
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&pool).await;
     tx.execute("INSERT INTO items VALUES (1, 'dropped')", &[])
         .await
         .expect("insert");

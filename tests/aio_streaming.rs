@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::aio::{manager, outside};
+use common::aio::{begun, manager, outside};
 use common::fixtures::Db;
 use futures_util::TryStreamExt;
 use pgtx::Error;
@@ -16,13 +16,7 @@ use pgtx::Error;
 async fn rows_stream_in_a_transaction_that_then_commits() {
     let db = outside(|| Db::new("aio_stream_commit"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute("INSERT INTO items VALUES (1, 'before the stream')", &[])
         .await
         .expect("insert");
@@ -95,13 +89,7 @@ async fn a_try_next_whose_future_is_dropped_loses_no_row() {
 async fn a_stream_dropped_early_or_mid_fetch_leaves_its_handle_usable() {
     let db = outside(|| Db::new("aio_stream_dropped"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute("INSERT INTO items VALUES (1, 'kept')", &[])
         .await
         .expect("insert");
@@ -174,13 +162,7 @@ async fn a_stream_dropped_early_or_mid_fetch_leaves_its_handle_usable() {
 async fn a_query_failing_mid_stream_hands_its_rows_then_the_error_and_aborts_the_transaction() {
     let db = outside(|| Db::new("aio_stream_fails"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     tx.execute("INSERT INTO items VALUES (1, 'doomed')", &[])
         .await
         .expect("insert");
@@ -219,13 +201,7 @@ async fn typed_statements_take_their_parameter_types_and_refuse_transaction_cont
     use pgtx::types::Type;
     let db = outside(|| Db::new("aio_typed"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     let inserted = tx
         .execute_typed(
             "INSERT INTO items VALUES ($1, $2)",
@@ -255,13 +231,7 @@ async fn typed_statements_take_their_parameter_types_and_refuse_transaction_cont
 async fn a_portal_hands_its_rows_a_batch_at_a_time_and_closes_with_its_transaction() {
     let db = outside(|| Db::new("aio_portal"));
     let manager = manager(&db);
-    let mut tx = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut tx = begun(&manager).await;
     // In the select list: generate_series in FROM would be computed whole first.
     let portal = tx
         .bind("SELECT generate_series(1, $1::int4)", &[&10_i32])
@@ -283,13 +253,7 @@ async fn a_portal_hands_its_rows_a_batch_at_a_time_and_closes_with_its_transacti
         "{refused:?}"
     );
     tx.commit().await.expect("commit");
-    let mut next = manager
-        .lock()
-        .await
-        .expect("lock")
-        .begin()
-        .await
-        .expect("begin");
+    let mut next = begun(&manager).await;
     let closed = next.query_portal(&portal, 1).await.map(drop);
     assert!(matches!(closed, Err(Error::PortalClosed)), "{closed:?}");
     next.rollback().await.expect("rollback");

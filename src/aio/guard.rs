@@ -88,10 +88,13 @@ impl<'m> Guard<'m> {
     ///
     /// # Errors
     ///
-    /// None so far; the `Result` leaves room for checks to come.
+    /// [`Error::LeaseRevoked`](crate::Error::LeaseRevoked) if the
+    /// connection was taken over as abandoned (see
+    /// [`Builder::abandon_after`](super::Builder::abandon_after)).
     pub async fn begin_with(mut self, options: TxOptions) -> Result<Tx<'m, Open>> {
         let lease = self.lease();
         let (inner, core) = lease.parts();
+        inner.check_current(core)?;
         inner.tidy(core).await;
         if core.begin(&inner.shared, options.begin_sql()).await {
             inner.report_unfinished(Cause::UserBlock);

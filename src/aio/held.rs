@@ -184,7 +184,7 @@ pub(crate) async fn bind(
     prepare(inner, core, scope, Some(query)).await?;
     let (transaction, number) = core.next_portal();
     let portal = Portal::new(transaction, number);
-    let declare = format!("DECLARE {} NO SCROLL CURSOR FOR {query}", portal.name());
+    let declare = portal.declare_sql(query);
     statement(inner, core, scope, declare.as_str(), Execute, params).await?;
     Ok(portal)
 }
@@ -202,12 +202,7 @@ pub(crate) async fn query_portal(
     if core.transaction_number() != portal.transaction() || !core.in_transaction() {
         return Err(Error::PortalClosed);
     }
-    let count = if max_rows > 0 {
-        max_rows.to_string()
-    } else {
-        "ALL".to_owned()
-    };
-    let fetch = format!("FETCH FORWARD {count} FROM {}", portal.name());
+    let fetch = portal.fetch_sql(max_rows);
     statement(inner, core, scope, fetch.as_str(), Query, &[]).await
 }
 

@@ -63,6 +63,7 @@ impl Drop for Lease<'_> {
     /// [`Inner::tidy_soon`]), or by the next use.
     fn drop(&mut self) {
         let panicking = std::thread::panicking();
+        let inner = self.held.inner();
         let slot = &mut *self.held;
         let end = if slot.scoped {
             HolderEnd::ScopeEnded {
@@ -98,14 +99,19 @@ impl Drop for Lease<'_> {
             slot.core
                 .record_fallback(RollBackTarget::Transaction, report);
         }
+        if inner.check_current(&slot.core).is_err() {
+            // Taken over: its session is let go below, and whatever it
+            // left ended with its connection.
+            return;
+        }
         if Inner::needs_tidy(&slot.core) {
             // The lease is let go below; the task waits for it.
-            Inner::tidy_soon(self.held.inner());
+            Inner::tidy_soon(inner);
         }
         // Only a holder's lease tells the manager (a pool hands the
         // connection on); one taken over is the new holder's to tell.
         if self.held.let_go() {
-            self.held.inner().released();
+            inner.released();
         }
     }
 }

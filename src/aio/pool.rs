@@ -270,11 +270,21 @@ impl Pool {
     /// over (see [`Builder::abandon_after`]): the holder's claim on it is
     /// the caller's now.
     async fn take_over_abandoned(&self) -> Option<Result<Guard<'_>>> {
-        for member in &self.members {
+        for (index, member) in self.members.iter().enumerate() {
             let inner = member.inner();
             if let Some(held) = inner.take_over_if_abandoned() {
+                // The abandoned holder's claim: back to the free ones if
+                // the member cannot be readied (or this future is dropped).
+                let claim = Claim {
+                    line: &self.line,
+                    index,
+                    kept: false,
+                };
                 let readied = inner.ready(held).await;
-                return Some(readied.map(|held| Guard::new(Lease::new(held))));
+                return Some(readied.map(|held| {
+                    claim.keep();
+                    Guard::new(Lease::new(held))
+                }));
             }
         }
         None

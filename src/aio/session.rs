@@ -263,8 +263,17 @@ impl Inner {
     /// Waits for the lease (first come, first served), taking it over
     /// from a holder that has run nothing for `abandon_after`.
     pub(crate) async fn wait_for_lease(self: &Arc<Self>) -> Held<'_> {
+        self.wait(true).await
+    }
+
+    /// Waits for the lease; with `take_over`, takes it over from a holder
+    /// that has run nothing for `abandon_after`. The manager's own tasks
+    /// (tidying, settling) never do: only a caller that wants the
+    /// connection may cost its holder the connection.
+    async fn wait(self: &Arc<Self>, take_over: bool) -> Held<'_> {
         loop {
-            let Some(limit) = self.abandon_after else {
+            let limit = self.abandon_after.filter(|_| take_over);
+            let Some(limit) = limit else {
                 if let Ok(permit) = self.gate.acquire().await {
                     return self.take(permit);
                 }
@@ -300,6 +309,8 @@ impl Inner {
     /// With the lease's permit: the session, taken out.
     fn take(self: &Arc<Self>, permit: SemaphorePermit<'_>) -> Held<'_> {
         permit.forget();
+        // The new holder has not been idle for the old one's idle time.
+        self.shared.cancel.touch();
         let slot = self.slot.lock().take().unwrap_or_else(|| {
             // A permit stands for the session put back: this cannot be.
             log::error!(
@@ -353,13 +364,15 @@ impl Inner {
         if unused < limit {
             return None;
         }
+        // All under the slot's lock: another waiter that looks next finds
+        // a holder (this one) that has just started.
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        drop(stored);
+        self.shared.cancel.touch();
         let status = self.shared.status.get();
         self.shared.sever();
         self.shared.cancel.disconnected();
         self.shared.status.set(TransactionStatus::Closed);
-        self.shared.cancel.touch();
+        drop(stored);
         if matches!(
             status,
             TransactionStatus::InTransaction | TransactionStatus::InError
@@ -397,7 +410,7 @@ impl Inner {
     pub(crate) async fn settle(self: &Arc<Self>) {
         let held = match self.gate.try_acquire() {
             Ok(permit) => Some(self.take(permit)),
-            Err(_) if self.tidying.load(Ordering::Acquire) > 0 => Some(self.wait_for_lease().await),
+            Err(_) if self.tidying.load(Ordering::Acquire) > 0 => Some(self.wait(false).await),
             Err(_) => None,
         };
         if let Some(mut held) = held {
@@ -492,6 +505,8 @@ impl Inner {
             Occasion::Fresh
         };
         match self.factory.open(occasion).await {
+            // Taken over while it connected: the new holder's, not this one's.
+            Ok(_) if self.check_current(core).is_err() => Err(Error::LeaseRevoked),
             Ok(conn) => {
                 core.install(&self.shared, conn);
                 Ok(())
@@ -518,7 +533,7 @@ impl Inner {
         // Without a runtime, the next use tidies.
         let _no_runtime = runtime::spawn(async move {
             let inner = &tidying.0;
-            let mut held = inner.wait_for_lease().await;
+            let mut held = inner.wait(false).await;
             // Nobody holds the session: whatever is open once the
             // interrupted request is drained was left behind.
             inner.tidy(&mut held.core).await;

@@ -434,11 +434,16 @@ impl<'m> Tx<'m, Open> {
     ///
     /// # Errors
     ///
-    /// None so far; the `Result` matches the blocking API.
+    /// [`Error::LeaseRevoked`](crate::Error::LeaseRevoked) if the
+    /// connection was taken over as abandoned (see
+    /// [`Builder::abandon_after`](super::Builder::abandon_after)): the
+    /// transaction was rolled back then, and nothing is sent.
     pub async fn rollback(mut self) -> Result<Tx<'m, Done>> {
         let (inner, core) = self.lease.parts();
-        if let Err(e) = held::prepare(inner, core, Scope::Transaction { depth: 0 }, None).await {
-            log::debug!("pgtx: before ROLLBACK: {e}");
+        match held::prepare(inner, core, Scope::Transaction { depth: 0 }, None).await {
+            Err(Error::LeaseRevoked) => return Err(Error::LeaseRevoked),
+            Err(e) => log::debug!("pgtx: before ROLLBACK: {e}"),
+            Ok(()) => {}
         }
         core.rollback(&inner.shared).await;
         self.lease.set_holding(Holding::DoneTx);

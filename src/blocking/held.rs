@@ -273,8 +273,7 @@ impl Conn<'_> {
             self.check(s, query)?;
             let (transaction, number) = s.next_portal();
             let portal = Portal::new(transaction, number);
-            let declare = format!("DECLARE {} NO SCROLL CURSOR FOR {query}", portal.name());
-            s.cached_statement(declare.as_str(), Execute, params)?;
+            s.cached_statement(portal.declare_sql(query).as_str(), Execute, params)?;
             Ok(portal)
         })
     }
@@ -286,13 +285,7 @@ impl Conn<'_> {
             if s.transaction_number() != portal.transaction() || !s.in_transaction() {
                 return Err(Error::PortalClosed);
             }
-            let count = if max_rows > 0 {
-                max_rows.to_string()
-            } else {
-                "ALL".to_owned()
-            };
-            let fetch = format!("FETCH FORWARD {count} FROM {}", portal.name());
-            s.cached_statement(fetch.as_str(), Query, &[])
+            s.cached_statement(portal.fetch_sql(max_rows).as_str(), Query, &[])
         })
     }
 

@@ -6,7 +6,7 @@
 //! must not block its worker for a network round trip): the cell marks
 //! one as sending, and statements wait to start until it has arrived.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -27,6 +27,20 @@ pub(crate) struct CancelCell {
     /// took the session (ms since [`clock_base`]): how long the holder
     /// has done nothing, for the async front's takeover of an abandoned one.
     touched: AtomicU64,
+    /// Requests being driven now (see [`Busy`]).
+    busy: AtomicUsize,
+}
+
+/// A request being driven on the connection: while one lives, its holder
+/// is at work, whatever the request (a statement, `COMMIT`, a stream's
+/// next rows); dropped (its future too), it is not.
+pub(crate) struct Busy<'c>(&'c CancelCell);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The start of the clock [`CancelCell`] reads activity on.
@@ -132,13 +146,18 @@ impl CancelCell {
         self.touched.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// A request is being driven until the [`Busy`] is dropped.
+    pub(crate) fn busy(&self) -> Busy<'_> {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        Busy(self)
+    }
+
     #[cfg(feature = "aio")]
-    /// How long the session has been unused: no statement running (nor a
-    /// cancel request on its way) and none started or answered since;
-    /// `None` while one is.
+    /// How long the session has been unused: no request being driven (nor
+    /// a cancel request on its way), and none since; `None` while one is.
     pub(crate) fn unused_for(&self) -> Option<std::time::Duration> {
-        let inflight = self.inflight.lock();
-        if inflight.running || inflight.sending {
+        if self.busy.load(Ordering::Acquire) > 0 || self.inflight.lock().sending {
             return None;
         }
         let since = self.touched.load(Ordering::Relaxed);

@@ -29,6 +29,7 @@ use postgres::error::{DbError, SqlState};
 use postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, Notification, Statement};
 
+use self::cancel_serials::CancelCell;
 use self::gate::Gate;
 use self::interrupt::Interrupt;
 use self::request::{Opens, StatementKind};
@@ -109,6 +110,9 @@ pub(crate) struct Connection {
     /// Shuts the socket down from outside (see `connect/sever.rs`); its
     /// second handle on the socket closes with this connection.
     severer: ClosesWith,
+    /// The session's cancel cell, once installed: told while a request is
+    /// driven, so that a holder at work is never taken for abandoned.
+    activity: Option<Arc<CancelCell>>,
 }
 
 static_assertions::assert_impl_all!(Connection: Send);
@@ -196,6 +200,7 @@ impl Connection {
             in_flight: false,
             describing_in_block: false,
             severer: ClosesWith(severer),
+            activity: None,
         })
     }
 
@@ -417,6 +422,7 @@ impl Connection {
         Fut: Future<Output = Result<T, postgres::Error>> + 'a,
     {
         self.in_flight = true;
+        let _busy = self.activity.as_deref().map(CancelCell::busy);
         let Connection {
             client,
             connection,
@@ -597,6 +603,11 @@ impl Connection {
     /// What shuts this connection's socket down from outside.
     pub(crate) fn severer(&self) -> &Arc<Severer> {
         &self.severer.0
+    }
+
+    /// Tells `cell` while each request is driven (see `CancelCell::busy`).
+    pub(crate) fn report_activity_to(&mut self, cell: &Arc<CancelCell>) {
+        self.activity = Some(Arc::clone(cell));
     }
 
     pub(crate) fn cancel_target(&self) -> &Arc<CancelTarget> {

@@ -331,6 +331,8 @@ impl SessionCore {
             shared.replaced.fetch_add(1, Ordering::Relaxed);
         }
         *shared.severer.lock() = Some(Arc::clone(conn.severer()));
+        let mut conn = conn;
+        conn.report_activity_to(&shared.cancel);
         self.conn = Some(conn);
         self.lost = false;
         self.publish(shared);

@@ -76,3 +76,14 @@ impl XorShift {
         self.0
     }
 }
+
+/// A transaction begun on `source` (a manager or a pool).
+pub async fn begun<S: pgtx::aio::ConnectionSource>(source: &S) -> pgtx::aio::Tx<'_> {
+    source
+        .lock()
+        .await
+        .expect("lock")
+        .begin()
+        .await
+        .expect("begin")
+}
