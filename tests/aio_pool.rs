@@ -274,3 +274,60 @@ fn sixty_four_tasks_for_three_seconds_never_stall() {
     assert!(total > 64, "{total} transactions");
     assert_eq!(pool.state().in_use, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_opens_min_idle_connections_before_the_pool_is_handed_out() {
+    let db = outside(|| Db::new("aio_pool_min_idle"));
+    let built = pool(&db, 4);
+    assert!(outside(|| db.backends()).is_empty(), "build opens none");
+    drop(built);
+
+    let pool = ManagedConnection::builder(&db.dsn)
+        .pool(4)
+        .min_idle(2)
+        .connect()
+        .await
+        .expect("connect");
+    assert_eq!(outside(|| db.backends()).len(), 2, "two opened, no more");
+    let (mut a, mut b) = (pool.lock().await.expect("a"), pool.lock().await.expect("b"));
+    let pid_a: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("a runs")
+        .get(0);
+    let pid_b: i32 = b
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("b runs")
+        .get(0);
+    assert_ne!(pid_a, pid_b);
+    assert_eq!(
+        outside(|| db.backends()).len(),
+        2,
+        "the two handed out were the ones opened"
+    );
+    let (mut c, mut d) = (pool.lock().await.expect("c"), pool.lock().await.expect("d"));
+    c.execute("SELECT 1", &[]).await.expect("c runs");
+    d.execute("SELECT 1", &[]).await.expect("d runs");
+    assert_eq!(outside(|| db.backends()).len(), 4);
+    assert!(matches!(pool.try_lock().await, Err(Error::WouldBlock)));
+    drop((a, b, c, d));
+    assert_eq!(pool.state().idle, 4, "{:?}", pool.state());
+
+    // A port nothing listens on any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let unreachable = ManagedConnection::builder(&format!(
+        "host=127.0.0.1 port={port} user=nobody connect_timeout=5"
+    ))
+    .pool(2)
+    .min_idle(1)
+    .connect()
+    .await;
+    assert!(
+        matches!(unreachable, Err(Error::Connect(_))),
+        "{unreachable:?}"
+    );
+}

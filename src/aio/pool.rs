@@ -165,6 +165,7 @@ impl Builder {
 pub struct PoolBuilder {
     builder: Builder,
     size: usize,
+    min_idle: usize,
 }
 
 impl PoolBuilder {
@@ -172,32 +173,67 @@ impl PoolBuilder {
         PoolBuilder {
             builder,
             size: size.max(1),
+            min_idle: 0,
         }
     }
 
+    /// How many connections (at most the pool's size) [`connect`](Self::connect)
+    /// opens before it hands the pool out. Default 0; [`build`](Self::build)
+    /// opens none whatever this says.
+    pub fn min_idle(mut self, connections: usize) -> Self {
+        self.min_idle = connections;
+        self
+    }
+
     /// Builds the pool: `size` managers (at least one) with the
-    /// builder's settings and hooks. Does not connect.
+    /// builder's settings and hooks. Does not connect: each connection is
+    /// opened the first time it is needed (see [`connect`](Self::connect)).
     ///
     /// # Errors
     ///
     /// [`Error::Settings`] if the connection string cannot be read.
     pub fn build(self) -> Result<Pool> {
+        let members = self.members()?;
+        Ok(Self::assemble(members))
+    }
+
+    /// Builds the pool and opens [`min_idle`](Self::min_idle) of its
+    /// connections first (one after the other), so that the first tasks
+    /// do not wait for them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Settings`] if the connection string cannot be read; any
+    /// error opening one of those connections ([`Error::Connect`],
+    /// [`Error::OnConnect`]): then no pool is made.
+    pub async fn connect(self) -> Result<Pool> {
+        let members = self.members()?;
+        // Before the members are put in line: a guard let go here hands
+        // nothing on.
+        for member in members.iter().take(self.min_idle) {
+            drop(member.lock().await?);
+        }
+        Ok(Self::assemble(members))
+    }
+
+    fn members(&self) -> Result<Box<[ManagedConnection]>> {
+        (0..self.size).map(|_| self.builder.build_one()).collect()
+    }
+
+    /// The members in line: each one, let go, is free again.
+    fn assemble(members: Box<[ManagedConnection]>) -> Pool {
         let line = Arc::new(Line {
-            free: Semaphore::new(self.size),
-            taken: (0..self.size).map(|_| AtomicBool::new(false)).collect(),
+            free: Semaphore::new(members.len()),
+            taken: (0..members.len()).map(|_| AtomicBool::new(false)).collect(),
             waiting: AtomicUsize::new(0),
         });
-        let members = (0..self.size)
-            .map(|index| {
-                let member = self.builder.build_one()?;
-                let line = Arc::clone(&line);
-                member
-                    .inner()
-                    .on_release(Box::new(move || line.give_back(index)));
-                Ok(member)
-            })
-            .collect::<Result<Box<[_]>>>()?;
-        Ok(Pool { members, line })
+        for (index, member) in members.iter().enumerate() {
+            let line = Arc::clone(&line);
+            member
+                .inner()
+                .on_release(Box::new(move || line.give_back(index)));
+        }
+        Pool { members, line }
     }
 }
 
@@ -206,6 +242,7 @@ impl fmt::Debug for PoolBuilder {
         f.debug_struct("aio::PoolBuilder")
             .field("builder", &self.builder)
             .field("size", &self.size)
+            .field("min_idle", &self.min_idle)
             .finish()
     }
 }
