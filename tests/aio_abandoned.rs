@@ -238,3 +238,54 @@ async fn a_commit_that_runs_past_abandon_after_is_not_taken_over() {
     assert_eq!(manager.interrupted_commits(), 0);
     assert_eq!(outside(|| db.item_ids()), [1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_read_after_a_takeover_is_refused_and_leaves_the_new_holder_alone() {
+    let db = outside(|| Db::new("aio_revoked_stream"));
+    let manager = manager(&db);
+    let mut tx = begun(&manager).await;
+    let mut rows = tx
+        .query_raw("SELECT generate_series(1, 1000000)", &[])
+        .await
+        .expect("a stream");
+    assert!(rows.try_next().await.expect("a row").is_some());
+
+    // The stream idles; another task takes the connection over.
+    let mut guard = tokio::time::timeout(Duration::from_secs(20), manager.lock())
+        .await
+        .expect("not hung")
+        .expect("lock");
+
+    // The old stream hands out what it had read, then is refused.
+    let refused = loop {
+        match rows.try_next().await {
+            Ok(Some(_)) => {}
+            other => break other.map(|_| ()),
+        }
+    };
+    assert!(matches!(refused, Err(Error::LeaseRevoked)), "{refused:?}");
+    drop(rows);
+    drop(tx);
+
+    // The new holder's statement can still be cancelled: the old stream's
+    // failure left its cancel target alone.
+    let cancel = manager.cancel_handle();
+    let cancelled = tokio::join!(guard.execute("SELECT pg_sleep(30)", &[]), async {
+        common::aio::until_running(&db, "SELECT pg_sleep(30)").await;
+        cancel.cancel().await
+    });
+    assert!(
+        matches!(cancelled.0, Err(Error::Cancelled(_))),
+        "{:?}",
+        cancelled.0
+    );
+    assert!(matches!(cancelled.1, Ok(true)), "{:?}", cancelled.1);
+    assert_eq!(
+        guard
+            .query_one("SELECT 1", &[])
+            .await
+            .expect("usable")
+            .get::<_, i32>(0),
+        1
+    );
+}

@@ -48,9 +48,10 @@ pub(crate) async fn prepare(
     scope: Scope,
     sql: Option<&str>,
 ) -> Result<()> {
-    // A holder taken over as abandoned (see `Inner`) runs nothing more.
-    inner.check_current(core)?;
+    // Marked active first: a takeover after this finds it active, and one
+    // before it is seen here. A holder taken over runs nothing more.
     inner.shared.cancel.touch();
+    inner.check_current(core)?;
     inner.tidy(core).await;
     let Scope::Transaction { depth } = scope else {
         return Ok(());
@@ -198,6 +199,7 @@ pub(crate) async fn query_portal(
     portal: &Portal,
     max_rows: i32,
 ) -> Result<Vec<Row>> {
+    inner.check_current(core)?;
     inner.tidy(core).await;
     if core.transaction_number() != portal.transaction() || !core.in_transaction() {
         return Err(Error::PortalClosed);

@@ -308,6 +308,11 @@ impl Pool {
     /// the caller's now.
     async fn take_over_abandoned(&self) -> Option<Result<Guard<'_>>> {
         for (index, member) in self.members.iter().enumerate() {
+            // Only a member a caller claimed: one the manager's own tasks
+            // hold is not the pool's to hand out.
+            if !self.line.taken[index].load(Ordering::Acquire) {
+                continue;
+            }
             let inner = member.inner();
             if let Some(held) = inner.take_over_if_abandoned() {
                 // The abandoned holder's claim: back to the free ones if
@@ -318,10 +323,19 @@ impl Pool {
                     kept: false,
                 };
                 let readied = inner.ready(held).await;
-                return Some(readied.map(|held| {
-                    claim.keep();
-                    Guard::new(Lease::new(held))
-                }));
+                return Some(match readied {
+                    Ok(held) => {
+                        claim.keep();
+                        Ok(Guard::new(Lease::new(held)))
+                    }
+                    // Taken over again while it was readied: the claim
+                    // went with it.
+                    Err(Error::LeaseRevoked) => {
+                        claim.keep();
+                        Err(Error::LeaseRevoked)
+                    }
+                    Err(e) => Err(e),
+                });
             }
         }
         None
@@ -364,9 +378,18 @@ impl Pool {
     /// member and readies it.
     async fn take_claimed(&self) -> Result<Guard<'_>> {
         let claim = self.claim().await;
-        let guard = self.members[claim.index].lock().await?;
-        claim.keep();
-        Ok(guard)
+        match self.members[claim.index].lock().await {
+            Ok(guard) => {
+                claim.keep();
+                Ok(guard)
+            }
+            // Taken over while it was readied: the claim went with it.
+            Err(Error::LeaseRevoked) => {
+                claim.keep();
+                Err(Error::LeaseRevoked)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The first free member (one that is up, if any is), taken. A permit

@@ -86,8 +86,6 @@ pub(crate) struct Inner {
     /// The lease: one permit, taken by the holder and added back when it
     /// puts the session back.
     gate: Semaphore,
-    /// The current session's generation (see [`SessionCore::generation`]).
-    generation: AtomicU64,
     /// How long a holder may run nothing, while others wait, before it is
     /// taken over; `None`: never.
     abandon_after: Option<Duration>,
@@ -175,7 +173,6 @@ impl Inner {
         Inner {
             slot: Mutex::new(Some(Box::new(Slot::new(SessionCore::new(factory.naming))))),
             gate: Semaphore::new(1),
-            generation: AtomicU64::new(0),
             abandon_after,
             shared: SessionShared::default(),
             factory: Arc::new(factory),
@@ -316,7 +313,7 @@ impl Inner {
             log::error!(
                 "pgtx: the lease was free but its session was not there; a new one is made"
             );
-            self.new_slot(self.generation.load(Ordering::Acquire))
+            self.new_slot(self.shared.generation.load(Ordering::Acquire))
         });
         Held {
             slot: Some(slot),
@@ -336,7 +333,7 @@ impl Inner {
     /// go (`false`).
     fn put_back(&self, slot: Box<Slot>) -> bool {
         let mut stored = self.slot.lock();
-        if slot.core.generation() != self.generation.load(Ordering::Acquire) {
+        if slot.core.generation() != self.shared.generation.load(Ordering::Acquire) {
             drop(stored);
             drop(slot);
             return false;
@@ -366,7 +363,7 @@ impl Inner {
         }
         // All under the slot's lock: another waiter that looks next finds
         // a holder (this one) that has just started.
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.shared.cancel.touch();
         let status = self.shared.status.get();
         self.shared.sever();
@@ -396,11 +393,7 @@ impl Inner {
     ///
     /// [`Error::LeaseRevoked`] if `core` is not the current session.
     pub(crate) fn check_current(&self, core: &SessionCore) -> Result<()> {
-        if core.generation() == self.generation.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err(Error::LeaseRevoked)
-        }
+        core.refuse_if_stale(&self.shared)
     }
 
     /// For a `transaction` scope whose closure dropped its `Tx`: waits
@@ -419,7 +412,8 @@ impl Inner {
     }
 
     pub(crate) async fn ready<'m>(&'m self, mut held: Held<'m>) -> Result<Held<'m>> {
-        self.shared.cancel.touch();
+        // At work until it is ready: connecting and the hooks count.
+        let _busy = self.shared.cancel.busy();
         held.scoped = false;
         held.holding = Holding::Guard;
         held.attempt = 1;
@@ -448,6 +442,12 @@ impl Inner {
     /// step's marker stays until it is done, so a `tidy` whose own future
     /// is dropped leaves the rest to the next.
     pub(crate) async fn tidy(&self, core: &mut SessionCore) {
+        if self.check_current(core).is_err() {
+            // Taken over: what it left ended with its connection, and it
+            // must not touch what the current session shares.
+            return;
+        }
+        let _busy = self.shared.cancel.busy();
         if core.was_interrupted()
             && let Some(interruption) = core.recover_interrupted(&self.shared).await
         {

@@ -70,6 +70,10 @@ pub(crate) struct SessionShared {
     /// Shuts the current connection's socket down from outside (the
     /// async front's takeover of an abandoned holder).
     severer: parking_lot::Mutex<Option<Arc<Severer>>>,
+    /// The generation of the session that is current (see
+    /// [`SessionCore::refuse_if_stale`]): the async front moves it on when
+    /// it takes an abandoned holder's session over.
+    pub(crate) generation: AtomicU64,
 }
 
 impl SessionShared {
@@ -230,6 +234,21 @@ impl SessionCore {
         self.generation
     }
 
+    /// Refuses a session that is no longer its manager's current one (its
+    /// holder was taken over as abandoned): nothing it does may touch what
+    /// the current session shares (status, cancel cell, socket).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseRevoked`] if it is not current.
+    pub(crate) fn refuse_if_stale(&self, shared: &SessionShared) -> Result<()> {
+        if self.generation == shared.generation.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Error::LeaseRevoked)
+        }
+    }
+
     /// Records what the fallback decided when a hold ended unfinished
     /// (no I/O: callable from `Drop` anywhere); [`settle_fallback`](Self::settle_fallback)
     /// carries it out. A later decision replaces one not carried out yet
@@ -382,6 +401,7 @@ impl SessionCore {
         sql: Option<&str>,
         request: &R,
     ) -> Result<R::Output> {
+        self.refuse_if_stale(shared)?;
         let server = self.server_status();
         let pending = self
             .machine
@@ -793,6 +813,7 @@ impl SessionCore {
         shared: &SessionShared,
         out: &mut VecDeque<Row>,
     ) -> Result<Fetched> {
+        self.refuse_if_stale(shared)?;
         let read = match self.conn.as_mut() {
             Some(conn) => conn.next_rows(out).await,
             None => Ok(Fetched::End(None)),
@@ -806,6 +827,7 @@ impl SessionCore {
         shared: &SessionShared,
         out: &mut BytesMut,
     ) -> Result<Fetched> {
+        self.refuse_if_stale(shared)?;
         let read = match self.conn.as_mut() {
             Some(conn) => conn.next_copy_data(out).await,
             None => Ok(Fetched::End(None)),
@@ -820,6 +842,7 @@ impl SessionCore {
         shared: &SessionShared,
         out: &mut VecDeque<BinaryCopyOutRow>,
     ) -> Result<Fetched> {
+        self.refuse_if_stale(shared)?;
         let read = match self.conn.as_mut() {
             Some(conn) => conn.next_binary_rows(out).await,
             None => Ok(Fetched::End(None)),
@@ -842,6 +865,7 @@ impl SessionCore {
         shared: &SessionShared,
         data: Bytes,
     ) -> Result<()> {
+        self.refuse_if_stale(shared)?;
         if self.stream.is_none() {
             return Err(Error::StreamEnded);
         }
@@ -858,6 +882,7 @@ impl SessionCore {
     /// Ends a `COPY … FROM STDIN`: the number of rows copied, or the
     /// server's error (a bad row), the transaction then aborted.
     pub(crate) async fn finish_copy_in(&mut self, shared: &SessionShared) -> Result<u64> {
+        self.refuse_if_stale(shared)?;
         if self.stream.is_none() {
             return Err(Error::StreamEnded);
         }
@@ -902,6 +927,7 @@ impl SessionCore {
     /// On `Err` the transaction is over either way (rolled back, or of unknown
     /// outcome when the connection broke during `COMMIT`).
     pub(crate) async fn commit(&mut self, shared: &SessionShared) -> Result<()> {
+        self.refuse_if_stale(shared)?;
         match self.machine.commit() {
             CommitPlan::Nothing => {
                 self.publish(shared);
