@@ -289,3 +289,42 @@ async fn a_stream_read_after_a_takeover_is_refused_and_leaves_the_new_holder_alo
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_looking_for_an_abandoned_holder_keep_their_place_in_line() {
+    let db = outside(|| Db::new("aio_abandon_fifo"));
+    let pool = std::sync::Arc::new(
+        ManagedConnection::builder(&db.dsn)
+            .abandon_after(Some(Duration::from_millis(100)))
+            .pool(1)
+            .build()
+            .expect("settings"),
+    );
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut holder = pool.lock().await.expect("lock");
+    let mut waiters = Vec::new();
+    for name in ["first", "second", "third"] {
+        let (in_line, order) = (pool.clone(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let guard = in_line.lock().await.expect("lock");
+            order.lock().expect("order").push(name);
+            drop(guard);
+        }));
+        let queued = waiters.len();
+        assert!(
+            eventually(|| pool.state().waiting == queued).await,
+            "{name} waits"
+        );
+    }
+    // Busy six times abandon_after: every waiter looks again and again
+    // whether the holder is abandoned, and must not lose its place.
+    holder
+        .execute("SELECT pg_sleep(0.6)", &[])
+        .await
+        .expect("runs to its end");
+    drop(holder);
+    for waiter in waiters {
+        waiter.await.expect("waiter");
+    }
+    assert_eq!(*order.lock().expect("order"), ["first", "second", "third"]);
+}

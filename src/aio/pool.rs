@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -273,6 +274,8 @@ impl Pool {
     /// ([`Error::ConnectionDead`]); the connection goes back to the pool.
     pub async fn lock(&self) -> Result<Guard<'_>> {
         let waiting = Waiting::new(&self.line.waiting);
+        // One place in line for the whole wait (see `Inner::wait`).
+        let mut acquire = pin!(self.line.free.acquire());
         loop {
             let check_in = self
                 .members
@@ -280,18 +283,17 @@ impl Pool {
                 .filter_map(|member| member.inner().abandon_check_in())
                 .min();
             let acquired = match check_in {
-                None => Some(self.line.free.acquire().await),
-                Some(wait) => tokio::time::timeout(wait, self.line.free.acquire())
-                    .await
-                    .ok(),
+                None => Some(acquire.as_mut().await),
+                Some(wait) => tokio::time::timeout(wait, acquire.as_mut()).await.ok(),
             };
             match acquired {
                 Some(Ok(permit)) => {
                     permit.forget();
                     break;
                 }
-                // Never closed.
-                Some(Err(_closed)) => {}
+                // Never closed; if it were, ask again rather than poll a
+                // finished future.
+                Some(Err(_closed)) => acquire.set(self.line.free.acquire()),
                 None => {
                     if let Some(taken) = self.take_over_abandoned().await {
                         return taken;

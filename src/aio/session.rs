@@ -12,6 +12,7 @@
 //! next use acts on.
 
 use std::ops::{Deref, DerefMut};
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -268,20 +269,24 @@ impl Inner {
     /// (tidying, settling) never do: only a caller that wants the
     /// connection may cost its holder the connection.
     async fn wait(self: &Arc<Self>, take_over: bool) -> Held<'_> {
+        // One place in line for the whole wait: looking whether the holder
+        // is abandoned does not send this waiter to the back.
+        let mut acquire = pin!(self.gate.acquire());
         loop {
             let limit = self.abandon_after.filter(|_| take_over);
-            let Some(limit) = limit else {
-                if let Ok(permit) = self.gate.acquire().await {
-                    return self.take(permit);
+            let acquired = match limit {
+                None => Some(acquire.as_mut().await),
+                Some(limit) => {
+                    let wait = self.until_abandoned(limit);
+                    tokio::time::timeout(wait, acquire.as_mut()).await.ok()
                 }
-                // Never closed; if it were, the lease would be gone for good.
-                continue;
             };
-            let wait = self.until_abandoned(limit);
-            match tokio::time::timeout(wait, self.gate.acquire()).await {
-                Ok(Ok(permit)) => return self.take(permit),
-                Ok(Err(_closed)) => continue,
-                Err(_waited) => {
+            match acquired {
+                Some(Ok(permit)) => return self.take(permit),
+                // Never closed; if it were, ask again rather than poll a
+                // finished future.
+                Some(Err(_closed)) => acquire.set(self.gate.acquire()),
+                None => {
                     if let Some(held) = self.take_over_if_abandoned() {
                         return held;
                     }
