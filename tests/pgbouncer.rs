@@ -510,11 +510,7 @@ fn async_transactions_from_many_managers_commit_exactly_what_they_report_through
     let db = Db::new("bouncer_aio");
     let bouncer = Bouncer::start(db.server, POOL_SIZE);
     let dsn = bouncer.dsn_for(&db.name);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let runtime = async_runtime();
     let (committed, backends) = runtime.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..MANAGERS {
@@ -572,11 +568,7 @@ fn async_copy_and_streamed_rows_work_through_pgbouncer_from_many_managers_at_onc
     let db = Db::new("bouncer_aio_copy");
     let bouncer = Bouncer::start(db.server, POOL_SIZE);
     let dsn = bouncer.dsn_for(&db.name);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let runtime = async_runtime();
     runtime.block_on(async {
         let mut tasks = Vec::new();
         for client in 0..MANAGERS {
@@ -645,4 +637,14 @@ fn async_copy_and_streamed_rows_work_through_pgbouncer_from_many_managers_at_onc
             "server connection {pid} holds a named statement"
         );
     }
+}
+
+/// A runtime for the async tests here (they also run blocking harness
+/// code, so they are not `#[tokio::test]`s).
+fn async_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
 }

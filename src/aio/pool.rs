@@ -117,6 +117,16 @@ impl Claim<'_> {
     fn keep(mut self) {
         self.kept = true;
     }
+
+    /// After readying the member for the caller: kept with the guard; kept
+    /// too if the member was taken over meanwhile (the claim went with it,
+    /// to the taker); otherwise given back.
+    fn settle<T>(self, readied: Result<T>) -> Result<T> {
+        if matches!(readied, Ok(_) | Err(Error::LeaseRevoked)) {
+            self.keep();
+        }
+        readied
+    }
 }
 
 impl Drop for Claim<'_> {
@@ -325,19 +335,11 @@ impl Pool {
                     kept: false,
                 };
                 let readied = inner.ready(held).await;
-                return Some(match readied {
-                    Ok(held) => {
-                        claim.keep();
-                        Ok(Guard::new(Lease::new(held)))
-                    }
-                    // Taken over again while it was readied: the claim
-                    // went with it.
-                    Err(Error::LeaseRevoked) => {
-                        claim.keep();
-                        Err(Error::LeaseRevoked)
-                    }
-                    Err(e) => Err(e),
-                });
+                return Some(
+                    claim
+                        .settle(readied)
+                        .map(|held| Guard::new(Lease::new(held))),
+                );
             }
         }
         None
@@ -380,18 +382,8 @@ impl Pool {
     /// member and readies it.
     async fn take_claimed(&self) -> Result<Guard<'_>> {
         let claim = self.claim().await;
-        match self.members[claim.index].lock().await {
-            Ok(guard) => {
-                claim.keep();
-                Ok(guard)
-            }
-            // Taken over while it was readied: the claim went with it.
-            Err(Error::LeaseRevoked) => {
-                claim.keep();
-                Err(Error::LeaseRevoked)
-            }
-            Err(e) => Err(e),
-        }
+        let readied = self.members[claim.index].lock().await;
+        claim.settle(readied)
     }
 
     /// The first free member (one that is up, if any is), taken. A permit

@@ -243,7 +243,7 @@ impl Inner {
         self.refuse_while_down()?;
         let held = match self.gate.try_acquire() {
             Ok(permit) => self.take(permit),
-            Err(_) => self.wait_for_lease().await,
+            Err(_) => self.wait(true).await,
         };
         self.ready(held).await
     }
@@ -258,16 +258,11 @@ impl Inner {
         self.ready(held).await
     }
 
-    /// Waits for the lease (first come, first served), taking it over
-    /// from a holder that has run nothing for `abandon_after`.
-    pub(crate) async fn wait_for_lease(self: &Arc<Self>) -> Held<'_> {
-        self.wait(true).await
-    }
-
-    /// Waits for the lease; with `take_over`, takes it over from a holder
-    /// that has run nothing for `abandon_after`. The manager's own tasks
-    /// (tidying, settling) never do: only a caller that wants the
-    /// connection may cost its holder the connection.
+    /// Waits for the lease (first come, first served); with `take_over`,
+    /// takes it over from a holder that has run nothing for
+    /// `abandon_after`. The manager's own tasks (tidying, settling) never
+    /// do: only a caller that wants the connection may cost its holder the
+    /// connection.
     async fn wait(self: &Arc<Self>, take_over: bool) -> Held<'_> {
         // One place in line for the whole wait: looking whether the holder
         // is abandoned does not send this waiter to the back.
@@ -338,7 +333,7 @@ impl Inner {
     /// go (`false`).
     fn put_back(&self, slot: Box<Slot>) -> bool {
         let mut stored = self.slot.lock();
-        if slot.core.generation() != self.shared.generation.load(Ordering::Acquire) {
+        if slot.core.refuse_if_stale(&self.shared).is_err() {
             drop(stored);
             drop(slot);
             return false;
@@ -382,7 +377,7 @@ impl Inner {
             self.report_unfinished(Cause::Abandoned(Abandoned::Idle(unused)));
         } else {
             log::warn!(
-                "pgtx: a holder that ran nothing for {unused:?} while others waited was taken                  over (no transaction was open) [{}]",
+                "pgtx: a holder that ran nothing for {unused:?} while others waited was taken over (no transaction was open) [{}]",
                 self.settings()
             );
         }

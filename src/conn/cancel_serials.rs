@@ -23,9 +23,9 @@ pub(crate) struct CancelCell {
     /// Told when a cancel request has arrived (or failed): statements
     /// waiting to start go on.
     arrived: Notify,
-    /// When a statement last started or got its answer, or a holder last
-    /// took the session (ms since [`clock_base`]): how long the holder
-    /// has done nothing, for the async front's takeover of an abandoned one.
+    /// When a request was last driven, or a holder last took or used the
+    /// session (ms since [`clock_base`]): how long the holder has done
+    /// nothing, for the async front's takeover of an abandoned one.
     touched: AtomicU64,
     /// Requests being driven now (see [`Busy`]).
     busy: AtomicUsize,
@@ -99,7 +99,6 @@ impl CancelCell {
             {
                 let mut inflight = self.inflight.lock();
                 if !inflight.sending {
-                    self.touch();
                     inflight.serial += 1;
                     inflight.running = true;
                     if !inflight
@@ -129,7 +128,6 @@ impl CancelCell {
 
     /// Statement `serial` has its answer; whether a cancel was sent for it.
     pub(crate) fn finish(&self, serial: u64) -> bool {
-        self.touch();
         let mut inflight = self.inflight.lock();
         inflight.running = false;
         inflight.cancelled == serial

@@ -599,7 +599,6 @@ impl Connection {
         Ok(())
     }
 
-    /// Where this connection's cancel requests go.
     /// What shuts this connection's socket down from outside.
     pub(crate) fn severer(&self) -> &Arc<Severer> {
         &self.severer.0
@@ -610,6 +609,7 @@ impl Connection {
         self.activity = Some(Arc::clone(cell));
     }
 
+    /// Where this connection's cancel requests go.
     pub(crate) fn cancel_target(&self) -> &Arc<CancelTarget> {
         &self.cancel
     }

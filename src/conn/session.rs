@@ -120,7 +120,6 @@ pub(crate) struct SessionCore {
     /// Which of its manager's sessions this is: the async front makes a
     /// new one when it takes an abandoned holder's over, and the old one
     /// is then refused.
-    #[cfg_attr(not(feature = "aio"), allow(dead_code))]
     generation: u64,
 }
 
@@ -226,12 +225,6 @@ impl SessionCore {
             generation,
             ..SessionCore::new(naming)
         }
-    }
-
-    #[cfg(feature = "aio")]
-    /// Which of its manager's sessions this is.
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation
     }
 
     /// Refuses a session that is no longer its manager's current one (its
