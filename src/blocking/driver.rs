@@ -83,6 +83,30 @@ pub(crate) fn block_on_alone<F: Future>(work: F) -> Result<F::Output, Error> {
     Ok(Blocking::new()?.block_on(work))
 }
 
+/// Runs `work` whose every step blocks inside its poll (sequencing
+/// written once for both fronts, such as the two-phase protocol, whose
+/// blocking steps are calls on blocking sessions): polled on this thread
+/// until it is done, with no runtime entered, so that the steps' own
+/// `block_on`s may run.
+pub(crate) fn run_blocking_steps<F: Future>(work: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut work = std::pin::pin!(work);
+    loop {
+        match work.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(output) => return output,
+            // Its steps block instead; should one not, wait for its wake.
+            std::task::Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
 /// One open connection and the runtime that drives it.
 pub(crate) struct Driver {
     runtime: Blocking,

@@ -5,26 +5,28 @@
 //! for finishing what a crashed coordinator left prepared.
 
 mod gid;
+pub(crate) mod protocol;
 mod recovery;
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
-use postgres::error::SqlState;
+use postgres::types::ToSql;
 
+use crate::Row;
+use crate::blocking::driver::run_blocking_steps;
 use crate::blocking::held::{Conn, Held, StatementScope};
 use crate::blocking::lease::Ticket;
 use crate::blocking::session::Vote;
 use crate::blocking::shared::Shared;
 use crate::error::{Error, Result};
-use crate::machine::ident::check_notification;
 use crate::manager::ManagedConnection;
 use crate::pool::Pool;
 use crate::state::Open;
 use crate::tx::Tx;
+
+use self::protocol::{Participants, Plan};
 
 pub use self::recovery::{Decision, PreparedTransaction, Purged, Recovered, Recovery};
 pub use crate::error::VoteStep;
@@ -32,15 +34,6 @@ pub use crate::error::VoteStep;
 /// The table, in the deciding participant's database, whose row records
 /// the decision to commit (see [`TwoPhase`]).
 pub const DECISIONS_TABLE: &str = "pgtx_two_phase_decisions";
-
-const CREATE_DECISIONS: &str = "CREATE TABLE IF NOT EXISTS pgtx_two_phase_decisions (
-    key text PRIMARY KEY,
-    decision text NOT NULL CHECK (decision IN ('commit', 'abort')),
-    decided_at timestamptz NOT NULL DEFAULT now())";
-
-/// How often the second phase tries a participant whose connection broke
-/// (reconnecting each time) before it reports it in doubt.
-const SECOND_PHASE_TRIES: usize = 3;
 
 /// A distributed transaction: work on several connections that commits on
 /// all of them or on none, through PostgreSQL's `PREPARE TRANSACTION` and
@@ -158,9 +151,7 @@ const SECOND_PHASE_TRIES: usize = 3;
 pub struct TwoPhase<'m> {
     id: u64,
     participants: Vec<Participant<'m>>,
-    /// Chosen by [`decide_on`](Self::decide_on).
-    decider: Option<usize>,
-    notifications: Vec<Notification>,
+    plan: Plan,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -256,14 +247,6 @@ impl Participant<'_> {
     }
 }
 
-/// A notification to send once the transaction has committed.
-struct Notification {
-    /// The participant to send it on; the decider when `None`.
-    via: Option<usize>,
-    channel: String,
-    payload: String,
-}
-
 impl Default for TwoPhase<'_> {
     fn default() -> Self {
         TwoPhase::new()
@@ -273,12 +256,10 @@ impl Default for TwoPhase<'_> {
 impl<'m> TwoPhase<'m> {
     /// A distributed transaction with no participant yet.
     pub fn new() -> TwoPhase<'m> {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
         TwoPhase {
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            id: protocol::next_coordinator(),
             participants: Vec::new(),
-            decider: None,
-            notifications: Vec::new(),
+            plan: Plan::default(),
             _not_send: PhantomData,
         }
     }
@@ -398,7 +379,7 @@ impl<'m> TwoPhase<'m> {
     /// [`Error::InvalidParticipant`] if `id` is not a participant of this
     /// transaction; the decider is as it was.
     pub fn decide_on(&mut self, id: ParticipantId) -> Result<()> {
-        self.decider = Some(self.index_of(id)?);
+        self.plan.decider = Some(self.index_of(id)?);
         Ok(())
     }
 
@@ -428,7 +409,7 @@ impl<'m> TwoPhase<'m> {
     /// 63 bytes or contains a NUL, or if the payload is 8000 bytes or more
     /// or contains a NUL (PostgreSQL's limits); nothing was added.
     pub fn notify(&mut self, channel: &str, payload: &str) -> Result<()> {
-        self.add_notification(None, channel, payload)
+        self.plan.notify(None, channel, payload)
     }
 
     /// [`notify`](Self::notify), sent on participant `via`'s connection.
@@ -438,7 +419,7 @@ impl<'m> TwoPhase<'m> {
     /// As [`notify`](Self::notify), and [`Error::InvalidParticipant`].
     pub fn notify_via(&mut self, via: ParticipantId, channel: &str, payload: &str) -> Result<()> {
         let index = self.index_of(via)?;
-        self.add_notification(Some(index), channel, payload)
+        self.plan.notify(Some(index), channel, payload)
     }
 
     /// Commits on every participant, or on none (see the protocol above),
@@ -457,32 +438,11 @@ impl<'m> TwoPhase<'m> {
     ///   could not be sent.
     /// - With one participant, as [`Tx::commit`].
     pub fn commit(mut self) -> Result<()> {
-        let order = self.commit_order();
-        match order.as_slice() {
-            [] => {}
-            [only] => self.participants[*only]
-                .in_tx()
-                .with_session(|s| s.commit())?,
-            [decider, voters @ ..] => {
-                if let Err(mut e) = self.commit_two_phase(*decider, voters) {
-                    if let Error::InDoubt {
-                        unsent_notifications,
-                        ..
-                    } = &mut e
-                    {
-                        *unsent_notifications = std::mem::take(&mut self.notifications)
-                            .into_iter()
-                            .map(|n| (n.channel, n.payload))
-                            .collect();
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        self.send_notifications(order.first().copied())
+        let mut sessions = Sessions(&self.participants);
+        run_blocking_steps(protocol::commit(&mut sessions, &mut self.plan))
     }
 
-    /// Rolls back every participant. The connections are released (and the
+    /// Rolls every participant back. The connections are released (and the
     /// ones joined by DSN closed).
     ///
     /// # Errors
@@ -491,17 +451,7 @@ impl<'m> TwoPhase<'m> {
     /// over as abandoned (its transaction was rolled back then); the others
     /// are rolled back all the same.
     pub fn rollback(self) -> Result<()> {
-        let mut first_error = None;
-        for participant in &self.participants {
-            let rolled_back = participant.in_tx().with_session(|s| {
-                s.rollback();
-                Ok(())
-            });
-            if let Err(e) = rolled_back {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        run_blocking_steps(protocol::rollback(&mut Sessions(&self.participants)))
     }
 
     fn push(&mut self, link: Link<'m>, epoch: u64) -> ParticipantId {
@@ -526,276 +476,83 @@ impl<'m> TwoPhase<'m> {
             Err(Error::InvalidParticipant)
         }
     }
+}
 
-    fn add_notification(&mut self, via: Option<usize>, channel: &str, payload: &str) -> Result<()> {
-        check_notification(channel, Some(payload))?;
-        self.notifications.push(Notification {
-            via,
-            channel: channel.to_owned(),
-            payload: payload.to_owned(),
-        });
-        Ok(())
-    }
+/// The blocking front's answers to the protocol: each one a blocking call
+/// on the participant's session, done inside the poll.
+struct Sessions<'a, 'm>(&'a [Participant<'m>]);
 
-    /// Participants by their settings as shown, then by when they joined:
-    /// the same databases are always committed in the same order. The
-    /// decider chosen with [`decide_on`](Self::decide_on) comes first.
-    fn commit_order(&self) -> Vec<usize> {
-        let mut order: Vec<(bool, String, usize)> = self
-            .participants
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (self.decider != Some(i), p.name(), i))
-            .collect();
-        order.sort();
-        order.into_iter().map(|(_, _, i)| i).collect()
-    }
-
-    fn commit_two_phase(&mut self, decider: usize, voters: &[usize]) -> Result<()> {
-        let key = gid::Key::next();
-        // 1. The decision row, in the decider's own transaction.
-        let tag = match self.write_decision(decider, &key) {
-            Ok(tag) => tag,
-            Err(e) => return Err(self.abort(&[], decider, VoteStep::RecordDecision, e)),
-        };
-        // 2. The votes.
-        let mut prepared: Vec<Voted> = Vec::new();
-        for (place, &voter) in voters.iter().enumerate() {
-            let gid = key.gid(tag, place + 1);
-            let vote = self.participants[voter]
-                .in_tx()
-                .with_session(|s| s.prepare_transaction(&gid));
-            match vote {
-                Ok(Vote::Prepared { xid }) => prepared.push(Voted { voter, gid, xid }),
-                Ok(Vote::Nothing) => {}
-                Err(e) => {
-                    if matches!(e, Error::ConnectionLost(_)) {
-                        // The server may have prepared it before the
-                        // connection broke.
-                        prepared.push(Voted {
-                            voter,
-                            gid,
-                            xid: None,
-                        });
-                    }
-                    return Err(self.abort(&prepared, voter, VoteStep::Prepare, e));
-                }
-            }
-        }
-        // 3. The decision.
-        let decided = self.participants[decider]
-            .in_tx()
-            .with_session(|s| s.commit());
-        match decided {
-            Ok(()) => {}
-            Err(e @ Error::CommitOutcomeUnknown(_)) => {
-                return Err(Error::InDoubt {
-                    unsent_notifications: Vec::new(),
-                    decided: false,
-                    committed: Vec::new(),
-                    in_doubt: prepared.iter().map(|v| self.name(v.voter)).collect(),
-                    source: Box::new(e),
-                });
-            }
-            Err(e) => return Err(self.abort(&prepared, decider, VoteStep::DeciderCommit, e)),
-        }
-        // 4. The second phase.
-        let mut committed = vec![self.name(decider)];
-        let mut in_doubt = Vec::new();
-        let mut last = None;
-        for voted in &prepared {
-            match self.finish_prepared(voted, true) {
-                Ok(()) => committed.push(self.name(voted.voter)),
-                Err(e) => {
-                    in_doubt.push(self.name(voted.voter));
-                    last = Some(e);
-                }
-            }
-        }
-        if let Some(e) = last {
-            return Err(Error::InDoubt {
-                unsent_notifications: Vec::new(),
-                decided: true,
-                committed,
-                in_doubt,
-                source: Box::new(e),
-            });
-        }
-        let forget = self.participants[decider]
-            .conn(StatementScope::Autocommit)
-            .execute(
-                "DELETE FROM pgtx_two_phase_decisions WHERE key = $1",
-                &[&key.as_str()],
-            );
-        if let Err(e) = forget {
-            log::warn!(
-                "pgtx: committed everywhere, but the decision row {} stays: {e}",
-                key.as_str()
-            );
-        }
-        Ok(())
-    }
-
-    /// Writes the decision row into the decider's open transaction; returns
-    /// the decider's identity for the gids.
-    fn write_decision(&self, decider: usize, key: &gid::Key) -> Result<gid::DatabaseId> {
-        let participant = &self.participants[decider];
-        let tx = participant.in_tx();
-        let name = participant.name();
-        if !decisions_table_known(&name) {
-            tx.execute(CREATE_DECISIONS, &[])?;
-        }
-        let row = tx.query_one(
-            &format!(
-                "INSERT INTO pgtx_two_phase_decisions (key, decision) VALUES ($1, 'commit')
-                 RETURNING {}",
-                gid::IDENTIFY_SQL
-            ),
-            &[&key.as_str()],
-        );
-        let row = match row {
-            Ok(row) => row,
-            Err(e) => {
-                // Dropped since, perhaps: look again next time.
-                forget_decisions_table(&name);
-                return Err(e);
-            }
-        };
-        remember_decisions_table(name);
-        gid::DatabaseId::from_row(&row, 0).map_err(Error::Db)
-    }
-
-    /// Rolls every participant back after `failed` could not vote (or
-    /// decide); the error to return.
-    fn abort(&self, prepared: &[Voted], failed: usize, step: VoteStep, e: Error) -> Error {
-        for (index, participant) in self.participants.iter().enumerate() {
-            if prepared.iter().any(|v| v.voter == index) {
-                continue;
-            }
-            let _ = participant.in_tx().with_session(|s| {
-                s.rollback();
-                Ok(())
-            });
-        }
-        for voted in prepared {
-            if let Err(e) = self.finish_prepared(voted, false) {
-                log::warn!(
-                    "pgtx: could not roll back prepared transaction {} on {}; recovery will: {e}",
-                    voted.gid,
-                    self.name(voted.voter)
-                );
-            }
-        }
-        Error::VoteFailed {
-            participant: self.name(failed),
-            step,
-            source: Box::new(e),
-        }
-    }
-
-    /// `COMMIT PREPARED` / `ROLLBACK PREPARED`, retried on a new connection
-    /// when the old one broke.
-    ///
-    /// A gid the server no longer has was finished by someone: by an
-    /// earlier attempt whose answer was lost, by recovery, or by hand. A
-    /// rollback is then done either way (nobody commits without the
-    /// decision, which was not made). A commit is only taken as done when
-    /// the server says the voter's transaction id committed
-    /// (`txid_status`); otherwise it is [`Error::PreparedTransactionGone`],
-    /// which the caller reports in doubt, never `Ok`.
-    fn finish_prepared(&self, voted: &Voted, commit: bool) -> Result<()> {
-        let mut last = None;
-        for _ in 0..SECOND_PHASE_TRIES {
-            let result = self.participants[voted.voter]
-                .in_tx()
-                .with_session(|s| s.finish_prepared(&voted.gid, commit));
-            match result {
-                Ok(()) => return Ok(()),
-                Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => {
-                    return if commit {
-                        self.prove_committed(voted)
-                    } else {
-                        Ok(())
-                    };
-                }
-                Err(e @ (Error::ConnectionLost(_) | Error::Connect(_))) => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or(Error::ConnectionLost(None)))
-    }
-
-    /// `Ok` if the server says `voted`'s transaction committed; otherwise
-    /// why that cannot be said.
-    fn prove_committed(&self, voted: &Voted) -> Result<()> {
-        let status = match voted.xid {
-            None => None,
-            Some(xid) => self.participants[voted.voter]
-                .conn(StatementScope::Autocommit)
-                .query_one("SELECT txid_status($1)", &[&xid])?
-                .try_get::<_, Option<String>>(0)
-                .map_err(Error::Db)?,
-        };
-        if status.as_deref() == Some("committed") {
-            return Ok(());
-        }
-        Err(Error::PreparedTransactionGone {
-            participant: self.name(voted.voter),
-            gid: voted.gid.clone(),
-            rolled_back: status.as_deref() == Some("aborted"),
-        })
-    }
-
-    fn send_notifications(&mut self, decider: Option<usize>) -> Result<()> {
-        let mut first_error = None;
-        for n in std::mem::take(&mut self.notifications) {
-            let Some(via) = n.via.or(decider) else {
-                continue;
-            };
-            let sent = self.participants[via]
-                .conn(StatementScope::Autocommit)
-                .execute("SELECT pg_notify($1, $2)", &[&n.channel, &n.payload]);
-            if let Err(e) = sent {
-                first_error.get_or_insert(Error::NotifyFailed {
-                    channel: n.channel,
-                    source: Box::new(e),
-                });
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+impl Participants for Sessions<'_, '_> {
+    fn count(&self) -> usize {
+        self.0.len()
     }
 
     fn name(&self, index: usize) -> String {
-        self.participants[index].name()
+        self.0[index].name()
     }
-}
 
-/// A voter's prepared transaction.
-struct Voted {
-    voter: usize,
-    gid: String,
-    /// Its transaction id, when known: what `txid_status` asks about.
-    xid: Option<i64>,
-}
-
-/// Databases (by their settings as shown) where this process has written
-/// a decision row: the table is there, and `CREATE TABLE IF NOT EXISTS`
-/// (a lock and a notice each time) is skipped.
-static DECISION_TABLES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-fn decisions_table_known(name: &str) -> bool {
-    DECISION_TABLES.lock().iter().any(|known| known == name)
-}
-
-fn remember_decisions_table(name: String) {
-    let mut known = DECISION_TABLES.lock();
-    if !known.contains(&name) {
-        known.push(name);
+    async fn execute_in_tx(
+        &mut self,
+        index: usize,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64> {
+        self.0[index].in_tx().execute(sql, params)
     }
-}
 
-fn forget_decisions_table(name: &str) {
-    DECISION_TABLES.lock().retain(|known| known != name);
+    async fn query_one_in_tx(
+        &mut self,
+        index: usize,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row> {
+        self.0[index].in_tx().query_one(sql, params)
+    }
+
+    async fn execute_alone(
+        &mut self,
+        index: usize,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64> {
+        self.0[index]
+            .conn(StatementScope::Autocommit)
+            .execute(sql, params)
+    }
+
+    async fn query_one_alone(
+        &mut self,
+        index: usize,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row> {
+        self.0[index]
+            .conn(StatementScope::Autocommit)
+            .query_one(sql, params)
+    }
+
+    async fn prepare(&mut self, index: usize, gid: &str) -> Result<Vote> {
+        self.0[index]
+            .in_tx()
+            .with_session(|s| s.prepare_transaction(gid))
+    }
+
+    async fn commit(&mut self, index: usize) -> Result<()> {
+        self.0[index].in_tx().with_session(|s| s.commit())
+    }
+
+    async fn roll_back(&mut self, index: usize) -> Result<()> {
+        self.0[index].in_tx().with_session(|s| {
+            s.rollback();
+            Ok(())
+        })
+    }
+
+    async fn finish_prepared(&mut self, index: usize, gid: &str, commit: bool) -> Result<()> {
+        self.0[index]
+            .in_tx()
+            .with_session(|s| s.finish_prepared(gid, commit))
+    }
 }
 
 impl Drop for TwoPhase<'_> {
@@ -820,7 +577,7 @@ impl fmt::Debug for TwoPhase<'_> {
                     .map(Participant::name)
                     .collect::<Vec<_>>(),
             )
-            .field("notifications", &self.notifications.len())
+            .field("notifications", &self.plan.notifications())
             .finish_non_exhaustive()
     }
 }

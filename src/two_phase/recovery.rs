@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 use crate::error::{Error, Result};
 use crate::manager::ManagedConnection;
 
-use super::CREATE_DECISIONS;
 use super::gid::{self, DatabaseId, Decider, Key};
+use super::protocol::CREATE_DECISIONS;
 
 /// Finds pgtx's prepared transactions on a set of databases and finishes
 /// each one as its distributed transaction decided.
