@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::aio::scope_marks::ScopeMarks;
-use crate::aio::session::{Held, Holding, Inner};
+use crate::aio::session::{Held, Holding, Inner, Slot};
 use crate::conn::session::{RollBackTarget, SessionCore};
 use crate::machine::fallback::{Cause, HolderEnd, verdict};
 
@@ -51,6 +51,12 @@ impl<'m> Lease<'m> {
         self.held.attempt = attempt;
     }
 
+    /// Takes the session out without letting go of the lease (see
+    /// [`Held::take_slot`]); dropped afterwards, this lease does nothing.
+    pub(crate) fn take_slot(mut self) -> Option<Box<Slot>> {
+        self.held.take_slot()
+    }
+
     /// Says what holds the lease now.
     pub(crate) fn set_holding(&mut self, holding: Holding) {
         self.held.holding = holding;
@@ -62,6 +68,10 @@ impl Drop for Lease<'_> {
     /// lets go; what was left undone is tidied at once on a task (see
     /// [`Inner::tidy_soon`]), or by the next use.
     fn drop(&mut self) {
+        if self.held.is_taken_out() {
+            // Its owner holds the lease on (see `take_slot`).
+            return;
+        }
         let panicking = std::thread::panicking();
         let inner = self.held.inner();
         let slot = &mut *self.held;

@@ -42,6 +42,7 @@ mod savepoint;
 mod scope;
 mod scope_marks;
 mod session;
+mod two_phase;
 mod tx;
 
 pub use self::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
@@ -55,4 +56,5 @@ pub use self::manager::{Builder, ManagedConnection};
 pub use self::pool::{Pool, PoolBuilder};
 pub use self::rows::RowStream;
 pub use self::savepoint::Savepoint;
+pub use self::two_phase::{TwoPhase, TxRef};
 pub use self::tx::Tx;

@@ -21,6 +21,7 @@ use crate::aio::lease::Lease;
 use crate::aio::listener::Listener;
 use crate::aio::manager::{Builder, ManagedConnection};
 use crate::aio::scope::{self, Source};
+use crate::aio::session::Inner;
 use crate::aio::tx::Tx;
 use crate::error::{Error, Result};
 use crate::machine::options::TxOptions;
@@ -267,6 +268,11 @@ impl Pool {
     /// [`Error::Settings`] if the connection string cannot be read.
     pub fn new(dsn: &str, size: usize) -> Result<Pool> {
         ManagedConnection::builder(dsn).pool(size).build()
+    }
+
+    /// Whether `inner` is one of this pool's members.
+    pub(crate) fn has_member(&self, inner: &Arc<Inner>) -> bool {
+        self.members.iter().any(|m| Arc::ptr_eq(m.inner(), inner))
     }
 
     /// How many connections the pool may open.

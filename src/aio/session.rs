@@ -118,6 +118,28 @@ pub(crate) struct Held<'m> {
 static_assertions::assert_eq_size!(Held<'static>, [usize; 2]);
 
 impl<'m> Held<'m> {
+    /// A session taken out earlier (see [`take_slot`](Self::take_slot)),
+    /// held again: the lease is still the holder's.
+    pub(crate) fn from_slot(slot: Box<Slot>, inner: &'m Arc<Inner>) -> Held<'m> {
+        Held {
+            slot: Some(slot),
+            inner,
+        }
+    }
+
+    /// Takes the session out without letting go of the lease: whoever has
+    /// it holds the lease, and must hold it again (with
+    /// [`from_slot`](Self::from_slot)) to let go. Dropped afterwards, this
+    /// `Held` does nothing.
+    pub(crate) fn take_slot(&mut self) -> Option<Box<Slot>> {
+        self.slot.take()
+    }
+
+    /// Whether the session was taken out (see [`take_slot`](Self::take_slot)).
+    pub(crate) fn is_taken_out(&self) -> bool {
+        self.slot.is_none()
+    }
+
     /// The manager whose session this is.
     pub(crate) fn inner(&self) -> &'m Arc<Inner> {
         self.inner
@@ -361,6 +383,26 @@ impl Inner {
         if unused < limit {
             return None;
         }
+        Some(self.take_over(stored, Abandoned::Idle(unused)))
+    }
+
+    /// For the owner of a lease whose session was lost with a forgotten
+    /// handle (a two-phase participant's lent transaction): takes it over
+    /// at once, as from an abandoned holder (see
+    /// [`take_over_if_abandoned`](Self::take_over_if_abandoned)). The new
+    /// session is the caller's, under the lease it holds.
+    pub(crate) fn take_over_forgotten(self: &Arc<Self>) -> Held<'_> {
+        let stored = self.slot.lock();
+        self.take_over(stored, Abandoned::Forgotten)
+    }
+
+    /// Takes the lease over (`stored`: the slot's lock, held, empty): the
+    /// next generation, the old connection shut down from outside.
+    fn take_over(
+        self: &Arc<Self>,
+        stored: parking_lot::MutexGuard<'_, Option<Box<Slot>>>,
+        why: Abandoned,
+    ) -> Held<'_> {
         // All under the slot's lock: another waiter that looks next finds
         // a holder (this one) that has just started.
         let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
@@ -374,17 +416,17 @@ impl Inner {
             status,
             TransactionStatus::InTransaction | TransactionStatus::InError
         ) {
-            self.report_unfinished(Cause::Abandoned(Abandoned::Idle(unused)));
+            self.report_unfinished(Cause::Abandoned(why));
         } else {
             log::warn!(
-                "pgtx: a holder that ran nothing for {unused:?} while others waited was taken over (no transaction was open) [{}]",
+                "pgtx: a holder was taken over ({why}; no transaction was open) [{}]",
                 self.settings()
             );
         }
-        Some(Held {
+        Held {
             slot: Some(self.new_slot(generation)),
             inner: self,
-        })
+        }
     }
 
     /// Refuses a session that was taken over (see [`Inner`]).

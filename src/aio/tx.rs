@@ -82,6 +82,11 @@ impl<'m> Tx<'m, Open> {
         }
     }
 
+    /// Its lease, for an owner that holds it on (a two-phase participant).
+    pub(crate) fn into_lease(self) -> Lease<'m> {
+        self.lease
+    }
+
     /// Marks it as a `transaction` scope's, run `attempt` of its closure
     /// (see [`Lease::set_scoped`]).
     pub(crate) fn into_scoped(mut self, attempt: u32, marks: ScopeMarks) -> Self {

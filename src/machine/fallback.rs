@@ -17,6 +17,11 @@ pub(crate) enum Abandoned {
     ThreadExited,
     /// The holder ran nothing for longer than `abandon_after`.
     Idle(Duration),
+    /// The handle that held it was forgotten (`mem::forget`), which its
+    /// owner found out at once (a two-phase participant's lent
+    /// transaction).
+    #[cfg_attr(not(feature = "aio"), allow(dead_code))]
+    Forgotten,
 }
 
 impl fmt::Display for Abandoned {
@@ -24,6 +29,7 @@ impl fmt::Display for Abandoned {
         match self {
             Abandoned::ThreadExited => f.write_str("its thread exited without releasing it"),
             Abandoned::Idle(idle) => write!(f, "it ran nothing for {idle:?}"),
+            Abandoned::Forgotten => f.write_str("its handle was forgotten (`mem::forget`)"),
         }
     }
 }
@@ -291,6 +297,10 @@ mod tests {
         assert_eq!(
             Cause::Abandoned(Abandoned::Idle(Duration::from_millis(1500))).to_string(),
             "its holder was abandoned: it ran nothing for 1.5s"
+        );
+        assert_eq!(
+            Cause::Abandoned(Abandoned::Forgotten).to_string(),
+            "its holder was abandoned: its handle was forgotten (`mem::forget`)"
         );
     }
 }

@@ -165,6 +165,25 @@ pub struct ParticipantId {
     index: usize,
 }
 
+impl ParticipantId {
+    pub(crate) fn new(coordinator: u64, index: usize) -> ParticipantId {
+        ParticipantId { coordinator, index }
+    }
+
+    /// Its index among `count` participants of `coordinator`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidParticipant`] if it is another coordinator's.
+    pub(crate) fn index_in(self, coordinator: u64, count: usize) -> Result<usize> {
+        if self.coordinator == coordinator && self.index < count {
+            Ok(self.index)
+        } else {
+            Err(Error::InvalidParticipant)
+        }
+    }
+}
+
 /// A participant's transaction, lent by [`TwoPhase::tx`]: a
 /// [`Tx<'_, Open>`](Tx) (through `Deref`) whose `commit` and `rollback` the
 /// compiler refuses, because only the coordinator ends it.
@@ -463,18 +482,11 @@ impl<'m> TwoPhase<'m> {
     }
 
     fn id_of(&self, index: usize) -> ParticipantId {
-        ParticipantId {
-            coordinator: self.id,
-            index,
-        }
+        ParticipantId::new(self.id, index)
     }
 
     fn index_of(&self, id: ParticipantId) -> Result<usize> {
-        if id.coordinator == self.id && id.index < self.participants.len() {
-            Ok(id.index)
-        } else {
-            Err(Error::InvalidParticipant)
-        }
+        id.index_in(self.id, self.participants.len())
     }
 }
 
@@ -560,6 +572,12 @@ impl Drop for TwoPhase<'_> {
     /// DSN). A participant whose transaction is still open was not
     /// finished: it is rolled back and reported, like a dropped `Tx`.
     fn drop(&mut self) {
+        if self.plan.has_left() {
+            // A commit stopped in the middle (a panic): what it prepared is
+            // finished as its stage allows.
+            let mut sessions = Sessions(&self.participants);
+            run_blocking_steps(protocol::finish_left(&mut sessions, &mut self.plan));
+        }
         for participant in &self.participants {
             participant.shared().finish(participant.ticket);
         }

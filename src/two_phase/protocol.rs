@@ -100,6 +100,24 @@ pub(crate) struct Plan {
     /// Chosen with `decide_on`.
     pub(crate) decider: Option<usize>,
     notifications: Vec<Notification>,
+    /// How far a commit under way has got, and what it has prepared: what
+    /// a coordinator dropped in the middle (an async `commit` future
+    /// dropped) must finish (see [`finish_left`]).
+    stage: Stage,
+    prepared: Vec<Voted>,
+}
+
+/// How far a commit has got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Stage {
+    /// Voting: no decision can have been made.
+    #[default]
+    Voting,
+    /// The decider's `COMMIT` is under way: the decision is unknown until
+    /// its answer.
+    Deciding,
+    /// Decided: every prepared voter is to be committed.
+    Decided,
 }
 
 /// A notification to send once the transaction has committed.
@@ -137,6 +155,12 @@ impl Plan {
     pub(crate) fn notifications(&self) -> usize {
         self.notifications.len()
     }
+
+    /// Whether a commit stopped in the middle left voters prepared (see
+    /// [`finish_left`]).
+    pub(crate) fn has_left(&self) -> bool {
+        !self.prepared.is_empty()
+    }
 }
 
 /// Commits on every participant, or on none, then sends the
@@ -147,7 +171,10 @@ pub(crate) async fn commit<P: Participants>(p: &mut P, plan: &mut Plan) -> Resul
         [] => {}
         [only] => p.commit(*only).await?,
         [decider, voters @ ..] => {
-            if let Err(mut e) = commit_two_phase(p, *decider, voters).await {
+            let done = commit_two_phase(p, plan, *decider, voters).await;
+            // Finished or reported either way: nothing is left.
+            plan.prepared.clear();
+            if let Err(mut e) = done {
                 if let Error::InDoubt {
                     unsent_notifications,
                     ..
@@ -198,39 +225,50 @@ struct Voted {
 
 async fn commit_two_phase<P: Participants>(
     p: &mut P,
+    plan: &mut Plan,
     decider: usize,
     voters: &[usize],
 ) -> Result<()> {
     let key = gid::Key::next();
+    plan.stage = Stage::Voting;
     // 1. The decision row, in the decider's own transaction.
     let tag = match write_decision(p, decider, &key).await {
         Ok(tag) => tag,
         Err(e) => return Err(abort(p, &[], decider, VoteStep::RecordDecision, e).await),
     };
-    // 2. The votes.
-    let mut prepared: Vec<Voted> = Vec::new();
+    // 2. The votes. Each is counted as prepared before it is sent: a vote
+    // cut off on the way (a broken connection, a dropped future) may have
+    // prepared.
     for (place, &voter) in voters.iter().enumerate() {
         let gid = key.gid(tag, place + 1);
+        plan.prepared.push(Voted {
+            voter,
+            gid: gid.clone(),
+            xid: None,
+        });
         match p.prepare(voter, &gid).await {
-            Ok(Vote::Prepared { xid }) => prepared.push(Voted { voter, gid, xid }),
-            Ok(Vote::Nothing) => {}
-            Err(e) => {
-                if matches!(e, Error::ConnectionLost(_)) {
-                    // The server may have prepared it before the
-                    // connection broke.
-                    prepared.push(Voted {
-                        voter,
-                        gid,
-                        xid: None,
-                    });
+            Ok(Vote::Prepared { xid }) => {
+                if let Some(voted) = plan.prepared.last_mut() {
+                    voted.xid = xid;
                 }
-                return Err(abort(p, &prepared, voter, VoteStep::Prepare, e).await);
+            }
+            Ok(Vote::Nothing) => {
+                plan.prepared.pop();
+            }
+            Err(e) => {
+                if !matches!(e, Error::ConnectionLost(_)) {
+                    // Refused: nothing was prepared.
+                    plan.prepared.pop();
+                }
+                return Err(abort(p, &plan.prepared, voter, VoteStep::Prepare, e).await);
             }
         }
     }
+    let prepared = &plan.prepared;
     // 3. The decision.
+    plan.stage = Stage::Deciding;
     match p.commit(decider).await {
-        Ok(()) => {}
+        Ok(()) => plan.stage = Stage::Decided,
         Err(e @ Error::CommitOutcomeUnknown(_)) => {
             return Err(Error::InDoubt {
                 unsent_notifications: Vec::new(),
@@ -240,13 +278,13 @@ async fn commit_two_phase<P: Participants>(
                 source: Box::new(e),
             });
         }
-        Err(e) => return Err(abort(p, &prepared, decider, VoteStep::DeciderCommit, e).await),
+        Err(e) => return Err(abort(p, prepared, decider, VoteStep::DeciderCommit, e).await),
     }
     // 4. The second phase.
     let mut committed = vec![p.name(decider)];
     let mut in_doubt = Vec::new();
     let mut last = None;
-    for voted in &prepared {
+    for voted in prepared {
         match finish_prepared(p, voted, true).await {
             Ok(()) => committed.push(p.name(voted.voter)),
             Err(e) => {
@@ -278,6 +316,49 @@ async fn commit_two_phase<P: Participants>(
         );
     }
     Ok(())
+}
+
+/// Finishes what a commit stopped in the middle left prepared (its
+/// coordinator dropped: an async `commit` future dropped): rolled back if
+/// the decider had not sent its `COMMIT` (it never will: its transaction
+/// is rolled back with its session), committed if the decision was made.
+/// If the decider's `COMMIT` was cut off on its way the decision is
+/// unknown here: they are left to [`Recovery`](super::Recovery), which
+/// reads the decision row, and logged.
+pub(crate) async fn finish_left<P: Participants>(p: &mut P, plan: &mut Plan) {
+    let left = std::mem::take(&mut plan.prepared);
+    let commit = match plan.stage {
+        Stage::Voting => false,
+        Stage::Decided => true,
+        Stage::Deciding => {
+            for voted in &left {
+                log::error!(
+                    "pgtx: a two-phase commit stopped while its decision was under way: \
+                     prepared transaction {} on {} is left for Recovery",
+                    voted.gid,
+                    p.name(voted.voter)
+                );
+            }
+            return;
+        }
+    };
+    for voted in &left {
+        match finish_prepared(p, voted, commit).await {
+            Ok(()) => log::warn!(
+                "pgtx: a two-phase commit stopped in the middle; prepared transaction {} on {} \
+                 was {}",
+                voted.gid,
+                p.name(voted.voter),
+                if commit { "committed" } else { "rolled back" }
+            ),
+            Err(e) => log::error!(
+                "pgtx: a two-phase commit stopped in the middle; prepared transaction {} on {} \
+                 is left for Recovery: {e}",
+                voted.gid,
+                p.name(voted.voter)
+            ),
+        }
+    }
 }
 
 /// Writes the decision row into the decider's open transaction; returns
