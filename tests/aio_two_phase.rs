@@ -146,9 +146,9 @@ async fn a_dropped_coordinator_rolls_back_every_participant_and_reports_it() {
     // Rolled back at once on a task: no one waits for it.
     assert!(eventually(|| open_transactions(&a) + open_transactions(&b) == 0).await);
     assert!(items(&a).is_empty() && items(&b).is_empty());
-    assert_eq!(
-        ma.unfinished_transactions() + mb.unfinished_transactions(),
-        2
+    assert!(
+        eventually(|| ma.unfinished_transactions() + mb.unfinished_transactions() == 2).await,
+        "both reported"
     );
     let reported = log
         .lines_containing(UNFINISHED_TRANSACTION)
@@ -231,23 +231,27 @@ fn stall_at_the_end(db: &Db, key: i64) {
     })
 }
 
+/// Sessions of `db` waiting for an advisory lock.
+fn stalled(db: &Db) -> i64 {
+    outside(|| {
+        db.admin()
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event = 'advisory'",
+                &[],
+            )
+            .expect("pg_stat_activity")
+            .get(0)
+    })
+}
+
 /// Waits until a session of `db` waits for an advisory lock.
 async fn until_stalled(db: &Db) {
-    let stalled = eventually(|| {
-        outside(|| {
-            db.admin()
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = current_database() AND wait_event = 'advisory'",
-                    &[],
-                )
-                .expect("pg_stat_activity")
-                .get::<_, i64>(0)
-                > 0
-        })
-    })
-    .await;
-    assert!(stalled, "{} never stalled", db.name);
+    assert!(
+        eventually(|| stalled(db) > 0).await,
+        "{} never stalled",
+        db.name
+    );
 }
 
 /// A `commit` dropped during the votes (a voter's `PREPARE` stalled, an
@@ -272,8 +276,13 @@ async fn a_commit_dropped_during_the_votes_leaves_nothing_prepared_or_open() {
         done = commit => panic!("the vote on c cannot end: {done:?}"),
         () = until_stalled(&c) => {}
     }
-    // b was prepared before c's vote began; it is rolled back on a task.
+    // b was prepared before c's vote began; it is rolled back on a task,
+    // and c's stalled PREPARE is cancelled.
     assert!(eventually(|| prepared(&b) == 0).await, "b left prepared");
+    assert!(
+        eventually(|| stalled(&c) == 0).await,
+        "c's PREPARE cancelled"
+    );
     outside(|| holder.execute("SELECT pg_advisory_unlock(81)", &[])).expect("unlock");
     outside(|| drop(holder));
     for db in [&a, &b, &c] {
@@ -309,7 +318,12 @@ async fn a_commit_dropped_while_deciding_is_left_to_recovery_which_settles_it() 
         done = commit => panic!("the decider's COMMIT cannot end: {done:?}"),
         () = until_stalled(&a) => {}
     }
-    // The interrupted COMMIT is cancelled; the voters stay prepared.
+    // The interrupted COMMIT is cancelled (before the lock is let go, or
+    // it would commit); the voters stay prepared.
+    assert!(
+        eventually(|| stalled(&a) == 0).await,
+        "a's COMMIT cancelled"
+    );
     assert!(eventually(|| open_transactions(&a) == 0).await);
     outside(|| holder.execute("SELECT pg_advisory_unlock(82)", &[])).expect("unlock");
     outside(|| drop(holder));
@@ -323,6 +337,86 @@ async fn a_commit_dropped_while_deciding_is_left_to_recovery_which_settles_it() 
         assert_eq!(prepared(db), 0, "{}", db.name);
         assert!(items(db).is_empty(), "{}", db.name);
     }
+}
+
+/// A participant's transaction swapped out of its `TxRef` (`mem::swap`
+/// through `DerefMut`) cannot be committed alone, and the coordinator can
+/// then no longer commit: nothing commits anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_s_transaction_swapped_out_cannot_commit_alone() {
+    let [a, b, c] = dbs("swapped");
+    let (ma, mc) = (
+        ManagedConnection::new(&a.dsn).expect("settings"),
+        ManagedConnection::new(&c.dsn).expect("settings"),
+    );
+    let mut dtx = TwoPhase::new();
+    let pa = dtx.join(&ma).await.expect("join a");
+    let pb = dtx.join_dsn(&b.dsn).await.expect("join b");
+    insert(&mut dtx, pa, 1).await.expect("insert");
+    insert(&mut dtx, pb, 1).await.expect("insert");
+    let mut other = mc.lock().await.expect("c").begin().await.expect("begin");
+    {
+        let mut lent = dtx.tx(pa).expect("lent");
+        std::mem::swap(&mut *lent, &mut other);
+    }
+    let alone = other.commit().await.map(drop);
+    assert!(
+        matches!(&alone, Err(Error::TransactionControl(_))),
+        "{alone:?}"
+    );
+    let err = dtx
+        .commit()
+        .await
+        .expect_err("a is gone from the coordinator");
+    assert!(matches!(err, Error::VoteFailed { .. }), "{err:?}");
+    for db in [&a, &b, &c] {
+        assert!(items(db).is_empty(), "{}", db.name);
+        assert_eq!(prepared(db), 0, "{}", db.name);
+        assert!(
+            eventually(|| open_transactions(db) == 0).await,
+            "{}",
+            db.name
+        );
+    }
+    // Both managers are whole again.
+    drop(ma.lock().await.expect("a released"));
+    drop(mc.lock().await.expect("c released"));
+}
+
+/// A lent transaction forgotten while another task waits: the waiter
+/// takes the connection over after `abandon_after`; the coordinator,
+/// dropped later, leaves the waiter's session alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_participant_taken_over_by_a_waiter_is_not_taken_back() {
+    let [a, _, _] = dbs("forgotten_waiter");
+    let manager = ManagedConnection::builder(&a.dsn)
+        .abandon_after(Some(std::time::Duration::from_millis(200)))
+        .build()
+        .expect("settings");
+    let mut dtx = TwoPhase::new();
+    let pa = dtx.join(&manager).await.expect("join");
+    insert(&mut dtx, pa, 1).await.expect("insert");
+    std::mem::forget(dtx.tx(pa).expect("lent"));
+    // The waiter takes it over, and works in a transaction of its own.
+    let mut tx = manager
+        .lock()
+        .await
+        .expect("taken over")
+        .begin()
+        .await
+        .expect("begin");
+    tx.execute("INSERT INTO items VALUES (2, 'waiter')", &[])
+        .await
+        .expect("insert");
+    // The coordinator finds its session gone and must not touch the waiter's.
+    assert!(matches!(dtx.tx(pa).map(drop), Err(Error::LeaseRevoked)));
+    drop(dtx);
+    tx.commit()
+        .await
+        .expect("the waiter's transaction is intact");
+    assert_eq!(items(&a), vec![2]);
+    assert!(eventually(|| open_transactions(&a) == 0).await);
+    drop(manager.lock().await.expect("free"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

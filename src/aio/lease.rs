@@ -57,6 +57,12 @@ impl<'m> Lease<'m> {
         self.held.take_slot()
     }
 
+    /// Whether the session is a two-phase participant's, lent (see
+    /// `Slot::lent`).
+    pub(crate) fn is_lent(&self) -> bool {
+        self.held.lent
+    }
+
     /// Says what holds the lease now.
     pub(crate) fn set_holding(&mut self, holding: Holding) {
         self.held.holding = holding;
@@ -75,6 +81,9 @@ impl Drop for Lease<'_> {
         let panicking = std::thread::panicking();
         let inner = self.held.inner();
         let slot = &mut *self.held;
+        // A participant's transaction let go anywhere but back to its
+        // coordinator (swapped out of its `TxRef`): an ordinary holder's.
+        slot.lent = false;
         let end = if slot.scoped {
             HolderEnd::ScopeEnded {
                 panicked: panicking,

@@ -46,6 +46,9 @@ pub(crate) struct Slot {
     /// What the `transaction` scope holding the lease shares with it
     /// (see `scope_marks.rs`).
     pub(crate) scope_marks: Option<ScopeMarks>,
+    /// Lent by a two-phase coordinator as a participant's transaction:
+    /// only the coordinator may commit it.
+    pub(crate) lent: bool,
 }
 
 /// What holds the lease.
@@ -67,6 +70,7 @@ impl Slot {
             holding: Holding::Guard,
             attempt: 1,
             scope_marks: None,
+            lent: false,
         }
     }
 }
@@ -389,11 +393,22 @@ impl Inner {
     /// For the owner of a lease whose session was lost with a forgotten
     /// handle (a two-phase participant's lent transaction): takes it over
     /// at once, as from an abandoned holder (see
-    /// [`take_over_if_abandoned`](Self::take_over_if_abandoned)). The new
-    /// session is the caller's, under the lease it holds.
-    pub(crate) fn take_over_forgotten(self: &Arc<Self>) -> Held<'_> {
+    /// [`take_over_if_abandoned`](Self::take_over_if_abandoned)), if the
+    /// lease is still held by the session of `generation`. `None` if it is
+    /// not (a waiter took it over meanwhile, or it was let go): the owner
+    /// holds nothing any more. The new session is the caller's, under the
+    /// lease it holds.
+    pub(crate) fn take_over_forgotten(self: &Arc<Self>, generation: u64) -> Option<Held<'_>> {
         let stored = self.slot.lock();
-        self.take_over(stored, Abandoned::Forgotten)
+        if stored.is_some() || self.shared.generation.load(Ordering::Acquire) != generation {
+            return None;
+        }
+        Some(self.take_over(stored, Abandoned::Forgotten))
+    }
+
+    /// The generation of the session now current.
+    pub(crate) fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     /// Takes the lease over (`stored`: the slot's lock, held, empty): the

@@ -90,6 +90,9 @@ struct Participant {
     /// The session, taken out of the manager: `None` while lent out by
     /// [`TwoPhase::tx`] (or lost with a lent transaction forgotten).
     slot: Option<Box<Slot>>,
+    /// The generation of the session it holds: a lease taken over by a
+    /// waiter since is no longer its own.
+    generation: u64,
 }
 
 impl Participant {
@@ -97,10 +100,12 @@ impl Participant {
     fn new(tx: Tx<'_, Open>, dsn: Option<String>) -> Participant {
         let lease = tx.into_lease();
         let inner = Arc::clone(lease.inner());
+        let generation = inner.generation();
         Participant {
             inner,
             dsn,
             slot: lease.take_slot(),
+            generation,
         }
     }
 
@@ -123,9 +128,13 @@ impl Participant {
 
     /// Its session was lost with a forgotten [`TxRef`]: taken over (the
     /// old connection shut down from outside, reported), and a new one,
-    /// with nothing open, held in its place.
+    /// with nothing open, held in its place. If a waiter took the lease
+    /// over first (or it was let go), nothing is held any more.
     fn take_over_lost(&mut self) {
-        let mut held = self.inner.take_over_forgotten();
+        let Some(mut held) = self.inner.take_over_forgotten(self.generation) else {
+            return;
+        };
+        self.generation = self.inner.generation();
         self.slot = held.take_slot();
         if let Some(slot) = &mut self.slot {
             slot.holding = Holding::Guard;
@@ -147,7 +156,10 @@ impl Drop for Participant {
         if self.slot.is_none() {
             self.take_over_lost();
         }
-        if let Some(slot) = self.slot.take() {
+        if let Some(mut slot) = self.slot.take() {
+            // A voter left prepared (its coordinator stopped, or in doubt)
+            // has nothing open on the session: the gid is Recovery's.
+            slot.core.forget_prepared(&self.inner.shared);
             drop(Lease::new(Held::from_slot(slot, &self.inner)));
         }
     }
@@ -171,6 +183,8 @@ pub struct TxRef<'d> {
     tx: Option<Tx<'d, Open>>,
     /// Where the session goes back when this is dropped.
     home: &'d mut Option<Box<Slot>>,
+    /// The participant's manager.
+    owner: &'d Arc<Inner>,
 }
 
 static_assertions::assert_impl_all!(TxRef<'static>: Send);
@@ -198,9 +212,25 @@ impl DerefMut for TxRef<'_> {
 impl Drop for TxRef<'_> {
     /// Gives the session back to its participant (nothing is let go).
     fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            *self.home = tx.into_lease().take_slot();
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        let lease = tx.into_lease();
+        if !Arc::ptr_eq(lease.inner(), self.owner) || !lease.is_lent() {
+            // Another transaction was swapped in (`mem::swap` through
+            // `DerefMut`): it ends as any dropped `Tx` does, and the
+            // participant's, out in the open, can no longer commit.
+            log::error!(
+                "pgtx: a two-phase participant's transaction was swapped out of its TxRef; \
+                 the participant can no longer commit"
+            );
+            return;
         }
+        let mut slot = lease.take_slot();
+        if let Some(slot) = &mut slot {
+            slot.lent = false;
+        }
+        *self.home = slot;
     }
 }
 
@@ -315,13 +345,15 @@ impl TwoPhase {
         let participant = &mut self.participants[index];
         participant.parts()?;
         let Participant { inner, slot, .. } = participant;
-        let Some(taken) = slot.take() else {
+        let Some(mut taken) = slot.take() else {
             return Err(Error::LeaseRevoked);
         };
+        taken.lent = true;
         let tx = Tx::open(Lease::new(Held::from_slot(taken, inner)));
         Ok(TxRef {
             tx: Some(tx),
             home: slot,
+            owner: inner,
         })
     }
 

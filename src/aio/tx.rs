@@ -400,11 +400,22 @@ impl<'m> Tx<'m, Open> {
     /// # Errors
     ///
     /// As the blocking [`crate::Tx::commit`]: the transaction is over
-    /// whatever the error ([`Error::TransactionAborted`](crate::Error::TransactionAborted)
+    /// whatever the error (rolled back on a task when `COMMIT` was not
+    /// sent: [`Error::TransactionControl`](crate::Error::TransactionControl)
+    /// for a two-phase participant's transaction taken out of its
+    /// [`TxRef`](super::TxRef)) ([`Error::TransactionAborted`](crate::Error::TransactionAborted)
     /// after a failed or interrupted statement,
     /// [`Error::CommitOutcomeUnknown`](crate::Error::CommitOutcomeUnknown)
     /// if the connection broke while `COMMIT` was in flight, …).
     pub async fn commit(mut self) -> Result<Tx<'m, Done>> {
+        if self.lease.is_lent() {
+            // A two-phase participant's, swapped out of its `TxRef`
+            // (`mem::swap`): committed alone it would break the protocol.
+            return Err(Error::TransactionControl(
+                "COMMIT of a two-phase participant's transaction (only its TwoPhase ends it)"
+                    .to_owned(),
+            ));
+        }
         let (inner, core) = self.lease.parts();
         // Forgotten savepoints are rolled back (and reported) first.
         held::prepare(inner, core, Scope::Transaction { depth: 0 }, None).await?;

@@ -113,6 +113,9 @@ pub(crate) struct SessionCore {
     /// `COMMIT` is being sent: still set afterwards, its future was
     /// dropped (see [`SessionCore::recover_interrupted`]).
     committing: bool,
+    /// A `PREPARE TRANSACTION` is being sent (its future, dropped now,
+    /// leaves the gid perhaps prepared: see `recover_interrupted`).
+    preparing: bool,
     /// Transactions begun on this session: which one a portal belongs to.
     begun: u64,
     /// Portals bound in the current transaction.
@@ -212,6 +215,7 @@ impl SessionCore {
             fallback: None,
             stream: None,
             committing: false,
+            preparing: false,
             begun: 0,
             portals: 0,
             generation: 0,
@@ -1011,6 +1015,7 @@ impl SessionCore {
         // Cleared only once the interrupted request's outcome is known: a
         // recovery that is itself interrupted leaves it to the next.
         let commit = self.committing;
+        let prepare = self.preparing;
         let written = tokio::time::timeout(DRAIN_LIMIT, conn.flush_queued()).await;
         let drained = match written {
             Ok(()) => tokio::time::timeout(DRAIN_LIMIT, conn.cancel_and_drain()).await,
@@ -1040,6 +1045,7 @@ impl SessionCore {
             }
         };
         self.committing = false;
+        self.preparing = false;
         if !drained {
             self.lose_connection(shared);
             self.machine.lose();
@@ -1066,6 +1072,12 @@ impl SessionCore {
         }
         if committed == Some(true) {
             // Nothing is left to roll back.
+            self.machine.reset();
+            self.fallback = None;
+        } else if prepare && server == Some(ServerStatus::Idle) {
+            // The transaction left the session, prepared or not: its
+            // coordinator finishes (or rolls back) the gid from here, as
+            // after a vote whose connection broke.
             self.machine.reset();
             self.fallback = None;
         } else {
@@ -1350,7 +1362,9 @@ impl SessionCore {
             "SELECT txid_current()::text; PREPARE TRANSACTION {}",
             quote_literal(gid)
         );
+        self.preparing = true;
         let result = conn.run(|client| client.simple_query(&sql)).await;
+        self.preparing = false;
         let result = conn.outcome(result);
         let xid = result.as_ref().ok().and_then(|messages| {
             messages.iter().find_map(|m| match m {
@@ -1365,6 +1379,17 @@ impl SessionCore {
         }
         self.publish(shared);
         result.map(|_| Vote::Prepared { xid })
+    }
+
+    /// Forgets a transaction prepared on this session (it left the
+    /// session; whoever has its gid finishes it): nothing of it is left
+    /// here to roll back or report.
+    #[cfg(feature = "aio")]
+    pub(crate) fn forget_prepared(&mut self, shared: &SessionShared) {
+        if self.machine.is_prepared() {
+            self.machine.reset();
+            self.publish(shared);
+        }
     }
 
     /// Whether the second phase may be sent on this session now (the

@@ -164,6 +164,12 @@ impl Machine {
         !matches!(self.track, Track::Idle)
     }
 
+    /// Whether the transaction was prepared (`PREPARE TRANSACTION`): it
+    /// has left the session, to be finished by its gid.
+    pub(crate) fn is_prepared(&self) -> bool {
+        matches!(self.track, Track::Prepared(_))
+    }
+
     /// Whether a transaction has sent nothing yet (its `BEGIN` waits for
     /// its first statement).
     pub(crate) fn is_pending(&self) -> bool {

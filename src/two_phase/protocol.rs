@@ -278,7 +278,13 @@ async fn commit_two_phase<P: Participants>(
                 source: Box::new(e),
             });
         }
-        Err(e) => return Err(abort(p, prepared, decider, VoteStep::DeciderCommit, e).await),
+        Err(e) => {
+            // Refused: nothing was decided, so what was prepared is rolled
+            // back, also by a coordinator stopped in the middle of it.
+            plan.stage = Stage::Voting;
+            let prepared = &plan.prepared;
+            return Err(abort(p, prepared, decider, VoteStep::DeciderCommit, e).await);
+        }
     }
     // 4. The second phase.
     let mut committed = vec![p.name(decider)];
@@ -302,6 +308,8 @@ async fn commit_two_phase<P: Participants>(
             source: Box::new(e),
         });
     }
+    // Every voter committed: nothing is left for a stopped coordinator.
+    plan.prepared.clear();
     let forget = p
         .execute_alone(
             decider,
