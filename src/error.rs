@@ -93,6 +93,26 @@ pub enum Error {
     #[error("the transaction was aborted by an earlier error and has been rolled back{}", first_error(.0))]
     TransactionAborted(Option<Box<DbError>>),
 
+    /// Statement `index` of a [`Pipeline`](crate::Pipeline) (0 for the
+    /// first) failed, or was refused before anything was sent (`source`
+    /// says which: the server's error, a refusal such as
+    /// [`Error::TransactionControl`], or parameters that did not encode);
+    /// the `skipped` statements after it did not run. The transaction is
+    /// aborted: run by `commit_pipeline`, nothing was committed and the
+    /// connection is idle; run by `run_pipeline`, the transaction can only
+    /// roll back. [`code`](Error::code) and
+    /// [`as_db_error`](Error::as_db_error) read `source`.
+    #[error("statement {index} of the pipeline failed ({skipped} after it skipped): {source}")]
+    PipelineFailed {
+        /// The failed statement's place in the pipeline.
+        index: usize,
+        /// How many statements after it did not run.
+        skipped: usize,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// SQL given to a [`Tx`](crate::Tx) or [`Savepoint`](crate::Savepoint)
     /// would end or restart the transaction behind pgtx's back (`COMMIT`,
     /// `ROLLBACK`, `BEGIN`, `END`, `ABORT`, `START TRANSACTION`,
@@ -651,7 +671,8 @@ impl Error {
             Error::TransactionAborted(e) => e.as_deref(),
             Error::VoteFailed { source, .. }
             | Error::InDoubt { source, .. }
-            | Error::NotifyFailed { source, .. } => source.as_db_error(),
+            | Error::NotifyFailed { source, .. }
+            | Error::PipelineFailed { source, .. } => source.as_db_error(),
             Error::ReconnectFailed { last, .. } => last.as_db_error(),
             Error::RetriesExhausted { last, .. } => Some(last),
             _ => None,
@@ -685,6 +706,7 @@ impl Error {
             Error::Connect(_) | Error::ConnectionLost(_) | Error::LockTimeout(_) => true,
             Error::ConnectionDead { .. } | Error::ReconnectFailed { .. } => true,
             Error::WouldBlock | Error::LeaseRevoked => true,
+            Error::PipelineFailed { source, .. } => source.is_transient(),
             // Something was committed: running the work again would repeat it.
             Error::InDoubt { .. }
             | Error::NotifyFailed { .. }

@@ -8,6 +8,7 @@ use crate::blocking::held::{Conn, Held, StatementScope};
 use crate::blocking::shared::Shared;
 use crate::error::Result;
 use crate::machine::transaction_status::TransactionStatus;
+use crate::pipeline::{Pipeline, PipelineResults};
 use crate::savepoint::{self, Savepoint};
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
@@ -391,6 +392,64 @@ impl<'m> Tx<'m, Open> {
             held,
             state: Done(()),
         })
+    }
+
+    /// Runs `pipeline` and commits, in one round trip: every statement and
+    /// the `COMMIT` leave in one write (see [`Pipeline`] for when that
+    /// helps, its error rule and what it cannot contain). The transaction
+    /// is over whatever the outcome, as after [`commit`](Tx::commit).
+    ///
+    /// ```no_run
+    /// # let manager = pgtx::ManagedConnection::new("host=localhost")?;
+    /// let tx = manager.lock()?.begin()?;
+    /// let mut pipeline = pgtx::Pipeline::new();
+    /// let moved = pipeline.execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1", &[]);
+    /// pipeline.execute("UPDATE accounts SET balance = balance + 10 WHERE id = 2", &[]);
+    /// let (_done, results) = tx.commit_pipeline(&pipeline)?;
+    /// assert_eq!(results.get(moved), Some(&1));
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::PipelineFailed`](crate::Error::PipelineFailed): a
+    ///   statement failed (or was refused before anything was sent);
+    ///   nothing was committed, and the connection is idle.
+    /// - Otherwise as [`commit`](Tx::commit): the `COMMIT` itself refused
+    ///   (a deferred constraint), the connection lost before or during it
+    ///   ([`Error::CommitOutcomeUnknown`](crate::Error::CommitOutcomeUnknown)
+    ///   once it may have been sent).
+    pub fn commit_pipeline(
+        self,
+        pipeline: &Pipeline<'_>,
+    ) -> Result<(Tx<'m, Done>, PipelineResults)> {
+        let Tx { mut held, .. } = self;
+        let result = held
+            .conn(StatementScope::Transaction { depth: 0 })
+            .with_session(|s| s.pipeline(pipeline, true));
+        held.ticket = held.ticket.finished();
+        result.map(|answers| {
+            let done = Tx {
+                held,
+                state: Done(()),
+            };
+            (done, pipeline.results(answers))
+        })
+    }
+
+    /// Runs `pipeline` inside the transaction in one round trip (every
+    /// statement in one write); the transaction goes on.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PipelineFailed`](crate::Error::PipelineFailed): a statement
+    /// failed and the ones after it were skipped; the transaction is then
+    /// aborted, as after any failed statement (`commit` rolls back and says
+    /// so). A statement refused before anything was sent (transaction
+    /// control, `VACUUM`, `COPY`, …) leaves the transaction as it was.
+    pub fn run_pipeline(&mut self, pipeline: &Pipeline<'_>) -> Result<PipelineResults> {
+        let answers = self.conn().with_session(|s| s.pipeline(pipeline, false))?;
+        Ok(pipeline.results(answers))
     }
 
     /// Commits, and attaches `value` for

@@ -237,7 +237,10 @@ fn the_crates_modules_import_each_other_without_a_cycle() {
 /// (every layer reports errors, and the error type names what it carries);
 /// the crate root declares and re-exports everything.
 const LAYERS: [(&str, &[&str]); 6] = [
-    ("vocabulary", &["state", "statements", "user_code"]),
+    (
+        "vocabulary",
+        &["state", "statements", "user_code", "pipeline"],
+    ),
     ("pure decisions", &["machine"]),
     ("settings", &["config"]),
     ("connecting", &["connect"]),

@@ -367,6 +367,22 @@ impl LockedSession<'_> {
         setup.runtime.block_on(core.commit(shared))
     }
 
+    /// Runs `pipeline` in one round trip (see `SessionCore::pipeline`);
+    /// with `commit`, the transaction's `COMMIT` goes with it.
+    pub(crate) fn pipeline(
+        &mut self,
+        pipeline: &crate::pipeline::Pipeline<'_>,
+        commit: bool,
+    ) -> Result<Vec<crate::pipeline::Answer>> {
+        // A transaction that has sent nothing yet needs a live connection
+        // (one that died while it waited is replaced: nothing of it ran).
+        self.ensure_for(RequestShape::Bind)?;
+        let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);
+        setup
+            .runtime
+            .block_on(core.pipeline(shared, pipeline, commit))
+    }
+
     /// Ends the transaction without saving it (see `SessionCore::rollback`).
     pub(crate) fn rollback(&mut self) {
         let (shared, setup, core) = (self.shared, self.setup, &mut *self.core);

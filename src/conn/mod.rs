@@ -11,6 +11,7 @@
 pub(crate) mod cancel_serials;
 mod gate;
 pub(crate) mod interrupt;
+pub(crate) mod pipeline;
 pub(crate) mod request;
 pub(crate) mod session;
 mod sql_text;

@@ -311,6 +311,36 @@ impl Request for Prepare<'_> {
     }
 }
 
+/// The statement prepared from some text on this connection (prepared
+/// and cached the first time: see `Connection::prepare_cached`).
+pub(crate) struct PrepareCached<'a>(pub(crate) &'a str);
+
+impl Request for PrepareCached<'_> {
+    type Output = Statement;
+
+    fn send<'c>(
+        &'c self,
+        conn: &'c mut Connection,
+    ) -> impl Future<Output = Result<Statement, postgres::Error>> + Send + 'c {
+        conn.prepare_cached(self.0)
+    }
+}
+
+/// The parameter types of some text, for the unnamed statement (looked up
+/// once per connection: see `Connection::describe`).
+pub(crate) struct Describe<'a>(pub(crate) &'a str);
+
+impl Request for Describe<'_> {
+    type Output = std::sync::Arc<[Type]>;
+
+    fn send<'c>(
+        &'c self,
+        conn: &'c mut Connection,
+    ) -> impl Future<Output = Result<std::sync::Arc<[Type]>, postgres::Error>> + Send + 'c {
+        conn.describe(self.0)
+    }
+}
+
 /// A statement kind run on a target chosen already.
 pub(crate) struct Bound<'a, K> {
     pub(crate) kind: K,

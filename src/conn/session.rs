@@ -19,10 +19,13 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 use postgres::error::{DbError, SqlState};
 use postgres::types::Type;
-use tokio_postgres::Row;
 use tokio_postgres::binary_copy::BinaryCopyOutRow;
+use tokio_postgres::{Row, Statement};
 
-use super::request::{Batch, CopyIn, CopyOut, Opens, QueryRaw, Request, StatementKind};
+use super::pipeline::Piped;
+use super::request::{
+    Batch, CopyIn, CopyOut, Describe, Opens, PrepareCached, QueryRaw, Request, StatementKind,
+};
 use super::sql_text::{CachedRun, UnnamedRun};
 use super::streaming::{Fetched, Pinnable, Streaming, WrongStream};
 use super::{Connection, Target};
@@ -37,6 +40,7 @@ use crate::machine::track::{
     CommitAnswer, CommitPlan, Machine, PreparePlan, Refusal, ReleasePlan, Reply, commit_answer,
 };
 use crate::machine::transaction_status::{ServerStatus, StatusCell, TransactionStatus};
+use crate::pipeline::{Answer, Pipeline};
 use crate::statements::{Naming, Params, Sql, ToStatement};
 
 /// A connection that answered this recently is not checked again (when
@@ -157,6 +161,13 @@ pub(crate) struct Interruption {
 #[cfg(feature = "aio")]
 const INTERRUPTED_STATEMENT: &str = "DO $pgtx$ BEGIN RAISE EXCEPTION USING \
      MESSAGE = 'pgtx: a statement of this transaction was interrupted (its future was dropped), \
+     so the transaction can only roll back', ERRCODE = '25P02'; END $pgtx$";
+
+/// What makes the server abort a transaction whose pipeline ran without
+/// one of its statements (its parameters did not encode): the others
+/// must not be committed later.
+const UNSENT_STATEMENT: &str = "DO $pgtx$ BEGIN RAISE EXCEPTION USING \
+     MESSAGE = 'pgtx: a statement of this pipeline could not be sent, \
      so the transaction can only roll back', ERRCODE = '25P02'; END $pgtx$";
 
 /// How long an interrupted request's connection may take to answer
@@ -917,6 +928,211 @@ impl SessionCore {
     /// The number of the current (or last) transaction on this session.
     pub(crate) fn transaction_number(&self) -> u64 {
         self.begun
+    }
+
+    /// Runs `pipeline` inside the open transaction in one round trip (see
+    /// `conn/pipeline.rs`); with `commit`, its `COMMIT` goes in the same
+    /// write, and the transaction is over whatever the outcome.
+    ///
+    /// Statements refused before anything is sent (transaction control,
+    /// what cannot run in a block, `COPY`) and text whose preparation fails
+    /// come back as [`Error::PipelineFailed`] too; the statements are
+    /// prepared (or described) first, each once per connection, so the
+    /// round trip is one from the second run on.
+    pub(crate) async fn pipeline(
+        &mut self,
+        shared: &SessionShared,
+        pipeline: &Pipeline<'_>,
+        commit: bool,
+    ) -> Result<Vec<Answer>> {
+        self.refuse_if_stale(shared)?;
+        let count = pipeline.entries.len();
+        let failed = |index: usize, source: Error| Error::PipelineFailed {
+            index,
+            skipped: count - index - 1,
+            source: Box::new(source),
+        };
+        // 1. Refusals, before anything is sent.
+        for (index, entry) in pipeline.entries.iter().enumerate() {
+            let Some(sql) = entry.text() else { continue };
+            let refusal = match self.refuse_control(sql) {
+                Err(e) => Some(e),
+                Ok(()) => control::outside_transaction_only(sql).map(|command| {
+                    Error::TransactionControl(format!(
+                        "{command} (statement {index} of the pipeline): a pipeline runs inside \
+                         a transaction block, where the server cannot run it"
+                    ))
+                }),
+            };
+            if let Some(refusal) = refusal {
+                if commit {
+                    self.rollback(shared).await;
+                }
+                return Err(failed(index, refusal));
+            }
+        }
+        // 2. Text prepared (or its parameter types looked up), once per
+        //    connection: a request of its own each time it is new.
+        let mut statements: Vec<Option<Statement>> = Vec::with_capacity(count);
+        let mut types: Vec<Arc<[Type]>> = Vec::with_capacity(count);
+        for (index, entry) in pipeline.entries.iter().enumerate() {
+            let (mut statement, mut described) = (None, Arc::from(Vec::new()));
+            if let Some(sql) = entry.text() {
+                let prepared = if self.naming == Naming::Cached
+                    && control::shape_decided_at_run_time(sql).is_none()
+                {
+                    self.statement(shared, RequestShape::Parse, Some(sql), &PrepareCached(sql))
+                        .await
+                        .map(|prepared| statement = Some(prepared))
+                } else if entry.params.is_empty() {
+                    Ok(())
+                } else {
+                    self.statement(shared, RequestShape::Parse, Some(sql), &Describe(sql))
+                        .await
+                        .map(|types| described = types)
+                };
+                if let Err(e) = prepared {
+                    if commit {
+                        self.rollback(shared).await;
+                    }
+                    return Err(failed(index, e));
+                }
+            }
+            statements.push(statement);
+            types.push(described);
+        }
+        let steps: Vec<Piped<'_>> = pipeline
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| {
+                let target = match (entry.prepared(), &statements[index], entry.text()) {
+                    (Some(prepared), _, _) => Target::Prepared(prepared),
+                    (None, Some(prepared), _) => Target::Prepared(prepared),
+                    (None, None, sql) => Target::Unnamed(sql.unwrap_or_default(), &types[index]),
+                };
+                Piped {
+                    target,
+                    params: &entry.params,
+                    rows: entry.rows,
+                }
+            })
+            .collect();
+        // 3. The pipeline, `BEGIN` (if still pending) in its Sync group.
+        let server = self.server_status();
+        let pending = self
+            .machine
+            .before_statement(true, server)
+            .map_err(refused)?;
+        let Some(conn) = self.conn.as_mut() else {
+            if pending.is_some() {
+                self.lose_pending(shared);
+            }
+            return Err(Error::ConnectionLost(None));
+        };
+        let serial = shared.cancel.start(conn.cancel_target()).await;
+        shared.status.set(TransactionStatus::Active);
+        if let Some(begin) = &pending {
+            conn.arm_begin(begin);
+        }
+        // Once it is written, a COMMIT whose answer is lost is of unknown
+        // outcome (see `recover_interrupted` for a dropped future).
+        self.committing = commit;
+        let sent = conn.pipeline(&steps, commit).await;
+        self.committing = false;
+        let began = pending.is_some() && conn.begin_outcome() == BeginOutcome::Began;
+        let cancelled = shared.cancel.finish(serial);
+        // 4. What the server said.
+        let (answers, end, unsent) = match sent {
+            Ok(sent) => (sent.answers, sent.end, sent.unsent),
+            Err(e) => (Vec::new(), Some(Err(e)), false),
+        };
+        let lost = conn.has_ended() || answers.len() < count;
+        let first_failure = answers.iter().position(Result::is_err);
+        let mut results = Vec::with_capacity(count);
+        let mut failure = None;
+        for (index, answer) in answers.into_iter().enumerate() {
+            match answer {
+                Ok(answer) => results.push(answer),
+                Err(e) if Some(index) == first_failure => {
+                    let e = match conn.outcome(Err::<(), _>(e)) {
+                        Err(Error::Db(e))
+                            if cancelled && e.code() == Some(&SqlState::QUERY_CANCELED) =>
+                        {
+                            Error::Cancelled(e)
+                        }
+                        Err(e) => e,
+                        Ok(()) => Error::ConnectionLost(None),
+                    };
+                    failure = Some((index, e));
+                }
+                Err(_skipped) => {}
+            }
+        }
+        if lost {
+            self.machine.after_statement(Reply::Lost);
+            self.lose_connection(shared);
+            self.publish(shared);
+            if commit {
+                self.failure = None;
+                shared.status.set(TransactionStatus::Unknown);
+                return Err(Error::CommitOutcomeUnknown(None));
+            }
+            return Err(match failure {
+                Some((index, e)) => failed(index, e),
+                None => Error::ConnectionLost(None),
+            });
+        }
+        let db_error = failure.as_ref().and_then(|(_, e)| e.as_db_error()).cloned();
+        self.machine.after_statement(Reply::Answered {
+            began,
+            server: if failure.is_some() {
+                ServerStatus::Failed
+            } else {
+                ServerStatus::InTransaction
+            },
+            error: db_error.as_ref(),
+        });
+        if let Some(e) = db_error {
+            self.failure = Some(Box::new(e));
+        }
+        if !commit {
+            if unsent && self.server_status() == Some(ServerStatus::InTransaction) {
+                // The others ran without it: the transaction must not
+                // commit them.
+                let aborted = self
+                    .statement(shared, RequestShape::Query, None, &Batch(UNSENT_STATEMENT))
+                    .await;
+                if let Err(e) = aborted {
+                    log::debug!("pgtx: the transaction is now aborted: {e}");
+                }
+            }
+            self.publish(shared);
+            return match failure {
+                Some((index, e)) => Err(failed(index, e)),
+                None => Ok(results),
+            };
+        }
+        let end = end.unwrap_or(Ok(()));
+        match (self.machine.commit(), failure) {
+            (CommitPlan::Send, None) => {
+                self.committed(shared, end).await?;
+                Ok(results)
+            }
+            (plan, failure) => {
+                // A statement failed: the server answered the COMMIT
+                // `ROLLBACK` (or a ROLLBACK went instead); a block it still
+                // reports open is rolled back.
+                if matches!(plan, CommitPlan::Send | CommitPlan::RollBack(_)) {
+                    self.rollback(shared).await;
+                }
+                self.publish(shared);
+                Err(match failure {
+                    Some((index, e)) => failed(index, e),
+                    None => Error::TransactionAborted(None),
+                })
+            }
+        }
     }
 
     /// Sends `COMMIT`, and says truthfully whether the server committed.

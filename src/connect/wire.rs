@@ -24,6 +24,13 @@
 //!    request of pgtx's sends) with CopyFail, so that the connection cannot
 //!    wait for ever in copy mode (see [`Tap::take_copy_refused`]).
 //!
+//! 5. runs a pipeline as one Sync group (see [`Tap::arm_pipeline`]): the
+//!    Syncs of its requests but the last are left out of what is written,
+//!    and `tokio-postgres`, whose every request waits for its own
+//!    ReadyForQuery, is given one made up after each request's answer;
+//!    after an error the server skips the rest of the group, and each
+//!    request it skipped is given an error saying so.
+//!
 //! `BEGIN` is never a named prepared statement: SQL can reach named
 //! statements where the tap cannot see it (`EXECUTE format('DEALLOCATE
 //! …')` in a `DO` block, then `PREPARE` under the same name), and a `BEGIN`
@@ -119,7 +126,36 @@ struct TapState {
     /// Bytes were written since the last flush that completed: part of
     /// a request may still wait in a buffer for the socket to take it.
     unflushed: bool,
+    /// A pipeline being written and answered as one Sync group.
+    merge: Option<Merge>,
+    /// The outgoing message being written is left out (a pipeline's Sync).
+    leaving_out: bool,
+    /// The incoming message being read ends a request's answer (see
+    /// [`Merge`]).
+    completing: Option<u8>,
+    /// Messages made up for `tokio-postgres` during the last read, with
+    /// where they go among the bytes kept (see [`TapState::read`]).
+    made_up: Vec<(usize, Vec<u8>)>,
 }
+
+/// A pipeline run as one Sync group (see [`Tap::arm_pipeline`]).
+#[derive(Debug)]
+struct Merge {
+    /// The ReadyForQuery messages read before its group's.
+    group: u64,
+    /// How many requests it has, once they are all sent.
+    requests: Option<usize>,
+    /// Its requests' Syncs written so far.
+    syncs: usize,
+    /// Its requests whose answer `tokio-postgres` has been given in full.
+    answered: usize,
+    /// A request failed: the server skipped the rest of the group.
+    failed: bool,
+}
+
+/// What an ErrorResponse made up for a request the server skipped says
+/// (SQLSTATE 25P02, as the server says of a statement in a failed block).
+pub(crate) const SKIPPED: &str = "pgtx: skipped: an earlier statement of this pipeline failed";
 
 /// A `COPY` that reached the server through a statement method (which
 /// expects rows or a row count, never copy data).
@@ -184,6 +220,40 @@ impl Tap {
         let mut state = self.0.lock();
         state.armed = Some(messages);
         state.outcome = None;
+    }
+
+    /// Makes the requests sent next one Sync group: a pipeline. Call
+    /// [`pipeline_sent`](Self::pipeline_sent) once they are all sent
+    /// (queued to `tokio-postgres`), before anything of them is written.
+    ///
+    /// The Syncs of all but the last are left out of what is written, and
+    /// `tokio-postgres` gets a ReadyForQuery made up after each request's
+    /// answer (the server in a transaction block: the pipeline runs inside
+    /// one). When one fails, the server skips everything up to the Sync:
+    /// each request after it gets an ErrorResponse made up ([`SKIPPED`],
+    /// 25P02) and a ReadyForQuery saying the block failed, the last one
+    /// the server's own.
+    pub(crate) fn arm_pipeline(&self) {
+        let mut state = self.0.lock();
+        let group = state.syncs_written;
+        state.merge = Some(Merge {
+            group,
+            requests: None,
+            syncs: 0,
+            answered: 0,
+            failed: false,
+        });
+    }
+
+    /// The pipeline armed last has `requests` requests, all sent; with
+    /// none, it is over.
+    pub(crate) fn pipeline_sent(&self, requests: usize) {
+        let mut state = self.0.lock();
+        if requests == 0 {
+            state.merge = None;
+        } else if let Some(merge) = &mut state.merge {
+            merge.requests = Some(requests);
+        }
     }
 
     /// The tag of the last CommandComplete the server sent (`COMMIT`,
@@ -278,15 +348,34 @@ impl TapState {
     }
 
     /// Follows the messages written.
-    fn wrote(&mut self, mut bytes: &[u8]) {
+    fn wrote(&mut self, bytes: &[u8]) {
+        self.wrote_keeping(bytes, &mut None);
+    }
+
+    /// Follows the messages written, leaving a pipeline's Syncs out (all
+    /// but its last): with `kept`, the bytes to write go there; without,
+    /// the caller wrote `bytes` as they are (nothing is left out then).
+    fn wrote_keeping(&mut self, mut bytes: &[u8], kept: &mut Option<&mut Vec<u8>>) {
         while !bytes.is_empty() {
             let step = self.outgoing.advance(bytes);
+            let this = &bytes[..step.consumed];
+            bytes = &bytes[step.consumed..];
+            if step.started.is_some() {
+                self.leaving_out = step.started == Some(b'S') && self.leaves_out_sync();
+            }
+            if !self.leaving_out
+                && let Some(kept) = kept.as_deref_mut()
+            {
+                kept.extend_from_slice(this);
+            }
+            if self.leaving_out {
+                continue;
+            }
             if matches!(step.started, Some(b'c' | b'f')) {
                 self.copy_end_written = true;
             }
             if let Some(tag @ (b'S' | b'Q')) = step.started {
                 if tag == b'S' && std::mem::take(&mut self.ignore_next_sync) {
-                    bytes = &bytes[step.consumed..];
                     continue;
                 }
                 let ends_copy = tag == b'S' && std::mem::take(&mut self.copy_end_written);
@@ -294,18 +383,117 @@ impl TapState {
                 self.unanswered
                     .push_back(if ends_copy { COPY_END } else { tag });
             }
-            bytes = &bytes[step.consumed..];
+        }
+    }
+
+    /// A Sync starts being written: whether it is one of a pipeline's to
+    /// leave out (every one but its last request's).
+    fn leaves_out_sync(&mut self) -> bool {
+        let Some(merge) = &mut self.merge else {
+            return false;
+        };
+        let Some(requests) = merge.requests else {
+            // Not all sent yet: cannot be its last.
+            merge.syncs += 1;
+            return true;
+        };
+        if merge.syncs >= requests {
+            return false; // after the pipeline
+        }
+        merge.syncs += 1;
+        merge.syncs < requests
+    }
+
+    /// Whether the pipeline's Syncs are still being written (what is
+    /// written must then go through [`wrote_keeping`](Self::wrote_keeping)).
+    fn merging_writes(&self) -> bool {
+        self.leaving_out
+            || self
+                .merge
+                .as_ref()
+                .is_some_and(|m| m.requests.is_none_or(|n| m.syncs < n))
+    }
+
+    /// A message of the pipeline's group starts being let through to
+    /// `tokio-postgres` (at `at` among the bytes kept): notes the one that
+    /// ends a request's answer; before the server's ReadyForQuery that
+    /// ends the group, makes up the answers of the requests it skipped.
+    fn merge_on_start(&mut self, tag: u8, at: usize) {
+        let Some(merge) = &mut self.merge else {
+            return;
+        };
+        // `readies_read` already counts a ReadyForQuery starting now.
+        let ends_group = tag == b'Z';
+        let group = self.readies_read - u64::from(ends_group);
+        if group != merge.group {
+            return;
+        }
+        if matches!(tag, b'C' | b'I' | b'E' | b's') {
+            self.completing = Some(tag);
+        }
+        if !ends_group {
+            return;
+        }
+        let requests = merge.requests.unwrap_or(merge.answered + 1);
+        let mut made_up = Vec::new();
+        for request in merge.answered..requests {
+            message(&mut made_up, b'E', |body| {
+                for (field, value) in [
+                    (b'S', "ERROR"),
+                    (b'V', "ERROR"),
+                    (b'C', "25P02"),
+                    (b'M', SKIPPED),
+                ] {
+                    body.push(field);
+                    body.extend_from_slice(value.as_bytes());
+                    body.push(0);
+                }
+                body.push(0);
+            });
+            if request + 1 < requests {
+                message(&mut made_up, b'Z', |body| body.push(b'E'));
+            }
+        }
+        if !made_up.is_empty() {
+            self.made_up.push((at, made_up));
+        }
+        self.merge = None;
+    }
+
+    /// A message noted by [`merge_on_start`](Self::merge_on_start) has
+    /// been let through in full (up to `at` among the bytes kept): the
+    /// request's answer is over, and but for the last request (whose
+    /// ReadyForQuery is the server's) one is made up.
+    fn merge_on_end(&mut self, at: usize) {
+        let Some(tag) = self.completing.take() else {
+            return;
+        };
+        let Some(merge) = &mut self.merge else {
+            return;
+        };
+        merge.answered += 1;
+        merge.failed |= tag == b'E';
+        if merge.requests.is_some_and(|n| merge.answered < n) {
+            let status = if merge.failed { b'E' } else { b'T' };
+            let mut made_up = Vec::new();
+            message(&mut made_up, b'Z', |body| body.push(status));
+            self.made_up.push((at, made_up));
         }
     }
 
     /// Follows the messages read and takes out the answers to `BEGIN`;
-    /// returns how many bytes of `data` remain (moved to its front).
+    /// returns how many bytes of `data` remain (moved to its front). The
+    /// messages a pipeline makes up go among them: see `made_up`.
     fn read(&mut self, data: &mut [u8]) -> usize {
         let (mut from, mut to) = (0, 0);
         while from < data.len() {
             if self.incoming.at_start() {
-                self.dropping = self.on_incoming(data[from]);
+                let tag = data[from];
+                self.dropping = self.on_incoming(tag);
                 self.tag.clear();
+                if !self.dropping {
+                    self.merge_on_start(tag, to);
+                }
             }
             let step = self.incoming.advance(&data[from..]);
             if let Some(status) = step.status {
@@ -330,6 +518,9 @@ impl TapState {
             if !self.dropping {
                 data.copy_within(from..from + step.consumed, to);
                 to += step.consumed;
+                if step.ended {
+                    self.merge_on_end(to);
+                }
             }
             from += step.consumed;
         }
@@ -616,6 +807,9 @@ pub(crate) struct Wire<S> {
     /// Bytes accepted from `tokio-postgres` (with `BEGIN` slipped in) and not
     /// yet written to `inner`.
     pending: Vec<u8>,
+    /// Bytes read (with made-up answers among them, see
+    /// [`Tap::arm_pipeline`]) that `tokio-postgres` has yet to be given.
+    made_up: Vec<u8>,
 }
 
 impl<S> Wire<S> {
@@ -624,6 +818,7 @@ impl<S> Wire<S> {
             inner,
             tap,
             pending: Vec::new(),
+            made_up: Vec::new(),
         }
     }
 
@@ -674,6 +869,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Wire<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
+            if !this.made_up.is_empty() {
+                // What a pipeline's answers became, beyond what the last
+                // read could hold: before anything new.
+                let n = this.made_up.len().min(buf.remaining());
+                buf.put_slice(&this.made_up[..n]);
+                this.made_up.drain(..n);
+                return Poll::Ready(Ok(()));
+            }
             // The tap's own answers (CopyFail) go out from here: a request
             // waiting for the server writes nothing else.
             this.send_reply(cx)?;
@@ -685,6 +888,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Wire<S> {
                 return Poll::Ready(Ok(()));
             }
             let kept = state.read(&mut buf.filled_mut()[before..]);
+            if !state.made_up.is_empty() {
+                // Made-up messages go among the bytes kept: the whole is
+                // put together here, and what `buf` cannot hold waits.
+                let inserts = std::mem::take(&mut state.made_up);
+                drop(state);
+                let read = buf.filled()[before..before + kept].to_vec();
+                let mut whole = Vec::with_capacity(read.len() + 64 * inserts.len());
+                let mut from = 0;
+                for (at, bytes) in inserts {
+                    whole.extend_from_slice(&read[from..at]);
+                    whole.extend_from_slice(&bytes);
+                    from = at;
+                }
+                whole.extend_from_slice(&read[from..]);
+                buf.set_filled(before);
+                let n = whole.len().min(buf.remaining());
+                buf.put_slice(&whole[..n]);
+                this.made_up.extend_from_slice(&whole[n..]);
+                return Poll::Ready(Ok(()));
+            }
             buf.set_filled(before + kept);
             let replying = state.copy_fail_owed;
             drop(state);
@@ -722,6 +945,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
             Some(_) => state.armed.take(),
             None => None,
         };
+        if state.merging_writes() {
+            // A pipeline's Syncs are left out (and `BEGIN` may go in):
+            // what is written is rewritten, into `pending`.
+            let mut kept = Vec::with_capacity(buf.len() + armed.as_ref().map_or(0, Vec::len));
+            let at = found.unwrap_or(buf.len());
+            state.wrote_keeping(&buf[..at], &mut Some(&mut kept));
+            if let Some(begin) = armed {
+                state.strip = Some(Strip {
+                    group: state.syncs_written,
+                    answers: PARSE_BIND_EXECUTE,
+                });
+                state.outcome = Some(BeginOutcome::Unanswered);
+                kept.extend_from_slice(&begin);
+            }
+            state.wrote_keeping(&buf[at..], &mut Some(&mut kept));
+            drop(state);
+            this.pending.extend_from_slice(&kept);
+            return match this.poll_pending(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                _ => Poll::Ready(Ok(buf.len())),
+            };
+        }
         let (Some(at), Some(begin)) = (found, armed) else {
             drop(state);
             let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
@@ -1210,5 +1455,232 @@ mod tests {
         assert_eq!(kept.len(), 6);
         assert_eq!(state.status, Some(ServerStatus::Failed));
         assert_eq!(state.readies_read, 1);
+    }
+
+    /// Feeds `data` to the read side in chunks of `chunk` bytes, with the
+    /// made-up messages put among the bytes kept, as `Wire` does.
+    fn read_merged(state: &mut TapState, data: &[u8], chunk: usize) -> Vec<u8> {
+        let mut seen = Vec::new();
+        for piece in data.chunks(chunk) {
+            let mut piece = piece.to_vec();
+            let n = state.read(&mut piece);
+            let mut from = 0;
+            for (at, bytes) in std::mem::take(&mut state.made_up) {
+                seen.extend_from_slice(&piece[from..at]);
+                seen.extend_from_slice(&bytes);
+                from = at;
+            }
+            seen.extend_from_slice(&piece[from..n]);
+        }
+        seen
+    }
+
+    fn bind_execute_sync() -> Vec<u8> {
+        [
+            msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+            msg(b'E', b"\0\0\0\0\0"),
+            msg(b'S', b""),
+        ]
+        .concat()
+    }
+
+    fn skipped() -> Vec<u8> {
+        msg(
+            b'E',
+            format!("SERROR\0VERROR\0C25P02\0M{SKIPPED}\0\0").as_bytes(),
+        )
+    }
+
+    /// Three requests, each with its Sync, written in pieces of every size.
+    fn write_three(state: &mut TapState, piece: usize) -> Vec<u8> {
+        let requests = [
+            bind_execute_sync(),
+            bind_execute_sync(),
+            bind_execute_sync(),
+        ]
+        .concat();
+        let mut written = Vec::new();
+        for bytes in requests.chunks(piece) {
+            state.wrote_keeping(bytes, &mut Some(&mut written));
+        }
+        written
+    }
+
+    #[test]
+    fn a_pipeline_is_written_with_one_sync_at_any_write_split() {
+        for piece in 1..30 {
+            let tap = Tap::new();
+            tap.activate();
+            tap.arm_pipeline();
+            tap.pipeline_sent(3);
+            let mut state = tap.0.lock();
+            assert!(state.merging_writes());
+            let written = write_three(&mut state, piece);
+            let one_sync = [
+                msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+                msg(b'E', b"\0\0\0\0\0"),
+                msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+                msg(b'E', b"\0\0\0\0\0"),
+                msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+                msg(b'E', b"\0\0\0\0\0"),
+                msg(b'S', b""),
+            ]
+            .concat();
+            assert_eq!(written, one_sync, "piece {piece}");
+            assert_eq!(state.syncs_written, 1, "only the last counts");
+            assert!(!state.merging_writes());
+            // What follows (a COMMIT as a simple Query) is written as is.
+            let mut after = Vec::new();
+            state.wrote_keeping(&msg(b'Q', b"COMMIT\0"), &mut Some(&mut after));
+            assert_eq!(after, msg(b'Q', b"COMMIT\0"));
+            assert_eq!(state.syncs_written, 2);
+        }
+    }
+
+    #[test]
+    fn each_request_of_a_pipeline_gets_a_ready_for_query_at_any_read_split() {
+        for chunk in 1..40 {
+            let tap = Tap::new();
+            tap.activate();
+            tap.arm_pipeline();
+            tap.pipeline_sent(3);
+            let mut state = tap.0.lock();
+            write_three(&mut state, 64);
+            let answers = [
+                msg(b'2', b""),
+                msg(b'C', b"UPDATE 1\0"),
+                msg(b'2', b""),
+                msg(b'N', b"notice"),
+                msg(b'D', b"\0\x01\0\0\0\x017"),
+                msg(b'C', b"SELECT 1\0"),
+                msg(b'2', b""),
+                msg(b'C', b"INSERT 0 1\0"),
+                msg(b'Z', b"T"),
+            ]
+            .concat();
+            let seen = read_merged(&mut state, &answers, chunk);
+            let expected = [
+                msg(b'2', b""),
+                msg(b'C', b"UPDATE 1\0"),
+                msg(b'Z', b"T"),
+                msg(b'2', b""),
+                msg(b'N', b"notice"),
+                msg(b'D', b"\0\x01\0\0\0\x017"),
+                msg(b'C', b"SELECT 1\0"),
+                msg(b'Z', b"T"),
+                msg(b'2', b""),
+                msg(b'C', b"INSERT 0 1\0"),
+                msg(b'Z', b"T"),
+            ]
+            .concat();
+            assert_eq!(seen, expected, "chunk {chunk}");
+            assert!(state.merge.is_none(), "over with its group");
+            assert_eq!(state.readies_read, state.syncs_written, "settled");
+        }
+    }
+
+    #[test]
+    fn the_requests_after_a_failed_one_are_answered_as_skipped() {
+        for failing in 0..3 {
+            let tap = Tap::new();
+            tap.activate();
+            tap.arm_pipeline();
+            tap.pipeline_sent(3);
+            let mut state = tap.0.lock();
+            write_three(&mut state, 7);
+            let error = msg(b'E', b"SERROR\0C23505\0Mduplicate\0\0");
+            let mut answers = Vec::new();
+            let mut expected = Vec::new();
+            for request in 0..3 {
+                let last = request == 2;
+                if request < failing {
+                    answers.extend([msg(b'2', b""), msg(b'C', b"UPDATE 1\0")].concat());
+                    expected.extend(
+                        [msg(b'2', b""), msg(b'C', b"UPDATE 1\0"), msg(b'Z', b"T")].concat(),
+                    );
+                } else if request == failing {
+                    answers.extend(error.clone());
+                    expected.extend(error.clone());
+                    if !last {
+                        expected.extend(msg(b'Z', b"E"));
+                    }
+                } else {
+                    expected.extend(skipped());
+                    if !last {
+                        expected.extend(msg(b'Z', b"E"));
+                    }
+                }
+            }
+            answers.extend(msg(b'Z', b"E"));
+            expected.extend(msg(b'Z', b"E"));
+            for chunk in [1, 3, 500] {
+                let mut state = TapState {
+                    merge: Some(Merge {
+                        group: 0,
+                        requests: Some(3),
+                        syncs: 3,
+                        answered: 0,
+                        failed: false,
+                    }),
+                    ..active()
+                };
+                state.syncs_written = 1;
+                let seen = read_merged(&mut state, &answers, chunk);
+                assert_eq!(seen, expected, "failing {failing}, chunk {chunk}");
+                assert_eq!(state.status, Some(ServerStatus::Failed));
+                assert!(state.merge.is_none());
+            }
+            let seen = read_merged(&mut state, &answers, 5);
+            assert_eq!(seen, expected, "failing {failing}, after writing");
+        }
+    }
+
+    #[test]
+    fn a_pipeline_s_begin_and_the_answers_before_its_group_are_left_alone() {
+        let tap = Tap::new();
+        tap.activate();
+        let mut state = tap.0.lock();
+        // A statement close queued before the pipeline, answered first.
+        state.wrote(&[msg(b'C', b"Ss1\0"), msg(b'S', b"")].concat());
+        drop(state);
+        tap.arm_pipeline();
+        tap.pipeline_sent(2);
+        let mut state = tap.0.lock();
+        let group = state.syncs_written;
+        state.strip = Some(Strip {
+            group,
+            answers: PARSE_BIND_EXECUTE,
+        });
+        let requests = [bind_execute_sync(), bind_execute_sync()].concat();
+        let mut written = Vec::new();
+        state.wrote_keeping(&requests, &mut Some(&mut written));
+        let answers = [
+            msg(b'3', b""),
+            msg(b'Z', b"I"),
+            msg(b'1', b""),
+            msg(b'2', b""),
+            msg(b'C', b"BEGIN\0"),
+            msg(b'2', b""),
+            msg(b'C', b"UPDATE 1\0"),
+            msg(b'2', b""),
+            msg(b'C', b"UPDATE 2\0"),
+            msg(b'Z', b"T"),
+        ]
+        .concat();
+        let seen = read_merged(&mut state, &answers, 4);
+        let expected = [
+            msg(b'3', b""),
+            msg(b'Z', b"I"),
+            msg(b'2', b""),
+            msg(b'C', b"UPDATE 1\0"),
+            msg(b'Z', b"T"),
+            msg(b'2', b""),
+            msg(b'C', b"UPDATE 2\0"),
+            msg(b'Z', b"T"),
+        ]
+        .concat();
+        assert_eq!(seen, expected);
+        assert_eq!(state.outcome, Some(BeginOutcome::Began));
+        assert_eq!(state.readies_read, state.syncs_written);
     }
 }

@@ -51,6 +51,44 @@ pub(crate) fn shape_decided_at_run_time(sql: &str) -> Option<&'static str> {
         .find(|command| is_word(&toks, 0, command))
 }
 
+/// The command of `sql` if the server refuses to run it inside a
+/// transaction block (`VACUUM`, `CREATE DATABASE`, `… CONCURRENTLY`, …),
+/// or if it moves data through the connection (`COPY … FROM STDIN` /
+/// `TO STDOUT`), which a pipeline cannot carry: what a pipeline refuses
+/// before anything is sent. Read from the first statement of the text
+/// (a pipeline's statement is one statement).
+pub(crate) fn outside_transaction_only(sql: &str) -> Option<&'static str> {
+    let toks = lex(sql.as_bytes(), false);
+    let w = |k: usize, kw: &str| is_word(&toks, k, kw);
+    let concurrently = toks
+        .iter()
+        .take_while(|t| **t != Tok::Semi && **t != Tok::Open)
+        .any(|t| matches!(t, Tok::Word(word) if word.eq_ignore_ascii_case(b"CONCURRENTLY")));
+    if w(0, "VACUUM") {
+        Some("VACUUM")
+    } else if (w(0, "CREATE") || w(0, "DROP") || w(0, "ALTER")) && w(1, "DATABASE") {
+        Some("CREATE/DROP/ALTER DATABASE")
+    } else if (w(0, "CREATE") || w(0, "DROP")) && w(1, "TABLESPACE") {
+        Some("CREATE/DROP TABLESPACE")
+    } else if w(0, "ALTER") && w(1, "SYSTEM") {
+        Some("ALTER SYSTEM")
+    } else if (w(0, "CREATE") || w(0, "DROP") || w(0, "ALTER")) && w(1, "SUBSCRIPTION") {
+        Some("CREATE/DROP/ALTER SUBSCRIPTION")
+    } else if w(0, "DISCARD") && w(1, "ALL") {
+        Some("DISCARD ALL")
+    } else if w(0, "REINDEX") && (w(1, "DATABASE") || w(1, "SYSTEM") || concurrently) {
+        Some("REINDEX DATABASE/SYSTEM/CONCURRENTLY")
+    } else if (w(0, "CREATE") || w(0, "DROP")) && concurrently {
+        Some("CREATE/DROP INDEX CONCURRENTLY")
+    } else if w(0, "CLUSTER") && toks.iter().skip(1).all(|t| *t == Tok::Semi) {
+        Some("CLUSTER (of every table)")
+    } else if copy_direction(sql).is_some() {
+        Some("COPY FROM STDIN / TO STDOUT")
+    } else {
+        None
+    }
+}
+
 /// Which way the COPY of `sql` moves data through the connection:
 /// `Some(true)` for `COPY … FROM STDIN`, `Some(false)` for `COPY … TO
 /// STDOUT`, `None` when `sql` is no such COPY (another statement, or a
@@ -559,6 +597,36 @@ mod tests {
             if let Some(c) = find(&sql) {
                 assert!(c.position >= 1 && !c.command.is_empty(), "{sql:?}");
             }
+        }
+    }
+
+    #[test]
+    fn what_cannot_run_inside_a_transaction_block_is_named() {
+        for (sql, refused) in [
+            ("VACUUM items", true),
+            ("vacuum", true),
+            ("CREATE DATABASE x", true),
+            ("drop database if exists x", true),
+            ("ALTER SYSTEM SET work_mem = '4MB'", true),
+            ("CREATE INDEX CONCURRENTLY i ON t (a)", true),
+            ("create unique index concurrently i on t (a)", true),
+            ("DROP INDEX CONCURRENTLY i", true),
+            ("REINDEX DATABASE x", true),
+            ("REINDEX TABLE CONCURRENTLY t", true),
+            ("DISCARD ALL", true),
+            ("CLUSTER", true),
+            ("COPY t FROM STDIN", true),
+            ("COPY t TO STDOUT", true),
+            ("CREATE TABLESPACE s LOCATION '/x'", true),
+            ("CLUSTER t USING i", false),
+            ("CREATE INDEX i ON t (concurrently)", false),
+            ("SELECT 'VACUUM'", false),
+            ("UPDATE accounts SET balance = 1", false),
+            ("-- VACUUM\nSELECT 1", false),
+            ("COPY t FROM '/tmp/file'", false),
+            ("DISCARD PLANS", false),
+        ] {
+            assert_eq!(outside_transaction_only(sql).is_some(), refused, "{sql}");
         }
     }
 }

@@ -166,6 +166,7 @@ impl Machine {
 
     /// Whether the transaction was prepared (`PREPARE TRANSACTION`): it
     /// has left the session, to be finished by its gid.
+    #[cfg(feature = "aio")]
     pub(crate) fn is_prepared(&self) -> bool {
         matches!(self.track, Track::Prepared(_))
     }

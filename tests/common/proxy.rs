@@ -25,6 +25,9 @@ pub struct Proxy {
     accept_thread: Option<JoinHandle<()>>,
 }
 
+/// A Sync message of the extended protocol, as it goes on the wire.
+const SYNC: &[u8] = b"S\0\0\0\x04";
+
 struct Inner {
     target: SocketAddr,
     shutdown: AtomicBool,
@@ -36,6 +39,9 @@ struct Inner {
     accepted: AtomicUsize,
     /// Reads that returned bytes on the client → server side.
     client_chunks: AtomicUsize,
+    /// Sync messages seen on the client → server side (see
+    /// [`Proxy::client_syncs`]).
+    client_syncs: AtomicUsize,
     /// Stall (holding the chunk) at the first client → server chunk that
     /// contains every one of these byte strings.
     stall_on: Mutex<Option<Vec<Vec<u8>>>>,
@@ -124,6 +130,7 @@ impl Proxy {
             next_id: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
             client_chunks: AtomicUsize::new(0),
+            client_syncs: AtomicUsize::new(0),
             stall_on: Mutex::new(None),
             hold_on: Mutex::new(None),
             holding: Mutex::new(false),
@@ -250,6 +257,14 @@ impl Proxy {
     /// write, the write is in the count.
     pub fn client_chunks(&self) -> usize {
         self.inner.client_chunks.load(Ordering::SeqCst)
+    }
+
+    /// How many Sync messages clients sent since the start, found by their
+    /// five bytes in each chunk: for tests whose statements and parameters
+    /// hold no such bytes, and whose writes are small enough not to be
+    /// split inside one.
+    pub fn client_syncs(&self) -> usize {
+        self.inner.client_syncs.load(Ordering::SeqCst)
     }
 }
 
@@ -483,6 +498,8 @@ fn pump(
         let mut forward_anyway = false;
         if from_client {
             inner.client_chunks.fetch_add(1, Ordering::SeqCst);
+            let syncs = buf[..n].windows(SYNC.len()).filter(|w| *w == SYNC).count();
+            inner.client_syncs.fetch_add(syncs, Ordering::SeqCst);
             inner.maybe_stall_on(&buf[..n]);
             if !inner.maybe_hold(&buf[..n], closed) {
                 break;
