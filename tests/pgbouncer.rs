@@ -448,6 +448,54 @@ fn typed_statements_leave_nothing_named_on_the_pooler_s_server_connections() {
     }
 }
 
+/// Pipelines through PgBouncer in transaction mode, from several threads:
+/// each commits all or nothing, on the unnamed statement, and leaves
+/// nothing named on the pool's server connections.
+#[test]
+fn pipelines_commit_all_or_nothing_through_pgbouncer_and_leave_nothing_named() {
+    let db = Db::new("bouncer_pipelines");
+    let bouncer = Bouncer::start(db.server, POOL_SIZE);
+    thread::scope(|s| {
+        for worker in 0..4_i32 {
+            let manager = unnamed_manager(&bouncer, &db);
+            s.spawn(move || {
+                for n in 0..25_i32 {
+                    let id = worker * 1000 + n;
+                    let twin = id + 100_000;
+                    // Every fifth one fails at its second statement.
+                    let second = if n % 5 == 4 { id } else { twin };
+                    let tx = manager.lock().expect("lock").begin().expect("begin");
+                    let mut pipeline = pgtx::Pipeline::new();
+                    pipeline.execute("INSERT INTO items VALUES ($1, 'one')", &[&id]);
+                    pipeline.execute("INSERT INTO items VALUES ($1, 'two')", &[&second]);
+                    pipeline.query("SELECT count(*) FROM items WHERE id = $1", &[&id]);
+                    let outcome = tx.commit_pipeline(&pipeline).map(drop);
+                    if n % 5 == 4 {
+                        assert!(
+                            matches!(outcome, Err(Error::PipelineFailed { index: 1, .. })),
+                            "{outcome:?}"
+                        );
+                    } else {
+                        outcome.expect("a pipeline through PgBouncer");
+                    }
+                }
+            });
+        }
+    });
+    let ids: BTreeSet<i32> = db.item_ids().into_iter().collect();
+    let expected: BTreeSet<i32> = (0..4)
+        .flat_map(|w| (0..25).filter(|n| n % 5 != 4).map(move |n| w * 1000 + n))
+        .flat_map(|id| [id, id + 100_000])
+        .collect();
+    assert_eq!(ids, expected, "every pipeline all or nothing");
+    for (pid, prepared) in prepared_on_each_server(&bouncer, &db) {
+        assert_eq!(
+            prepared, 0,
+            "server connection {pid} holds a named statement"
+        );
+    }
+}
+
 #[test]
 fn copy_and_streamed_rows_work_through_pgbouncer_from_many_clients_at_once() {
     use std::io::{Read, Write};

@@ -11,6 +11,7 @@ use crate::conn::session::{RequestShape, Retries, SessionCore, Step};
 use crate::error::{Error, Result};
 use crate::machine::control;
 use crate::machine::fallback::Cause;
+use crate::pipeline::{Answer, Pipeline};
 use crate::statements::{Naming, Sql, ToStatement};
 use crate::{Portal, Row, Statement};
 
@@ -282,6 +283,19 @@ async fn after_step<T>(inner: &Inner, core: &mut SessionCore, step: Step<T>) -> 
             }
         },
     }
+}
+
+/// Runs `pipeline` in one round trip inside the transaction (with its
+/// `COMMIT` when `commit`): see `SessionCore::pipeline`.
+pub(crate) async fn pipeline(
+    inner: &Inner,
+    core: &mut SessionCore,
+    pipeline: &Pipeline<'_>,
+    commit: bool,
+) -> Result<Vec<Answer>> {
+    prepare(inner, core, Scope::Transaction { depth: 0 }, None).await?;
+    ensure_for(inner, core, RequestShape::Bind).await?;
+    core.pipeline(&inner.shared, pipeline, commit).await
 }
 
 /// Statements separated by `;`, as one simple Query.

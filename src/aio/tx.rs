@@ -15,6 +15,7 @@ use crate::aio::session::Holding;
 use crate::conn::request::{Execute, Query, QueryOne, QueryOpt};
 use crate::error::{Error, Result};
 use crate::machine::transaction_status::TransactionStatus;
+use crate::pipeline::{Pipeline, PipelineResults};
 use crate::state::{Done, Open, State};
 use crate::statements::ToStatement;
 use crate::{Portal, Row, SimpleQueryMessage, Statement};
@@ -432,6 +433,54 @@ impl<'m> Tx<'m, Open> {
             state: Done(()),
             _brand: PhantomData,
         })
+    }
+
+    /// Runs `pipeline` and commits, in one round trip: every statement and
+    /// the `COMMIT` leave in one write (see [`Pipeline`](crate::Pipeline)).
+    /// The transaction is over whatever the outcome, as after
+    /// [`commit`](Self::commit); a future dropped once it was sent is an
+    /// interrupted `COMMIT` (logged with what the server did, counted).
+    ///
+    /// # Errors
+    ///
+    /// As the blocking [`crate::Tx::commit_pipeline`]:
+    /// [`Error::PipelineFailed`](crate::Error::PipelineFailed) when a
+    /// statement failed (nothing committed, the connection idle), otherwise
+    /// as [`commit`](Self::commit).
+    pub async fn commit_pipeline(
+        mut self,
+        pipeline: &Pipeline<'_>,
+    ) -> Result<(Tx<'m, Done>, PipelineResults)> {
+        if self.lease.is_lent() {
+            return Err(Error::TransactionControl(
+                "COMMIT of a two-phase participant's transaction (only its TwoPhase ends it)"
+                    .to_owned(),
+            ));
+        }
+        let (inner, core) = self.lease.parts();
+        let ran = held::pipeline(inner, core, pipeline, true).await;
+        // Whatever the answer, the transaction is over.
+        self.lease.set_holding(Holding::DoneTx);
+        let answers = ran?;
+        let done = Tx {
+            lease: self.lease,
+            state: Done(()),
+            _brand: PhantomData,
+        };
+        Ok((done, pipeline.results(answers)))
+    }
+
+    /// Runs `pipeline` inside the transaction in one round trip; the
+    /// transaction goes on. A future dropped on the way leaves the
+    /// transaction able only to roll back, as after a dropped statement.
+    ///
+    /// # Errors
+    ///
+    /// As the blocking [`crate::Tx::run_pipeline`].
+    pub async fn run_pipeline(&mut self, pipeline: &Pipeline<'_>) -> Result<PipelineResults> {
+        let (inner, core) = self.lease.parts();
+        let answers = held::pipeline(inner, core, pipeline, false).await?;
+        Ok(pipeline.results(answers))
     }
 
     /// Commits, and attaches `value` for

@@ -142,11 +142,7 @@ async fn run(
 }
 
 /// The request of one step (not yet polled: nothing is sent).
-fn start<'c>(
-    client: &'c Client,
-    step: &'c Piped<'c>,
-    typed: &'c TypedParams<'c>,
-) -> Running<'c> {
+fn start<'c>(client: &'c Client, step: &'c Piped<'c>, typed: &'c TypedParams<'c>) -> Running<'c> {
     match (step.target, typed, step.rows) {
         (Target::Prepared(statement), _, false) => Box::pin(async move {
             client
