@@ -53,6 +53,8 @@ mod latency;
 mod notify;
 #[path = "../tests/common/pgbouncer.rs"]
 mod pgbouncer;
+#[path = "throughput/pipelines.rs"]
+mod pipelines;
 #[path = "throughput/reconnect.rs"]
 mod reconnect;
 #[path = "../tests/common/server.rs"]
@@ -619,6 +621,30 @@ fn main() -> Result<(), BoxError> {
     } else {
         None
     };
+    let pipelines = match server.bin("pgbench") {
+        Some(pgbench) if wanted("pipelines") => {
+            let dsn = server.fresh_database("pgtx_bench_tpcb");
+            let places = pipelines::Places {
+                near: (
+                    dsn.clone(),
+                    server
+                        .loopback_addr()
+                        .ok_or("the bench server listens on loopback")?,
+                ),
+                far: (far.clone(), proxy.addr()),
+                user: server.user().to_owned(),
+            };
+            Some(pipelines::Pipelines::measure(
+                &pgbench,
+                &dsn,
+                &places,
+                &plan.out_dir,
+                plan.rounds,
+                plan.secs,
+            )?)
+        }
+        _ => None,
+    };
     let hostile = if wanted("hostile") {
         Some(hostile_counts(&dsn, &plan)?)
     } else {
@@ -632,6 +658,7 @@ fn main() -> Result<(), BoxError> {
     };
     let sections = Sections {
         bulk: bulk.as_ref().map(bulk::Bulk::markdown),
+        pipelines: pipelines.as_ref().map(pipelines::Pipelines::markdown),
         notify: notify.as_ref().map(notify::Notify::markdown),
         reconnect: reconnect.as_deref().map(reconnect::markdown),
         hostile,
@@ -662,6 +689,7 @@ fn main() -> Result<(), BoxError> {
 /// Markdown, when they were measured.
 struct Sections {
     bulk: Option<String>,
+    pipelines: Option<String>,
     hostile: Option<String>,
     notify: Option<String>,
     reconnect: Option<String>,
@@ -670,6 +698,9 @@ struct Sections {
 impl Sections {
     fn markdown(&self) -> String {
         let mut m = String::new();
+        if let Some(pipelines) = &self.pipelines {
+            let _ = write!(m, "## Pipelined transactions (TPC-B-like)\n\n{pipelines}\n");
+        }
         if let Some(bulk) = &self.bulk {
             let _ = write!(m, "## COPY and streamed rows\n\n{bulk}\n");
         }
@@ -1071,12 +1102,30 @@ fn run_pgbench(
     secs: u64,
     clients: usize,
 ) -> Result<f64, BoxError> {
+    let extra = [
+        "-M".to_owned(),
+        mode.to_owned(),
+        "-f".to_owned(),
+        script.to_string_lossy().into_owned(),
+    ];
+    run_pgbench_args(pgbench, &extra, server_args, secs, clients)
+}
+
+/// One pgbench round with `clients` clients (and as many threads) for
+/// `secs` seconds, running what `extra` says (a query mode, a built-in or
+/// a script); its tps.
+fn run_pgbench_args(
+    pgbench: &Path,
+    extra: &[String],
+    server_args: &[String],
+    secs: u64,
+    clients: usize,
+) -> Result<f64, BoxError> {
     let clients = clients.to_string();
     let output = Command::new(pgbench)
-        .args(["-n", "-c", &clients, "-j", &clients, "-M", mode, "-T"])
+        .args(["-n", "-c", &clients, "-j", &clients, "-T"])
         .arg(secs.to_string())
-        .arg("-f")
-        .arg(script)
+        .args(extra)
         .args(server_args)
         .env("LC_ALL", "C")
         .output()?;

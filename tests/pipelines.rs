@@ -137,7 +137,7 @@ fn a_pipelined_transaction_is_one_write_and_one_round_trip() {
         assert_eq!(
             proxy.client_syncs() - syncs,
             1,
-            "one Sync group (COMMIT follows as a simple Query)"
+            "one Sync group, COMMIT its last message"
         );
     }
     assert_eq!(db.item_ids().len(), 18);
@@ -342,5 +342,53 @@ fn a_cancel_stops_the_pipeline_running_now() {
     assert!(eventually(Duration::from_secs(20), || db
         .open_transactions()
         == 0));
+    idle(&manager);
+}
+
+#[test]
+fn a_statement_gone_stale_is_prepared_again_and_the_pipeline_run_again() {
+    let db = Db::new("pipe_stale");
+    let manager = db.manager();
+    let run = || {
+        let tx = manager.lock().expect("lock").begin().expect("begin");
+        let mut pipeline = Pipeline::new();
+        pipeline.execute(
+            "INSERT INTO items (id) SELECT count(*) + 10 FROM items",
+            &[],
+        );
+        let rows = pipeline.query("SELECT * FROM items", &[]);
+        tx.commit_pipeline(&pipeline)
+            .map(|(_, results)| results.get(rows).map_or(0, |r| r[0].len()))
+    };
+    assert_eq!(run().expect("two columns"), 2);
+    db.admin()
+        .batch_execute("ALTER TABLE items ADD COLUMN extra int")
+        .expect("alter");
+    // The cached SELECT no longer fits: nothing of the transaction ran, so
+    // it runs again, prepared afresh (the INSERT once).
+    assert_eq!(run().expect("run again"), 3);
+    assert_eq!(db.item_ids(), vec![10, 11]);
+    idle(&manager);
+
+    // Inside a transaction that ran something before, it fails instead.
+    db.admin()
+        .batch_execute("CREATE TABLE other (a int); INSERT INTO other VALUES (1)")
+        .expect("table");
+    let mut pipeline = Pipeline::new();
+    pipeline.query("SELECT * FROM other", &[]);
+    let tx = manager.lock().expect("lock").begin().expect("begin");
+    tx.commit_pipeline(&pipeline).expect("cached");
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    tx.execute("INSERT INTO items (id) VALUES (50)", &[])
+        .expect("before");
+    db.admin()
+        .batch_execute("ALTER TABLE other ADD COLUMN b int")
+        .expect("alter");
+    let stale = tx.commit_pipeline(&pipeline).map(drop);
+    assert!(
+        matches!(&stale, Err(Error::PipelineFailed { index: 0, .. })),
+        "{stale:?}"
+    );
+    assert_eq!(db.item_ids(), vec![10, 11]);
     idle(&manager);
 }

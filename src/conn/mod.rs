@@ -222,6 +222,18 @@ impl Connection {
         Ok(statement)
     }
 
+    /// The statement prepared from `sql` on this connection, if it is
+    /// cached (no I/O: see [`prepare_cached`](Self::prepare_cached)).
+    pub(crate) fn cached_statement(&mut self, sql: &str) -> Option<Statement> {
+        self.statements.get(sql)
+    }
+
+    /// The parameter types of `sql`, if they were looked up on this
+    /// connection already (no I/O: see [`describe`](Self::describe)).
+    pub(crate) fn cached_description(&mut self, sql: &str) -> Option<Arc<[Type]>> {
+        self.descriptions.get(sql)
+    }
+
     /// The types of the parameters of `sql`, as the server reads them
     /// (looked up once per connection, then remembered), leaving no
     /// prepared statement behind on any server connection.

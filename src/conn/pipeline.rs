@@ -6,9 +6,10 @@
 //! its own Sync; the wire tap leaves out every Sync but the last (see
 //! `Tap::arm_pipeline`), so that the server runs them as one group: after
 //! an error it skips the rest, and a `BEGIN` sent with the first never
-//! leaves the others to run on their own. `COMMIT` follows as a simple
-//! Query in the same write: after an error in the group the server answers
-//! it `ROLLBACK`, so a failed pipeline costs no round trip more.
+//! leaves the others to run on their own. `COMMIT` closes the group (on
+//! the unnamed statement): the server answers it all in one flush, and
+//! after an error skips it with the rest, the block then being rolled back
+//! by one more round trip.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -39,8 +40,9 @@ pub(crate) struct Sent {
     /// that failed, and for those after it an error saying they were
     /// skipped (see `wire::SKIPPED`).
     pub(crate) answers: Vec<Result<Answer, postgres::Error>>,
-    /// The answer to the `COMMIT` (or, when a statement could not be sent,
-    /// the `ROLLBACK`) that ended it, if it was to end the transaction.
+    /// The answer to the `COMMIT` that ended it, if it was to end the
+    /// transaction (skipped, after a failed statement; not sent when a
+    /// statement could not be).
     pub(crate) end: Option<Result<(), postgres::Error>>,
     /// A statement could not be sent (its parameters did not encode):
     /// the others ran without it.
@@ -104,10 +106,21 @@ async fn run(
     })
     .await;
     let unsent = answers.iter().any(Option::is_some);
-    tap.pipeline_sent(answers.iter().filter(|a| a.is_none()).count());
-    // Queued after every statement: without all of them, nothing commits.
-    let end_sql = if unsent { "ROLLBACK" } else { "COMMIT" };
-    let mut end = commit.then(|| Box::pin(client.batch_execute(end_sql)));
+    // COMMIT closes the group, on the unnamed statement (no name SQL could
+    // redefine): after an error the server skips it with the rest, and
+    // the block is left for a ROLLBACK. Without every statement, it is not
+    // sent at all.
+    let mut end = (commit && !unsent).then(|| Box::pin(client.execute_typed("COMMIT", &[])));
+    if let Some(request) = &mut end {
+        // Queued now, behind every statement.
+        poll_fn(|cx| {
+            let _queued = request.as_mut().poll(cx);
+            Poll::Ready(())
+        })
+        .await;
+    }
+    let sent = answers.iter().filter(|a| a.is_none()).count() + usize::from(end.is_some());
+    tap.pipeline_sent(sent);
     let mut ended = None;
     poll_fn(|cx| {
         let mut pending = false;
@@ -136,7 +149,7 @@ async fn run(
     .await;
     Ok(Sent {
         answers: answers.into_iter().flatten().collect(),
-        end: ended,
+        end: ended.map(|done: Result<u64, postgres::Error>| done.map(drop)),
         unsent,
     })
 }

@@ -27,6 +27,7 @@ use super::request::{
     Batch, CopyIn, CopyOut, Describe, Opens, PrepareCached, QueryRaw, Request, StatementKind,
 };
 use super::sql_text::{CachedRun, UnnamedRun};
+use super::statement_cache::StatementCache;
 use super::streaming::{Fetched, Pinnable, Streaming, WrongStream};
 use super::{Connection, Target};
 use crate::conn::cancel_serials::CancelCell;
@@ -108,6 +109,11 @@ pub(crate) struct SessionCore {
     /// transaction, `COMMIT`'s included: what a retrying transaction looks
     /// at, whatever error type its closure returned.
     failure: Option<Box<DbError>>,
+    /// Texts a pipeline ran lately, whose refusals were checked (they are
+    /// a pure function of the text): not read again each time.
+    piped_texts: StatementCache<()>,
+    /// The last pipeline failed on a cached statement gone stale.
+    pipeline_went_stale: bool,
     /// A rollback the fallback decided (see `fallback.rs`) that has not
     /// been carried out yet, and the cause to report once it is.
     fallback: Option<(RollBackTarget, Option<Cause>)>,
@@ -227,6 +233,8 @@ impl SessionCore {
             stream: None,
             committing: false,
             preparing: false,
+            piped_texts: StatementCache::default(),
+            pipeline_went_stale: false,
             begun: 0,
             portals: 0,
             generation: 0,
@@ -939,7 +947,33 @@ impl SessionCore {
     /// come back as [`Error::PipelineFailed`] too; the statements are
     /// prepared (or described) first, each once per connection, so the
     /// round trip is one from the second run on.
+    ///
+    /// A cached statement gone stale (its table's columns changed, or it
+    /// was deallocated) fails the pipeline; when the pipeline was the whole
+    /// transaction (`commit`, nothing sent before it), nothing of it ran,
+    /// so it runs once more, prepared afresh, as a lone statement would.
     pub(crate) async fn pipeline(
+        &mut self,
+        shared: &SessionShared,
+        pipeline: &Pipeline<'_>,
+        commit: bool,
+    ) -> Result<Vec<Answer>> {
+        let whole = self.machine.pending_begin().filter(|_| commit);
+        self.pipeline_went_stale = false;
+        let first = self.pipeline_once(shared, pipeline, commit).await;
+        match whole {
+            Some(begin)
+                if first.is_err() && self.pipeline_went_stale && !self.machine.in_transaction() =>
+            {
+                log::debug!("pgtx: a pipeline met a stale statement; beginning again");
+                self.begin(shared, begin).await;
+                self.pipeline_once(shared, pipeline, commit).await
+            }
+            _ => first,
+        }
+    }
+
+    async fn pipeline_once(
         &mut self,
         shared: &SessionShared,
         pipeline: &Pipeline<'_>,
@@ -955,6 +989,9 @@ impl SessionCore {
         // 1. Refusals, before anything is sent.
         for (index, entry) in pipeline.entries.iter().enumerate() {
             let Some(sql) = entry.text() else { continue };
+            if self.reads_utf8() && self.piped_texts.get(sql).is_some() {
+                continue;
+            }
             let refusal = match self.refuse_control(sql) {
                 Err(e) => Some(e),
                 Ok(()) => control::outside_transaction_only(sql).map(|command| {
@@ -970,6 +1007,7 @@ impl SessionCore {
                 }
                 return Err(failed(index, refusal));
             }
+            self.piped_texts.insert(sql, ());
         }
         // 2. Text prepared (or its parameter types looked up), once per
         //    connection: a request of its own each time it is new.
@@ -977,7 +1015,22 @@ impl SessionCore {
         let mut types: Vec<Arc<[Type]>> = Vec::with_capacity(count);
         for (index, entry) in pipeline.entries.iter().enumerate() {
             let (mut statement, mut described) = (None, Arc::from(Vec::new()));
-            if let Some(sql) = entry.text() {
+            let known = match (entry.text(), self.conn.as_mut()) {
+                (Some(sql), Some(conn)) => match self.naming {
+                    Naming::Cached => conn.cached_statement(sql).map(Ok),
+                    Naming::Unnamed => conn.cached_description(sql).map(Err),
+                },
+                _ => None,
+            };
+            match known {
+                // Prepared (or described) on this connection already.
+                Some(Ok(prepared)) => statement = Some(prepared),
+                Some(Err(types)) => described = types,
+                None => {}
+            }
+            if let (Some(sql), None) = (entry.text(), &statement)
+                && described.is_empty()
+            {
                 let prepared = if self.naming == Naming::Cached
                     && control::shape_decided_at_run_time(sql).is_none()
                 {
@@ -1055,6 +1108,12 @@ impl SessionCore {
             match answer {
                 Ok(answer) => results.push(answer),
                 Err(e) if Some(index) == first_failure => {
+                    if super::sql_text::is_stale(&e) {
+                        // A cached statement no longer fits its tables (or
+                        // is gone): prepared again next time.
+                        conn.forget_statements();
+                        self.pipeline_went_stale = true;
+                    }
                     let e = match conn.outcome(Err::<(), _>(e)) {
                         Err(Error::Db(e))
                             if cancelled && e.code() == Some(&SqlState::QUERY_CANCELED) =>
@@ -1120,9 +1179,9 @@ impl SessionCore {
                 Ok(results)
             }
             (plan, failure) => {
-                // A statement failed: the server answered the COMMIT
-                // `ROLLBACK` (or a ROLLBACK went instead); a block it still
-                // reports open is rolled back.
+                // A statement failed: the server skipped the COMMIT with
+                // the rest of the group (or it was not sent), and the
+                // block it left is rolled back.
                 if matches!(plan, CommitPlan::Send | CommitPlan::RollBack(_)) {
                     self.rollback(shared).await;
                 }
