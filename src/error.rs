@@ -127,6 +127,17 @@ pub enum Error {
     )]
     TransactionControl(String),
 
+    /// A statement queued in a [`Pipeline`](crate::Pipeline) cannot be
+    /// part of one: the server refuses it inside a transaction block
+    /// (`VACUUM`, `CREATE DATABASE`, `CREATE INDEX CONCURRENTLY`, …), where
+    /// a pipeline always runs, or it moves `COPY` data, which a pipeline
+    /// cannot carry. Found before anything was sent.
+    #[error(
+        "{0} cannot be part of a pipeline: a pipeline runs inside a transaction block, \
+         where the server cannot run it (or carry COPY data); nothing was sent"
+    )]
+    NotInPipeline(&'static str),
+
     /// The connection was asked for (`lock`, `try_lock`, `lock_timeout`,
     /// `transaction`, `close`) by a thread that already holds it: a
     /// [`Guard`](crate::Guard) or [`Tx`](crate::Tx) it has not released

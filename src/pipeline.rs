@@ -43,10 +43,14 @@ use crate::{Row, Statement};
 ///
 /// # What it cannot contain
 ///
-/// Statements that end or restart the transaction (`COMMIT`, `BEGIN`, …),
+/// Statements that end or restart the transaction (`COMMIT`, `BEGIN`, …:
+/// [`Error::TransactionControl`](crate::Error::TransactionControl)),
 /// statements the server refuses inside a transaction block (`VACUUM`,
 /// `CREATE DATABASE`, `CREATE INDEX CONCURRENTLY`, …) and `COPY` to or
-/// from the client are refused before anything is sent. Each entry is
+/// from the client ([`Error::NotInPipeline`](crate::Error::NotInPipeline))
+/// are refused before anything is sent, as the `source` of
+/// [`Error::PipelineFailed`](crate::Error::PipelineFailed); run by
+/// `run_pipeline`, the transaction is then as it was. Each entry is
 /// one statement (the extended protocol runs one per Parse).
 ///
 /// A pipeline holds borrows of its statements and parameters (`'p`), not

@@ -994,12 +994,7 @@ impl SessionCore {
             }
             let refusal = match self.refuse_control(sql) {
                 Err(e) => Some(e),
-                Ok(()) => control::outside_transaction_only(sql).map(|command| {
-                    Error::TransactionControl(format!(
-                        "{command} (statement {index} of the pipeline): a pipeline runs inside \
-                         a transaction block, where the server cannot run it"
-                    ))
-                }),
+                Ok(()) => control::outside_transaction_only(sql).map(Error::NotInPipeline),
             };
             if let Some(refusal) = refusal {
                 if commit {
