@@ -127,6 +127,21 @@ pub enum Error {
     )]
     TransactionControl(String),
 
+    /// A pipeline run by `commit_pipeline` committed (the server said so),
+    /// but the result of statement `index` could not be read (`source`: a
+    /// type of its columns could not be looked up, say): the transaction
+    /// is committed, whatever its results.
+    #[error(
+        "the pipeline committed, but the result of statement {index} could not be read: {source}"
+    )]
+    PipelineResultsLost {
+        /// The statement whose result was lost.
+        index: usize,
+        /// Why it could not be read.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// A statement queued in a [`Pipeline`](crate::Pipeline) cannot be
     /// part of one: the server refuses it inside a transaction block
     /// (`VACUUM`, `CREATE DATABASE`, `CREATE INDEX CONCURRENTLY`, …), where
@@ -273,6 +288,15 @@ pub enum Error {
         "{0} cannot be prepared: its rows take their shape only when it runs; pass the SQL text instead"
     )]
     ShapeDecidedAtRunTime(&'static str),
+
+    /// `COPY … FROM STDIN` or `COPY … TO STDOUT` was given to
+    /// [`prepare`](crate::Guard::prepare): a prepared `COPY` could reach a
+    /// statement method or a [`Pipeline`](crate::Pipeline), which cannot
+    /// carry its data, where pgtx cannot see it is one. Pass its text to
+    /// `copy_in` / `copy_out` (prepared once per connection all the same).
+    /// Nothing was sent; a transaction is as it was.
+    #[error("COPY cannot be prepared: pass its text to copy_in or copy_out")]
+    CopyNotPreparable,
 
     /// A `COPY … FROM STDIN` or `COPY … TO STDOUT` reached the server
     /// through a statement method (`execute`, `query`, `batch_execute`, …),

@@ -309,8 +309,10 @@ impl<'m> Guard<'m> {
     /// [`Error::ShapeDecidedAtRunTime`](crate::Error::ShapeDecidedAtRunTime)
     /// for `FETCH`, `EXECUTE` and `CALL`, whose rows a prepared description
     /// could decode wrongly (pass their text to the statement methods, which
-    /// describe it each time): all before anything is sent; otherwise as
-    /// [`execute`](Self::execute).
+    /// describe it each time);
+    /// [`Error::CopyNotPreparable`](crate::Error::CopyNotPreparable) for
+    /// `COPY` from or to the client: all before anything is sent;
+    /// otherwise as [`execute`](Self::execute).
     pub fn prepare(&mut self, query: &str) -> Result<Statement> {
         self.conn().prepare(query)
     }

@@ -116,7 +116,16 @@
 //! crashed coordinator left prepared, correctly, and may run at any time;
 //! it knows the deciding database by its server's `system_identifier`, so
 //! a database of the same name on another host is never taken for it.
-//! See [`TwoPhase`] for the protocol and its guarantees.
+//! See [`TwoPhase`] for the protocol and its guarantees; the async front
+//! has its own (`aio::TwoPhase`, feature `aio`), run by the same code.
+//!
+//! # Pipelines
+//!
+//! A [`Pipeline`] sends a transaction's statements, with `BEGIN` and
+//! `COMMIT`, in one write and one Sync group: one round trip in all
+//! ([`Tx::commit_pipeline`]), or a batch inside a transaction that goes on
+//! ([`Tx::run_pipeline`]). When one statement fails the server skips the
+//! rest and nothing commits ([`Error::PipelineFailed`] names it).
 //!
 //! # LISTEN/NOTIFY
 //!

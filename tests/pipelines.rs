@@ -320,7 +320,7 @@ fn a_cancel_stops_the_pipeline_running_now() {
                 .query_one(
                     "SELECT count(*) FROM pg_stat_activity
                      WHERE state = 'active' AND query LIKE '%pg_sleep(30)%'
-                       AND pid <> pg_backend_pid()",
+                       AND datname = current_database() AND pid <> pg_backend_pid()",
                     &[],
                 )
                 .is_ok_and(|row| row.get::<_, i64>(0) > 0)
@@ -394,5 +394,75 @@ fn a_statement_gone_stale_is_prepared_again_and_the_pipeline_run_again() {
         "{stale:?}"
     );
     assert_eq!(db.item_ids(), vec![10, 11]);
+    idle(&manager);
+}
+
+#[test]
+fn an_empty_pipeline_commits_like_commit_and_runs_nothing() {
+    let db = Db::new("pipe_empty");
+    let manager = db.manager();
+    let mut tx = manager.lock().expect("lock").begin().expect("begin");
+    tx.execute("INSERT INTO items VALUES (1, 'before')", &[])
+        .expect("insert");
+    let empty = Pipeline::new();
+    assert!(tx.run_pipeline(&empty).expect("nothing to run").is_empty());
+    let (done, results) = tx.commit_pipeline(&empty).expect("committed");
+    drop(done);
+    assert!(results.is_empty());
+    assert_eq!(db.item_ids(), vec![1]);
+    idle(&manager);
+}
+
+#[test]
+fn a_backend_killed_during_a_pipeline_commits_nothing_and_the_next_holder_is_clean() {
+    let db = Db::new("pipe_killed");
+    let manager = db.manager();
+    let dsn = db.dsn.clone();
+    let killer = thread::spawn(move || {
+        let mut admin = postgres::Client::connect(&dsn, postgres::NoTls).expect("admin");
+        let killed = eventually(Duration::from_secs(20), || {
+            admin
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                     WHERE state = 'active' AND query LIKE '%pg_sleep(30)%'
+                       AND datname = current_database() AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .is_ok_and(|row| row.get::<_, i64>(0) > 0)
+        });
+        assert!(killed, "the pipeline's sleep never ran");
+    });
+    let tx = manager.lock().expect("lock").begin().expect("begin");
+    let mut pipeline = Pipeline::new();
+    pipeline.execute("INSERT INTO items VALUES (1, 'before')", &[]);
+    pipeline.execute("SELECT pg_sleep(30)", &[]);
+    pipeline.execute("INSERT INTO items VALUES (2, 'after')", &[]);
+    let err = tx.commit_pipeline(&pipeline).map(drop).expect_err("killed");
+    killer.join().expect("killer");
+    // The server's own error for the sleeping statement: the COMMIT was
+    // never reached, so the outcome is known.
+    assert!(
+        matches!(err, Error::PipelineFailed { index: 1, .. }),
+        "{err:?}"
+    );
+    assert!(db.item_ids().is_empty());
+    idle(&manager);
+}
+
+/// A prepared COPY could reach a pipeline where pgtx cannot see it is one:
+/// `prepare` refuses COPY from or to the client.
+#[test]
+fn copy_cannot_be_prepared_so_no_pipeline_carries_one() {
+    let db = Db::new("pipe_copy_prepared");
+    let manager = db.manager();
+    let mut guard = manager.lock().expect("lock");
+    for sql in ["COPY items FROM STDIN", "COPY items TO STDOUT"] {
+        let refused = guard.prepare(sql).map(drop);
+        assert!(
+            matches!(refused, Err(Error::CopyNotPreparable)),
+            "{sql}: {refused:?}"
+        );
+    }
+    drop(guard);
     idle(&manager);
 }

@@ -105,7 +105,8 @@ impl NewConnection {
     ///
     /// [`Error::PreparedStatementsOff`] with `statement_cache(false)`;
     /// [`Error::ShapeDecidedAtRunTime`] for a statement whose result's
-    /// shape the server decides when it runs; otherwise as
+    /// shape the server decides when it runs; [`Error::CopyNotPreparable`]
+    /// for `COPY` from or to the client; otherwise as
     /// [`batch_execute`](Self::batch_execute).
     pub async fn prepare(&mut self, sql: &str) -> Result<Statement> {
         if self.conn.naming() == Naming::Unnamed {
@@ -113,6 +114,9 @@ impl NewConnection {
         }
         if let Some(command) = crate::machine::control::shape_decided_at_run_time(sql) {
             return Err(Error::ShapeDecidedAtRunTime(command));
+        }
+        if crate::machine::control::copy_direction(sql).is_some() {
+            return Err(Error::CopyNotPreparable);
         }
         self.request(Some(sql), &Prepare(sql)).await
     }

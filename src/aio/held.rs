@@ -163,6 +163,9 @@ pub(crate) async fn prepare_statement(
     if let Some(command) = control::shape_decided_at_run_time(query) {
         return Err(Error::ShapeDecidedAtRunTime(command));
     }
+    if control::copy_direction(query).is_some() {
+        return Err(Error::CopyNotPreparable);
+    }
     ensure_for(inner, core, RequestShape::Parse).await?;
     core.statement(
         &inner.shared,

@@ -231,6 +231,9 @@ impl Conn<'_> {
             if let Some(command) = control::shape_decided_at_run_time(query) {
                 return Err(Error::ShapeDecidedAtRunTime(command));
             }
+            if control::copy_direction(query).is_some() {
+                return Err(Error::CopyNotPreparable);
+            }
             s.statement(RequestShape::Parse, Some(query), &Prepare(query))
         })
     }

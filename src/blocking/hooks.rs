@@ -115,6 +115,7 @@ impl NewConnection<'_> {
     /// [`Error::PreparedStatementsOff`] with
     /// [`statement_cache(false)`](crate::Builder::statement_cache), and
     /// [`Error::ShapeDecidedAtRunTime`] for `FETCH`, `EXECUTE` and `CALL`,
+    /// and [`Error::CopyNotPreparable`] for `COPY` from or to the client,
     /// before anything is sent; otherwise as [`batch_execute`](Self::batch_execute).
     pub fn prepare(&mut self, sql: &str) -> Result<Statement> {
         if self.driver.naming() == Naming::Unnamed {
@@ -122,6 +123,9 @@ impl NewConnection<'_> {
         }
         if let Some(command) = crate::machine::control::shape_decided_at_run_time(sql) {
             return Err(Error::ShapeDecidedAtRunTime(command));
+        }
+        if crate::machine::control::copy_direction(sql).is_some() {
+            return Err(Error::CopyNotPreparable);
         }
         self.run(Some(sql), |driver| driver.request(&Prepare(sql)))
     }

@@ -111,17 +111,20 @@ async fn run(
     // the block is left for a ROLLBACK. Without every statement, it is not
     // sent at all.
     let mut end = (commit && !unsent).then(|| Box::pin(client.execute_typed("COMMIT", &[])));
+    let mut ended = None;
     if let Some(request) = &mut end {
-        // Queued now, behind every statement.
+        // Queued now, behind every statement (done at once: never sent).
         poll_fn(|cx| {
-            let _queued = request.as_mut().poll(cx);
+            if let Poll::Ready(done) = request.as_mut().poll(cx) {
+                ended = Some(done);
+            }
             Poll::Ready(())
         })
         .await;
     }
-    let sent = answers.iter().filter(|a| a.is_none()).count() + usize::from(end.is_some());
+    let sent = answers.iter().filter(|a| a.is_none()).count()
+        + usize::from(end.is_some() && ended.is_none());
     tap.pipeline_sent(sent);
-    let mut ended = None;
     poll_fn(|cx| {
         let mut pending = false;
         for (request, answer) in running.iter_mut().zip(answers.iter_mut()) {

@@ -169,9 +169,9 @@ const INTERRUPTED_STATEMENT: &str = "DO $pgtx$ BEGIN RAISE EXCEPTION USING \
      MESSAGE = 'pgtx: a statement of this transaction was interrupted (its future was dropped), \
      so the transaction can only roll back', ERRCODE = '25P02'; END $pgtx$";
 
-/// What makes the server abort a transaction whose pipeline ran without
-/// one of its statements (its parameters did not encode): the others
-/// must not be committed later.
+/// What makes the server abort a transaction whose pipeline failed where
+/// the server did not see it (a statement's parameters did not encode, or
+/// its answer could not be read): the others must not be committed later.
 const UNSENT_STATEMENT: &str = "DO $pgtx$ BEGIN RAISE EXCEPTION USING \
      MESSAGE = 'pgtx: a statement of this pipeline could not be sent, \
      so the transaction can only roll back', ERRCODE = '25P02'; END $pgtx$";
@@ -980,6 +980,13 @@ impl SessionCore {
         commit: bool,
     ) -> Result<Vec<Answer>> {
         self.refuse_if_stale(shared)?;
+        if pipeline.entries.is_empty() {
+            // Nothing to send with it: a plain COMMIT, or nothing at all.
+            return match commit {
+                true => self.commit(shared).await.map(|()| Vec::new()),
+                false => Ok(Vec::new()),
+            };
+        }
         let count = pipeline.entries.len();
         let failed = |index: usize, source: Error| Error::PipelineFailed {
             index,
@@ -1068,21 +1075,40 @@ impl SessionCore {
             .collect();
         // 3. The pipeline, `BEGIN` (if still pending) in its Sync group.
         let server = self.server_status();
-        let pending = self
-            .machine
-            .before_statement(true, server)
-            .map_err(refused)?;
+        let pending = match self.machine.before_statement(true, server) {
+            Ok(pending) => pending,
+            Err(refusal) => {
+                if commit {
+                    // The transaction is over whatever the error.
+                    self.rollback(shared).await;
+                }
+                return Err(refused(refusal));
+            }
+        };
         let Some(conn) = self.conn.as_mut() else {
             if pending.is_some() {
                 self.lose_pending(shared);
             }
+            if commit {
+                self.discard(shared);
+            }
             return Err(Error::ConnectionLost(None));
         };
-        let serial = shared.cancel.start(conn.cancel_target()).await;
-        shared.status.set(TransactionStatus::Active);
+        if commit && !conn.answered_within(RECHECK_AFTER) && !conn.is_alive().await {
+            // The server closed the connection before anything was
+            // written: it rolled back, and nothing is in doubt.
+            let cause = conn.take_end_cause();
+            self.discard(shared);
+            return Err(Error::ConnectionLost(cause));
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(Error::ConnectionLost(None));
+        };
         if let Some(begin) = &pending {
             conn.arm_begin(begin);
         }
+        let serial = shared.cancel.start(conn.cancel_target()).await;
+        shared.status.set(TransactionStatus::Active);
         // Once it is written, a COMMIT whose answer is lost is of unknown
         // outcome (see `recover_interrupted` for a dropped future).
         self.committing = commit;
@@ -1124,18 +1150,47 @@ impl SessionCore {
             }
         }
         if lost {
-            self.machine.after_statement(Reply::Lost);
-            self.lose_connection(shared);
-            self.publish(shared);
+            // The server's own error for a statement means it skipped the
+            // COMMIT; a COMMIT not sent cannot have committed.
+            let server_refused = failure
+                .as_ref()
+                .is_some_and(|(_, e)| e.as_db_error().is_some());
             if commit {
-                self.failure = None;
-                shared.status.set(TransactionStatus::Unknown);
-                return Err(Error::CommitOutcomeUnknown(None));
+                // The transaction is over: nothing of it is left here.
+                self.discard(shared);
+                if !unsent && !server_refused {
+                    self.failure = None;
+                    shared.status.set(TransactionStatus::Unknown);
+                    return Err(Error::CommitOutcomeUnknown(None));
+                }
+            } else {
+                self.machine.after_statement(Reply::Lost);
+                self.lose_connection(shared);
+                self.publish(shared);
             }
             return Err(match failure {
                 Some((index, e)) => failed(index, e),
                 None => Error::ConnectionLost(None),
             });
+        }
+        if commit
+            && let Some(Ok(())) = &end
+            && commit_answer(&conn.last_command_tag(), conn.server_status())
+                == CommitAnswer::Committed
+        {
+            // The server committed (every statement ran): whatever failed
+            // after that failed reading an answer, not the transaction.
+            self.machine.reset();
+            self.failure = None;
+            self.pipeline_went_stale = false;
+            self.publish(shared);
+            return match failure {
+                None => Ok(results),
+                Some((index, e)) => Err(Error::PipelineResultsLost {
+                    index,
+                    source: Box::new(e),
+                }),
+            };
         }
         let db_error = failure.as_ref().and_then(|(_, e)| e.as_db_error()).cloned();
         self.machine.after_statement(Reply::Answered {
@@ -1151,9 +1206,10 @@ impl SessionCore {
             self.failure = Some(Box::new(e));
         }
         if !commit {
-            if unsent && self.server_status() == Some(ServerStatus::InTransaction) {
-                // The others ran without it: the transaction must not
-                // commit them.
+            if failure.is_some() && self.server_status() == Some(ServerStatus::InTransaction) {
+                // A statement failed where the server did not see it (its
+                // parameters did not encode, its answer could not be read):
+                // the others ran, and the transaction must not commit them.
                 let aborted = self
                     .statement(shared, RequestShape::Query, None, &Batch(UNSENT_STATEMENT))
                     .await;

@@ -139,16 +139,27 @@ struct TapState {
 }
 
 /// A pipeline run as one Sync group (see [`Tap::arm_pipeline`]).
+///
+/// Its requests are the statements it was told of, each with an Execute.
+/// A request of another kind written among them (a statement or portal
+/// Close that `tokio-postgres` queues when one is dropped, on any thread)
+/// joins the group too, as a request of its own, answered by CloseComplete:
+/// the group still ends with the last statement's Sync.
 #[derive(Debug)]
 struct Merge {
     /// The ReadyForQuery messages read before its group's.
     group: u64,
-    /// How many requests it has, once they are all sent.
+    /// How many statements it has (requests with an Execute), once they
+    /// are all sent.
     requests: Option<usize>,
-    /// Its requests' Syncs written so far.
+    /// Its statements' Syncs written so far.
     syncs: usize,
-    /// Its requests whose answer `tokio-postgres` has been given in full.
-    answered: usize,
+    /// The request being written has an Execute.
+    executes: bool,
+    /// The requests written and not yet answered in full, in order:
+    /// `true` for the pipeline's statements, `false` for a request that
+    /// slipped in among them.
+    unanswered: VecDeque<bool>,
     /// A request failed: the server skipped the rest of the group.
     failed: bool,
 }
@@ -235,12 +246,16 @@ impl Tap {
     /// the server's own.
     pub(crate) fn arm_pipeline(&self) {
         let mut state = self.0.lock();
+        // The tag read after it is its own (a COMMIT of an earlier
+        // transaction must not stand for this one's).
+        state.last_tag.clear();
         let group = state.syncs_written;
         state.merge = Some(Merge {
             group,
             requests: None,
             syncs: 0,
-            answered: 0,
+            executes: false,
+            unanswered: VecDeque::new(),
             failed: false,
         });
     }
@@ -360,6 +375,11 @@ impl TapState {
             let step = self.outgoing.advance(bytes);
             let this = &bytes[..step.consumed];
             bytes = &bytes[step.consumed..];
+            if step.started == Some(b'E')
+                && let Some(merge) = &mut self.merge
+            {
+                merge.executes = true;
+            }
             if step.started.is_some() {
                 self.leaving_out = step.started == Some(b'S') && self.leaves_out_sync();
             }
@@ -387,21 +407,23 @@ impl TapState {
     }
 
     /// A Sync starts being written: whether it is one of a pipeline's to
-    /// leave out (every one but its last request's).
+    /// leave out (every one but its last statement's; a request that
+    /// slipped in among them joins the group).
     fn leaves_out_sync(&mut self) -> bool {
         let Some(merge) = &mut self.merge else {
             return false;
         };
-        let Some(requests) = merge.requests else {
-            // Not all sent yet: cannot be its last.
-            merge.syncs += 1;
-            return true;
-        };
-        if merge.syncs >= requests {
+        let statement = std::mem::take(&mut merge.executes);
+        if merge.requests.is_some_and(|n| merge.syncs >= n) {
             return false; // after the pipeline
         }
+        merge.unanswered.push_back(statement);
+        if !statement {
+            return true;
+        }
         merge.syncs += 1;
-        merge.syncs < requests
+        // Not all sent yet: cannot be its last.
+        merge.requests.is_none_or(|n| merge.syncs < n)
     }
 
     /// Whether the pipeline's Syncs are still being written (what is
@@ -428,15 +450,17 @@ impl TapState {
         if group != merge.group {
             return;
         }
-        if matches!(tag, b'C' | b'I' | b'E' | b's') {
+        // A statement's answer ends with CommandComplete, EmptyQueryResponse,
+        // PortalSuspended or an error; a Close's with CloseComplete.
+        if matches!(tag, b'C' | b'I' | b'E' | b's' | b'3') {
             self.completing = Some(tag);
         }
         if !ends_group {
             return;
         }
-        let requests = merge.requests.unwrap_or(merge.answered + 1);
         let mut made_up = Vec::new();
-        for request in merge.answered..requests {
+        let left = merge.unanswered.len();
+        for (place, _) in merge.unanswered.drain(..).enumerate() {
             message(&mut made_up, b'E', |body| {
                 for (field, value) in [
                     (b'S', "ERROR"),
@@ -450,7 +474,8 @@ impl TapState {
                 }
                 body.push(0);
             });
-            if request + 1 < requests {
+            // The last is answered by the server's own ReadyForQuery.
+            if place + 1 < left {
                 message(&mut made_up, b'Z', |body| body.push(b'E'));
             }
         }
@@ -462,7 +487,7 @@ impl TapState {
 
     /// A message noted by [`merge_on_start`](Self::merge_on_start) has
     /// been let through in full (up to `at` among the bytes kept): the
-    /// request's answer is over, and but for the last request (whose
+    /// request's answer is over, and but for the last statement (whose
     /// ReadyForQuery is the server's) one is made up.
     fn merge_on_end(&mut self, at: usize) {
         let Some(tag) = self.completing.take() else {
@@ -471,9 +496,14 @@ impl TapState {
         let Some(merge) = &mut self.merge else {
             return;
         };
-        merge.answered += 1;
         merge.failed |= tag == b'E';
-        if merge.requests.is_some_and(|n| merge.answered < n) {
+        let Some(_statement) = merge.unanswered.pop_front() else {
+            return;
+        };
+        // The group's last request is the one whose Sync was kept: the
+        // last statement, once every statement's Sync is written.
+        let last = merge.unanswered.is_empty() && merge.requests.is_some_and(|n| merge.syncs >= n);
+        if !last {
             let status = if merge.failed { b'E' } else { b'T' };
             let mut made_up = Vec::new();
             message(&mut made_up, b'Z', |body| body.push(status));
@@ -1619,7 +1649,8 @@ mod tests {
                         group: 0,
                         requests: Some(3),
                         syncs: 3,
-                        answered: 0,
+                        executes: false,
+                        unanswered: [true, true, true].into(),
                         failed: false,
                     }),
                     ..active()
@@ -1682,5 +1713,70 @@ mod tests {
         assert_eq!(seen, expected);
         assert_eq!(state.outcome, Some(BeginOutcome::Began));
         assert_eq!(state.readies_read, state.syncs_written);
+    }
+
+    /// A statement Close that `tokio-postgres` queues among the pipeline's
+    /// requests (a `Statement` dropped on another thread) joins the group:
+    /// its Sync is left out too, it gets its ReadyForQuery, and the group
+    /// still ends with the last statement's Sync.
+    #[test]
+    fn a_close_slipped_in_among_a_pipeline_s_requests_joins_its_group() {
+        for chunk in [1, 4, 500] {
+            let tap = Tap::new();
+            tap.activate();
+            tap.arm_pipeline();
+            tap.pipeline_sent(3);
+            let mut state = tap.0.lock();
+            let close = [msg(b'C', b"Ss9\0"), msg(b'S', b"")].concat();
+            let requests = [
+                bind_execute_sync(),
+                close,
+                bind_execute_sync(),
+                bind_execute_sync(),
+            ]
+            .concat();
+            let mut written = Vec::new();
+            for piece in requests.chunks(chunk) {
+                state.wrote_keeping(piece, &mut Some(&mut written));
+            }
+            let syncs = written
+                .windows(5)
+                .filter(|w| *w == msg(b'S', b"").as_slice())
+                .count();
+            assert_eq!(syncs, 1, "one Sync, the last statement's");
+            assert!(written.ends_with(&msg(b'S', b"")));
+            let answers = [
+                msg(b'2', b""),
+                msg(b'C', b"UPDATE 1\0"),
+                msg(b'3', b""),
+                msg(b'2', b""),
+                msg(b'C', b"UPDATE 1\0"),
+                msg(b'2', b""),
+                msg(b'C', b"UPDATE 1\0"),
+                msg(b'Z', b"T"),
+            ]
+            .concat();
+            let expected = [
+                msg(b'2', b""),
+                msg(b'C', b"UPDATE 1\0"),
+                msg(b'Z', b"T"),
+                msg(b'3', b""),
+                msg(b'Z', b"T"),
+                msg(b'2', b""),
+                msg(b'C', b"UPDATE 1\0"),
+                msg(b'Z', b"T"),
+                msg(b'2', b""),
+                msg(b'C', b"UPDATE 1\0"),
+                msg(b'Z', b"T"),
+            ]
+            .concat();
+            assert_eq!(
+                read_merged(&mut state, &answers, chunk),
+                expected,
+                "chunk {chunk}"
+            );
+            assert!(state.merge.is_none());
+            assert_eq!(state.readies_read, state.syncs_written, "settled");
+        }
     }
 }

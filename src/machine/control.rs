@@ -78,7 +78,10 @@ pub(crate) fn outside_transaction_only(sql: &str) -> Option<&'static str> {
         Some("DISCARD ALL")
     } else if w(0, "REINDEX") && (w(1, "DATABASE") || w(1, "SYSTEM") || concurrently) {
         Some("REINDEX DATABASE/SYSTEM/CONCURRENTLY")
-    } else if (w(0, "CREATE") || w(0, "DROP")) && concurrently {
+    } else if concurrently
+        && ((w(0, "CREATE") && (w(1, "INDEX") || (w(1, "UNIQUE") && w(2, "INDEX"))))
+            || (w(0, "DROP") && w(1, "INDEX")))
+    {
         Some("CREATE/DROP INDEX CONCURRENTLY")
     } else if w(0, "CLUSTER") && toks.iter().skip(1).all(|t| *t == Tok::Semi) {
         Some("CLUSTER (of every table)")
@@ -620,6 +623,7 @@ mod tests {
             ("CREATE TABLESPACE s LOCATION '/x'", true),
             ("CLUSTER t USING i", false),
             ("CREATE INDEX i ON t (concurrently)", false),
+            ("CREATE VIEW v AS SELECT concurrently FROM t", false),
             ("SELECT 'VACUUM'", false),
             ("UPDATE accounts SET balance = 1", false),
             ("-- VACUUM\nSELECT 1", false),
