@@ -638,7 +638,6 @@ fn main() -> Result<(), BoxError> {
                 &pgbench,
                 &dsn,
                 &places,
-                &plan.out_dir,
                 plan.rounds,
                 plan.secs,
             )?)

@@ -98,7 +98,6 @@ impl Pipelines {
         pgbench: &Path,
         dsn: &str,
         places: &Places,
-        out_dir: &Path,
         rounds: usize,
         secs: u64,
     ) -> Result<Pipelines, BoxError> {
@@ -126,8 +125,10 @@ impl Pipelines {
             )
             .into());
         }
-        std::fs::create_dir_all(out_dir)?;
-        let script: PathBuf = out_dir.join("tpcb_pipeline.sql");
+        // Beside the other pgbench script: a file of the run, not of the tree.
+        let dir = std::env::temp_dir().join(format!("pgtx-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let script: PathBuf = dir.join("tpcb_pipeline.sql");
         std::fs::write(&script, PIPELINE_SCRIPT)?;
         let mut cases = Vec::new();
         for far in [false, true] {
