@@ -380,9 +380,15 @@ impl<'m> Tx<'m, Open> {
     ///   (a safety net: pgtx refuses every such statement it knows before
     ///   sending it).
     ///
+    /// A two-phase participant's transaction taken out of its
+    /// [`TxRef`](crate::two_phase::TxRef) with `mem::swap` is refused
+    /// ([`Error::TransactionControl`](crate::Error::TransactionControl);
+    /// it stays its coordinator's).
+    ///
     /// A savepoint that was forgotten (`mem::forget`) is rolled back, and
     /// reported, before `COMMIT`: its work is not committed.
     pub fn commit(self) -> Result<Tx<'m, Done>> {
+        refuse_lent(&self.held)?;
         let Tx { mut held, .. } = self;
         let result = held
             .conn(StatementScope::Transaction { depth: 0 })
@@ -423,6 +429,7 @@ impl<'m> Tx<'m, Open> {
         self,
         pipeline: &Pipeline<'_>,
     ) -> Result<(Tx<'m, Done>, PipelineResults)> {
+        refuse_lent(&self.held)?;
         let Tx { mut held, .. } = self;
         let result = held
             .conn(StatementScope::Transaction { depth: 0 })
@@ -484,6 +491,7 @@ impl<'m> Tx<'m, Open> {
     /// [`Error::LeaseRevoked`](crate::Error::LeaseRevoked) if this holder had
     /// been taken over as abandoned (the transaction was rolled back then).
     pub fn rollback(self) -> Result<Tx<'m, Done>> {
+        refuse_lent(&self.held)?;
         let Tx { mut held, .. } = self;
         let result = held
             .conn(StatementScope::Transaction { depth: 0 })
@@ -597,4 +605,20 @@ impl<S: State> fmt::Debug for Tx<'_, S> {
             .field("status", &self.held.shared().status())
             .finish_non_exhaustive()
     }
+}
+
+/// Refuses to end a two-phase participant's transaction taken out of its
+/// `TxRef` (`mem::swap` through `DerefMut`): only its coordinator ends it
+/// (rolled back alone, it would vote as a participant that ran nothing,
+/// and the others would commit). The transaction stays the
+/// coordinator's, untouched.
+fn refuse_lent(held: &Held<'_>) -> Result<()> {
+    if held.ticket.is_lent() {
+        return Err(crate::Error::TransactionControl(
+            "COMMIT or ROLLBACK of a two-phase participant's transaction (only its TwoPhase \
+             ends it)"
+                .to_owned(),
+        ));
+    }
+    Ok(())
 }

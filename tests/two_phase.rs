@@ -367,6 +367,40 @@ fn a_dropped_coordinator_rolls_back_every_participant_and_reports_it() {
     assert!(ma.try_lock().is_ok() && mb.try_lock().is_ok(), "released");
 }
 
+/// A participant's transaction swapped out of its `TxRef` (`mem::swap`
+/// through `DerefMut`) can be neither committed nor rolled back alone (a
+/// rollback would make it vote as a participant that ran nothing, and the
+/// others would commit): it stays the coordinator's, which commits it.
+#[test]
+fn a_participant_s_transaction_swapped_out_cannot_be_ended_alone() {
+    let (a, b, c) = (
+        Db::new("tpc_swapped_a"),
+        Db::new("tpc_swapped_b"),
+        Db::new("tpc_swapped_c"),
+    );
+    let (ma, mc) = (a.manager(), c.manager());
+    let mut dtx = TwoPhase::new();
+    let pa = dtx.join(&ma).expect("join a");
+    let pb = dtx.join_dsn(&b.dsn).expect("join b");
+    insert(&mut dtx, pa, 1).expect("insert");
+    insert(&mut dtx, pb, 1).expect("insert");
+    let mut other = mc.lock().expect("c").begin().expect("begin");
+    {
+        let mut lent = dtx.tx(pa).expect("lent");
+        std::mem::swap(&mut *lent, &mut other);
+    }
+    let alone = other.rollback().map(drop);
+    assert!(
+        matches!(&alone, Err(Error::TransactionControl(_))),
+        "{alone:?}"
+    );
+    dtx.commit().expect("both, by the coordinator");
+    assert_eq!(a.item_ids(), vec![1]);
+    assert_eq!(b.item_ids(), vec![1]);
+    assert_eq!(prepared(&a) + prepared(&b), 0);
+    assert!(mc.try_lock().is_ok(), "c's manager is free again");
+}
+
 // ---------------------------------------------------------------------------
 // Participants on two clusters.
 

@@ -468,7 +468,10 @@ pub(crate) struct Ticket(u64);
 impl Ticket {
     const OPEN: u64 = 1 << 63;
     const SCOPED: u64 = 1 << 62;
-    const EPOCH: u64 = !(Self::OPEN | Self::SCOPED);
+    /// A two-phase participant's transaction, lent by its coordinator:
+    /// only the coordinator may commit it.
+    const LENT: u64 = 1 << 61;
+    const EPOCH: u64 = !(Self::OPEN | Self::SCOPED | Self::LENT);
 
     pub(crate) fn new(epoch: u64) -> Ticket {
         Ticket(epoch & Self::EPOCH)
@@ -499,6 +502,15 @@ impl Ticket {
     pub(crate) fn scoped(self) -> Ticket {
         Ticket(self.0 | Self::SCOPED)
     }
+
+    /// Marks a two-phase participant's transaction lent by its coordinator.
+    pub(crate) fn lent(self) -> Ticket {
+        Ticket(self.0 | Self::LENT)
+    }
+
+    pub(crate) fn is_lent(self) -> bool {
+        self.0 & Self::LENT != 0
+    }
 }
 
 #[cfg(test)]
@@ -508,7 +520,9 @@ mod tests {
     #[test]
     fn ticket_flags_do_not_touch_the_epoch() {
         let t = Ticket::new(41);
-        assert!(!t.is_open() && !t.is_scoped());
+        assert!(!t.is_open() && !t.is_scoped() && !t.is_lent());
+        let lent = t.scoped().lent();
+        assert!(lent.is_lent() && lent.is_scoped() && lent.epoch() == 41);
         let t = t.opened().scoped();
         assert!(t.is_open() && t.is_scoped());
         assert_eq!(t.epoch(), 41);

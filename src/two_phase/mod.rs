@@ -413,7 +413,7 @@ impl<'m> TwoPhase<'m> {
         let participant = &self.participants[index];
         // The lent `Tx` is scoped: dropping it releases nothing, and it
         // cannot be committed through `TxRef`.
-        let held = Held::new(participant.shared(), participant.ticket.scoped());
+        let held = Held::new(participant.shared(), participant.ticket.scoped().lent());
         Ok(TxRef { tx: Tx::open(held) })
     }
 
