@@ -681,6 +681,11 @@ fn main() -> Result<(), BoxError> {
     std::fs::write(&md, report.markdown())?;
     std::fs::write(&svg, throughput_svg(&cases))?;
     println!("wrote {} and {}", md.display(), svg.display());
+    if let Some(pipelines) = &pipelines {
+        let chart = plan.out_dir.join("pipelines.svg");
+        std::fs::write(&chart, pipelines.svg())?;
+        println!("wrote {}", chart.display());
+    }
     Ok(())
 }
 

@@ -398,3 +398,96 @@ fn one(pool: &pgtx::Pool, seed: u64) -> Result<(), BoxError> {
     }
     Ok(())
 }
+
+impl Pipelines {
+    /// A bar chart: for each place and client count, each case's tx/s
+    /// against pgbench's own pipeline there (1.0), labelled with its tx/s.
+    pub fn svg(&self) -> String {
+        const W: f64 = 760.0;
+        const H: f64 = 360.0;
+        const LEFT: f64 = 60.0;
+        const TOP: f64 = 40.0;
+        const BOTTOM: f64 = 70.0;
+        let groups: Vec<(bool, usize)> = vec![(false, 1), (false, MANY), (true, 1), (true, MANY)];
+        let peers = [
+            (Peer::Pgtx, "pgtx Pipeline", "#1f77b4"),
+            (Peer::PgbenchPipeline, "pgbench \\startpipeline", "#2ca02c"),
+            (Peer::PgbenchPrepared, "pgbench -M prepared", "#ff7f0e"),
+        ];
+        let find = |far: bool, clients: usize, peer: Peer| {
+            self.cases
+                .iter()
+                .find(|c| c.far == far && c.clients == clients && c.peer == peer)
+                .map(|c| median(&c.tps))
+        };
+        let plot_h = H - TOP - BOTTOM;
+        let max_ratio = 1.25;
+        let y = |ratio: f64| TOP + plot_h * (1.0 - (ratio / max_ratio).min(1.0));
+        let group_w = (W - LEFT - 20.0) / groups.len() as f64;
+        let bar_w = group_w / 4.0;
+        let mut out = String::new();
+        let _ = write!(
+            out,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" \
+             font-family=\"sans-serif\" font-size=\"12\">\n\
+             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+             <text x=\"{LEFT}\" y=\"20\" font-size=\"14\">TPC-B-like transaction: tx/s against \
+             pgbench's own pipeline (labels: tx/s)</text>\n"
+        );
+        for tick in [0.0, 0.25, 0.5, 0.75, 1.0, 1.25] {
+            let ty = y(tick);
+            let _ = writeln!(
+                out,
+                "<line x1=\"{LEFT}\" y1=\"{ty:.1}\" x2=\"{:.1}\" y2=\"{ty:.1}\" stroke=\"#ddd\"/>\
+                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{tick:.2}×</text>",
+                W - 20.0,
+                LEFT - 6.0,
+                ty + 4.0
+            );
+        }
+        for (g, &(far, clients)) in groups.iter().enumerate() {
+            let x0 = LEFT + group_w * g as f64 + bar_w / 2.0;
+            let base = find(far, clients, Peer::PgbenchPipeline);
+            for (b, (peer, _, color)) in peers.iter().enumerate() {
+                let Some(tps) = find(far, clients, *peer) else {
+                    continue;
+                };
+                let ratio = base.map_or(0.0, |base| tps / base);
+                let x = x0 + bar_w * b as f64;
+                let top = y(ratio);
+                let _ = writeln!(
+                    out,
+                    "<rect x=\"{x:.1}\" y=\"{top:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\"/>\
+                     <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{tps:.0}</text>",
+                    bar_w - 4.0,
+                    (TOP + plot_h - top).max(0.0),
+                    x + (bar_w - 4.0) / 2.0,
+                    top - 3.0
+                );
+            }
+            let _ = writeln!(
+                out,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{} client{}, {}</text>",
+                x0 + bar_w * 1.5,
+                TOP + plot_h + 18.0,
+                clients,
+                if clients == 1 { "" } else { "s" },
+                if far { "1 ms" } else { "loopback" }
+            );
+        }
+        for (b, (_, name, color)) in peers.iter().enumerate() {
+            let lx = LEFT + 190.0 * b as f64;
+            let ly = H - 18.0;
+            let _ = writeln!(
+                out,
+                "<rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{color}\"/>\
+                 <text x=\"{:.1}\" y=\"{ly:.1}\">{}</text>",
+                ly - 10.0,
+                lx + 16.0,
+                name
+            );
+        }
+        out.push_str("</svg>\n");
+        out
+    }
+}
