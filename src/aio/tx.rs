@@ -409,14 +409,7 @@ impl<'m> Tx<'m, Open> {
     /// [`Error::CommitOutcomeUnknown`](crate::Error::CommitOutcomeUnknown)
     /// if the connection broke while `COMMIT` was in flight, …).
     pub async fn commit(mut self) -> Result<Tx<'m, Done>> {
-        if self.lease.is_lent() {
-            // A two-phase participant's, swapped out of its `TxRef`
-            // (`mem::swap`): committed alone it would break the protocol.
-            return Err(Error::TransactionControl(
-                "COMMIT of a two-phase participant's transaction (only its TwoPhase ends it)"
-                    .to_owned(),
-            ));
-        }
+        refuse_lent(&self.lease)?;
         let (inner, core) = self.lease.parts();
         // Forgotten savepoints are rolled back (and reported) first.
         held::prepare(inner, core, Scope::Transaction { depth: 0 }, None).await?;
@@ -451,12 +444,7 @@ impl<'m> Tx<'m, Open> {
         mut self,
         pipeline: &Pipeline<'_>,
     ) -> Result<(Tx<'m, Done>, PipelineResults)> {
-        if self.lease.is_lent() {
-            return Err(Error::TransactionControl(
-                "COMMIT of a two-phase participant's transaction (only its TwoPhase ends it)"
-                    .to_owned(),
-            ));
-        }
+        refuse_lent(&self.lease)?;
         let (inner, core) = self.lease.parts();
         let ran = held::pipeline(inner, core, pipeline, true).await;
         // Whatever the answer, the transaction is over.
@@ -550,4 +538,16 @@ impl<S: State> fmt::Debug for Tx<'_, S> {
             .field("status", &self.status())
             .finish_non_exhaustive()
     }
+}
+
+/// Refuses to commit a two-phase participant's transaction swapped out of
+/// its `TxRef` (`mem::swap`): committed alone it would break the protocol.
+fn refuse_lent(lease: &Lease<'_>) -> Result<()> {
+    if lease.is_lent() {
+        return Err(Error::TransactionControl(
+            "COMMIT of a two-phase participant's transaction (only its TwoPhase ends it)"
+                .to_owned(),
+        ));
+    }
+    Ok(())
 }

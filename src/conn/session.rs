@@ -112,8 +112,6 @@ pub(crate) struct SessionCore {
     /// Texts a pipeline ran lately, whose refusals were checked (they are
     /// a pure function of the text): not read again each time.
     piped_texts: StatementCache<()>,
-    /// The last pipeline failed on a cached statement gone stale.
-    pipeline_went_stale: bool,
     /// A rollback the fallback decided (see `fallback.rs`) that has not
     /// been carried out yet, and the cause to report once it is.
     fallback: Option<(RollBackTarget, Option<Cause>)>,
@@ -234,7 +232,6 @@ impl SessionCore {
             committing: false,
             preparing: false,
             piped_texts: StatementCache::default(),
-            pipeline_went_stale: false,
             begun: 0,
             portals: 0,
             generation: 0,
@@ -959,12 +956,16 @@ impl SessionCore {
         commit: bool,
     ) -> Result<Vec<Answer>> {
         let whole = self.machine.pending_begin().filter(|_| commit);
-        self.pipeline_went_stale = false;
         let first = self.pipeline_once(shared, pipeline, commit).await;
+        // A statement's own stale error (a committed pipeline never fails
+        // with `PipelineFailed`).
+        let went_stale = matches!(
+            &first,
+            Err(Error::PipelineFailed { source, .. })
+                if matches!(&**source, Error::Db(e) if super::sql_text::is_stale(e))
+        );
         match whole {
-            Some(begin)
-                if first.is_err() && self.pipeline_went_stale && !self.machine.in_transaction() =>
-            {
+            Some(begin) if went_stale && !self.machine.in_transaction() => {
                 log::debug!("pgtx: a pipeline met a stale statement; beginning again");
                 self.begin(shared, begin).await;
                 self.pipeline_once(shared, pipeline, commit).await
@@ -1133,7 +1134,6 @@ impl SessionCore {
                         // A cached statement no longer fits its tables (or
                         // is gone): prepared again next time.
                         conn.forget_statements();
-                        self.pipeline_went_stale = true;
                     }
                     let e = match conn.outcome(Err::<(), _>(e)) {
                         Err(Error::Db(e))
@@ -1182,7 +1182,6 @@ impl SessionCore {
             // after that failed reading an answer, not the transaction.
             self.machine.reset();
             self.failure = None;
-            self.pipeline_went_stale = false;
             self.publish(shared);
             return match failure {
                 None => Ok(results),
