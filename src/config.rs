@@ -15,7 +15,7 @@ use std::fmt;
 
 use self::conninfo::Options;
 pub(crate) use self::env::{Env, ProcessEnv};
-pub(crate) use self::host_order::SessionAttrs;
+pub(crate) use self::host_order::{ServerRole, SessionAttrs};
 pub(crate) use self::keywords::parse_int;
 pub(crate) use self::resolve::{Host, Plan, SslMode, Target};
 
@@ -52,6 +52,15 @@ pub(crate) use self::resolve::{Host, Plan, SslMode, Target};
 /// `load_balance_hosts=random` (libpq 16) in a random order, and each
 /// host's addresses too, so that new connections spread over the hosts.
 ///
+/// `target_session_attrs` keeps only the sessions libpq keeps: `any` (the
+/// default), `read-write` and `read-only` (from the server's
+/// `default_transaction_read_only` and `in_hot_standby`), `primary` and
+/// `standby` (from `in_hot_standby`), and `prefer-standby` (a standby if
+/// the list has one that answers, else any server: two passes over the
+/// list). PostgreSQL 14 and later report what is needed at start-up;
+/// older servers, and poolers that do not pass these reports on, are asked
+/// (`SHOW transaction_read_only`, `SELECT pg_is_in_recovery()`).
+///
 /// # TLS
 ///
 /// With the `tls` feature (on by default), `sslmode` `allow`, `prefer`,
@@ -64,8 +73,7 @@ pub(crate) use self::resolve::{Host, Plan, SslMode, Target};
 ///
 /// Refused when connecting rather than ignored: `gssencmode=require`,
 /// `replication`, `requirepeer`, `sslcrl`/`sslcrldir`, a `client_encoding`
-/// other than UTF8, and `target_session_attrs` `primary`, `standby` and
-/// `prefer-standby`.
+/// other than UTF8.
 ///
 /// `Display` shows the connection string as given with every password
 /// (`password`, `sslpassword`, the password of a URI) taken out; `Debug`
@@ -186,9 +194,6 @@ fn unsupported(options: &Options) -> Result<(), SettingsError> {
     {
         return refuse("a client_encoding other than UTF8");
     }
-    if !SessionAttrs::parse(options.get("target_session_attrs")).is_supported() {
-        return refuse("target_session_attrs other than any, read-write and read-only");
-    }
     Ok(())
 }
 
@@ -255,7 +260,6 @@ mod tests {
             "replication=database",
             "requirepeer=postgres",
             "client_encoding=LATIN1",
-            "target_session_attrs=standby",
         ] {
             let s = Settings::parse(dsn).expect("libpq accepts it");
             let e = unsupported(&s.options).expect_err(dsn);

@@ -278,11 +278,9 @@
 //! # Not supported
 //!
 //! Connection settings that libpq has and pgtx cannot honour
-//! (`target_session_attrs` `primary`, `standby` and `prefer-standby`,
-//! `sslcrl`, `gssencmode=require`, …) are refused when connecting, with an
-//! error that names them, rather than ignored: see
-//! [`Settings`](Settings#not-supported). The API is blocking, made for
-//! threads; there is no `async` one.
+//! (`sslcrl`, `gssencmode=require`, `replication`, …) are refused when
+//! connecting, with an error that names them, rather than ignored: see
+//! [`Settings`](Settings#not-supported).
 
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub, clippy::all)]

@@ -44,22 +44,95 @@ impl LoadBalance {
     }
 }
 
-/// What a session must be for pgtx to keep it (`target_session_attrs`).
+/// What a session must be for pgtx to keep it (`target_session_attrs`),
+/// with libpq's semantics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum SessionAttrs {
     /// Any session (the default).
     #[default]
     Any,
-    /// One that accepts writes (`transaction_read_only` is off).
+    /// One that accepts writes: neither `default_transaction_read_only`
+    /// nor `in_hot_standby` is on.
     ReadWrite,
-    /// One that does not (`transaction_read_only` is on).
+    /// One that does not: either is on.
     ReadOnly,
-    /// A server not in recovery. Not supported yet.
+    /// A server not in hot standby (`in_hot_standby` off).
     Primary,
-    /// A server in recovery. Not supported yet.
+    /// A server in hot standby.
     Standby,
-    /// A standby if there is one, else any. Not supported yet.
+    /// A standby if any server in the list is one, else any server: a
+    /// first pass over the list as [`Standby`](Self::Standby), then a
+    /// second as [`Any`](Self::Any).
     PreferStandby,
+}
+
+/// What a server said about itself: the parameter statuses PostgreSQL 14
+/// and later report at start-up and whenever they change, or what a
+/// question (see [`SessionAttrs::question`]) found out. `None`: not
+/// reported (an older server, or a pooler that does not pass them on).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ServerRole {
+    /// `default_transaction_read_only`.
+    pub(crate) default_read_only: Option<bool>,
+    /// `in_hot_standby`.
+    pub(crate) in_hot_standby: Option<bool>,
+}
+
+impl ServerRole {
+    /// Reads a parameter status's value as the server writes booleans.
+    pub(crate) fn flag(value: Option<&str>) -> Option<bool> {
+        match value? {
+            "on" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        }
+    }
+}
+
+/// A question asked of a server that did not report what
+/// `target_session_attrs` needs to know, before the session is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Question {
+    /// `SHOW transaction_read_only`: on for a read-only session, whatever
+    /// the reason.
+    TransactionReadOnly,
+    /// `SELECT pg_catalog.pg_is_in_recovery()`.
+    InRecovery,
+}
+
+impl Question {
+    /// The statement that asks it.
+    pub(crate) fn sql(self) -> &'static str {
+        match self {
+            Question::TransactionReadOnly => "SHOW transaction_read_only",
+            Question::InRecovery => "SELECT pg_catalog.pg_is_in_recovery()",
+        }
+    }
+
+    /// What the answer (the one row's one value) says about the server,
+    /// as libpq reads it: for `transaction_read_only`, "on" proves one of
+    /// the two settings is on (which does not matter), anything else
+    /// that both are off; for `pg_is_in_recovery()`, "t" is in recovery.
+    pub(crate) fn answered(self, value: &str, role: &mut ServerRole) {
+        match self {
+            Question::TransactionReadOnly => {
+                let on = value.starts_with("on");
+                role.default_read_only = Some(on);
+                role.in_hot_standby = Some(on);
+            }
+            Question::InRecovery => role.in_hot_standby = Some(value.starts_with('t')),
+        }
+    }
+
+    /// Why a session whose question went unanswered (an error, or not one
+    /// row) is not kept: libpq moves on to the next server.
+    pub(crate) fn failed(self) -> String {
+        let what = match self {
+            Question::TransactionReadOnly => "SHOW transaction_read_only",
+            Question::InRecovery => "SELECT pg_is_in_recovery()",
+        };
+        format!("\"{what}\" failed")
+    }
 }
 
 impl SessionAttrs {
@@ -75,29 +148,61 @@ impl SessionAttrs {
         }
     }
 
-    /// Whether pgtx keeps its promise for this value (the others are
-    /// refused when the settings are read, not ignored).
-    pub(crate) fn is_supported(self) -> bool {
-        matches!(
-            self,
-            SessionAttrs::Any | SessionAttrs::ReadWrite | SessionAttrs::ReadOnly
-        )
-    }
-
-    /// Whether a session must be asked whether it is read-only before it
-    /// is kept.
-    pub(crate) fn needs_check(self) -> bool {
-        self != SessionAttrs::Any
-    }
-
-    /// Why a session whose `transaction_read_only` is `read_only` is not
-    /// kept (libpq's words), or `None` if it is.
-    pub(crate) fn refusal(self, read_only: bool) -> Option<&'static str> {
-        match (self, read_only) {
-            (SessionAttrs::ReadWrite, true) => Some("session is read-only"),
-            (SessionAttrs::ReadOnly, false) => Some("session is not read-only"),
-            _ => None,
+    /// The passes over the host list, each with what it keeps: one, but
+    /// for `prefer-standby` (standbys, then any server, as libpq does
+    /// once its first pass finds none).
+    pub(crate) fn passes(self) -> &'static [SessionAttrs] {
+        match self {
+            SessionAttrs::Any => &[SessionAttrs::Any],
+            SessionAttrs::ReadWrite => &[SessionAttrs::ReadWrite],
+            SessionAttrs::ReadOnly => &[SessionAttrs::ReadOnly],
+            SessionAttrs::Primary => &[SessionAttrs::Primary],
+            SessionAttrs::Standby => &[SessionAttrs::Standby],
+            SessionAttrs::PreferStandby => &[SessionAttrs::Standby, SessionAttrs::Any],
         }
+    }
+
+    /// What must be asked of a server that reported `role` before the
+    /// session can be judged, if anything (libpq asks when either status
+    /// is missing for the read-only modes, and when `in_hot_standby` is
+    /// for the standby ones).
+    pub(crate) fn question(self, role: ServerRole) -> Option<Question> {
+        match self {
+            SessionAttrs::Any => None,
+            SessionAttrs::ReadWrite | SessionAttrs::ReadOnly => (role.default_read_only.is_none()
+                || role.in_hot_standby.is_none())
+            .then_some(Question::TransactionReadOnly),
+            SessionAttrs::Primary | SessionAttrs::Standby | SessionAttrs::PreferStandby => role
+                .in_hot_standby
+                .is_none()
+                .then_some(Question::InRecovery),
+        }
+    }
+
+    /// Why a session on a server that reported (or answered) `role` is
+    /// not kept, in libpq's words, or `None` if it is. Call once
+    /// [`question`](Self::question) has nothing left to ask; a status
+    /// still unknown counts as off, as in libpq.
+    pub(crate) fn refusal(self, role: ServerRole) -> Option<&'static str> {
+        let read_only = role.default_read_only == Some(true) || role.in_hot_standby == Some(true);
+        let in_hot_standby = role.in_hot_standby == Some(true);
+        match self {
+            SessionAttrs::Any => None,
+            SessionAttrs::ReadWrite => read_only.then_some("session is read-only"),
+            SessionAttrs::ReadOnly => (!read_only).then_some("session is not read-only"),
+            SessionAttrs::Primary => in_hot_standby.then_some("server is in hot standby mode"),
+            SessionAttrs::Standby | SessionAttrs::PreferStandby => {
+                (!in_hot_standby).then_some("server is not in hot standby mode")
+            }
+        }
+    }
+
+    /// Whether a session kept under this setting must accept writes: a
+    /// session found on a read-only server later (a primary demoted) is
+    /// then given up, and the next connection looks for the writable
+    /// server again.
+    pub(crate) fn wants_writes(self) -> bool {
+        matches!(self, SessionAttrs::ReadWrite | SessionAttrs::Primary)
     }
 }
 
@@ -161,22 +266,127 @@ mod tests {
         }
     }
 
+    const PRIMARY: ServerRole = ServerRole {
+        default_read_only: Some(false),
+        in_hot_standby: Some(false),
+    };
+    const STANDBY: ServerRole = ServerRole {
+        default_read_only: Some(false),
+        in_hot_standby: Some(true),
+    };
+    /// A primary whose `default_transaction_read_only` is on.
+    const READ_ONLY_PRIMARY: ServerRole = ServerRole {
+        default_read_only: Some(true),
+        in_hot_standby: Some(false),
+    };
+    const UNREPORTED: ServerRole = ServerRole {
+        default_read_only: None,
+        in_hot_standby: None,
+    };
+
     #[test]
-    fn read_write_and_read_only_keep_the_sessions_libpq_keeps() {
+    fn each_mode_keeps_the_sessions_libpq_keeps() {
         use SessionAttrs::*;
-        assert_eq!(Any.refusal(true), None);
-        assert_eq!(Any.refusal(false), None);
-        assert_eq!(ReadWrite.refusal(false), None);
-        assert_eq!(ReadWrite.refusal(true), Some("session is read-only"));
-        assert_eq!(ReadOnly.refusal(true), None);
-        assert_eq!(ReadOnly.refusal(false), Some("session is not read-only"));
-        assert!(!Any.needs_check());
-        assert!(ReadWrite.needs_check() && ReadOnly.needs_check());
-        assert!([Any, ReadWrite, ReadOnly].iter().all(|a| a.is_supported()));
-        assert!(
-            [Primary, Standby, PreferStandby]
-                .iter()
-                .all(|a| !a.is_supported())
+        let kept = |attrs: SessionAttrs, role| attrs.refusal(role).is_none();
+        for attrs in [Any, ReadWrite, ReadOnly, Primary, Standby, PreferStandby] {
+            assert_eq!(attrs.question(PRIMARY), None, "{attrs:?}");
+            assert_eq!(attrs.question(STANDBY), None, "{attrs:?}");
+        }
+        // (mode, primary, standby, read-only primary)
+        for (attrs, expected) in [
+            (Any, [true, true, true]),
+            (ReadWrite, [true, false, false]),
+            (ReadOnly, [false, true, true]),
+            (Primary, [true, false, true]),
+            (Standby, [false, true, false]),
+            (PreferStandby, [false, true, false]),
+        ] {
+            let got = [PRIMARY, STANDBY, READ_ONLY_PRIMARY].map(|role| kept(attrs, role));
+            assert_eq!(got, expected, "{attrs:?}");
+        }
+        assert_eq!(ReadWrite.refusal(STANDBY), Some("session is read-only"));
+        assert_eq!(ReadOnly.refusal(PRIMARY), Some("session is not read-only"));
+        assert_eq!(
+            Primary.refusal(STANDBY),
+            Some("server is in hot standby mode")
         );
+        assert_eq!(
+            Standby.refusal(PRIMARY),
+            Some("server is not in hot standby mode")
+        );
+    }
+
+    #[test]
+    fn a_server_that_reports_nothing_is_asked_what_the_mode_needs() {
+        use SessionAttrs::*;
+        assert_eq!(Any.question(UNREPORTED), None);
+        assert_eq!(
+            ReadWrite.question(UNREPORTED),
+            Some(Question::TransactionReadOnly)
+        );
+        // One status missing is enough to ask, for the read-only modes.
+        let half = ServerRole {
+            default_read_only: Some(false),
+            in_hot_standby: None,
+        };
+        assert_eq!(ReadOnly.question(half), Some(Question::TransactionReadOnly));
+        assert_eq!(Primary.question(half), Some(Question::InRecovery));
+        assert_eq!(Standby.question(UNREPORTED), Some(Question::InRecovery));
+        assert_eq!(
+            PreferStandby.question(UNREPORTED),
+            Some(Question::InRecovery)
+        );
+        let only_standby = ServerRole {
+            default_read_only: None,
+            in_hot_standby: Some(true),
+        };
+        assert_eq!(Primary.question(only_standby), None);
+    }
+
+    #[test]
+    fn answers_are_read_as_libpq_reads_them() {
+        let mut role = UNREPORTED;
+        Question::TransactionReadOnly.answered("on", &mut role);
+        assert_eq!(SessionAttrs::ReadWrite.question(role), None);
+        assert!(SessionAttrs::ReadWrite.refusal(role).is_some());
+        assert!(SessionAttrs::ReadOnly.refusal(role).is_none());
+        let mut role = UNREPORTED;
+        Question::TransactionReadOnly.answered("off", &mut role);
+        assert!(SessionAttrs::ReadWrite.refusal(role).is_none());
+        let mut role = UNREPORTED;
+        Question::InRecovery.answered("t", &mut role);
+        assert_eq!(SessionAttrs::Standby.question(role), None);
+        assert!(SessionAttrs::Standby.refusal(role).is_none());
+        assert!(SessionAttrs::Primary.refusal(role).is_some());
+        let mut role = UNREPORTED;
+        Question::InRecovery.answered("f", &mut role);
+        assert!(SessionAttrs::Primary.refusal(role).is_none());
+        assert_eq!(
+            Question::InRecovery.failed(),
+            "\"SELECT pg_is_in_recovery()\" failed"
+        );
+    }
+
+    #[test]
+    fn prefer_standby_makes_a_second_pass_that_keeps_any_server() {
+        use SessionAttrs::*;
+        assert_eq!(PreferStandby.passes(), [Standby, Any]);
+        for attrs in [Any, ReadWrite, ReadOnly, Primary, Standby] {
+            assert_eq!(attrs.passes(), [attrs]);
+        }
+        assert!(ReadWrite.wants_writes() && Primary.wants_writes());
+        assert!(
+            ![Any, ReadOnly, Standby, PreferStandby]
+                .iter()
+                .any(|a| a.wants_writes())
+        );
+    }
+
+    #[test]
+    fn parameter_statuses_read_as_the_server_writes_them() {
+        assert_eq!(ServerRole::flag(Some("on")), Some(true));
+        assert_eq!(ServerRole::flag(Some("off")), Some(false));
+        assert_eq!(ServerRole::flag(Some("maybe")), None);
+        assert_eq!(ServerRole::flag(None), None);
     }
 }

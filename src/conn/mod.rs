@@ -114,6 +114,12 @@ pub(crate) struct Connection {
     /// The session's cancel cell, once installed: told while a request is
     /// driven, so that a holder at work is never taken for abandoned.
     activity: Option<Arc<CancelCell>>,
+    /// The settings want a writable server (`target_session_attrs`
+    /// `read-write` or `primary`).
+    wants_writes: bool,
+    /// The server refused a write as read-only (SQLSTATE 25006) since
+    /// the connection opened.
+    refused_a_write: bool,
 }
 
 static_assertions::assert_impl_all!(Connection: Send);
@@ -182,6 +188,7 @@ impl Connection {
             tap,
             cancel,
             severer,
+            role: _,
         } = connector.connect().await?;
         Ok(Connection {
             client,
@@ -202,7 +209,19 @@ impl Connection {
             describing_in_block: false,
             severer: ClosesWith(severer),
             activity: None,
+            wants_writes: connector.wants_writes(),
+            refused_a_write: false,
         })
+    }
+
+    /// Whether the settings want a writable server and this one has shown
+    /// it is not one (any more): it refused a write as read-only
+    /// (SQLSTATE 25006), or reported `in_hot_standby`. Such a connection
+    /// is replaced before the next transaction (see
+    /// `SessionCore::take_if_replaced`), and the new one looks for the
+    /// writable server again.
+    pub(crate) fn refuses_writes(&self) -> bool {
+        self.wants_writes && (self.refused_a_write || self.tap.hot_standby_reported())
     }
 
     /// How SQL text runs on this connection.
@@ -694,7 +713,10 @@ impl Connection {
         match result {
             Ok(value) => Ok(value),
             Err(e) if self.has_ended() => Err(Error::ConnectionLost(Some(self.why_lost(e)))),
-            Err(e) => Err(Error::Db(e)),
+            Err(e) => {
+                self.refused_a_write |= e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION);
+                Err(Error::Db(e))
+            }
         }
     }
 

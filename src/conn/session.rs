@@ -317,15 +317,25 @@ impl SessionCore {
         self.conn.is_some()
     }
 
-    /// The connection, if it must be replaced now (see `replace`): taken
-    /// out for the front to close. Only when nothing of a transaction
-    /// reached the server.
+    /// The connection, if it must be replaced now (see `replace`, and
+    /// [`Connection::refuses_writes`]): taken out for the front to close.
+    /// Only when nothing of a transaction reached the server.
     pub(crate) fn take_if_replaced(&mut self, shared: &SessionShared) -> Option<Connection> {
-        if !std::mem::take(&mut self.replace) {
+        let refuses_writes = self.conn.as_ref().is_some_and(Connection::refuses_writes);
+        if !std::mem::take(&mut self.replace) && !refuses_writes {
             return None;
         }
         let conn = self.conn.take()?;
         shared.cancel.disconnected();
+        if refuses_writes {
+            // A failover demoted the server, or a pooler or address now
+            // leads to a standby: the writable server is elsewhere. The
+            // next connection looks for it, and ends an outage.
+            log::warn!(
+                "pgtx: the server no longer accepts writes; reconnecting to find one that does"
+            );
+            self.lost = true;
+        }
         Some(conn)
     }
 

@@ -74,6 +74,13 @@ impl Connector {
         Ok(Connector { plan, base, tls })
     }
 
+    /// Whether the settings want a writable server (`target_session_attrs`
+    /// `read-write` or `primary`): a connection that finds itself on a
+    /// read-only one later is to be replaced.
+    pub(crate) fn wants_writes(&self) -> bool {
+        self.plan.session_attrs.wants_writes()
+    }
+
     /// Opens a connection: each server in turn, each of its addresses in
     /// turn, until one accepts.
     ///
@@ -84,38 +91,42 @@ impl Connector {
         let Connector { plan, base, tls } = self;
         let mut failed = Vec::new();
         let order = plan.load_balance.order(plan.targets.len(), random_below);
-        for target in order.iter().map(|&i| &plan.targets[i]) {
-            let mut config = base.clone();
-            add_target(&mut config, target);
-            if let Some(password) = plan.password(target) {
-                config.password(password);
-            }
-            let endpoints = match socket::endpoints(target).await {
-                Ok(endpoints) => endpoints,
-                Err(cause) => {
-                    let unresolved = failure::unresolved(target, cause);
-                    log::debug!("pgtx: {unresolved}");
-                    failed.push(unresolved);
-                    continue;
+        // `prefer-standby` goes over the list twice, as libpq does: for a
+        // standby, then for any server (the same order both times).
+        for &keep in plan.session_attrs.passes() {
+            for target in order.iter().map(|&i| &plan.targets[i]) {
+                let mut config = base.clone();
+                add_target(&mut config, target);
+                if let Some(password) = plan.password(target) {
+                    config.password(password);
                 }
-            };
-            let addresses = plan.load_balance.order(endpoints.len(), random_below);
-            for endpoint in addresses.iter().map(|&i| &endpoints[i]) {
-                let opened = open::with_timeout(
-                    async {
-                        let mut opened =
-                            attempt(&config, plan.sslmode, target, endpoint, tls).await?;
-                        open::check_session_attrs(&mut opened, plan.session_attrs).await?;
-                        Ok(opened)
-                    },
-                    plan.connect_timeout,
-                );
-                match opened.await {
-                    Ok(connected) => return Ok(connected),
+                let endpoints = match socket::endpoints(target).await {
+                    Ok(endpoints) => endpoints,
                     Err(cause) => {
-                        let attempt = failure::failed(target, endpoint, cause);
-                        log::debug!("pgtx: {attempt}");
-                        failed.push(attempt);
+                        let unresolved = failure::unresolved(target, cause);
+                        log::debug!("pgtx: {unresolved}");
+                        failed.push(unresolved);
+                        continue;
+                    }
+                };
+                let addresses = plan.load_balance.order(endpoints.len(), random_below);
+                for endpoint in addresses.iter().map(|&i| &endpoints[i]) {
+                    let opened = open::with_timeout(
+                        async {
+                            let mut opened =
+                                attempt(&config, plan.sslmode, target, endpoint, tls).await?;
+                            open::check_session_attrs(&mut opened, keep).await?;
+                            Ok(opened)
+                        },
+                        plan.connect_timeout,
+                    );
+                    match opened.await {
+                        Ok(connected) => return Ok(connected),
+                        Err(cause) => {
+                            let attempt = failure::failed(target, endpoint, cause);
+                            log::debug!("pgtx: {attempt}");
+                            failed.push(attempt);
+                        }
                     }
                 }
             }

@@ -19,7 +19,7 @@ use super::sever::Severer;
 use super::socket::{self, Endpoint, Socket};
 use super::stream::{ConnectionStream, connection_stream};
 use super::{Cause, failure};
-use crate::config::SessionAttrs;
+use crate::config::{ServerRole, SessionAttrs};
 use crate::connect::wire::{Tap, Wire};
 
 /// A connected client, its connection, the tap on it, and where to send
@@ -31,6 +31,9 @@ pub(crate) struct Opened {
     pub(crate) cancel: Arc<CancelTarget>,
     /// Shuts the socket down from outside the connection.
     pub(crate) severer: Arc<Severer>,
+    /// What the server reported about itself at start-up (and what
+    /// `target_session_attrs` asked, if it had to).
+    pub(crate) role: ServerRole,
 }
 
 /// Opens the socket, then lets `tokio-postgres` negotiate TLS (through
@@ -73,6 +76,10 @@ where
     };
     // Start-up is over: both directions are at a message boundary.
     tap.activate();
+    let role = ServerRole {
+        default_read_only: ServerRole::flag(connection.parameter("default_transaction_read_only")),
+        in_hot_standby: ServerRole::flag(connection.parameter("in_hot_standby")),
+    };
     let connection = connection_stream(connection);
     let cancel = Arc::new(CancelTarget::new(
         client.cancel_token(),
@@ -86,45 +93,55 @@ where
         tap,
         cancel,
         severer,
+        role,
     })
 }
 
-/// libpq's `target_session_attrs`: asks the server whether it accepts
-/// writes, when `attrs` needs to know (`connect_raw` leaves this to the
-/// caller); `host_order.rs` decides whether the session is kept.
+/// libpq's `target_session_attrs`: judges the session from what the
+/// server reported at start-up, asking it first when it reported too
+/// little (`connect_raw` leaves all this to the caller); `host_order.rs`
+/// decides what to ask and whether the session is kept.
 pub(super) async fn check_session_attrs(
     opened: &mut Opened,
     attrs: SessionAttrs,
 ) -> Result<(), Cause> {
-    if !attrs.needs_check() {
-        return Ok(());
-    }
     let Opened {
-        client, connection, ..
+        client,
+        connection,
+        role,
+        ..
     } = opened;
-    let mut query = pin!(client.simple_query("SHOW transaction_read_only"));
-    let messages = poll_fn(|cx| {
-        loop {
-            match connection.poll_message(cx) {
-                Poll::Ready(Some(Ok(_))) => {}
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                // The query's own future then fails with "connection closed".
-                Poll::Ready(None) | Poll::Pending => break,
+    if let Some(question) = attrs.question(*role) {
+        let mut query = pin!(client.simple_query(question.sql()));
+        let answer = poll_fn(|cx| {
+            loop {
+                match connection.poll_message(cx) {
+                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    // The query's own future then fails with "connection closed".
+                    Poll::Ready(None) | Poll::Pending => break,
+                }
+            }
+            query.as_mut().poll(cx)
+        })
+        .await;
+        let rows: Vec<_> = answer
+            .iter()
+            .flatten()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or_default().to_owned()),
+                _ => None,
+            })
+            .collect();
+        match (answer, rows.as_slice()) {
+            (Ok(_), [value]) => question.answered(value, role),
+            (Err(e), _) if e.is_closed() => return Err(Box::new(e)),
+            _ => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, question.failed()).into());
             }
         }
-        query.as_mut().poll(cx)
-    })
-    .await?;
-    let read_only = messages.iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(row) => match row.get(0) {
-            Some("on") => Some(true),
-            Some("off") => Some(false),
-            _ => None,
-        },
-        _ => None,
-    });
-    // An answer other than on or off keeps the session, as libpq does.
-    match read_only.and_then(|read_only| attrs.refusal(read_only)) {
+    }
+    match attrs.refusal(*role) {
         Some(refusal) => Err(io::Error::new(io::ErrorKind::PermissionDenied, refusal).into()),
         None => Ok(()),
     }

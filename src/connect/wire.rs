@@ -90,6 +90,11 @@ struct TapState {
     /// ran `SET client_encoding`): SQL text is then not read by the server
     /// the way pgtx reads it.
     foreign_encoding: bool,
+    /// The server reported `in_hot_standby` on after start-up: it has
+    /// become a standby under this session (PostgreSQL 15 restarts to
+    /// demote a server, so today only promotion is reported, turning it
+    /// off; a server or pooler that reports more is followed).
+    hot_standby_reported: bool,
     outcome: Option<BeginOutcome>,
     /// Answers to `BEGIN` still to be taken out of the read side.
     strip: Option<Strip>,
@@ -203,6 +208,12 @@ const COPY_FAIL_MESSAGE: &str = "pgtx: COPY FROM STDIN cannot run through a stat
 /// How much of a ParameterStatus is kept: enough for
 /// `client_encoding\0` and any encoding name.
 const PARAMETER_PREFIX: usize = 48;
+
+/// A string field of a message body: the bytes before its terminating
+/// NUL (all of them, if the kept prefix cut it short).
+fn until_nul(bytes: &[u8]) -> &[u8] {
+    bytes.split(|&b| b == 0).next().unwrap_or_default()
+}
 
 /// How much of a CommandComplete tag is kept to recognise the commands
 /// that drop prepared statements.
@@ -343,6 +354,11 @@ impl Tap {
     /// start-up), so that pgtx's reading of it is the server's.
     pub(crate) fn reads_utf8(&self) -> bool {
         !self.0.lock().foreign_encoding
+    }
+
+    /// Whether the server reported `in_hot_standby` on since start-up.
+    pub(crate) fn hot_standby_reported(&self) -> bool {
+        self.0.lock().hot_standby_reported
     }
 }
 
@@ -629,12 +645,13 @@ impl TapState {
         Some(reply)
     }
 
-    /// Follows `client_encoding`, which the server reports whenever it
-    /// changes.
+    /// Follows `client_encoding` and `in_hot_standby`, which the server
+    /// reports whenever they change.
     fn on_parameter_status(&mut self) {
-        if let Some(value) = self.tag.strip_prefix(b"client_encoding\0") {
-            let value = value.split(|&b| b == 0).next().unwrap_or_default();
-            self.foreign_encoding = !value.eq_ignore_ascii_case(b"UTF8");
+        if let Some(rest) = self.tag.strip_prefix(b"client_encoding\0") {
+            self.foreign_encoding = !until_nul(rest).eq_ignore_ascii_case(b"UTF8");
+        } else if let Some(rest) = self.tag.strip_prefix(b"in_hot_standby\0") {
+            self.hot_standby_reported = until_nul(rest) == b"on";
         }
     }
 

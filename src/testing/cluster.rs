@@ -50,7 +50,7 @@ pub(super) struct Private {
     pub(super) bin_dir: PathBuf,
     as_root: bool,
     /// Extra `-c` settings it was started with.
-    extra: Vec<(String, String)>,
+    pub(super) extra: Vec<(String, String)>,
     /// The one address it listens on (`listen_addresses`).
     pub(super) listen: Ipv4Addr,
     /// Serialises start/stop/restart.
@@ -64,6 +64,9 @@ pub(super) enum Role {
     Primary,
     /// A hot standby that never leaves recovery (`standby.signal`, no primary).
     Standby,
+    /// A streaming standby of the server at this address: a base backup
+    /// of it (`pg_basebackup -R`), which keeps following its WAL.
+    ReplicaOf(Ipv4Addr, u16),
 }
 
 impl Private {
@@ -127,11 +130,39 @@ impl Private {
 
     /// `pg_ctl stop -m fast`.
     pub(super) fn stop(&self) -> Result<(), String> {
+        self.stop_with("fast")
+    }
+
+    /// `pg_ctl stop -m immediate`: the server exits at once, as after a
+    /// crash; its sessions end without a word.
+    pub(super) fn stop_immediate(&self) -> Result<(), String> {
+        self.stop_with("immediate")
+    }
+
+    /// `pg_ctl promote -w`: a standby becomes a primary and takes writes.
+    pub(super) fn promote(&self) -> Result<(), String> {
+        let _guard = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+        let out = self.pg_ctl(&[
+            "promote",
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            &self.data.to_string_lossy(),
+        ])?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("pg_ctl promote failed: {}", self.failure(&out)))
+        }
+    }
+
+    fn stop_with(&self, mode: &str) -> Result<(), String> {
         let _guard = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
         let out = self.pg_ctl(&[
             "stop",
             "-m",
-            "fast",
+            mode,
             "-w",
             "-t",
             "60",
@@ -315,28 +346,10 @@ pub(super) fn try_start_private_as(
         }
     }
 
-    let out = p.run(
-        "initdb",
-        &[
-            "-D",
-            &p.data.to_string_lossy(),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ],
-    )?;
-    if !out.status.success() {
-        let hint = if as_root {
-            " (running as root via `runuser -u postgres`: the OS user `postgres` must \
-             exist and be able to reach the temp dir)"
-        } else {
-            ""
-        };
-        return Err(format!("initdb failed{hint}: {}", p.failure(&out)));
+    if let Role::ReplicaOf(host, port) = role {
+        base_backup(p, host, port)?;
+    } else {
+        init(p)?;
     }
     if role == Role::Standby {
         // Present before the first start, so the server never leaves
@@ -397,6 +410,64 @@ pub(super) fn try_start_private_as(
         dbname: "postgres".into(),
         kind: Kind::Private(private),
     })
+}
+
+/// `initdb`: a new cluster in `p.data`.
+fn init(p: &Private) -> Result<(), String> {
+    let out = p.run(
+        "initdb",
+        &[
+            "-D",
+            &p.data.to_string_lossy(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ],
+    )?;
+    if !out.status.success() {
+        let hint = if p.as_root {
+            " (running as root via `runuser -u postgres`: the OS user `postgres` must \
+             exist and be able to reach the temp dir)"
+        } else {
+            ""
+        };
+        return Err(format!("initdb failed{hint}: {}", p.failure(&out)));
+    }
+    Ok(())
+}
+
+/// `pg_basebackup -R` from the server at `host:port` into `p.data`: a copy
+/// that starts as a standby streaming from it (`standby.signal`, and
+/// `primary_conninfo` in `postgresql.auto.conf`).
+fn base_backup(p: &Private, host: Ipv4Addr, port: u16) -> Result<(), String> {
+    let out = p.run(
+        "pg_basebackup",
+        &[
+            "-D",
+            &p.data.to_string_lossy(),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+            "-h",
+            &host.to_string(),
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+        ],
+    )?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("pg_basebackup failed: {}", p.failure(&out)))
+    }
 }
 
 struct DestroyOnDrop(Option<Private>);

@@ -214,6 +214,105 @@ impl TestServer {
         Ok(server)
     }
 
+    /// Starts a streaming standby of this private cluster: a base backup
+    /// of it (`pg_basebackup -R`), started on a port of its own on the
+    /// same address, that follows every write of this one; a hot standby
+    /// (read-only sessions) until [`promote`](Self::promote)d. Returns once
+    /// it streams. Stopped and removed on drop like any private cluster.
+    ///
+    /// To make this server's commits wait for the standby (no write
+    /// acknowledged before a failover is lost with it), start this one
+    /// with `("synchronous_standby_names", "*")`.
+    ///
+    /// # Errors
+    ///
+    /// This is no private cluster, `pg_basebackup` or `pg_ctl start`
+    /// failed, or the standby did not stream within 60 s.
+    pub fn start_replica(&self) -> Result<TestServer, TestingError> {
+        let private = self.private_for("start_replica")?;
+        let settings: Vec<(&str, &str)> = private
+            .extra
+            .iter()
+            .filter(|(name, _)| name != "synchronous_standby_names")
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let replica =
+            try_start_private_as(&settings, Role::ReplicaOf(private.listen, self.port), None)
+                .map_err(|e| TestingError(format!("cannot start a streaming standby: {e}")))?;
+        replica.wait_until_in_recovery()?;
+        replica.wait_until_streaming()?;
+        Ok(replica)
+    }
+
+    /// Waits until `replica` has replayed every write this server has
+    /// made so far (its WAL position now).
+    ///
+    /// # Errors
+    ///
+    /// Either server cannot be queried, or `replica` has not caught up
+    /// within 60 s.
+    pub fn wait_for_replay(&self, replica: &TestServer) -> Result<(), TestingError> {
+        let lsn: String = self
+            .admin()?
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .map_err(|e| {
+                TestingError(format!("cannot read the WAL position: {}", error_chain(&e)))
+            })?
+            .get(0);
+        let mut client = replica.admin()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let replayed: bool = client
+                .query_one(
+                    "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
+                    &[&lsn],
+                )
+                .map_err(|e| {
+                    TestingError(format!(
+                        "cannot read the replay position: {}",
+                        error_chain(&e)
+                    ))
+                })?
+                .get(0);
+            if replayed {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(TestingError(format!(
+                    "the standby has not replayed up to {lsn} in 60 s ({})",
+                    replica.describe()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until this standby's WAL receiver streams from its primary.
+    fn wait_until_streaming(&self) -> Result<(), TestingError> {
+        let mut client = self.admin()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let streaming = client
+                .query_opt(
+                    "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                    &[],
+                )
+                .map_err(|e| TestingError(format!("cannot ask the standby: {}", error_chain(&e))))?
+                .is_some();
+            if streaming {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(TestingError(format!(
+                    "the standby does not stream within 60 s ({}); server.log:\n{}",
+                    self.describe(),
+                    self.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until a connection succeeds and reports `pg_is_in_recovery()`.
     fn wait_until_in_recovery(&self) -> Result<(), TestingError> {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -495,6 +594,27 @@ impl TestServer {
     /// This is no private cluster, or `pg_ctl` failed.
     pub fn stop(&self) -> Result<(), TestingError> {
         Ok(self.private_for("stop")?.stop()?)
+    }
+
+    /// Stops the private cluster at once (`pg_ctl stop -m immediate`), as
+    /// a crash would: its sessions end without a word, nothing is flushed.
+    ///
+    /// # Errors
+    ///
+    /// This is no private cluster, or `pg_ctl` failed.
+    pub fn stop_immediate(&self) -> Result<(), TestingError> {
+        Ok(self.private_for("stop_immediate")?.stop_immediate()?)
+    }
+
+    /// Promotes this standby (`pg_ctl promote -w`): it leaves recovery and
+    /// takes writes. Returns once it has.
+    ///
+    /// # Errors
+    ///
+    /// This is no private cluster, or `pg_ctl promote` failed (it is no
+    /// standby, or did not finish within 60 s).
+    pub fn promote(&self) -> Result<(), TestingError> {
+        Ok(self.private_for("promote")?.promote()?)
     }
 
     /// Starts the private cluster again after [`stop`](Self::stop), on the

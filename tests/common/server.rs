@@ -117,6 +117,26 @@ impl TestServer {
     pub fn start(&self) {
         or_fail((**self).start_again());
     }
+
+    /// `pg_ctl stop -m immediate`: as a crash.
+    pub fn stop_immediate(&self) {
+        or_fail((**self).stop_immediate());
+    }
+
+    /// A streaming standby of this private cluster.
+    pub fn start_replica(&self) -> TestServer {
+        TestServer::Own(Box::new(or_fail((**self).start_replica())))
+    }
+
+    /// `pg_ctl promote -w`.
+    pub fn promote(&self) {
+        or_fail((**self).promote());
+    }
+
+    /// Waits until `replica` has replayed everything written here so far.
+    pub fn wait_for_replay(&self, replica: &TestServer) {
+        or_fail((**self).wait_for_replay(replica));
+    }
 }
 
 /// An error with its sources (`postgres::Error`'s own text is often just
