@@ -94,6 +94,51 @@ pub struct Settings {
     shown: String,
 }
 
+/// Which servers of a host list a connection may go to: libpq's
+/// `target_session_attrs`, typed, for [`Settings::with_target`] and the
+/// builders' `target` (see [`Settings`] for what each keeps, and how).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SessionTarget {
+    /// Any server that accepts the connection (libpq's default).
+    Any,
+    /// A server that takes writes: not a standby, and
+    /// `default_transaction_read_only` off. Connections found on a
+    /// read-only server later (a failover) are replaced.
+    ReadWrite,
+    /// A read-only session: a standby, or a server whose
+    /// `default_transaction_read_only` is on.
+    ReadOnly,
+    /// A server not in hot standby. Connections found on a read-only
+    /// server later are replaced, as for [`ReadWrite`](Self::ReadWrite).
+    Primary,
+    /// A hot standby.
+    Standby,
+    /// A hot standby if the list has one that answers, else any server:
+    /// reads that may go to a replica.
+    PreferStandby,
+}
+
+impl SessionTarget {
+    /// The value as libpq spells it (`read-write`, `prefer-standby`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionTarget::Any => "any",
+            SessionTarget::ReadWrite => "read-write",
+            SessionTarget::ReadOnly => "read-only",
+            SessionTarget::Primary => "primary",
+            SessionTarget::Standby => "standby",
+            SessionTarget::PreferStandby => "prefer-standby",
+        }
+    }
+}
+
+impl fmt::Display for SessionTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why connection settings could not be read. Its message names the
 /// offending keyword, position, file or line, in libpq's words where libpq
 /// has some, and never repeats a password.
@@ -149,6 +194,43 @@ impl Settings {
             return None;
         }
         self.options.get(keyword)
+    }
+
+    /// These settings with `target_session_attrs` set to `target`, in place
+    /// of whatever the connection string said: one host list, read two
+    /// ways (a pool for writes and one for reads, say). `Display` shows it
+    /// added at the end.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pgtx::{SessionTarget, Settings};
+    ///
+    /// let servers = Settings::parse("host=db1,db2,db3 user=app")?;
+    /// let reads = servers.clone().with_target(SessionTarget::PreferStandby);
+    /// assert_eq!(reads.get("target_session_attrs"), Some("prefer-standby"));
+    /// assert_eq!(
+    ///     reads.to_string(),
+    ///     "host=db1,db2,db3 user=app target_session_attrs=prefer-standby"
+    /// );
+    /// # Ok::<(), pgtx::SettingsError>(())
+    /// ```
+    #[must_use = "returns new settings, leaving these as they were"]
+    pub fn with_target(mut self, target: SessionTarget) -> Settings {
+        let value = target.as_str();
+        self.options.set("target_session_attrs", value.to_owned());
+        let is_uri = ["postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| self.shown.starts_with(scheme));
+        if is_uri {
+            let separator = if self.shown.contains('?') { '&' } else { '?' };
+            self.shown = format!("{}{separator}target_session_attrs={value}", self.shown);
+        } else if self.shown.is_empty() {
+            self.shown = format!("target_session_attrs={value}");
+        } else {
+            self.shown = format!("{} target_session_attrs={value}", self.shown);
+        }
+        self
     }
 
     /// These settings resolved as libpq resolves them at each connection
@@ -251,6 +333,47 @@ mod tests {
         assert_eq!(s.get("password"), None);
         assert_eq!(s.get("sslpassword"), None);
         assert_eq!(s.get("user"), Some("u"));
+    }
+
+    #[test]
+    fn a_target_replaces_the_one_given_and_is_shown() {
+        for (dsn, shown) in [
+            (
+                "host=a,b target_session_attrs=any",
+                "host=a,b target_session_attrs=any target_session_attrs=standby",
+            ),
+            ("", "target_session_attrs=standby"),
+            (
+                "postgres://u:secret@a,b/db",
+                "postgres://u@a,b/db?target_session_attrs=standby",
+            ),
+            (
+                "postgres://a/db?sslmode=disable",
+                "postgres://a/db?sslmode=disable&target_session_attrs=standby",
+            ),
+        ] {
+            let s = Settings::parse(dsn)
+                .expect("parses")
+                .with_target(SessionTarget::Standby);
+            assert_eq!(s.get("target_session_attrs"), Some("standby"), "{dsn}");
+            assert_eq!(s.to_string(), shown);
+            // What is shown reads back as the same settings.
+            let again = Settings::parse(&s.to_string()).expect("shown parses");
+            assert_eq!(again.get("target_session_attrs"), Some("standby"), "{dsn}");
+        }
+        for target in [
+            SessionTarget::Any,
+            SessionTarget::ReadWrite,
+            SessionTarget::ReadOnly,
+            SessionTarget::Primary,
+            SessionTarget::Standby,
+            SessionTarget::PreferStandby,
+        ] {
+            // Each is a value libpq takes (others are refused when read).
+            let dsn = format!("target_session_attrs={target}");
+            assert!(Settings::parse(&dsn).is_ok(), "{dsn}");
+            assert!(Settings::parse("target_session_attrs=prefer-replica").is_err());
+        }
     }
 
     #[test]

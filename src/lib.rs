@@ -319,7 +319,7 @@ mod user_code;
 
 pub use crate::blocking::hooks::NewConnection;
 pub use crate::cancel::CancelHandle;
-pub use crate::config::{Settings, SettingsError};
+pub use crate::config::{SessionTarget, Settings, SettingsError};
 pub use crate::copy::{CopyInWriter, CopyOutReader};
 pub use crate::error::HookError;
 pub use crate::error::{ConnectError, Error, Result, UNFINISHED_TRANSACTION};

@@ -16,8 +16,9 @@ use crate::blocking::outage::BackgroundReconnect;
 use crate::blocking::session::ConnectionSetup;
 use crate::blocking::shared::{OnRelease, Shared};
 use crate::cancel::CancelHandle;
-use crate::config::Settings;
+use crate::config::{SessionTarget, Settings};
 use crate::conn::NoticeHandler;
+use crate::conn::writable::WritableWatch;
 use crate::error::{Error, HookError, Result};
 use crate::guard::Guard;
 use crate::listener::Listener;
@@ -113,6 +114,11 @@ pub struct Builder {
     on_release: Option<OnRelease>,
     statement_cache: bool,
     on_notice: Option<NoticeHandler>,
+    /// Replaces the connection string's `target_session_attrs`.
+    target: Option<SessionTarget>,
+    /// Shared by every manager this builder (and its clones, a pool's
+    /// members) makes.
+    watch: WritableWatch,
 }
 
 impl fmt::Debug for Builder {
@@ -130,6 +136,7 @@ impl fmt::Debug for Builder {
             .field("on_notice", &self.on_notice.as_ref().map(|_| "<handler>"))
             .field("reconnect", &self.reconnect)
             .field("statement_cache", &self.statement_cache)
+            .field("target", &self.target)
             .finish()
     }
 }
@@ -361,6 +368,34 @@ impl Builder {
         self
     }
 
+    /// Which servers of the host list its connections may go to, in place
+    /// of the connection string's `target_session_attrs` (see
+    /// [`Settings::with_target`]): one host list read two ways, a pool for
+    /// writes beside one for reads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pgtx::{ManagedConnection, SessionTarget, TxOptions};
+    ///
+    /// let servers = ManagedConnection::builder("host=db1,db2 user=app connect_timeout=5");
+    /// // Writes find the primary, wherever a failover put it.
+    /// let writes = servers.clone().target(SessionTarget::ReadWrite).pool(8).build()?;
+    /// // Reads go to a standby while one answers, else to the primary.
+    /// let reads = servers.target(SessionTarget::PreferStandby).pool(8).build()?;
+    /// # let _ = |writes: pgtx::Pool, reads: pgtx::Pool| -> pgtx::Result<i64> {
+    /// let total: i64 = reads.transaction_with(TxOptions::new().read_only(true), |mut tx| {
+    ///     let total = tx.query_one("SELECT count(*) FROM orders", &[])?.get(0);
+    ///     tx.commit_returning(total)
+    /// })?;
+    /// # Ok(total) };
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn target(mut self, target: SessionTarget) -> Self {
+        self.target = Some(target);
+        self
+    }
+
     /// Parses the settings and builds the manager. Does not connect.
     ///
     /// # Errors
@@ -369,7 +404,10 @@ impl Builder {
     /// [`Error::Runtime`] if the runtime that will drive its connections
     /// could not be made (the system refused its file descriptors).
     pub fn build(self) -> Result<ManagedConnection> {
-        let settings = Settings::parse(&self.dsn)?;
+        let mut settings = Settings::parse(&self.dsn)?;
+        if let Some(target) = self.target {
+            settings = settings.with_target(target);
+        }
         let naming = Naming::with_statement_cache(self.statement_cache);
         Ok(ManagedConnection {
             shared: Shared::new(
@@ -379,7 +417,8 @@ impl Builder {
                         ConnectionFactory::new(settings, naming)
                             .with_on_connect(self.on_connect)
                             .with_on_reconnect(self.on_reconnect)
-                            .with_on_notice(self.on_notice),
+                            .with_on_notice(self.on_notice)
+                            .with_watch(self.watch),
                     ),
                     background_reconnect: self.reconnect.map(BackgroundReconnect::new),
                     runtime: Blocking::new()?,
@@ -421,6 +460,8 @@ impl ManagedConnection {
             on_release: None,
             statement_cache: true,
             on_notice: None,
+            target: None,
+            watch: WritableWatch::default(),
         }
     }
 

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use common::server::TestServer;
-use pgtx::ManagedConnection;
+use pgtx::{Error, ManagedConnection, Pool, SessionTarget, SqlState, TxOptions};
 
 /// A primary, its streaming standby, and a port where nothing listens.
 struct Servers {
@@ -239,4 +239,93 @@ fn load_balance_hosts_random_spreads_connections_over_the_servers_that_qualify()
         20,
     );
     assert_eq!((primary["primary"], primary["standby"]), (20, 0));
+}
+
+/// The port of the server a read-only transaction on `pool` ran on.
+fn read_on(pool: &Pool) -> Result<i32, Error> {
+    pool.transaction_with(TxOptions::new().read_only(true), |mut tx| {
+        let port: i32 = tx.query_one("SELECT inet_server_port()", &[])?.get(0);
+        tx.commit_returning(port)
+    })
+}
+
+/// A pool for writes and one for reads, from one host list.
+fn split_pools(list: &[Kind]) -> (Pool, Pool) {
+    let servers = ManagedConnection::builder(&host_list(list, ""));
+    let writes = servers
+        .clone()
+        .target(SessionTarget::ReadWrite)
+        .pool(2)
+        .build()
+        .expect("settings");
+    let reads = servers
+        .target(SessionTarget::PreferStandby)
+        .pool(2)
+        .build()
+        .expect("settings");
+    (writes, reads)
+}
+
+#[test]
+fn one_host_list_gives_a_pool_for_writes_on_the_primary_and_one_for_reads_on_the_standby() {
+    let servers = servers();
+    let (primary, standby) = (
+        i32::from(servers.primary.port()),
+        i32::from(servers.standby.port()),
+    );
+    // Listed either way round, writes find the primary, reads the standby.
+    for list in [
+        [Kind::Primary, Kind::Standby],
+        [Kind::Standby, Kind::Primary],
+    ] {
+        let (writes, reads) = split_pools(&list);
+        let wrote_on = writes
+            .transaction(|mut tx| {
+                tx.execute("CREATE TEMP TABLE t (n int)", &[])?;
+                let port: i32 = tx.query_one("SELECT inet_server_port()", &[])?.get(0);
+                tx.commit_returning(port)
+            })
+            .expect("a write");
+        assert_eq!(wrote_on, primary, "{list:?}");
+        for _ in 0..4 {
+            assert_eq!(read_on(&reads).expect("a read"), standby, "{list:?}");
+        }
+        // A write sent to the reads pool is refused by the standby, and
+        // the pool stays there: it was asked for reads.
+        let refused = reads
+            .transaction(|mut tx| {
+                tx.execute("CREATE TEMP TABLE t (n int)", &[])?;
+                tx.commit()
+            })
+            .expect_err("a standby refuses writes");
+        assert_eq!(refused.code(), Some(&SqlState::READ_ONLY_SQL_TRANSACTION));
+        assert_eq!(read_on(&reads).expect("a read"), standby, "{list:?}");
+    }
+}
+
+#[test]
+fn reads_go_to_the_primary_while_the_standby_is_down_and_back_once_it_is_up() {
+    let primary = TestServer::start_private();
+    let standby = primary.start_replica();
+    let dsn = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=postgres connect_timeout=5",
+        standby.port(),
+        primary.port()
+    );
+    let reads = ManagedConnection::builder(&dsn)
+        .target(SessionTarget::PreferStandby)
+        .pool(1)
+        .build()
+        .expect("settings");
+    let port = |server: &TestServer| i32::from(server.port());
+    assert_eq!(read_on(&reads).expect("read"), port(&standby));
+    standby.stop();
+    // The pooled connection to the standby is gone with it; the next one
+    // finds no standby and takes the primary (prefer-standby's second pass).
+    assert_eq!(read_on(&reads).expect("read"), port(&primary));
+    standby.start();
+    // A connection stays where it is while it works: a new one (after
+    // this one is closed) goes back to the standby.
+    reads.close_idle().expect("close");
+    assert_eq!(read_on(&reads).expect("read"), port(&standby));
 }

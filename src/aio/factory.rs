@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::conn::request::{Batch, Execute, Prepare, Query, QueryOne, Request, StatementKind};
+use crate::conn::writable::WritableWatch;
 use crate::conn::{Connection, NoticeHandler};
 use crate::connect::wire::CopyRefused;
 use crate::error::{Error, HookError, Result};
@@ -176,6 +177,8 @@ pub(crate) struct Factory {
     pub(crate) on_connect: Option<Hook>,
     pub(crate) on_reconnect: Vec<Hook>,
     pub(crate) on_notice: Option<NoticeHandler>,
+    /// Shared with the connections of the same builder.
+    pub(crate) watch: WritableWatch,
 }
 
 impl Factory {
@@ -194,7 +197,13 @@ impl Factory {
     /// When the `on_connect` hook panics (the background reconnection
     /// catches it).
     pub(crate) async fn open(&self, occasion: Occasion) -> Result<Connection> {
-        let conn = Connection::open(&self.settings, self.naming, self.on_notice.clone()).await?;
+        let conn = Connection::open(
+            &self.settings,
+            self.naming,
+            self.on_notice.clone(),
+            &self.watch,
+        )
+        .await?;
         let mut new = NewConnection { conn };
         if let Some(hook) = &self.on_connect
             && let Err(e) = run_on_connect(hook, &mut new).await

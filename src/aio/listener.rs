@@ -18,6 +18,7 @@ use crate::aio::factory::BoxFuture;
 use crate::config::Settings;
 use crate::conn::Connection;
 use crate::conn::session::DRAIN_LIMIT;
+use crate::conn::writable::WritableWatch;
 use crate::error::{Error, Result, describe};
 use crate::listener::{ListenEvent, Observer, ObserverError, ObserverId};
 use crate::machine::ident::{check_notification, quote_identifier};
@@ -569,7 +570,8 @@ impl fmt::Debug for Listener {
 
 /// A new connection listening to `channels`, all in one round trip.
 async fn open_listening(settings: Arc<Settings>, channels: Vec<String>) -> Result<Connection> {
-    let mut conn = Connection::open(&settings, Naming::Cached, None).await?;
+    let mut conn =
+        Connection::open(&settings, Naming::Cached, None, &WritableWatch::default()).await?;
     if channels.is_empty() {
         return Ok(conn);
     }

@@ -15,8 +15,9 @@ use crate::aio::listener::Listener;
 use crate::aio::scope::{self, Source};
 use crate::aio::session::Inner;
 use crate::aio::tx::Tx;
-use crate::config::Settings;
+use crate::config::{SessionTarget, Settings};
 use crate::conn::NoticeHandler;
+use crate::conn::writable::WritableWatch;
 use crate::error::{Error, HookError, Result};
 use crate::machine::options::TxOptions;
 use crate::machine::reconnect::ReconnectPolicy;
@@ -27,6 +28,10 @@ use crate::state::{Done, Open};
 use crate::statements::Naming;
 
 /// Settings for an async [`ManagedConnection`] other than the defaults.
+/// A clone makes managers that share what they learn of the servers (see
+/// [`target`](Self::target)).
+#[derive(Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct Builder {
     dsn: String,
     statement_cache: bool,
@@ -35,6 +40,10 @@ pub struct Builder {
     on_reconnect: Vec<Hook>,
     reconnect: Option<ReconnectPolicy>,
     abandon_after: Option<Duration>,
+    /// Replaces the connection string's `target_session_attrs`.
+    target: Option<SessionTarget>,
+    /// Shared by every manager this builder makes (a pool's members).
+    watch: WritableWatch,
 }
 
 impl fmt::Debug for Builder {
@@ -51,6 +60,7 @@ impl fmt::Debug for Builder {
             .field("on_reconnect", &self.on_reconnect.len())
             .field("reconnect", &self.reconnect)
             .field("abandon_after", &self.abandon_after)
+            .field("target", &self.target)
             .finish_non_exhaustive()
     }
 }
@@ -180,6 +190,27 @@ impl Builder {
         self
     }
 
+    /// Which servers of the host list its connections may go to, in place
+    /// of the connection string's `target_session_attrs`, as the blocking
+    /// [`crate::Builder::target`]: a pool for writes beside one for reads,
+    /// from one host list.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pgtx::SessionTarget;
+    /// use pgtx::aio::ManagedConnection;
+    ///
+    /// let servers = ManagedConnection::builder("host=db1,db2 user=app connect_timeout=5");
+    /// let writes = servers.clone().target(SessionTarget::ReadWrite).pool(8).build()?;
+    /// let reads = servers.target(SessionTarget::PreferStandby).pool(8).build()?;
+    /// # Ok::<(), pgtx::Error>(())
+    /// ```
+    pub fn target(mut self, target: SessionTarget) -> Self {
+        self.target = Some(target);
+        self
+    }
+
     /// Parses the settings and builds the manager. Does not connect.
     ///
     /// # Errors
@@ -191,12 +222,17 @@ impl Builder {
 
     /// A manager with these settings (the builder stays, to make more).
     pub(crate) fn build_one(&self) -> Result<ManagedConnection> {
+        let mut settings = Settings::parse(&self.dsn)?;
+        if let Some(target) = self.target {
+            settings = settings.with_target(target);
+        }
         let factory = Factory {
-            settings: Settings::parse(&self.dsn)?,
+            settings,
             naming: Naming::with_statement_cache(self.statement_cache),
             on_connect: self.on_connect.clone(),
             on_reconnect: self.on_reconnect.clone(),
             on_notice: self.on_notice.clone(),
+            watch: self.watch.clone(),
         };
         Ok(ManagedConnection {
             inner: Arc::new(Inner::new(
@@ -272,6 +308,8 @@ impl ManagedConnection {
             on_reconnect: Vec::new(),
             reconnect: None,
             abandon_after: Some(DEFAULT_ABANDON_AFTER),
+            target: None,
+            watch: WritableWatch::default(),
         }
     }
 

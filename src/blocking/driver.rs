@@ -14,6 +14,7 @@ use tokio_postgres::{Client, Notification};
 use crate::config::Settings;
 use crate::conn::interrupt::Interrupt;
 use crate::conn::request::{Request, StatementKind};
+use crate::conn::writable::WritableWatch;
 use crate::conn::{Connection, NoticeHandler};
 use crate::connect::wire::CopyRefused;
 use crate::error::Error;
@@ -125,8 +126,9 @@ impl Driver {
         settings: &Settings,
         naming: Naming,
         on_notice: Option<NoticeHandler>,
+        watch: &WritableWatch,
     ) -> Result<Driver, Error> {
-        let conn = runtime.block_on(Connection::open(settings, naming, on_notice))?;
+        let conn = runtime.block_on(Connection::open(settings, naming, on_notice, watch))?;
         Ok(Driver {
             runtime: runtime.clone(),
             conn,

@@ -8,6 +8,7 @@ use crate::blocking::driver::{Blocking, Driver};
 use crate::blocking::hooks::{NewConnection, OnConnect, OnReconnect, run_on_connect};
 use crate::config::Settings;
 use crate::conn::NoticeHandler;
+use crate::conn::writable::WritableWatch;
 use crate::error::Result;
 use crate::statements::Naming;
 use crate::user_code::catch_panic;
@@ -20,6 +21,8 @@ pub(crate) struct ConnectionFactory {
     on_connect: Option<OnConnect>,
     on_reconnect: Vec<OnReconnect>,
     on_notice: Option<NoticeHandler>,
+    /// Shared with the connections of the same builder.
+    watch: WritableWatch,
 }
 
 /// Why a connection is opened.
@@ -41,7 +44,15 @@ impl ConnectionFactory {
             on_connect: None,
             on_reconnect: Vec::new(),
             on_notice: None,
+            watch: WritableWatch::default(),
         }
+    }
+
+    /// Shares what its connections learn of a server refusing writes with
+    /// the connections of `watch` (a pool's other members).
+    pub(crate) fn with_watch(mut self, watch: WritableWatch) -> ConnectionFactory {
+        self.watch = watch;
+        self
     }
 
     /// Runs `hook` on every new connection before anyone gets it.
@@ -85,8 +96,13 @@ impl ConnectionFactory {
     /// When the `on_connect` hook panics (the caller decides whether to
     /// catch it); recovery handlers' panics are caught and logged.
     pub(crate) fn open(&self, runtime: &Blocking, occasion: Occasion) -> Result<Driver> {
-        let mut driver =
-            Driver::open(runtime, &self.settings, self.naming, self.on_notice.clone())?;
+        let mut driver = Driver::open(
+            runtime,
+            &self.settings,
+            self.naming,
+            self.on_notice.clone(),
+            &self.watch,
+        )?;
         if let Some(hook) = &self.on_connect
             && let Err(e) = run_on_connect(hook, &mut driver)
         {

@@ -18,6 +18,7 @@ mod sql_text;
 mod statement_cache;
 pub(crate) mod streaming;
 pub(crate) mod unnamed;
+pub(crate) mod writable;
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -36,6 +37,7 @@ use self::interrupt::Interrupt;
 use self::request::{Opens, StatementKind};
 use self::statement_cache::StatementCache;
 use self::unnamed::{ParameterCount, describe, typed};
+use self::writable::WritableWatch;
 use crate::config::Settings;
 use crate::connect::wire::{BeginOutcome, CopyRefused, Tap};
 use crate::connect::{CancelTarget, ClosesWith, ConnectionStream, Connector, Opened, Severer};
@@ -120,6 +122,10 @@ pub(crate) struct Connection {
     /// The server refused a write as read-only (SQLSTATE 25006) since
     /// the connection opened.
     refused_a_write: bool,
+    /// What the connections made alongside this one heard of refusals,
+    /// and the count when this one opened.
+    watch: WritableWatch,
+    opened_at: u64,
 }
 
 static_assertions::assert_impl_all!(Connection: Send);
@@ -180,8 +186,10 @@ impl Connection {
         settings: &Settings,
         naming: Naming,
         on_notice: Option<NoticeHandler>,
+        watch: &WritableWatch,
     ) -> Result<Connection, Error> {
         let connector = Connector::new(settings)?;
+        let opened_at = watch.now();
         let Opened {
             client,
             connection,
@@ -211,17 +219,27 @@ impl Connection {
             activity: None,
             wants_writes: connector.wants_writes(),
             refused_a_write: false,
+            watch: watch.clone(),
+            opened_at,
         })
     }
 
     /// Whether the settings want a writable server and this one has shown
     /// it is not one (any more): it refused a write as read-only
-    /// (SQLSTATE 25006), or reported `in_hot_standby`. Such a connection
-    /// is replaced before the next transaction (see
-    /// `SessionCore::take_if_replaced`), and the new one looks for the
-    /// writable server again.
+    /// (SQLSTATE 25006), or reported `in_hot_standby`; or a connection
+    /// made alongside it found that out after this one opened (see
+    /// `writable.rs`). Such a connection is replaced before the next
+    /// transaction (see `SessionCore::take_if_replaced`), and the new one
+    /// looks for the writable server again.
     pub(crate) fn refuses_writes(&self) -> bool {
-        self.wants_writes && (self.refused_a_write || self.tap.hot_standby_reported())
+        if !self.wants_writes {
+            return false;
+        }
+        if self.refused_a_write || self.tap.hot_standby_reported() {
+            self.watch.report_refusal(self.opened_at);
+            return true;
+        }
+        self.watch.refused_since(self.opened_at)
     }
 
     /// How SQL text runs on this connection.
@@ -714,7 +732,10 @@ impl Connection {
             Ok(value) => Ok(value),
             Err(e) if self.has_ended() => Err(Error::ConnectionLost(Some(self.why_lost(e)))),
             Err(e) => {
-                self.refused_a_write |= e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION);
+                if e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) && self.wants_writes {
+                    self.refused_a_write = true;
+                    self.watch.report_refusal(self.opened_at);
+                }
                 Err(Error::Db(e))
             }
         }
@@ -900,7 +921,12 @@ mod tests {
             assert_send(&conn.wait_notification(None, &Interrupt::default()));
         }
         fn check_open(settings: &Settings) {
-            assert_send(&Connection::open(settings, Naming::Cached, None));
+            assert_send(&Connection::open(
+                settings,
+                Naming::Cached,
+                None,
+                &WritableWatch::default(),
+            ));
         }
         let _ = (check, check_run, check_others, check_open);
     }

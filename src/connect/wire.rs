@@ -1132,6 +1132,36 @@ mod tests {
     }
 
     #[test]
+    fn a_server_turning_hot_standby_is_noticed_at_any_read_split() {
+        let stream = [
+            msg(b'S', b"in_hot_standby\0on\0"),
+            msg(b'C', b"SELECT 1\0"),
+            msg(b'Z', b"I"),
+        ]
+        .concat();
+        for split in 1..stream.len() {
+            let tap = Tap::new();
+            tap.activate();
+            assert!(!tap.hot_standby_reported());
+            let mut data = stream.clone();
+            let (a, b) = data.split_at_mut(split);
+            let mut state = tap.0.lock();
+            assert_eq!(state.read(a) + state.read(b), stream.len(), "all passed on");
+            drop(state);
+            assert!(tap.hot_standby_reported(), "split at {split}");
+            // Promotion reports it off again.
+            tap.0.lock().read(&mut msg(b'S', b"in_hot_standby\0off\0"));
+            assert!(!tap.hot_standby_reported(), "split at {split}");
+        }
+        let tap = Tap::new();
+        tap.activate();
+        tap.0
+            .lock()
+            .read(&mut msg(b'S', b"default_transaction_read_only\0on\0"));
+        assert!(!tap.hot_standby_reported());
+    }
+
+    #[test]
     fn dropping_prepared_statements_is_reported_once() {
         for tag in ["DISCARD ALL", "DEALLOCATE ALL", "DEALLOCATE"] {
             let tap = Tap::new();
