@@ -329,3 +329,74 @@ fn reads_go_to_the_primary_while_the_standby_is_down_and_back_once_it_is_up() {
     reads.close_idle().expect("close");
     assert_eq!(read_on(&reads).expect("read"), port(&standby));
 }
+
+#[test]
+fn a_server_that_does_not_report_its_role_is_asked_and_chosen_as_psql_chooses() {
+    let servers = servers();
+    let proxy_for = |server: &TestServer| {
+        let proxy = common::proxy::Proxy::start(server.loopback_addr().expect("loopback"));
+        proxy.hide_roles();
+        proxy
+    };
+    let (primary, standby) = (proxy_for(&servers.primary), proxy_for(&servers.standby));
+    for mode in MODES {
+        for (list, ports) in [
+            (
+                "primary, standby",
+                [primary.addr().port(), standby.addr().port()],
+            ),
+            (
+                "standby, primary",
+                [standby.addr().port(), primary.addr().port()],
+            ),
+        ] {
+            let name = format!("unreported_{}", mode.replace('-', "_"));
+            let dsn = format!(
+                "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=postgres \
+                 target_session_attrs={mode} application_name={name}",
+                ports[0], ports[1]
+            );
+            // psql, told the same things, chooses the same server (`SHOW
+            // port` and `inet_server_port()` both name the server's port).
+            let psql = psql_choice(&dsn);
+            let manager = ManagedConnection::new(&dsn).expect("settings");
+            let guard = manager.lock().expect("a server qualifies");
+            // The session ran nothing yet but the question pgtx asked.
+            let (port, asked): (i32, String) = servers
+                .primary
+                .admin()
+                .query_opt(
+                    "SELECT inet_server_port(), query FROM pg_stat_activity \
+                     WHERE application_name = $1",
+                    &[&name],
+                )
+                .expect("pg_stat_activity")
+                .map(|row| (row.get(0), row.get(1)))
+                .or_else(|| {
+                    servers
+                        .standby
+                        .admin()
+                        .query_opt(
+                            "SELECT inet_server_port(), query FROM pg_stat_activity \
+                             WHERE application_name = $1",
+                            &[&name],
+                        )
+                        .expect("pg_stat_activity")
+                        .map(|row| (row.get(0), row.get(1)))
+                })
+                .expect("the session is on one of the servers");
+            assert_eq!(
+                psql,
+                Some(u16::try_from(port).expect("a port")),
+                "{mode} over {list}"
+            );
+            let expected = match mode {
+                "any" => "",
+                "read-write" | "read-only" => "SHOW transaction_read_only",
+                _ => "SELECT pg_catalog.pg_is_in_recovery()",
+            };
+            assert_eq!(asked, expected, "{mode} over {list}");
+            drop(guard);
+        }
+    }
+}

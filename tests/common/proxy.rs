@@ -56,6 +56,7 @@ struct Inner {
     /// Forward, then stall at, the first client → server chunk that
     /// contains every one of these byte strings.
     stall_after: Mutex<Option<Vec<Vec<u8>>>>,
+    hide_roles: AtomicBool,
 }
 
 /// What a stall armed by [`Proxy::stall_on_next`] holds back.
@@ -137,6 +138,7 @@ impl Proxy {
             hold_changed: Condvar::new(),
             stall_on_next: Mutex::new(None),
             stall_after: Mutex::new(None),
+            hide_roles: AtomicBool::new(false),
         });
         let accept_inner = Arc::clone(&inner);
         let accept_thread = std::thread::Builder::new()
@@ -265,6 +267,15 @@ impl Proxy {
     /// split inside one.
     pub fn client_syncs(&self) -> usize {
         self.inner.client_syncs.load(Ordering::SeqCst)
+    }
+
+    /// From now on, the server's reports of its role (`in_hot_standby`,
+    /// `default_transaction_read_only`) reach clients under other names,
+    /// as from a server older than PostgreSQL 14 or a pooler that does not
+    /// pass them on. (Found in each chunk read: the start-up burst they
+    /// come in is small enough to arrive whole.)
+    pub fn hide_roles(&self) {
+        self.inner.hide_roles.store(true, Ordering::SeqCst);
     }
 }
 
@@ -467,6 +478,28 @@ fn handle(inner: &Arc<Inner>, client: TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The parameter statuses a server reports about its role, and the names
+/// they are renamed to (as long, so the messages keep their lengths).
+const ROLE_REPORTS: [(&[u8], &[u8]); 2] = [
+    (b"in_hot_standby\0", b"in_hot_standbz\0"),
+    (
+        b"default_transaction_read_only\0",
+        b"default_transaction_read_onlz\0",
+    ),
+];
+
+/// Renames the role reports in a chunk from the server.
+fn hide_roles(chunk: &mut [u8]) {
+    for (name, hidden) in ROLE_REPORTS {
+        let mut at = 0;
+        while let Some(found) = chunk[at..].windows(name.len()).position(|w| w == name) {
+            let start = at + found;
+            chunk[start..start + name.len()].copy_from_slice(hidden);
+            at = start + name.len();
+        }
+    }
+}
+
 /// Copies bytes `from` → `to` until either side closes, the connection is
 /// cut, or the proxy shuts down; then closes both sides of the connection.
 /// Counts the chunks read when `from_client`.
@@ -496,6 +529,9 @@ fn pump(
             Ok(n) => n,
         };
         let mut forward_anyway = false;
+        if !from_client && inner.hide_roles.load(Ordering::SeqCst) {
+            hide_roles(&mut buf[..n]);
+        }
         if from_client {
             inner.client_chunks.fetch_add(1, Ordering::SeqCst);
             let syncs = buf[..n].windows(SYNC.len()).filter(|w| *w == SYNC).count();
