@@ -78,7 +78,15 @@ fn main() -> Result<(), BoxError> {
     let running = AtomicBool::new(true);
     let acknowledged = Mutex::new(Vec::new());
     let failures: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+    /// Stops the writers however the scope's body ends.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::SeqCst);
+        }
+    }
     let (down_for, first_after) = std::thread::scope(|s| -> Result<_, BoxError> {
+        let _stop = StopOnDrop(&running);
         for _ in 0..4 {
             s.spawn(|| {
                 while running.load(Ordering::SeqCst) {
@@ -132,11 +140,14 @@ fn main() -> Result<(), BoxError> {
             .map(|at| at.duration_since(promoted));
         Ok((promoted.duration_since(stopped), first_after))
     })?;
-    println!(
-        "  no primary for {down_for:?}; first write acknowledged {first_after:?} after the promotion"
-    );
+    match first_after {
+        Some(after) => println!(
+            "  no primary for {down_for:?}; first write acknowledged {after:?} after the promotion"
+        ),
+        None => println!("  no primary for {down_for:?}"),
+    }
     for (kind, n) in lock(&failures).iter() {
-        println!("  {n} writes failed meanwhile with {kind}");
+        println!("  {n} writes ended meanwhile in {kind}");
     }
 
     let acknowledged = acknowledged.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -177,10 +188,8 @@ fn kind(e: &Error) -> String {
     let debug = format!("{e:?}");
     let end = debug.find(['(', ' ', '{']).unwrap_or(debug.len());
     match e {
-        Error::Connect(c) => format!(
-            "Connect ({})",
-            c.to_string().lines().last().unwrap_or_default()
-        ),
+        // Every server tried, one line each: joined.
+        Error::Connect(c) => format!("Connect ({})", c.to_string().replace('\n', "; ")),
         _ => debug[..end].to_owned(),
     }
 }

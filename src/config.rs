@@ -223,7 +223,11 @@ impl Settings {
             .iter()
             .any(|scheme| self.shown.starts_with(scheme));
         if is_uri {
-            let separator = if self.shown.contains('?') { '&' } else { '?' };
+            let separator = match self.shown.chars().last() {
+                Some('?' | '&') => "",
+                _ if self.shown.contains('?') => "&",
+                _ => "?",
+            };
             self.shown = format!("{}{separator}target_session_attrs={value}", self.shown);
         } else if self.shown.is_empty() {
             self.shown = format!("target_session_attrs={value}");
@@ -351,6 +355,10 @@ mod tests {
                 "postgres://a/db?sslmode=disable",
                 "postgres://a/db?sslmode=disable&target_session_attrs=standby",
             ),
+            (
+                "postgres://a/db?",
+                "postgres://a/db?target_session_attrs=standby",
+            ),
         ] {
             let s = Settings::parse(dsn)
                 .expect("parses")
@@ -372,8 +380,12 @@ mod tests {
             // Each is a value libpq takes (others are refused when read).
             let dsn = format!("target_session_attrs={target}");
             assert!(Settings::parse(&dsn).is_ok(), "{dsn}");
-            assert!(Settings::parse("target_session_attrs=prefer-replica").is_err());
         }
+    }
+
+    #[test]
+    fn a_target_libpq_lacks_is_refused() {
+        assert!(Settings::parse("target_session_attrs=prefer-replica").is_err());
     }
 
     #[test]

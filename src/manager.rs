@@ -274,7 +274,10 @@ impl Builder {
     /// and the others, and the recovery, go on.
     ///
     /// It does not run on the first connection, nor after
-    /// [`close`](ManagedConnection::close).
+    /// [`close`](ManagedConnection::close). It does run after a failover:
+    /// with `target_session_attrs` `read-write` or `primary`, a connection
+    /// whose server turned read-only is given up as lost (see the README's
+    /// "Replicas and failover").
     pub fn on_reconnect<F>(mut self, handler: F) -> Self
     where
         F: Fn(&mut NewConnection<'_>) -> Result<(), HookError> + Send + Sync + 'static,

@@ -142,7 +142,8 @@ pub struct PoolState {
     /// Threads waiting for a connection now.
     pub waiting: usize,
     /// Connections opened again after one was lost (killed, dropped by the
-    /// server, broken), over the pool's life.
+    /// server, broken, or found on a server that turned read-only under
+    /// `target_session_attrs=read-write`), over the pool's life.
     pub replaced: u64,
     /// Transactions the fallback rolled back (dropped, forgotten, panicked,
     /// or left open by SQL), over the pool's life, all connections.

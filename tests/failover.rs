@@ -127,13 +127,45 @@ fn a_manager_refused_a_write_as_read_only_takes_the_next_one_to_the_writable_ser
 }
 
 #[test]
+fn a_write_refused_by_the_sessions_own_read_only_transaction_replaces_nothing() {
+    let (a, b) = two_writable_servers();
+    let pool =
+        Pool::new(&writers(&[&a, &b], "application_name=own_read_only"), 2).expect("settings");
+    let backend = |pool: &Pool| -> (i32, i32) {
+        pool.transaction(|mut tx| {
+            let row = tx.query_one("SELECT pg_backend_pid(), inet_server_port()", &[])?;
+            tx.commit_returning((row.get(0), row.get(1)))
+        })
+        .expect("a transaction")
+    };
+    let before = backend(&pool);
+    assert_eq!(before.1, i32::from(a.port()));
+    for _ in 0..3 {
+        let refused = pool
+            .transaction_with(pgtx::TxOptions::new().read_only(true), |mut tx| {
+                tx.execute("INSERT INTO writes VALUES (1)", &[])?;
+                tx.commit()
+            })
+            .expect_err("a READ ONLY transaction refuses writes");
+        assert_eq!(
+            refused.code(),
+            Some(&postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+        );
+        // The server still takes writes: the same session goes on.
+        assert_eq!(backend(&pool), before);
+    }
+    write(&pool, 2).expect("written on a");
+    assert_eq!((count_rows(&a), count_rows(&b)), (1, 0));
+}
+
+#[test]
 fn a_pool_gives_up_every_connection_on_a_fenced_server_once_one_write_is_refused() {
     let (a, b) = two_writable_servers();
     let pool = Pool::new(&writers(&[&a, &b], "application_name=fenced_pool"), 4).expect("settings");
     // Four threads write at once, each holding its connection until all
     // four have written: one write on each member. The port each wrote on.
     let on_every_member = |first_id: i64| -> Vec<Result<i32, Error>> {
-        let barrier = std::sync::Barrier::new(4);
+        let barrier = TimedBarrier::new(4);
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..4_i64)
                 .map(|i| {
@@ -188,6 +220,31 @@ fn a_pool_gives_up_every_connection_on_a_fenced_server_once_one_write_is_refused
         0,
         "no pooled connection stays on the fenced server"
     );
+}
+
+/// A barrier that gives up after 30 s: a thread that failed before it
+/// reached it (its connection could not be opened) must not leave the
+/// others waiting for ever.
+struct TimedBarrier {
+    arrived: std::sync::atomic::AtomicUsize,
+    count: usize,
+}
+
+impl TimedBarrier {
+    fn new(count: usize) -> TimedBarrier {
+        TimedBarrier {
+            arrived: std::sync::atomic::AtomicUsize::new(0),
+            count,
+        }
+    }
+
+    fn wait(&self) {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.arrived.load(Ordering::SeqCst) < self.count && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 /// What a write came to.
@@ -325,7 +382,6 @@ fn writes_survive_a_failover(
         phantom, 0,
         "writes reported failed found on the new primary"
     );
-    assert!(first_ok_after_promote.is_some());
 }
 
 /// A primary whose commits wait for its standby, the standby, and the table.

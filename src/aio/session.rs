@@ -534,6 +534,7 @@ impl Inner {
     pub(crate) async fn ensure_open(&self, core: &mut SessionCore) -> Result<()> {
         // A session taken over never opens another connection.
         self.check_current(core)?;
+        core.confirm_writable().await;
         if let Some(replaced) = core.take_if_replaced(&self.shared) {
             replaced.close().await;
         }

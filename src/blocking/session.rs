@@ -125,6 +125,9 @@ impl LockedSession<'_> {
         let (shared, setup) = (self.shared, self.setup);
         let runtime = &setup.runtime;
         let core = &mut *self.core;
+        if core.writes_in_doubt() {
+            runtime.block_on(core.confirm_writable());
+        }
         if let Some(replaced) = core.take_if_replaced(shared) {
             // Nothing of a transaction is on it (see above): a pending
             // BEGIN goes out on the new one.

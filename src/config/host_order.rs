@@ -197,12 +197,24 @@ impl SessionAttrs {
         }
     }
 
-    /// Whether a session kept under this setting must accept writes: a
-    /// session found on a read-only server later (a primary demoted) is
-    /// then given up, and the next connection looks for the writable
-    /// server again.
-    pub(crate) fn wants_writes(self) -> bool {
-        matches!(self, SessionAttrs::ReadWrite | SessionAttrs::Primary)
+    /// The question that tells whether a session kept under this setting
+    /// is still on a server this setting would keep, once there is a sign
+    /// it may not be (a write refused as read-only): answered true, the
+    /// server has turned read-only under it (a primary demoted or fenced),
+    /// and the session is given up. Only for the settings that look for a
+    /// writable server. A session's own `SET` or `READ ONLY` transaction
+    /// does not count: `reset_val` is the server's (and role's and
+    /// database's) setting, not the session's. `primary`, as in libpq,
+    /// asks only whether the server is in hot standby.
+    pub(crate) fn still_writable_question(self) -> Option<&'static str> {
+        match self {
+            SessionAttrs::ReadWrite => Some(
+                "SELECT pg_catalog.pg_is_in_recovery() OR (SELECT reset_val = 'on' \
+                 FROM pg_catalog.pg_settings WHERE name = 'default_transaction_read_only')",
+            ),
+            SessionAttrs::Primary => Some("SELECT pg_catalog.pg_is_in_recovery()"),
+            _ => None,
+        }
     }
 }
 
@@ -374,11 +386,15 @@ mod tests {
         for attrs in [Any, ReadWrite, ReadOnly, Primary, Standby] {
             assert_eq!(attrs.passes(), [attrs]);
         }
-        assert!(ReadWrite.wants_writes() && Primary.wants_writes());
+        assert!(ReadWrite.still_writable_question().is_some());
+        assert_eq!(
+            Primary.still_writable_question(),
+            Some("SELECT pg_catalog.pg_is_in_recovery()")
+        );
         assert!(
-            ![Any, ReadOnly, Standby, PreferStandby]
+            [Any, ReadOnly, Standby, PreferStandby]
                 .iter()
-                .any(|a| a.wants_writes())
+                .all(|a| a.still_writable_question().is_none())
         );
     }
 

@@ -37,7 +37,7 @@ use self::interrupt::Interrupt;
 use self::request::{Opens, StatementKind};
 use self::statement_cache::StatementCache;
 use self::unnamed::{ParameterCount, describe, typed};
-use self::writable::WritableWatch;
+use self::writable::{WritableCheck, WritableWatch};
 use crate::config::Settings;
 use crate::connect::wire::{BeginOutcome, CopyRefused, Tap};
 use crate::connect::{CancelTarget, ClosesWith, ConnectionStream, Connector, Opened, Severer};
@@ -116,16 +116,10 @@ pub(crate) struct Connection {
     /// The session's cancel cell, once installed: told while a request is
     /// driven, so that a holder at work is never taken for abandoned.
     activity: Option<Arc<CancelCell>>,
-    /// The settings want a writable server (`target_session_attrs`
-    /// `read-write` or `primary`).
-    wants_writes: bool,
-    /// The server refused a write as read-only (SQLSTATE 25006) since
-    /// the connection opened.
-    refused_a_write: bool,
-    /// What the connections made alongside this one heard of refusals,
-    /// and the count when this one opened.
-    watch: WritableWatch,
-    opened_at: u64,
+    /// When the settings want a writable server (`target_session_attrs`
+    /// `read-write` or `primary`): what this connection knows of whether
+    /// its server still is one (boxed: most connections have none).
+    writable: Option<Box<WritableCheck>>,
 }
 
 static_assertions::assert_impl_all!(Connection: Send);
@@ -189,7 +183,9 @@ impl Connection {
         watch: &WritableWatch,
     ) -> Result<Connection, Error> {
         let connector = Connector::new(settings)?;
-        let opened_at = watch.now();
+        let writable = connector
+            .still_writable_question()
+            .map(|question| Box::new(WritableCheck::new(question, watch)));
         let Opened {
             client,
             connection,
@@ -217,29 +213,56 @@ impl Connection {
             describing_in_block: false,
             severer: ClosesWith(severer),
             activity: None,
-            wants_writes: connector.wants_writes(),
-            refused_a_write: false,
-            watch: watch.clone(),
-            opened_at,
+            writable,
         })
     }
 
-    /// Whether the settings want a writable server and this one has shown
-    /// it is not one (any more): it refused a write as read-only
-    /// (SQLSTATE 25006), or reported `in_hot_standby`; or a connection
-    /// made alongside it found that out after this one opened (see
-    /// `writable.rs`). Such a connection is replaced before the next
+    /// Whether the settings want a writable server and there is a sign
+    /// this one may no longer be one: it refused a write as read-only
+    /// (SQLSTATE 25006), or a connection made alongside it found its own
+    /// server read-only since this one was last known writable (see
+    /// `writable.rs`). Then [`confirm_writable`](Self::confirm_writable)
+    /// asks before the next transaction.
+    pub(crate) fn writes_in_doubt(&self) -> bool {
+        self.writable.as_ref().is_some_and(|w| w.in_doubt())
+    }
+
+    /// Asks the server whether it still takes writes (see
+    /// `SessionAttrs::still_writable_question`); a server found read-only
+    /// (or a question that failed) makes the connection one to replace,
+    /// and tells the connections made alongside it.
+    pub(crate) async fn confirm_writable(&mut self) {
+        let Some(question) = self.writable.as_ref().map(|w| w.question()) else {
+            return;
+        };
+        let asked_at = self.writable.as_ref().map_or(0, |w| w.asked_at());
+        let answer = self.run(|c| c.simple_query(question)).await;
+        let writable = match &answer {
+            Ok(messages) => messages.iter().any(|m| {
+                matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("f"))
+            }),
+            Err(_) => false,
+        };
+        if !writable && answer.is_ok() {
+            log::warn!(
+                "pgtx: the server no longer accepts writes; reconnecting to find one that does"
+            );
+        }
+        if let Some(check) = self.writable.as_mut() {
+            check.answered(writable, asked_at);
+        }
+    }
+
+    /// Whether the settings want a writable server and this one is not
+    /// (any more): found read-only by
+    /// [`confirm_writable`](Self::confirm_writable), or it reported
+    /// `in_hot_standby`. Such a connection is replaced before the next
     /// transaction (see `SessionCore::take_if_replaced`), and the new one
     /// looks for the writable server again.
     pub(crate) fn refuses_writes(&self) -> bool {
-        if !self.wants_writes {
-            return false;
-        }
-        if self.refused_a_write || self.tap.hot_standby_reported() {
-            self.watch.report_refusal(self.opened_at);
-            return true;
-        }
-        self.watch.refused_since(self.opened_at)
+        self.writable
+            .as_ref()
+            .is_some_and(|w| w.found_read_only() || self.tap.hot_standby_reported())
     }
 
     /// How SQL text runs on this connection.
@@ -732,9 +755,10 @@ impl Connection {
             Ok(value) => Ok(value),
             Err(e) if self.has_ended() => Err(Error::ConnectionLost(Some(self.why_lost(e)))),
             Err(e) => {
-                if e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) && self.wants_writes {
-                    self.refused_a_write = true;
-                    self.watch.report_refusal(self.opened_at);
+                if e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
+                    && let Some(check) = self.writable.as_mut()
+                {
+                    check.write_refused();
                 }
                 Err(Error::Db(e))
             }

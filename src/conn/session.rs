@@ -331,12 +331,27 @@ impl SessionCore {
             // A failover demoted the server, or a pooler or address now
             // leads to a standby: the writable server is elsewhere. The
             // next connection looks for it, and ends an outage.
-            log::warn!(
-                "pgtx: the server no longer accepts writes; reconnecting to find one that does"
-            );
             self.lost = true;
         }
         Some(conn)
+    }
+
+    /// Before [`take_if_replaced`](Self::take_if_replaced): a connection
+    /// that may have found itself on a server that no longer takes writes
+    /// asks the server (see `Connection::confirm_writable`). Only when
+    /// nothing of a transaction reached the server.
+    pub(crate) async fn confirm_writable(&mut self) {
+        if let Some(conn) = self.conn.as_mut()
+            && conn.writes_in_doubt()
+        {
+            conn.confirm_writable().await;
+        }
+    }
+
+    /// Whether [`confirm_writable`](Self::confirm_writable) has a question
+    /// to ask (a blocking front enters its runtime only then).
+    pub(crate) fn writes_in_doubt(&self) -> bool {
+        self.conn.as_ref().is_some_and(Connection::writes_in_doubt)
     }
 
     /// Whether the connection answered so recently that it needs no check
@@ -1506,6 +1521,12 @@ impl SessionCore {
         let server = self.server_status();
         let must_send = self.machine.rollback(server) | self.server_in_block();
         self.send_rollback(shared, must_send).await;
+        // A write refused as read-only is looked into before the lease
+        // goes to anyone else, so that a server that turned read-only is
+        // known to every connection made alongside this one at once.
+        if !self.server_in_block() {
+            self.confirm_writable().await;
+        }
     }
 
     /// Whether the server, by its last answer, has a transaction block

@@ -74,11 +74,11 @@ impl Connector {
         Ok(Connector { plan, base, tls })
     }
 
-    /// Whether the settings want a writable server (`target_session_attrs`
-    /// `read-write` or `primary`): a connection that finds itself on a
-    /// read-only one later is to be replaced.
-    pub(crate) fn wants_writes(&self) -> bool {
-        self.plan.session_attrs.wants_writes()
+    /// What to ask a connection that may have found itself on a server
+    /// that no longer takes writes, when the settings want one (see
+    /// `SessionAttrs::still_writable_question`).
+    pub(crate) fn still_writable_question(&self) -> Option<&'static str> {
+        self.plan.session_attrs.still_writable_question()
     }
 
     /// Opens a connection: each server in turn, each of its addresses in
@@ -111,10 +111,15 @@ impl Connector {
                 };
                 let addresses = plan.load_balance.order(endpoints.len(), random_below);
                 for endpoint in addresses.iter().map(|&i| &endpoints[i]) {
+                    // A server that answered but is not what `keep` wants
+                    // sends libpq on to the next host, not to this host's
+                    // next address.
+                    let mut judged = false;
                     let opened = open::with_timeout(
                         async {
                             let mut opened =
                                 attempt(&config, plan.sslmode, target, endpoint, tls).await?;
+                            judged = true;
                             open::check_session_attrs(&mut opened, keep).await?;
                             Ok(opened)
                         },
@@ -126,6 +131,9 @@ impl Connector {
                             let attempt = failure::failed(target, endpoint, cause);
                             log::debug!("pgtx: {attempt}");
                             failed.push(attempt);
+                            if judged {
+                                break;
+                            }
                         }
                     }
                 }

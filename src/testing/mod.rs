@@ -215,8 +215,8 @@ impl TestServer {
     }
 
     /// Starts a streaming standby of this private cluster: a base backup
-    /// of it (`pg_basebackup -R`), started on a port of its own on the
-    /// same address, that follows every write of this one; a hot standby
+    /// of it (`pg_basebackup -R`), started on a port of its own on
+    /// 127.0.0.1, that follows every write of this one; a hot standby
     /// (read-only sessions) until [`promote`](Self::promote)d. Returns once
     /// it streams. Stopped and removed on drop like any private cluster.
     ///
