@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::server::TestServer;
+use common::write_outcome::{Outcome, StopOnDrop, outcome};
 use pgtx::{ConnectionSource, Error, ManagedConnection, Pool, ReconnectPolicy};
 
 /// A connection string listing `servers` in order, for writes.
@@ -247,31 +248,6 @@ impl TimedBarrier {
     }
 }
 
-/// What a write came to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Outcome {
-    Ok,
-    /// COMMIT was sent and its answer never came: either way is right.
-    Unknown,
-    /// Failed before COMMIT could make it durable.
-    Failed(&'static str),
-}
-
-fn outcome(result: &Result<(), Error>) -> Outcome {
-    match result {
-        Ok(()) => Outcome::Ok,
-        Err(Error::CommitOutcomeUnknown(_)) => Outcome::Unknown,
-        Err(Error::Connect(_)) => Outcome::Failed("Connect"),
-        Err(Error::ConnectionLost(_)) => Outcome::Failed("ConnectionLost"),
-        Err(Error::TransactionAborted(_)) => Outcome::Failed("TransactionAborted"),
-        // Under a reconnection policy, while the background attempts go on.
-        Err(Error::ConnectionDead { .. }) => Outcome::Failed("ConnectionDead"),
-        Err(Error::ReconnectFailed { .. }) => Outcome::Failed("ReconnectFailed"),
-        Err(e) if e.as_db_error().is_some() => Outcome::Failed("Db"),
-        Err(e) => panic!("a write failed in a way a failover does not explain: {e}"),
-    }
-}
-
 /// 16 threads write through `source` to a primary with a synchronous
 /// standby; the primary dies (`-m immediate`) and the standby is promoted.
 /// Every acknowledged write is on the new primary, no failed one is, and
@@ -299,14 +275,6 @@ fn writes_survive_a_failover(
             std::thread::sleep(Duration::from_millis(5));
         }
     };
-    /// Stops the writers however the scope's body ends (a failed wait
-    /// panics, and the scope joins them before passing it on).
-    struct StopOnDrop<'a>(&'a AtomicBool);
-    impl Drop for StopOnDrop<'_> {
-        fn drop(&mut self) {
-            self.0.store(false, Ordering::SeqCst);
-        }
-    }
     let (killed_at, promoted_at) = std::thread::scope(|s| {
         let _stop = StopOnDrop(&running);
         for _ in 0..16 {

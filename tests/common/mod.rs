@@ -7,9 +7,11 @@
 pub mod aio;
 pub mod fixtures;
 pub mod logger;
+pub mod patroni;
 pub mod pgbouncer;
 pub mod proxy;
 pub mod server;
+pub mod write_outcome;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,160 @@
+//! Writes through a Patroni switchover and a failover, under load: a
+//! real HA manager (Patroni with etcd) moves the primary; 16 threads write
+//! through a pool with `target_session_attrs=read-write` listing both
+//! nodes. Every acknowledged write is on the new primary, none reported
+//! failed is, writes resume, and once the old primary is back as a
+//! standby no pooled connection stays on it.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::patroni::PatroniCluster;
+use common::write_outcome::{Outcome, StopOnDrop, outcome};
+use pgtx::Pool;
+
+const APP: &str = "patroni_writers";
+
+/// 16 threads write through `pool` while `event` moves the primary (it
+/// returns the node that was primary); returns once 200 more writes are
+/// acknowledged after it. Checks that nothing acknowledged is missing and
+/// nothing failed is present on the new primary, and that no pooled
+/// connection is left on the old one.
+fn writes_through(
+    cluster: &PatroniCluster,
+    pool: &Pool,
+    what: &str,
+    first_id: i64,
+    event: impl FnOnce() -> usize,
+) {
+    let next_id = AtomicI64::new(first_id);
+    let running = AtomicBool::new(true);
+    let outcomes: Mutex<Vec<(i64, Outcome)>> = Mutex::new(Vec::new());
+    let ok_count = || {
+        outcomes
+            .lock()
+            .expect("outcomes")
+            .iter()
+            .filter(|(_, o)| *o == Outcome::Ok)
+            .count()
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "never: {what}\n{}",
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let (old, took) = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&running);
+        for _ in 0..16 {
+            s.spawn(|| {
+                while running.load(Ordering::SeqCst) {
+                    let id = next_id.fetch_add(1, Ordering::SeqCst);
+                    let result = pool.transaction(|mut tx| {
+                        tx.execute("INSERT INTO writes VALUES ($1)", &[&id])?;
+                        tx.commit()
+                    });
+                    let o = outcome(&result);
+                    outcomes.lock().expect("outcomes").push((id, o));
+                    if o != Outcome::Ok {
+                        // A client's pause before it tries again.
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            });
+        }
+        wait_for("200 writes before", &|| ok_count() >= 200);
+        let started = Instant::now();
+        let old = event();
+        let ok_before = ok_count();
+        wait_for("200 writes after", &|| ok_count() >= ok_before + 200);
+        (old, started.elapsed())
+    });
+    let new = 1 - old;
+    assert_eq!(cluster.primary(), Some(new), "{}", cluster.logs());
+    let outcomes = outcomes.into_inner().expect("outcomes");
+    let present: HashSet<i64> = cluster
+        .admin(new)
+        .query("SELECT id FROM writes", &[])
+        .expect("rows")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut counts: BTreeMap<Outcome, usize> = BTreeMap::new();
+    let (mut lost, mut phantom) = (0, 0);
+    for (id, o) in &outcomes {
+        *counts.entry(*o).or_default() += 1;
+        match o {
+            Outcome::Ok if !present.contains(id) => lost += 1,
+            Outcome::Failed(_) if present.contains(id) => phantom += 1,
+            _ => {}
+        }
+    }
+    eprintln!(
+        "{what}: node{old} -> node{new}; 200 writes acknowledged on the new primary {took:?} \
+         after it began; outcomes {counts:?}; lost {lost}, phantom {phantom}"
+    );
+    assert_eq!(
+        lost, 0,
+        "{what}: acknowledged writes missing on the new primary"
+    );
+    assert_eq!(
+        phantom, 0,
+        "{what}: writes reported failed found on the new primary"
+    );
+    // The old primary comes back as the new one's standby, with none of
+    // the pool's connections.
+    cluster.wait_healthy(new);
+    let mut on_old: i64 = -1;
+    let settled = common::eventually(Duration::from_secs(10), || {
+        on_old = cluster
+            .admin(old)
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&APP],
+            )
+            .expect("sessions")
+            .get(0);
+        on_old == 0
+    });
+    assert!(
+        settled,
+        "{what}: {on_old} pooled connections stay on the old primary"
+    );
+}
+
+#[test]
+fn writes_go_through_a_patroni_switchover_and_a_failover_losing_nothing() {
+    let cluster = PatroniCluster::start();
+    cluster
+        .admin(0)
+        .batch_execute("CREATE TABLE writes (id bigint PRIMARY KEY)")
+        .expect("table");
+    let pool = Pool::new(
+        &cluster.dsn(&format!(
+            "target_session_attrs=read-write application_name={APP}"
+        )),
+        8,
+    )
+    .expect("settings");
+    writes_through(&cluster, &pool, "switchover", 1, || {
+        let from = cluster.primary().expect("a primary");
+        cluster.switchover();
+        from
+    });
+    writes_through(
+        &cluster,
+        &pool,
+        "failover (primary killed)",
+        10_000_000,
+        || cluster.kill_primary(),
+    );
+}
