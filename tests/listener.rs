@@ -1002,8 +1002,18 @@ fn wakes_before_a_receive_are_one_woken_and_no_notification_is_lost() {
     ));
     let mut sender = db.admin();
     send(&mut sender, "early_chan", "first");
-    // Received (read off the socket) before the wakes.
-    assert!(listener.try_recv().expect("read").is_some());
+    // Received (read off the socket) before the wakes: waited for, as the
+    // server delivers it to the listening session a moment after the
+    // sender's commit.
+    let first = listener.recv_timeout(WAIT).expect("read");
+    assert_eq!(
+        first
+            .as_ref()
+            .and_then(ListenEvent::as_notification)
+            .map(Notification::payload),
+        Some("first"),
+        "{first:?}"
+    );
     send(&mut sender, "early_chan", "second");
     let waker = listener.waker();
     waker.wake();

@@ -1,7 +1,7 @@
 //! Writes through a Patroni switchover and a failover, under load: a
 //! real HA manager (Patroni with etcd) moves the primary; 16 threads write
-//! through a pool with `target_session_attrs=read-write` listing both
-//! nodes. Every acknowledged write is on the new primary, none reported
+//! through a pool, then through one manager, with
+//! `target_session_attrs=read-write` listing both nodes. Every acknowledged write is on the new primary, none reported
 //! failed is, writes resume, and once the old primary is back as a
 //! standby no pooled connection stays on it.
 
@@ -14,18 +14,19 @@ use std::time::{Duration, Instant};
 
 use common::patroni::PatroniCluster;
 use common::write_outcome::{Outcome, StopOnDrop, outcome};
-use pgtx::Pool;
+use pgtx::{ConnectionSource, ManagedConnection, Pool};
 
 const APP: &str = "patroni_writers";
 
-/// 16 threads write through `pool` while `event` moves the primary (it
-/// returns the node that was primary); returns once 200 more writes are
+/// 16 threads write through `source` (a pool or a manager, whose
+/// sessions are named [`APP`]) while `event` moves the primary (it returns
+/// the node that was primary); returns once 200 more writes are
 /// acknowledged after it. Checks that nothing acknowledged is missing and
-/// nothing failed is present on the new primary, and that no pooled
-/// connection is left on the old one.
+/// nothing failed is present on the new primary, and that no connection of
+/// `source` is left on the old one.
 fn writes_through(
     cluster: &PatroniCluster,
-    pool: &Pool,
+    source: &(impl ConnectionSource + Sync),
     what: &str,
     first_id: i64,
     event: impl FnOnce() -> usize,
@@ -58,7 +59,7 @@ fn writes_through(
             s.spawn(|| {
                 while running.load(Ordering::SeqCst) {
                     let id = next_id.fetch_add(1, Ordering::SeqCst);
-                    let result = pool.transaction(|mut tx| {
+                    let result = source.transaction(|mut tx| {
                         tx.execute("INSERT INTO writes VALUES ($1)", &[&id])?;
                         tx.commit()
                     });
@@ -127,12 +128,13 @@ fn writes_through(
     });
     assert!(
         settled,
-        "{what}: {on_old} pooled connections stay on the old primary"
+        "{what}: {on_old} connections stay on the old primary"
     );
 }
 
 #[test]
-fn writes_go_through_a_patroni_switchover_and_a_failover_losing_nothing() {
+fn writes_through_a_pool_and_a_manager_go_through_patroni_switchovers_and_failovers_losing_nothing()
+{
     let cluster = PatroniCluster::start();
     cluster
         .admin(0)
@@ -155,6 +157,30 @@ fn writes_go_through_a_patroni_switchover_and_a_failover_losing_nothing() {
         &pool,
         "failover (primary killed)",
         10_000_000,
+        || cluster.kill_primary(),
+    );
+    drop(pool);
+    // The same again, all 16 threads sharing one manager's connection.
+    let manager = ManagedConnection::new(&cluster.dsn(&format!(
+        "target_session_attrs=read-write application_name={APP}"
+    )))
+    .expect("settings");
+    writes_through(
+        &cluster,
+        &manager,
+        "switchover, one manager",
+        20_000_000,
+        || {
+            let from = cluster.primary().expect("a primary");
+            cluster.switchover();
+            from
+        },
+    );
+    writes_through(
+        &cluster,
+        &manager,
+        "failover (primary killed), one manager",
+        30_000_000,
         || cluster.kill_primary(),
     );
 }
