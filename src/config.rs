@@ -15,7 +15,8 @@ use std::fmt;
 
 use self::conninfo::Options;
 pub(crate) use self::env::{Env, ProcessEnv};
-pub(crate) use self::host_order::{ServerRole, SessionAttrs};
+pub(crate) use self::host_order::ServerRole;
+pub use self::host_order::SessionTarget;
 pub(crate) use self::keywords::parse_int;
 pub(crate) use self::resolve::{Host, Plan, SslMode, Target};
 
@@ -92,51 +93,6 @@ pub(crate) use self::resolve::{Host, Plan, SslMode, Target};
 pub struct Settings {
     options: Options,
     shown: String,
-}
-
-/// Which servers of a host list a connection may go to: libpq's
-/// `target_session_attrs`, typed, for [`Settings::with_target`] and the
-/// builders' `target` (see [`Settings`] for what each keeps, and how).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum SessionTarget {
-    /// Any server that accepts the connection (libpq's default).
-    Any,
-    /// A server that takes writes: not a standby, and
-    /// `default_transaction_read_only` off. Connections found on a
-    /// read-only server later (a failover) are replaced.
-    ReadWrite,
-    /// A read-only session: a standby, or a server whose
-    /// `default_transaction_read_only` is on.
-    ReadOnly,
-    /// A server not in hot standby. Connections found on a read-only
-    /// server later are replaced, as for [`ReadWrite`](Self::ReadWrite).
-    Primary,
-    /// A hot standby.
-    Standby,
-    /// A hot standby if the list has one that answers, else any server:
-    /// reads that may go to a replica.
-    PreferStandby,
-}
-
-impl SessionTarget {
-    /// The value as libpq spells it (`read-write`, `prefer-standby`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionTarget::Any => "any",
-            SessionTarget::ReadWrite => "read-write",
-            SessionTarget::ReadOnly => "read-only",
-            SessionTarget::Primary => "primary",
-            SessionTarget::Standby => "standby",
-            SessionTarget::PreferStandby => "prefer-standby",
-        }
-    }
-}
-
-impl fmt::Display for SessionTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// Why connection settings could not be read. Its message names the

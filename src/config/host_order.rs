@@ -44,31 +44,54 @@ impl LoadBalance {
     }
 }
 
-/// What a session must be for pgtx to keep it (`target_session_attrs`),
-/// with libpq's semantics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum SessionAttrs {
-    /// Any session (the default).
-    #[default]
+/// Which servers of a host list a connection may go to: libpq's
+/// `target_session_attrs`, typed, for [`Settings::with_target`](crate::Settings::with_target) and the
+/// builders' `target` (see [`Settings`](crate::Settings) for what each keeps, and how).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SessionTarget {
+    /// Any server that accepts the connection (libpq's default).
     Any,
-    /// One that accepts writes: neither `default_transaction_read_only`
-    /// nor `in_hot_standby` is on.
+    /// A server that takes writes: not a standby, and
+    /// `default_transaction_read_only` off. Connections found on a
+    /// read-only server later (a failover) are replaced.
     ReadWrite,
-    /// One that does not: either is on.
+    /// A read-only session: a standby, or a server whose
+    /// `default_transaction_read_only` is on.
     ReadOnly,
-    /// A server not in hot standby (`in_hot_standby` off).
+    /// A server not in hot standby. Connections found on a read-only
+    /// server later are replaced, as for [`ReadWrite`](Self::ReadWrite).
     Primary,
-    /// A server in hot standby.
+    /// A hot standby.
     Standby,
-    /// A standby if any server in the list is one, else any server: a
-    /// first pass over the list as [`Standby`](Self::Standby), then a
-    /// second as [`Any`](Self::Any).
+    /// A hot standby if the list has one that answers, else any server:
+    /// reads that may go to a replica.
     PreferStandby,
+}
+
+impl SessionTarget {
+    /// The value as libpq spells it (`read-write`, `prefer-standby`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionTarget::Any => "any",
+            SessionTarget::ReadWrite => "read-write",
+            SessionTarget::ReadOnly => "read-only",
+            SessionTarget::Primary => "primary",
+            SessionTarget::Standby => "standby",
+            SessionTarget::PreferStandby => "prefer-standby",
+        }
+    }
+}
+
+impl std::fmt::Display for SessionTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What a server said about itself: the parameter statuses PostgreSQL 14
 /// and later report at start-up and whenever they change, or what a
-/// question (see [`SessionAttrs::question`]) found out. `None`: not
+/// question (see [`SessionTarget::question`]) found out. `None`: not
 /// reported (an older server, or a pooler that does not pass them on).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ServerRole {
@@ -135,30 +158,30 @@ impl Question {
     }
 }
 
-impl SessionAttrs {
+impl SessionTarget {
     /// The setting's value (checked against libpq's list beforehand).
-    pub(crate) fn parse(value: Option<&str>) -> SessionAttrs {
+    pub(crate) fn parse(value: Option<&str>) -> SessionTarget {
         match value {
-            Some("read-write") => SessionAttrs::ReadWrite,
-            Some("read-only") => SessionAttrs::ReadOnly,
-            Some("primary") => SessionAttrs::Primary,
-            Some("standby") => SessionAttrs::Standby,
-            Some("prefer-standby") => SessionAttrs::PreferStandby,
-            _ => SessionAttrs::Any,
+            Some("read-write") => SessionTarget::ReadWrite,
+            Some("read-only") => SessionTarget::ReadOnly,
+            Some("primary") => SessionTarget::Primary,
+            Some("standby") => SessionTarget::Standby,
+            Some("prefer-standby") => SessionTarget::PreferStandby,
+            _ => SessionTarget::Any,
         }
     }
 
     /// The passes over the host list, each with what it keeps: one, but
     /// for `prefer-standby` (standbys, then any server, as libpq does
     /// once its first pass finds none).
-    pub(crate) fn passes(self) -> &'static [SessionAttrs] {
+    pub(crate) fn passes(self) -> &'static [SessionTarget] {
         match self {
-            SessionAttrs::Any => &[SessionAttrs::Any],
-            SessionAttrs::ReadWrite => &[SessionAttrs::ReadWrite],
-            SessionAttrs::ReadOnly => &[SessionAttrs::ReadOnly],
-            SessionAttrs::Primary => &[SessionAttrs::Primary],
-            SessionAttrs::Standby => &[SessionAttrs::Standby],
-            SessionAttrs::PreferStandby => &[SessionAttrs::Standby, SessionAttrs::Any],
+            SessionTarget::Any => &[SessionTarget::Any],
+            SessionTarget::ReadWrite => &[SessionTarget::ReadWrite],
+            SessionTarget::ReadOnly => &[SessionTarget::ReadOnly],
+            SessionTarget::Primary => &[SessionTarget::Primary],
+            SessionTarget::Standby => &[SessionTarget::Standby],
+            SessionTarget::PreferStandby => &[SessionTarget::Standby, SessionTarget::Any],
         }
     }
 
@@ -168,11 +191,12 @@ impl SessionAttrs {
     /// for the standby ones).
     pub(crate) fn question(self, role: ServerRole) -> Option<Question> {
         match self {
-            SessionAttrs::Any => None,
-            SessionAttrs::ReadWrite | SessionAttrs::ReadOnly => (role.default_read_only.is_none()
-                || role.in_hot_standby.is_none())
-            .then_some(Question::TransactionReadOnly),
-            SessionAttrs::Primary | SessionAttrs::Standby | SessionAttrs::PreferStandby => role
+            SessionTarget::Any => None,
+            SessionTarget::ReadWrite | SessionTarget::ReadOnly => {
+                (role.default_read_only.is_none() || role.in_hot_standby.is_none())
+                    .then_some(Question::TransactionReadOnly)
+            }
+            SessionTarget::Primary | SessionTarget::Standby | SessionTarget::PreferStandby => role
                 .in_hot_standby
                 .is_none()
                 .then_some(Question::InRecovery),
@@ -187,11 +211,11 @@ impl SessionAttrs {
         let read_only = role.default_read_only == Some(true) || role.in_hot_standby == Some(true);
         let in_hot_standby = role.in_hot_standby == Some(true);
         match self {
-            SessionAttrs::Any => None,
-            SessionAttrs::ReadWrite => read_only.then_some("session is read-only"),
-            SessionAttrs::ReadOnly => (!read_only).then_some("session is not read-only"),
-            SessionAttrs::Primary => in_hot_standby.then_some("server is in hot standby mode"),
-            SessionAttrs::Standby | SessionAttrs::PreferStandby => {
+            SessionTarget::Any => None,
+            SessionTarget::ReadWrite => read_only.then_some("session is read-only"),
+            SessionTarget::ReadOnly => (!read_only).then_some("session is not read-only"),
+            SessionTarget::Primary => in_hot_standby.then_some("server is in hot standby mode"),
+            SessionTarget::Standby | SessionTarget::PreferStandby => {
                 (!in_hot_standby).then_some("server is not in hot standby mode")
             }
         }
@@ -208,11 +232,11 @@ impl SessionAttrs {
     /// asks only whether the server is in hot standby.
     pub(crate) fn still_writable_question(self) -> Option<&'static str> {
         match self {
-            SessionAttrs::ReadWrite => Some(
+            SessionTarget::ReadWrite => Some(
                 "SELECT pg_catalog.pg_is_in_recovery() OR (SELECT reset_val = 'on' \
                  FROM pg_catalog.pg_settings WHERE name = 'default_transaction_read_only')",
             ),
-            SessionAttrs::Primary => Some("SELECT pg_catalog.pg_is_in_recovery()"),
+            SessionTarget::Primary => Some("SELECT pg_catalog.pg_is_in_recovery()"),
             _ => None,
         }
     }
@@ -266,15 +290,15 @@ mod tests {
         assert_eq!(LoadBalance::parse(Some("random")), LoadBalance::Random);
         assert_eq!(LoadBalance::parse(Some("disable")), LoadBalance::Disable);
         for (value, attrs) in [
-            (None, SessionAttrs::Any),
-            (Some("any"), SessionAttrs::Any),
-            (Some("read-write"), SessionAttrs::ReadWrite),
-            (Some("read-only"), SessionAttrs::ReadOnly),
-            (Some("primary"), SessionAttrs::Primary),
-            (Some("standby"), SessionAttrs::Standby),
-            (Some("prefer-standby"), SessionAttrs::PreferStandby),
+            (None, SessionTarget::Any),
+            (Some("any"), SessionTarget::Any),
+            (Some("read-write"), SessionTarget::ReadWrite),
+            (Some("read-only"), SessionTarget::ReadOnly),
+            (Some("primary"), SessionTarget::Primary),
+            (Some("standby"), SessionTarget::Standby),
+            (Some("prefer-standby"), SessionTarget::PreferStandby),
         ] {
-            assert_eq!(SessionAttrs::parse(value), attrs, "{value:?}");
+            assert_eq!(SessionTarget::parse(value), attrs, "{value:?}");
         }
     }
 
@@ -298,8 +322,8 @@ mod tests {
 
     #[test]
     fn each_mode_keeps_the_sessions_libpq_keeps() {
-        use SessionAttrs::*;
-        let kept = |attrs: SessionAttrs, role| attrs.refusal(role).is_none();
+        use SessionTarget::*;
+        let kept = |attrs: SessionTarget, role| attrs.refusal(role).is_none();
         for attrs in [Any, ReadWrite, ReadOnly, Primary, Standby, PreferStandby] {
             assert_eq!(attrs.question(PRIMARY), None, "{attrs:?}");
             assert_eq!(attrs.question(STANDBY), None, "{attrs:?}");
@@ -330,7 +354,7 @@ mod tests {
 
     #[test]
     fn a_server_that_reports_nothing_is_asked_what_the_mode_needs() {
-        use SessionAttrs::*;
+        use SessionTarget::*;
         assert_eq!(Any.question(UNREPORTED), None);
         assert_eq!(
             ReadWrite.question(UNREPORTED),
@@ -359,20 +383,20 @@ mod tests {
     fn answers_are_read_as_libpq_reads_them() {
         let mut role = UNREPORTED;
         Question::TransactionReadOnly.answered("on", &mut role);
-        assert_eq!(SessionAttrs::ReadWrite.question(role), None);
-        assert!(SessionAttrs::ReadWrite.refusal(role).is_some());
-        assert!(SessionAttrs::ReadOnly.refusal(role).is_none());
+        assert_eq!(SessionTarget::ReadWrite.question(role), None);
+        assert!(SessionTarget::ReadWrite.refusal(role).is_some());
+        assert!(SessionTarget::ReadOnly.refusal(role).is_none());
         let mut role = UNREPORTED;
         Question::TransactionReadOnly.answered("off", &mut role);
-        assert!(SessionAttrs::ReadWrite.refusal(role).is_none());
+        assert!(SessionTarget::ReadWrite.refusal(role).is_none());
         let mut role = UNREPORTED;
         Question::InRecovery.answered("t", &mut role);
-        assert_eq!(SessionAttrs::Standby.question(role), None);
-        assert!(SessionAttrs::Standby.refusal(role).is_none());
-        assert!(SessionAttrs::Primary.refusal(role).is_some());
+        assert_eq!(SessionTarget::Standby.question(role), None);
+        assert!(SessionTarget::Standby.refusal(role).is_none());
+        assert!(SessionTarget::Primary.refusal(role).is_some());
         let mut role = UNREPORTED;
         Question::InRecovery.answered("f", &mut role);
-        assert!(SessionAttrs::Primary.refusal(role).is_none());
+        assert!(SessionTarget::Primary.refusal(role).is_none());
         assert_eq!(
             Question::InRecovery.failed(),
             "\"SELECT pg_is_in_recovery()\" failed"
@@ -381,7 +405,7 @@ mod tests {
 
     #[test]
     fn prefer_standby_makes_a_second_pass_that_keeps_any_server() {
-        use SessionAttrs::*;
+        use SessionTarget::*;
         assert_eq!(PreferStandby.passes(), [Standby, Any]);
         for attrs in [Any, ReadWrite, ReadOnly, Primary, Standby] {
             assert_eq!(attrs.passes(), [attrs]);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::SettingsError;
 use super::conninfo::Options;
 use super::env::Env;
-use super::host_order::{LoadBalance, SessionAttrs};
+use super::host_order::{LoadBalance, SessionTarget};
 use super::keywords::{self, KEYWORDS};
 use super::{pgpass, service};
 
@@ -30,7 +30,7 @@ pub(crate) struct Plan {
     /// The order the targets are tried in.
     pub(crate) load_balance: LoadBalance,
     /// Which sessions are kept.
-    pub(crate) session_attrs: SessionAttrs,
+    pub(crate) session_attrs: SessionTarget,
 }
 
 impl Plan {
@@ -146,7 +146,7 @@ pub(crate) fn resolve(explicit: &Options, env: &dyn Env) -> Result<Plan, Setting
         .map(PathBuf::from)
         .or_else(|| env.home().map(|home| home.join(".pgpass")));
     let load_balance = LoadBalance::parse(options.get("load_balance_hosts"));
-    let session_attrs = SessionAttrs::parse(options.get("target_session_attrs"));
+    let session_attrs = SessionTarget::parse(options.get("target_session_attrs"));
     Ok(Plan {
         options,
         targets,

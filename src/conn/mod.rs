@@ -228,7 +228,7 @@ impl Connection {
     }
 
     /// Asks the server whether it still takes writes (see
-    /// `SessionAttrs::still_writable_question`); a server found read-only
+    /// `SessionTarget::still_writable_question`); a server found read-only
     /// (or a question that failed) makes the connection one to replace,
     /// and tells the connections made alongside it.
     pub(crate) async fn confirm_writable(&mut self) {

@@ -37,7 +37,7 @@ impl WritableWatch {
 /// One connection's side, when its settings want a writable server: the
 /// signs that its server may no longer be one, and what asking found.
 pub(crate) struct WritableCheck {
-    /// What asks the server (see `SessionAttrs::still_writable_question`).
+    /// What asks the server (see `SessionTarget::still_writable_question`).
     question: &'static str,
     /// A write was refused as read-only (SQLSTATE 25006) since the server
     /// was last known writable: perhaps it turned read-only, perhaps the

@@ -76,7 +76,7 @@ impl Connector {
 
     /// What to ask a connection that may have found itself on a server
     /// that no longer takes writes, when the settings want one (see
-    /// `SessionAttrs::still_writable_question`).
+    /// `SessionTarget::still_writable_question`).
     pub(crate) fn still_writable_question(&self) -> Option<&'static str> {
         self.plan.session_attrs.still_writable_question()
     }

@@ -19,7 +19,7 @@ use super::sever::Severer;
 use super::socket::{self, Endpoint, Socket};
 use super::stream::{ConnectionStream, connection_stream};
 use super::{Cause, failure};
-use crate::config::{ServerRole, SessionAttrs};
+use crate::config::{ServerRole, SessionTarget};
 use crate::connect::wire::{Tap, Wire};
 
 /// A connected client, its connection, the tap on it, and where to send
@@ -103,7 +103,7 @@ where
 /// decides what to ask and whether the session is kept.
 pub(super) async fn check_session_attrs(
     opened: &mut Opened,
-    attrs: SessionAttrs,
+    attrs: SessionTarget,
 ) -> Result<(), Cause> {
     let Opened {
         client,

@@ -141,38 +141,27 @@ impl Private {
 
     /// `pg_ctl promote -w`: a standby becomes a primary and takes writes.
     pub(super) fn promote(&self) -> Result<(), String> {
-        let _guard = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
-        let out = self.pg_ctl(&[
-            "promote",
-            "-w",
-            "-t",
-            "60",
-            "-D",
-            &self.data.to_string_lossy(),
-        ])?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!("pg_ctl promote failed: {}", self.failure(&out)))
-        }
+        self.control("promote", &[])
     }
 
     fn stop_with(&self, mode: &str) -> Result<(), String> {
+        self.control("stop", &["-m", mode])
+    }
+
+    /// `pg_ctl <action> <extra> -w -t 60 -D …` on the running cluster,
+    /// serialised with the other start/stop calls: what went wrong, if it
+    /// failed.
+    fn control(&self, action: &str, extra: &[&str]) -> Result<(), String> {
         let _guard = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
-        let out = self.pg_ctl(&[
-            "stop",
-            "-m",
-            mode,
-            "-w",
-            "-t",
-            "60",
-            "-D",
-            &self.data.to_string_lossy(),
-        ])?;
+        let data = self.data.to_string_lossy();
+        let mut args = vec![action];
+        args.extend_from_slice(extra);
+        args.extend(["-w", "-t", "60", "-D", &data]);
+        let out = self.pg_ctl(&args)?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!("pg_ctl stop failed: {}", self.failure(&out)))
+            Err(format!("pg_ctl {action} failed: {}", self.failure(&out)))
         }
     }
 
