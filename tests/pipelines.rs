@@ -466,3 +466,67 @@ fn copy_cannot_be_prepared_so_no_pipeline_carries_one() {
     drop(guard);
     idle(&manager);
 }
+
+#[test]
+fn the_new_texts_of_a_pipeline_are_prepared_together_in_one_round_trip() {
+    let db = Db::new("pipe_prepare_together");
+    let (proxy, manager) = db.manager_via_proxy();
+    let four_texts = |base: i32| {
+        let tx = manager.lock().expect("lock").begin().expect("begin");
+        let before = proxy.client_chunks();
+        let ids = [base + 1, base + 2, base + 3, base + 4];
+        let mut pipeline = Pipeline::new();
+        pipeline.execute("INSERT INTO items VALUES ($1, 'one')", &[&ids[0]]);
+        pipeline.execute("INSERT INTO items VALUES ($1, 'two')", &[&ids[1]]);
+        pipeline.execute(
+            "INSERT INTO items (id, note) VALUES ($1, 'three')",
+            &[&ids[2]],
+        );
+        let counted = pipeline.query("SELECT count(*) FROM items WHERE id > $1", &[&base]);
+        pipeline.execute("INSERT INTO items VALUES ($1, 'one')", &[&ids[3]]);
+        let (done, results) = tx.commit_pipeline(&pipeline).expect("committed");
+        done.release();
+        let rows = results.get(counted).expect("rows");
+        assert_eq!(rows[0].get::<_, i64>(0), 3);
+        proxy.client_chunks() - before
+    };
+    assert_eq!(
+        four_texts(0),
+        2,
+        "four new texts prepared in one write, then the pipeline in one"
+    );
+    assert_eq!(four_texts(10), 1, "then prepared: the pipeline alone");
+    assert_eq!(db.item_ids(), vec![1, 2, 3, 4, 11, 12, 13, 14]);
+    idle(&manager);
+}
+
+#[test]
+fn a_text_refused_among_new_ones_fails_the_pipeline_at_its_statement() {
+    let db = Db::new("pipe_prepare_refused");
+    let manager = db.manager();
+    let run = |bad: &str| {
+        let tx = manager.lock().expect("lock").begin().expect("begin");
+        let mut pipeline = Pipeline::new();
+        pipeline.execute("INSERT INTO items VALUES (1, 'first')", &[]);
+        pipeline.execute("INSERT INTO items VALUES (2, 'second')", &[]);
+        pipeline.execute(bad, &[]);
+        pipeline.execute("INSERT INTO items VALUES (3, 'last')", &[]);
+        tx.commit_pipeline(&pipeline)
+            .map(|(done, _)| done.release())
+    };
+    let err = run("INSERT INTO no_such_table VALUES (1)").expect_err("refused");
+    match &err {
+        Error::PipelineFailed { index, skipped, .. } => {
+            assert_eq!((*index, *skipped), (2, 1), "{err}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(err.code(), Some(&SqlState::UNDEFINED_TABLE));
+    assert!(db.item_ids().is_empty(), "nothing ran");
+    assert_eq!(db.open_transactions(), 0);
+    idle(&manager);
+    // The texts the server accepted were prepared: with the bad one
+    // mended, the pipeline runs.
+    run("INSERT INTO items VALUES (4, 'mended')").expect("committed");
+    assert_eq!(db.item_ids(), vec![1, 2, 3, 4]);
+}

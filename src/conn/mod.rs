@@ -282,6 +282,65 @@ impl Connection {
         Ok(statement)
     }
 
+    /// Prepares every text of `texts` (none of them cached) side by side:
+    /// their requests leave in one write and are answered in one read,
+    /// one round trip for all. Each is cached when it succeeds.
+    ///
+    /// # Errors
+    ///
+    /// The server's refusal of the first text (in order) it refused, once
+    /// every other answer is read and each text it accepted is cached;
+    /// or, when the connection broke, the first such error.
+    pub(crate) async fn prepare_all(&mut self, texts: &[&str]) -> Result<(), postgres::Error> {
+        debug_assert_eq!(self.naming, Naming::Cached, "nothing is named when unnamed");
+        let prepared = self
+            .run(|client| async move {
+                let mut running: Vec<_> = texts
+                    .iter()
+                    .map(|sql| Box::pin(client.prepare(sql)))
+                    .collect();
+                let mut done: Vec<Option<Result<Statement, postgres::Error>>> =
+                    texts.iter().map(|_| None).collect();
+                // Every request is queued at the first poll, before any is written.
+                poll_fn(|cx| {
+                    let mut pending = false;
+                    for (request, done) in running.iter_mut().zip(done.iter_mut()) {
+                        if done.is_none() {
+                            match request.as_mut().poll(cx) {
+                                Poll::Ready(answer) => *done = Some(answer),
+                                Poll::Pending => pending = true,
+                            }
+                        }
+                    }
+                    if pending {
+                        Poll::Pending
+                    } else {
+                        Poll::Ready(())
+                    }
+                })
+                .await;
+                Ok(done.into_iter().flatten().collect::<Vec<_>>())
+            })
+            .await?;
+        let mut refused = None;
+        for (sql, answer) in texts.iter().zip(prepared) {
+            match answer {
+                Ok(statement) => self.statements.insert(sql, statement),
+                Err(e) if e.as_db_error().is_some() => {
+                    refused.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// Whether a statement prepared from `sql` is cached on this connection
+    /// (not counted as a use).
+    pub(crate) fn has_statement(&self, sql: &str) -> bool {
+        self.statements.contains(sql)
+    }
+
     /// The statement prepared from `sql` on this connection, if it is
     /// cached (no I/O: see [`prepare_cached`](Self::prepare_cached)).
     pub(crate) fn cached_statement(&mut self, sql: &str) -> Option<Statement> {

@@ -326,6 +326,21 @@ impl Request for PrepareCached<'_> {
     }
 }
 
+/// Several texts prepared and cached in one round trip (see
+/// `Connection::prepare_all`).
+pub(crate) struct PrepareAll<'a>(pub(crate) &'a [&'a str]);
+
+impl Request for PrepareAll<'_> {
+    type Output = ();
+
+    fn send<'c>(
+        &'c self,
+        conn: &'c mut Connection,
+    ) -> impl Future<Output = Result<Self::Output, postgres::Error>> + Send + 'c {
+        conn.prepare_all(self.0)
+    }
+}
+
 /// The parameter types of some text, for the unnamed statement (looked up
 /// once per connection: see `Connection::describe`).
 pub(crate) struct Describe<'a>(pub(crate) &'a str);

@@ -24,10 +24,11 @@ use tokio_postgres::{Row, Statement};
 
 use super::pipeline::Piped;
 use super::request::{
-    Batch, CopyIn, CopyOut, Describe, Opens, PrepareCached, QueryRaw, Request, StatementKind,
+    Batch, CopyIn, CopyOut, Describe, Opens, PrepareAll, PrepareCached, QueryRaw, Request,
+    StatementKind,
 };
 use super::sql_text::{CachedRun, UnnamedRun};
-use super::statement_cache::StatementCache;
+use super::statement_cache::{STATEMENT_CACHE_SIZE, StatementCache};
 use super::streaming::{Fetched, Pinnable, Streaming, WrongStream};
 use super::{Connection, Target};
 use crate::conn::cancel_serials::CancelCell;
@@ -41,7 +42,7 @@ use crate::machine::track::{
     CommitAnswer, CommitPlan, Machine, PreparePlan, Refusal, ReleasePlan, Reply, commit_answer,
 };
 use crate::machine::transaction_status::{ServerStatus, StatusCell, TransactionStatus};
-use crate::pipeline::{Answer, Pipeline};
+use crate::pipeline::{Answer, Entry, Pipeline};
 use crate::statements::{Naming, Params, Sql, ToStatement};
 
 /// A connection that answered this recently is not checked again (when
@@ -999,6 +1000,53 @@ impl SessionCore {
         }
     }
 
+    /// Prepares the texts of `entries` that this connection has not
+    /// prepared, when there are several, together: one round trip for all
+    /// (one alone is left to the caller). The error names the first entry
+    /// whose text the server refused (or the first new one, when the
+    /// connection broke).
+    async fn prepare_together(
+        &mut self,
+        shared: &SessionShared,
+        entries: &[Entry<'_>],
+    ) -> std::result::Result<(), (usize, Error)> {
+        let Some(conn) = self.conn.as_ref() else {
+            return Ok(());
+        };
+        let (mut new, mut seen) = (Vec::new(), std::collections::HashSet::new());
+        for sql in entries.iter().filter_map(Entry::text) {
+            // No more than the cache holds: the rest are prepared one by one.
+            if new.len() < STATEMENT_CACHE_SIZE
+                && control::shape_decided_at_run_time(sql).is_none()
+                && !conn.has_statement(sql)
+                && seen.insert(sql)
+            {
+                new.push(sql);
+            }
+        }
+        if new.len() < 2 {
+            return Ok(());
+        }
+        let first_with = |sql: &str| {
+            entries
+                .iter()
+                .position(|entry| entry.text() == Some(sql))
+                .unwrap_or_default()
+        };
+        let prepared = self
+            .statement(shared, RequestShape::Parse, None, &PrepareAll(&new))
+            .await;
+        prepared.map_err(|e| {
+            // The text refused is the first left unprepared (each one
+            // accepted is cached); none when the connection broke.
+            let refused = self
+                .conn
+                .as_ref()
+                .and_then(|conn| new.iter().copied().find(|sql| !conn.has_statement(sql)));
+            (first_with(refused.unwrap_or(new[0])), e)
+        })
+    }
+
     async fn pipeline_once(
         &mut self,
         shared: &SessionShared,
@@ -1038,11 +1086,14 @@ impl SessionCore {
             self.piped_texts.insert(sql, ());
         }
         // 2. Text prepared (or its parameter types looked up), once per
-        //    connection: a request of its own each time it is new.
+        //    connection. At the first text to prepare, it and every other
+        //    new text after it are prepared together, in one round trip.
+        let mut together = false;
         let mut statements: Vec<Option<Statement>> = Vec::with_capacity(count);
-        let mut types: Vec<Arc<[Type]>> = Vec::with_capacity(count);
+        // `None` stands for no parameter types (no allocation per entry).
+        let mut types: Vec<Option<Arc<[Type]>>> = Vec::with_capacity(count);
         for (index, entry) in pipeline.entries.iter().enumerate() {
-            let (mut statement, mut described) = (None, Arc::from(Vec::new()));
+            let (mut statement, mut described) = (None, None);
             let known = match (entry.text(), self.conn.as_mut()) {
                 (Some(sql), Some(conn)) => match self.naming {
                     Naming::Cached => conn.cached_statement(sql).map(Ok),
@@ -1053,24 +1104,45 @@ impl SessionCore {
             match known {
                 // Prepared (or described) on this connection already.
                 Some(Ok(prepared)) => statement = Some(prepared),
-                Some(Err(types)) => described = types,
+                Some(Err(types)) => described = Some(types),
                 None => {}
             }
             if let (Some(sql), None) = (entry.text(), &statement)
-                && described.is_empty()
+                && described.as_deref().is_none_or(<[Type]>::is_empty)
             {
                 let prepared = if self.naming == Naming::Cached
                     && control::shape_decided_at_run_time(sql).is_none()
                 {
-                    self.statement(shared, RequestShape::Parse, Some(sql), &PrepareCached(sql))
-                        .await
-                        .map(|prepared| statement = Some(prepared))
+                    if !std::mem::replace(&mut together, true)
+                        && let Err((later, e)) = self
+                            .prepare_together(shared, &pipeline.entries[index..])
+                            .await
+                    {
+                        if commit {
+                            self.rollback(shared).await;
+                        }
+                        return Err(failed(index + later, e));
+                    }
+                    match self
+                        .conn
+                        .as_mut()
+                        .and_then(|conn| conn.cached_statement(sql))
+                    {
+                        Some(prepared) => {
+                            statement = Some(prepared);
+                            Ok(())
+                        }
+                        None => self
+                            .statement(shared, RequestShape::Parse, Some(sql), &PrepareCached(sql))
+                            .await
+                            .map(|prepared| statement = Some(prepared)),
+                    }
                 } else if entry.params.is_empty() {
                     Ok(())
                 } else {
                     self.statement(shared, RequestShape::Parse, Some(sql), &Describe(sql))
                         .await
-                        .map(|types| described = types)
+                        .map(|types| described = Some(types))
                 };
                 if let Err(e) = prepared {
                     if commit {
@@ -1090,7 +1162,10 @@ impl SessionCore {
                 let target = match (entry.prepared(), &statements[index], entry.text()) {
                     (Some(prepared), _, _) => Target::Prepared(prepared),
                     (None, Some(prepared), _) => Target::Prepared(prepared),
-                    (None, None, sql) => Target::Unnamed(sql.unwrap_or_default(), &types[index]),
+                    (None, None, sql) => Target::Unnamed(
+                        sql.unwrap_or_default(),
+                        types[index].as_deref().unwrap_or_default(),
+                    ),
                 };
                 Piped {
                     target,

@@ -138,9 +138,13 @@ struct TapState {
     /// The incoming message being read ends a request's answer (see
     /// [`Merge`]).
     completing: Option<u8>,
-    /// Messages made up for `tokio-postgres` during the last read, with
-    /// where they go among the bytes kept (see [`TapState::read`]).
-    made_up: Vec<(usize, Vec<u8>)>,
+    /// Messages made up for `tokio-postgres` during the last read, one
+    /// after another (see [`TapState::read`] and [`TapState::stitch`]):
+    /// kept between reads, so that making them up allocates nothing.
+    made_up: Vec<u8>,
+    /// Where each run of `made_up` goes among the bytes kept: (the place
+    /// among those bytes, where its run ends in `made_up`).
+    made_up_at: Vec<(usize, usize)>,
 }
 
 /// A pipeline run as one Sync group (see [`Tap::arm_pipeline`]).
@@ -474,10 +478,11 @@ impl TapState {
         if !ends_group {
             return;
         }
-        let mut made_up = Vec::new();
+        let made_up = &mut self.made_up;
+        let start = made_up.len();
         let left = merge.unanswered.len();
         for (place, _) in merge.unanswered.drain(..).enumerate() {
-            message(&mut made_up, b'E', |body| {
+            message(made_up, b'E', |body| {
                 for (field, value) in [
                     (b'S', "ERROR"),
                     (b'V', "ERROR"),
@@ -492,11 +497,11 @@ impl TapState {
             });
             // The last is answered by the server's own ReadyForQuery.
             if place + 1 < left {
-                message(&mut made_up, b'Z', |body| body.push(b'E'));
+                message(made_up, b'Z', |body| body.push(b'E'));
             }
         }
-        if !made_up.is_empty() {
-            self.made_up.push((at, made_up));
+        if made_up.len() > start {
+            self.made_up_at.push((at, made_up.len()));
         }
         self.merge = None;
     }
@@ -521,9 +526,8 @@ impl TapState {
         let last = merge.unanswered.is_empty() && merge.requests.is_some_and(|n| merge.syncs >= n);
         if !last {
             let status = if merge.failed { b'E' } else { b'T' };
-            let mut made_up = Vec::new();
-            message(&mut made_up, b'Z', |body| body.push(status));
-            self.made_up.push((at, made_up));
+            message(&mut self.made_up, b'Z', |body| body.push(status));
+            self.made_up_at.push((at, self.made_up.len()));
         }
     }
 
@@ -571,6 +575,27 @@ impl TapState {
             from += step.consumed;
         }
         to
+    }
+
+    /// Whether the last [`read`](Self::read) made up messages, which
+    /// [`stitch`](Self::stitch) puts among the bytes it kept.
+    fn made_up_any(&self) -> bool {
+        !self.made_up_at.is_empty()
+    }
+
+    /// Appends to `out` the bytes `kept` by the last [`read`](Self::read)
+    /// with the messages it made up put in their places, and forgets them.
+    fn stitch(&mut self, kept: &[u8], out: &mut Vec<u8>) {
+        out.reserve(kept.len() + self.made_up.len());
+        let (mut from, mut made) = (0, 0);
+        for &(at, end) in &self.made_up_at {
+            out.extend_from_slice(&kept[from..at]);
+            out.extend_from_slice(&self.made_up[made..end]);
+            (from, made) = (at, end);
+        }
+        out.extend_from_slice(&kept[from..]);
+        self.made_up.clear();
+        self.made_up_at.clear();
     }
 
     /// Keeps the tag, and notices the commands that drop prepared
@@ -935,24 +960,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Wire<S> {
                 return Poll::Ready(Ok(()));
             }
             let kept = state.read(&mut buf.filled_mut()[before..]);
-            if !state.made_up.is_empty() {
+            if state.made_up_any() {
                 // Made-up messages go among the bytes kept: the whole is
-                // put together here, and what `buf` cannot hold waits.
-                let inserts = std::mem::take(&mut state.made_up);
+                // put together here (in `made_up`, empty now, whose
+                // allocation is kept), and what `buf` cannot hold waits.
+                let mut whole = std::mem::take(&mut this.made_up);
+                state.stitch(&buf.filled()[before..before + kept], &mut whole);
                 drop(state);
-                let read = buf.filled()[before..before + kept].to_vec();
-                let mut whole = Vec::with_capacity(read.len() + 64 * inserts.len());
-                let mut from = 0;
-                for (at, bytes) in inserts {
-                    whole.extend_from_slice(&read[from..at]);
-                    whole.extend_from_slice(&bytes);
-                    from = at;
-                }
-                whole.extend_from_slice(&read[from..]);
                 buf.set_filled(before);
                 let n = whole.len().min(buf.remaining());
                 buf.put_slice(&whole[..n]);
-                this.made_up.extend_from_slice(&whole[n..]);
+                whole.drain(..n);
+                this.made_up = whole;
                 return Poll::Ready(Ok(()));
             }
             buf.set_filled(before + kept);
@@ -1541,13 +1560,7 @@ mod tests {
         for piece in data.chunks(chunk) {
             let mut piece = piece.to_vec();
             let n = state.read(&mut piece);
-            let mut from = 0;
-            for (at, bytes) in std::mem::take(&mut state.made_up) {
-                seen.extend_from_slice(&piece[from..at]);
-                seen.extend_from_slice(&bytes);
-                from = at;
-            }
-            seen.extend_from_slice(&piece[from..n]);
+            state.stitch(&piece[..n], &mut seen);
         }
         seen
     }
