@@ -530,3 +530,30 @@ fn a_text_refused_among_new_ones_fails_the_pipeline_at_its_statement() {
     run("INSERT INTO items VALUES (4, 'mended')").expect("committed");
     assert_eq!(db.item_ids(), vec![1, 2, 3, 4]);
 }
+
+#[test]
+fn a_call_refused_before_a_new_text_that_fails_too_is_the_one_named() {
+    let db = Db::new("pipe_prepare_call");
+    let manager = db.manager();
+    let tx = manager.lock().expect("lock").begin().expect("begin");
+    let mut pipeline = Pipeline::new();
+    pipeline.execute("INSERT INTO items VALUES (1, 'before the call')", &[]);
+    // A CALL is described, not prepared: its turn comes before the
+    // SELECT's, which would fail too.
+    pipeline.execute("CALL no_such_procedure($1)", &[&1_i32]);
+    pipeline.query("SELECT * FROM no_such_table", &[]);
+    let err = tx
+        .commit_pipeline(&pipeline)
+        .map(drop)
+        .expect_err("refused");
+    match &err {
+        Error::PipelineFailed { index, skipped, .. } => {
+            assert_eq!((*index, *skipped), (1, 1), "{err}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(err.code(), Some(&SqlState::UNDEFINED_FUNCTION));
+    assert!(db.item_ids().is_empty());
+    assert_eq!(db.open_transactions(), 0);
+    idle(&manager);
+}

@@ -283,14 +283,15 @@ impl Connection {
     }
 
     /// Prepares every text of `texts` (none of them cached) side by side:
-    /// their requests leave in one write and are answered in one read,
-    /// one round trip for all. Each is cached when it succeeds.
+    /// their requests are all queued before any is written, so they leave
+    /// in one write, one round trip for all. Each is cached when it
+    /// succeeds.
     ///
     /// # Errors
     ///
-    /// The server's refusal of the first text (in order) it refused, once
-    /// every other answer is read and each text it accepted is cached;
-    /// or, when the connection broke, the first such error.
+    /// The error of the first text (in order) that failed, once every
+    /// answer is read and each text that succeeded is cached: so the
+    /// first text left uncached is the one the error belongs to.
     pub(crate) async fn prepare_all(&mut self, texts: &[&str]) -> Result<(), postgres::Error> {
         debug_assert_eq!(self.naming, Naming::Cached, "nothing is named when unnamed");
         let prepared = self
@@ -322,17 +323,16 @@ impl Connection {
                 Ok(done.into_iter().flatten().collect::<Vec<_>>())
             })
             .await?;
-        let mut refused = None;
+        let mut first_error = None;
         for (sql, answer) in texts.iter().zip(prepared) {
             match answer {
                 Ok(statement) => self.statements.insert(sql, statement),
-                Err(e) if e.as_db_error().is_some() => {
-                    refused.get_or_insert(e);
+                Err(e) => {
+                    first_error.get_or_insert(e);
                 }
-                Err(e) => return Err(e),
             }
         }
-        refused.map_or(Ok(()), Err)
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Whether a statement prepared from `sql` is cached on this connection

@@ -1002,9 +1002,11 @@ impl SessionCore {
 
     /// Prepares the texts of `entries` that this connection has not
     /// prepared, when there are several, together: one round trip for all
-    /// (one alone is left to the caller). The error names the first entry
-    /// whose text the server refused (or the first new one, when the
-    /// connection broke).
+    /// (one alone is left to the caller). It stops at the first text that
+    /// is described instead (`CALL`, `EXECUTE`, `FETCH`: their turn comes
+    /// in order) and at the cache's size. The error names the first entry
+    /// whose text failed (in a block, the ones after it fail with it, and
+    /// stay unprepared).
     async fn prepare_together(
         &mut self,
         shared: &SessionShared,
@@ -1015,12 +1017,16 @@ impl SessionCore {
         };
         let (mut new, mut seen) = (Vec::new(), std::collections::HashSet::new());
         for sql in entries.iter().filter_map(Entry::text) {
-            // No more than the cache holds: the rest are prepared one by one.
-            if new.len() < STATEMENT_CACHE_SIZE
-                && control::shape_decided_at_run_time(sql).is_none()
-                && !conn.has_statement(sql)
-                && seen.insert(sql)
+            // Up to the first text that is described rather than prepared
+            // (so that an error is still the first statement's in order),
+            // and no more than the cache holds: the rest are prepared one by
+            // one.
+            if new.len() == STATEMENT_CACHE_SIZE
+                || control::shape_decided_at_run_time(sql).is_some()
             {
+                break;
+            }
+            if !conn.has_statement(sql) && seen.insert(sql) {
                 new.push(sql);
             }
         }
@@ -1086,8 +1092,9 @@ impl SessionCore {
             self.piped_texts.insert(sql, ());
         }
         // 2. Text prepared (or its parameter types looked up), once per
-        //    connection. At the first text to prepare, it and every other
-        //    new text after it are prepared together, in one round trip.
+        //    connection. At the first text to prepare, it and the new texts
+        //    after it are prepared together, in one round trip (see
+        //    `prepare_together`).
         let mut together = false;
         let mut statements: Vec<Option<Statement>> = Vec::with_capacity(count);
         // `None` stands for no parameter types (no allocation per entry).
