@@ -21,6 +21,14 @@ fn three_inserts<'p>(ids: &'p [i32; 3]) -> Pipeline<'p> {
     pipeline
 }
 
+/// Where `err` says the pipeline failed: (index, skipped).
+fn failed_at(err: &Error) -> (usize, usize) {
+    match err {
+        Error::PipelineFailed { index, skipped, .. } => (*index, *skipped),
+        other => panic!("not a pipeline failure: {other:?}"),
+    }
+}
+
 fn idle(manager: &ManagedConnection) {
     let mut guard = manager.lock().expect("lock");
     assert_eq!(guard.status(), TransactionStatus::Idle);
@@ -71,13 +79,7 @@ fn a_failure_at_any_statement_commits_nothing_and_names_it() {
             .commit_pipeline(&pipeline)
             .map(drop)
             .expect_err("duplicate");
-        match &err {
-            Error::PipelineFailed { index, skipped, .. } => {
-                assert_eq!(*index, failing, "{err}");
-                assert_eq!(*skipped, 2 - failing, "{err}");
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(failed_at(&err), (failing, 2 - failing), "{err}");
         assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION));
         assert_eq!(db.item_ids(), vec![100], "failing at {failing}");
         assert_eq!(db.open_transactions(), 0);
@@ -515,12 +517,7 @@ fn a_text_refused_among_new_ones_fails_the_pipeline_at_its_statement() {
             .map(|(done, _)| done.release())
     };
     let err = run("INSERT INTO no_such_table VALUES (1)").expect_err("refused");
-    match &err {
-        Error::PipelineFailed { index, skipped, .. } => {
-            assert_eq!((*index, *skipped), (2, 1), "{err}");
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(failed_at(&err), (2, 1), "{err}");
     assert_eq!(err.code(), Some(&SqlState::UNDEFINED_TABLE));
     assert!(db.item_ids().is_empty(), "nothing ran");
     assert_eq!(db.open_transactions(), 0);
@@ -546,12 +543,7 @@ fn a_call_refused_before_a_new_text_that_fails_too_is_the_one_named() {
         .commit_pipeline(&pipeline)
         .map(drop)
         .expect_err("refused");
-    match &err {
-        Error::PipelineFailed { index, skipped, .. } => {
-            assert_eq!((*index, *skipped), (1, 1), "{err}");
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(failed_at(&err), (1, 1), "{err}");
     assert_eq!(err.code(), Some(&SqlState::UNDEFINED_FUNCTION));
     assert!(db.item_ids().is_empty());
     assert_eq!(db.open_transactions(), 0);

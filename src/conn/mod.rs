@@ -302,24 +302,7 @@ impl Connection {
                     .collect();
                 let mut done: Vec<Option<Result<Statement, postgres::Error>>> =
                     texts.iter().map(|_| None).collect();
-                // Every request is queued at the first poll, before any is written.
-                poll_fn(|cx| {
-                    let mut pending = false;
-                    for (request, done) in running.iter_mut().zip(done.iter_mut()) {
-                        if done.is_none() {
-                            match request.as_mut().poll(cx) {
-                                Poll::Ready(answer) => *done = Some(answer),
-                                Poll::Pending => pending = true,
-                            }
-                        }
-                    }
-                    if pending {
-                        Poll::Pending
-                    } else {
-                        Poll::Ready(())
-                    }
-                })
-                .await;
+                poll_fn(|cx| pipeline::poll_each(&mut running, &mut done, cx)).await;
                 Ok(done.into_iter().flatten().collect::<Vec<_>>())
             })
             .await?;

@@ -14,7 +14,7 @@
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
@@ -97,11 +97,7 @@ async fn run(
     // The first poll queues every request. One that is done at once was
     // never sent (its parameters failed to encode).
     poll_fn(|cx| {
-        for (request, answer) in running.iter_mut().zip(answers.iter_mut()) {
-            if let Poll::Ready(done) = request.as_mut().poll(cx) {
-                *answer = Some(done);
-            }
-        }
+        let _ = poll_each(&mut running, &mut answers, cx);
         Poll::Ready(())
     })
     .await;
@@ -126,15 +122,7 @@ async fn run(
         + usize::from(end.is_some() && ended.is_none());
     tap.pipeline_sent(sent);
     poll_fn(|cx| {
-        let mut pending = false;
-        for (request, answer) in running.iter_mut().zip(answers.iter_mut()) {
-            if answer.is_none() {
-                match request.as_mut().poll(cx) {
-                    Poll::Ready(done) => *answer = Some(done),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
+        let mut pending = poll_each(&mut running, &mut answers, cx).is_pending();
         if let Some(request) = &mut end
             && ended.is_none()
         {
@@ -155,6 +143,31 @@ async fn run(
         end: ended.map(|done: Result<u64, postgres::Error>| done.map(drop)),
         unsent,
     })
+}
+
+/// Polls each of `requests` whose answer is not in `answers` yet, keeping
+/// the answers that come; ready once every one has answered. Requests
+/// side by side: at the first poll, each is queued to `tokio-postgres`
+/// in order, before any is written.
+pub(super) fn poll_each<F: Future + ?Sized>(
+    requests: &mut [Pin<Box<F>>],
+    answers: &mut [Option<F::Output>],
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let mut pending = false;
+    for (request, answer) in requests.iter_mut().zip(answers.iter_mut()) {
+        if answer.is_none() {
+            match request.as_mut().poll(cx) {
+                Poll::Ready(done) => *answer = Some(done),
+                Poll::Pending => pending = true,
+            }
+        }
+    }
+    if pending {
+        Poll::Pending
+    } else {
+        Poll::Ready(())
+    }
 }
 
 /// The request of one step (not yet polled: nothing is sent).
