@@ -596,6 +596,11 @@ impl TapState {
         out.extend_from_slice(&kept[from..]);
         self.made_up.clear();
         self.made_up_at.clear();
+        if self.made_up.capacity() > KEPT_BUFFER {
+            // A failed pipeline of many statements, skipped all at once.
+            self.made_up = Vec::new();
+            self.made_up_at = Vec::new();
+        }
     }
 
     /// Keeps the tag, and notices the commands that drop prepared
@@ -872,6 +877,10 @@ impl Drop for HeldBegin<'_> {
     }
 }
 
+/// How large a buffer for stitching made-up answers in is kept between
+/// reads (a larger one, from a read of large rows, is let go).
+const KEPT_BUFFER: usize = 64 * 1024;
+
 /// A stream with the tap on it. `tokio-postgres` reads and writes through it.
 pub(crate) struct Wire<S> {
     inner: S,
@@ -971,6 +980,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Wire<S> {
                 let n = whole.len().min(buf.remaining());
                 buf.put_slice(&whole[..n]);
                 whole.drain(..n);
+                if whole.is_empty() && whole.capacity() > KEPT_BUFFER {
+                    // A read of large rows: not kept for the next one.
+                    whole = Vec::new();
+                }
                 this.made_up = whole;
                 return Poll::Ready(Ok(()));
             }
@@ -1724,6 +1737,34 @@ mod tests {
             let seen = read_merged(&mut state, &answers, 5);
             assert_eq!(seen, expected, "failing {failing}, after writing");
         }
+    }
+
+    #[test]
+    fn the_answers_made_up_for_many_skipped_requests_are_not_kept_after() {
+        let requests = 2000;
+        let mut state = TapState {
+            merge: Some(Merge {
+                group: 0,
+                requests: Some(requests),
+                syncs: requests,
+                executes: false,
+                unanswered: std::iter::repeat_n(true, requests).collect(),
+                failed: false,
+            }),
+            ..active()
+        };
+        state.syncs_written = 1;
+        let mut answers = msg(b'E', b"SERROR\0C23505\0Mduplicate\0\0");
+        answers.extend(msg(b'Z', b"E"));
+        let seen = read_merged(&mut state, &answers, answers.len());
+        // The first request's error, then each other's skipped error.
+        let skipped_errors = seen
+            .windows(SKIPPED.len())
+            .filter(|w| *w == SKIPPED.as_bytes());
+        assert_eq!(skipped_errors.count(), requests - 1);
+        assert!(seen.len() > KEPT_BUFFER, "{} bytes made up", seen.len());
+        assert!(state.made_up.capacity() <= KEPT_BUFFER);
+        assert!(state.made_up_at.is_empty());
     }
 
     #[test]
