@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::server::TestServer;
-use common::write_outcome::{Outcome, StopOnDrop, outcome};
+use common::write_outcome::{Outcome, Tally, Writers, write};
 use pgtx::{ConnectionSource, Error, ManagedConnection, Pool, ReconnectPolicy};
 
 /// A connection string listing `servers` in order, for writes.
@@ -78,14 +76,6 @@ fn fence(server: &TestServer) {
         assert!(Instant::now() < deadline, "the reload never took effect");
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// One write: a row with `id`, in a transaction of its own.
-fn write(source: &impl ConnectionSource, id: i64) -> Result<(), Error> {
-    source.transaction(|mut tx| {
-        tx.execute("INSERT INTO writes VALUES ($1)", &[&id])?;
-        tx.commit()
-    })
 }
 
 fn two_writable_servers() -> (TestServer, TestServer) {
@@ -257,84 +247,34 @@ fn writes_survive_a_failover(
     standby: &TestServer,
     source: &(impl ConnectionSource + Sync),
 ) {
-    let next_id = AtomicI64::new(0);
-    let running = AtomicBool::new(true);
-    let outcomes: Mutex<Vec<(i64, Outcome, Instant)>> = Mutex::new(Vec::new());
-    let ok_count = || {
-        outcomes
-            .lock()
-            .expect("outcomes")
-            .iter()
-            .filter(|(_, o, _)| *o == Outcome::Ok)
-            .count()
-    };
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done() {
-            assert!(Instant::now() < deadline, "never: {what}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    let writers = Writers::new(0);
+    let wait_for = |what: &str, done: &dyn Fn(&Writers) -> bool| {
+        let (timeout, poll) = (Duration::from_secs(60), Duration::from_millis(5));
+        writers.wait_for(what, timeout, poll, done, String::new);
     };
     let (killed_at, promoted_at) = std::thread::scope(|s| {
-        let _stop = StopOnDrop(&running);
-        for _ in 0..16 {
-            s.spawn(|| {
-                while running.load(Ordering::SeqCst) {
-                    let id = next_id.fetch_add(1, Ordering::SeqCst);
-                    let result = write(source, id);
-                    let o = outcome(&result);
-                    outcomes
-                        .lock()
-                        .expect("outcomes")
-                        .push((id, o, Instant::now()));
-                    if o != Outcome::Ok {
-                        // A client's pause before it tries again.
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            });
-        }
-        wait_for("200 writes before the failover", &|| ok_count() >= 200);
+        let _stop = writers.start(s, source, 16, Duration::from_millis(5));
+        wait_for("200 writes before the failover", &|w| w.count(true) >= 200);
         primary.stop_immediate();
         let killed_at = Instant::now();
-        let failures = || {
-            outcomes
-                .lock()
-                .expect("outcomes")
-                .iter()
-                .filter(|(_, o, _)| *o != Outcome::Ok)
-                .count()
-        };
-        let before = failures();
-        wait_for("writes failing while no primary is up", &|| {
-            failures() >= before + 16
+        let before = writers.count(false);
+        wait_for("writes failing while no primary is up", &|w| {
+            w.count(false) >= before + 16
         });
         standby.promote();
         let promoted_at = Instant::now();
-        let ok_before = ok_count();
-        wait_for("200 writes after the promotion", &|| {
-            ok_count() >= ok_before + 200
+        let ok_before = writers.count(true);
+        wait_for("200 writes after the promotion", &|w| {
+            w.count(true) >= ok_before + 200
         });
         (killed_at, promoted_at)
     });
-    let outcomes = outcomes.into_inner().expect("outcomes");
-    let present: HashSet<i64> = standby
-        .admin()
-        .query("SELECT id FROM writes", &[])
-        .expect("rows")
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let mut counts: BTreeMap<Outcome, usize> = BTreeMap::new();
-    let (mut lost, mut phantom) = (0, 0);
-    for (id, o, _) in &outcomes {
-        *counts.entry(*o).or_default() += 1;
-        match o {
-            Outcome::Ok if !present.contains(id) => lost += 1,
-            Outcome::Failed(_) if present.contains(id) => phantom += 1,
-            _ => {}
-        }
-    }
+    let Tally {
+        outcomes,
+        counts,
+        lost,
+        phantom,
+    } = writers.tally(&mut standby.admin());
     let first_ok_after_promote = outcomes
         .iter()
         .filter(|(_, o, at)| *o == Outcome::Ok && *at > promoted_at)

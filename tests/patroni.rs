@@ -7,13 +7,10 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::patroni::PatroniCluster;
-use common::write_outcome::{Outcome, StopOnDrop, outcome};
+use common::write_outcome::{Tally, Writers};
 use pgtx::{ConnectionSource, ManagedConnection, Pool};
 
 const APP: &str = "patroni_writers";
@@ -31,74 +28,28 @@ fn writes_through(
     first_id: i64,
     event: impl FnOnce() -> usize,
 ) {
-    let next_id = AtomicI64::new(first_id);
-    let running = AtomicBool::new(true);
-    let outcomes: Mutex<Vec<(i64, Outcome)>> = Mutex::new(Vec::new());
-    let ok_count = || {
-        outcomes
-            .lock()
-            .expect("outcomes")
-            .iter()
-            .filter(|(_, o)| *o == Outcome::Ok)
-            .count()
-    };
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !done() {
-            assert!(
-                Instant::now() < deadline,
-                "never: {what}\n{}",
-                cluster.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    let writers = Writers::new(first_id);
+    let wait_for = |what: &str, done: &dyn Fn(&Writers) -> bool| {
+        let (timeout, poll) = (Duration::from_secs(120), Duration::from_millis(10));
+        writers.wait_for(what, timeout, poll, done, || cluster.logs());
     };
     let (old, took) = std::thread::scope(|s| {
-        let _stop = StopOnDrop(&running);
-        for _ in 0..16 {
-            s.spawn(|| {
-                while running.load(Ordering::SeqCst) {
-                    let id = next_id.fetch_add(1, Ordering::SeqCst);
-                    let result = source.transaction(|mut tx| {
-                        tx.execute("INSERT INTO writes VALUES ($1)", &[&id])?;
-                        tx.commit()
-                    });
-                    let o = outcome(&result);
-                    outcomes.lock().expect("outcomes").push((id, o));
-                    if o != Outcome::Ok {
-                        // A client's pause before it tries again.
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                }
-            });
-        }
-        wait_for("200 writes before", &|| ok_count() >= 200);
+        let _stop = writers.start(s, source, 16, Duration::from_millis(20));
+        wait_for("200 writes before", &|w| w.count(true) >= 200);
         let started = Instant::now();
         let old = event();
-        let ok_before = ok_count();
-        wait_for("200 writes after", &|| ok_count() >= ok_before + 200);
+        let ok_before = writers.count(true);
+        wait_for("200 writes after", &|w| w.count(true) >= ok_before + 200);
         (old, started.elapsed())
     });
     let new = 1 - old;
     assert_eq!(cluster.primary(), Some(new), "{}", cluster.logs());
-    let outcomes = outcomes.into_inner().expect("outcomes");
-    let present: HashSet<i64> = cluster
-        .admin(new)
-        .query("SELECT id FROM writes", &[])
-        .expect("rows")
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let mut counts: BTreeMap<Outcome, usize> = BTreeMap::new();
-    let (mut lost, mut phantom) = (0, 0);
-    for (id, o) in &outcomes {
-        *counts.entry(*o).or_default() += 1;
-        match o {
-            Outcome::Ok if !present.contains(id) => lost += 1,
-            Outcome::Failed(_) if present.contains(id) => phantom += 1,
-            _ => {}
-        }
-    }
+    let Tally {
+        counts,
+        lost,
+        phantom,
+        ..
+    } = writers.tally(&mut cluster.admin(new));
     eprintln!(
         "{what}: node{old} -> node{new}; 200 writes acknowledged on the new primary {took:?} \
          after it began; outcomes {counts:?}; lost {lost}, phantom {phantom}"

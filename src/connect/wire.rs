@@ -1133,6 +1133,19 @@ mod tests {
         kept
     }
 
+    /// An active tap that has read `stream` in two reads, split at
+    /// `split`, and passed all of it on.
+    fn read_split(stream: &[u8], split: usize) -> Arc<Tap> {
+        let tap = Tap::new();
+        tap.activate();
+        let mut data = stream.to_vec();
+        let (a, b) = data.split_at_mut(split);
+        let mut state = tap.0.lock();
+        assert_eq!(state.read(a) + state.read(b), stream.len(), "all passed on");
+        drop(state);
+        tap
+    }
+
     #[test]
     fn a_client_encoding_other_than_utf8_is_noticed_at_any_read_split() {
         let stream = [
@@ -1142,13 +1155,7 @@ mod tests {
         ]
         .concat();
         for split in 1..stream.len() {
-            let tap = Tap::new();
-            tap.activate();
-            let mut data = stream.clone();
-            let (a, b) = data.split_at_mut(split);
-            let mut state = tap.0.lock();
-            assert_eq!(state.read(a) + state.read(b), stream.len(), "all passed on");
-            drop(state);
+            let tap = read_split(&stream, split);
             assert!(!tap.reads_utf8(), "split at {split}");
             let mut back = msg(b'S', b"client_encoding\0UTF8\0");
             tap.0.lock().read(&mut back);
@@ -1171,15 +1178,9 @@ mod tests {
             msg(b'Z', b"I"),
         ]
         .concat();
+        assert!(!Tap::new().hot_standby_reported());
         for split in 1..stream.len() {
-            let tap = Tap::new();
-            tap.activate();
-            assert!(!tap.hot_standby_reported());
-            let mut data = stream.clone();
-            let (a, b) = data.split_at_mut(split);
-            let mut state = tap.0.lock();
-            assert_eq!(state.read(a) + state.read(b), stream.len(), "all passed on");
-            drop(state);
+            let tap = read_split(&stream, split);
             assert!(tap.hot_standby_reported(), "split at {split}");
             // Promotion reports it off again.
             tap.0.lock().read(&mut msg(b'S', b"in_hot_standby\0off\0"));
